@@ -245,12 +245,15 @@ def up(services: Sequence[Service], *, log: Callable[[str], None] = print) -> No
     """Start what is not running, in dependency waves, and wait until every part answers."""
     for wave in _waves(services):
         started: list[Service] = []
+        # Refuse taken ports before starting anything, so a clash leaves nothing half-started.
+        for svc in wave:
+            if svc.pid() is None:
+                svc.check_ports_free()
         for svc in wave:
             if svc.pid() is not None:
                 log(f"{svc.name}: already running at {svc.address()}")
                 started.append(svc)
                 continue
-            svc.check_ports_free()
             svc.prepare()
             svc.spawn()
             log(f"{svc.name}: starting at {svc.address()}")

@@ -1,0 +1,62 @@
+"""Session fixtures that bring up the lab parts an integration test needs.
+
+They use the default lab (`.lab/`, default ports) so a lab already started with `tidb-pipeline lab up`
+is reused; a part a fixture had to start is stopped again at the end of the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tidb_pipeline.lab import stack
+from tidb_pipeline.lab.service import Service, down, up
+from tidb_pipeline.lab.settings import LabSettings
+
+
+@pytest.fixture(scope="session")
+def lab_settings() -> LabSettings:
+    return LabSettings()
+
+
+_started: list[Service] = []
+
+
+def _bring_up(settings: LabSettings, name: str) -> Service:
+    needed = stack.services(settings, [name])
+    fresh = [s for s in needed if s.pid() is None]
+    up(needed, log=lambda _msg: None)
+    _started.extend(s for s in fresh if s.name not in {x.name for x in _started})
+    return next(s for s in needed if s.name == name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_what_we_started() -> Iterator[None]:
+    yield
+    down(list(reversed(_started)), log=lambda _msg: None)
+
+
+@pytest.fixture(scope="session")
+def kafka(lab_settings: LabSettings) -> Service:
+    return _bring_up(lab_settings, "kafka")
+
+
+@pytest.fixture(scope="session")
+def mariadb(lab_settings: LabSettings) -> Service:
+    return _bring_up(lab_settings, "mariadb")
+
+
+@pytest.fixture(scope="session")
+def registry(lab_settings: LabSettings) -> Service:
+    return _bring_up(lab_settings, "registry")
+
+
+@pytest.fixture(scope="session")
+def snowflake(lab_settings: LabSettings) -> Service:
+    return _bring_up(lab_settings, "snowflake")
+
+
+@pytest.fixture(scope="session")
+def ticdc(lab_settings: LabSettings) -> Service:
+    return _bring_up(lab_settings, "ticdc")
