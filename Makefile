@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a step they use.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lab-up lab-down lab-status dev clean
+
+install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap-system.sh
+	bash scripts/bootstrap-system.sh
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: install
+	$(VENV)/bin/tidb-pipeline lab up
+	$(VENV)/bin/tidb-pipeline demo
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+lab-up: install
+	$(VENV)/bin/tidb-pipeline lab up
+lab-down:
+	$(VENV)/bin/tidb-pipeline lab down
+lab-status:
+	$(VENV)/bin/tidb-pipeline lab status
+
+dev: install
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+clean: lab-down
+	rm -rf .lab .dagster_home artifacts

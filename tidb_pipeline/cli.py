@@ -1,0 +1,76 @@
+"""`tidb-pipeline`: the lab, the workload, discovery, the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from tidb_pipeline.lab.settings import LabSettings
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from tidb_pipeline.lab import stack
+    from tidb_pipeline.lab.service import LabError, down, up
+
+    settings = LabSettings()
+    names = args.only or None
+    try:
+        parts = stack.services(settings, names)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "up":
+        started = time.monotonic()
+        try:
+            up(parts)
+        except LabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"all ready in {time.monotonic() - started:.1f}s (data under {settings.root})")
+    elif args.action == "down":
+        down(parts)
+    else:
+        width = max(len(p.name) for p in parts)
+        for status in (p.status() for p in parts):
+            state = "ready" if status.ready else ("starting" if status.running else "stopped")
+            pid = f"pid {status.pid}" if status.pid else ""
+            print(f"{status.name:<{width}}  {state:<8}  {status.address:<40}  {pid}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tidb_pipeline.lab.demo import run_demo
+
+    return run_demo(LabSettings())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidb-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lab = sub.add_parser("lab", help="start, stop or inspect the local lab (Kafka, MariaDB, registry, Snowflake stand-in, TiCDC stand-in)")
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("--only", nargs="+", metavar="PART", help="only these parts (and what they depend on)")
+    lab.set_defaults(func=_lab)
+
+    demo = sub.add_parser("demo", help="run the main job end to end on the lab and print what it did")
+    demo.set_defaults(func=_demo)
+
+    try:
+        from tidb_pipeline.workload.cli import register as register_workload
+    except ImportError:  # the workload package is optional for a bare lab
+        pass
+    else:
+        register_workload(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Wiring only: the project's Dagster definitions."""
+
+import dagster as dg
+
+defs = dg.Definitions()
