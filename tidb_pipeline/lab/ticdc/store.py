@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 STATES = ("normal", "pending", "warning", "failed", "stopped", "removed", "finished")
@@ -49,6 +50,16 @@ class Changefeed:
     binlog_pos: int | None
     error: dict | None
     created_at: float
+
+
+def running_error(code: str, message: str, *, addr: str = "") -> dict:
+    """The `error` a changefeed carries, in TiCDC's RunningError shape (`code` like "CDC:ErrKafkaNewProducer")."""
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "addr": addr,
+        "code": code,
+        "message": message,
+    }
 
 
 def _row_to_changefeed(row: tuple) -> Changefeed:
