@@ -13,7 +13,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tidb_pipeline.lab.service import LabError, Service, marker
+from tidb_pipeline.lab.service import LabError, Service, marker, port_open
 from tidb_pipeline.lab.settings import LabSettings
 
 POM = Path(__file__).with_name("pom.xml")
@@ -121,11 +121,24 @@ class KafkaService(Service):
         return java_command(self.settings, self.name, "kafka.Kafka", str(self.properties_file), heap="768m")
 
     def is_ready(self) -> bool:
+        import logging
+
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.address(), "socket.timeout.ms": 1000})
+        # Probe the port first: librdkafka would log every refused connection while the JVM starts.
+        if not port_open(self.settings.host, self.settings.port("kafka")):
+            return False
+        quiet = logging.getLogger("tidb_pipeline.lab.kafka.probe")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+        admin = AdminClient({"bootstrap.servers": self.address(), "socket.timeout.ms": 1000, "logger": quiet})
         metadata = admin.list_topics(timeout=2)
-        return bool(metadata.brokers)
+        if not metadata.brokers:
+            return False
+        # The group coordinator loads __consumer_offsets after the broker answers metadata; wait for it
+        # so the first consumer group or idempotent producer does not see "coordinator load in progress".
+        groups = admin.list_consumer_groups(request_timeout=2).result()
+        return groups is not None
 
     def address(self) -> str:
         return self.settings.kafka_bootstrap

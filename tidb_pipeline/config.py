@@ -1,0 +1,203 @@
+"""The validated project config: which TiDB tables to replicate, where to, and how.
+
+The table list is a checked-in YAML file (`tidb_pipeline.yaml` at the repo root, or `$TIDB_PIPELINE_CONFIG`),
+written by hand or by `tidb-pipeline discover`. It holds no secrets: connection settings and credentials
+come from environment variables (`dg.EnvVar`) in the resources. Loading it touches no network, and any
+mistake fails at load with the offending field named (`tables.3.table: field required`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "tidb_pipeline.yaml"
+
+_TOPIC_ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
+_CONNECTOR_TABLE_OK = re.compile(r"^[_a-zA-Z][_$a-zA-Z0-9]+$")
+# Five-field cron, the only form Dagster schedules accept.
+_CRON = re.compile(r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$")
+
+
+class ConfigError(ValueError):
+    """The config file is invalid; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Model):
+    """The TiDB side: which changefeed feeds the topics."""
+
+    changefeed_id: str = "tidb-pipeline"
+    topic_pattern: str = "tidb_{schema}_{table}"
+    partitions: int = Field(default=3, ge=1, le=1024)
+    enable_tidb_extension: bool = True
+    # TiCDC's Avro options; the replica's types depend on them.
+    decimal_handling: Literal["precise", "string"] = "precise"
+    bigint_unsigned_handling: Literal["long", "string"] = "long"
+
+    @field_validator("changefeed_id")
+    @classmethod
+    def _changefeed_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*", value):
+            raise ValueError("must match ^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$ (TiCDC's rule for changefeed ids)")
+        return value
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _topic_pattern(cls, value: str) -> str:
+        # With Avro each topic must hold one table, so TiCDC requires both placeholders.
+        if "{schema}" not in value or "{table}" not in value:
+            raise ValueError("must contain both {schema} and {table} (Avro needs one table per topic)")
+        return value
+
+
+class SnowflakeConfig(_Model):
+    database: str = "TIDB_REPLICA"
+    landing_schema: str = "LANDING"
+    replica_schema: str = "REPLICA"
+    # Holds merge watermarks and the dead-letter table.
+    control_schema: str = "PIPELINE"
+
+
+class ScheduleConfig(_Model):
+    cron: str
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not _CRON.match(value.strip()):
+            raise ValueError(f"{value!r} is not a five-field cron expression such as '* * * * *'")
+        return value.strip()
+
+
+class TableConfig(_Model):
+    """One replicated TiDB table."""
+
+    db: str = Field(min_length=1)
+    table: str = Field(min_length=1)
+    # Primary key (or NOT NULL unique key) columns in order; `discover` fills them in.
+    key: tuple[str, ...] = ()
+    # Tables in one group share a merge schedule.
+    group: str = "default"
+    landing_mode: Literal["builtin", "connector"] | None = None
+    landing_table: str | None = None
+    replica_table: str | None = None
+
+
+class PipelineConfig(_Model):
+    """The whole config file."""
+
+    source: SourceConfig = SourceConfig()
+    snowflake: SnowflakeConfig = SnowflakeConfig()
+    landing_mode: Literal["builtin", "connector"] = "builtin"
+    merge_schedules: dict[str, ScheduleConfig] = {"default": ScheduleConfig(cron="* * * * *")}
+    cleanup_schedule: ScheduleConfig = ScheduleConfig(cron="0 */2 * * *")
+    reconcile_schedule: ScheduleConfig = ScheduleConfig(cron="0 * * * *")
+    retention_hours: float = Field(default=24.0, ge=0)
+    tables: tuple[TableConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        seen: set[tuple[str, str]] = set()
+        for i, t in enumerate(self.tables):
+            if (t.db, t.table) in seen:
+                raise ValueError(f"tables.{i}: {t.db}.{t.table} is listed twice")
+            seen.add((t.db, t.table))
+            if t.group not in self.merge_schedules:
+                raise ValueError(
+                    f"tables.{i}.group: {t.group!r} has no entry in merge_schedules "
+                    f"(known: {', '.join(sorted(self.merge_schedules))})"
+                )
+        return self
+
+    # --- derived names, one place for every module -------------------------------------------
+    def topic(self, t: TableConfig) -> str:
+        name = self.source.topic_pattern.replace("{schema}", t.db).replace("{table}", t.table)
+        return _TOPIC_ILLEGAL.sub("_", name)
+
+    def landing_mode_of(self, t: TableConfig) -> str:
+        return t.landing_mode or self.landing_mode
+
+    def landing_table(self, t: TableConfig) -> str:
+        """The connector's auto-created name: the topic upper-cased (spec/confluent.md)."""
+        if t.landing_table:
+            return t.landing_table
+        topic = self.topic(t)
+        if _CONNECTOR_TABLE_OK.match(topic):
+            return topic.upper()
+        return connector_table_name(topic)
+
+    def replica_table(self, t: TableConfig) -> str:
+        return t.replica_table or t.table.upper()
+
+    @cached_property
+    def groups(self) -> dict[str, tuple[TableConfig, ...]]:
+        out: dict[str, list[TableConfig]] = {}
+        for t in self.tables:
+            out.setdefault(t.group, []).append(t)
+        return {g: tuple(ts) for g, ts in out.items()}
+
+
+def connector_table_name(topic: str) -> str:
+    """Snowflake Sink's name for a topic that is not a valid identifier: `_` for illegal chars + `_<hashCode>`."""
+    cleaned = re.sub(r"[^_$a-zA-Z0-9]", "_", topic)
+    if not re.match(r"[_a-zA-Z]", cleaned[:1]):
+        cleaned = "_" + cleaned
+    return f"{cleaned}_{_java_hash(topic)}".upper()
+
+
+def _java_hash(s: str) -> int:
+    units = s.encode("utf-16-be")
+    h = 0
+    for i in range(0, len(units), 2):  # Java hashes UTF-16 code units, not code points
+        h = (31 * h + int.from_bytes(units[i : i + 2], "big")) & 0xFFFFFFFF
+    # Java's String.hashCode is a signed int; the connector prints its absolute value.
+    return abs(h - (1 << 32) if h >= 1 << 31 else h)
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"invalid config {path}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, *, path: Path = Path("<memory>")) -> PipelineConfig:
+    """Validate a loaded YAML document; raise ConfigError naming the field."""
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    """Read and validate the config file (no network)."""
+    path = Path(path or os.environ.get("TIDB_PIPELINE_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}; set TIDB_PIPELINE_CONFIG or run `tidb-pipeline discover`") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    return parse_config(data, path=path)
+
+
+def dump_tables(config: PipelineConfig, tables: Iterable[TableConfig]) -> str:
+    """YAML for `config` with its table list replaced (what `discover` writes)."""
+    data = config.model_dump(mode="json", exclude_defaults=False)
+    data["tables"] = [t.model_dump(mode="json", exclude_defaults=True) for t in tables]
+    return yaml.safe_dump(data, sort_keys=False)
