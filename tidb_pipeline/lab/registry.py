@@ -40,9 +40,11 @@ from fastavro.schema import parse_schema
 from tidb_pipeline.lab.service import Service, python_command
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
-ACCEPTED_BODY_TYPES = ("application/vnd.schemaregistry.v1+json", "application/vnd.schemaregistry+json", "application/json")
+ACCEPTED_BODY_TYPES = (CONTENT_TYPE, "application/vnd.schemaregistry+json", "application/json")
 DEFAULT_COMPATIBILITY = "BACKWARD"
-COMPATIBILITY_LEVELS = ("NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE")
+COMPATIBILITY_LEVELS = (
+    "NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"
+)
 
 # Confluent's error codes (io.confluent.kafka.schemaregistry.rest.exceptions.Errors).
 SUBJECT_NOT_FOUND = 40401
@@ -110,12 +112,24 @@ def parse_avro(schema_text: str) -> AvroSchema:
     except Exception as exc:  # noqa: BLE001 - fastavro raises several unrelated types for bad schemas
         raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: {exc}") from None
     # fastavro accepts a record without "fields"; Avro (and so Confluent) does not.
-    for definition in named.values():
+    for definition in _walk(raw):
         if definition.get("type") in ("record", "error") and not isinstance(definition.get("fields"), list):
             raise RegistryError(
                 422, INVALID_SCHEMA, f"Invalid schema: record {definition.get('name')!r} has no 'fields' list"
             )
     return AvroSchema(canonical_text(schema_text), parsed, named)
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in a schema document that defines a type (field defaults are data, not types)."""
+    if isinstance(node, dict):
+        yield node
+        for key, value in node.items():
+            if key != "default":
+                yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
 
 
 def _resolve(schema: Any, named: dict[str, Any]) -> Any:
@@ -154,7 +168,7 @@ def _names_match(reader: dict[str, Any], writer: dict[str, Any]) -> bool:
 
 def reader_incompatibilities(reader: AvroSchema, writer: AvroSchema) -> list[str]:
     """Why data written with `writer` cannot be read with `reader` (empty when it can)."""
-    in_progress: set[tuple[int, int]] = set()
+    in_progress: set[tuple[str, str]] = set()
 
     def check(r: Any, w: Any, path: str) -> list[str]:
         r, w = _resolve(r, reader.named), _resolve(w, writer.named)
@@ -162,8 +176,16 @@ def reader_incompatibilities(reader: AvroSchema, writer: AvroSchema) -> list[str
             # Every branch the writer may have used must be readable.
             return [p for i, branch in enumerate(w) for p in check(r, branch, f"{path}/{i}")]
         if isinstance(r, list):
-            if any(not check(branch, w, path) for branch in r):
+            tried = [check(branch, w, path) for branch in r]
+            if any(not problems for problems in tried):
                 return []
+            # Name the branch the writer's type was meant for, if there is one: its problems say most.
+            for branch, problems in zip(r, tried):
+                resolved = _resolve(branch, reader.named)
+                if _kind(resolved) == _kind(w) and (
+                    not isinstance(resolved, dict) or "name" not in resolved or _names_match(resolved, w)
+                ):
+                    return problems
             return [f"{path}: reader union has no branch that reads the writer's {_kind(w)}"]
         rk, wk = _kind(r), _kind(w)
         if rk != wk:
@@ -188,7 +210,8 @@ def reader_incompatibilities(reader: AvroSchema, writer: AvroSchema) -> list[str
         if rk == "map":
             return check(r["values"], w["values"], f"{path}/values")
         # Records may nest themselves; a pair already being checked is assumed compatible (as Avro does).
-        key = (id(r), id(w))
+        # Full names identify a record within its schema.
+        key = (r["name"], w["name"])
         if key in in_progress:
             return []
         in_progress.add(key)
@@ -467,7 +490,9 @@ def _schema_from_body(body: Any) -> tuple[AvroSchema, str]:
         raise RegistryError(422, INVALID_SCHEMA, "Invalid schema: the body needs a 'schema' string")
     schema_type = body.get("schemaType") or "AVRO"
     if schema_type != "AVRO":
-        raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: the lab registry supports only AVRO, not {schema_type}")
+        raise RegistryError(
+            422, INVALID_SCHEMA, f"Invalid schema: the lab registry supports only AVRO, not {schema_type}"
+        )
     if body.get("references"):
         raise RegistryError(422, INVALID_SCHEMA, "Invalid schema: the lab registry does not support schema references")
     return parse_avro(body["schema"]), schema_type
@@ -477,7 +502,9 @@ def _compatibility_from_body(body: Any) -> str:
     level = body.get("compatibility") if isinstance(body, dict) else None
     if not isinstance(level, str) or level.upper() not in COMPATIBILITY_LEVELS:
         raise RegistryError(
-            422, INVALID_COMPATIBILITY_LEVEL, f"Invalid compatibility level {level!r}; use one of {COMPATIBILITY_LEVELS}"
+            422,
+            INVALID_COMPATIBILITY_LEVEL,
+            f"Invalid compatibility level {level!r}; use one of {', '.join(COMPATIBILITY_LEVELS)}",
         )
     return level.upper()
 
