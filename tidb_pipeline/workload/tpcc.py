@@ -24,6 +24,7 @@ import random
 import statistics
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -394,7 +395,8 @@ def prepare(
         if conn is None:
             conn = local.conn = _connect(conn_kwargs, database, autocommit=True)
             connections.append(conn)
-        rnd = Rand(hash((seed, unit.key)) & 0xFFFFFFFF, pools)
+        # crc32, not hash(): str hashes change per process, and a seed must give the same data every time.
+        rnd = Rand(zlib.crc32(f"{seed}:{unit.key}".encode()), pools)
         with conn.cursor() as cur:
             for table, rows in _rows(unit, sizes, rnd, load_time):
                 cur.executemany(schema.insert_sql(table), rows)
