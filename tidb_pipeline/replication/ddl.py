@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 
 LANDING_COLUMNS = ("RECORD_METADATA", "RECORD_CONTENT")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """SQL text plus bound parameters (pyformat `%s`, the Snowflake connector's default)."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
 
 
 def quote_ident(name: str) -> str:
@@ -96,10 +105,10 @@ def add_columns_sql(table: TableRef, existing: Iterable[str], wanted: Sequence[R
     ]
 
 
-def table_columns_sql(table: TableRef) -> tuple[str, tuple[str, ...]]:
+def table_columns_sql(table: TableRef) -> Statement:
     """Query listing a table's column names (exact case), for `add_columns_sql`'s `existing`."""
-    sql = (
+    return Statement(
         "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position"
+        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (table.schema, table.name),
     )
-    return sql, (table.schema, table.name)

@@ -26,13 +26,12 @@ import json
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from json.encoder import encode_basestring  # the C implementation when available
 from typing import Any
 
 from tidb_pipeline.replication.avro_types import MAX_NUMBER_PRECISION, load_schema
-from tidb_pipeline.replication.ddl import TableRef, quote_ident
+from tidb_pipeline.replication.ddl import Statement, TableRef
 
 TOMBSTONE = "{}"
 Encoder = Callable[[Mapping[str, Any]], str]
@@ -179,14 +178,6 @@ class RecordEncoder:
 def ndjson_line(metadata: str, content: str) -> str:
     """One line of a stage file: both landing columns as one JSON object."""
     return '{"RECORD_METADATA":' + metadata + ',"RECORD_CONTENT":' + content + "}\n"
-
-
-@dataclass(frozen=True)
-class Statement:
-    """SQL text plus bound parameters (pyformat `%s`, the Snowflake connector's default)."""
-
-    sql: str
-    params: tuple[Any, ...] = ()
 
 
 def create_load_table_sql(load_table: TableRef) -> str:

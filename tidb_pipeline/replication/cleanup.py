@@ -1,0 +1,45 @@
+"""Landing cleanup: delete only what the replica already holds, and only once it is old enough.
+
+The recipe this project replaces TRUNCATEs the landing table on a timer, which loses rows that landed after
+the last merge. Here a row is deleted only when all of these hold:
+- its offset is at or below its partition's merged watermark for the replica (it is in the replica);
+- its Kafka timestamp (`CreateTime`, or `LogAppendTime` on such topics) is older than the retention window
+  (recent rows stay for debugging and for the landing continuity check);
+- it is not the highest landed offset of its partition: the built-in landing resumes each partition from
+  the landing table's own max offset, so that row must survive or the partition would be re-read from the
+  start.
+Rows without a timestamp are kept (NULL comparisons are false).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tidb_pipeline.replication.ddl import Statement, TableRef
+
+_PARTITION = '"RECORD_METADATA":"partition"::int'
+_OFFSET = '"RECORD_METADATA":"offset"::int'
+_TIMESTAMP = 'COALESCE("RECORD_METADATA":"CreateTime"::int, "RECORD_METADATA":"LogAppendTime"::int)'
+
+
+def cleanup_sql(
+    landing: TableRef, watermarks: TableRef, replica: TableRef, now: dt.datetime, retention: dt.timedelta
+) -> Statement:
+    """One DELETE (never TRUNCATE); `now` must be timezone-aware so the cutoff is an exact epoch ms."""
+    if now.tzinfo is None:
+        raise ValueError("pass a timezone-aware `now` (e.g. datetime.now(timezone.utc)) to compute the cutoff")
+    if retention < dt.timedelta(0):
+        raise ValueError("retention must not be negative")
+    cutoff_ms = int((now - retention).timestamp() * 1000)
+    return Statement(
+        f"DELETE FROM {landing.sql} l USING (\n"
+        f'  SELECT w."PARTITION" AS "P", w."MERGED_OFFSET" AS "WM", m."MAX_OFFSET" AS "MX"\n'
+        f"  FROM {watermarks.sql} w\n"
+        f'  JOIN (SELECT {_PARTITION} AS "P", MAX({_OFFSET}) AS "MAX_OFFSET" FROM {landing.sql} GROUP BY 1) m\n'
+        f'    ON m."P" = w."PARTITION"\n'
+        f'  WHERE w."REPLICA_TABLE" = %s\n'
+        f") k\n"
+        f'WHERE l.{_PARTITION} = k."P" AND l.{_OFFSET} <= k."WM" AND l.{_OFFSET} < k."MX" '
+        f"AND l.{_TIMESTAMP} < %s",
+        (replica.label, cutoff_ms),
+    )

@@ -1,0 +1,345 @@
+"""The MERGE from a landing table into its typed replica (DESIGN.md, "The merge contract").
+
+One merge, step by step:
+1. `pending_ranges_sql` reads, per partition, the merged watermark and the highest landed offset above it.
+   These become fixed `MergeRange`s (bound values), so rows that land while the merge runs are left for the
+   next one instead of being skipped: every later statement reads exactly `(after_offset, through_offset]`.
+2. `source_sql` picks from those rows the latest version of each key: key from `RECORD_METADATA:key`
+   (present on tombstones too), `ROW_NUMBER() ... ORDER BY offset DESC` per key. Every version of one key
+   sits in one partition (TiCDC's index-value dispatcher), so offset order is change order; a primary-key
+   change is a delete of the old key plus an insert of the new one, two different keys. A row whose content
+   has no key field (`{}` tombstone or NULL) is a delete. Casts from JSON to the column types happen here.
+3. One MERGE applies delete / update / insert from that source, which has exactly one row per key
+   (`max_rows_per_key_sql` lets callers and tests prove it), and the watermark rows are rewritten to
+   `through_offset` in the same transaction. Re-running finds no rows above the watermark and changes
+   nothing; a replay (same rows again, or old changes re-sent at higher offsets) ends at the last version
+   sent, which is the source's current state. The watermark is set, not maximised: if two merges ever
+   overlap, the later commit can only move it back, and the next merge re-applies the newer rows.
+4. Optionally the ON clause bounds the target by the batch's first-key-column range (`key_range_sql`), so
+   Snowflake prunes micro-partitions and the cost follows the batch, not the table.
+
+fakesnow 0.12.1 quirks met here (the SQL is written to work on both it and Snowflake):
+- MERGE is executed as `CREATE TEMPORARY TABLE merge_candidates` + DELETE/UPDATE/INSERT. On a connection
+  with autocommit on, `BEGIN; MERGE` fails ("a single transaction can only write to a single attached
+  database"); with autocommit off, the CREATE commits any DML that ran earlier in the transaction. So
+  `run_merge` switches autocommit off and runs the MERGE as the first write after BEGIN (SELECTs before it
+  are fine, DML after it is rolled back with it).
+- Casts in SET / VALUES of a MERGE are not applied reliably: all casts live in the USING subquery and the
+  clauses use plain `s."col"`.
+- Duplicate keys in a MERGE source do not raise (Snowflake raises for a multi-row update); assert one row
+  per key yourself (`max_rows_per_key_sql`).
+- PARSE_JSON re-encodes numbers as doubles: a decimal with more than ~15 significant digits loaded through
+  a JSON *number* loses digits in fakesnow (Snowflake keeps 38). String-mode decimals are exact in both.
+- `TO_TIMESTAMP_NTZ(x)::TIMESTAMP_NTZ(6)` fails ("to_timestamp_ntz does not exist"); `TO_TIMESTAMP_NTZ(x)`
+  alone works, so no trailing cast is added (the column type does the rounding).
+- `(VALUES ...) AS r` with an alias loses the `column1..n` names; `FROM VALUES ...` without parentheses
+  and without an alias keeps them, so ranges are given as `SELECT column1 AS .. FROM VALUES ...`.
+- VARIANT numbers must be cast (`::int`) before ordering or comparing.
+- MERGE returns (inserted, updated, deleted) counts like Snowflake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns
+from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
+
+# Internal column names of the source subquery; TiCDC field names are [A-Za-z0-9_], so the `$` can't clash.
+_C, _P, _O, _DEL = '"$TP_CONTENT"', '"$TP_PARTITION"', '"$TP_OFFSET"', '"$TP_DELETE"'
+_MD_PARTITION = 'l."RECORD_METADATA":"partition"::int'
+_MD_OFFSET = 'l."RECORD_METADATA":"offset"::int'
+# Types whose MIN/MAX order matches the target's, so an ON-clause range prune is exact.
+_PRUNABLE = ("NUMBER", "VARCHAR", "DATE", "TIMESTAMP_NTZ")
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Everything a merge needs to know about one replica."""
+
+    replica: TableRef
+    landing: TableRef
+    watermarks: TableRef
+    columns: tuple[ReplicaColumn, ...]
+
+    def __post_init__(self) -> None:
+        if not key_columns(self.columns):
+            raise ValueError(f"replica {self.replica.label} has no key columns; pass columns from replica_columns()")
+
+    @property
+    def keys(self) -> tuple[ReplicaColumn, ...]:
+        return key_columns(self.columns)
+
+    @property
+    def values(self) -> tuple[ReplicaColumn, ...]:
+        return tuple(c for c in self.columns if not c.is_key)
+
+
+@dataclass(frozen=True)
+class MergeRange:
+    """Landing offsets `(after_offset, through_offset]` of one partition; after_offset -1 = from the start."""
+
+    partition: int
+    after_offset: int
+    through_offset: int
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    inserted: int
+    updated: int
+    deleted: int
+    source_rows: int  # keys in the batch (after keeping the latest version of each)
+    landing_rows: int  # landing rows read (all versions, duplicates included)
+
+
+def json_to_sql(column: ReplicaColumn, v: str) -> str:
+    """SQL converting the VARIANT expression `v` (the column's JSON value) to the column's type."""
+    t = column.sql_type
+    if column.wraps_unsigned:
+        n = f"{v}::NUMBER(20,0)"
+        return f"IFF({n} < 0, {n} + {UNSIGNED_WRAP}, {n})::NUMBER(20,0)"
+    if t.startswith("NUMBER") or t == "FLOAT" or t == "BOOLEAN":
+        return f"{v}::{t}"
+    if t == "VARCHAR":
+        return f"{v}::VARCHAR"
+    if t == "BINARY":
+        return f"BASE64_DECODE_BINARY({v}::VARCHAR)"
+    if t == "VARIANT":
+        # TiDB JSON arrives as JSON text inside a JSON string; parse it into a real VARIANT.
+        return f"PARSE_JSON({v}::VARCHAR)" if column.tidb_type == "JSON" else v
+    if t == "DATE":
+        return f"TO_DATE({v}::VARCHAR)"
+    if t.startswith("TIMESTAMP_NTZ"):
+        return f"TO_TIMESTAMP_NTZ({v}::VARCHAR)"
+    raise ValueError(f"column {column.name!r}: no JSON conversion for Snowflake type {t}")
+
+
+def _ranges_table(ranges: Sequence[MergeRange]) -> Statement:
+    if not ranges:
+        raise ValueError("no merge ranges; check pending ranges first and skip the merge when there are none")
+    rows = ", ".join("(%s, %s, %s)" for _ in ranges)
+    params = tuple(x for r in ranges for x in (r.partition, r.after_offset, r.through_offset))
+    return Statement(f'SELECT column1 AS "P", column2 AS "LO", column3 AS "HI" FROM VALUES {rows}', params)
+
+
+def pending_ranges_sql(plan: MergePlan, max_offsets_per_partition: int | None = None) -> Statement:
+    """Per partition with unmerged rows: (partition, merged watermark or -1, highest landed offset to merge).
+
+    `max_offsets_per_partition` caps a batch (e.g. for a backfill); the upper bound is always an offset
+    that exists, so the watermark never claims rows that have not landed.
+    """
+    cap = "" if max_offsets_per_partition is None else f" AND {_MD_OFFSET} <= COALESCE(w.\"MERGED_OFFSET\", -1) + %s"
+    params: tuple[Any, ...] = (plan.replica.label,)
+    if max_offsets_per_partition is not None:
+        if max_offsets_per_partition < 1:
+            raise ValueError("max_offsets_per_partition must be at least 1")
+        params += (max_offsets_per_partition,)
+    return Statement(
+        f'SELECT {_MD_PARTITION} AS "P", MAX(COALESCE(w."MERGED_OFFSET", -1)) AS "LO", MAX({_MD_OFFSET}) AS "HI"\n'
+        f"FROM {plan.landing.sql} l\n"
+        f'LEFT JOIN {plan.watermarks.sql} w ON w."REPLICA_TABLE" = %s AND w."PARTITION" = {_MD_PARTITION}\n'
+        f'WHERE {_MD_OFFSET} > COALESCE(w."MERGED_OFFSET", -1){cap}\n'
+        "GROUP BY 1 ORDER BY 1",
+        params,
+    )
+
+
+def parse_ranges(rows: Iterable[Sequence[Any]]) -> tuple[MergeRange, ...]:
+    return tuple(MergeRange(int(p), int(lo), int(hi)) for p, lo, hi in rows)
+
+
+def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """Latest landing row per key within the ranges: typed keys + raw content, one row per key."""
+    r = _ranges_table(ranges)
+    keys = plan.keys
+    key_json = 'l."RECORD_METADATA":"key":'
+    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.name))} AS {quote_ident(k.name)}" for k in keys)
+    partition_by = ", ".join(quote_ident(k.name) for k in keys)
+    sql = (
+        f"SELECT * FROM (\n"
+        f'  SELECT {typed_keys}, l."RECORD_CONTENT" AS {_C}, {_MD_PARTITION} AS {_P}, {_MD_OFFSET} AS {_O}\n'
+        f"  FROM {plan.landing.sql} l\n"
+        f"  JOIN ({r.sql}) r\n"
+        f'    ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI"\n'
+        f") b\n"
+        f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition_by} ORDER BY b.{_O} DESC, b.{_P} DESC) = 1"
+    )
+    return Statement(sql, r.params)
+
+
+def source_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """The MERGE source: one typed row per key plus a delete flag; every cast is done here."""
+    batch = _batch_sql(plan, ranges)
+    first_key = quote_ident(plan.keys[0].name)
+    cols = [f"x.{quote_ident(k.name)}" for k in plan.keys]
+    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.name)}')} AS {quote_ident(c.name)}" for c in plan.values]
+    # A value record always carries its NOT NULL key columns; `{}` (tombstone) and NULL content do not.
+    # Testing the key field avoids comparing VARIANT objects, which engines treat differently.
+    cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL) AS {_DEL}")
+    return Statement(f"SELECT {', '.join(cols)}\nFROM (\n{batch.sql}\n) x", batch.params)
+
+
+def max_rows_per_key_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """Largest number of source rows sharing one key (must be 1; 0 rows -> NULL)."""
+    src = source_sql(plan, ranges)
+    keys = ", ".join(quote_ident(k.name) for k in plan.keys)
+    return Statement(f'SELECT MAX("N") FROM (SELECT COUNT(*) AS "N" FROM ({src.sql}) s GROUP BY {keys})', src.params)
+
+
+def key_range_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement | None:
+    """MIN/MAX of the first key column over the batch, for `merge_sql(key_range=...)`; None if not prunable."""
+    first = plan.keys[0]
+    if not first.sql_type.startswith(_PRUNABLE):
+        return None
+    batch = _batch_sql(plan, ranges)
+    name = quote_ident(first.name)
+    return Statement(f"SELECT MIN(b.{name}), MAX(b.{name}) FROM ({batch.sql}) b", batch.params)
+
+
+def _on(plan: MergePlan, key_range: tuple[Any, Any] | None) -> tuple[str, tuple[Any, ...]]:
+    on = " AND ".join(f"t.{quote_ident(k.name)} = s.{quote_ident(k.name)}" for k in plan.keys)
+    if key_range is None or key_range[0] is None:
+        return on, ()
+    first = quote_ident(plan.keys[0].name)
+    return f"{on} AND t.{first} >= %s AND t.{first} <= %s", (key_range[0], key_range[1])
+
+
+def counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """What the MERGE will do, computed from source vs target; run it in the transaction before the MERGE."""
+    src = source_sql(plan, ranges)
+    on = " AND ".join(f"t.{quote_ident(k.name)} = s.{quote_ident(k.name)}" for k in plan.keys)
+    found = f"t.{quote_ident(plan.keys[0].name)} IS NOT NULL"
+    r = _ranges_table(ranges)
+    landing_rows = (
+        f"(SELECT COUNT(*) FROM {plan.landing.sql} l JOIN ({r.sql}) r "
+        f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI")'
+    )
+    return Statement(
+        f"SELECT COUNT_IF(NOT s.{_DEL} AND NOT ({found})), COUNT_IF(NOT s.{_DEL} AND {found}), "
+        f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}\n"
+        f"FROM ({src.sql}) s LEFT JOIN {plan.replica.sql} t ON {on}",
+        src.params + r.params,
+    )
+
+
+def merge_sql(plan: MergePlan, ranges: Sequence[MergeRange], key_range: tuple[Any, Any] | None = None) -> Statement:
+    src = source_sql(plan, ranges)
+    on, on_params = _on(plan, key_range)
+    names = [quote_ident(c.name) for c in plan.columns]
+    whens = [f"WHEN MATCHED AND s.{_DEL} THEN DELETE"]
+    if plan.values:
+        sets = ", ".join(f"{quote_ident(c.name)} = s.{quote_ident(c.name)}" for c in plan.values)
+        whens.append(f"WHEN MATCHED THEN UPDATE SET {sets}")
+    whens.append(
+        f"WHEN NOT MATCHED AND NOT s.{_DEL} THEN INSERT ({', '.join(names)}) "
+        f"VALUES ({', '.join('s.' + n for n in names)})"
+    )
+    return Statement(
+        f"MERGE INTO {plan.replica.sql} t USING (\n{src.sql}\n) s ON {on}\n" + "\n".join(whens),
+        src.params + on_params,
+    )
+
+
+def watermark_statements(plan: MergePlan, ranges: Sequence[MergeRange], now: dt.datetime) -> list[Statement]:
+    """Set each merged partition's watermark to its range's end (plain DML: no second MERGE, see quirks)."""
+    if not ranges:
+        return []
+    wm = plan.watermarks.sql
+    label = plan.replica.label
+    in_list = ", ".join("%s" for _ in ranges)
+    rows = ", ".join("(%s, %s, %s, %s)" for _ in ranges)
+    return [
+        Statement(
+            f'DELETE FROM {wm} WHERE "REPLICA_TABLE" = %s AND "PARTITION" IN ({in_list})',
+            (label, *(r.partition for r in ranges)),
+        ),
+        Statement(
+            f'INSERT INTO {wm} ("REPLICA_TABLE", "PARTITION", "MERGED_OFFSET", "MERGED_AT") VALUES {rows}',
+            tuple(x for r in ranges for x in (label, r.partition, r.through_offset, now.replace(tzinfo=None))),
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class MergeTransaction:
+    """Statements of one merge, in order. Run `counts` right after BEGIN (it is a SELECT), then the rest."""
+
+    begin: Statement
+    counts: Statement
+    merge: Statement
+    watermark: tuple[Statement, ...]
+    commit: Statement
+
+    @property
+    def statements(self) -> list[Statement]:
+        return [self.begin, self.counts, self.merge, *self.watermark, self.commit]
+
+
+def merge_transaction(
+    plan: MergePlan,
+    ranges: Sequence[MergeRange],
+    now: dt.datetime,
+    key_range: tuple[Any, Any] | None = None,
+) -> MergeTransaction:
+    return MergeTransaction(
+        begin=Statement("BEGIN"),
+        counts=counts_sql(plan, ranges),
+        merge=merge_sql(plan, ranges, key_range),
+        watermark=tuple(watermark_statements(plan, ranges, now)),
+        commit=Statement("COMMIT"),
+    )
+
+
+def _execute(cursor: Any, stmt: Statement) -> list[tuple[Any, ...]]:
+    cursor.execute(stmt.sql, stmt.params or None)
+    try:
+        return list(cursor.fetchall())
+    except Exception:  # noqa: BLE001 - DML without a result set
+        return []
+
+
+def run_merge(
+    connection: Any,
+    plan: MergePlan,
+    now: dt.datetime,
+    *,
+    max_offsets_per_partition: int | None = None,
+    prune: bool = True,
+) -> tuple[MergeCounts, tuple[MergeRange, ...]]:
+    """Run one merge over a DB-API connection (snowflake.connector or fakesnow); idempotent.
+
+    Returns the counts and the ranges merged (empty when nothing was pending). Raises, after rolling back,
+    when the source has more than one row for a key, which would make the MERGE nondeterministic.
+    """
+    cursor = connection.cursor()
+    ranges = parse_ranges(_execute(cursor, pending_ranges_sql(plan, max_offsets_per_partition)))
+    if not ranges:
+        return MergeCounts(0, 0, 0, 0, 0), ()
+    key_range = None
+    if prune and (stmt := key_range_sql(plan, ranges)) is not None:
+        key_range = tuple(_execute(cursor, stmt)[0])
+    txn = merge_transaction(plan, ranges, now, key_range)
+    connection.autocommit(False)  # see the fakesnow quirks above; harmless on Snowflake
+    try:
+        _execute(cursor, txn.begin)
+        (dupes,) = _execute(cursor, max_rows_per_key_sql(plan, ranges))[0]
+        if dupes is not None and dupes > 1:
+            raise RuntimeError(
+                f"merge source for {plan.replica.label} has {dupes} rows for one key; the landing rows or the "
+                "key schema are inconsistent, so the merge was rolled back"
+            )
+        counts = MergeCounts(*(int(x) for x in _execute(cursor, txn.counts)[0]))
+        _execute(cursor, txn.merge)
+        for stmt in txn.watermark:
+            _execute(cursor, stmt)
+        _execute(cursor, txn.commit)
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        connection.autocommit(True)
+    return counts, ranges
