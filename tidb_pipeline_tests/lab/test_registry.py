@@ -168,6 +168,43 @@ def test_levels() -> None:
     ]
 
 
+def _ticdc_value(*extra: dict[str, Any], flag_type: str = "int") -> dict[str, Any]:
+    """A value schema shaped like TiCDC's (spec/ticdc-avro.md): types carry connect.parameters."""
+    return _record(
+        "t",
+        {"name": "id", "type": {"type": "long", "connect.parameters": {"tidb_type": "BIGINT"}}},
+        {
+            "name": "price",
+            "type": {
+                "type": "bytes",
+                "connect.parameters": {"tidb_type": "DECIMAL"},
+                "logicalType": "decimal",
+                "precision": 10,
+                "scale": 2,
+            },
+        },
+        {"default": 1, "name": "flag", "type": {"type": flag_type, "connect.parameters": {"tidb_type": "INT"}}},
+        *extra,
+        namespace="default.test",
+    )
+
+
+def test_ticdc_shaped_evolution_under_backward() -> None:
+    v1 = parse_avro(json.dumps(_ticdc_value()))
+    nullable_column = {
+        "default": None,
+        "name": "name",
+        "type": ["null", {"type": "string", "connect.parameters": {"tidb_type": "TEXT"}}],
+    }
+    not_null_no_default = {"name": "qty", "type": {"type": "int", "connect.parameters": {"tidb_type": "INT"}}}
+    assert compatibility_problems("BACKWARD", parse_avro(json.dumps(_ticdc_value(nullable_column))), [v1]) == []
+    # INT -> BIGINT is an Avro promotion.
+    assert compatibility_problems("BACKWARD", parse_avro(json.dumps(_ticdc_value(flag_type="long"))), [v1]) == []
+    assert compatibility_problems("BACKWARD", parse_avro(json.dumps(_ticdc_value(not_null_no_default))), [v1]) == [
+        "BACKWARD /fields/qty: reader field has no default and the writer lacks it"
+    ]
+
+
 def test_invalid_schemas_are_rejected_with_42201() -> None:
     for text in (
         "not json",
