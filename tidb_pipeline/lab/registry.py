@@ -139,8 +139,8 @@ def _resolve(schema: Any, named: dict[str, Any]) -> Any:
             if schema in PRIMITIVES:
                 return schema
             schema = named[schema]
-        elif isinstance(schema, dict) and isinstance(schema.get("type"), (str, list)) and (
-            schema["type"] in PRIMITIVES or isinstance(schema["type"], list) or schema["type"] in named
+        elif isinstance(schema, dict) and (
+            isinstance(schema.get("type"), (dict, list)) or schema.get("type") in PRIMITIVES | named.keys()
         ):
             schema = schema["type"]
         else:
