@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Fields TiCDC appends with enable-tidb-extension=true; metadata, not table columns.
-EXTENSION_PREFIX = "_tidb_"
+EXTENSION_FIELDS = frozenset({"_tidb_op", "_tidb_commit_ts", "_tidb_commit_physical_time"})
 # Snowflake's NUMBER holds at most 38 digits.
 MAX_NUMBER_PRECISION = 38
 UNSIGNED_WRAP = 2**64
@@ -151,7 +151,7 @@ def replica_columns(
 ) -> tuple[ReplicaColumn, ...]:
     """Replica columns in table order; `_tidb_*` extension fields are left out."""
     keys = key_names(key_schema)
-    fields = [f for f in load_schema(value_schema)["fields"] if not f["name"].startswith(EXTENSION_PREFIX)]
+    fields = [f for f in load_schema(value_schema)["fields"] if f["name"] not in EXTENSION_FIELDS]
     columns = tuple(_column(f, set(keys)) for f in fields)
     missing = set(keys) - {c.name for c in columns}
     if missing:

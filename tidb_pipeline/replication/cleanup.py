@@ -19,7 +19,7 @@ from tidb_pipeline.replication.ddl import Statement, TableRef
 
 _PARTITION = '"RECORD_METADATA":"partition"::int'
 _OFFSET = '"RECORD_METADATA":"offset"::int'
-_TIMESTAMP = 'COALESCE("RECORD_METADATA":"CreateTime"::int, "RECORD_METADATA":"LogAppendTime"::int)'
+_TIMESTAMP = 'COALESCE(l."RECORD_METADATA":"CreateTime"::int, l."RECORD_METADATA":"LogAppendTime"::int)'
 
 
 def cleanup_sql(
@@ -40,6 +40,6 @@ def cleanup_sql(
         f'  WHERE w."REPLICA_TABLE" = %s\n'
         f") k\n"
         f'WHERE l.{_PARTITION} = k."P" AND l.{_OFFSET} <= k."WM" AND l.{_OFFSET} < k."MX" '
-        f"AND l.{_TIMESTAMP} < %s",
+        f"AND {_TIMESTAMP} < %s",
         (replica.label, cutoff_ms),
     )

@@ -48,8 +48,9 @@ from typing import Any
 from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 
-# Internal column names of the source subquery; TiCDC field names are [A-Za-z0-9_], so the `$` can't clash.
-_C, _P, _O, _DEL = '"$TP_CONTENT"', '"$TP_PARTITION"', '"$TP_OFFSET"', '"$TP_DELETE"'
+# Internal column names of the source subquery (no `$`: fakesnow reads `$name` as a session variable).
+_INTERNAL = ("__TP_CONTENT", "__TP_PARTITION", "__TP_OFFSET", "__TP_DELETE")
+_C, _P, _O, _DEL = (quote_ident(n) for n in _INTERNAL)
 _MD_PARTITION = 'l."RECORD_METADATA":"partition"::int'
 _MD_OFFSET = 'l."RECORD_METADATA":"offset"::int'
 # Types whose MIN/MAX order matches the target's, so an ON-clause range prune is exact.
@@ -68,6 +69,8 @@ class MergePlan:
     def __post_init__(self) -> None:
         if not key_columns(self.columns):
             raise ValueError(f"replica {self.replica.label} has no key columns; pass columns from replica_columns()")
+        if clash := {c.name for c in self.columns} & set(_INTERNAL):
+            raise ValueError(f"replica {self.replica.label} has column(s) {sorted(clash)} reserved by the merge")
 
     @property
     def keys(self) -> tuple[ReplicaColumn, ...]:
