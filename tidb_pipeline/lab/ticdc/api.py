@@ -37,6 +37,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, unquote, urlsplit, urlunsplit
 
+from tidb_pipeline.lab.ticdc.codec import ms_from_tso, tso_from_ms
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
 
 VERSION = "v8.5.0"
@@ -49,8 +50,14 @@ CHANGEFEED_ID_MAX_LEN = 128
 # tiflow cdc/sink/dmlsink/mq/dispatcher/topic/expression.go: avroTopicNameRE
 AVRO_TOPIC_RE = re.compile(r"^[A-Za-z0-9._\-]*\{schema\}[A-Za-z0-9._\-]*\{table\}[A-Za-z0-9._\-]*$")
 # Never replicated by TiCDC, whatever the filter says (MariaDB's own system schemas included).
-SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "mysql", "sys", "metrics_schema", "lightning_task_info")
-KNOWN_PROTOCOLS = ("canal", "canal-json", "open-protocol", "avro", "flat-avro", "maxwell", "craft", "csv", "debezium", "simple")
+SYSTEM_SCHEMAS = (
+    "information_schema", "performance_schema", "mysql", "sys",
+    "metrics_schema", "inspection_schema", "lightning_task_info",
+    "tidb_pipeline_lab",  # capture's own bookkeeping (TSO -> binlog position), never replicated
+)
+KNOWN_PROTOCOLS = (
+    "canal", "canal-json", "open-protocol", "avro", "flat-avro", "maxwell", "craft", "csv", "debezium", "simple"
+)
 
 # tiflow cdc/api/util.go: httpBadRequestError; every other code answers 500.
 BAD_REQUEST_CODES = frozenset(
@@ -105,14 +112,6 @@ class UpstreamTable:
 
 
 # --- pure helpers --------------------------------------------------------------------------------------
-
-
-def tso_from_ms(ms: int, logical: int = 0) -> int:
-    return (ms << 18) | logical
-
-
-def ms_from_tso(ts: int) -> int:
-    return ts >> 18
 
 
 def checkpoint_time(ts: int) -> str:
@@ -280,16 +279,19 @@ def plan_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkPlan:
         )
 
     filt = _object(replica_config.get("filter"), "replica_config.filter")
-    rules = filt.get("rules", ["*.*"])
+    # An absent or empty list means every table, as capture reads it.
+    rules = filt.get("rules") or ["*.*"]
     if not isinstance(rules, list):
         raise ApiError("CDC:ErrFilterRuleInvalid", "filter rule is invalid: replica_config.filter.rules must be a list")
     dispatchers = sink.get("dispatchers") or []
     if not isinstance(dispatchers, list):
-        raise ApiError("CDC:ErrAPIInvalidParam", "invalid api parameter: replica_config.sink.dispatchers must be a list")
+        raise ApiError(
+            "CDC:ErrAPIInvalidParam", "invalid api parameter: replica_config.sink.dispatchers must be a list"
+        )
     routes = []
     for d in dispatchers:
         d = _object(d, "a dispatcher")
-        matcher = d.get("matcher") or []
+        matcher = d.get("matcher") or ["*.*"]
         if not isinstance(matcher, list):
             raise ApiError("CDC:ErrFilterRuleInvalid", f"filter rule is invalid {matcher!r}: matcher must be a list")
         topic_rule = d.get("topic") or ""
@@ -331,7 +333,7 @@ def check_tables(plan: SinkPlan, tables: Sequence[UpstreamTable]) -> None:
 def running_error_view(error: dict | None, *, with_time: bool) -> dict | None:
     if error is None:
         return None
-    view = {"addr": str(error.get("addr", "")), "code": str(error.get("code", "")), "message": str(error.get("message", ""))}
+    view = {key: str(error.get(key, "")) for key in ("addr", "code", "message")}
     if with_time:
         view = {"time": error.get("time", "0001-01-01T00:00:00Z"), **view}
     return view
@@ -539,7 +541,9 @@ class TiCDCApi:
         replica_config = _object(cfg.get("replica_config"), "replica_config")
         start_ts = _uint(cfg.get("start_ts"), "start_ts")
         if _uint(cfg.get("target_ts"), "target_ts"):
-            raise ApiError("CDC:ErrAPIInvalidParam", "invalid api parameter: the lab change feed does not support target_ts")
+            raise ApiError(
+                "CDC:ErrAPIInvalidParam", "invalid api parameter: the lab change feed does not support target_ts"
+            )
         if not sink_uri:
             raise ApiError(
                 "CDC:ErrSinkURIInvalid",
@@ -632,13 +636,16 @@ class TiCDCApi:
             overwrite = _uint(cfg.get("overwrite_checkpoint_ts"), "overwrite_checkpoint_ts")
             if overwrite > self.current_tso():
                 raise ApiError(
-                    "CDC:ErrAPIInvalidParam", f"invalid api parameter: overwrite_checkpoint_ts {overwrite} is in the future"
+                    "CDC:ErrAPIInvalidParam",
+                    f"invalid api parameter: overwrite_checkpoint_ts {overwrite} is in the future",
                 )
             if cf.state not in ("stopped", "failed", "finished"):
                 return {}
             if overwrite:
                 # No binlog position: capture finds it again from the new checkpoint.
-                self.store.put(replace(cf, state="normal", error=None, checkpoint_ts=overwrite, binlog_file=None, binlog_pos=None))
+                self.store.put(
+                    replace(cf, state="normal", error=None, checkpoint_ts=overwrite, binlog_file=None, binlog_pos=None)
+                )
             else:
                 self.store.set_state(cf_id, "normal", None)
         return {}

@@ -75,7 +75,7 @@ def _make_handler(api: TiCDCApi) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _capture_manager(store: ChangefeedStore, conn_kwargs: Mapping[str, Any]) -> Any | None:
+def _capture_manager(store: ChangefeedStore, conn_kwargs: Mapping[str, Any], addr: str) -> Any | None:
     try:
         from tidb_pipeline.lab.ticdc.capture import CaptureManager
     except ModuleNotFoundError as exc:
@@ -83,7 +83,7 @@ def _capture_manager(store: ChangefeedStore, conn_kwargs: Mapping[str, Any]) -> 
             raise
         print("lab ticdc: capture module not available; serving the API only", flush=True)
         return None
-    return CaptureManager(store, dict(conn_kwargs))
+    return CaptureManager(store, dict(conn_kwargs), addr=addr)
 
 
 def serve(host: str, port: int, data: Path, conn_kwargs: Mapping[str, Any]) -> None:
@@ -100,7 +100,7 @@ def serve(host: str, port: int, data: Path, conn_kwargs: Mapping[str, Any]) -> N
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    capture = _capture_manager(store, conn_kwargs)
+    capture = _capture_manager(store, conn_kwargs, f"{host}:{port}")
     if capture is not None:
         capture.start()
     print(f"lab ticdc listening on http://{host}:{port}, changefeeds in {data / STORE_FILE}", flush=True)

@@ -25,7 +25,8 @@ from tidb_pipeline.lab.mariadb import MariaDBService
 from tidb_pipeline.lab.service import Service, down, up
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.ticdc.api import mask_sink_uri
-from tidb_pipeline.lab.ticdc.server import TiCDCService
+from tidb_pipeline.lab.ticdc.server import STORE_FILE, TiCDCService
+from tidb_pipeline.lab.ticdc.store import ChangefeedStore, running_error
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,11 @@ def db(mariadb: MariaDBService) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def ticdc(
-    lab_settings: LabSettings, kafka: Service, mariadb: Service, registry: Service, tmp_path_factory: pytest.TempPathFactory
+    lab_settings: LabSettings,
+    kafka: Service,
+    mariadb: Service,
+    registry: Service,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TiCDCService]:
     settings = LabSettings(
         root=tmp_path_factory.mktemp("lab"), ports={**lab_settings.ports, "ticdc": _free_port()}
@@ -102,7 +107,9 @@ def _replica_config(settings: LabSettings, rules: list[str], registry: str | Non
     }
 
 
-def _create(http: httpx.Client, settings: LabSettings, db: str, cf_id: str | None = None, **body: Any) -> httpx.Response:
+def _create(
+    http: httpx.Client, settings: LabSettings, db: str, cf_id: str | None = None, **body: Any
+) -> httpx.Response:
     payload = {
         "changefeed_id": cf_id or f"cf-{uuid.uuid4().hex[:10]}",
         "sink_uri": _sink_uri(settings),
@@ -198,7 +205,10 @@ def test_start_ts_in_the_future_is_refused(http: httpx.Client, lab_settings: Lab
 def test_unknown_changefeed_is_400_not_exists(http: httpx.Client) -> None:
     expected = (
         400,
-        {"error_msg": "[CDC:ErrChangeFeedNotExists]changefeed not exists, default/no-such-feed", "error_code": "CDC:ErrChangeFeedNotExists"},
+        {
+            "error_msg": "[CDC:ErrChangeFeedNotExists]changefeed not exists, default/no-such-feed",
+            "error_code": "CDC:ErrChangeFeedNotExists",
+        },
     )
     assert _error(http.get("/api/v2/changefeeds/no-such-feed")) == expected
     assert _error(http.get("/api/v2/changefeeds/no-such-feed/status")) == expected
@@ -223,7 +233,10 @@ def test_duplicate_id_is_already_exists(http: httpx.Client, lab_settings: LabSet
     # Not one of TiCDC's bad-request codes, so TiCDC answers 500.
     assert _error(_create(http, lab_settings, db, "dup")) == (
         500,
-        {"error_msg": "[CDC:ErrChangeFeedAlreadyExists]changefeed already exists, dup", "error_code": "CDC:ErrChangeFeedAlreadyExists"},
+        {
+            "error_msg": "[CDC:ErrChangeFeedAlreadyExists]changefeed already exists, dup",
+            "error_code": "CDC:ErrChangeFeedAlreadyExists",
+        },
     )
 
 
@@ -285,6 +298,32 @@ def test_update_replaces_the_whole_replica_config(http: httpx.Client, lab_settin
     assert _error(same)[1]["error_code"] == "CDC:ErrChangefeedUpdateRefused"
 
 
+def test_failed_changefeed_shows_its_error_and_can_be_fixed(
+    http: httpx.Client, ticdc: TiCDCService, lab_settings: LabSettings, db: str
+) -> None:
+    assert _create(http, lab_settings, db, "fails").status_code == 200
+    # Fail it the way capture does: through the store, from another connection.
+    error = running_error("CDC:ErrKafkaNewProducer", "new kafka producer: broker down", addr="127.0.0.1:1")
+    store = ChangefeedStore(ticdc.data_dir / STORE_FILE)
+    try:
+        store.set_state("fails", "failed", error)
+    finally:
+        store.close()
+
+    item = next(i for i in http.get("/api/v2/changefeeds").json()["items"] if i["id"] == "fails")
+    assert (item["state"], item["error"]) == ("failed", error)
+    info = http.get("/api/v2/changefeeds/fails").json()
+    assert info["error"] == {k: error[k] for k in ("addr", "code", "message")}
+    assert http.get("/api/v2/changefeeds/fails/status").json()["last_error"] == error
+
+    new_config = _replica_config(lab_settings, [f"{db}.orders"])
+    updated = http.put("/api/v2/changefeeds/fails", json={"replica_config": new_config})
+    assert (updated.status_code, updated.json()["config"], updated.json()["state"]) == (200, new_config, "failed")
+    assert http.post("/api/v2/changefeeds/fails/resume", json={}).json() == {}
+    resumed = http.get("/api/v2/changefeeds/fails/status").json()
+    assert (resumed["state"], "last_error" in resumed) == ("normal", False)
+
+
 def test_delete_is_idempotent(http: httpx.Client, lab_settings: LabSettings, db: str) -> None:
     assert _create(http, lab_settings, db, "to-delete").status_code == 200
     for _ in range(2):
@@ -337,9 +376,8 @@ def test_passwords_are_masked(http: httpx.Client, lab_settings: LabSettings, db:
     encoded = quote(secret, safe="")
     sink_uri = _sink_uri(lab_settings, **{"sasl-mechanism": "plain", "sasl-user": "key", "sasl-password": encoded})
     registry = f"http://key:{encoded}@{lab_settings.host}:{lab_settings.port('registry')}"
-    created = _create(
-        http, lab_settings, db, "masked", sink_uri=sink_uri, replica_config=_replica_config(lab_settings, [f"{db}.orders"], registry)
-    )
+    config = _replica_config(lab_settings, [f"{db}.orders"], registry)
+    created = _create(http, lab_settings, db, "masked", sink_uri=sink_uri, replica_config=config)
     assert created.status_code == 200, created.text
 
     info = http.get("/api/v2/changefeeds/masked").json()
@@ -348,7 +386,8 @@ def test_passwords_are_masked(http: httpx.Client, lab_settings: LabSettings, db:
         f"kafka://{lab_settings.kafka_bootstrap}/fallback?protocol=avro&replication-factor=1"
         "&sasl-mechanism=plain&sasl-password=xxxxx&sasl-user=key"
     )
-    assert info["config"]["sink"]["schema_registry"] == f"http://key:xxxxx@{lab_settings.host}:{lab_settings.port('registry')}"
+    masked_registry = f"http://key:xxxxx@{lab_settings.host}:{lab_settings.port('registry')}"
+    assert info["config"]["sink"]["schema_registry"] == masked_registry
     for text in (
         created.text,
         http.get("/api/v2/changefeeds/masked").text,
