@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import io
 import json
 import math
@@ -229,6 +230,7 @@ def choose_handle_key(
 # --- names -----------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def sanitize_name(name: str) -> str:
     """Avro name sanitising as tiflow's common.SanitizeName (Debezium's SchemaNameAdjuster)."""
     out = []
@@ -679,3 +681,22 @@ def partition_for(
     if rule == "ts":
         return commit_ts % partitions
     raise ValueError(f"partition dispatcher {rule!r} is not supported by the lab change feed; use index-value")
+
+
+class TableCodec:
+    """Schemas and encoders of one table version, built once (schema JSON and parsing are the slow parts)."""
+
+    def __init__(self, info: TableInfo, cfg: CodecConfig) -> None:
+        self.info = info
+        self.cfg = cfg
+        self.key_schema = key_schema(info, cfg)
+        self.value_schema = value_schema(info, cfg)
+        self.key_parsed = parse_schema(self.key_schema)
+        self.value_parsed = parse_schema(self.value_schema)
+
+    def encode_key(self, schema_id: int, row: Mapping[str, Any]) -> bytes:
+        return confluent_frame(schema_id, self.key_parsed, key_datum(self.info, row, self.cfg))
+
+    def encode_value(self, schema_id: int, row: Mapping[str, Any], *, op: str, commit_ts: int) -> bytes:
+        datum = value_datum(self.info, row, self.cfg, op=op, commit_ts=commit_ts)
+        return confluent_frame(schema_id, self.value_parsed, datum)

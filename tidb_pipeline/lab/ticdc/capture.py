@@ -1,0 +1,852 @@
+"""The lab change feed's capture: MariaDB binlog -> TiCDC's Avro records on Kafka, at least once.
+
+One `Capture` serves one changefeed. It reads the ROW binlog with mysql-replication from the changefeed's
+stored position, buffers each transaction's row changes, and at its commit (XID event, or `COMMIT` for
+non-transactional engines) gives the transaction a commit TSO, encodes every row with `codec`, and produces
+it to the topic and partition TiCDC's dispatcher would choose. The checkpoint (binlog position at that
+transaction boundary + its commit TSO) is saved only once Kafka acknowledged every record of that and all
+earlier transactions, so after a crash capture resumes there and replays what may already be on Kafka.
+
+Commit TSOs come from the XID event's timestamp (seconds on MariaDB) in milliseconds, made strictly
+increasing through the logical bits and never at or below the stored checkpoint, so a replay after restart
+gets TSOs above the checkpoint (TiCDC's contract: commit_ts > checkpoint_ts means "not yet acknowledged").
+
+Without a stored position (new changefeed, or a resume with `overwrite_checkpoint_ts`), capture maps the
+checkpoint TSO to a position: exactly, if `snapshot_position` recorded that TSO, else by scanning the binlog
+for the first transaction whose commit second could lie after it (an earlier transaction of the same second
+is replayed rather than risked).
+
+`CaptureManager(store, mysql_conn_kwargs)` runs one capture thread per changefeed in state `normal`, stops
+it when the changefeed leaves that state, and marks the changefeed `failed` with TiCDC's error shape when
+its capture fails (registry 409, Kafka errors, an ineligible table).
+
+    python -m tidb_pipeline.lab.ticdc.capture --bench [--rows 50000]   # row changes/s, binlog -> acked Kafka
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import fnmatch
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from tidb_pipeline.lab.ticdc import codec
+from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
+
+log = logging.getLogger(__name__)
+
+SYSTEM_SCHEMAS = frozenset(
+    {"mysql", "information_schema", "performance_schema", "sys", "metrics_schema", "inspection_schema"}
+)
+# Where snapshot_position records TSO -> binlog position; never replicated.
+BOOKKEEPING_SCHEMA = "tidb_pipeline_lab"
+_EXCLUDED_SCHEMAS = SYSTEM_SCHEMAS | {BOOKKEEPING_SCHEMA}
+
+
+class CaptureError(RuntimeError):
+    """A capture cannot go on; `code` is the TiCDC error code the changefeed reports."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- configuration -----------------------------------------------------------------------------------------
+
+
+class TableFilter:
+    """TiDB table-filter rules (`db.table` globs, `!` negates, the last matching rule wins), case-insensitive.
+
+    System schemas are never replicated, whatever the rules say.
+    """
+
+    def __init__(self, rules: Sequence[str] | None = None) -> None:
+        self._rules: list[tuple[bool, str, str]] = []
+        for rule in rules or ["*.*"]:
+            rule = rule.strip()
+            negate = rule.startswith("!")
+            body = rule[1:] if negate else rule
+            if "." not in body:
+                raise ValueError(f"filter rule {rule!r} is not of the form schema.table; write e.g. 'tpcc.*'")
+            schema, table = body.split(".", 1)
+            self._rules.append((negate, schema.lower(), table.lower()))
+
+    def matches(self, schema: str, table: str) -> bool:
+        if schema.lower() in _EXCLUDED_SCHEMAS:
+            return False
+        result = False
+        s, t = schema.lower(), table.lower()
+        for negate, sp, tp in self._rules:
+            if fnmatch.fnmatchcase(s, sp) and fnmatch.fnmatchcase(t, tp):
+                result = not negate
+        return result
+
+
+@dataclass(frozen=True)
+class DispatchRule:
+    matcher: TableFilter
+    topic: str | None
+    partition: str
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """Everything a capture needs from a changefeed's sink URI and replica config."""
+
+    bootstrap: str
+    default_topic: str
+    partition_num: int
+    replication_factor: int
+    auto_create_topic: bool
+    max_message_bytes: int
+    codec: codec.CodecConfig
+    registry_url: str
+    filter: TableFilter
+    dispatchers: tuple[DispatchRule, ...] = field(default_factory=tuple)
+    kafka_extra: tuple[tuple[str, str], ...] = ()
+
+    def route(self, schema: str, table: str) -> tuple[str, str]:
+        """(topic, partition rule) for a table: the first matching dispatcher, else the default topic."""
+        for rule in self.dispatchers:
+            if rule.matcher.matches(schema, table):
+                topic = codec.topic_name(rule.topic, schema, table) if rule.topic else self.default_topic
+                return topic, rule.partition
+        return self.default_topic, "index-value"
+
+
+def _bool(v: Any) -> bool:
+    return str(v).lower() in ("true", "1", "yes")
+
+
+def parse_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkConfig:
+    """Parse `kafka://host:port/topic?protocol=avro&...` plus `replica_config` the way TiCDC reads them."""
+    parts = urlsplit(sink_uri)
+    if parts.scheme not in ("kafka", "kafka+ssl"):
+        raise CaptureError("CDC:ErrSinkURIInvalid", f"sink URI scheme {parts.scheme!r} is not kafka; use kafka://host:port/topic")
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    sink = dict(replica_config.get("sink") or {})
+    protocol = params.get("protocol") or sink.get("protocol") or ""
+    if protocol != "avro":
+        raise CaptureError("CDC:ErrSinkURIInvalid", f"protocol {protocol!r} is not supported by the lab change feed; use protocol=avro")
+    codec_cfg = dict(((sink.get("kafka_config") or {}).get("codec_config") or {}))
+
+    def opt(uri_key: str, cfg_key: str, default: Any) -> Any:
+        if uri_key in params:
+            return params[uri_key]
+        if codec_cfg.get(cfg_key) is not None:
+            return codec_cfg[cfg_key]
+        return default
+
+    registry = sink.get("schema_registry") or ""
+    if not registry:
+        raise CaptureError(
+            "CDC:ErrAvroSchemaAPIError", "the avro protocol needs a schema registry: set replica_config.sink.schema_registry"
+        )
+    dispatchers = []
+    for d in sink.get("dispatchers") or []:
+        topic = d.get("topic") or None
+        if topic:
+            try:
+                codec.validate_topic_expression(topic)
+            except ValueError as exc:
+                raise CaptureError("CDC:ErrKafkaInvalidTopicExpression", str(exc)) from None
+        dispatchers.append(
+            DispatchRule(TableFilter(d.get("matcher") or ["*.*"]), topic, d.get("partition") or d.get("dispatcher") or "index-value")
+        )
+    filter_rules = ((replica_config.get("filter") or {}).get("rules")) or ["*.*"]
+    cfg = codec.CodecConfig(
+        enable_tidb_extension=_bool(opt("enable-tidb-extension", "enable_tidb_extension", False)),
+        decimal_handling_mode=str(opt("avro-decimal-handling-mode", "avro_decimal_handling_mode", "precise")),
+        bigint_unsigned_handling_mode=str(
+            opt("avro-bigint-unsigned-handling-mode", "avro_bigint_unsigned_handling_mode", "long")
+        ),
+    )
+    extra = []
+    if _bool(params.get("enable-tls", "false")):
+        extra.append(("security.protocol", "SASL_SSL" if params.get("sasl-user") else "SSL"))
+    elif params.get("sasl-user"):
+        extra.append(("security.protocol", "SASL_PLAINTEXT"))
+    if params.get("sasl-user"):
+        extra += [
+            ("sasl.mechanism", (params.get("sasl-mechanism") or "PLAIN").upper()),
+            ("sasl.username", unquote(params["sasl-user"])),
+            ("sasl.password", unquote(params.get("sasl-password", ""))),
+        ]
+    return SinkConfig(
+        bootstrap=parts.netloc,
+        default_topic=parts.path.lstrip("/") or "",
+        partition_num=int(params.get("partition-num", 3)),
+        replication_factor=int(params.get("replication-factor", 1)),
+        auto_create_topic=_bool(params.get("auto-create-topic", "true")),
+        max_message_bytes=int(params.get("max-message-bytes", 10 * 1024 * 1024)),
+        codec=cfg,
+        registry_url=registry,
+        filter=TableFilter(filter_rules),
+        dispatchers=tuple(dispatchers),
+        kafka_extra=tuple(extra),
+    )
+
+
+# --- MariaDB helpers -----------------------------------------------------------------------------------------
+
+
+def _connect(mysql_conn_kwargs: Mapping[str, Any]):
+    import pymysql
+
+    return pymysql.connect(autocommit=True, **dict(mysql_conn_kwargs))
+
+
+def master_position(conn) -> tuple[str, int]:
+    with conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        row = cur.fetchone()
+    if not row:
+        raise CaptureError("CDC:ErrReaderBinlog", "binary logging is off on the upstream; start MariaDB with --log-bin")
+    return str(row[0]), int(row[1])
+
+
+def _now_tso() -> int:
+    return codec.tso_from_ms(int(time.time() * 1000))
+
+
+def snapshot_position(conn) -> tuple[str, int, int]:
+    """Open a consistent snapshot on `conn` and return (binlog_file, pos, tso) that match it exactly.
+
+    Read the tables inside the still-open transaction on `conn`, then COMMIT; a changefeed created with
+    `start_ts=tso` replicates exactly the commits after the snapshot. The TSO -> position pair is recorded in
+    MariaDB (`tidb_pipeline_lab.tso_positions`) so the capture, in another process, can find it.
+    """
+    with conn.cursor() as cur:
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        status = {str(k).lower(): v for k, v in cur.fetchall()}
+    file, pos = str(status["binlog_snapshot_file"]), int(status["binlog_snapshot_position"])
+    if not file:
+        raise CaptureError("CDC:ErrReaderBinlog", "binary logging is off on the upstream; start MariaDB with --log-bin")
+    tso = _now_tso()
+    side = _connect(
+        {"host": conn.host, "port": conn.port, "user": conn.user, "password": conn.password, "charset": "utf8mb4"}
+    )
+    try:
+        with side.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{BOOKKEEPING_SCHEMA}`")
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS `{BOOKKEEPING_SCHEMA}`.tso_positions "
+                "(tso BIGINT UNSIGNED PRIMARY KEY, binlog_file VARCHAR(255) NOT NULL, binlog_pos BIGINT NOT NULL)"
+            )
+            cur.execute(
+                f"REPLACE INTO `{BOOKKEEPING_SCHEMA}`.tso_positions VALUES (%s, %s, %s)", (tso, file, pos)
+            )
+    finally:
+        side.close()
+    return file, pos, tso
+
+
+def _recorded_position(conn, tso: int) -> tuple[str, int] | None:
+    with conn.cursor() as cur:
+        try:
+            cur.execute(
+                f"SELECT binlog_file, binlog_pos FROM `{BOOKKEEPING_SCHEMA}`.tso_positions WHERE tso = %s", (tso,)
+            )
+        except Exception:  # noqa: BLE001 - no snapshot was ever recorded
+            return None
+        row = cur.fetchone()
+    return (str(row[0]), int(row[1])) if row else None
+
+
+def position_for_tso(conn, mysql_conn_kwargs: Mapping[str, Any], tso: int) -> tuple[str, int]:
+    """The binlog position from which every commit after `tso` is read (a few of the same second may replay)."""
+    recorded = _recorded_position(conn, tso)
+    if recorded:
+        return recorded
+    from pymysqlreplication import BinLogStreamReader
+    from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent
+
+    cutoff_s = (codec.ms_from_tso(tso) - 999) / 1000
+    with conn.cursor() as cur:
+        cur.execute("SHOW BINARY LOGS")
+        files = [str(r[0]) for r in cur.fetchall()]
+    end_file, end_pos = master_position(conn)
+    # Start from the newest file whose first transaction is not after the cutoff.
+    start = files[0]
+    for name in reversed(files):
+        first = _first_transaction_time(mysql_conn_kwargs, name)
+        if first is None or first <= cutoff_s:
+            start = name
+            break
+    stream = BinLogStreamReader(
+        connection_settings=dict(mysql_conn_kwargs), server_id=_server_id(), log_file=start, log_pos=4,
+        resume_stream=True, blocking=False, only_events=[MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent],
+    )
+    try:
+        boundary = (start, 4)
+        for event in stream:
+            if isinstance(event, (MariadbGtidEvent, GtidEvent)):
+                if event.timestamp >= cutoff_s:
+                    return boundary
+            elif isinstance(event, XidEvent) or (isinstance(event, QueryEvent) and event.query != "BEGIN"):
+                boundary = (stream.log_file, stream.log_pos)
+            if (stream.log_file, stream.log_pos) >= (end_file, end_pos):
+                break
+    finally:
+        stream.close()
+    return end_file, end_pos
+
+
+def _first_transaction_time(mysql_conn_kwargs: Mapping[str, Any], file: str) -> float | None:
+    from pymysqlreplication import BinLogStreamReader
+    from pymysqlreplication.event import GtidEvent, MariadbGtidEvent
+
+    stream = BinLogStreamReader(
+        connection_settings=dict(mysql_conn_kwargs), server_id=_server_id(), log_file=file, log_pos=4,
+        resume_stream=True, blocking=False, only_events=[MariadbGtidEvent, GtidEvent],
+    )
+    try:
+        for event in stream:
+            return float(event.timestamp)
+        return None
+    finally:
+        stream.close()
+
+
+def _server_id() -> int:
+    # Two binlog readers with one server id evict each other; pick ids far from the lab's server (1).
+    return random.randint(100_000, 2**31 - 1)
+
+
+_COLUMNS_SQL = (
+    "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, NUMERIC_PRECISION, NUMERIC_SCALE, "
+    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
+)
+# No ORDER BY: rows come in the server's key order, which is the closest MariaDB offers to TiDB's index ids.
+_INDEX_SQL = (
+    "SELECT INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME FROM information_schema.STATISTICS "
+    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
+)
+_JSON_SQL = (
+    "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+    "WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME = %s"
+)
+
+
+def load_table(conn, schema: str, table: str, version: int = 0) -> codec.TableInfo:
+    """A table's current metadata from information_schema (raises TableIneligibleError without a handle key)."""
+    import pymysql.cursors
+
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(_COLUMNS_SQL, (schema, table))
+        rows = cur.fetchall()
+        if not rows:
+            raise CaptureError("CDC:ErrSchemaStorageTableMiss", f"table {schema}.{table} does not exist upstream")
+        cur.execute(_JSON_SQL, (schema, table))
+        checks = {str(r["CHECK_CLAUSE"]) for r in cur.fetchall()}
+        cur.execute(_INDEX_SQL, (schema, table))
+        index_rows = cur.fetchall()
+    columns = tuple(
+        codec.column_from_information_schema(
+            r, is_json=f"json_valid(`{r['COLUMN_NAME']}`)" in checks and str(r["DATA_TYPE"]).lower() == "longtext"
+        )
+        for r in rows
+    )
+    indexes: dict[str, tuple[bool, dict[int, str]]] = {}
+    for r in index_rows:
+        unique, cols = indexes.setdefault(str(r["INDEX_NAME"]), (int(r["NON_UNIQUE"]) == 0, {}))
+        cols[int(r["SEQ_IN_INDEX"])] = str(r["COLUMN_NAME"])
+    handle = codec.choose_handle_key(
+        columns, [(name, unique, [cols[i] for i in sorted(cols)]) for name, (unique, cols) in indexes.items()]
+    )
+    return codec.TableInfo(schema, table, columns, handle, version)
+
+
+# --- records ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """One row change as TiCDC emits it: op c/u/d, the new row (None for d), the old row (None for c)."""
+
+    table: codec.TableInfo
+    op: str
+    row: dict[str, Any] | None
+    old: dict[str, Any] | None
+
+
+def _key_of(info: codec.TableInfo, row: Mapping[str, Any]) -> tuple:
+    return tuple(row[c.name] for c in info.key_columns)
+
+
+def split_update(info: codec.TableInfo, old: dict[str, Any], new: dict[str, Any]) -> list[RowChange]:
+    """An UPDATE, or DELETE old key + INSERT new key when the handle key changed (TiCDC splits those)."""
+    if _key_of(info, old) != _key_of(info, new):
+        return [RowChange(info, "d", None, old), RowChange(info, "c", new, None)]
+    return [RowChange(info, "u", new, old)]
+
+
+# --- the capture ----------------------------------------------------------------------------------------------
+
+
+class _Pending:
+    """Transactions produced but not all acknowledged, in commit order."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queue: collections.deque[list] = collections.deque()  # [remaining, commit_ts, file, pos]
+        self.error: str | None = None
+
+    def add(self, remaining: int, commit_ts: int, file: str, pos: int) -> list:
+        entry = [remaining, commit_ts, file, pos]
+        with self.lock:
+            self.queue.append(entry)
+        return entry
+
+    def acked(self, entry: list, err: Any) -> None:
+        with self.lock:
+            if err is not None:
+                self.error = self.error or str(err)
+            entry[0] -= 1
+
+    def pop_done(self) -> tuple[int, str, int] | None:
+        """The newest checkpoint whose transaction and all earlier ones are fully acknowledged."""
+        last = None
+        with self.lock:
+            while self.queue and self.queue[0][0] <= 0:
+                _, ts, file, pos = self.queue.popleft()
+                last = (ts, file, pos)
+        return last
+
+
+class Capture:
+    """Replicates one changefeed until `stop()` (graceful: flush and checkpoint) or `crash()` (abandon)."""
+
+    def __init__(
+        self,
+        changefeed: Changefeed,
+        store: ChangefeedStore,
+        mysql_conn_kwargs: Mapping[str, Any],
+        *,
+        checkpoint_interval: float = 0.2,
+        linger_ms: int = 20,
+    ) -> None:
+        self.cf = changefeed
+        self.store = store
+        self.mysql = dict(mysql_conn_kwargs)
+        self.sink = parse_sink(changefeed.sink_uri, changefeed.replica_config)
+        self.checkpoint_interval = checkpoint_interval
+        self.linger_ms = linger_ms
+        self._stop = threading.Event()
+        self._crashed = threading.Event()
+        self._tables: dict[tuple[str, str], codec.TableInfo] = {}
+        self._versions: dict[tuple[str, str], int] = {}
+        self._schema_ids: dict[tuple[str, str], int] = {}
+        self._codecs: dict[int, codec.TableCodec] = {}
+        self._routes: dict[tuple[str, str], tuple[str, str]] = {}
+        self._topics: dict[str, int] = {}
+        self._pending = _Pending()
+        self._last_ts = changefeed.checkpoint_ts
+        self._boundary: tuple[str, int] = ("", 0)
+        self.error: BaseException | None = None
+
+    # lifecycle
+    def stop(self) -> None:
+        self._stop.set()
+
+    def crash(self) -> None:
+        """Stop without flushing or saving anything more (a kill -9 as far as the checkpoint knows)."""
+        self._crashed.set()
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # setup
+    def _check_registry(self) -> None:
+        import httpx
+
+        try:
+            resp = httpx.get(self.sink.registry_url.rstrip("/") + "/", timeout=10)
+        except httpx.HTTPError as exc:
+            raise CaptureError("CDC:ErrAvroSchemaAPIError", f"schema registry {self.sink.registry_url} unreachable: {exc}") from None
+        if resp.status_code != 200 or resp.text.strip() != "{}":
+            raise CaptureError(
+                "CDC:ErrAvroSchemaAPIError",
+                f"schema registry {self.sink.registry_url} answered GET / with {resp.status_code} {resp.text[:100]!r}; "
+                "TiCDC requires exactly {}",
+            )
+
+    def _registry(self):
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        parts = urlsplit(self.sink.registry_url)
+        conf: dict[str, Any] = {"url": self.sink.registry_url}
+        if parts.username:
+            netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+            conf = {
+                "url": parts._replace(netloc=netloc).geturl(),
+                "basic.auth.user.info": f"{unquote(parts.username)}:{unquote(parts.password or '')}",
+            }
+        return SchemaRegistryClient(conf)
+
+    def _kafka_conf(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.sink.bootstrap, **dict(self.sink.kafka_extra)}
+
+    def _ensure_topic(self, admin, topic: str) -> int:
+        if topic in self._topics:
+            return self._topics[topic]
+        from confluent_kafka.admin import NewTopic
+
+        md = admin.list_topics(topic=None, timeout=10)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            if not self.sink.auto_create_topic:
+                raise CaptureError("CDC:ErrKafkaTopicNotExists", f"topic {topic} does not exist and auto-create-topic=false")
+            rf = max(1, min(self.sink.replication_factor, len(md.brokers)))
+            fut = admin.create_topics([NewTopic(topic, self.sink.partition_num, rf)])[topic]
+            try:
+                fut.result(30)
+            except Exception as exc:  # noqa: BLE001 - another capture may have created it meanwhile
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise CaptureError("CDC:ErrKafkaCreateTopic", f"creating topic {topic} failed: {exc}") from None
+            md = admin.list_topics(topic=topic, timeout=10)
+        self._topics[topic] = len(md.topics[topic].partitions) or self.sink.partition_num
+        return self._topics[topic]
+
+    def _schema_id(self, registry, subject: str, schema_json: str) -> int:
+        key = (subject, schema_json)
+        if key not in self._schema_ids:
+            from confluent_kafka.schema_registry import Schema
+            from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+            try:
+                self._schema_ids[key] = registry.register_schema(subject, Schema(schema_json, "AVRO"))
+            except SchemaRegistryError as exc:
+                code = "CDC:ErrAvroSchemaAPIError"
+                raise CaptureError(code, f"registering {subject} failed: HTTP {exc.http_status_code} {exc.error_message}") from None
+        return self._schema_ids[key]
+
+    def _table(self, conn, schema: str, table: str, names: Sequence[str] | None) -> codec.TableInfo:
+        key = (schema, table)
+        info = self._tables.get(key)
+        if info is None or (names is not None and tuple(c.name for c in info.columns) != tuple(names)):
+            version = self._versions.get(key, 0) + 1
+            self._versions[key] = version
+            try:
+                info = load_table(conn, schema, table, version)
+            except codec.TableIneligibleError as exc:
+                raise CaptureError("CDC:ErrTableIneligible", str(exc)) from None
+            self._tables[key] = info
+        return info
+
+    # the loop
+    def run(self) -> None:
+        """Replicate until stopped; raise CaptureError (or another error) on failure."""
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient
+        from pymysqlreplication import BinLogStreamReader
+        from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, RotateEvent, XidEvent
+        from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+
+        self._check_registry()
+        registry = self._registry()
+        admin = AdminClient(self._kafka_conf())
+        producer = Producer(
+            {
+                **self._kafka_conf(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": self.linger_ms,
+                "message.max.bytes": self.sink.max_message_bytes,
+                "queue.buffering.max.messages": 500_000,
+            }
+        )
+        conn = _connect(self.mysql)
+        try:
+            file, pos = self._start_position(conn)
+            self._boundary = (file, pos)
+            stream = BinLogStreamReader(
+                connection_settings=self.mysql, server_id=_server_id(), log_file=file, log_pos=pos,
+                resume_stream=True, blocking=True, slave_heartbeat=0.5,
+                only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
+                             TableMapEvent, HeartbeatLogEvent],
+            )
+            try:
+                self._loop(stream, conn, registry, admin, producer)
+            finally:
+                stream.close()
+        finally:
+            conn.close()
+            if not self._crashed.is_set():
+                producer.flush(30)
+                self._save_checkpoint()
+            else:
+                producer.purge()
+
+    def _start_position(self, conn) -> tuple[str, int]:
+        if self.cf.binlog_file and self.cf.binlog_pos:
+            return self.cf.binlog_file, self.cf.binlog_pos
+        file, pos = position_for_tso(conn, self.mysql, self.cf.checkpoint_ts)
+        self.store.update_progress(self.cf.id, checkpoint_ts=self.cf.checkpoint_ts, binlog_file=file, binlog_pos=pos)
+        return file, pos
+
+    def _loop(self, stream, conn, registry, admin, producer) -> None:
+        from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, XidEvent
+        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+        txn: list[RowChange] = []
+        last_save = time.monotonic()
+        tz = self.sink.codec.time_zone
+        for event in stream:
+            if self._stop.is_set():
+                return
+            if isinstance(event, (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)):
+                if not self.sink.filter.matches(event.schema, event.table):
+                    continue
+                names = [c.name for c in event.columns]
+                info = self._table(conn, event.schema, event.table, names)
+                for r in event.rows:
+                    if isinstance(event, WriteRowsEvent):
+                        txn.append(RowChange(info, "c", codec.row_internal(info, r["values"], r["none_sources"], tz=tz), None))
+                    elif isinstance(event, DeleteRowsEvent):
+                        txn.append(RowChange(info, "d", None, codec.row_internal(info, r["values"], r["none_sources"], tz=tz)))
+                    else:
+                        old = codec.row_internal(info, r["before_values"], r["before_none_sources"], tz=tz)
+                        new = codec.row_internal(info, r["after_values"], r["after_none_sources"], tz=tz)
+                        txn.extend(split_update(info, old, new))
+            elif isinstance(event, XidEvent) or (isinstance(event, QueryEvent) and event.query != "BEGIN"):
+                if isinstance(event, QueryEvent) and event.query != "COMMIT":
+                    # DDL: forget the schema's table metadata so the next row reloads it (and re-registers).
+                    schema = event.schema.decode() if isinstance(event.schema, bytes) else event.schema
+                    self._tables = {k: v for k, v in self._tables.items() if k[0] != schema}
+                self._boundary = (stream.log_file, stream.log_pos)
+                self._commit(txn, event.timestamp, *self._boundary, registry, admin, producer)
+                txn = []
+            elif isinstance(event, HeartbeatLogEvent) and not txn:
+                # Caught up: nothing committed before now is unread, so the checkpoint may move to now.
+                self._commit([], time.time(), *self._boundary, registry, admin, producer)
+            producer.poll(0)
+            if self._pending.error:
+                raise CaptureError("CDC:ErrKafkaAsyncSendMessage", f"Kafka rejected a record: {self._pending.error}")
+            now = time.monotonic()
+            if now - last_save >= self.checkpoint_interval:
+                self._save_checkpoint()
+                last_save = now
+
+    def _commit_ts(self, seconds: float) -> int:
+        ts = max(codec.tso_from_ms(int(seconds * 1000)), self._last_ts + 1)
+        self._last_ts = ts
+        return ts
+
+    def _commit(self, txn: list[RowChange], seconds: float, file: str, pos: int, registry, admin, producer) -> None:
+        commit_ts = self._commit_ts(seconds)
+        entry = self._pending.add(len(txn), commit_ts, file, pos)
+        cfg = self.sink.codec
+        for change in txn:
+            info = change.table
+            tc = self._codec(info)
+            topic, rule = self._routes.get((info.schema, info.table)) or self._route(info)
+            partitions = self._ensure_topic(admin, topic)
+            key_subject, value_subject = codec.subject_names(topic)
+            source = change.row if change.row is not None else change.old
+            key = tc.encode_key(self._schema_id(registry, key_subject, tc.key_schema), source)
+            value = None
+            if change.op != "d":
+                value_id = self._schema_id(registry, value_subject, tc.value_schema)
+                value = tc.encode_value(value_id, change.row, op=change.op, commit_ts=commit_ts)
+            partition = codec.partition_for(rule, info, source, partitions, commit_ts=commit_ts)
+            cb = lambda err, _msg, e=entry: self._pending.acked(e, err)  # noqa: E731
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, partition=partition, on_delivery=cb)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+
+    def _codec(self, info: codec.TableInfo) -> codec.TableCodec:
+        tc = self._codecs.get(id(info))
+        if tc is None or tc.info is not info:
+            tc = self._codecs[id(info)] = codec.TableCodec(info, self.sink.codec)
+        return tc
+
+    def _route(self, info: codec.TableInfo) -> tuple[str, str]:
+        route = self._routes[(info.schema, info.table)] = self.sink.route(info.schema, info.table)
+        return route
+
+    def _save_checkpoint(self) -> None:
+        if self._crashed.is_set():
+            return
+        done = self._pending.pop_done()
+        if done is None:
+            return
+        ts, file, pos = done
+        self.store.update_progress(self.cf.id, checkpoint_ts=ts, binlog_file=file, binlog_pos=pos)
+
+
+# --- the manager ----------------------------------------------------------------------------------------------
+
+
+class CaptureManager:
+    """Runs one capture thread per changefeed in state `normal`; the TiCDC server process owns one."""
+
+    def __init__(self, store: ChangefeedStore, mysql_conn_kwargs: Mapping[str, Any], *, poll_interval: float = 0.5,
+                 addr: str = "") -> None:
+        self.store = store
+        self.mysql = dict(mysql_conn_kwargs)
+        self.poll_interval = poll_interval
+        self.addr = addr
+        self._captures: dict[str, tuple[Capture, threading.Thread]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ticdc-capture-manager", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            running = list(self._captures.values())
+            self._captures.clear()
+        for cap, _ in running:
+            cap.stop()
+        for _, thread in running:
+            thread.join(timeout)
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return [cf_id for cf_id, (_, t) in self._captures.items() if t.is_alive()]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - a store hiccup must not kill the manager
+                log.exception("capture manager: reconcile failed")
+            self._stop.wait(self.poll_interval)
+
+    def reconcile(self) -> None:
+        """Start captures for normal changefeeds, stop the others."""
+        wanted = {cf.id: cf for cf in self.store.list() if cf.state == "normal"}
+        with self._lock:
+            for cf_id, (cap, thread) in list(self._captures.items()):
+                if cf_id not in wanted or not thread.is_alive():
+                    cap.stop()
+                    if not thread.is_alive():
+                        del self._captures[cf_id]
+            for cf_id, cf in wanted.items():
+                if cf_id in self._captures:
+                    continue
+                try:
+                    cap = Capture(cf, self.store, self.mysql)
+                except CaptureError as exc:
+                    self.store.set_state(cf_id, "failed", running_error(exc.code, str(exc), addr=self.addr))
+                    continue
+                thread = threading.Thread(target=self._run_capture, args=(cap,), name=f"ticdc-capture-{cf_id}", daemon=True)
+                self._captures[cf_id] = (cap, thread)
+                thread.start()
+
+    def _run_capture(self, cap: Capture) -> None:
+        try:
+            cap.run()
+        except CaptureError as exc:
+            cap.error = exc
+            if not cap.stopping:
+                self.store.set_state(cap.cf.id, "failed", running_error(exc.code, str(exc), addr=self.addr))
+        except Exception as exc:  # noqa: BLE001 - any other failure also fails the changefeed, visibly
+            cap.error = exc
+            log.exception("capture %s failed", cap.cf.id)
+            if not cap.stopping:
+                self.store.set_state(
+                    cap.cf.id, "failed", running_error("CDC:ErrProcessorUnknown", f"{type(exc).__name__}: {exc}", addr=self.addr)
+                )
+
+
+# --- benchmark ------------------------------------------------------------------------------------------------
+
+
+def bench(rows: int = 50_000, batch: int = 1_000) -> dict[str, float]:
+    """Row changes/s from binlog to acknowledged Kafka records on the running lab (mariadb, kafka, registry)."""
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from tidb_pipeline.lab import stack
+    from tidb_pipeline.lab.service import up
+    from tidb_pipeline.lab.settings import LabSettings
+
+    settings = LabSettings()
+    services = stack.services(settings, ["mariadb", "kafka", "registry"])
+    up(services, log=lambda _m: None)
+    mysql = next(s for s in services if s.name == "mariadb").connect_kwargs()  # type: ignore[attr-defined]
+    conn = _connect(mysql)
+    run = uuid.uuid4().hex[:8]
+    db = f"bench_{run}"
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{db}`")
+        cur.execute(
+            f"CREATE TABLE `{db}`.order_line (ol_o_id INT NOT NULL, ol_d_id TINYINT NOT NULL, ol_w_id INT NOT NULL, "
+            "ol_number TINYINT NOT NULL, ol_i_id INT NOT NULL, ol_supply_w_id INT NOT NULL, ol_delivery_d DATETIME NULL, "
+            "ol_quantity TINYINT NOT NULL, ol_amount DECIMAL(6,2) NOT NULL, ol_dist_info CHAR(24) NOT NULL, "
+            "PRIMARY KEY (ol_w_id, ol_d_id, ol_o_id, ol_number))"
+        )
+    file, pos = master_position(conn)
+    with conn.cursor() as cur:
+        for start in range(0, rows, batch):
+            values = [
+                (i, i % 10 + 1, 1, 1, i % 100000, 1, None, 5, f"{(i % 9999) / 100:.2f}", "x" * 24)
+                for i in range(start, min(rows, start + batch))
+            ]
+            cur.executemany(f"INSERT INTO `{db}`.order_line VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)", values)
+    end_file, end_pos = master_position(conn)
+    conn.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ChangefeedStore(Path(tmp) / "cf.db")
+        cf = Changefeed(
+            id=f"bench-{run}",
+            sink_uri=f"kafka://{settings.kafka_bootstrap}/unused?protocol=avro&partition-num=3&enable-tidb-extension=true",
+            replica_config={"filter": {"rules": [f"{db}.*"]}, "sink": {"schema_registry": settings.registry_url,
+                            "dispatchers": [{"matcher": [f"{db}.*"], "topic": "tidb_{schema}_{table}", "partition": "index-value"}]}},
+            start_ts=0, state="normal", checkpoint_ts=_now_tso(), binlog_file=file, binlog_pos=pos, error=None,
+            created_at=time.time(),
+        )
+        store.put(cf)
+        cap = Capture(cf, store, mysql)
+        thread = threading.Thread(target=cap.run, daemon=True)
+        t0 = time.perf_counter()
+        thread.start()
+        while True:
+            got = store.get(cf.id)
+            if got and got.binlog_file and (got.binlog_file, got.binlog_pos) >= (end_file, end_pos):
+                break
+            if not thread.is_alive():
+                raise RuntimeError(f"capture stopped early: {cap.error}")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        cap.stop()
+        thread.join(30)
+        store.close()
+    return {"rows": rows, "seconds": round(elapsed, 2), "rows_per_second": round(rows / elapsed)}
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", action="store_true", help="measure binlog -> acked Kafka throughput on the lab")
+    parser.add_argument("--rows", type=int, default=50_000)
+    args, _ = parser.parse_known_args(list(argv) if argv is not None else None)
+    if args.bench:
+        print(bench(args.rows))
+    else:
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    main()
