@@ -117,7 +117,7 @@ class UpstreamTable:
 def checkpoint_time(ts: int) -> str:
     """TiCDC's JSONTime (`2006-01-02 15:04:05.000`) of a TSO, in the server's local time as TiCDC prints it."""
     ms = ms_from_tso(ts)
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
+    return datetime.fromtimestamp(ms // 1000).strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
 
 
 def go_time(epoch: float) -> str:

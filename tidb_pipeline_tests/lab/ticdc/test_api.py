@@ -45,7 +45,7 @@ def _tso_now() -> int:
 
 def _time_of(ts: int) -> str:
     ms = ts >> 18
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
+    return datetime.fromtimestamp(ms // 1000).strftime("%Y-%m-%d %H:%M:%S.") + f"{ms % 1000:03d}"
 
 
 @pytest.fixture(scope="module")
