@@ -279,3 +279,30 @@ def test_cli_prepare_reads_the_environment_and_hides_the_password(
     }
     assert "history has no primary or unique key" in out
     assert "tpmC" in out and "FAIL" not in out
+
+
+def test_deadlocks_are_retried_and_other_failures_counted(
+    prepared: Prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+
+    def flaky(cur: Any, ctx: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] % 2 == 1:  # first attempt of every transaction deadlocks
+            raise pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+        return tpcc.stock_level(cur, ctx)
+
+    def broken(cur: Any, ctx: Any) -> Any:
+        raise pymysql.err.ProgrammingError(1146, "Table 'tpcc_t.nope' doesn't exist")
+
+    monkeypatch.setattr(tpcc, "MIX", (0, 0, 1, 0, 1))
+    monkeypatch.setitem(tpcc._TXN_FUNCS, "stock_level", flaky)
+    monkeypatch.setitem(tpcc._TXN_FUNCS, "order_status", broken)
+    summary = tpcc.run(prepared.kw, database=prepared.database, duration_s=1, threads=1, seed=5)
+
+    sl, os_ = summary.of("stock_level"), summary.of("order_status")
+    assert sl.committed > 0 and sl.errors == 0
+    assert sl.retries == sl.committed == calls["n"] // 2
+    assert os_.committed == 0 and os_.errors > 0 and os_.retries == 0
+    assert summary.error_samples and "nope" in summary.error_samples[0]
+    assert {t.name for t in summary.transactions if t.completed or t.errors} == {"stock_level", "order_status"}
