@@ -37,6 +37,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, unquote, urlsplit, urlunsplit
 
+from tidb_pipeline.lab.ticdc import capture
 from tidb_pipeline.lab.ticdc.codec import ms_from_tso, tso_from_ms
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
 
@@ -49,12 +50,8 @@ CHANGEFEED_ID_RE = re.compile(r"^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$")
 CHANGEFEED_ID_MAX_LEN = 128
 # tiflow cdc/sink/dmlsink/mq/dispatcher/topic/expression.go: avroTopicNameRE
 AVRO_TOPIC_RE = re.compile(r"^[A-Za-z0-9._\-]*\{schema\}[A-Za-z0-9._\-]*\{table\}[A-Za-z0-9._\-]*$")
-# Never replicated by TiCDC, whatever the filter says (MariaDB's own system schemas included).
-SYSTEM_SCHEMAS = (
-    "information_schema", "performance_schema", "mysql", "sys",
-    "metrics_schema", "inspection_schema", "lightning_task_info",
-    "tidb_pipeline_lab",  # capture's own bookkeeping (TSO -> binlog position), never replicated
-)
+# Never replicated, whatever the filter says: exactly the schemas capture skips (system + its bookkeeping).
+SYSTEM_SCHEMAS = tuple(sorted(capture.SYSTEM_SCHEMAS | {capture.BOOKKEEPING_SCHEMA}))
 KNOWN_PROTOCOLS = (
     "canal", "canal-json", "open-protocol", "avro", "flat-avro", "maxwell", "craft", "csv", "debezium", "simple"
 )

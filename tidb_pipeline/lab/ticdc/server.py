@@ -27,6 +27,7 @@ import httpx
 from tidb_pipeline.lab.service import Service, python_command
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER
 from tidb_pipeline.lab.ticdc.api import Response, TiCDCApi, http_registry_probe, mysql_table_lister
+from tidb_pipeline.lab.ticdc.capture import CaptureManager
 from tidb_pipeline.lab.ticdc.store import ChangefeedStore
 
 PASSWORD_ENV = "TIDB_PIPELINE_LAB_TICDC_MYSQL_PASSWORD"
@@ -75,17 +76,6 @@ def _make_handler(api: TiCDCApi) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _capture_manager(store: ChangefeedStore, conn_kwargs: Mapping[str, Any], addr: str) -> Any | None:
-    try:
-        from tidb_pipeline.lab.ticdc.capture import CaptureManager
-    except ModuleNotFoundError as exc:
-        if exc.name != "tidb_pipeline.lab.ticdc.capture":
-            raise
-        print("lab ticdc: capture module not available; serving the API only", flush=True)
-        return None
-    return CaptureManager(store, dict(conn_kwargs), addr=addr)
-
-
 def serve(host: str, port: int, data: Path, conn_kwargs: Mapping[str, Any]) -> None:
     """Run until SIGTERM/SIGINT."""
     data.mkdir(parents=True, exist_ok=True)
@@ -100,16 +90,14 @@ def serve(host: str, port: int, data: Path, conn_kwargs: Mapping[str, Any]) -> N
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    capture = _capture_manager(store, conn_kwargs, f"{host}:{port}")
-    if capture is not None:
-        capture.start()
+    capture = CaptureManager(store, dict(conn_kwargs), addr=f"{host}:{port}")
+    capture.start()
     print(f"lab ticdc listening on http://{host}:{port}, changefeeds in {data / STORE_FILE}", flush=True)
     try:
         server.serve_forever()
     finally:
         server.server_close()
-        if capture is not None:
-            capture.stop()
+        capture.stop()
         store.close()
         print("lab ticdc stopped", flush=True)
 
