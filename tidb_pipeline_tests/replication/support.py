@@ -129,3 +129,67 @@ class Replica:
             (self.plan.replica.label,),
         )
         return [(int(p), int(o)) for p, o in cur.fetchall()]
+
+
+def decimal_type(precision: int, scale: int) -> dict[str, Any]:
+    return {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}
+
+
+# One column per row of spec/ticdc-avro.md's type table (plus the string handling modes), key `id`.
+ALL_TYPES_KEY = record("all_types", [field("id", "long", "BIGINT")])
+ALL_TYPES_VALUE = with_extension(
+    record(
+        "all_types",
+        [
+            field("id", "long", "BIGINT"),
+            field("c_int", "int", "INT", nullable=True),
+            field("c_int_unsigned", "int", "INT UNSIGNED", nullable=True),
+            field("c_int_unsigned_long", "long", "INT UNSIGNED", nullable=True),
+            field("c_bigint", "long", "BIGINT", nullable=True),
+            field("c_bigint_unsigned", "long", "BIGINT UNSIGNED", nullable=True),
+            field("c_bigint_unsigned_str", "string", "BIGINT UNSIGNED", nullable=True),
+            field("c_float", "float", "FLOAT", nullable=True),
+            field("c_double", "double", "DOUBLE", nullable=True),
+            field("c_decimal", decimal_type(10, 2), "DECIMAL", nullable=True),
+            field("c_decimal_wide", decimal_type(65, 30), "DECIMAL", nullable=True),
+            field("c_decimal_str", "string", "DECIMAL", nullable=True),
+            field("c_text", "string", "TEXT", nullable=True),
+            field("c_blob", "bytes", "BLOB", nullable=True),
+            field("c_bit", "bytes", "BIT", nullable=True, **{"connect.parameters": {"tidb_type": "BIT", "length": "10"}}),
+            field("c_enum", "string", "ENUM", nullable=True),
+            field("c_set", "string", "SET", nullable=True),
+            field("c_json", "string", "JSON", nullable=True),
+            field("c_date", "string", "DATE", nullable=True),
+            field("c_datetime", "string", "DATETIME", nullable=True),
+            field("c_timestamp", "string", "TIMESTAMP", nullable=True),
+            field("c_time", "string", "TIME", nullable=True),
+            field("c_year", "int", "YEAR", nullable=True),
+        ],
+        db="types",
+    )
+)
+ALL_TYPES_SQL = {
+    "id": "NUMBER(19,0)",
+    "c_int": "NUMBER(10,0)",
+    "c_int_unsigned": "NUMBER(10,0)",
+    "c_int_unsigned_long": "NUMBER(10,0)",
+    "c_bigint": "NUMBER(19,0)",
+    "c_bigint_unsigned": "NUMBER(20,0)",
+    "c_bigint_unsigned_str": "NUMBER(20,0)",
+    "c_float": "FLOAT",
+    "c_double": "FLOAT",
+    "c_decimal": "NUMBER(10,2)",
+    "c_decimal_wide": "VARCHAR",
+    "c_decimal_str": "VARCHAR",
+    "c_text": "VARCHAR",
+    "c_blob": "BINARY",
+    "c_bit": "BINARY",
+    "c_enum": "VARCHAR",
+    "c_set": "VARCHAR",
+    "c_json": "VARIANT",
+    "c_date": "DATE",
+    "c_datetime": "TIMESTAMP_NTZ(6)",
+    "c_timestamp": "TIMESTAMP_NTZ(6)",
+    "c_time": "VARCHAR",
+    "c_year": "NUMBER(4,0)",
+}
