@@ -886,7 +886,11 @@ def run(
                         try:
                             conn.rollback()
                         except pymysql.err.MySQLError:
-                            conn.ping(reconnect=True)
+                            # The connection died (server restart, kill): reconnect, or pause and try later.
+                            try:
+                                conn.ping(reconnect=True)
+                            except pymysql.err.MySQLError:
+                                time.sleep(0.5)
                         if _error_code(exc) in RETRYABLE_ERRORS and attempt < MAX_RETRIES:
                             tally.retries += 1
                             time.sleep(0.001 * (attempt + 1))

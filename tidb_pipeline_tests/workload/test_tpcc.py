@@ -141,7 +141,9 @@ def test_schema_is_go_tpcs(prepared: Prepared) -> None:
     assert keys == {
         "warehouse": {"PRIMARY": ["w_id"]},
         "district": {"PRIMARY": ["d_w_id", "d_id"]},
-        "customer": {"PRIMARY": ["c_w_id", "c_d_id", "c_id"], "idx_customer": ["c_w_id", "c_d_id", "c_last", "c_first"]},
+        "customer": {
+            "PRIMARY": ["c_w_id", "c_d_id", "c_id"], "idx_customer": ["c_w_id", "c_d_id", "c_last", "c_first"],
+        },
         "history": {"idx_h_w_id": ["h_w_id"], "idx_h_c_w_id": ["h_c_w_id"]},
         "new_order": {"PRIMARY": ["no_w_id", "no_d_id", "no_o_id"]},
         "orders": {"PRIMARY": ["o_w_id", "o_d_id", "o_id"], "idx_order": ["o_w_id", "o_d_id", "o_c_id", "o_id"]},
@@ -272,7 +274,8 @@ def test_cli_prepare_reads_the_environment_and_hides_the_password(
     captured = capsys.readouterr()
     out = captured.out + captured.err
     assert kw["password"] not in out
-    loaded = dict(line.split() for line in captured.out.splitlines() if line.split()[:1] and line.split()[0] in schema.TABLES)
+    table_lines = [line.split() for line in captured.out.splitlines()]
+    loaded = dict(words for words in table_lines if len(words) == 2 and words[0] in schema.TABLES)
     assert {k: v for k, v in loaded.items() if k != "order_line"} == {
         "warehouse": "1", "district": "10", "customer": "100", "history": "100", "new_order": "30", "orders": "100",
         "stock": "100", "item": "100",
