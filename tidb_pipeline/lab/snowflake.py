@@ -27,6 +27,12 @@ from typing import Any
 from tidb_pipeline.lab.service import Service, python_command
 from tidb_pipeline.lab.settings import LabSettings
 
+# Without a network timeout the connector retries an HTTP 500 (fakesnow's answer to an unsupported
+# statement) forever; it caps only retries, not a running statement. The socket timeout is the longest a
+# single statement may run: fakesnow answers synchronously, and on a read timeout the connector re-sends
+# the request, gets "connection is busy" and reports a failure while the first statement still completes.
+LAB_NETWORK_TIMEOUT = 30
+LAB_SOCKET_TIMEOUT = 900
 # Credentials fakesnow ignores but the connector insists on; not secrets.
 LAB_ACCOUNT = "fakesnow"
 LAB_USER = "fake"
@@ -38,8 +44,7 @@ STAGES_DIR = "stages"
 def connection_args(settings: LabSettings) -> dict[str, Any]:
     """Keyword arguments for `snowflake.connector.connect` that reach the lab's server.
 
-    The first three are also what `SnowflakeResource(additional_snowflake_connection_args=...)` needs; the
-    rest are what the resource's own fields carry.
+    `lab_env` gives the same through the SNOWFLAKE_* variables `tidb_pipeline.resources.snowflake` reads.
     """
     return {
         "host": settings.host,
@@ -48,6 +53,8 @@ def connection_args(settings: LabSettings) -> dict[str, Any]:
         "account": LAB_ACCOUNT,
         "user": LAB_USER,
         "password": LAB_PASSWORD,
+        "network_timeout": LAB_NETWORK_TIMEOUT,
+        "socket_timeout": LAB_SOCKET_TIMEOUT,
     }
 
 
@@ -60,6 +67,8 @@ def lab_env(settings: LabSettings) -> dict[str, str]:
         "SNOWFLAKE_HOST": settings.host,
         "SNOWFLAKE_PORT": str(settings.port("snowflake")),
         "SNOWFLAKE_PROTOCOL": "http",
+        "SNOWFLAKE_NETWORK_TIMEOUT": str(LAB_NETWORK_TIMEOUT),
+        "SNOWFLAKE_SOCKET_TIMEOUT": str(LAB_SOCKET_TIMEOUT),
     }
 
 
@@ -88,7 +97,8 @@ class SnowflakeService(Service):
         import snowflake.connector
 
         args = connection_args(self.settings)
-        with snowflake.connector.connect(**args, login_timeout=5, network_timeout=5) as conn:
+        args.update(login_timeout=5, network_timeout=5, socket_timeout=5)
+        with snowflake.connector.connect(**args) as conn:
             return conn.cursor().execute("SELECT 1").fetchone() == (1,)
 
 

@@ -9,8 +9,10 @@ Environment variables (read when definitions load; secrets stay `dg.EnvVar`s res
   left out of the config when unset (an unset `dg.EnvVar` would fail the run instead of meaning "none").
 - `SNOWFLAKE_HOST`, `SNOWFLAKE_PORT`, `SNOWFLAKE_PROTOCOL` — only to reach something other than
   `<account>.snowflakecomputing.com`, i.e. the lab's fakesnow server (`tidb_pipeline.lab.snowflake.lab_env`).
-  They are not secrets and go to `additional_snowflake_connection_args`. The protocol defaults to `http` for a
-  loopback host (the lab) and `https` otherwise.
+  The protocol defaults to `http` for a loopback host (the lab) and `https` otherwise.
+- `SNOWFLAKE_NETWORK_TIMEOUT`, `SNOWFLAKE_SOCKET_TIMEOUT` — optional seconds. The network timeout bounds the
+  connector's retries (unset, it retries an HTTP 500 forever); the socket timeout bounds one request.
+Host, port, protocol and socket timeout are not secrets and go to `additional_snowflake_connection_args`.
 
 Nothing here opens a connection; the resource connects when an asset asks for one.
 """
@@ -33,27 +35,33 @@ _OPTIONAL_FIELDS = {
 }
 
 
-def endpoint_args(env: Mapping[str, str]) -> dict[str, Any]:
-    """`host`/`port`/`protocol` connection arguments from SNOWFLAKE_HOST etc., or {} when no host is set."""
-    host = env.get("SNOWFLAKE_HOST", "").strip()
-    if not host:
-        return {}
-    args: dict[str, Any] = {
-        "host": host,
-        "protocol": env.get("SNOWFLAKE_PROTOCOL") or ("http" if host in _LOOPBACK_HOSTS else "https"),
-    }
-    if port := env.get("SNOWFLAKE_PORT", "").strip():
-        try:
-            args["port"] = int(port)
-        except ValueError as exc:
-            raise ValueError(f"SNOWFLAKE_PORT={port!r} is not a port number; set it to an integer or unset it") from exc
-    if args["protocol"] not in ("http", "https"):
-        raise ValueError(f"SNOWFLAKE_PROTOCOL={args['protocol']!r} must be 'http' or 'https'")
+def _int_var(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}={value!r} is not an integer; set it to a whole number or unset it") from exc
+
+
+def connection_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Non-secret connector arguments from SNOWFLAKE_HOST/PORT/PROTOCOL/SOCKET_TIMEOUT; {} when none is set."""
+    args: dict[str, Any] = {}
+    if host := env.get("SNOWFLAKE_HOST", "").strip():
+        protocol = env.get("SNOWFLAKE_PROTOCOL", "").strip() or ("http" if host in _LOOPBACK_HOSTS else "https")
+        if protocol not in ("http", "https"):
+            raise ValueError(f"SNOWFLAKE_PROTOCOL={protocol!r} must be 'http' or 'https'")
+        args.update(host=host, protocol=protocol)
+        if (port := _int_var(env, "SNOWFLAKE_PORT")) is not None:
+            args["port"] = port
+    if (socket_timeout := _int_var(env, "SNOWFLAKE_SOCKET_TIMEOUT")) is not None:
+        args["socket_timeout"] = socket_timeout
     return args
 
 
 def snowflake_resource(env: Mapping[str, str] | None = None) -> SnowflakeResource:
-    """The project's Snowflake resource; `env` defaults to `os.environ` (only presence and endpoint are read)."""
+    """The project's Snowflake resource; `env` defaults to `os.environ` (secrets are only named, not read)."""
     env = os.environ if env is None else env
     auth: dict[str, Any]
     if env.get("SNOWFLAKE_PRIVATE_KEY"):
@@ -62,11 +70,13 @@ def snowflake_resource(env: Mapping[str, str] | None = None) -> SnowflakeResourc
             auth["private_key_password"] = dg.EnvVar("SNOWFLAKE_PRIVATE_KEY_PASSWORD")
     else:
         auth = {"password": dg.EnvVar("SNOWFLAKE_PASSWORD")}
-    optional = {field: dg.EnvVar(var) for field, var in _OPTIONAL_FIELDS.items() if env.get(var)}
+    optional: dict[str, Any] = {field: dg.EnvVar(var) for field, var in _OPTIONAL_FIELDS.items() if env.get(var)}
+    if (network_timeout := _int_var(env, "SNOWFLAKE_NETWORK_TIMEOUT")) is not None:
+        optional["network_timeout"] = network_timeout
     return SnowflakeResource(
         account=dg.EnvVar("SNOWFLAKE_ACCOUNT"),
         user=dg.EnvVar("SNOWFLAKE_USER"),
         **auth,
         **optional,
-        additional_snowflake_connection_args=endpoint_args(env) or None,
+        additional_snowflake_connection_args=connection_overrides(env) or None,
     )
