@@ -58,12 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job end to end on the lab and print what it did")
     demo.set_defaults(func=_demo)
 
-    try:
-        from tidb_pipeline.workload.cli import register as register_workload
-    except ImportError:  # the workload package is optional for a bare lab
-        pass
-    else:
-        register_workload(sub)
+    from tidb_pipeline.workload.cli import register as register_workload
+
+    register_workload(sub)
     return parser
 
 

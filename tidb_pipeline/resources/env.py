@@ -1,0 +1,31 @@
+"""Reading resource settings from the environment at definitions load (no network).
+
+Non-secret settings are read as plain values with a lab default; secrets become `dg.EnvVar`s, resolved
+only inside a run, so they never reach definitions, logs or the UI. A secret that is not set is left out
+(`None`) rather than turned into an `EnvVar` that would fail every run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+
+
+def setting(name: str, default: str, env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get(name) or default
+
+
+def int_setting(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+    raw = setting(name, str(default), env)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer; fix or unset it") from None
+
+
+def secret(name: str, env: Mapping[str, str] | None = None) -> dg.EnvVar | None:
+    env = os.environ if env is None else env
+    return dg.EnvVar(name) if env.get(name) else None

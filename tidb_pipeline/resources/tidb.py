@@ -1,0 +1,86 @@
+"""The `tidb` resource: a MySQL-protocol connection to TiDB (the lab's MariaDB speaks the same protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import dagster as dg
+import pymysql
+from pydantic import Field
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    name: str
+    data_type: str
+    column_type: str
+    nullable: bool
+
+
+class TiDBResource(dg.ConfigurableResource):
+    """TiDB over the MySQL protocol, with connect/read timeouts."""
+
+    host: str = "127.0.0.1"
+    port: int = 4000
+    user: str = "root"
+    password: str | None = Field(default=None, description="from TIDB_PASSWORD")
+    connect_timeout_s: int = 10
+    read_timeout_s: int = 300
+
+    @contextmanager
+    def get_connection(self, database: str | None = None) -> Iterator[pymysql.connections.Connection]:
+        conn = pymysql.connect(
+            host=self.host, port=self.port, user=self.user, password=self.password or "",
+            database=database, charset="utf8mb4", autocommit=True,
+            connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
+        )
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def count_rows(self, db: str, table: str) -> int:
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {quote_mysql(db)}.{quote_mysql(table)}")
+            return int(cur.fetchone()[0])
+
+    def columns(self, db: str, table: str) -> list[SourceColumn]:
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+                (db, table),
+            )
+            return [SourceColumn(r[0], r[1].lower(), r[2].lower(), r[3] == "YES") for r in cur.fetchall()]
+
+    def handle_key(self, db: str, table: str) -> tuple[str, ...]:
+        """TiCDC's handle key: the primary key, else the NOT NULL unique index with the fewest columns."""
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT s.INDEX_NAME, s.COLUMN_NAME, c.IS_NULLABLE FROM information_schema.STATISTICS s "
+                "JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = s.TABLE_SCHEMA "
+                "AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME "
+                "WHERE s.TABLE_SCHEMA = %s AND s.TABLE_NAME = %s AND s.NON_UNIQUE = 0 "
+                "ORDER BY s.INDEX_NAME, s.SEQ_IN_INDEX",
+                (db, table),
+            )
+            indexes: dict[str, list[tuple[str, bool]]] = {}
+            for index, column, nullable in cur.fetchall():
+                indexes.setdefault(index, []).append((column, nullable == "YES"))
+        return pick_handle_key(indexes)
+
+
+def pick_handle_key(indexes: dict[str, Sequence[tuple[str, bool]]]) -> tuple[str, ...]:
+    if "PRIMARY" in indexes:
+        return tuple(c for c, _ in indexes["PRIMARY"])
+    candidates = [cols for cols in indexes.values() if not any(nullable for _, nullable in cols)]
+    if not candidates:
+        return ()
+    best = min(candidates, key=len)
+    return tuple(c for c, _ in best)
+
+
+def quote_mysql(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
