@@ -36,6 +36,8 @@ fakesnow 0.12.1 quirks met here (the SQL is written to work on both it and Snowf
   and without an alias keeps them, so ranges are given as `SELECT column1 AS .. FROM VALUES ...`.
 - VARIANT numbers must be cast (`::int`) before ordering or comparing.
 - MERGE returns (inserted, updated, deleted) counts like Snowflake.
+- A VARIANT holding JSON `null` comes back as Python None (Snowflake returns the text `null`).
+- `COPY INTO` a two-column table from JSON files fails (see landing.py for the two-step load).
 """
 
 from __future__ import annotations
