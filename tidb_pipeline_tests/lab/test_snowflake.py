@@ -145,7 +145,8 @@ def test_variant_round_trip_and_merge(service: SnowflakeService) -> None:
         cur = conn.cursor()
         cur.execute("CREATE OR REPLACE TABLE LAND (RECORD_METADATA VARIANT, RECORD_CONTENT VARIANT)")
         for meta, content in landing:
-            cur.execute("INSERT INTO LAND SELECT PARSE_JSON(%s), PARSE_JSON(%s)", (json.dumps(meta), json.dumps(content)))
+            params = (json.dumps(meta), json.dumps(content))
+            cur.execute("INSERT INTO LAND SELECT PARSE_JSON(%s), PARSE_JSON(%s)", params)
         assert _rows(conn, "SELECT RECORD_METADATA:offset::int, RECORD_CONTENT:note::string FROM LAND ORDER BY 1") == [
             (5, "first"), (7, None), (9, "new"), (12, "second"),
         ]
