@@ -14,6 +14,7 @@ SERVICES: dict[str, str] = {
     "registry": "tidb_pipeline.lab.registry:RegistryService",
     "snowflake": "tidb_pipeline.lab.snowflake:SnowflakeService",
     "ticdc": "tidb_pipeline.lab.ticdc.server:TiCDCService",
+    "connect": "tidb_pipeline.lab.connect:ConnectService",
 }
 
 
