@@ -31,12 +31,50 @@ def _lab(args: argparse.Namespace) -> int:
         print(f"all ready in {time.monotonic() - started:.1f}s (data under {settings.root})")
     elif args.action == "down":
         down(parts)
+    elif args.action == "env":
+        for key, value in _lab_env(settings).items():
+            print(f"{key}={value}")
     else:
         width = max(len(p.name) for p in parts)
         for status in (p.status() for p in parts):
             state = "ready" if status.ready else ("starting" if status.running else "stopped")
             pid = f"pid {status.pid}" if status.pid else ""
             print(f"{status.name:<{width}}  {state:<8}  {status.address:<40}  {pid}")
+    return 0
+
+
+def _lab_env(settings: LabSettings) -> dict[str, str]:
+    from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER
+    from tidb_pipeline.lab.snowflake import lab_env
+
+    return {
+        "TIDB_HOST": settings.host, "TIDB_PORT": str(settings.port("mariadb")),
+        "TIDB_USER": LAB_DB_USER, "TIDB_PASSWORD": LAB_DB_PASSWORD,
+        "TICDC_URL": settings.ticdc_url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+        "SCHEMA_REGISTRY_URL": settings.registry_url,
+        **lab_env(settings),
+    }
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tidb_pipeline.config import ConfigError, dump_tables, load_config, parse_config
+    from tidb_pipeline.defs.resources import tidb_resource
+    from tidb_pipeline.discover import discover_tables
+
+    path = Path(args.output)
+    try:
+        existing = load_config(path) if path.exists() else parse_config({})
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tables, skipped = discover_tables(tidb_resource(), args.database, include=args.include, existing=existing)
+    for name in skipped:
+        print(f"skipped {name}: no primary key or NOT NULL unique key (TiCDC cannot replicate it)", file=sys.stderr)
+    path.write_text(dump_tables(existing, tables))
+    print(f"wrote {len(tables)} tables to {path}")
     return 0
 
 
@@ -51,9 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     lab = sub.add_parser("lab", help="start, stop or inspect the local lab (Kafka, MariaDB, registry, Snowflake stand-in, TiCDC stand-in)")
-    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("action", choices=["up", "down", "status", "env"],
+                     help="env prints the environment variables that point the pipeline at the lab")
     lab.add_argument("--only", nargs="+", metavar="PART", help="only these parts (and what they depend on)")
     lab.set_defaults(func=_lab)
+
+    discover = sub.add_parser("discover", help="write the table list from TiDB's information_schema")
+    discover.add_argument("--database", "-d", action="append", required=True, help="TiDB database (repeatable)")
+    discover.add_argument("--include", default="*", help="table name pattern (fnmatch), default *")
+    discover.add_argument("--output", "-o", default="tidb_pipeline.yaml", help="config file to write")
+    discover.set_defaults(func=_discover)
 
     demo = sub.add_parser("demo", help="run the main job end to end on the lab and print what it did")
     demo.set_defaults(func=_demo)

@@ -1,5 +1,6 @@
-"""Wiring only: the project's Dagster definitions."""
+"""Wiring only: the project's Dagster definitions, from the checked-in table list."""
 
-import dagster as dg
+from tidb_pipeline.config import load_config
+from tidb_pipeline.defs import build_defs
 
-defs = dg.Definitions()
+defs = build_defs(config=load_config())

@@ -107,8 +107,9 @@ def add_columns_sql(table: TableRef, existing: Iterable[str], wanted: Sequence[R
 
 def table_columns_sql(table: TableRef) -> Statement:
     """Query listing a table's column names (exact case), for `add_columns_sql`'s `existing`."""
+    # Snowflake's information_schema is per database, so qualify it when the table names one.
+    info = f"{quote_ident(table.database)}.information_schema.columns" if table.database else "information_schema.columns"
     return Statement(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        f"SELECT column_name FROM {info} WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
         (table.schema, table.name),
     )

@@ -1,0 +1,113 @@
+"""One replica merge, as the replica asset runs it.
+
+The replica's columns come from the topic's latest Avro value schema in the registry (never hand-written
+DDL): the table is created on first use, and columns a newer schema version adds are added before the
+merge (`ALTER TABLE ... ADD COLUMN`), so rows landed with the new schema merge into them. The MERGE itself,
+its watermark and its idempotency live in `tidb_pipeline.replication.merge`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
+from tidb_pipeline.replication.ddl import (
+    TableRef,
+    add_columns_sql,
+    create_replica_sql,
+    create_watermark_sql,
+    quote_ident,
+    table_columns_sql,
+)
+from tidb_pipeline.replication.merge import MergeCounts, MergePlan, MergeRange, run_merge
+
+_SUBJECT_NOT_FOUND = 40401
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    replica: TableRef
+    counts: MergeCounts
+    ranges: tuple[MergeRange, ...]
+    columns: tuple[ReplicaColumn, ...]
+    added_columns: tuple[str, ...] = ()
+    row_count: int | None = None
+    schema_version: int | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
+    """(key schema, value schema, value version) of the topic's latest subjects, or None before any data."""
+    try:
+        key = registry.get_latest_version(f"{topic}-key")
+        value = registry.get_latest_version(f"{topic}-value")
+    except SchemaRegistryError as exc:
+        if exc.error_code == _SUBJECT_NOT_FOUND:
+            return None
+        raise
+    return key.schema.schema_str, value.schema.schema_str, value.version
+
+
+def _execute(cursor: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    cursor.execute(sql, params or None)
+    try:
+        return list(cursor.fetchall())
+    except Exception:  # noqa: BLE001 - statements without a result set
+        return []
+
+
+def ensure_schema(cursor: Any, table: TableRef) -> None:
+    if table.database:
+        _execute(cursor, f"CREATE DATABASE IF NOT EXISTS {quote_ident(table.database)}")
+        _execute(cursor, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.database)}.{quote_ident(table.schema)}")
+    else:
+        _execute(cursor, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.schema)}")
+
+
+def ensure_replica(cursor: Any, replica: TableRef, columns: tuple[ReplicaColumn, ...]) -> tuple[str, ...]:
+    """Create the replica if missing and add the columns a newer schema brings; returns the added names."""
+    ensure_schema(cursor, replica)
+    _execute(cursor, create_replica_sql(replica, columns))
+    stmt = table_columns_sql(replica)
+    existing = [r[0] for r in _execute(cursor, stmt.sql, stmt.params)]
+    added = add_columns_sql(replica, existing, columns)
+    for sql in added:
+        _execute(cursor, sql)
+    have = set(existing)
+    return tuple(c.name for c in columns if c.name not in have)
+
+
+def merge_replica(
+    *,
+    connection: Any,
+    registry: SchemaRegistryClient,
+    topic: str,
+    landing: TableRef,
+    replica: TableRef,
+    watermarks: TableRef,
+    now: dt.datetime | None = None,
+    log: logging.Logger | None = None,
+) -> MergeOutcome | None:
+    """Bring the replica up to date with its landing table; None when the topic has no schema yet."""
+    log = log or logging.getLogger(__name__)
+    schemas = latest_schemas(registry, topic)
+    if schemas is None:
+        log.info("no schema registered for %s yet: nothing to merge", topic)
+        return None
+    key_schema, value_schema, version = schemas
+    columns = replica_columns(value_schema, key_schema)
+    cursor = connection.cursor()
+    ensure_schema(cursor, watermarks)
+    _execute(cursor, create_watermark_sql(watermarks))
+    added = ensure_replica(cursor, replica, columns)
+    if added:
+        log.info("added columns %s to %s (schema version %s)", ", ".join(added), replica.label, version)
+    counts, ranges = run_merge(connection, MergePlan(replica, landing, watermarks, columns), now or dt.datetime.now(dt.timezone.utc))
+    (row_count,) = _execute(connection.cursor(), f"SELECT COUNT(*) FROM {replica.sql}")[0]
+    return MergeOutcome(replica, counts, ranges, columns, added, int(row_count), version)
