@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tidb_pipeline.config import ConfigError, connector_table_name, dump_tables, load_config, parse_config
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"tables": [{"db": "a", "table": "b", "colour": 1}]}, "tables.0.colour"),
+        ({"retention_hours": "soon"}, "retention_hours"),
+        ({"tables": [{"db": "a"}]}, "tables.0.table"),
+        ({"source": {"changefeed_id": "bad id"}}, "source.changefeed_id"),
+        ({"source": {"topic_pattern": "tidb_{table}"}}, "source.topic_pattern"),
+        ({"merge_schedules": {"default": {"cron": "every minute"}}}, "merge_schedules.default.cron"),
+        ({"landing_mode": "magic"}, "landing_mode"),
+        ({"tables": [{"db": "a", "table": "b", "group": "fast"}]}, "tables.0.group"),
+        ({"tables": [{"db": "a", "table": "b"}, {"db": "a", "table": "b"}]}, "tables.1"),
+    ],
+)
+def test_invalid_config_names_the_field(raw: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert field in str(err.value)
+
+
+def test_unreadable_config_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="discover"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tables: [")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_derived_names() -> None:
+    config = parse_config({"tables": [{"db": "tpcc", "table": "order_line"}, {"db": "shop", "table": "line-item"}]})
+    plain, odd = config.tables
+    assert (config.topic(plain), config.landing_table(plain), config.replica_table(plain)) == (
+        "tidb_tpcc_order_line", "TIDB_TPCC_ORDER_LINE", "ORDER_LINE")
+    # Not a valid identifier: the connector replaces illegal characters and appends Java's hashCode.
+    assert config.topic(odd) == "tidb_shop_line-item"
+    assert config.landing_table(odd) == connector_table_name("tidb_shop_line-item")
+    assert connector_table_name("tidb_shop_line-item").startswith("TIDB_SHOP_LINE_ITEM_")
+
+
+def test_java_hash_matches_java() -> None:
+    # "hello".hashCode() == 99162322 in Java; "polygenelubricants".hashCode() == Integer.MIN_VALUE.
+    from tidb_pipeline.config import _java_hash
+
+    assert _java_hash("hello") == 99162322
+    assert _java_hash("polygenelubricants") == 2**31
+
+
+def test_discover_output_round_trips(tmp_path: Path) -> None:
+    config = parse_config({"retention_hours": 6})
+    tables = parse_config({"tables": [{"db": "tpcc", "table": "item", "key": ["i_id"]}]}).tables
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_tables(config, tables))
+    loaded = load_config(path)
+    assert loaded.retention_hours == 6 and loaded.tables == tables
