@@ -145,7 +145,8 @@ def reconcile_changefeed(
     error = None
     if final.error:
         # A sink error may quote the broker's or registry's answer; keep the secrets out of metadata.
-        error = scrub(f"{final.error.code}: {final.error.message}", request_secrets(desired.sink_uri, desired.replica_config))
+        secrets = request_secrets(desired.sink_uri, desired.replica_config)
+        error = scrub(f"{final.error.code}: {final.error.message}", secrets)
     return ReconcileResult(
         changefeed_id=cf_id,
         action=decision.action,

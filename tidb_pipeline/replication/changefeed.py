@@ -72,7 +72,10 @@ class DesiredChangefeed:
         return mask_replica_config(self.replica_config)
 
     def __repr__(self) -> str:
-        return f"DesiredChangefeed(changefeed_id={self.changefeed_id!r}, sink_uri={self.sink_uri_masked!r}, start_ts={self.start_ts})"
+        return (
+            f"DesiredChangefeed(changefeed_id={self.changefeed_id!r}, sink_uri={self.sink_uri_masked!r}, "
+            f"start_ts={self.start_ts})"
+        )
 
 
 class ObservedChangefeed(Protocol):
@@ -229,7 +232,8 @@ def _uri_view(uri: str) -> _UriView:
     parts = urlsplit(mask_uri(uri))
     userinfo, _, host = parts.netloc.rpartition("@")
     pairs = sorted(parse_qsl(parts.query, keep_blank_values=True))
-    return _UriView(parts.scheme.lower(), unquote(userinfo.split(":", 1)[0]), host.lower(), unquote(parts.path), tuple(pairs))
+    username = unquote(userinfo.split(":", 1)[0])
+    return _UriView(parts.scheme.lower(), username, host.lower(), unquote(parts.path), tuple(pairs))
 
 
 def _sink_uri_diff(desired: str, actual: str) -> list[str]:
@@ -259,7 +263,9 @@ def _config_diff(desired: Any, actual: Any, path: str) -> list[str]:
         if not isinstance(actual, Sequence) or isinstance(actual, str) or len(actual) != len(desired):
             return [f"{path}: running {actual!r}, declared {list(desired)!r}"]
         if all(not isinstance(x, Mapping) for x in desired):
-            return [] if list(actual) == list(desired) else [f"{path}: running {list(actual)!r}, declared {list(desired)!r}"]
+            if list(actual) == list(desired):
+                return []
+            return [f"{path}: running {list(actual)!r}, declared {list(desired)!r}"]
         return [d for i, (x, y) in enumerate(zip(desired, actual)) for d in _config_diff(x, y, f"{path}[{i}]")]
     if desired != actual:
         return [f"{path}: running {actual!r}, declared {desired!r}"]

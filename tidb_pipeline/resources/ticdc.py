@@ -125,7 +125,7 @@ def _info(body: Mapping[str, Any]) -> ChangefeedInfo:
 
 
 def _mask(uri: str) -> str:
-    """Userinfo password and sensitive query values as `xxxxx` (TiCDC masks already; this guards a server that does not)."""
+    """Userinfo password and sensitive query values as `xxxxx` (TiCDC masks already; this guards one that does not)."""
     try:
         parts = urlsplit(uri)
     except ValueError:
@@ -330,7 +330,9 @@ class TiCDCClient:
                 raise failure from None
             delay = min(self.backoff_s * 2**attempt, _MAX_BACKOFF_S)
             # The failure text is already scrubbed; the request body is never logged.
-            _log.warning("TiCDC %s failed (%s), retry %d/%d in %.1fs", what, failure, attempt + 1, self.max_retries, delay)
+            _log.warning(
+                "TiCDC %s failed (%s), retry %d/%d in %.1fs", what, failure, attempt + 1, self.max_retries, delay
+            )
             self._sleep(delay)
             attempt += 1
 
@@ -341,7 +343,9 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
-        raise TiCDCError("", f"{response.request.method} {response.request.url.path}: answer is not JSON", response.status_code) from None
+        what = f"{response.request.method} {response.request.url.path}"
+        message = f"{what}: the answer is not JSON; is TICDC_URL a TiCDC server?"
+        raise TiCDCError("", message, response.status_code) from None
     return body if isinstance(body, dict) else {"value": body}
 
 

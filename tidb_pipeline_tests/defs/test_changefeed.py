@@ -81,7 +81,9 @@ def inproc(tmp_path: Path) -> Iterator[tuple[TiCDCClient, ChangefeedStore]]:
 
     def handler(request: httpx.Request) -> httpx.Response:
         r = api.handle(request.method, request.url.path, dict(request.url.params), request.content)
-        return httpx.Response(r.status, json=r.body) if not isinstance(r.body, str) else httpx.Response(r.status, text=r.body)
+        if isinstance(r.body, str):
+            return httpx.Response(r.status, text=r.body)
+        return httpx.Response(r.status, json=r.body)
 
     client = TiCDCClient("http://ticdc.test", transport=httpx.MockTransport(handler), sleep=lambda _s: None)
     yield client, store
@@ -90,11 +92,15 @@ def inproc(tmp_path: Path) -> Iterator[tuple[TiCDCClient, ChangefeedStore]]:
 
 
 def _config(*tables: str, partitions: int = 3, cf_id: str = "orders-feed") -> PipelineConfig:
-    return PipelineConfig(source=SourceConfig(changefeed_id=cf_id, partitions=partitions),
-                          tables=tuple(TableConfig(db=t.split(".")[0], table=t.split(".")[1]) for t in tables))  # fmt: skip
+    return PipelineConfig(
+        source=SourceConfig(changefeed_id=cf_id, partitions=partitions),
+        tables=tuple(TableConfig(db=t.split(".")[0], table=t.split(".")[1]) for t in tables),
+    )
 
 
-CLOUD_KAFKA = KafkaSink(bootstrap_servers="pkc:9092", tls=True, sasl_user="key", sasl_password=SECRET, replication_factor=3)
+CLOUD_KAFKA = KafkaSink(
+    bootstrap_servers="pkc:9092", tls=True, sasl_user="key", sasl_password=SECRET, replication_factor=3
+)
 CLOUD_REGISTRY = Registry(url="https://psrc.example", api_key="rkey", api_secret=SECRET)
 
 
@@ -143,7 +149,9 @@ def test_a_finished_changefeed_is_left_to_a_human(inproc: tuple[TiCDCClient, Cha
 
 
 @pytest.fixture()
-def lab(ticdc: Service, kafka: Service, registry: Service, mariadb: Service, lab_settings: LabSettings) -> Iterator[dict]:
+def lab(
+    ticdc: Service, kafka: Service, registry: Service, mariadb: Service, lab_settings: LabSettings
+) -> Iterator[dict]:
     db = f"cdcrec_{uuid.uuid4().hex[:8]}"
     cf_id = f"test-{uuid.uuid4().hex[:12]}"
     conn = pymysql.connect(autocommit=True, **mariadb.connect_kwargs())
@@ -155,8 +163,8 @@ def lab(ticdc: Service, kafka: Service, registry: Service, mariadb: Service, lab
     # The lab registry ignores credentials, so these exercise encoding and masking end to end.
     reg = Registry(url=lab_settings.registry_url, api_key="lab", api_secret=SECRET)
     try:
-        yield {"client": client, "db": db, "cf_id": cf_id, "kafka": KafkaSink(bootstrap_servers=lab_settings.kafka_bootstrap),
-               "registry": reg}  # fmt: skip
+        kafka_sink = KafkaSink(bootstrap_servers=lab_settings.kafka_bootstrap)
+        yield {"client": client, "db": db, "cf_id": cf_id, "kafka": kafka_sink, "registry": reg}
     finally:
         client.delete(cf_id)
         client.close()
@@ -165,6 +173,7 @@ def lab(ticdc: Service, kafka: Service, registry: Service, mariadb: Service, lab
         conn.close()
 
 
+@pytest.mark.integration
 def test_reconcile_against_the_lab(lab: dict, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     client, db, cf_id = lab["client"], lab["db"], lab["cf_id"]

@@ -58,7 +58,8 @@ def test_lab_sink_uri_is_exactly_this() -> None:
 def test_confluent_cloud_sink_uri_decodes_back_to_the_exact_credentials() -> None:
     uri = sink_uri(CONFIG, CLOUD_KAFKA)
     parts = urlsplit(uri)
-    assert (parts.scheme, parts.netloc, parts.path) == ("kafka", "pkc-1.us-east-1.aws.confluent.cloud:9092", "/cf-1-default")
+    assert (parts.scheme, parts.netloc, parts.path) == (
+        "kafka", "pkc-1.us-east-1.aws.confluent.cloud:9092", "/cf-1-default")
     # Parsing as Go's url.ParseQuery does (`+` would be a space): every value comes back exactly.
     assert parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True) == [
         ("protocol", "avro"), ("partition-num", "6"), ("replication-factor", "3"), ("enable-tidb-extension", "true"),
@@ -93,7 +94,8 @@ def test_replica_config_is_exactly_this() -> None:
             "protocol": "avro",
             "schema_registry": registry_url(CLOUD_REGISTRY),
             "dispatchers": [
-                {"matcher": ["tpcc.orders", "tpcc.order_line"], "topic": "tidb_{schema}_{table}", "partition": "index-value"}
+                {"matcher": ["tpcc.orders", "tpcc.order_line"], "topic": "tidb_{schema}_{table}",
+                 "partition": "index-value"}
             ],
             "kafka_config": {
                 "codec_config": {
@@ -107,14 +109,16 @@ def test_replica_config_is_exactly_this() -> None:
 
 
 def test_avro_modes_reach_uri_and_codec_config() -> None:
-    config = CONFIG.model_copy(
-        update={"source": SourceConfig(decimal_handling="string", bigint_unsigned_handling="string", enable_tidb_extension=False)}
-    )
+    source = SourceConfig(decimal_handling="string", bigint_unsigned_handling="string", enable_tidb_extension=False)
+    config = CONFIG.model_copy(update={"source": source})
     query = dict(parse_qsl(urlsplit(sink_uri(config, LAB_KAFKA)).query))
-    assert (query["avro-decimal-handling-mode"], query["avro-bigint-unsigned-handling-mode"], query["enable-tidb-extension"]) == (
-        "string", "string", "false")  # fmt: skip
+    keys = ("avro-decimal-handling-mode", "avro-bigint-unsigned-handling-mode", "enable-tidb-extension")
+    assert [query[k] for k in keys] == ["string", "string", "false"]
     assert replica_config(config, LAB_REGISTRY)["sink"]["kafka_config"]["codec_config"] == {
-        "enable_tidb_extension": False, "avro_decimal_handling_mode": "string", "avro_bigint_unsigned_handling_mode": "string"}
+        "enable_tidb_extension": False,
+        "avro_decimal_handling_mode": "string",
+        "avro_bigint_unsigned_handling_mode": "string",
+    }
 
 
 @pytest.mark.parametrize(
@@ -133,8 +137,9 @@ def test_build_refuses_an_empty_table_list() -> None:
 
 def test_repr_of_desired_changefeed_shows_no_secret() -> None:
     desired = build_changefeed(CONFIG, CLOUD_KAFKA, CLOUD_REGISTRY)
-    for text in (repr(desired), str(desired), desired.sink_uri_masked, str(desired.replica_config_masked), repr(CLOUD_KAFKA),
-                 repr(CLOUD_REGISTRY)):  # fmt: skip
+    texts = (repr(desired), str(desired), desired.sink_uri_masked, str(desired.replica_config_masked),
+             repr(CLOUD_KAFKA), repr(CLOUD_REGISTRY))  # fmt: skip
+    for text in texts:
         assert NASTY not in text and "s%2Fe%2Bc" not in text
     assert "sasl-password=xxxxx" in desired.sink_uri_masked
 
@@ -197,7 +202,8 @@ def test_diff_names_changed_partitions_filter_and_registry_without_secrets() -> 
         "sink_uri partition-num: running '6', declared '12'",
         "replica_config.filter.rules: running ['tpcc.orders', 'tpcc.order_line'], "
         "declared ['tpcc.orders', 'tpcc.order_line', 'tpcc.item']",
-        "replica_config.sink.schema_registry: running 'https://K%2B%2F%40%3A%25%3FEY:xxxxx@psrc-1.us-east-1.aws.confluent.cloud', "
+        "replica_config.sink.schema_registry: running "
+        "'https://K%2B%2F%40%3A%25%3FEY:xxxxx@psrc-1.us-east-1.aws.confluent.cloud', "
         "declared 'https://K%2B%2F%40%3A%25%3FEY:xxxxx@psrc-2.example'",
         "replica_config.sink.dispatchers[0].matcher: running ['tpcc.orders', 'tpcc.order_line'], "
         "declared ['tpcc.orders', 'tpcc.order_line', 'tpcc.item']",
@@ -244,6 +250,7 @@ def test_plan(running: DesiredChangefeed | None, state: str | None, force: bool,
 
 def test_plan_differences_and_reason() -> None:
     assert plan(DESIRED, _as_lab_reports(OTHER, "normal")) == Plan(
-        "update", ("pause", "update", "resume"), ("sink_uri partition-num: running '1', declared '6'",), "config differs"
+        "update", ("pause", "update", "resume"), ("sink_uri partition-num: running '1', declared '6'",),
+        "config differs"
     )
     assert "delete it" in plan(DESIRED, _as_lab_reports(DESIRED, "finished")).reason

@@ -57,9 +57,11 @@ def test_get_parses_info_and_sends_namespace() -> None:
 
     with _client(handler) as client:
         info = client.get("cf")
-    assert info == ChangefeedInfo(id="cf", state="normal", checkpoint_ts=5 << 18, checkpoint_time="2026-01-01 00:00:00.000",
-                                  error=RunningError(code="CDC:ErrX", message="boom", addr="a:1"),
-                                  sink_uri_masked=INFO["sink_uri"], config=INFO["config"], resolved_ts=6 << 18, start_ts=1)  # fmt: skip
+    assert info == ChangefeedInfo(
+        id="cf", state="normal", checkpoint_ts=5 << 18, checkpoint_time="2026-01-01 00:00:00.000",
+        error=RunningError(code="CDC:ErrX", message="boom", addr="a:1"), sink_uri_masked=INFO["sink_uri"],
+        config=INFO["config"], resolved_ts=6 << 18, start_ts=1,
+    )  # fmt: skip
     assert [(r.method, r.url.path, dict(r.url.params)) for r in seen] == [
         ("GET", "/api/v2/changefeeds/cf", {"namespace": "default"})]
 
@@ -148,7 +150,8 @@ def test_echoed_secrets_are_scrubbed_from_errors_and_logs(caplog: pytest.LogCapt
     def handler(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         # As Go's url.Parse error would quote it: the raw URI, plus the registry URL, plus a decoded copy.
-        echo = f'parse "{body["sink_uri"]}": bad; registry {body["replica_config"]["sink"]["schema_registry"]}; {SECRET}'
+        registry = body["replica_config"]["sink"]["schema_registry"]
+        echo = f'parse "{body["sink_uri"]}": bad; registry {registry}; {SECRET}'
         status = 500 if request.method == "PUT" else 400
         return _envelope(status, "CDC:ErrSinkURIInvalid", echo)
 
@@ -190,7 +193,9 @@ def test_resource_client_sends_basic_auth() -> None:
 
 
 @pytest.fixture()
-def lab_changefeed(ticdc: Service, mariadb: Service, lab_settings: LabSettings) -> Iterator[tuple[TiCDCClient, str, str]]:
+def lab_changefeed(
+    ticdc: Service, mariadb: Service, lab_settings: LabSettings
+) -> Iterator[tuple[TiCDCClient, str, str]]:
     db = f"cdcres_{uuid.uuid4().hex[:8]}"
     cf_id = f"test-{uuid.uuid4().hex[:12]}"
     conn = pymysql.connect(autocommit=True, **mariadb.connect_kwargs())
@@ -208,14 +213,15 @@ def lab_changefeed(ticdc: Service, mariadb: Service, lab_settings: LabSettings) 
         conn.close()
 
 
+@pytest.mark.integration
 def test_lab_endpoints_round_trip(lab_changefeed: tuple[TiCDCClient, str, str], lab_settings: LabSettings) -> None:
     client, cf_id, db = lab_changefeed
     client.health()
     assert client.status().is_owner is True
     sink = f"kafka://{lab_settings.kafka_bootstrap}/{cf_id}?protocol=avro&partition-num=1"
+    dispatcher = {"matcher": [f"{db}.t"], "topic": "tidb_{schema}_{table}", "partition": "index-value"}
     config = {"filter": {"rules": [f"{db}.t"]},
-              "sink": {"schema_registry": lab_settings.registry_url,
-                       "dispatchers": [{"matcher": [f"{db}.t"], "topic": "tidb_{schema}_{table}", "partition": "index-value"}]}}  # fmt: skip
+              "sink": {"schema_registry": lab_settings.registry_url, "dispatchers": [dispatcher]}}  # fmt: skip
     created = client.create(cf_id, sink, config)
     assert (created.id, created.state, created.sink_uri_masked, created.config) == (cf_id, "normal", sink, config)
     assert cf_id in [s.id for s in client.list_changefeeds()]
@@ -234,6 +240,7 @@ def test_lab_endpoints_round_trip(lab_changefeed: tuple[TiCDCClient, str, str], 
         "CDC:ErrChangeFeedNotExists", 400, f"GET /api/v2/changefeeds/{cf_id}: changefeed not exists, default/{cf_id}")
 
 
+@pytest.mark.integration
 def test_lab_refusal_keeps_the_registry_secret_out(
     lab_changefeed: tuple[TiCDCClient, str, str], lab_settings: LabSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
