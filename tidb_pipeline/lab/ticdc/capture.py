@@ -18,7 +18,14 @@ is replayed rather than risked).
 
 `CaptureManager(store, mysql_conn_kwargs)` runs one capture thread per changefeed in state `normal`, stops
 it when the changefeed leaves that state, and marks the changefeed `failed` with TiCDC's error shape when
-its capture fails (registry 409, Kafka errors, an ineligible table).
+its capture fails (registry 409, Kafka errors). Rows of a table without a handle key are skipped with a
+warning, as TiCDC's schema storage skips ineligible tables at run time (the API refuses them at create time).
+
+TIMESTAMP values are rendered in the *capture server's* time zone, as TiCDC does: its processor builds the
+mounter with `config.GetGlobalServerConfig().TZ` (`cdc server --tz`, default the host's zone), and no
+changefeed or Kafka sink-URI setting changes it (`time-zone=` in a sink URI applies to MySQL sinks only).
+So the zone is a `CaptureManager(time_zone=...)` / `Capture(time_zone=...)` argument (IANA name, "UTC",
+or "System" for the host's zone), default UTC, and `time-zone=` in a Kafka sink URI is ignored here too.
 
     python -m tidb_pipeline.lab.ticdc.capture --bench [--rows 50000]   # row changes/s, binlog -> acked Kafka
 """
@@ -35,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
@@ -125,8 +132,33 @@ def _bool(v: Any) -> bool:
     return str(v).lower() in ("true", "1", "yes")
 
 
-def parse_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkConfig:
-    """Parse `kafka://host:port/topic?protocol=avro&...` plus `replica_config` the way TiCDC reads them."""
+_MASK = "xxxxx"
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password of a `user:password@` masked, for error messages (they show in the API)."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:{_MASK}@{host}"))
+
+
+def kafka_bootstrap(netloc: str) -> str:
+    """The broker list of a sink URI's authority: `host:port[,host:port]`, without any `user:password@`.
+
+    TiCDC reads brokers from Go's `url.Host`, which excludes userinfo; credentials go in `sasl-user` /
+    `sasl-password` parameters, never to Kafka as part of an address.
+    """
+    return netloc.rpartition("@")[2]
+
+
+def parse_sink(sink_uri: str, replica_config: Mapping[str, Any], *, time_zone: str = "UTC") -> SinkConfig:
+    """Parse `kafka://host:port/topic?protocol=avro&...` plus `replica_config` the way TiCDC reads them.
+
+    As in tiflow's codec config (`mergeConfig`), a URI parameter wins over the replica config. `time_zone` is
+    the capture server's zone (TiCDC: `cdc server --tz`), not a changefeed setting: see `Capture`.
+    """
     parts = urlsplit(sink_uri)
     if parts.scheme not in ("kafka", "kafka+ssl"):
         raise CaptureError("CDC:ErrSinkURIInvalid", f"sink URI scheme {parts.scheme!r} is not kafka; use kafka://host:port/topic")
@@ -144,10 +176,12 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkConfig:
             return codec_cfg[cfg_key]
         return default
 
-    registry = sink.get("schema_registry") or ""
+    registry = params.get("schema-registry") or sink.get("schema_registry") or ""
     if not registry:
         raise CaptureError(
-            "CDC:ErrAvroSchemaAPIError", "the avro protocol needs a schema registry: set replica_config.sink.schema_registry"
+            "CDC:ErrCodecInvalidConfig",
+            'Avro protocol requires parameter "schema-registry" or "glue-schema-registry" to specify the schema '
+            "registry; add schema-registry=<url> to the sink URI or set replica_config.sink.schema_registry",
         )
     dispatchers = []
     for d in sink.get("dispatchers") or []:
@@ -156,7 +190,7 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkConfig:
             try:
                 codec.validate_topic_expression(topic)
             except ValueError as exc:
-                raise CaptureError("CDC:ErrKafkaInvalidTopicExpression", str(exc)) from None
+                raise CaptureError("CDC:ErrKafkaTopicExprInvalid", str(exc)) from None
         dispatchers.append(
             DispatchRule(TableFilter(d.get("matcher") or ["*.*"]), topic, d.get("partition") or d.get("dispatcher") or "index-value")
         )
@@ -167,6 +201,7 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkConfig:
         bigint_unsigned_handling_mode=str(
             opt("avro-bigint-unsigned-handling-mode", "avro_bigint_unsigned_handling_mode", "long")
         ),
+        time_zone=time_zone,
     )
     extra = []
     if _bool(params.get("enable-tls", "false")):
@@ -180,7 +215,7 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkConfig:
             ("sasl.password", unquote(params.get("sasl-password", ""))),
         ]
     return SinkConfig(
-        bootstrap=parts.netloc,
+        bootstrap=kafka_bootstrap(parts.netloc),
         default_topic=parts.path.lstrip("/") or "",
         partition_num=int(params.get("partition-num", 3)),
         replication_factor=int(params.get("replication-factor", 1)),
@@ -434,16 +469,21 @@ class Capture:
         *,
         checkpoint_interval: float = 0.2,
         linger_ms: int = 20,
+        time_zone: str = "UTC",
     ) -> None:
         self.cf = changefeed
         self.store = store
         self.mysql = dict(mysql_conn_kwargs)
-        self.sink = parse_sink(changefeed.sink_uri, changefeed.replica_config)
+        try:
+            self.sink = parse_sink(changefeed.sink_uri, changefeed.replica_config, time_zone=time_zone)
+        except ValueError as exc:  # an unknown decimal/bigint mode or time zone
+            raise CaptureError("CDC:ErrCodecInvalidConfig", str(exc)) from None
         self.checkpoint_interval = checkpoint_interval
         self.linger_ms = linger_ms
         self._stop = threading.Event()
         self._crashed = threading.Event()
         self._tables: dict[tuple[str, str], codec.TableInfo] = {}
+        self._ineligible: set[tuple[str, str]] = set()
         self._versions: dict[tuple[str, str], int] = {}
         self._schema_ids: dict[tuple[str, str], int] = {}
         self._codecs: dict[int, codec.TableCodec] = {}
@@ -471,14 +511,21 @@ class Capture:
     def _check_registry(self) -> None:
         import httpx
 
+        url = self.sink.registry_url
+        shown = mask_url(url)
         try:
-            resp = httpx.get(self.sink.registry_url.rstrip("/") + "/", timeout=10)
-        except httpx.HTTPError as exc:
-            raise CaptureError("CDC:ErrAvroSchemaAPIError", f"schema registry {self.sink.registry_url} unreachable: {exc}") from None
+            resp = httpx.get(url.rstrip("/") + "/", timeout=10)
+        except (httpx.HTTPError, ValueError) as exc:
+            # The exception text may quote the URL, password included.
+            detail = str(exc).replace(url, shown)
+            raise CaptureError(
+                "CDC:ErrAvroSchemaAPIError",
+                f"schema registry {shown} unreachable: {type(exc).__name__}: {detail}; check the URL and that it runs",
+            ) from None
         if resp.status_code != 200 or resp.text.strip() != "{}":
             raise CaptureError(
                 "CDC:ErrAvroSchemaAPIError",
-                f"schema registry {self.sink.registry_url} answered GET / with {resp.status_code} {resp.text[:100]!r}; "
+                f"schema registry {shown} answered GET / with {resp.status_code} {resp.text[:100]!r}; "
                 "TiCDC requires exactly {}",
             )
 
@@ -531,8 +578,11 @@ class Capture:
                 raise CaptureError(code, f"registering {subject} failed: HTTP {exc.http_status_code} {exc.error_message}") from None
         return self._schema_ids[key]
 
-    def _table(self, conn, schema: str, table: str, names: Sequence[str] | None) -> codec.TableInfo:
+    def _table(self, conn, schema: str, table: str, names: Sequence[str] | None) -> codec.TableInfo | None:
+        """The table's current metadata, or None for a table TiCDC would skip (no handle key)."""
         key = (schema, table)
+        if key in self._ineligible:
+            return None
         info = self._tables.get(key)
         if info is None or (names is not None and tuple(c.name for c in info.columns) != tuple(names)):
             version = self._versions.get(key, 0) + 1
@@ -540,7 +590,12 @@ class Capture:
             try:
                 info = load_table(conn, schema, table, version)
             except codec.TableIneligibleError as exc:
-                raise CaptureError("CDC:ErrTableIneligible", str(exc)) from None
+                # TiCDC checks eligibility when a changefeed is created (CDC:ErrTableIneligible unless
+                # ignore_ineligible_table); at run time its schema storage skips such a table with a
+                # warning ("skip ineligible table"), so a later CREATE of one never fails the changefeed.
+                log.warning("changefeed %s: skip ineligible table %s.%s: %s", self.cf.id, schema, table, exc)
+                self._ineligible.add(key)
+                return None
             self._tables[key] = info
         return info
 
@@ -610,6 +665,8 @@ class Capture:
                     continue
                 names = [c.name for c in event.columns]
                 info = self._table(conn, event.schema, event.table, names)
+                if info is None:
+                    continue
                 for r in event.rows:
                     if isinstance(event, WriteRowsEvent):
                         txn.append(RowChange(info, "c", codec.row_internal(info, r["values"], r["none_sources"], tz=tz), None))
@@ -624,6 +681,7 @@ class Capture:
                     # DDL: forget the schema's table metadata so the next row reloads it (and re-registers).
                     schema = event.schema.decode() if isinstance(event.schema, bytes) else event.schema
                     self._tables = {k: v for k, v in self._tables.items() if k[0] != schema}
+                    self._ineligible = {k for k in self._ineligible if k[0] != schema}  # a key may have been added
                 self._boundary = (stream.log_file, stream.log_pos)
                 self._commit(txn, event.timestamp, *self._boundary, registry, admin, producer)
                 txn = []
@@ -695,9 +753,10 @@ class CaptureManager:
     """Runs one capture thread per changefeed in state `normal`; the TiCDC server process owns one."""
 
     def __init__(self, store: ChangefeedStore, mysql_conn_kwargs: Mapping[str, Any], *, poll_interval: float = 0.5,
-                 addr: str = "") -> None:
+                 addr: str = "", time_zone: str = "UTC") -> None:
         self.store = store
         self.mysql = dict(mysql_conn_kwargs)
+        self.time_zone = time_zone
         self.poll_interval = poll_interval
         self.addr = addr
         self._captures: dict[str, tuple[Capture, threading.Thread]] = {}
@@ -746,7 +805,7 @@ class CaptureManager:
                 if cf_id in self._captures:
                     continue
                 try:
-                    cap = Capture(cf, self.store, self.mysql)
+                    cap = Capture(cf, self.store, self.mysql, time_zone=self.time_zone)
                 except CaptureError as exc:
                     self.store.set_state(cf_id, "failed", running_error(exc.code, str(exc), addr=self.addr))
                     continue

@@ -17,6 +17,7 @@ import functools
 import io
 import json
 import math
+import os
 import re
 import struct
 import zlib
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fastavro
 
@@ -62,6 +63,7 @@ class CodecConfig:
     time_zone: str = "UTC"  # TIMESTAMP values are rendered in this zone, as TiCDC does with its --tz
 
     def __post_init__(self) -> None:
+        zone(self.time_zone)  # fail at configuration time, not on the first TIMESTAMP row
         if self.decimal_handling_mode not in (DECIMAL_PRECISE, DECIMAL_STRING):
             raise ValueError(
                 f"avro-decimal-handling-mode={self.decimal_handling_mode!r} is not supported; use precise or string"
@@ -71,6 +73,24 @@ class CodecConfig:
                 f"avro-bigint-unsigned-handling-mode={self.bigint_unsigned_handling_mode!r} is not supported; "
                 "use long or string"
             )
+
+
+@functools.lru_cache(maxsize=None)
+def zone(name: str) -> dt.tzinfo:
+    """A time zone by TiCDC `--tz` name: an IANA name, "UTC", or "System"/"" for the host's zone."""
+    if name in ("System", "system", ""):
+        env = os.environ.get("TZ", "").lstrip(":")
+        if env:
+            return zone(env)
+        try:
+            with open("/etc/localtime", "rb") as f:
+                return ZoneInfo.from_file(f, key="localtime")
+        except OSError:
+            return dt.timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"time zone {name!r} is unknown; use an IANA name such as UTC or Asia/Shanghai") from None
 
 
 # --- table metadata --------------------------------------------------------------------------------------------
@@ -98,7 +118,8 @@ class Column:
     scale: int | None = None  # DECIMAL scale, fractional seconds digits of temporal types
     members: tuple[str, ...] = ()  # ENUM/SET members in definition order
 
-    @property
+    # Cached: asked for every value of every row (frozen dataclasses still allow cached_property).
+    @functools.cached_property
     def tidb_type(self) -> str:
         t = self.data_type
         if t in _INT_TYPES:
@@ -154,7 +175,7 @@ class TableInfo:
     def column(self, name: str) -> Column:
         return self._by_name[name]
 
-    @property
+    @functools.cached_property
     def key_columns(self) -> tuple[Column, ...]:
         """Handle key columns in table column order (as tiflow's HandleKeyColInfos)."""
         keys = set(self.handle_key)
@@ -544,7 +565,7 @@ def internal_value(col: Column, value: Any, *, none_source: str | None = None, t
         if isinstance(value, str):
             return value
         # mysql-replication gives naive UTC; TiCDC renders TIMESTAMP in the changefeed's zone.
-        local = value.replace(tzinfo=dt.timezone.utc).astimezone(ZoneInfo(tz))
+        local = value.replace(tzinfo=dt.timezone.utc).astimezone(zone(tz))
         return format_datetime(local.replace(tzinfo=None), col.scale or 0)
     if tt == "TIME":
         return value if isinstance(value, str) else format_time(fix_negative_time(value), col.scale or 0)
