@@ -10,6 +10,8 @@ command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 { command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
 command -v mariadb-install-db >/dev/null || [ -x /usr/bin/mariadb-install-db ] || need+=(mariadb-server)
+# The UI test drives Debian's Chromium through Playwright; browsers are never downloaded.
+command -v chromium >/dev/null || need+=(chromium)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
