@@ -135,7 +135,7 @@ class ConfluentCloudConnect:
         return action(connector)
 
     def _create(self, body: Any) -> httpx.Response:
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("config"), dict):
+        if not (isinstance(body, dict) and isinstance(body.get("name"), str) and isinstance(body.get("config"), dict)):
             return _flat(400, "request body must be {\"name\": ..., \"config\": {...}}")
         name = body["name"]
         if name in self.connectors:

@@ -36,7 +36,8 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 def confluent_cloud_url(environment_id: str, cluster_id: str, api: str = CONFLUENT_CLOUD_API) -> str:
     """The Connect API v1 base for one Kafka cluster (`env-...`, `lkc-...`)."""
-    return f"{api.rstrip('/')}/connect/v1/environments/{quote(environment_id, safe='')}/clusters/{quote(cluster_id, safe='')}"
+    env, cluster = quote(environment_id, safe=""), quote(cluster_id, safe="")
+    return f"{api.rstrip('/')}/connect/v1/environments/{env}/clusters/{cluster}"
 
 
 def is_secret_key(key: str) -> bool:
@@ -306,7 +307,8 @@ def kafka_connect_resource(env: Mapping[str, str] | None = None) -> KafkaConnect
         raise ValueError(f"KAFKA_CONNECT_FLAVOR={flavor!r}; set it to confluent_cloud or self_managed")
     url = setting("KAFKA_CONNECT_URL", "", env)
     if not url and flavor == "confluent_cloud":
-        env_id, cluster_id = setting("CONFLUENT_ENVIRONMENT_ID", "", env), setting("CONFLUENT_KAFKA_CLUSTER_ID", "", env)
+        env_id = setting("CONFLUENT_ENVIRONMENT_ID", "", env)
+        cluster_id = setting("CONFLUENT_KAFKA_CLUSTER_ID", "", env)
         if not (env_id and cluster_id):
             raise ValueError("KAFKA_CONNECT_FLAVOR=confluent_cloud needs KAFKA_CONNECT_URL or both "
                              "CONFLUENT_ENVIRONMENT_ID (env-...) and CONFLUENT_KAFKA_CLUSTER_ID (lkc-...)")

@@ -128,7 +128,8 @@ def _client(flavor: str, transport: httpx.BaseTransport, sleeps: list[float], **
     return resource.get_client(transport=transport, sleep=sleeps.append)
 
 
-REBALANCE = {"error_code": 409, "message": "Cannot complete request because of a conflicting operation (e.g. worker rebalance)"}
+REBALANCE = {"error_code": 409,
+             "message": "Cannot complete request because of a conflicting operation (e.g. worker rebalance)"}
 
 
 def test_self_managed_retries_409_rebalance_with_backoff() -> None:
@@ -167,7 +168,8 @@ def test_409_exists_and_409_on_confluent_cloud_are_final() -> None:
 def test_error_shapes_and_non_json_bodies() -> None:
     assert parse_error(httpx.Response(404, json={"error": {"code": 404, "message": "Connector c not found"}})) == (
         404, "Connector c not found")
-    assert parse_error(httpx.Response(400, json={"error_code": 40002, "message": "bad config"})) == (40002, "bad config")
+    flat = httpx.Response(400, json={"error_code": 40002, "message": "bad config"})
+    assert parse_error(flat) == (40002, "bad config")
     assert parse_error(httpx.Response(502, text="<html>Bad Gateway</html>")) == (None, "<html>Bad Gateway</html>")
     err = KafkaConnectError(400, 40002, "bad config", what="put config of 'c'")
     assert str(err) == "Kafka Connect put config of 'c' failed with HTTP 400, code 40002: bad config"
@@ -278,7 +280,8 @@ def test_cloud_both_error_shapes(cloud: ConfluentCloudConnect) -> None:
     with pytest.raises(KafkaConnectError) as flat:
         client.put_config("bad", {**SNOWFLAKE, "connector.class": "NoSuchSink"})
     assert (flat.value.status, flat.value.code) == (400, 400)
-    assert flat.value.message == "Invalid connector.class 'NoSuchSink'; available plugins: SnowflakeSink, MicrosoftSqlServerSink"
+    assert flat.value.message == ("Invalid connector.class 'NoSuchSink'; "
+                                  "available plugins: SnowflakeSink, MicrosoftSqlServerSink")
 
 
 @pytest.mark.parametrize("retry_after, expected", [("3", 3.0), ("0", 0.0), ("7.5", 7.5)])
@@ -309,7 +312,8 @@ def test_cloud_status_matches_spec_shape(cloud: ConfluentCloudConnect) -> None:
     _cloud_client(cloud).create("sf", {**SNOWFLAKE, "tasks.max": "1"})
     seen: list[dict[str, object]] = []
     for _ in range(2):
-        seen.append(cloud.handle(httpx.Request("GET", cloud.url + "/connectors/sf/status", headers=_auth(cloud))).json())
+        request = httpx.Request("GET", cloud.url + "/connectors/sf/status", headers=_auth(cloud))
+        seen.append(cloud.handle(request).json())
     assert seen[-1]["connector"] == {"state": "RUNNING", "worker_id": "sf", "trace": ""}
     assert seen[-1]["tasks"] == [{"id": 0, "state": "RUNNING", "worker_id": "sf", "msg": ""}]
 
