@@ -12,6 +12,7 @@ from tidb_pipeline.resources.env import int_setting, secret, setting
 from tidb_pipeline.resources.kafka import kafka_resource
 from tidb_pipeline.resources.schema_registry import schema_registry_resource
 from tidb_pipeline.resources.snowflake import snowflake_resource
+from tidb_pipeline.resources.ticdc import ticdc_resource
 from tidb_pipeline.resources.tidb import TiDBResource
 
 
@@ -25,16 +26,10 @@ def tidb_resource(env: Mapping[str, str] | None = None) -> TiDBResource:
 
 
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    resources: dict[str, Any] = {
+    return {
         "tidb": tidb_resource(env),
         "kafka": kafka_resource(env),
         "schema_registry": schema_registry_resource(env),
         "snowflake": snowflake_resource(env),
+        "ticdc": ticdc_resource(env),
     }
-    try:
-        from tidb_pipeline.resources.ticdc import ticdc_resource
-    except ImportError:  # pragma: no cover - lands with the changefeed asset
-        pass
-    else:
-        resources["ticdc"] = ticdc_resource(env)
-    return resources
