@@ -222,6 +222,15 @@ class KafkaConnectClient:
                                    f"(last seen: {seen})")
             self.sleep(interval_s)
 
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> KafkaConnectClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     # --- plumbing -----------------------------------------------------------------------------
     def _checked(self, name: str, config: Mapping[str, str]) -> dict[str, str]:
         bad = sorted(k for k, v in config.items() if not isinstance(v, str))

@@ -44,9 +44,10 @@ def connect(kafka: Service, lab_settings: LabSettings) -> Service:
 def worker(connect: Service) -> Iterator[KafkaConnectClient]:
     client = KafkaConnectResource(flavor="self_managed", url=connect.address(), timeout_s=30).get_client()
     before = set(client.list())
-    yield client
-    for name in set(client.list()) - before:
-        client.delete(name)
+    with client:
+        yield client
+        for name in set(client.list()) - before:
+            client.delete(name)
 
 
 def _file_sink(tmp_path: Path, topic: str, file: str = "out.txt") -> dict[str, str]:
