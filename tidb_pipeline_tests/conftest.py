@@ -60,3 +60,8 @@ def snowflake(lab_settings: LabSettings) -> Service:
 @pytest.fixture(scope="session")
 def ticdc(lab_settings: LabSettings) -> Service:
     return _bring_up(lab_settings, "ticdc")
+
+
+@pytest.fixture(scope="session")
+def postgres(lab_settings: LabSettings) -> Service:
+    return _bring_up(lab_settings, "postgres")

@@ -22,6 +22,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "snowflake": 18085,
     "connect": 18083,
     "ticdc": 8300,
+    "postgres": 15432,
 }
 
 # MariaDB credentials of the lab only; production reads TiDB's from the environment.

@@ -15,6 +15,7 @@ SERVICES: dict[str, str] = {
     "snowflake": "tidb_pipeline.lab.snowflake:SnowflakeService",
     "ticdc": "tidb_pipeline.lab.ticdc.server:TiCDCService",
     "connect": "tidb_pipeline.lab.connect:ConnectService",
+    "postgres": "tidb_pipeline.lab.postgres:PostgresService",
 }
 
 
