@@ -65,3 +65,8 @@ def ticdc(lab_settings: LabSettings) -> Service:
 @pytest.fixture(scope="session")
 def postgres(lab_settings: LabSettings) -> Service:
     return _bring_up(lab_settings, "postgres")
+
+
+@pytest.fixture(scope="session")
+def connect(lab_settings: LabSettings) -> Service:
+    return _bring_up(lab_settings, "connect")

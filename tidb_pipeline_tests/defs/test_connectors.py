@@ -13,7 +13,6 @@ from tidb_pipeline.defs.connectors import reconcile_connector
 from tidb_pipeline.lab.confluent_cloud import ConfluentCloudConnect
 from tidb_pipeline.lab.connect import FILE_SINK_CLASS
 from tidb_pipeline.lab.service import Service
-from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.replication.connectors import (
     ConfigDiff,
     KafkaCredentials,
@@ -21,13 +20,6 @@ from tidb_pipeline.replication.connectors import (
     snowflake_sink_config,
 )
 from tidb_pipeline.resources.kafka_connect import KafkaConnectClient, KafkaConnectResource
-from tidb_pipeline_tests import conftest
-
-
-@pytest.fixture(scope="session")
-def connect(kafka: Service, lab_settings: LabSettings) -> Service:
-    # Same session bring-up as the conftest fixtures (stopped at session end if this session started it).
-    return conftest._bring_up(lab_settings, "connect")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
@@ -21,13 +20,6 @@ from tidb_pipeline.lab.connect import (
 )
 from tidb_pipeline.lab.service import Service, wait_until
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline_tests import conftest
-
-
-@pytest.fixture(scope="session")
-def connect(kafka: Service, lab_settings: LabSettings) -> Service:
-    # Same session bring-up as the conftest fixtures (stopped at session end if this session started it).
-    return conftest._bring_up(lab_settings, "connect")
 
 
 def test_worker_properties(tmp_path: Path) -> None:

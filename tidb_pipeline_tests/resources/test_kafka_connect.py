@@ -17,7 +17,6 @@ import pytest
 from tidb_pipeline.lab.confluent_cloud import SERVICE_KEYS, ConfluentCloudConnect
 from tidb_pipeline.lab.connect import FILE_SINK_CLASS
 from tidb_pipeline.lab.service import Service
-from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.resources.kafka_connect import (
     MASK,
     ConnectorStatus,
@@ -29,13 +28,6 @@ from tidb_pipeline.resources.kafka_connect import (
     kafka_connect_resource,
     parse_error,
 )
-from tidb_pipeline_tests import conftest
-
-
-@pytest.fixture(scope="session")
-def connect(kafka: Service, lab_settings: LabSettings) -> Service:
-    # Same session bring-up as the conftest fixtures (stopped at session end if this session started it).
-    return conftest._bring_up(lab_settings, "connect")
 
 
 # --- against the real Apache Kafka Connect worker ---------------------------------------------------
