@@ -7,15 +7,18 @@ import dagster as dg
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.jobs import build_cleanup_job, build_cleanup_schedule, build_merge_jobs, build_merge_schedules
 from tidb_pipeline.defs.resources import build_resources
+from tidb_pipeline.defs.sensors import build_offsets_sensor
 from tidb_pipeline.defs.changefeed_assets import build_changefeed_asset
 from tidb_pipeline.defs.tables import build_all_table_assets
 
 
 def build_defs(*, config: PipelineConfig) -> dg.Definitions:
     """Every definition for `config`; reads no network."""
+    merge_jobs = build_merge_jobs(config=config)
     return dg.Definitions(
         assets=[build_changefeed_asset(config=config), *build_all_table_assets(config=config)],
-        jobs=[*build_merge_jobs(config=config), build_cleanup_job(config=config)],
+        jobs=[*merge_jobs, build_cleanup_job(config=config)],
         schedules=[*build_merge_schedules(config=config), build_cleanup_schedule(config=config)],
+        sensors=[build_offsets_sensor(config=config, jobs=merge_jobs)],
         resources=build_resources(),
     )

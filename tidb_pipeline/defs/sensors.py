@@ -1,0 +1,493 @@
+"""The Kafka offsets sensor: watch every topic's end offsets and trigger merges for tables that moved.
+
+Each tick reads the end offset of every partition of every configured topic with one admin `list_offsets`
+call (split into chunks only past `chunk_partitions`), compares them with the offsets in the cursor, and
+
+- logs an `AssetObservation` on `kafka/<topic>` for each topic that moved (end offsets per partition, new
+  messages and messages/s since that topic was last checked);
+- requests ONE run per table group whose topics moved, on the group's `merge_<group>` job, selecting the
+  landing (when Dagster loads it) and replica assets of exactly the moved tables. The `run_key` is a hash
+  of the group and the moved topics' end offsets, so a tick evaluated twice from the same cursor (a daemon
+  restart before the cursor was saved) asks for the same run and Dagster starts it once;
+- otherwise skips, naming how many topics it checked.
+
+It never consumes messages. Partition lists come from broker metadata only when a topic is new to the
+cursor, a read failed, or the lists are older than `metadata_max_age_s` (partitions can be added to a topic);
+otherwise the cursor's own partition lists feed `list_offsets` directly. The tick has a time budget well
+under Dagster's 60 s sensor timeout: topics are read oldest-checked first and, when the budget runs out,
+the rest keep their cursor entries and are read first next tick, so nothing is lost or reported twice.
+
+A topic the cursor has never seen counts from offset 0: whatever it holds may not be landed yet, and a
+merge with nothing to do changes nothing. A corrupt or older cursor is logged and replaced by a fresh one.
+
+    python -m tidb_pipeline.defs.sensors --bench-topics 500   # tick time against the lab's Kafka
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from tidb_pipeline.config import PipelineConfig, TableConfig
+from tidb_pipeline.defs.jobs import build_merge_jobs, merge_job_name
+from tidb_pipeline.defs.tables import table_keys
+from tidb_pipeline.resources.kafka import KafkaResource
+
+_log = logging.getLogger("tidb_pipeline.sensors")
+
+SENSOR_NAME = "kafka_offsets_sensor"
+CURSOR_VERSION = 1
+# Dagster kills a sensor tick after 60 s; leave room for the daemon's own work around the evaluation.
+DEFAULT_BUDGET_S = 40.0
+# A chunk must not be cut short by the budget below this much time.
+_MIN_CHUNK_S = 1.0
+
+
+# --- the cursor ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """End offsets of one topic's partitions, read at `at` (epoch seconds)."""
+
+    at: float
+    offsets: Mapping[int, int]
+
+
+@dataclass(frozen=True)
+class OffsetsCursor:
+    """What the sensor has seen: per topic, per partition end offsets; when metadata was last read."""
+
+    topics: Mapping[str, TopicState] = field(default_factory=dict)
+    # 0 forces a metadata read on the next tick.
+    metadata_at: float = 0.0
+
+
+def serialize_cursor(cursor: OffsetsCursor) -> str:
+    return json.dumps({
+        "v": CURSOR_VERSION,
+        "metadata_at": round(cursor.metadata_at, 3),
+        "topics": {
+            topic: {"at": round(s.at, 3), "end": {str(p): o for p, o in sorted(s.offsets.items())}}
+            for topic, s in sorted(cursor.topics.items())
+        },
+    }, separators=(",", ":"))
+
+
+def deserialize_cursor(text: str | None, log: Callable[[str], None] = _log.warning) -> OffsetsCursor:
+    """The cursor in `text`; a fresh one (and a log line) when it is missing, corrupt or of another version."""
+    if not text:
+        return OffsetsCursor()
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("v") != CURSOR_VERSION:
+            raise ValueError(f"version {data.get('v') if isinstance(data, dict) else None!r}, "
+                             f"expected {CURSOR_VERSION}")
+        topics = {
+            str(topic): TopicState(at=float(s["at"]), offsets={int(p): int(o) for p, o in s["end"].items()})
+            for topic, s in data["topics"].items()
+        }
+        return OffsetsCursor(topics=topics, metadata_at=float(data.get("metadata_at", 0.0)))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        log(f"{SENSOR_NAME}: ignoring unreadable cursor ({type(exc).__name__}: {exc}); starting fresh, "
+            "so every topic with data is treated as new once")
+        return OffsetsCursor()
+
+
+# --- reading end offsets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OffsetsRead:
+    """The outcome of reading end offsets within a budget."""
+
+    offsets: Mapping[str, Mapping[int, int]]  # topics fully read
+    at: float
+    # Topics whose read raised (deleted, leader moving), with the first error; metadata is re-read next tick.
+    errors: Mapping[str, str]
+    unread: tuple[str, ...]  # topics the budget did not reach
+    metadata_read: bool
+    calls: int  # list_offsets calls made
+
+
+def _chunks(partitions: Mapping[str, Sequence[int]], order: Sequence[str], limit: int) -> list[list[str]]:
+    """Topics in `order`, grouped so each group has at most `limit` partitions (a bigger topic goes alone)."""
+    out: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for topic in order:
+        n = len(partitions[topic])
+        if current and size + n > limit:
+            out.append(current)
+            current, size = [], 0
+        current.append(topic)
+        size += n
+    if current:
+        out.append(current)
+    return out
+
+
+def read_end_offsets(
+    admin: AdminClient,
+    topics: Sequence[str],
+    known: Mapping[str, Sequence[int]],
+    *,
+    refresh_metadata: bool,
+    deadline: float,
+    request_timeout_s: float,
+    chunk_partitions: int = 10_000,
+    clock: Callable[[], float] = time.monotonic,
+) -> OffsetsRead:
+    """End offsets of `topics` (in that order of priority), one `list_offsets` call per chunk, until `deadline`.
+
+    `known` holds partition lists from the cursor; metadata is read (one call) only if `refresh_metadata`
+    or a topic is not in `known`. A topic that does not exist yet reads as no partitions.
+    """
+    partitions: dict[str, list[int]] = {t: list(known[t]) for t in topics if known.get(t)}
+    metadata_read = False
+    if refresh_metadata or len(partitions) < len(topics):
+        remaining = deadline - clock()
+        if remaining <= 0:
+            return OffsetsRead({}, time.time(), {}, tuple(topics), False, 0)
+        metadata = admin.list_topics(timeout=min(request_timeout_s, remaining))
+        metadata_read = True
+        for topic in topics:
+            meta = metadata.topics.get(topic)
+            partitions[topic] = sorted(meta.partitions) if meta is not None and meta.error is None else []
+
+    offsets: dict[str, dict[int, int]] = {t: {} for t in topics if not partitions[t]}
+    errors: dict[str, str] = {}
+    unread: list[str] = []
+    calls = 0
+    at = time.time()
+    for chunk in _chunks(partitions, [t for t in topics if partitions[t]], chunk_partitions):
+        remaining = deadline - clock()
+        if remaining < _MIN_CHUNK_S:
+            unread.extend(chunk)
+            continue
+        timeout = min(request_timeout_s, remaining)
+        request = {TopicPartition(t, p): OffsetSpec.latest() for t in chunk for p in partitions[t]}
+        calls += 1
+        futures = admin.list_offsets(request, request_timeout=timeout)
+        got: dict[str, dict[int, int]] = {t: {} for t in chunk}
+        for tp, future in futures.items():
+            try:
+                got[tp.topic][tp.partition] = future.result(timeout=max(0.0, deadline - clock()) + 1).offset
+            except (KafkaException, TimeoutError) as exc:
+                errors.setdefault(tp.topic, f"partition {tp.partition}: {exc}")
+        offsets.update({t: o for t, o in got.items() if t not in errors})
+    return OffsetsRead(offsets, at, errors, tuple(unread), metadata_read, calls)
+
+
+# --- deciding what to emit (pure) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopicMove:
+    """One topic whose end offsets changed since the cursor last saw it."""
+
+    topic: str
+    offsets: Mapping[int, int]
+    new_messages: int
+    seconds: float | None  # since the topic's previous read; None when first seen
+    messages_per_second: float | None
+
+
+@dataclass(frozen=True)
+class TickOutcome:
+    cursor: OffsetsCursor
+    moves: tuple[TopicMove, ...]
+    checked: int
+    unread: tuple[str, ...]
+    errors: Mapping[str, str]
+
+
+def new_messages(before: Mapping[int, int], after: Mapping[int, int]) -> int:
+    """Messages added between two reads; a partition whose end went back (topic re-created) counts from 0."""
+    total = 0
+    for p, end in after.items():
+        prev = before.get(p, 0)
+        total += end - prev if end >= prev else end
+    return total
+
+
+def diff_offsets(previous: OffsetsCursor, read: OffsetsRead, topics: Iterable[str], *, metadata_at: float) -> TickOutcome:
+    """The next cursor and the topics that moved; topics not read keep their previous entries."""
+    topics = list(topics)
+    states: dict[str, TopicState] = {t: previous.topics[t] for t in topics if t in previous.topics}
+    moves: list[TopicMove] = []
+    for topic in topics:
+        if topic not in read.offsets:
+            continue
+        now = read.offsets[topic]
+        before = previous.topics.get(topic)
+        states[topic] = TopicState(at=read.at, offsets=dict(now))
+        prev_offsets = before.offsets if before else {}
+        # A partition never seen counts as 0, so an empty new topic or partition is not a move.
+        if all(now.get(p, 0) == prev_offsets.get(p, 0) for p in set(now) | set(prev_offsets)):
+            continue
+        count = new_messages(prev_offsets, now)
+        seconds = read.at - before.at if before else None
+        rate = count / seconds if seconds and seconds > 0 else None
+        moves.append(TopicMove(topic, dict(now), count, seconds, rate))
+    return TickOutcome(
+        cursor=OffsetsCursor(topics=states, metadata_at=0.0 if read.errors else metadata_at),
+        moves=tuple(moves),
+        checked=len(read.offsets),
+        unread=read.unread,
+        errors=read.errors,
+    )
+
+
+def run_key(group: str, moves: Iterable[TopicMove]) -> str:
+    """Stable across processes: the group plus the moved topics' end offsets, order-independent."""
+    payload = json.dumps(
+        [group, sorted([m.topic, sorted(m.offsets.items())] for m in moves)], separators=(",", ":")
+    )
+    return f"{SENSOR_NAME}:{group}:{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
+
+
+def merge_targets(config: PipelineConfig, tables: Iterable[TableConfig]) -> list[dg.AssetKey]:
+    """The assets a merge run of `tables` materialises: the landing table when Dagster loads it, the replica."""
+    keys: list[dg.AssetKey] = []
+    for t in tables:
+        k = table_keys(config, t)
+        if config.landing_mode_of(t) == "builtin":
+            keys.append(k.landing)
+        keys.append(k.replica)
+    return keys
+
+
+def run_requests(config: PipelineConfig, moves: Sequence[TopicMove]) -> list[dg.RunRequest]:
+    """One run per table group whose topics moved, selecting exactly the moved tables' assets."""
+    moved = {m.topic: m for m in moves}
+    requests: list[dg.RunRequest] = []
+    for group, tables in config.groups.items():
+        hit = [t for t in tables if config.topic(t) in moved]
+        if not hit:
+            continue
+        group_moves = [moved[config.topic(t)] for t in hit]
+        requests.append(dg.RunRequest(
+            run_key=run_key(group, group_moves),
+            job_name=merge_job_name(group),
+            asset_selection=merge_targets(config, hit),
+            tags={"tidb_pipeline/group": group, "tidb_pipeline/trigger": SENSOR_NAME,
+                  "tidb_pipeline/moved_tables": str(len(hit))},
+        ))
+    return requests
+
+
+def observation(config_topic_key: dg.AssetKey, move: TopicMove) -> dg.AssetObservation:
+    metadata: dict[str, object] = {
+        "end_offsets": dg.MetadataValue.json({str(p): o for p, o in sorted(move.offsets.items())}),
+        "end_offset_total": sum(move.offsets.values()),
+        "partitions": len(move.offsets),
+        "new_messages": move.new_messages,
+    }
+    if move.seconds is not None:
+        metadata["seconds_since_last_check"] = round(move.seconds, 3)
+    if move.messages_per_second is not None:
+        metadata["messages_per_second"] = round(move.messages_per_second, 3)
+    return dg.AssetObservation(asset_key=config_topic_key, metadata=metadata)
+
+
+# --- the sensor ---------------------------------------------------------------------------------------
+
+
+def _topics(config: PipelineConfig) -> dict[str, dg.AssetKey]:
+    return {config.topic(t): table_keys(config, t).kafka for t in config.tables}
+
+
+def evaluate(
+    config: PipelineConfig,
+    admin: AdminClient,
+    cursor_text: str | None,
+    *,
+    budget_s: float,
+    request_timeout_s: float,
+    metadata_max_age_s: float,
+    chunk_partitions: int,
+    log: Callable[[str], None] = _log.warning,
+) -> tuple[dg.SensorResult, TickOutcome]:
+    """One tick, minus the Dagster context: what the sensor returns, and the outcome behind it."""
+    deadline = time.monotonic() + budget_s
+    topic_keys = _topics(config)
+    previous = deserialize_cursor(cursor_text, log)
+    # Oldest-checked first, so a tick cut short by the budget starts where the last one stopped.
+    order = sorted(topic_keys, key=lambda t: (previous.topics[t].at if t in previous.topics else -math.inf, t))
+    known = {t: sorted(s.offsets) for t, s in previous.topics.items() if s.offsets}
+    refresh = time.time() - previous.metadata_at > metadata_max_age_s
+    read = read_end_offsets(admin, order, known, refresh_metadata=refresh, deadline=deadline,
+                            request_timeout_s=request_timeout_s, chunk_partitions=chunk_partitions)
+    outcome = diff_offsets(previous, read, order,
+                           metadata_at=read.at if read.metadata_read else previous.metadata_at)
+    cursor = serialize_cursor(outcome.cursor)
+    partial = ""
+    if outcome.unread:
+        partial = f"; the {budget_s:g} s budget ran out, {len(outcome.unread)} topics are read first next tick"
+        log(f"{SENSOR_NAME}: checked {outcome.checked} of {len(order)} topics{partial}")
+    if outcome.errors:
+        topic, error = next(iter(sorted(outcome.errors.items())))
+        partial += f"; {len(outcome.errors)} topics could not be read, they are retried next tick"
+        log(f"{SENSOR_NAME}: end offsets of {len(outcome.errors)} topics unavailable, e.g. {topic} {error}; "
+            "their cursor entries are kept and metadata is re-read next tick")
+    if not outcome.moves:
+        return dg.SensorResult(
+            skip_reason=f"no new messages in {outcome.checked} topics checked{partial}", cursor=cursor
+        ), outcome
+    return dg.SensorResult(
+        run_requests=run_requests(config, outcome.moves),
+        asset_events=[observation(topic_keys[m.topic], m) for m in outcome.moves],
+        cursor=cursor,
+    ), outcome
+
+
+def build_offsets_sensor(
+    *,
+    config: PipelineConfig,
+    minimum_interval_seconds: int = 15,
+    budget_s: float = DEFAULT_BUDGET_S,
+    metadata_max_age_s: float = 300.0,
+    chunk_partitions: int = 10_000,
+    jobs: Sequence[dg.JobDefinition | UnresolvedAssetJobDefinition] | None = None,
+) -> dg.SensorDefinition:
+    """The `kafka_offsets_sensor` for `config`'s topics, targeting the merge job of each table group.
+
+    Pass `jobs`, the merge jobs the `Definitions` already hold: Dagster adds a sensor's target jobs to
+    its `Definitions` and rejects a second, equal job object of the same name.
+    """
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        jobs=list(jobs) if jobs is not None else build_merge_jobs(config=config),
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Reads the end offsets of {len(config.tables)} topics in one list_offsets call per tick; "
+            "observes topics that moved and requests one merge run per table group for their tables."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult:
+        if not config.tables:
+            return dg.SensorResult(skip_reason="no tables configured")
+        result, outcome = evaluate(
+            config, kafka.admin(), context.cursor, budget_s=budget_s,
+            request_timeout_s=kafka.request_timeout_s, metadata_max_age_s=metadata_max_age_s,
+            chunk_partitions=chunk_partitions, log=context.log.warning,
+        )
+        if outcome.moves:
+            context.log.info(f"{len(outcome.moves)} of {outcome.checked} topics moved: "
+                             f"{sum(m.new_messages for m in outcome.moves)} new messages")
+        return result
+
+    return _sensor
+
+
+# --- benchmark: python -m tidb_pipeline.defs.sensors --bench-topics 500 ----------------------------------
+
+
+def _bench(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import statistics
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import NewTopic
+
+    from tidb_pipeline.config import parse_config
+    from tidb_pipeline.lab.settings import LabSettings
+
+    parser = argparse.ArgumentParser(description="Time the offsets sensor's tick against a running Kafka.")
+    parser.add_argument("--bench-topics", type=int, default=500, help="topics to watch (created if missing)")
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--groups", type=int, default=5, help="table groups the topics' tables are spread over")
+    parser.add_argument("--produce", type=int, default=100, help="topics that get one new message before tick 3")
+    parser.add_argument("--repeat", type=int, default=5, help="no-change ticks to time")
+    parser.add_argument("--bootstrap", default=None, help="default: the lab's Kafka")
+    args, _ = parser.parse_known_args(argv)
+
+    bootstrap = args.bootstrap or LabSettings().kafka_bootstrap
+    kafka = KafkaResource(bootstrap_servers=bootstrap)
+    admin = kafka.admin()
+    db = f"bench_offsets_p{args.partitions}"
+    groups = [f"g{i}" for i in range(args.groups)]
+    config = parse_config({
+        "merge_schedules": {g: {"cron": "* * * * *"} for g in groups},
+        "tables": [{"db": db, "table": f"t{i:04d}", "group": groups[i % len(groups)]}
+                   for i in range(args.bench_topics)],
+    })
+    topics = [config.topic(t) for t in config.tables]
+
+    started = time.monotonic()
+    existing = set(admin.list_topics(timeout=30).topics)
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=args.partitions, replication_factor=1) for t in missing], request_timeout=120
+        )
+        for f in futures.values():
+            f.result(timeout=120)
+    # A created topic answers list_offsets only once its leader is ready; time ticks on a settled broker.
+    while True:
+        read = read_end_offsets(admin, topics, {}, refresh_metadata=True, deadline=time.monotonic() + 60,
+                                request_timeout_s=30)
+        if not read.errors and len(read.offsets) == len(topics) and all(read.offsets.values()):
+            break
+        if time.monotonic() - started > 180:
+            raise SystemExit(f"bench: {len(read.errors)} of {len(topics)} topics on {bootstrap} still do not "
+                             "answer list_offsets after 180 s; check the broker's log")
+        time.sleep(0.5)
+    print(f"kafka {bootstrap}: {len(topics)} topics x {args.partitions} partitions "
+          f"({len(missing)} created in {time.monotonic() - started:.1f} s)")
+
+    sensor = build_offsets_sensor(config=config)
+
+    def tick(cursor: str | None) -> tuple[float, dg.SensorResult]:
+        context = dg.build_sensor_context(cursor=cursor, resources={"kafka": kafka})
+        t0 = time.perf_counter()
+        result = sensor(context)
+        return time.perf_counter() - t0, result
+
+    def describe(result: dg.SensorResult) -> str:
+        if result.skip_reason:
+            return f"skip: {result.skip_reason.skip_message}"
+        return (f"{len(result.asset_events)} observations, {len(result.run_requests)} run requests "
+                f"({sum(len(r.asset_selection or []) for r in result.run_requests)} assets)")
+
+    cold, result = tick(None)
+    print(f"tick 1 (empty cursor: metadata + list_offsets): {cold * 1000:.0f} ms; {describe(result)}")
+    cursor = result.cursor
+    warm: list[float] = []
+    for _ in range(args.repeat):
+        seconds, result = tick(cursor)
+        warm.append(seconds)
+        cursor = result.cursor
+    print(f"ticks 2..{args.repeat + 1} (no new data, list_offsets only): median {statistics.median(warm) * 1000:.0f} ms,"
+          f" max {max(warm) * 1000:.0f} ms; {describe(result)}")
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for topic in topics[: args.produce]:
+        producer.produce(topic, key=b"k", value=b"v")
+    producer.flush(30)
+    seconds, result = tick(cursor)
+    print(f"tick after 1 message in {args.produce} topics: {seconds * 1000:.0f} ms; {describe(result)}")
+    cursor = result.cursor
+
+    stale = json.loads(cursor)
+    stale["metadata_at"] = 0
+    seconds, result = tick(json.dumps(stale))
+    print(f"tick with a metadata refresh (no new data): {seconds * 1000:.0f} ms; {describe(result)}")
+    print(f"cursor size: {len(cursor)} bytes")
+
+
+if __name__ == "__main__":
+    _bench()
