@@ -32,16 +32,19 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.jobs import build_merge_jobs, merge_job_name
 from tidb_pipeline.defs.tables import table_keys
 from tidb_pipeline.resources.kafka import KafkaResource
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 _log = logging.getLogger("tidb_pipeline.sensors")
 
@@ -169,7 +172,8 @@ def read_end_offsets(
     errors: dict[str, str] = {}
     unread: list[str] = []
     calls = 0
-    at = time.time()
+    # Rounded as the cursor stores it, so rates computed now and from a saved cursor agree.
+    at = round(time.time(), 3)
     for chunk in _chunks(partitions, [t for t in topics if partitions[t]], chunk_partitions):
         remaining = deadline - clock()
         if remaining < _MIN_CHUNK_S:
@@ -221,7 +225,9 @@ def new_messages(before: Mapping[int, int], after: Mapping[int, int]) -> int:
     return total
 
 
-def diff_offsets(previous: OffsetsCursor, read: OffsetsRead, topics: Iterable[str], *, metadata_at: float) -> TickOutcome:
+def diff_offsets(
+    previous: OffsetsCursor, read: OffsetsRead, topics: Iterable[str], *, metadata_at: float
+) -> TickOutcome:
     """The next cursor and the topics that moved; topics not read keep their previous entries."""
     topics = list(topics)
     states: dict[str, TopicState] = {t: previous.topics[t] for t in topics if t in previous.topics}
@@ -471,8 +477,8 @@ def _bench(argv: Sequence[str] | None = None) -> None:
         seconds, result = tick(cursor)
         warm.append(seconds)
         cursor = result.cursor
-    print(f"ticks 2..{args.repeat + 1} (no new data, list_offsets only): median {statistics.median(warm) * 1000:.0f} ms,"
-          f" max {max(warm) * 1000:.0f} ms; {describe(result)}")
+    print(f"ticks 2..{args.repeat + 1} (no new data, list_offsets only): "
+          f"median {statistics.median(warm) * 1000:.0f} ms, max {max(warm) * 1000:.0f} ms; {describe(result)}")
 
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     for topic in topics[: args.produce]:
