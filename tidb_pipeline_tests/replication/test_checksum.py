@@ -1,0 +1,304 @@
+"""Checksum SQL: pure shape tests, then the same rows on MariaDB and fakesnow give the same text and sums."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pymysql
+import pytest
+import snowflake.connector as sf_connector
+
+from tidb_pipeline.lab.service import Service
+from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.snowflake import connection_args
+from tidb_pipeline.replication.avro_types import ReplicaColumn
+from tidb_pipeline.replication.checksum import (
+    Chunk,
+    ChecksumColumn,
+    boundaries_sql,
+    bucket_chunks,
+    checksum_column,
+    checksums_sql,
+    chunk_checksum_sql,
+    column_kind,
+    compare_chunks,
+    field_sql,
+    hex_number_sql,
+    mysql_table,
+    parse_checksums,
+    range_chunks,
+    row_text_sql,
+)
+from tidb_pipeline.replication.ddl import TableRef, create_replica_sql, quote_ident
+from tidb_pipeline.replication.landing import _json_float32
+
+# --- pure ------------------------------------------------------------------------------------------------
+
+
+def test_kinds_follow_tidb_types_and_a_variant_replica_means_json() -> None:
+    cases = {
+        ("bigint", None): "int", ("year", None): "int", ("decimal", "NUMBER"): "decimal",
+        ("float", "FLOAT"): "float", ("double", "FLOAT"): "double", ("varchar", "TEXT"): "text",
+        ("enum", "TEXT"): "text", ("blob", "BINARY"): "binary", ("bit", "BINARY"): "bit",
+        ("date", "DATE"): "date", ("timestamp", "TIMESTAMP_NTZ"): "datetime", ("time", "TEXT"): "time",
+        ("json", "VARIANT"): "json", ("longtext", "VARIANT"): "json",  # MariaDB's JSON alias
+        ("geometry", "TEXT"): "text",
+    }  # fmt: skip
+    assert {k: column_kind(*k) for k in cases} == cases
+    assert checksum_column("b", "bit", "bit(10)") == ChecksumColumn("b", "bit", 10)
+    assert checksum_column("i", "int", "int(11)") == ChecksumColumn("i", "int", None)
+
+
+def test_field_encoding_is_length_prefixed_with_a_null_marker_on_both_sides() -> None:
+    col = ChecksumColumn("na`me\"", "text")
+    assert field_sql("mysql", col) == "COALESCE(CONCAT(CHAR_LENGTH(CAST(`na``me\"` AS CHAR)), ':', CAST(`na``me\"` AS CHAR)), '~')"
+    assert field_sql("snowflake", col) == (
+        "COALESCE(CONCAT(CAST(LENGTH(CAST(\"na`me\"\"\" AS VARCHAR)) AS VARCHAR), ':', CAST(\"na`me\"\"\" AS VARCHAR)), '~')"
+    )
+    two = [ChecksumColumn("a", "int"), ChecksumColumn("b", "date")]
+    assert row_text_sql("mysql", two) == (
+        "CONCAT(COALESCE(CONCAT(CHAR_LENGTH(CAST(`a` AS CHAR)), ':', CAST(`a` AS CHAR)), '~'), "
+        "COALESCE(CONCAT(CHAR_LENGTH(DATE_FORMAT(`b`, '%Y-%m-%d')), ':', DATE_FORMAT(`b`, '%Y-%m-%d')), '~'))"
+    )
+    with pytest.raises(ValueError, match="no columns"):
+        row_text_sql("mysql", [])
+
+
+def test_hex_number_sql() -> None:
+    assert hex_number_sql("mysql", "h", 15) == "CAST(CONV(SUBSTR(h, 1, 15), 16, 10) AS UNSIGNED)"
+    sf = hex_number_sql("snowflake", "h", 2)
+    assert sf == (
+        "CAST(((POSITION(SUBSTR(h, 1, 1) IN '0123456789abcdef') - 1) * 16 + "
+        "(POSITION(SUBSTR(h, 2, 1) IN '0123456789abcdef') - 1) * 1) AS NUMBER(38,0))"
+    )
+
+
+def test_range_chunks_from_tile_starts() -> None:
+    chunks = range_chunks("id", [1, 40, 40, 80, None])
+    assert chunks == (
+        Chunk(0, "id", None, 40), Chunk(1, "id", 40, 80), Chunk(2, "id", 80, None),
+    )  # fmt: skip
+    assert [c.label for c in chunks] == ["id < 40", "id >= 40 AND id < 80", "id >= 80"]
+    assert range_chunks("id", [5]) == (Chunk(0, "id"),)
+    assert range_chunks("id", [5])[0].label == "all rows"
+    day = Chunk(1, "d", dt.date(2024, 1, 1), dt.datetime(2024, 2, 1, 3, 4, 5))
+    assert day.label == "d >= '2024-01-01' AND d < '2024-02-01 03:04:05'"
+    assert bucket_chunks("name", 2)[1].label == "bucket 1 of 2 (MD5 of name)"
+
+
+def test_boundaries_use_ntile_over_the_key() -> None:
+    stmt = boundaries_sql("shop", "or`ders", "id", 8)
+    assert stmt.sql == (
+        "SELECT MIN(q.k) FROM (SELECT `id` AS k, NTILE(%s) OVER (ORDER BY `id`) AS tile "
+        "FROM `shop`.`or``ders`) q GROUP BY q.tile ORDER BY 1"
+    )
+    assert stmt.params == (8,)
+    with pytest.raises(ValueError, match="at least 1"):
+        boundaries_sql("a", "b", "id", 0)
+
+
+def test_checksums_sql_binds_boundaries_and_escapes_percent_only_with_params() -> None:
+    cols = [ChecksumColumn("id", "int"), ChecksumColumn("d", "date")]
+    ranged = checksums_sql("mysql", "`s`.`t`", cols, cols[0], range_chunks("id", [0, 10, 20]))
+    assert ranged.params == (10, 20)
+    assert "CASE WHEN `id` < %s THEN 0 WHEN `id` < %s THEN 1 ELSE 2 END AS chunk" in ranged.sql
+    assert "'%%Y-%%m-%%d'" in ranged.sql and "'%Y" not in ranged.sql
+    single = checksums_sql("mysql", "`s`.`t`", cols, cols[0], range_chunks("id", [0]))
+    assert single.params == () and "SELECT 0 AS chunk" in single.sql and "'%Y-%m-%d'" in single.sql
+    buckets = checksums_sql("snowflake", '"T"', cols, ChecksumColumn("name", "text"), bucket_chunks("name", 4))
+    assert buckets.params == () and "MOD(CAST(" in buckets.sql and ", 4) AS chunk" in buckets.sql
+    one = chunk_checksum_sql("snowflake", '"T"', cols, Chunk(1, "id", 10, 20))
+    assert one.params == (10, 20) and one.sql.endswith('FROM "T" WHERE "id" >= %s AND "id" < %s')
+    with pytest.raises(ValueError, match="range chunks"):
+        chunk_checksum_sql("mysql", "t", cols, bucket_chunks("id", 2)[0])
+
+
+def test_compare_chunks_treats_a_missing_chunk_as_empty() -> None:
+    chunks = range_chunks("id", [0, 10])
+    source = parse_checksums([(0, 3, Decimal(30)), (1, 2, 7)])
+    replica = parse_checksums([(0, 3, 30)])
+    results = compare_chunks(chunks, source, replica)
+    assert [(r.equal, r.describe()) for r in results] == [
+        (True, "id < 10: source 3 rows, replica 3 rows"),
+        (False, "id >= 10: source 2 rows, replica 0 rows"),
+    ]
+
+
+# --- both engines ---------------------------------------------------------------------------------------
+
+SOURCE_DDL = """CREATE TABLE {table} (
+  id BIGINT PRIMARY KEY, c_int INT, c_ubig BIGINT UNSIGNED, c_dec DECIMAL(12,3), c_float FLOAT, c_double DOUBLE,
+  c_text VARCHAR(64), c_bin VARBINARY(16), c_bit BIT(10), c_json JSON, c_date DATE, c_dt DATETIME(6),
+  c_ts TIMESTAMP(6) NULL DEFAULT NULL, c_time TIME(3), c_year YEAR, c_enum ENUM('a', 'b c')
+) DEFAULT CHARSET = utf8mb4"""
+COLUMNS = ("id", "c_int", "c_ubig", "c_dec", "c_float", "c_double", "c_text", "c_bin", "c_bit", "c_json", "c_date",
+           "c_dt", "c_ts", "c_time", "c_year", "c_enum")  # fmt: skip
+# (name, Snowflake type, TiDB type, Avro type) as avro_types maps them; the replica DDL is the pipeline's.
+REPLICA_TYPES = [
+    ("id", "NUMBER(19,0)", "BIGINT", "long"), ("c_int", "NUMBER(10,0)", "INT", "int"),
+    ("c_ubig", "NUMBER(20,0)", "BIGINT UNSIGNED", "long"), ("c_dec", "NUMBER(12,3)", "DECIMAL", "bytes"),
+    ("c_float", "FLOAT", "FLOAT", "float"), ("c_double", "FLOAT", "DOUBLE", "double"),
+    ("c_text", "VARCHAR", "TEXT", "string"), ("c_bin", "BINARY", "BLOB", "bytes"), ("c_bit", "BINARY", "BIT", "bytes"),
+    ("c_json", "VARIANT", "JSON", "string"), ("c_date", "DATE", "DATE", "string"),
+    ("c_dt", "TIMESTAMP_NTZ(6)", "DATETIME", "string"), ("c_ts", "TIMESTAMP_NTZ(6)", "TIMESTAMP", "string"),
+    ("c_time", "VARCHAR", "TIME", "string"), ("c_year", "NUMBER(4,0)", "YEAR", "int"), ("c_enum", "VARCHAR", "ENUM", "string"),
+]  # fmt: skip
+REPLICA_COLUMNS = tuple(ReplicaColumn(n, s, n != "id", t, n == "id", a) for n, s, t, a in REPLICA_TYPES)
+
+
+def sample_rows(n: int = 40) -> list[tuple[Any, ...]]:
+    """Rows in source terms; row 0 is all NULLs, the rest vary every type, awkward values included."""
+    rows: list[tuple[Any, ...]] = [(0, *([None] * (len(COLUMNS) - 1)))]
+    texts = ["", "plain", "a:b~c", "héllo wörld ✓", "4:abcd", "'quoted' \"too\"", "tab\tnew\nline", "~"]
+    doubles = [0.0, -0.0, 0.1, -2.5e-300, 1e300, 1.2345678901234567, 123456789.125, -7.0]
+    floats = [0.0, 1.1, -3.4e38, 1.234567, 1.5e-30, 123456792.0, 0.33333334, 7.0]
+    jsons = ['{"a": 1, "b": [1, 2.5, "x y"]}', "[]", '{"k": {"n": null, "t": true}}', '"str"', "3", "[1, 2, 3]",
+             '{"a b": "c:d"}', "{}"]  # fmt: skip
+    for i in range(1, n):
+        rows.append((
+            i * 10,
+            (-1) ** i * i * 1_000_003,
+            2**64 - i if i % 3 == 0 else i,
+            Decimal(f"{(-1) ** i * i * 1234}.{i % 1000:03d}"),
+            floats[i % len(floats)],
+            doubles[i % len(doubles)],
+            texts[i % len(texts)],
+            bytes([i % 256, 0, 255, 10][: 1 + i % 4]) if i % 5 else b"",
+            (i * 37) % 1024,
+            jsons[i % len(jsons)],
+            dt.date(2000 + i, 1 + i % 12, 1 + i % 28),
+            dt.datetime(2020, 1 + i % 12, 1 + i % 28, i % 24, i % 60, i % 60, (i * 12345) % 1_000_000),
+            dt.datetime(2021, 2, 3, 4, 5, 6, i) if i % 2 else None,
+            ["-838:59:59.500", "00:00:00", "12:34:56.125", "100:00:01.000", "-00:00:01.250"][i % 5],
+            1901 + i,
+            ["a", "b c", None][i % 3],
+        ))  # fmt: skip
+    return rows
+
+
+def _replica_value(name: str, value: Any) -> tuple[str, Any]:
+    """SQL for one value as the merge would have stored it from TiCDC's record (placeholder + bound value)."""
+    if value is None:
+        return "NULL", None
+    if name == "c_float":
+        return "%s::FLOAT", float(_json_float32(value))  # TiCDC sends a float32; the landing keeps its text
+    if name in ("c_bin", "c_bit"):
+        raw = value if isinstance(value, bytes) else value.to_bytes(2, "big")  # BIT(10): 2 big-endian bytes
+        return "TO_BINARY(%s, 'HEX')", raw.hex()
+    if name == "c_json":
+        return "PARSE_JSON(%s)", value
+    if name in ("c_dt", "c_ts"):
+        return "TO_TIMESTAMP_NTZ(%s)", value.isoformat(sep=" ")
+    if name == "c_date":
+        return "TO_DATE(%s)", value.isoformat()
+    return "%s", value
+
+
+@pytest.fixture(scope="module")
+def tables(mariadb: Service, snowflake: Service, lab_settings: LabSettings) -> Iterator[tuple[Any, Any, str, TableRef]]:
+    """The same rows in a MariaDB table (unique database) and in its replica on the lab's fakesnow."""
+    name = f"ck_{uuid.uuid4().hex[:10]}"
+    src = pymysql.connect(**mariadb.connect_kwargs(), autocommit=True)  # type: ignore[attr-defined]
+    sf = sf_connector.connect(**connection_args(lab_settings))
+    rows = sample_rows()
+    with src.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(SOURCE_DDL.format(table=mysql_table(name, "t")))
+        cur.execute("SET time_zone = '+00:00'")
+        cur.executemany(f"INSERT INTO {mysql_table(name, 't')} VALUES ({', '.join(['%s'] * len(COLUMNS))})", rows)
+    replica = TableRef("S", "T", name.upper())
+    cur = sf.cursor()
+    cur.execute(f"CREATE DATABASE {quote_ident(replica.database or '')}")
+    cur.execute(f"CREATE SCHEMA {quote_ident(replica.database or '')}.{quote_ident(replica.schema)}")
+    cur.execute(create_replica_sql(replica, REPLICA_COLUMNS))
+    selects, params = [], []
+    for row in rows:
+        parts = [_replica_value(n, v) for n, v in zip(COLUMNS, row)]
+        selects.append("SELECT " + ", ".join(p for p, _ in parts))
+        params += [v for p, v in parts if p != "NULL"]
+    cur.execute(f"INSERT INTO {replica.sql} " + " UNION ALL ".join(selects), tuple(params))
+    yield src, sf, name, replica
+    with src.cursor() as c:
+        c.execute(f"DROP DATABASE {name}")
+    src.close()
+    sf.close()
+
+
+def _checksum_columns(src: Any, db: str) -> list[ChecksumColumn]:
+    types = {n: s for n, s, _t, _a in REPLICA_TYPES}
+    with src.cursor() as cur:
+        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+                    "AND TABLE_NAME = 't' ORDER BY ORDINAL_POSITION", (db,))  # fmt: skip
+        return [checksum_column(n, d, c, types[n].split("(")[0]) for n, d, c in cur.fetchall()]
+
+
+def test_every_row_has_the_same_canonical_text_and_md5_on_both_engines(tables) -> None:
+    src, sf, db, replica = tables
+    columns = _checksum_columns(src, db)
+    assert [c.kind for c in columns] == ["int", "int", "int", "decimal", "float", "double", "text", "binary", "bit",
+                                         "json", "date", "datetime", "datetime", "time", "int", "text"]  # fmt: skip
+    with src.cursor() as cur:
+        cur.execute(f"SELECT id, {row_text_sql('mysql', columns)} FROM {mysql_table(db, 't')} ORDER BY id")
+        mysql_rows = [(int(i), t) for i, t in cur.fetchall()]
+    sf_rows = [(int(i), t) for i, t in sf.cursor().execute(
+        f"SELECT \"id\", {row_text_sql('snowflake', columns)} FROM {replica.sql} ORDER BY \"id\"").fetchall()]
+    assert len(mysql_rows) == 40
+    assert sf_rows == mysql_rows
+    assert mysql_rows[0] == (0, "1:0" + "~" * 15)
+    assert mysql_rows[1][1].startswith("2:10")
+    # the positional hex reading in Snowflake equals Python's int(hex, 16)
+    text = mysql_rows[3][1]
+    got = sf.cursor().execute(f"SELECT {hex_number_sql('snowflake', 'MD5(v.t)', 15)} FROM (SELECT %s AS t) v",
+                              (text,)).fetchone()[0]
+    assert int(got) == int(hashlib.md5(text.encode()).hexdigest()[:15], 16)
+
+
+def test_chunk_checksums_agree_then_name_the_changed_chunk(tables) -> None:
+    src, sf, db, replica = tables
+    columns = _checksum_columns(src, db)
+    key = columns[0]
+    with src.cursor() as cur:
+        cur.execute(*_params(boundaries_sql(db, "t", "id", 4)))
+        starts = [r[0] for r in cur.fetchall()]
+    chunks = range_chunks("id", starts)
+    assert [c.label for c in chunks] == ["id < 100", "id >= 100 AND id < 200", "id >= 200 AND id < 300", "id >= 300"]
+
+    def both() -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+        with src.cursor() as cur:
+            cur.execute(*_params(checksums_sql("mysql", mysql_table(db, "t"), columns, key, chunks)))
+            mine = parse_checksums(cur.fetchall())
+        theirs = parse_checksums(sf.cursor().execute(*_params(checksums_sql("snowflake", replica.sql, columns, key, chunks))).fetchall())
+        return mine, theirs
+
+    source, rep = both()
+    assert source == rep and sorted(n for n, _ in source.values()) == [10, 10, 10, 10]
+    sf.cursor().execute(f'UPDATE {replica.sql} SET "c_dec" = "c_dec" + 0.001 WHERE "id" = 250')
+    try:
+        source, rep = both()
+        diff = [r.chunk.label for r in compare_chunks(chunks, source, rep) if not r.equal]
+        assert diff == ["id >= 200 AND id < 300"]
+        # hash buckets (for keys that cannot be range-split) find it too, and agree elsewhere
+        buckets = bucket_chunks("id", 5)
+        with src.cursor() as cur:
+            cur.execute(*_params(checksums_sql("mysql", mysql_table(db, "t"), columns, key, buckets)))
+            b_src = parse_checksums(cur.fetchall())
+        b_rep = parse_checksums(sf.cursor().execute(*_params(checksums_sql("snowflake", replica.sql, columns, key, buckets))).fetchall())
+        assert sum(n for n, _ in b_src.values()) == 40
+        assert len([r for r in compare_chunks(buckets, b_src, b_rep) if not r.equal]) == 1
+        one = next(c for c in chunks if c.index == 2)
+        with src.cursor() as cur:
+            cur.execute(*_params(chunk_checksum_sql("mysql", mysql_table(db, "t"), columns, one)))
+            s_one = tuple(int(x) for x in cur.fetchone())
+        r_one = tuple(int(x) for x in sf.cursor().execute(*_params(chunk_checksum_sql("snowflake", replica.sql, columns, one))).fetchone())
+        assert s_one[0] == r_one[0] == 10 and s_one[1] != r_one[1] and (s_one[0], s_one[1]) == source[2]
+    finally:
+        sf.cursor().execute(f'UPDATE {replica.sql} SET "c_dec" = "c_dec" - 0.001 WHERE "id" = 250')
+
+
+def _params(stmt) -> tuple[str, Any]:
+    return stmt.sql, (stmt.params or None)
