@@ -56,6 +56,10 @@ DEFAULT_BUDGET_S = 40.0
 _MIN_CHUNK_S = 1.0
 
 
+class KafkaUnavailableError(RuntimeError):
+    """The brokers did not answer the metadata request."""
+
+
 # --- the cursor ----------------------------------------------------------------------------------------
 
 
@@ -186,7 +190,8 @@ def read_end_offsets(
         got: dict[str, dict[int, int]] = {t: {} for t in chunk}
         for tp, future in futures.items():
             try:
-                got[tp.topic][tp.partition] = future.result(timeout=max(0.0, deadline - clock()) + 1).offset
+                # One second of grace past the deadline for the whole chunk, not per partition.
+                got[tp.topic][tp.partition] = future.result(timeout=max(0.0, deadline + 1 - clock())).offset
             except (KafkaException, TimeoutError) as exc:
                 errors.setdefault(tp.topic, f"partition {tp.partition}: {exc}")
         offsets.update({t: o for t, o in got.items() if t not in errors})
@@ -238,11 +243,11 @@ def diff_offsets(
         now = read.offsets[topic]
         before = previous.topics.get(topic)
         states[topic] = TopicState(at=read.at, offsets=dict(now))
-        prev_offsets = before.offsets if before else {}
-        # A partition never seen counts as 0, so an empty new topic or partition is not a move.
-        if all(now.get(p, 0) == prev_offsets.get(p, 0) for p in set(now) | set(prev_offsets)):
+        count = new_messages(before.offsets if before else {}, now)
+        # Only new messages are worth a merge: a new empty topic or partition, a deleted topic or one
+        # re-created empty just updates the cursor.
+        if count == 0:
             continue
-        count = new_messages(prev_offsets, now)
         seconds = read.at - before.at if before else None
         rate = count / seconds if seconds and seconds > 0 else None
         moves.append(TopicMove(topic, dict(now), count, seconds, rate))
@@ -386,11 +391,18 @@ def build_offsets_sensor(
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult:
         if not config.tables:
             return dg.SensorResult(skip_reason="no tables configured")
-        result, outcome = evaluate(
-            config, kafka.admin(), context.cursor, budget_s=budget_s,
-            request_timeout_s=kafka.request_timeout_s, metadata_max_age_s=metadata_max_age_s,
-            chunk_partitions=chunk_partitions, log=context.log.warning,
-        )
+        try:
+            result, outcome = evaluate(
+                config, kafka.admin(), context.cursor, budget_s=budget_s,
+                request_timeout_s=kafka.request_timeout_s, metadata_max_age_s=metadata_max_age_s,
+                chunk_partitions=chunk_partitions, log=context.log.warning,
+            )
+        except KafkaException as exc:
+            # The tick fails and keeps its cursor; the next tick starts from the same offsets.
+            raise KafkaUnavailableError(
+                f"{SENSOR_NAME}: cannot read topic metadata from Kafka at {kafka.bootstrap_servers}: {exc}; "
+                "check that the brokers are up and KAFKA_BOOTSTRAP_SERVERS / the API key are right"
+            ) from exc
         if outcome.moves:
             context.log.info(f"{len(outcome.moves)} of {outcome.checked} topics moved: "
                              f"{sum(m.new_messages for m in outcome.moves)} new messages")

@@ -8,6 +8,7 @@ the real merge jobs.
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,10 +22,13 @@ from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
 from tidb_pipeline.defs.sensors import (
     SENSOR_NAME,
+    KafkaUnavailableError,
     OffsetsCursor,
+    OffsetsRead,
     TopicState,
     build_offsets_sensor,
     deserialize_cursor,
+    diff_offsets,
     read_end_offsets,
     serialize_cursor,
 )
@@ -328,3 +332,35 @@ def test_sensor_is_in_the_definitions() -> None:
     assert sensor.minimum_interval_seconds == 15
     assert sorted(t.job_name for t in sensor.targets) == ["merge_bulk", "merge_default"]
     assert sensor.required_resource_keys == {"kafka"}
+
+
+def test_only_new_messages_are_moves() -> None:
+    previous = OffsetsCursor(topics={
+        "grew": TopicState(at=100.0, offsets={0: 5, 1: 5}),
+        "recreated": TopicState(at=100.0, offsets={0: 9}),
+        "recreated_empty": TopicState(at=100.0, offsets={0: 9}),
+        "deleted": TopicState(at=100.0, offsets={0: 3}),
+        "new_partition_empty": TopicState(at=100.0, offsets={0: 1}),
+    })
+    read = OffsetsRead(
+        offsets={"grew": {0: 7, 1: 5}, "recreated": {0: 2}, "recreated_empty": {0: 0}, "deleted": {},
+                 "new_partition_empty": {0: 1, 1: 0}, "first_seen": {0: 4}},
+        at=110.0, errors={}, unread=(), metadata_read=True, calls=1,
+    )
+    outcome = diff_offsets(previous, read, list(read.offsets), metadata_at=110.0)
+    assert [(m.topic, m.new_messages, m.seconds, m.messages_per_second) for m in outcome.moves] == [
+        ("grew", 2, 10.0, 0.2), ("recreated", 2, 10.0, 0.2), ("first_seen", 4, None, None),
+    ]
+    assert {t: dict(s.offsets) for t, s in outcome.cursor.topics.items()} == read.offsets
+    assert outcome.cursor.metadata_at == 110.0
+
+
+def test_unreachable_kafka_fails_the_tick_naming_the_address() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sensor = build_offsets_sensor(config=_config("db", [("a", "default")]))
+    resource = KafkaResource(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_s=1)
+    context = dg.build_sensor_context(cursor=None, resources={"kafka": resource})
+    with pytest.raises(KafkaUnavailableError, match=f"from Kafka at 127.0.0.1:{port}: .*check that the brokers"):
+        sensor(context)
