@@ -506,6 +506,17 @@ def _bench(argv: Sequence[str] | None = None) -> None:
     print(f"tick with a metadata refresh (no new data): {seconds * 1000:.0f} ms; {describe(result)}")
     print(f"cursor size: {len(cursor)} bytes")
 
+    # The tick's floor: one list_offsets call on an already connected client (no client setup).
+    known = {t: sorted(s.offsets) for t, s in deserialize_cursor(cursor).topics.items()}
+    calls: list[float] = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        read = read_end_offsets(admin, topics, known, refresh_metadata=False, deadline=time.monotonic() + 30,
+                                request_timeout_s=30)
+        calls.append(time.perf_counter() - t0)
+    print(f"one list_offsets call for {sum(len(p) for p in known.values())} partitions on a connected client: "
+          f"median {statistics.median(calls) * 1000:.0f} ms ({read.calls} call, {len(read.errors)} errors)")
+
 
 if __name__ == "__main__":
     _bench()
