@@ -1,0 +1,374 @@
+"""Backfill at a consistent point: the SQL the TiDB snapshot issues, the refusals, the job, and the lab end to end.
+
+The end-to-end test is the acceptance: a MariaDB table holds rows before any changefeed exists; a writer thread
+inserts, updates and deletes throughout; the backfill snapshots, loads the replica and creates the changefeed at
+the snapshot's TSO; after landing and merging, the replica equals the source in full, and every landed change
+was committed after the snapshot (nothing from before it was sent again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+import pymysql
+import pytest
+
+from tidb_pipeline.config import PipelineConfig, SnowflakeConfig, SourceConfig, TableConfig
+from tidb_pipeline.defs.backfill import (
+    BackfillError,
+    MySQLSnapshot,
+    backfill,
+    build_backfill_job,
+    check_selection,
+    insert_from_load_sql,
+    select_tables,
+    tidb_snapshot,
+)
+from tidb_pipeline.lab.service import Service, wait_until
+from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.replication.avro_types import ReplicaColumn
+from tidb_pipeline.replication.ddl import TableRef
+
+# --- the TiDB snapshot's SQL, against a fake connection -----------------------------------------------------
+
+
+class FakeCursor:
+    def __init__(self, conn: FakeConnection, kind: Any) -> None:
+        self.conn, self.kind, self.result = conn, kind, []
+
+    def __enter__(self) -> FakeCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.conn.log.append((sql, params, None if self.kind is None else self.kind.__name__))
+        self.result = list(self.conn.answer(sql))
+
+    def fetchone(self) -> Any:
+        return self.result.pop(0)
+
+    def fetchall(self) -> list:
+        rows, self.result = self.result, []
+        return rows
+
+    def fetchmany(self, n: int) -> list:
+        rows, self.result = self.result[:n], self.result[n:]
+        return rows
+
+
+class FakeConnection:
+    """Answers TiDB's TSO function, information_schema and the table read; records every statement."""
+
+    TSO = 449_572_345_123_456_789
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, Any, str | None]] = []
+
+    def cursor(self, kind: Any = None) -> FakeCursor:
+        return FakeCursor(self, kind)
+
+    def answer(self, sql: str) -> Sequence[tuple]:
+        if sql == "SELECT TIDB_CURRENT_TSO()":
+            return [(self.TSO,)]
+        if "information_schema.COLUMNS" in sql:
+            return [("id", "int", "int(11)", "NO", None, 10, 0, None, None),
+                    ("v", "varchar", "varchar(10)", "YES", None, None, None, None, 40)]  # fmt: skip
+        if "information_schema.STATISTICS" in sql:
+            return [("PRIMARY", 0, 1, "id")]
+        if sql.startswith("SELECT `id`"):
+            return [(i, f"v{i}") for i in range(5)]
+        return []
+
+
+def test_tidb_snapshot_pins_the_session_to_the_current_tso_and_reads_under_it() -> None:
+    conn = FakeConnection()
+    with tidb_snapshot(conn, time_zone="+00:00") as snap:
+        info = snap.table_info("shop", "orders")
+        chunks = list(snap.read("shop", "orders", ["id", "v"], chunk_rows=2))
+        statements = len(conn.log)
+    assert snap.tso == FakeConnection.TSO
+    assert (info.handle_key, [c.name for c in info.columns]) == (("id",), ["id", "v"])
+    assert chunks == [[(0, "v0"), (1, "v1")], [(2, "v2"), (3, "v3")], [(4, "v4")]]
+    tso = str(FakeConnection.TSO)
+    assert [(sql.split(" FROM ")[0], params, kind) for sql, params, kind in conn.log] == [
+        ("SELECT TIDB_CURRENT_TSO()", None, None),
+        ("SET @@session.time_zone = %s", ("+00:00",), None),
+        ("SET @@tidb_snapshot = %s", (tso,), None),
+        ("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, NUMERIC_PRECISION, "
+         "NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_OCTET_LENGTH", ("shop", "orders"), None),
+        ("SELECT INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME", ("shop", "orders"), None),
+        # Streamed: an unbuffered cursor, so a large table never sits in memory whole.
+        ("SELECT `id`, `v`", None, "SSCursor"),
+        ("SET @@tidb_snapshot = ''", None, None),
+    ]
+    assert statements == 6  # the snapshot is released only when the block ends
+    assert conn.log[5][0] == "SELECT `id`, `v` FROM `shop`.`orders`"
+
+
+def test_missing_source_table_is_named() -> None:
+    class Empty(FakeConnection):
+        def answer(self, sql: str) -> Sequence[tuple]:
+            return [] if "information_schema" in sql else super().answer(sql)
+
+    with pytest.raises(BackfillError, match="table shop.gone does not exist in the source"):
+        MySQLSnapshot(Empty(), 1).table_info("shop", "gone")
+
+
+# --- pure parts ---------------------------------------------------------------------------------------------
+
+
+def _config(*tables: str, cf_id: str = "feed", database: str = "TIDB_REPLICA") -> PipelineConfig:
+    return PipelineConfig(
+        source=SourceConfig(changefeed_id=cf_id),
+        snowflake=SnowflakeConfig(database=database),
+        tables=tuple(TableConfig(db=t.split(".")[0], table=t.split(".")[1]) for t in tables),
+    )
+
+
+class Observed:
+    def __init__(self, rules: list[str], state: str = "normal") -> None:
+        self.config = {"filter": {"rules": rules}}
+        self.state = state
+
+
+def test_selection_rules() -> None:
+    config = _config("shop.a", "shop.b")
+    a, b = config.tables
+    check_selection(config, [a, b], None)  # a new changefeed: every table at once
+    with pytest.raises(BackfillError, match=r"does not exist yet .* \['shop.b'\] would miss their earlier rows"):
+        check_selection(config, [a], None)
+    check_selection(config, [b], Observed(["shop.a"]))  # adding b to a running changefeed
+    with pytest.raises(BackfillError, match=r"already replicates \['shop.a'\]"):
+        check_selection(config, [a, b], Observed(["shop.a"]))
+    with pytest.raises(BackfillError, match=r"\['shop.c'\] are not in the config"):
+        check_selection(config, [TableConfig(db="shop", table="c")], None)
+    assert select_tables(config, []) == (a, b)
+    assert select_tables(config, ["shop.b"]) == (b,)
+    with pytest.raises(BackfillError, match=r"\['shop.x'\] are not in the config \(known: shop.a, shop.b\)"):
+        select_tables(config, ["shop.x"])
+
+
+def test_insert_from_load_uses_the_merges_casts() -> None:
+    cols = [
+        ReplicaColumn("id", "NUMBER(10,0)", False, "INT", True, "int"),
+        ReplicaColumn("u", "NUMBER(20,0)", True, "BIGINT UNSIGNED", False, "long"),
+        ReplicaColumn("at", "TIMESTAMP_NTZ(6)", True, "DATETIME", False, "string"),
+        ReplicaColumn("b", "BINARY", True, "BLOB", False, "bytes"),
+    ]
+    stmt = insert_from_load_sql(TableRef("R", "T", "DB"), TableRef("C", "L", "DB"), cols)
+    assert stmt.sql == (
+        'INSERT INTO "DB"."R"."T" ("id", "u", "at", "b") SELECT l."V":"id"::NUMBER(10,0) AS "id", '
+        'IFF(l."V":"u"::NUMBER(20,0) < 0, l."V":"u"::NUMBER(20,0) + 18446744073709551616, l."V":"u"::NUMBER(20,0))'
+        '::NUMBER(20,0) AS "u", TO_TIMESTAMP_NTZ(l."V":"at"::VARCHAR) AS "at", '
+        'BASE64_DECODE_BINARY(l."V":"b"::VARCHAR) AS "b" FROM "DB"."C"."L" l'
+    )
+    assert stmt.params == ()
+
+
+def test_backfill_job_is_one_op_with_a_table_selection() -> None:
+    job = build_backfill_job(config=_config("shop.a"))
+    assert job.name == "backfill"
+    assert [n.name for n in job.graph.nodes] == ["backfill"]
+    assert set(job.graph.node_named("backfill").definition.required_resource_keys) == {
+        "tidb", "snowflake", "ticdc", "kafka", "schema_registry"}  # fmt: skip
+    op_config = job.run_config_schema.config_type.fields["ops"].config_type.fields["backfill"]
+    assert set(op_config.config_type.fields["config"].config_type.fields) == {"tables", "chunk_rows"}
+
+
+# --- the lab, end to end ------------------------------------------------------------------------------------
+
+INITIAL_ROWS = 3000
+# `seen` is NOT NULL because the fakesnow server returns a NULL TIMESTAMP_NTZ as 1970-01-01 (it stores NULL;
+# `COUNT_IF(col IS NULL)` counts it), which would make compare_table report a difference that is not there.
+TABLE_SQL = """CREATE TABLE `{db}`.items (
+  id INT PRIMARY KEY,
+  name VARCHAR(40) NOT NULL,
+  amount DECIMAL(12,2) NOT NULL,
+  qty BIGINT NOT NULL,
+  big BIGINT UNSIGNED NULL,
+  ratio DOUBLE NULL,
+  born DATE NULL,
+  seen DATETIME(6) NOT NULL,
+  span TIME NULL,
+  note TEXT NULL,
+  raw VARBINARY(16) NULL,
+  kind ENUM('a','b','c') NOT NULL DEFAULT 'a'
+)"""
+COLUMNS = ("id", "name", "amount", "qty", "big", "ratio", "born", "seen", "span", "note", "raw", "kind")
+
+
+def _row(i: int, rnd: random.Random) -> tuple:
+    return (
+        i, f"item-{i}-{rnd.randrange(10**6)}", Decimal(rnd.randrange(-10**9, 10**9)) / 100, rnd.randrange(-2**62, 2**62),
+        rnd.choice([None, 0, 2**64 - 1, rnd.randrange(2**64)]), rnd.choice([None, rnd.uniform(-1e6, 1e6)]),
+        rnd.choice([None, dt.date(2000, 1, 1) + dt.timedelta(days=rnd.randrange(9000))]),
+        dt.datetime(2020, 1, 1) + dt.timedelta(microseconds=rnd.randrange(10**14)),
+        rnd.choice([None, dt.timedelta(seconds=rnd.randrange(-3_000_000, 3_000_000))]),
+        rnd.choice([None, "", "ünïcødé ✓", "x" * rnd.randrange(200)]),
+        rnd.choice([None, b"", bytes(rnd.randrange(256) for _ in range(rnd.randrange(16)))]),
+        rnd.choice("abc"),
+    )  # fmt: skip
+
+
+def _insert(cur: Any, db: str, rows: Sequence[tuple]) -> None:
+    placeholders = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
+    cur.execute(f"INSERT INTO `{db}`.items ({', '.join(COLUMNS)}) VALUES " + ", ".join([placeholders] * len(rows)),
+                [v for r in rows for v in r])  # fmt: skip
+
+
+class Writer(threading.Thread):
+    """Inserts, updates and deletes rows until stopped; counts what it committed."""
+
+    def __init__(self, conn_kwargs: dict, db: str, first_id: int) -> None:
+        super().__init__(daemon=True)
+        self.conn_kwargs, self.db, self.next_id = conn_kwargs, db, first_id
+        self.stop = threading.Event()
+        self.ops = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        rnd = random.Random(7)
+        try:
+            with pymysql.connect(autocommit=True, **self.conn_kwargs) as conn, conn.cursor() as cur:
+                while not self.stop.is_set():
+                    op = rnd.random()
+                    if op < 0.4:
+                        _insert(cur, self.db, [_row(self.next_id, rnd)])
+                        self.next_id += 1
+                    elif op < 0.8:
+                        cur.execute(f"UPDATE `{self.db}`.items SET name = %s, amount = amount + 1.25, qty = qty - 3, "
+                                    "seen = NOW(6), kind = %s WHERE id = %s",
+                                    (f"upd-{self.ops}", rnd.choice("abc"), rnd.randrange(self.next_id)))  # fmt: skip
+                    else:
+                        cur.execute(f"DELETE FROM `{self.db}`.items WHERE id = %s", (rnd.randrange(self.next_id),))
+                    self.ops += 1
+                    time.sleep(0.002)  # a steady trickle, not a flood the 2-core machine spends all its time on
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+            self.error = exc
+
+
+class WatchedSource:
+    """Wraps a snapshot source and records the writer's progress while the snapshot is open."""
+
+    def __init__(self, inner: Any, writer: Writer) -> None:
+        self.inner, self.writer = inner, writer
+        self.ops_while_open = -1
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Any]:
+        with self.inner.open() as snap:
+            before = self.writer.ops
+            yield snap
+            self.ops_while_open = self.writer.ops - before
+
+
+@pytest.fixture()
+def lab_env(
+    mariadb: Service, kafka: Service, registry: Service, ticdc: Service, snowflake: Service, lab_settings: LabSettings
+) -> Iterator[dict]:
+    import snowflake.connector
+
+    from tidb_pipeline.lab.snowflake import connection_args
+    from tidb_pipeline.resources.kafka import KafkaResource
+    from tidb_pipeline.resources.ticdc import TiCDCResource
+
+    suffix = uuid.uuid4().hex[:10]
+    db, cf_id = f"backfill_{suffix}", f"backfill-{suffix}"
+    conn_kwargs = mariadb.connect_kwargs()
+    src = pymysql.connect(autocommit=True, **conn_kwargs)
+    client = TiCDCResource(url=lab_settings.ticdc_url).get_client()
+    sf = snowflake.connector.connect(**connection_args(lab_settings))
+    config = _config(f"{db}.items", cf_id=cf_id, database=f"BACKFILL_{suffix.upper()}")
+    try:
+        yield {"db": db, "cf_id": cf_id, "src": src, "conn_kwargs": conn_kwargs, "client": client, "sf": sf,
+               "config": config, "settings": lab_settings}  # fmt: skip
+    finally:
+        with contextlib.suppress(Exception):
+            client.delete(cf_id)
+        client.close()
+        with contextlib.suppress(Exception):
+            KafkaResource(bootstrap_servers=lab_settings.kafka_bootstrap).admin().delete_topics(
+                [config.topic(config.tables[0])])
+        with src.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+        src.close()
+        with contextlib.suppress(Exception):
+            sf.cursor().execute(f'DROP DATABASE IF EXISTS "{config.snowflake.database}"')
+        sf.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_backfill_under_writes_ends_equal_to_the_source(lab_env: dict) -> None:
+    from tidb_pipeline.defs.landing import load_topic
+    from tidb_pipeline.defs.replica import merge_replica
+    from tidb_pipeline.defs.tables import table_names
+    from tidb_pipeline.lab.compare import compare_table
+    from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
+    from tidb_pipeline.lab.ticdc.codec import tso_from_ms
+    from tidb_pipeline.resources.kafka import KafkaResource
+    from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+
+    db, cf_id, src, sf, config = lab_env["db"], lab_env["cf_id"], lab_env["src"], lab_env["sf"], lab_env["config"]
+    settings: LabSettings = lab_env["settings"]
+    client = lab_env["client"]
+    rnd = random.Random(1)
+    with src.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{db}`")
+        cur.execute(TABLE_SQL.format(db=db))
+        for start in range(0, INITIAL_ROWS, 500):
+            _insert(cur, db, [_row(i, rnd) for i in range(start, start + 500)])
+    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+    registry = SchemaRegistryResource(url=settings.registry_url)
+    names = table_names(config, config.tables[0])
+
+    writer = Writer(lab_env["conn_kwargs"], db, INITIAL_ROWS)
+    writer.start()
+    wait_until(lambda: writer.ops >= 20, timeout=30, what="the writer getting going")
+    source = WatchedSource(MariaDBSnapshotSource(lab_env["conn_kwargs"]), writer)
+    result = backfill(tidb=None, snowflake_connection=sf, ticdc_client=client, kafka=kafka, registry=registry,
+                      config=config, tables=config.tables, snapshot=source, chunk_rows=700)  # fmt: skip
+    ops_at_backfill_end = writer.ops
+    # Keep writing after the changefeed exists, so the stream has changes of every kind on top of the snapshot.
+    wait_until(lambda: writer.ops >= ops_at_backfill_end + 300, timeout=60, what="writes after the backfill")
+    writer.stop.set()
+    writer.join(30)
+    assert writer.error is None, writer.error
+    target = tso_from_ms(time.time_ns() // 1_000_000)
+
+    assert result.changefeed.action == "create" and result.changefeed.state == "normal"
+    assert client.get(cf_id).config["filter"]["rules"] == [f"{db}.items"]
+    (table,) = result.tables
+    assert INITIAL_ROWS * 0.8 < table.rows < INITIAL_ROWS * 1.5 and table.chunks == -(-table.rows // 700)
+    assert source.ops_while_open > 0, "writes stalled while the snapshot was open"
+
+    wait_until(lambda: client.get_status(cf_id).checkpoint_ts >= target, timeout=120,
+               what="the changefeed passing the end of the writes")  # fmt: skip
+    landed = load_topic(kafka=kafka, registry=registry.get_client(), connection=sf, topic=names.topic,
+                        landing=names.landing, control=names.control)  # fmt: skip
+    assert landed.rows_loaded >= 200  # at least the writes after the backfill, most of which hit a row
+    outcome = merge_replica(connection=sf, registry=registry.get_client(), topic=names.topic, landing=names.landing,
+                            replica=names.replica, watermarks=names.watermarks)  # fmt: skip
+    assert outcome is not None and outcome.counts.landing_rows == landed.rows_loaded
+
+    # The changefeed started exactly at the snapshot: every record it sent was committed after it.
+    cur = sf.cursor()
+    cur.execute(f'SELECT MIN("RECORD_CONTENT":"_tidb_commit_ts"::NUMBER(20,0)), COUNT(*) FROM {names.landing.sql} '
+                "WHERE \"RECORD_CONTENT\":\"_tidb_commit_ts\" IS NOT NULL")  # fmt: skip
+    first_commit_ts, values = cur.fetchone()
+    assert values > 0 and int(first_commit_ts) > result.tso
+
+    with pymysql.connect(**lab_env["conn_kwargs"]) as check:
+        cmp = compare_table(check, db, "items", sf, names.replica, ["id"])
+    assert cmp.equal, cmp
+    assert cmp.source_rows > INITIAL_ROWS * 0.8
