@@ -200,9 +200,9 @@ def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = N
     return f"CAST({c} AS CHAR)" if my else f"CAST({c} AS VARCHAR)"
 
 
-def field_sql(dialect: Dialect, column: ChecksumColumn) -> str:
-    """`<length>:<text>`, or the NULL marker."""
-    v = value_text_sql(dialect, column)
+def field_sql(dialect: Dialect, column: ChecksumColumn, text: str | None = None) -> str:
+    """`<length>:<text>`, or the NULL marker; `text` is an already canonical text expression, if given."""
+    v = text or value_text_sql(dialect, column)
     length = f"CHAR_LENGTH({v})" if dialect == "mysql" else f"CAST(LENGTH({v}) AS VARCHAR)"
     return f"COALESCE(CONCAT({length}, ':', {v}), '{NULL_MARKER}')"
 
@@ -221,10 +221,6 @@ def hex_number_sql(dialect: Dialect, hex_text: str, digits: int) -> str:
         f"(POSITION(SUBSTR({hex_text}, {i + 1}, 1) IN {_HEX}) - 1) * {16 ** (digits - 1 - i)}" for i in range(digits)
     ]
     return f"CAST(({' + '.join(terms)}) AS NUMBER(38,0))"
-
-
-def row_hash_sql(dialect: Dialect, columns: Sequence[ChecksumColumn]) -> str:
-    return hex_number_sql(dialect, f"MD5({row_text_sql(dialect, columns)})", HASH_HEX_DIGITS)
 
 
 # --- chunks ---------------------------------------------------------------------------------------------
@@ -286,12 +282,7 @@ def bucket_chunks(column: str, buckets: int) -> tuple[Chunk, ...]:
     return tuple(Chunk(i, column, bucket=i, buckets=buckets) for i in range(buckets))
 
 
-def _chunk_expr(dialect: Dialect, key: ChecksumColumn, chunks: Sequence[Chunk]) -> tuple[str, tuple[Any, ...]]:
-    if not chunks:
-        raise ValueError("no chunks; pass at least one")
-    if chunks[0].bucket is not None:
-        text = value_text_sql(dialect, key)
-        return f"MOD({hex_number_sql(dialect, f'MD5({text})', BUCKET_HEX_DIGITS)}, {chunks[0].buckets})", ()
+def _range_expr(dialect: Dialect, key: ChecksumColumn, chunks: Sequence[Chunk]) -> tuple[str, tuple[Any, ...]]:
     if len(chunks) == 1:
         return "0", ()
     k = _ident(dialect, key.name)
@@ -313,21 +304,39 @@ def checksums_sql(
     key: ChecksumColumn,
     chunks: Sequence[Chunk],
 ) -> Statement:
-    """One scan: (chunk index, COUNT(*), SUM(row hash)) per non-empty chunk. `table` is already quoted."""
-    chunk, params = _chunk_expr(dialect, key, chunks)
-    row_hash = _escape_percent(row_hash_sql(dialect, columns), params)
-    # fakesnow forgets the NUMBER type of a subquery column and sums it as a double: cast again at the SUM.
-    total = "SUM(q.h)" if dialect == "mysql" else "SUM(CAST(q.h AS NUMBER(38,0)))"
+    """One scan: (chunk index, COUNT(*), SUM(row hash)) per non-empty chunk. `table` is already quoted.
+
+    Three layers, so that no long expression is repeated (fakesnow's transpiler takes seconds per repeat):
+    canonical texts per column, then the row's MD5, then the 60-bit number summed per chunk.
+    """
+    if not chunks:
+        raise ValueError("no chunks; pass at least one")
+    if key not in columns:
+        raise ValueError(f"key column {key.name!r} must be one of the checksummed columns")
+    names = [f"v{i}" for i in range(len(columns))]
+    texts = ", ".join(f"{value_text_sql(dialect, c)} AS {n}" for c, n in zip(columns, names))
+    fields = [field_sql(dialect, c, f"t.{n}") for c, n in zip(columns, names)]
+    m = hex_number_sql(dialect, "r.m", HASH_HEX_DIGITS)
+    if chunks[0].bucket is not None:
+        chunk, params = "0", ()
+        key_md5 = f", MD5(t.{names[list(columns).index(key)]}) AS km"
+        group = f"MOD({hex_number_sql(dialect, 'r.km', BUCKET_HEX_DIGITS)}, {chunks[0].buckets})"
+    else:
+        chunk, params = _range_expr(dialect, key, chunks)
+        key_md5, group = "", "r.chunk"
+    texts = _escape_percent(texts, params)
     return Statement(
-        f"SELECT q.chunk, COUNT(*), {total} FROM (\n"
-        f"  SELECT {chunk} AS chunk, {row_hash} AS h FROM {table}\n"
-        ") q GROUP BY q.chunk ORDER BY q.chunk",
+        f"SELECT {group} AS chunk, COUNT(*), SUM({m}) FROM (\n"
+        f"  SELECT t.chunk, MD5({_concat(fields)}) AS m{key_md5} FROM (\n"
+        f"    SELECT {chunk} AS chunk, {texts} FROM {table}\n"
+        "  ) t\n"
+        ") r GROUP BY 1 ORDER BY 1",
         params,
     )
 
 
 def chunk_checksum_sql(dialect: Dialect, table: str, columns: Sequence[ChecksumColumn], chunk: Chunk) -> Statement:
-    """COUNT(*) and SUM(row hash) of one range chunk (a bounded scan, for drilling into one range)."""
+    """(chunk index, COUNT(*), SUM(row hash)) of one range chunk: a bounded scan, to drill into one range."""
     if chunk.bucket is not None:
         raise ValueError("chunk_checksum_sql takes range chunks; use checksums_sql for hash buckets")
     k = _ident(dialect, chunk.column)
@@ -339,8 +348,15 @@ def chunk_checksum_sql(dialect: Dialect, table: str, columns: Sequence[ChecksumC
         where.append(f"{k} < %s")
         params.append(_bind(chunk.upper))
     cond = f" WHERE {' AND '.join(where)}" if where else ""
-    row_hash = _escape_percent(row_hash_sql(dialect, columns), tuple(params))
-    return Statement(f"SELECT COUNT(*), COALESCE(SUM({row_hash}), 0) FROM {table}{cond}", tuple(params))
+    names = [f"v{i}" for i in range(len(columns))]
+    texts = _escape_percent(", ".join(f"{value_text_sql(dialect, c)} AS {n}" for c, n in zip(columns, names)), tuple(params))
+    fields = [field_sql(dialect, c, f"t.{n}") for c, n in zip(columns, names)]
+    return Statement(
+        f"SELECT {chunk.index}, COUNT(*), COALESCE(SUM({hex_number_sql(dialect, 'r.m', HASH_HEX_DIGITS)}), 0) FROM (\n"
+        f"  SELECT MD5({_concat(fields)}) AS m FROM (SELECT {texts} FROM {table}{cond}) t\n"
+        ") r",
+        tuple(params),
+    )
 
 
 @dataclass(frozen=True)

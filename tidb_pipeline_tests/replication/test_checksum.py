@@ -110,10 +110,17 @@ def test_checksums_sql_binds_boundaries_and_escapes_percent_only_with_params() -
     assert "'%%Y-%%m-%%d'" in ranged.sql and "'%Y" not in ranged.sql
     single = checksums_sql("mysql", "`s`.`t`", cols, cols[0], range_chunks("id", [0]))
     assert single.params == () and "SELECT 0 AS chunk" in single.sql and "'%Y-%m-%d'" in single.sql
-    buckets = checksums_sql("snowflake", '"T"', cols, ChecksumColumn("name", "text"), bucket_chunks("name", 4))
-    assert buckets.params == () and "MOD(CAST(" in buckets.sql and ", 4) AS chunk" in buckets.sql
+    name = ChecksumColumn("name", "text")
+    buckets = checksums_sql("snowflake", '"T"', [name], name, bucket_chunks("name", 4))
+    assert buckets.params == ()
+    assert buckets.sql.startswith("SELECT MOD(CAST(((POSITION(SUBSTR(r.km, 1, 1) IN '0123456789abcdef') - 1) * 268435456")
+    assert ", 4) AS chunk, COUNT(*), SUM(CAST(((POSITION(SUBSTR(r.m, 1, 1)" in buckets.sql
+    assert 'MD5(t.v0) AS km FROM (\n    SELECT 0 AS chunk, CAST("name" AS VARCHAR) AS v0 FROM "T"\n  ) t' in buckets.sql
+    with pytest.raises(ValueError, match="must be one of"):
+        checksums_sql("mysql", "t", cols, name, bucket_chunks("name", 2))
     one = chunk_checksum_sql("snowflake", '"T"', cols, Chunk(1, "id", 10, 20))
-    assert one.params == (10, 20) and one.sql.endswith('FROM "T" WHERE "id" >= %s AND "id" < %s')
+    assert one.params == (10, 20) and one.sql.startswith("SELECT 1, COUNT(*), COALESCE(SUM(")
+    assert one.sql.endswith('FROM "T" WHERE "id" >= %s AND "id" < %s) t\n) r')
     with pytest.raises(ValueError, match="range chunks"):
         chunk_checksum_sql("mysql", "t", cols, bucket_chunks("id", 2)[0])
 
@@ -225,6 +232,7 @@ def tables(mariadb: Service, snowflake: Service, lab_settings: LabSettings) -> I
     yield src, sf, name, replica
     with src.cursor() as c:
         c.execute(f"DROP DATABASE {name}")
+    sf.cursor().execute(f"DROP TABLE {replica.sql}")  # fakesnow has no DROP DATABASE
     src.close()
     sf.close()
 
@@ -293,9 +301,9 @@ def test_chunk_checksums_agree_then_name_the_changed_chunk(tables) -> None:
         one = next(c for c in chunks if c.index == 2)
         with src.cursor() as cur:
             cur.execute(*_params(chunk_checksum_sql("mysql", mysql_table(db, "t"), columns, one)))
-            s_one = tuple(int(x) for x in cur.fetchone())
-        r_one = tuple(int(x) for x in sf.cursor().execute(*_params(chunk_checksum_sql("snowflake", replica.sql, columns, one))).fetchone())
-        assert s_one[0] == r_one[0] == 10 and s_one[1] != r_one[1] and (s_one[0], s_one[1]) == source[2]
+            s_one = parse_checksums([cur.fetchone()])
+        r_one = parse_checksums([sf.cursor().execute(*_params(chunk_checksum_sql("snowflake", replica.sql, columns, one))).fetchone()])
+        assert s_one == {2: source[2]} and r_one == {2: rep[2]}
     finally:
         sf.cursor().execute(f'UPDATE {replica.sql} SET "c_dec" = "c_dec" - 0.001 WHERE "id" = 250')
 
