@@ -372,3 +372,52 @@ def test_backfill_under_writes_ends_equal_to_the_source(lab_env: dict) -> None:
         cmp = compare_table(check, db, "items", sf, names.replica, ["id"])
     assert cmp.equal, cmp
     assert cmp.source_rows > INITIAL_ROWS * 0.8
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_backfill_job_runs_in_dagster_against_the_lab(lab_env: dict) -> None:
+    import dagster as dg
+    from dagster_snowflake import SnowflakeResource
+
+    from tidb_pipeline.defs.tables import table_names
+    from tidb_pipeline.lab.compare import compare_table
+    from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
+    from tidb_pipeline.lab.snowflake import connection_args
+    from tidb_pipeline.resources.kafka import KafkaResource
+    from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+    from tidb_pipeline.resources.ticdc import TiCDCResource
+    from tidb_pipeline.resources.tidb import TiDBResource
+
+    db, cf_id, src, sf, config = lab_env["db"], lab_env["cf_id"], lab_env["src"], lab_env["sf"], lab_env["config"]
+    settings: LabSettings = lab_env["settings"]
+    rnd = random.Random(2)
+    with src.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{db}`")
+        cur.execute(TABLE_SQL.format(db=db))
+        _insert(cur, db, [_row(i, rnd) for i in range(1200)])
+    kw = lab_env["conn_kwargs"]
+    sf_args = connection_args(settings)
+    resources = {
+        "tidb": TiDBResource(host=kw["host"], port=kw["port"], user=kw["user"], password=kw["password"]),
+        "snowflake": SnowflakeResource(
+            account=sf_args.pop("account"), user=sf_args.pop("user"), password=sf_args.pop("password"),
+            additional_snowflake_connection_args=sf_args),
+        "ticdc": TiCDCResource(url=settings.ticdc_url),
+        "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+        "schema_registry": SchemaRegistryResource(url=settings.registry_url),
+    }  # fmt: skip
+    job = build_backfill_job(config=config, snapshot_source=MariaDBSnapshotSource.from_tidb)
+    run = job.execute_in_process(
+        resources=resources, instance=dg.DagsterInstance.ephemeral(),
+        run_config={"ops": {"backfill": {"config": {"tables": [f"{db}.items"], "chunk_rows": 500}}}},
+    )
+    assert run.success
+    (materialization,) = [e for e in run.events_for_node("backfill") if e.event_type_value == "STEP_OUTPUT"]
+    metadata = materialization.step_output_data.metadata
+    assert metadata["rows_loaded"].value == 1200
+    assert metadata["changefeed_action"].value == "create"
+    assert lab_env["client"].get(cf_id).state == "normal"
+    with pymysql.connect(**kw) as check:
+        cmp = compare_table(check, db, "items", sf, table_names(config, config.tables[0]).replica, ["id"])
+    assert cmp.equal and cmp.replica_rows == 1200, cmp
