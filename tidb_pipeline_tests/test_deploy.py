@@ -87,6 +87,10 @@ def test_every_variable_the_pipeline_reads_is_forwarded_once() -> None:
     assert "KSQLDB_API_SECRET" in read and "SNOWFLAKE_ACCOUNT" in read  # the scan sees what it should
     assert sorted(read - set(forwarded)) == []
     assert set(PG_VARS) <= set(forwarded)
+    # The env file template defines every forwarded variable the compose file does not set itself.
+    template = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", (DEPLOY / ".env.example").read_text(), re.MULTILINE))
+    assert sorted(set(forwarded) - set(template)) == ["DAGSTER_PG_HOST", "DAGSTER_PG_PORT"]
+    assert sorted(set(template) - set(forwarded)) == []
     # TIDB_PIPELINE_CONFIG is baked into the image (ENV), which run containers share.
     assert "TIDB_PIPELINE_CONFIG=/opt/dagster/app/tidb_pipeline.yaml" in (DEPLOY / "Dockerfile").read_text()
 

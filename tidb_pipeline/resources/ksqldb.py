@@ -243,7 +243,8 @@ def _short(text: str, limit: int = 80) -> str:
 class KsqlDbResource(dg.ConfigurableResource):
     """ksqlDB's REST API (Confluent Cloud: the cluster's endpoint plus a ksqlDB-cluster API key)."""
 
-    url: str = Field(default="http://127.0.0.1:8088", description="e.g. https://pksqlc-xxxxx.us-west-2.aws.confluent.cloud:443")
+    url: str = Field(default="http://127.0.0.1:8088",
+                     description="e.g. https://pksqlc-xxxxx.us-west-2.aws.confluent.cloud:443")
     api_key: str | None = Field(default=None, description="Basic auth user (a ksqlDB-cluster API key)")
     api_secret: str | None = Field(default=None, description="Basic auth password")
     timeout_s: float = 30.0
