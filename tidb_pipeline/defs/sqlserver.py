@@ -224,7 +224,7 @@ def _apply_batch(
         if current != dict(expected):
             raise ConcurrentApplyError(
                 f"offsets of {plan.table.label} for topic {plan.topic} moved from {dict(expected)} to {current} "
-                "while this run was reading: another applier is running for the same table; nothing was applied"
+                "while this run was reading: another applier is running for the same table; this batch was not applied"
             )
         created, added, columns = False, (), ()
         if value_ids:
