@@ -26,6 +26,7 @@ import json
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from json.encoder import encode_basestring  # the C implementation when available
 from typing import Any
@@ -306,6 +307,109 @@ def landing_rows(
 ) -> list[tuple[str, str]]:
     """(topic, partition, offset, timestamp_ms, key, value) tuples -> (RECORD_METADATA, RECORD_CONTENT) texts."""
     return [(encoder.metadata(t, p, o, ts, k), encoder.content(v)) for t, p, o, ts, k, v in records]
+
+
+
+# --- the built-in loader's exactly-once load (tidb_pipeline.defs.landing) ---------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record the loader could not decode: kept raw with the reason, at its (partition, offset)."""
+
+    topic: str
+    partition: int
+    offset: int
+    metadata: str  # RECORD_METADATA JSON without the key (the key may be what failed)
+    raw_key: bytes | None
+    raw_value: bytes | None
+    error: str
+
+
+def create_load_lock_sql(table: TableRef) -> str:
+    """One row per landing table; every load updates its row first, which serialises racing loads."""
+    return f'CREATE TABLE IF NOT EXISTS {table.sql} ("LANDING_TABLE" VARCHAR NOT NULL, "LOADED_AT" TIMESTAMP_NTZ(6))'
+
+
+def ensure_lock_row_sql(table: TableRef, landing: TableRef) -> Statement:
+    return Statement(
+        f'INSERT INTO {table.sql} ("LANDING_TABLE") SELECT %s '
+        f'WHERE NOT EXISTS (SELECT 1 FROM {table.sql} WHERE "LANDING_TABLE" = %s)',
+        (landing.label, landing.label),
+    )
+
+
+def take_load_lock_sql(table: TableRef, landing: TableRef, now: Any) -> Statement:
+    """The first write of the load transaction (fakesnow wants a write first after BEGIN).
+
+    On Snowflake the row lock makes a second load wait until the first commits, and its later statements
+    then see the first's rows; DuckDB (fakesnow) fails the second with a write conflict instead. Either way
+    two loads of one landing table never both insert the same offsets.
+    """
+    return Statement(
+        f'UPDATE {table.sql} SET "LOADED_AT" = %s WHERE "LANDING_TABLE" = %s', (now, landing.label)
+    )
+
+
+def landed_offsets_sql(landing: TableRef, dead_letter: TableRef, topic: str) -> Statement:
+    """Per partition, the highest offset of `topic` already landed or quarantined; loads resume after it."""
+    return Statement(
+        'SELECT p, MAX(o) FROM ('
+        f'SELECT "RECORD_METADATA":"partition"::int AS p, "RECORD_METADATA":"offset"::int AS o FROM {landing.sql} '
+        'WHERE "RECORD_METADATA":"topic"::varchar = %s '
+        f'UNION ALL SELECT "PARTITION"::int AS p, "OFFSET"::int AS o FROM {dead_letter.sql} WHERE "TOPIC" = %s'
+        ") GROUP BY p ORDER BY p",
+        (topic, topic),
+    )
+
+
+def exactly_once_copy_statements(
+    landing: TableRef, load_table: TableRef, stage_path: str, above: Mapping[int, int]
+) -> list[Statement]:
+    """`copy_statements`, but the INSERT keeps only rows above `above[partition]` (offsets already landed).
+
+    `above` is read inside the load transaction, after the lock, so a batch that overlaps rows another
+    load committed (a race, or a retry after a crash) inserts each (partition, offset) once. Partitions
+    missing from `above` insert every row; an empty `above` means no filter at all. The INSERT's result
+    (rows inserted) is the third statement's.
+    """
+    statements = copy_statements(landing, load_table, stage_path)
+    if above:
+        cases = " ".join("WHEN %s THEN %s" for _ in above)
+        params = tuple(x for p, o in sorted(above.items()) for x in (p, o))
+        insert = statements[2]
+        statements[2] = Statement(
+            f'{insert.sql} WHERE "V":"RECORD_METADATA":"offset"::int > '
+            f'CASE "V":"RECORD_METADATA":"partition"::int {cases} ELSE -1 END',
+            params,
+        )
+    return statements
+
+
+def dead_letter_insert_sql(table: TableRef, rows: Sequence[DeadLetter], now: Any) -> Statement:
+    """One INSERT for a batch of dead letters (raw bytes travel as hex text; nothing is pasted into SQL)."""
+    values = ", ".join("(%s, %s, %s, %s, %s, %s, %s, %s)" for _ in rows)
+    params = tuple(
+        x
+        for r in rows
+        for x in (
+            r.topic,
+            r.partition,
+            r.offset,
+            r.metadata,
+            None if r.raw_key is None else r.raw_key.hex(),
+            None if r.raw_value is None else r.raw_value.hex(),
+            r.error,
+            now,
+        )
+    )
+    return Statement(
+        f'INSERT INTO {table.sql} ("TOPIC", "PARTITION", "OFFSET", "RECORD_METADATA", "RAW_KEY", "RAW_VALUE", '
+        '"ERROR", "FAILED_AT") SELECT column1, column2, column3, PARSE_JSON(column4), '
+        "TO_BINARY(column5, 'HEX'), TO_BINARY(column6, 'HEX'), column7, column8 "
+        f"FROM VALUES {values}",
+        params,
+    )
 
 
 if __name__ == "__main__":

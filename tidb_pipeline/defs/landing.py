@@ -1,0 +1,611 @@
+"""The built-in landing loader: one Kafka topic -> its landing table, exactly once, in bulk.
+
+This is what materialising a `builtin` landing asset does (DESIGN.md, "Two ways to fill the landing
+table"). The rows are byte-for-byte the Confluent Snowflake Sink's layout (spec/confluent.md), so the
+merge downstream cannot tell which way the table was filled.
+
+One load, step by step:
+1. Create what is missing (IF NOT EXISTS): the landing table, and in the control schema the stage
+   `LANDING_STAGE`, the load table `LOAD_<landing>`, the dead-letter table `LANDING_DEAD_LETTER` and the
+   lock table `LANDING_LOADS`.
+2. Read where the table ends: per partition the highest offset of the topic already landed *or
+   quarantined* (a poison record's offset is consumed too; without counting it, a poison record at the
+   end of a partition would be read and quarantined again by every load).
+3. Read Kafka's end offsets once. The load reads up to them and stops: a bounded run that never chases
+   new data; `max_records` bounds it further.
+4. Fetch the topic's key/value schemas from the registry (every version of both subjects). A registry
+   that is down stops the load here with `SchemaRegistryUnavailable`, before anything is read or written.
+5. Readers (`replication.wire.read_ranges`) consume the offset ranges with explicit offsets (nothing is
+   committed to Kafka), decode each key and value, build each landing line with the compiled
+   `RecordEncoder`, and write gzipped NDJSON files. Large loads are split into equal offset ranges, one per
+   core, each read by its own process (the parent reads one); a record whose schema id the registry did
+   not list under the topic's subjects is looked up by id afterwards, and one that still cannot be decoded
+   (bad magic byte, unknown id, truncated body) becomes a dead letter.
+6. `PUT` the files on the stage under `<topic>/<batch uuid>/`, then one transaction: lock the landing
+   table's row in `LANDING_LOADS` (the first write: fakesnow wants a write first after BEGIN), read the
+   landed offsets again, `COPY INTO` the load table, `INSERT ... SELECT` only the rows above the landed
+   offset of their partition, insert the dead letters above it, commit.
+
+Exactly once: offsets live only in the warehouse, and step 6 decides inside the transaction which rows are
+new. A crash before the commit leaves nothing behind (the next load reads the same records again); a load
+that raced another, or follows one that committed after this one started reading, inserts only what the
+other did not. Two loads of one table are serialised by the lock row: Snowflake makes the second wait
+(and its later statements see the first's rows); DuckDB under fakesnow fails the second with a write
+conflict, which a retry resolves. Nothing is ever TRUNCATEd; the load table is emptied with DELETE inside
+the transaction.
+
+fakesnow notes: COPY of gzipped NDJSON works; JSON cannot be COPYed into two columns, hence the one-VARIANT
+load table (`replication.landing.copy_statements`); `REMOVE` is unsupported, so staged files stay there
+(on Snowflake they are removed after the commit); a write conflict comes back as HTTP 500, which the
+connector retries until its network timeout before raising.
+
+`python -m tidb_pipeline.defs.landing --bench N` measures the loader on the lab (see `bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import logging
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+import tidb_pipeline
+from tidb_pipeline.defs.replica import ensure_schema
+from tidb_pipeline.replication.ddl import Statement, TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
+from tidb_pipeline.replication.landing import (
+    DeadLetter,
+    create_load_lock_sql,
+    create_load_table_sql,
+    dead_letter_insert_sql,
+    ensure_lock_row_sql,
+    exactly_once_copy_statements,
+    landed_offsets_sql,
+    take_load_lock_sql,
+)
+from tidb_pipeline.replication.wire import (
+    LineBuilder,
+    NdjsonFiles,
+    PoisonRecord,
+    RangeJob,
+    RangeResult,
+    RawRecord,
+    UnknownSchemaId,
+    poison_metadata,
+    read_ranges,
+    schema_id,
+)
+from tidb_pipeline.resources.kafka import KafkaResource
+
+STAGE = "LANDING_STAGE"
+DEAD_LETTER_TABLE = "LANDING_DEAD_LETTER"
+LOCK_TABLE = "LANDING_LOADS"
+# Below this many records a load reads in-process: starting a reader process costs ~0.2 s.
+PARALLEL_MIN_RECORDS = 50_000
+MAX_READERS = os.cpu_count() or 1
+ROWS_PER_FILE = 250_000
+GZIP_LEVEL: int | None = 1
+DEAD_LETTER_BATCH = 500
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]+$")
+_WORKER = "from tidb_pipeline.replication.wire import worker_main; worker_main()"
+
+
+@dataclass(frozen=True)
+class LandingResult:
+    topic: str
+    rows_loaded: int
+    quarantined: int  # poison records written to the dead-letter table
+    offsets_before: dict[int, int]  # next offset per partition before the load
+    offsets_after: dict[int, int]  # next offset per partition after the load
+    end_offsets: dict[int, int]  # Kafka high watermarks seen at the start
+    seconds: float
+
+
+class SchemaRegistryUnavailable(ConnectionError):
+    """The schema registry could not serve the topic's schemas; nothing was loaded, so retrying is safe."""
+
+
+@dataclass(frozen=True)
+class LandingTables:
+    """Everything one topic's load writes, derived from the landing table and the control schema."""
+
+    landing: TableRef
+    load: TableRef
+    dead_letter: TableRef
+    locks: TableRef
+    stage: str  # quoted stage name, for `@<stage>/path`
+
+    @classmethod
+    def of(cls, landing: TableRef, control: TableRef) -> LandingTables:
+        def ref(name: str) -> TableRef:
+            return TableRef(control.schema, name, control.database)
+
+        return cls(landing, ref(f"LOAD_{landing.name}"), ref(DEAD_LETTER_TABLE), ref(LOCK_TABLE), ref(STAGE).sql)
+
+
+# --- pure planning --------------------------------------------------------------------------------------
+
+
+def plan_ranges(
+    next_offsets: Mapping[int, int], end_offsets: Mapping[int, int], max_records: int | None = None
+) -> dict[int, tuple[int, int]]:
+    """Per partition, the [start, stop) offsets to read; `max_records` is shared out evenly (water-filling)."""
+    wanted = {p: (next_offsets.get(p, 0), end) for p, end in end_offsets.items() if end > next_offsets.get(p, 0)}
+    if max_records is None:
+        return dict(sorted(wanted.items()))
+    given = dict.fromkeys(wanted, 0)
+    left = max(0, max_records)
+    active = sorted(wanted)
+    while left > 0 and active:
+        share = max(1, left // len(active))
+        for p in list(active):
+            start, stop = wanted[p]
+            take = min(share, stop - start - given[p], left)
+            given[p] += take
+            left -= take
+            if given[p] == stop - start:
+                active.remove(p)
+            if left == 0:
+                break
+    return {p: (wanted[p][0], wanted[p][0] + n) for p, n in sorted(given.items()) if n > 0}
+
+
+def split_ranges(ranges: Mapping[int, tuple[int, int]], parts: int) -> list[tuple[tuple[int, int, int], ...]]:
+    """Cut the ranges into `parts` groups of about equal offset count; at most one range per partition each."""
+    total = sum(stop - start for start, stop in ranges.values())
+    if total == 0:
+        return []
+    per = -(-total // max(1, parts))
+    groups: list[list[tuple[int, int, int]]] = [[]]
+    room = per
+    for p, (start, stop) in sorted(ranges.items()):
+        while start < stop:
+            if room == 0:
+                groups.append([])
+                room = per
+            take = min(room, stop - start)
+            groups[-1].append((p, start, start + take))
+            start += take
+            room -= take
+    return [tuple(g) for g in groups]
+
+
+# --- registry -------------------------------------------------------------------------------------------
+
+
+def _registry_name(registry: SchemaRegistryClient) -> str:
+    """The registry's URL for error messages, without any user:password@ part."""
+    url = str(getattr(registry, "_conf", {}).get("url", "")).split(",")[0]
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return "(url unknown)"
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _registry_call(registry: SchemaRegistryClient, what: str, call: Any) -> Any:
+    """Run one registry call; None when it answers 404, SchemaRegistryUnavailable for anything else."""
+    try:
+        return call()
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == 404:
+            return None
+        cause = f"HTTP {exc.http_status_code}: {exc.error_message}"
+    except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, TLS: all mean "not reachable now"
+        cause = f"{type(exc).__name__}: {exc}"
+    raise SchemaRegistryUnavailable(
+        f"schema registry {_registry_name(registry)} failed while {what} ({cause}); nothing was loaded or "
+        "committed and no offset moved, so retry the load once the registry answers"
+    )
+
+
+def subjects(topic: str) -> list[str]:
+    """TopicNameStrategy subjects; TiCDC replaces dots in the topic (spec/ticdc-avro.md), Confluent's do not."""
+    names = [f"{topic.replace('.', '_')}-key", f"{topic.replace('.', '_')}-value"]
+    if "." in topic:
+        names += [f"{topic}-key", f"{topic}-value"]
+    return names
+
+
+def topic_schemas(registry: SchemaRegistryClient, topic: str) -> dict[int, str]:
+    """Schema text by id for every version of the topic's key and value subjects."""
+    out: dict[int, str] = {}
+    for subject in subjects(topic):
+        versions = _registry_call(registry, f"listing versions of {subject}", lambda s=subject: registry.get_versions(s))
+        for version in versions or []:
+            reg = _registry_call(
+                registry, f"reading {subject} version {version}", lambda s=subject, v=version: registry.get_version(s, v)
+            )
+            if reg is not None:
+                out[reg.schema_id] = reg.schema.schema_str
+    return out
+
+
+# --- reading --------------------------------------------------------------------------------------------
+
+
+def consumer_config(kafka: KafkaResource, topic: str) -> dict[str, Any]:
+    """The reader's consumer: explicit offsets, never commits, reports partition ends, fetches big batches."""
+    config = {
+        **kafka.client_config(),
+        "group.id": f"tidb-pipeline-landing-{topic}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": True,
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+    }
+    config.pop("logger", None)  # a logger object does not cross into a reader process
+    return config
+
+
+def run_readers(jobs: Sequence[RangeJob]) -> list[RangeResult]:
+    """Read every job: the first in this process, each other one in its own Python process, all at once."""
+    if not jobs:
+        return []
+    env = dict(os.environ)
+    # The reader must import this very checkout of the package, wherever the parent was started.
+    root = str(Path(tidb_pipeline.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for job in jobs[1:]:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
+            procs.append(proc)
+            assert proc.stdin is not None
+            proc.stdin.write(pickle.dumps(job))
+            proc.stdin.close()
+        results = [read_ranges(jobs[0])]
+        for proc, job in zip(procs, jobs[1:]):
+            assert proc.stdout is not None
+            raw = proc.stdout.read()
+            code = proc.wait()
+            status, payload = pickle.loads(raw) if raw else ("error", f"exit code {code}, no reply")  # noqa: S301
+            if status != "ok":
+                raise RuntimeError(f"landing reader for topic {job.topic} ranges {list(job.ranges)} failed:\n{payload}")
+            results.append(payload)
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _resolve_unknown(
+    registry: SchemaRegistryClient, topic: str, schemas: dict[int, str], records: Sequence[RawRecord], folder: str
+) -> tuple[RangeResult, list[tuple[RawRecord, str]]]:
+    """Records whose schema ids were not under the topic's subjects: look the ids up, then build or quarantine."""
+    ids = {schema_id(d) for r in records for d in (r.key, r.value) if d is not None and len(d) >= 5} - set(schemas)
+    found = dict(schemas)
+    for sid in sorted(ids):
+        got = _registry_call(registry, f"reading schema id {sid}", lambda s=sid: registry.get_schema(s))
+        if got is not None:
+            found[sid] = got.schema_str
+    builder = LineBuilder(topic, found)
+    files = NdjsonFiles(folder, "resolved", ROWS_PER_FILE, GZIP_LEVEL)
+    poison: list[tuple[RawRecord, str]] = []
+    for r in records:
+        try:
+            files.add(builder.line(r.partition, r.offset, r.timestamp_type, r.timestamp, r.key, r.value))
+        except PoisonRecord as exc:
+            poison.append((r, exc.reason))
+        except UnknownSchemaId as exc:
+            poison.append((r, f"schema id {exc.schema_id} is not in the schema registry"))
+    files.flush()
+    return RangeResult(tuple(files.paths), files.rows, (), ()), poison
+
+
+# --- writing --------------------------------------------------------------------------------------------
+
+
+def _execute(cursor: Any, stmt: Statement | str) -> list[tuple[Any, ...]]:
+    stmt = Statement(stmt) if isinstance(stmt, str) else stmt
+    cursor.execute(stmt.sql, stmt.params or None)
+    try:
+        return [tuple(r) for r in cursor.fetchall()]
+    except Exception:  # noqa: BLE001 - statements without a result set
+        return []
+
+
+def ensure_tables(cursor: Any, tables: LandingTables) -> None:
+    """Create the landing table and the loader's control objects if missing (cheap, idempotent)."""
+    ensure_schema(cursor, tables.landing)
+    ensure_schema(cursor, tables.locks)
+    for sql in (
+        create_landing_sql(tables.landing),
+        create_load_table_sql(tables.load),
+        create_dead_letter_sql(tables.dead_letter),
+        create_load_lock_sql(tables.locks),
+        f"CREATE STAGE IF NOT EXISTS {tables.stage}",
+    ):
+        _execute(cursor, sql)
+    _execute(cursor, ensure_lock_row_sql(tables.locks, tables.landing))
+
+
+def landed_offsets(cursor: Any, tables: LandingTables, topic: str) -> dict[int, int]:
+    """Highest landed or quarantined offset per partition."""
+    return {int(p): int(o) for p, o in _execute(cursor, landed_offsets_sql(tables.landing, tables.dead_letter, topic))}
+
+
+def _commit(connection: Any) -> None:
+    connection.commit()
+
+
+def commit_load(
+    connection: Any,
+    tables: LandingTables,
+    topic: str,
+    stage_path: str | None,
+    first_offsets: Mapping[int, int],
+    dead: Sequence[DeadLetter],
+) -> tuple[int, int]:
+    """The load transaction; returns (rows inserted, dead letters inserted). Rolls back on any error."""
+    cursor = connection.cursor()
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    connection.autocommit(False)
+    try:
+        _execute(cursor, "BEGIN")
+        _execute(cursor, take_load_lock_sql(tables.locks, tables.landing, now))
+        landed = landed_offsets(cursor, tables, topic)
+        # Only a partition whose landed offsets reach into this batch needs a filter (a race or a retry).
+        above = {p: o for p, o in landed.items() if p in first_offsets and o >= first_offsets[p]}
+        rows = 0
+        if stage_path is not None:
+            for i, stmt in enumerate(exactly_once_copy_statements(tables.landing, tables.load, stage_path, above)):
+                result = _execute(cursor, stmt)
+                if i == 2:
+                    rows = int(result[0][0]) if result else 0
+        fresh = [d for d in dead if d.offset > landed.get(d.partition, -1)]
+        for i in range(0, len(fresh), DEAD_LETTER_BATCH):
+            _execute(cursor, dead_letter_insert_sql(tables.dead_letter, fresh[i : i + DEAD_LETTER_BATCH], now))
+        _commit(connection)
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        connection.autocommit(True)
+    return rows, len(fresh)
+
+
+def _put(cursor: Any, folder: str, stage_path: str) -> None:
+    # One PUT for the whole folder; files are gzipped already (or deliberately plain).
+    _execute(cursor, f"PUT 'file://{folder}/*' {stage_path} AUTO_COMPRESS = FALSE PARALLEL = 4")
+
+
+def _remove_staged(cursor: Any, stage_path: str, log: logging.Logger | Any) -> None:
+    try:
+        _execute(cursor, f"REMOVE {stage_path}")
+    except Exception as exc:  # noqa: BLE001 - housekeeping only; fakesnow has no REMOVE
+        log.debug("could not remove staged files %s: %s", stage_path, exc)
+
+
+# --- the load -------------------------------------------------------------------------------------------
+
+
+def load_topic(
+    *,
+    kafka: KafkaResource,
+    registry: SchemaRegistryClient,
+    connection: Any,
+    topic: str,
+    landing: TableRef,
+    control: TableRef,
+    max_records: int | None = None,
+    log: logging.Logger | None = None,
+) -> LandingResult:
+    """Load the topic's new records into its landing table, exactly once; see the module docstring."""
+    log = log or logging.getLogger(__name__)
+    started = time.perf_counter()
+    if not _TOPIC.match(topic):
+        raise ValueError(f"topic {topic!r} has characters Kafka does not allow in a topic name")
+    tables = LandingTables.of(landing, control)
+    cursor = connection.cursor()
+    ensure_tables(cursor, tables)
+    landed = landed_offsets(cursor, tables, topic)
+    end = kafka.end_offsets([topic]).get(topic, {})
+    before = {p: landed.get(p, -1) + 1 for p in sorted({*end, *landed})}
+    ranges = plan_ranges(before, end, max_records)
+    total = sum(stop - start for start, stop in ranges.values())
+
+    def outcome(rows: int = 0, quarantined: int = 0, after: Mapping[int, int] | None = None) -> LandingResult:
+        return LandingResult(topic, rows, quarantined, before, dict(after or before), dict(end),
+                             time.perf_counter() - started)
+
+    if not ranges:
+        log.info("topic %s: nothing new to land (end offsets %s)", topic, end or "none: no such topic")
+        return outcome()
+    schemas = topic_schemas(registry, topic)
+    # Each reader gets at least half of PARALLEL_MIN_RECORDS, so a process start is always worth it.
+    parts = max(1, min(MAX_READERS, total // max(1, PARALLEL_MIN_RECORDS // 2))) if total >= PARALLEL_MIN_RECORDS else 1
+    folder = tempfile.mkdtemp(prefix=f"landing-{topic}-")
+    batch = uuid.uuid4().hex
+    stage_path = f"@{tables.stage}/{topic}/{batch}/"
+    try:
+        config = consumer_config(kafka, topic)
+        jobs = [
+            RangeJob(config, topic, group, schemas, folder, f"part{i}", ROWS_PER_FILE, GZIP_LEVEL)
+            for i, group in enumerate(split_ranges(ranges, parts))
+        ]
+        t_read = time.perf_counter()
+        results = run_readers(jobs)
+        poison = [x for r in results for x in r.poison]
+        unknown = [x for r in results for x in r.unknown]
+        if unknown:
+            resolved, more_poison = _resolve_unknown(registry, topic, schemas, unknown, folder)
+            results.append(resolved)
+            poison += more_poison
+        files = [f for r in results for f in r.files]
+        t_put = time.perf_counter()
+        if files:
+            _put(cursor, folder, stage_path)
+        t_commit = time.perf_counter()
+        dead = [
+            DeadLetter(topic, r.partition, r.offset, poison_metadata(topic, r.partition, r.offset, r.timestamp_type,
+                       r.timestamp), r.key, r.value, reason)
+            for r, reason in poison
+        ]
+        first = {p: start for p, (start, _) in ranges.items()}
+        rows, quarantined = commit_load(connection, tables, topic, stage_path if files else None, first, dead)
+        t_done = time.perf_counter()
+        if files:
+            _remove_staged(cursor, stage_path, log)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    consumed: dict[int, int] = {}
+    for r in results:
+        for p, o in r.next_offsets.items():
+            consumed[p] = max(consumed.get(p, 0), o)
+    after = {p: max(before.get(p, 0), consumed.get(p, 0)) for p in before}
+    if poison:
+        log.warning("topic %s: %d record(s) could not be decoded and went to %s, e.g. partition %d offset %d: %s",
+                    topic, len(poison), tables.dead_letter.label, poison[0][0].partition, poison[0][0].offset,
+                    poison[0][1])
+    log.info(
+        "topic %s: landed %d rows (%d quarantined) from %d offsets in %.2fs: read %.2fs in %d reader(s), "
+        "put %.2fs, load+commit %.2fs",
+        topic, rows, quarantined, total, time.perf_counter() - started, t_put - t_read, len(jobs),
+        t_commit - t_put, t_done - t_commit,
+    )
+    return outcome(rows, quarantined, after)
+
+
+# --- benchmark (lab only) -------------------------------------------------------------------------------
+
+
+def produce_order_lines(settings: Any, topic: str, n: int, partitions: int = 3) -> tuple[int, int]:
+    """Create `topic` and fill it with `n` TiCDC-shaped order_line records; returns (key id, value id)."""
+    import io
+    import json
+    from decimal import Decimal
+
+    import fastavro
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.schema_registry import Schema
+
+    from tidb_pipeline.replication.landing import _BENCH_KEY, _BENCH_VALUE
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=60)
+    registry = SchemaRegistryClient({"url": settings.registry_url})
+    key_id = registry.register_schema(f"{topic}-key", Schema(json.dumps(_BENCH_KEY), "AVRO"))
+    value_id = registry.register_schema(f"{topic}-value", Schema(json.dumps(_BENCH_VALUE), "AVRO"))
+    key_schema, value_schema = fastavro.parse_schema(_BENCH_KEY), fastavro.parse_schema(_BENCH_VALUE)
+    key_header, value_header = b"\x00" + key_id.to_bytes(4, "big"), b"\x00" + value_id.to_bytes(4, "big")
+
+    def body(schema: Any, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, schema, record)
+        return buf.getvalue()
+
+    values = []
+    for i in range(1000):
+        values.append(value_header + body(value_schema, {
+            "ol_w_id": 1, "ol_d_id": i % 10 + 1, "ol_o_id": 3000 + i, "ol_number": i % 15 + 1, "ol_i_id": i * 97 % 100_000,
+            "ol_supply_w_id": 1, "ol_delivery_d": None if i % 3 else "2026-11-25 12:00:00", "ol_quantity": 5,
+            "ol_amount": Decimal(i * 37 % 1_000_000) / 100, "ol_dist_info": f"dist-info-{i:014d}",
+            "_tidb_op": "c", "_tidb_commit_ts": 463_000_000_000_000_000 + i, "_tidb_commit_physical_time": 1_764_072_000_000 + i,
+        }))
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 50,
+                         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576})
+    for i in range(n):
+        key = key_header + body(key_schema, {"ol_w_id": 1 + i // 3_000_000, "ol_d_id": i // 300_000 % 10 + 1,
+                                             "ol_o_id": i // 15 % 20_000 + 1, "ol_number": i % 15 + 1})
+        while True:
+            try:
+                producer.produce(topic, key=key, value=values[i % 1000], partition=i % partitions)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120) != 0:
+        raise RuntimeError(f"could not deliver all {n} benchmark records to {topic}")
+    return key_id, value_id
+
+
+def bench(n: int, partitions: int = 3) -> dict[str, float]:
+    """Time `load_topic` for `n` order_line records on the lab, and the raw limit (consume + decode only)."""
+    import snowflake.connector
+
+    from tidb_pipeline.lab import stack
+    from tidb_pipeline.lab.service import down, up
+    from tidb_pipeline.lab.settings import LabSettings
+    from tidb_pipeline.lab.snowflake import connection_args
+
+    settings = LabSettings()
+    needed = stack.services(settings, ["kafka", "registry", "snowflake"])
+    fresh = [s for s in needed if s.pid() is None]
+    up(needed, log=print)
+    tag = uuid.uuid4().hex[:8]
+    topic, database = f"tidb_landingbench_{tag}_order_line", f"LANDING_BENCH_{tag.upper()}"
+    try:
+        started = time.perf_counter()
+        produce_order_lines(settings, topic, n, partitions)
+        print(f"produced {n:,} records into {topic} ({partitions} partitions) in {time.perf_counter() - started:.1f}s")
+        kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+        registry = SchemaRegistryClient({"url": settings.registry_url})
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        log = logging.getLogger("tidb_pipeline.bench")
+        log.setLevel(logging.INFO)
+        with snowflake.connector.connect(**connection_args(settings)) as conn:
+            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}")
+            result = load_topic(kafka=kafka, registry=registry, connection=conn, topic=topic,
+                                landing=TableRef("LANDING", topic.upper(), database),
+                                control=TableRef("PIPELINE", "", database), log=log)
+            if result.rows_loaded != n:
+                raise RuntimeError(f"benchmark loaded {result.rows_loaded} rows, expected {n}")
+            load_rate = n / result.seconds
+        # The raw limit: the same readers and parallelism, consume + Avro decode only.
+        end = kafka.end_offsets([topic])[topic]
+        ranges = plan_ranges({}, end)
+        parts = max(1, min(MAX_READERS, n // max(1, PARALLEL_MIN_RECORDS // 2))) if n >= PARALLEL_MIN_RECORDS else 1
+        schemas = topic_schemas(registry, topic)
+        with tempfile.TemporaryDirectory() as folder:
+            jobs = [dataclasses.replace(RangeJob(consumer_config(kafka, topic), topic, g, schemas, folder, f"raw{i}"),
+                                        decode_only=True) for i, g in enumerate(split_ranges(ranges, parts))]
+            started = time.perf_counter()
+            raw = run_readers(jobs)
+            raw_seconds = time.perf_counter() - started
+        if sum(r.rows for r in raw) != n:
+            raise RuntimeError(f"raw read decoded {sum(r.rows for r in raw)} records, expected {n}")
+        raw_rate = n / raw_seconds
+        print(f"load_topic: {n:,} records in {result.seconds:.2f}s = {load_rate:,.0f} records/s")
+        print(f"raw limit (consume + Avro decode, {len(jobs)} reader(s)): {raw_seconds:.2f}s = {raw_rate:,.0f} records/s")
+        print(f"load / raw limit: {load_rate / raw_rate:.0%}")
+        return {"load": load_rate, "raw": raw_rate, "ratio": load_rate / raw_rate}
+    finally:
+        from confluent_kafka.admin import AdminClient
+
+        AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics([topic])
+        down(list(reversed(fresh)), log=print)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Benchmark the built-in landing loader on the lab")
+    parser.add_argument("--bench", type=int, metavar="N", required=True, help="records to produce and load")
+    parser.add_argument("--partitions", type=int, default=3)
+    args = parser.parse_args(argv)
+    bench(args.bench, args.partitions)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""Kafka records in the Confluent wire format -> landing NDJSON lines, and the reader that does it in bulk.
+
+A serialized key or value is `0x00` (magic byte), a 4-byte big-endian schema id, then the Avro binary body
+with no framing (spec/ticdc-avro.md). Anything else on the topic (another producer's JSON, a truncated
+write, a body written with a different schema than its id says) is a `PoisonRecord`: the landing loader
+quarantines it with its reason instead of stopping the stream. fastavro reports a short body as EOFError
+or IndexError (other errors for random bytes) and stops silently before trailing bytes; all of those mean
+"this body does not fit its schema", so all become `PoisonRecord`, and leftover bytes are rejected too.
+
+`LineBuilder` turns one raw record into one landing line (`replication.landing.ndjson_line`), caching a
+parsed schema per wire header and a compiled `RecordEncoder` per (key schema, value schema). It never
+talks to the registry: an id it was not given raises `UnknownSchemaId` and the caller resolves it.
+
+`read_ranges` is the worker of the built-in landing (tidb_pipeline.defs.landing): it consumes fixed offset
+ranges, builds lines and writes them as (gzipped) NDJSON files. It lives here, in a module that imports
+only confluent_kafka, fastavro and the encoder, because the loader runs it in fresh Python processes to
+use every core, and a worker that imported `tidb_pipeline.defs` (Dagster, the Snowflake connector) would
+spend ~8 s starting. `python -c "from tidb_pipeline.replication.wire import worker_main; worker_main()"`
+reads a pickled `RangeJob` on stdin and writes a pickled `RangeResult` on stdout.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import pickle
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader
+
+from tidb_pipeline.replication.landing import RecordEncoder, ndjson_line
+
+MAGIC_BYTE = 0
+HEADER_SIZE = 5
+# Kafka timestamp types (confluent_kafka.TIMESTAMP_*) -> the RECORD_METADATA key the connector writes.
+TIMESTAMP_KEYS = {1: "CreateTime", 2: "LogAppendTime"}
+# Stands in for the key schema of records that have no key (TiCDC always sends one; other producers may not).
+_NO_KEY_SCHEMA = {"type": "record", "name": "no_key", "fields": []}
+
+
+class PoisonRecord(ValueError):
+    """A key or value that cannot be decoded; `reason` says why (safe to store: no record content)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnknownSchemaId(LookupError):
+    """A wire header names a schema id the builder was not given; look it up and retry, or quarantine."""
+
+    def __init__(self, schema_id: int) -> None:
+        super().__init__(f"schema id {schema_id} is not among the schemas given to the line builder")
+        self.schema_id = schema_id
+
+
+def schema_id(data: bytes) -> int:
+    """The schema id in a wire-format header; PoisonRecord when there is no valid header."""
+    if len(data) < HEADER_SIZE:
+        raise PoisonRecord(f"{len(data)} bytes is too short for the Confluent wire format (5-byte header)")
+    if data[0] != MAGIC_BYTE:
+        raise PoisonRecord(f"magic byte is 0x{data[0]:02x}, not 0x00: not in the Confluent wire format")
+    return int.from_bytes(data[1:HEADER_SIZE], "big")
+
+
+def split(data: bytes) -> tuple[int, bytes]:
+    """(schema id, Avro body) of a wire-format key or value."""
+    return schema_id(data), data[HEADER_SIZE:]
+
+
+def decode(data: bytes, schema: Any) -> Any:
+    """Decode a whole wire-format message with the `fastavro.parse_schema` result for its schema id.
+
+    The caller has read the id with `schema_id` and looked the schema up; the header is skipped, not copied.
+    """
+    if len(data) < HEADER_SIZE:
+        schema_id(data)  # raises with the reason
+    stream = io.BytesIO(data)
+    stream.seek(HEADER_SIZE)
+    try:
+        value = schemaless_reader(stream, schema, None)
+    except Exception as exc:  # noqa: BLE001 - any failure on untrusted bytes means the body does not fit
+        raise PoisonRecord(f"Avro body does not match its schema ({type(exc).__name__}: {exc})") from None
+    if stream.tell() != len(data):
+        raise PoisonRecord(f"Avro body has {len(data) - stream.tell()} bytes left over after decoding")
+    return value
+
+
+def _parse(schema: str | Mapping[str, Any]) -> Any:
+    return parse_schema(json.loads(schema) if isinstance(schema, str) else dict(schema))
+
+
+class LineBuilder:
+    """Raw Kafka record -> landing NDJSON line for one topic, given the schemas (by id) it may meet."""
+
+    def __init__(self, topic: str, schemas: Mapping[int, str]) -> None:
+        self.topic = topic
+        self._schemas = dict(schemas)
+        self._parsed: dict[bytes, Any] = {}  # keyed by the 5-byte wire header: one slice + one dict lookup
+        self._encoders: dict[tuple[bytes | None, bytes | None], RecordEncoder] = {}
+
+    def add_schemas(self, schemas: Mapping[int, str]) -> None:
+        self._schemas.update(schemas)
+
+    def _schema_for(self, data: bytes) -> Any:
+        parsed = self._parsed.get(data[:HEADER_SIZE])
+        if parsed is None:
+            sid = schema_id(data)
+            text = self._schemas.get(sid)
+            if text is None:
+                raise UnknownSchemaId(sid)
+            try:
+                parsed = _parse(text)
+            except Exception as exc:  # noqa: BLE001 - a registry schema fastavro cannot read
+                raise PoisonRecord(f"schema id {sid} is not a valid Avro schema ({exc})") from None
+            self._parsed[data[:HEADER_SIZE]] = parsed
+        return parsed
+
+    def _encoder(self, key: bytes | None, value: bytes | None) -> RecordEncoder:
+        cache_key = (None if key is None else key[:HEADER_SIZE], None if value is None else value[:HEADER_SIZE])
+        encoder = self._encoders.get(cache_key)
+        if encoder is None:
+            key_schema = _NO_KEY_SCHEMA if key is None else self._schemas[schema_id(key)]
+            value_schema = None if value is None else self._schemas[schema_id(value)]
+            try:
+                encoder = RecordEncoder(key_schema, value_schema)
+            except Exception as exc:  # noqa: BLE001 - e.g. a non-record key schema from another producer
+                raise PoisonRecord(f"no landing encoder for these schemas ({type(exc).__name__}: {exc})") from None
+            self._encoders[cache_key] = encoder
+        return encoder
+
+    def decode(self, key: bytes | None, value: bytes | None) -> tuple[Any, Any]:
+        """(key, value) as fastavro gives them; a tombstone's value is None."""
+        k = None if key is None else decode(key, self._schema_for(key))
+        v = None if value is None else decode(value, self._schema_for(value))
+        return k, v
+
+    def line(
+        self, partition: int, offset: int, timestamp_type: int, timestamp: int, key: bytes | None, value: bytes | None
+    ) -> str:
+        k, v = self.decode(key, value)
+        encoder = self._encoder(key, value)
+        try:
+            content = encoder.content(v)
+        except ValueError as exc:  # e.g. NaN, which has no JSON form
+            raise PoisonRecord(f"value cannot be written as JSON ({exc})") from None
+        ts_key = TIMESTAMP_KEYS.get(timestamp_type)
+        metadata = encoder.metadata(self.topic, partition, offset, timestamp if ts_key else None, k, ts_key or "")
+        return ndjson_line(metadata, content)
+
+
+def poison_metadata(topic: str, partition: int, offset: int, timestamp_type: int, timestamp: int) -> str:
+    """RECORD_METADATA of a dead letter: where the record was, without the key (which may be what failed)."""
+    meta: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
+    if ts_key := TIMESTAMP_KEYS.get(timestamp_type):
+        meta[ts_key] = timestamp
+    return json.dumps(meta, separators=(",", ":"))
+
+
+# --- the worker -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record kept undecoded: poison, or waiting for a schema the worker was not given."""
+
+    partition: int
+    offset: int
+    timestamp_type: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class RangeJob:
+    """What one worker reads: at most one [start, stop) range per partition, and where its files go."""
+
+    consumer_config: dict[str, Any]
+    topic: str
+    ranges: tuple[tuple[int, int, int], ...]  # (partition, start, stop)
+    schemas: dict[int, str]
+    folder: str
+    file_prefix: str
+    rows_per_file: int = 250_000
+    gzip_level: int | None = 1  # None writes plain NDJSON
+    batch_size: int = 10_000
+    idle_timeout_s: float = 60.0
+    decode_only: bool = False  # the benchmark's raw limit: consume + Avro decode, no JSON, no files
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    files: tuple[str, ...]
+    rows: int
+    poison: tuple[tuple[RawRecord, str], ...]
+    unknown: tuple[RawRecord, ...]
+    next_offsets: dict[int, int] = field(default_factory=dict)  # one past the last offset read, per partition
+    seconds: float = 0.0
+
+
+class NdjsonFiles:
+    """Collects lines and writes them as files of `rows_per_file` lines (gzip level 1: cheap, ~5x smaller)."""
+
+    def __init__(self, folder: str, prefix: str, rows_per_file: int, gzip_level: int | None) -> None:
+        self.folder, self.prefix, self.rows_per_file, self.gzip_level = folder, prefix, rows_per_file, gzip_level
+        self.lines: list[str] = []
+        self.paths: list[str] = []
+        self.rows = 0
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        data = "".join(self.lines).encode("utf-8")
+        suffix = ".ndjson" if self.gzip_level is None else ".ndjson.gz"
+        if self.gzip_level is not None:
+            data = gzip.compress(data, compresslevel=self.gzip_level, mtime=0)
+        path = os.path.join(self.folder, f"{self.prefix}-{len(self.paths):05d}{suffix}")
+        with open(path, "wb") as f:
+            f.write(data)
+        self.paths.append(path)
+        self.rows += len(self.lines)
+        self.lines = []
+
+
+def read_ranges(job: RangeJob) -> RangeResult:
+    """Consume `job.ranges` (explicit offsets, never committed), build lines, write files."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    started = time.perf_counter()
+    topic = job.topic
+    builder = LineBuilder(topic, job.schemas)
+    files = NdjsonFiles(job.folder, job.file_prefix, job.rows_per_file, job.gzip_level)
+    poison: list[tuple[RawRecord, str]] = []
+    unknown: list[RawRecord] = []
+    next_offsets: dict[int, int] = {}
+    stops = {p: stop for p, start, stop in job.ranges if stop > start}
+    line, add, decode_only = builder.line, files.add, job.decode_only
+    decoded = 0
+    consumer = Consumer(job.consumer_config)
+    try:
+        consumer.assign([TopicPartition(topic, p, start) for p, start, stop in job.ranges if stop > start])
+
+        def finish(partition: int) -> None:
+            del stops[partition]
+            consumer.pause([TopicPartition(topic, partition)])
+
+        idle_since = time.monotonic()
+        while stops:
+            messages = consumer.consume(job.batch_size, 1.0)
+            if not messages:
+                if time.monotonic() - idle_since > job.idle_timeout_s:
+                    raise TimeoutError(
+                        f"topic {topic}: no records for {job.idle_timeout_s:.0f}s from partitions {sorted(stops)} "
+                        "below the end offsets read at the start; check that the brokers are reachable"
+                    )
+                continue
+            idle_since = time.monotonic()
+            for m in messages:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if m.partition() in stops:
+                            finish(m.partition())
+                        continue
+                    raise KafkaException(err)
+                p = m.partition()
+                stop = stops.get(p)
+                if stop is None:
+                    continue  # fetched before the pause took effect
+                o = m.offset()
+                if o >= stop:
+                    finish(p)
+                    continue
+                key = m.key()
+                value = m.value()
+                ts_type, ts = m.timestamp()
+                try:
+                    if decode_only:
+                        builder.decode(key, value)
+                        decoded += 1
+                    else:
+                        add(line(p, o, ts_type, ts, key, value))
+                except PoisonRecord as exc:
+                    poison.append((RawRecord(p, o, ts_type, ts, key, value), exc.reason))
+                except UnknownSchemaId:
+                    unknown.append(RawRecord(p, o, ts_type, ts, key, value))
+                next_offsets[p] = o + 1
+                if o + 1 >= stop:
+                    finish(p)
+        files.flush()
+    finally:
+        consumer.close()
+    return RangeResult(
+        files=tuple(files.paths),
+        rows=decoded if job.decode_only else files.rows,
+        poison=tuple(poison),
+        unknown=tuple(unknown),
+        next_offsets=next_offsets,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def worker_main() -> None:
+    """Entry of a worker process: pickled RangeJob on stdin -> pickled ("ok", RangeResult) on stdout.
+
+    A failure is sent back as ("error", text) so the parent can raise it with the worker's traceback.
+    """
+    job = pickle.load(sys.stdin.buffer)
+    try:
+        reply: tuple[str, Any] = ("ok", read_ranges(job))
+    except BaseException:  # noqa: BLE001 - everything goes back to the parent, which raises it
+        reply = ("error", traceback.format_exc())
+    pickle.dump(reply, sys.stdout.buffer)
+    sys.stdout.buffer.flush()

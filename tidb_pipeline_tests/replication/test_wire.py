@@ -1,0 +1,126 @@
+import io
+import json
+from decimal import Decimal
+
+import fastavro
+import pytest
+
+from tidb_pipeline.replication.wire import (
+    LineBuilder,
+    NdjsonFiles,
+    PoisonRecord,
+    UnknownSchemaId,
+    decode,
+    poison_metadata,
+    schema_id,
+    split,
+)
+from tidb_pipeline_tests.replication.support import decimal_type, field, record, with_extension
+
+KEY = record("t", [field("id", "long", "BIGINT")])
+VALUE = with_extension(
+    record(
+        "t",
+        [
+            field("id", "long", "BIGINT"),
+            field("name", "string", "TEXT", nullable=True),
+            field("price", decimal_type(10, 2), "DECIMAL"),
+            field("data", "bytes", "BLOB", nullable=True),
+        ],
+    )
+)
+
+
+def wire(sid: int, schema: dict, obj: dict) -> bytes:
+    buf = io.BytesIO()
+    buf.write(b"\x00" + sid.to_bytes(4, "big"))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), obj)
+    return buf.getvalue()
+
+
+ROW = {"id": 7, "name": 'a "q"', "price": Decimal("12.50"), "data": b"\x00\xff",
+       "_tidb_op": "c", "_tidb_commit_ts": 5, "_tidb_commit_physical_time": 6}
+
+
+def test_split_reads_the_header():
+    data = wire(258, KEY, {"id": 1})
+    assert schema_id(data) == 258
+    assert split(data) == (258, data[5:])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "0 bytes is too short"),
+        (b"\x00\x00\x01", "3 bytes is too short"),
+        (b"\x01\x00\x00\x00\x01\x02", "magic byte is 0x01"),
+        (b'{"id": 1}', "magic byte is 0x7b"),
+    ],
+)
+def test_bad_headers_are_poison(data, reason):
+    with pytest.raises(PoisonRecord, match=reason) as info:
+        schema_id(data)
+    assert reason in info.value.reason
+
+
+def test_decode_gives_fastavro_values_and_rejects_truncated_or_padded_bodies():
+    parsed = fastavro.parse_schema(VALUE)
+    data = wire(2, VALUE, ROW)
+    assert decode(data, parsed) == ROW
+    for cut in (5, 8, len(data) - 1):
+        with pytest.raises(PoisonRecord, match="does not match its schema"):
+            decode(data[:cut], parsed)
+    with pytest.raises(PoisonRecord, match="2 bytes left over"):
+        decode(data + b"xx", parsed)
+    with pytest.raises(PoisonRecord, match="too short"):
+        decode(b"\x00\x00", parsed)
+
+
+def test_line_builder_writes_the_connector_layout():
+    builder = LineBuilder("tidb_test_t", {1: json.dumps(KEY), 2: json.dumps(VALUE)})
+    line = builder.line(3, 42, 1, 1_764_072_000_000, wire(1, KEY, {"id": 7}), wire(2, VALUE, ROW))
+    assert line == (
+        '{"RECORD_METADATA":{"topic":"tidb_test_t","partition":3,"offset":42,"CreateTime":1764072000000,'
+        '"key":{"id":7}},"RECORD_CONTENT":{"id":7,"name":"a \\"q\\"","price":12.50,"data":"AP8=",'
+        '"_tidb_op":"c","_tidb_commit_ts":5,"_tidb_commit_physical_time":6}}\n'
+    )
+    tombstone = builder.line(0, 1, 2, 9, wire(1, KEY, {"id": 7}), None)
+    assert json.loads(tombstone) == {
+        "RECORD_METADATA": {"topic": "tidb_test_t", "partition": 0, "offset": 1, "LogAppendTime": 9, "key": {"id": 7}},
+        "RECORD_CONTENT": {},
+    }
+    no_timestamp = builder.line(0, 2, 0, -1, None, wire(2, VALUE, ROW))
+    assert json.loads(no_timestamp)["RECORD_METADATA"] == {"topic": "tidb_test_t", "partition": 0, "offset": 2}
+
+
+def test_line_builder_reports_unknown_ids_and_poison():
+    builder = LineBuilder("t", {1: json.dumps(KEY), 2: json.dumps(VALUE)})
+    key = wire(1, KEY, {"id": 1})
+    with pytest.raises(UnknownSchemaId) as info:
+        builder.line(0, 0, 1, 0, key, wire(99, VALUE, ROW))
+    assert info.value.schema_id == 99
+    with pytest.raises(PoisonRecord, match="magic byte"):
+        builder.line(0, 0, 1, 0, b"\x05" + key[1:], None)
+    with pytest.raises(PoisonRecord, match="does not match"):
+        builder.line(0, 0, 1, 0, key, wire(2, VALUE, ROW)[:-3])
+    builder.add_schemas({99: json.dumps(VALUE)})
+    assert json.loads(builder.line(0, 0, 1, 0, key, wire(99, VALUE, ROW)))["RECORD_CONTENT"]["id"] == 7
+
+
+def test_poison_metadata_has_no_key():
+    assert poison_metadata("t", 1, 5, 1, 10) == '{"topic":"t","partition":1,"offset":5,"CreateTime":10}'
+    assert poison_metadata("t", 1, 5, 0, -1) == '{"topic":"t","partition":1,"offset":5}'
+
+
+@pytest.mark.parametrize("level", [None, 1])
+def test_ndjson_files_split_by_rows(tmp_path, level):
+    import gzip
+
+    files = NdjsonFiles(str(tmp_path), "p", rows_per_file=2, gzip_level=level)
+    for i in range(5):
+        files.add(f'{{"i":{i}}}\n')
+    files.flush()
+    assert files.rows == 5 and len(files.paths) == 3
+    read = (lambda p: gzip.open(p, "rt").read()) if level else (lambda p: open(p).read())
+    assert "".join(read(p) for p in files.paths) == "".join(f'{{"i":{i}}}\n' for i in range(5))
+    assert all(p.endswith(".ndjson.gz" if level else ".ndjson") for p in files.paths)
