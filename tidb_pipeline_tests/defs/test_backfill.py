@@ -185,6 +185,92 @@ def test_backfill_job_is_one_op_with_a_table_selection() -> None:
     assert set(op_config.config_type.fields["config"].config_type.fields) == {"tables", "chunk_rows"}
 
 
+class FakeTiCDC:
+    """A changefeed that already replicates shop.a; records the calls a backfill makes, in order."""
+
+    def __init__(self, calls: list[str]) -> None:
+        from tidb_pipeline.resources.ticdc import ChangefeedInfo
+
+        self.calls = calls
+        self.info = ChangefeedInfo(id="feed", state="normal", checkpoint_ts=1 << 18, checkpoint_time="", error=None,
+                                   sink_uri_masked="kafka://k:9092/t?protocol=avro",
+                                   config={"filter": {"rules": ["shop.a"]}})  # fmt: skip
+
+    def get(self, cf_id: str) -> Any:
+        self.calls.append("get")
+        return self.info
+
+    def __getattr__(self, name: str) -> Any:
+        import dataclasses
+
+        def call(*args: Any, **kwargs: Any) -> None:
+            self.calls.append(name)
+            state = {"pause": "stopped", "resume": "normal"}.get(name)
+            if state:
+                self.info = dataclasses.replace(self.info, state=state)
+
+        return call
+
+
+class FakeSnapshotSource:
+    def __init__(self, calls: list[str], fail: bool = False) -> None:
+        self.calls, self.fail = calls, fail
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Any]:
+        from tidb_pipeline.replication import ticdc_schema
+
+        calls, fail = self.calls, self.fail
+
+        class Snap:
+            tso = 99 << 18
+
+            def table_info(self, db: str, table: str) -> Any:
+                return ticdc_schema.TableInfo(db, table, (ticdc_schema.Column("id", "int", False),
+                                                          ticdc_schema.Column("v", "varchar", True)), ("id",))
+
+            def read(self, db: str, table: str, columns: Sequence[str], chunk_rows: int) -> Iterator[list[tuple]]:
+                if fail:
+                    raise ConnectionError("source went away")
+                yield [(1, "x"), (2, None)]
+                yield [(3, "z")]
+
+        calls.append("snapshot")
+        yield Snap()
+        calls.append("snapshot released")
+
+
+def _fake_backfill(calls: list[str], fail: bool = False) -> Any:
+    from tidb_pipeline.resources.kafka import KafkaResource
+    from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+    from tidb_pipeline_tests.replication.support import fake_snowflake
+
+    config = _config("shop.a", "shop.b", database="DB")
+    with fake_snowflake() as sf:
+        result = backfill(tidb=None, snowflake_connection=sf, ticdc_client=FakeTiCDC(calls), kafka=KafkaResource(),
+                          registry=SchemaRegistryResource(), config=config, tables=[config.tables[1]],
+                          snapshot=FakeSnapshotSource(calls, fail), chunk_rows=2)  # fmt: skip
+        cur = sf.cursor()
+        cur.execute('SELECT "id", "v" FROM "DB"."REPLICA"."B" ORDER BY 1')
+        return result, cur.fetchall()
+
+
+def test_adding_a_table_to_a_running_changefeed_pauses_it_before_the_snapshot() -> None:
+    calls: list[str] = []
+    result, rows = _fake_backfill(calls)
+    # Paused first (its checkpoint stays before the snapshot), updated and resumed only after the load.
+    assert calls == ["get", "pause", "snapshot", "snapshot released", "get", "update", "resume", "get"]
+    assert rows == [(1, "x"), (2, None), (3, "z")]
+    assert (result.tso, result.rows, result.tables[0].chunks, result.changefeed.action) == (99 << 18, 3, 2, "update")
+
+
+def test_a_failed_backfill_resumes_the_changefeed_it_paused() -> None:
+    calls: list[str] = []
+    with pytest.raises(ConnectionError, match="source went away"):
+        _fake_backfill(calls, fail=True)
+    assert calls == ["get", "pause", "snapshot", "resume"]
+
+
 # --- the lab, end to end ------------------------------------------------------------------------------------
 
 INITIAL_ROWS = 3000
