@@ -1,0 +1,340 @@
+"""Replica checks: pure verdicts, then the reconcile job run through Dagster against the lab.
+
+The lab scenario: a MariaDB table (unique database), its TiCDC-shaped schemas in the lab registry, a real
+Kafka topic whose offsets match the landed rows, and a replica built by the pipeline's own `merge_replica`.
+TiCDC's status comes from a `TiCDCClient` over an httpx mock transport (the checkpoint is the one input
+the test must control exactly).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import dagster as dg
+import httpx
+import pymysql
+import pytest
+import snowflake.connector as sf_connector
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import Schema
+
+from tidb_pipeline.config import PipelineConfig, SnowflakeConfig, TableConfig
+from tidb_pipeline.defs.checks import (
+    CheckSettings,
+    Lag,
+    Watermark,
+    backlog_per_partition,
+    build_all_checks,
+    build_reconcile_job,
+    build_reconcile_schedule,
+    changefeed_result,
+    checkpoint_lag_s,
+    find_gaps,
+    freshness_result,
+    lag_aware_result,
+    schema_differences,
+)
+from tidb_pipeline.defs.replica import merge_replica
+from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
+from tidb_pipeline.lab.service import Service
+from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.snowflake import connection_args, lab_env
+from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
+from tidb_pipeline.replication.landing import RecordEncoder
+from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.snowflake import snowflake_resource
+from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCResource
+from tidb_pipeline.resources.tidb import TiDBResource
+from tidb_pipeline_tests.replication.support import decimal_type, field, record, with_extension
+
+WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
+SETTINGS = CheckSettings(rows_per_chunk=10)
+
+# --- pure --------------------------------------------------------------------------------------------------
+
+
+def test_backlog_is_end_offset_minus_next_offset_to_merge() -> None:
+    wm = {0: Watermark(9, None), 1: Watermark(3, None)}
+    assert backlog_per_partition({0: 10, 1: 7, 2: 5}, wm) == {0: 0, 1: 3, 2: 5}
+    assert checkpoint_lag_s((1_000_000 << 18) | 77, 1_004_250) == 4.25
+    assert checkpoint_lag_s(2_000 << 18, 1_000) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("equal", "backlog", "lag", "severity"),
+    [(True, {0: 5}, 100.0, None), (False, {0: 0}, 1.0, ERROR), (False, {0: 2}, 1.0, WARN), (False, {0: 0}, 30.0, WARN),
+     (False, {0: 0}, None, WARN)],
+)  # fmt: skip
+def test_lag_aware_verdict(equal: bool, backlog: dict[int, int], lag: float | None, severity: Any) -> None:
+    result = lag_aware_result(equal=equal, lag=Lag(backlog, lag, "down"), settings=CheckSettings(), what="x",
+                              metadata={"n": 1})  # fmt: skip
+    assert result.passed is equal
+    if severity is not None:
+        assert result.severity == severity
+    assert result.metadata["backlog_per_partition"].value == "p0: " + str(backlog[0])
+    assert result.metadata["checkpoint_lag_s"].value == (lag if lag is not None else "unknown (down)")
+
+
+def test_gaps_inside_and_between_watermark_and_first_landed_offset() -> None:
+    spans = {0: (0, 9), 1: (6, 8), 2: (3, 4)}
+    gaps = find_gaps([(0, 4, 5)], spans, {1: Watermark(2, None), 2: Watermark(2, None)})
+    assert [str(g) for g in gaps] == ["partition 0: offsets 4..5 missing", "partition 1: offsets 3..5 missing"]
+
+
+def test_schema_differences() -> None:
+    drift = schema_differences(["id", "a", "new"], ["id", "a", "gone"], ["id", "old"])
+    assert drift.problems == [
+        "column 'new' is in TiDB but no change record carries it yet",
+        "column 'gone' is in the Avro schema but no longer in TiDB",
+        "replica is missing column 'a' (the next merge adds it)",
+        "replica is missing column 'gone' (the next merge adds it)",
+    ]
+    assert drift.notes == ["replica keeps column 'old' dropped upstream"]
+    assert schema_differences(["id"], ["id"], ["id"]).problems == []
+    assert schema_differences(["id"], None, [])  .problems[0].startswith("no Avro value schema registered")
+
+
+def test_freshness_and_changefeed_verdicts() -> None:
+    now = dt.datetime(2026, 1, 1, 12, 0)
+    wm = {0: Watermark(5, now - dt.timedelta(minutes=20))}
+    s = CheckSettings()
+    assert freshness_result({0: 0}, wm, now, s).passed
+    assert freshness_result({0: 3}, wm, now, s).severity == WARN
+    assert freshness_result({0: 3}, {0: Watermark(5, now - dt.timedelta(hours=2))}, now, s).severity == ERROR
+    assert freshness_result({0: 3}, {}, now, s).severity == WARN
+    assert freshness_result({0: 3}, {0: Watermark(5, now - dt.timedelta(seconds=30))}, now, s).passed
+    now_ms = 1_000_000_000
+    assert changefeed_result("normal", (now_ms - 2_000) << 18, now_ms, None, s).passed
+    assert changefeed_result("normal", (now_ms - 120_000) << 18, now_ms, None, s).severity == WARN
+    assert changefeed_result("normal", (now_ms - 3_600_000) << 18, now_ms, None, s).severity == ERROR
+    failed = changefeed_result("failed", now_ms << 18, now_ms, "sink down", s)
+    assert (failed.passed, failed.severity, failed.metadata["error"].value) == (False, ERROR, "sink down")
+    assert changefeed_result("stopped", now_ms << 18, now_ms, None, s).severity == ERROR
+    assert changefeed_result("warning", now_ms << 18, now_ms, None, s).severity == WARN
+
+
+# --- the lab -----------------------------------------------------------------------------------------------
+
+KEY = record("t", [field("id", "long", "BIGINT")])
+VALUE = with_extension(record("t", [
+    field("id", "long", "BIGINT"),
+    field("name", "string", "TEXT", nullable=True),
+    field("price", decimal_type(10, 2), "DECIMAL", nullable=True),
+    field("at", "string", "DATETIME", nullable=True),
+]))  # fmt: skip
+ROWS = [(i, f"name {i}" if i % 7 else None, Decimal(f"{i}.{i % 100:02d}"), dt.datetime(2024, 1, 1 + i % 28, 0, 0, i % 60, i))
+        for i in range(1, 41)]  # fmt: skip
+
+
+class StubTiCDC(TiCDCResource):
+    """TiCDCResource whose client answers `get_status` from fields (the test controls state and checkpoint)."""
+
+    state: str = "normal"
+    behind_s: float = 0.0
+
+    def get_client(self) -> TiCDCClient:
+        checkpoint = int((time.time() - self.behind_s) * 1000) << 18
+        body = {"state": self.state, "checkpoint_ts": checkpoint, "resolved_ts": checkpoint}
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+        return TiCDCClient(self.url, transport=transport, max_retries=0)
+
+
+class Lab:
+    def __init__(self, mariadb: Service, settings: LabSettings) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        self.db = f"chk_{suffix}"
+        self.table = TableConfig(db=self.db, table="t", key=("id",))
+        self.config = PipelineConfig(
+            snowflake=SnowflakeConfig(database=f"CHK_{suffix.upper()}"), tables=(self.table,),
+        )
+        self.names = table_names(self.config, self.table)
+        self.keys = table_keys(self.config, self.table)
+        kw = mariadb.connect_kwargs()  # type: ignore[attr-defined]
+        self.src = pymysql.connect(**kw, autocommit=True)
+        self.tidb = TiDBResource(host=kw["host"], port=kw["port"], user=kw["user"], password=kw["password"])
+        self.kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
+        self.registry = SchemaRegistryResource(url=settings.registry_url)
+        self.sf = sf_connector.connect(**connection_args(settings))
+        self.settings = settings
+        self.offset = 0
+
+    def setup(self) -> None:
+        with self.src.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {self.db}")
+            cur.execute(f"CREATE TABLE {self.db}.t (id BIGINT PRIMARY KEY, name VARCHAR(40), price DECIMAL(10,2), "
+                        "at DATETIME(6))")  # fmt: skip
+            cur.executemany(f"INSERT INTO {self.db}.t VALUES (%s, %s, %s, %s)", ROWS)
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        for f in admin.create_topics([NewTopic(self.names.topic, num_partitions=1, replication_factor=1)]).values():
+            f.result(30)
+        client = self.registry.get_client()
+        client.register_schema(f"{self.names.topic}-key", Schema(json.dumps(KEY), "AVRO"))
+        client.register_schema(f"{self.names.topic}-value", Schema(json.dumps(VALUE), "AVRO"))
+        cur = self.sf.cursor()
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.config.snowflake.database)}")
+        for schema in (self.names.landing.schema, self.names.control.schema):
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.config.snowflake.database)}.{quote_ident(schema)}")
+        cur.execute(create_landing_sql(self.names.landing))
+        self.land(ROWS)
+        self.merge()
+
+    def produce(self, n: int) -> None:
+        producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap, "acks": "all"})
+        for _ in range(n):
+            producer.produce(self.names.topic, key=b"k", value=b"v", partition=0)
+        assert producer.flush(30) == 0
+
+    def land(self, rows: list[tuple[Any, ...]], *, skip: int = 0, produce: bool = True) -> None:
+        """Land rows at the next offsets, producing their Kafka records first unless already produced.
+
+        `skip` records are produced but never landed: offsets lost between Kafka and the landing table.
+        """
+        encoder = RecordEncoder(KEY, VALUE)
+        if produce:
+            self.produce(skip + len(rows))
+        self.offset += skip
+        values = []
+        for i, name, price, at in rows:
+            value = {"id": i, "name": name, "price": price, "at": at.isoformat(sep=" "), "_tidb_op": "u",
+                     "_tidb_commit_ts": 1, "_tidb_commit_physical_time": 1}  # fmt: skip
+            values += [encoder.metadata(self.names.topic, 0, self.offset, 1_700_000_000_000, {"id": i}),
+                       encoder.content(value)]  # fmt: skip
+            self.offset += 1
+        placeholders = ", ".join("(%s, %s)" for _ in rows)
+        self.sf.cursor().execute(
+            f"INSERT INTO {self.names.landing.sql} SELECT PARSE_JSON(column1), PARSE_JSON(column2) FROM VALUES {placeholders}",
+            tuple(values),
+        )
+
+    def merge(self) -> None:
+        outcome = merge_replica(connection=self.sf, registry=self.registry.get_client(), topic=self.names.topic,
+                                landing=self.names.landing, replica=self.names.replica, watermarks=self.names.watermarks)  # fmt: skip
+        assert outcome is not None
+
+    def run(self, ticdc: TiCDCResource | None = None) -> dict[str, dg.AssetCheckEvaluation]:
+        checks = build_all_checks(config=self.config, settings=SETTINGS)
+        defs = dg.Definitions(
+            assets=[dg.AssetSpec(self.keys.replica), dg.AssetSpec(changefeed_key(self.config))],
+            asset_checks=checks, jobs=[build_reconcile_job(checks=checks)],
+            resources={"tidb": self.tidb, "kafka": self.kafka, "schema_registry": self.registry,
+                       "snowflake": snowflake_resource(lab_env(self.settings)), "ticdc": ticdc or StubTiCDC()},
+        )  # fmt: skip
+        result = defs.resolve_job_def("reconcile").execute_in_process()
+        assert result.success
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture(scope="module")
+def lab(mariadb: Service, snowflake: Service, kafka: Service, registry: Service, lab_settings: LabSettings,
+        monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Lab]:  # fmt: skip
+    for name, value in lab_env(lab_settings).items():
+        monkeypatch_module.setenv(name, value)
+    lab = Lab(mariadb, lab_settings)
+    lab.setup()
+    yield lab
+    with lab.src.cursor() as cur:
+        cur.execute(f"DROP DATABASE {lab.db}")
+    AdminClient({"bootstrap.servers": lab_settings.kafka_bootstrap}).delete_topics([lab.names.topic])
+    lab.src.close()
+    lab.sf.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _md(evaluation: dg.AssetCheckEvaluation) -> dict[str, Any]:
+    return {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def test_reconcile_job_and_schedule_cover_every_check() -> None:
+    config = PipelineConfig(tables=(TableConfig(db="a", table="b"), TableConfig(db="a", table="c")))
+    checks = build_all_checks(config=config)
+    keys = {k for c in checks for k in c.check_keys}
+    assert {(k.asset_key.to_user_string(), k.name) for k in keys} == {
+        ("ticdc/tidb-pipeline", "changefeed_healthy"),
+        *((f"snowflake/REPLICA/{t}", n) for t in ("B", "C") for n in (
+            "row_count_matches_source", "content_matches_source", "landing_continuity", "schema_drift",
+            "replica_freshness")),
+    }  # fmt: skip
+    schedule = build_reconcile_schedule(config=config)
+    assert (schedule.cron_schedule, schedule.job_name) == ("0 * * * *", "reconcile")
+
+
+def test_checks_on_the_lab(lab: Lab) -> None:
+    """One lab scenario, in order: caught up, a row lost behind the pipeline's back, backlog, a gap, drift."""
+    # 1. caught up and identical: everything passes
+    ev = lab.run()
+    assert {n: e.passed for n, e in ev.items()} == {
+        "changefeed_healthy": True, "row_count_matches_source": True, "content_matches_source": True,
+        "landing_continuity": True, "schema_drift": True, "replica_freshness": True,
+    }  # fmt: skip
+    assert _md(ev["row_count_matches_source"])["source_rows"] == 40
+    content = _md(ev["content_matches_source"])
+    assert (content["chunks_checked"], content["chunks_differing"], content["columns_compared"]) == (4, 0, 4)
+
+    # 2. a row deleted from the replica and a value changed, caught up: ERROR naming exactly those ranges
+    cur = lab.sf.cursor()
+    cur.execute(f'DELETE FROM {lab.names.replica.sql} WHERE "id" = 25')
+    cur.execute(f"UPDATE {lab.names.replica.sql} SET \"name\" = 'changed' WHERE \"id\" = 3")
+    ev = lab.run()
+    rc, ct = ev["row_count_matches_source"], ev["content_matches_source"]
+    assert (rc.passed, rc.severity) == (False, ERROR)
+    assert {k: _md(rc)[k] for k in ("source_rows", "replica_rows", "difference", "backlog_records")} == {
+        "source_rows": 40, "replica_rows": 39, "difference": -1, "backlog_records": 0}
+    assert (ct.passed, ct.severity) == (False, ERROR)
+    assert _md(ct)["differing_ranges"] == [
+        "id < 11: source 10 rows, replica 10 rows", "id >= 21 AND id < 31: source 10 rows, replica 9 rows"]
+
+    # 3. the same, with two records waiting in Kafka above the watermark: WARN, not ERROR
+    lab.produce(2)
+    ev = lab.run()
+    for name in ("row_count_matches_source", "content_matches_source"):
+        assert (ev[name].passed, ev[name].severity) == (False, WARN), name
+        assert _md(ev[name])["backlog_per_partition"] == "p0: 2"
+    # those two records are the rows re-sent: landing and merging them repairs the replica
+    lab.land([ROWS[24], ROWS[2]], produce=False)
+    lab.merge()
+    ev = lab.run()
+    assert all(e.passed for e in ev.values()), {n: _md(e) for n, e in ev.items() if not e.passed}
+    # Kafka caught up but TiCDC's checkpoint a minute behind: a difference is WARN
+    cur.execute(f'DELETE FROM {lab.names.replica.sql} WHERE "id" = 25')
+    ev = lab.run(StubTiCDC(behind_s=61))
+    assert (ev["row_count_matches_source"].severity, _md(ev["row_count_matches_source"])["backlog_records"]) == (WARN, 0)
+    assert (ev["changefeed_healthy"].passed, ev["changefeed_healthy"].severity) == (False, WARN)  # over 60 s
+    lab.land([ROWS[24]])
+    lab.merge()
+
+    # 4. two records lost between Kafka and the landing table: continuity ERROR naming the offsets
+    lab.land([ROWS[9]], skip=2)
+    lab.merge()
+    ev = lab.run()
+    assert (ev["landing_continuity"].passed, ev["landing_continuity"].severity) == (False, ERROR)
+    assert _md(ev["landing_continuity"])["gaps"] == ["partition 0: offsets 43..44 missing"]
+    assert ev["row_count_matches_source"].passed and ev["content_matches_source"].passed
+    # dead-lettered offsets count as present
+    dead = TableRef(lab.names.control.schema, "DEAD_LETTERS", lab.names.control.database)
+    cur.execute(create_dead_letter_sql(dead))
+    cur.execute(f'INSERT INTO {dead.sql} ("TOPIC", "PARTITION", "OFFSET", "ERROR") VALUES (%s, 0, 43, %s), (%s, 0, 44, %s)',
+                (lab.names.topic, "undecodable", lab.names.topic, "undecodable"))  # fmt: skip
+    assert lab.run()["landing_continuity"].passed
+
+    # 5. a column added in TiDB that no change record carries yet: drift WARN; a stopped feed: ERROR
+    with lab.src.cursor() as c:
+        c.execute(f"ALTER TABLE {lab.db}.t ADD COLUMN note VARCHAR(10)")
+    ev = lab.run(StubTiCDC(state="stopped"))
+    assert (ev["schema_drift"].passed, ev["schema_drift"].severity) == (False, WARN)
+    assert _md(ev["schema_drift"])["differences"] == ["column 'note' is in TiDB but no change record carries it yet"]
+    assert (ev["changefeed_healthy"].passed, ev["changefeed_healthy"].severity) == (False, ERROR)
+    assert _md(ev["content_matches_source"])["columns_not_in_replica"] == ["note"]
+    assert ev["content_matches_source"].passed
