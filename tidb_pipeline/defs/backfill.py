@@ -52,12 +52,12 @@ import pymysql.cursors
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.changefeed import ReconcileResult, desired_changefeed, reconcile_changefeed
+from tidb_pipeline.defs.changefeed import NOT_EXISTS, ReconcileResult, desired_changefeed, reconcile_changefeed
 from tidb_pipeline.defs.replica import ensure_replica, ensure_schema
 from tidb_pipeline.defs.tables import table_names
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
-from tidb_pipeline.replication.changefeed import table_rule
+from tidb_pipeline.replication.changefeed import RUNNING_STATES, table_rule
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.landing import compile_record_encoder, create_load_table_sql
 from tidb_pipeline.replication.merge import json_to_sql
@@ -72,8 +72,6 @@ STAGE = "BACKFILL_STAGE"
 DEFAULT_CHUNK_ROWS = 50_000
 # TiCDC renders TIMESTAMP in its server's zone (`cdc server --tz`); the snapshot must read them in the same.
 DEFAULT_TIME_ZONE = "+00:00"
-_NOT_EXISTS = "CDC:ErrChangeFeedNotExists"
-_RUNNING = frozenset({"normal", "warning", "pending"})
 
 
 class BackfillError(RuntimeError):
@@ -295,7 +293,7 @@ def _existing(client: TiCDCClient, changefeed_id: str) -> Any | None:
     try:
         return client.get(changefeed_id)
     except TiCDCError as exc:
-        if exc.code != _NOT_EXISTS:
+        if exc.code != NOT_EXISTS:
             raise
         return None
 
@@ -349,7 +347,7 @@ def backfill(
     check_selection(config, tables, existing)
     cfg = codec_config(config)
     paused = False
-    if existing is not None and existing.state in _RUNNING:
+    if existing is not None and existing.state in RUNNING_STATES:
         # Freeze the checkpoint before the snapshot, so the tables added later start at or before it.
         ticdc_client.pause(cf_id)
         paused = True
