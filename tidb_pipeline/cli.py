@@ -44,6 +44,7 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def _lab_env(settings: LabSettings) -> dict[str, str]:
+    from tidb_pipeline.lab.postgres import LAB_DATABASE
     from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER
     from tidb_pipeline.lab.snowflake import lab_env
 
@@ -53,6 +54,11 @@ def _lab_env(settings: LabSettings) -> dict[str, str]:
         "TICDC_URL": settings.ticdc_url,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
         "SCHEMA_REGISTRY_URL": settings.registry_url,
+        # The lab's PostgreSQL stands in for SQL Server behind the built-in SQL applier.
+        "SQLSERVER_DRIVER": "postgresql+pg8000", "SQLSERVER_HOST": settings.host,
+        "SQLSERVER_PORT": str(settings.port("postgres")), "SQLSERVER_USER": LAB_DB_USER,
+        "SQLSERVER_PASSWORD": LAB_DB_PASSWORD, "SQLSERVER_DATABASE": LAB_DATABASE,
+        "KAFKA_CONNECT_FLAVOR": "self_managed", "KAFKA_CONNECT_URL": settings.connect_url,
         **lab_env(settings),
     }
 

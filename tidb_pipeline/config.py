@@ -95,11 +95,73 @@ class TableConfig(_Model):
     replica_table: str | None = None
 
 
+_CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SqlServerConfig(_Model):
+    """The SQL Server copy of every table: off unless enabled.
+
+    `builtin`: the project's own applier upserts each topic into a table named after it. `connector`: the
+    Confluent Microsoft SQL Server Sink does (`connectors.sqlserver_sink_name`), and Dagster reconciles it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    enabled: bool = False
+    mode: Literal["builtin", "connector"] = "builtin"
+    database: str = Field(default="tidb_replica", min_length=1)
+    # "schema" in the file; the attribute name avoids shadowing BaseModel.schema.
+    db_schema: str | None = Field(default=None, alias="schema", min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SqlServerConfig:
+        if self.mode == "connector" and self.db_schema is not None:
+            raise ValueError("schema: the SQL Server Sink writes into its login's default schema; leave schema unset "
+                             "with mode: connector and set the login's default schema in SQL Server instead")
+        return self
+
+
+class KsqlDbConfig(_Model):
+    """One ksqlDB stream per table's topic: off unless enabled."""
+
+    enabled: bool = False
+
+
+class ConnectorsConfig(_Model):
+    """Names and tuning of the Confluent connectors Dagster reconciles (credentials come from the resources)."""
+
+    snowflake_sink_name: str = "tidb-pipeline-snowflake-sink"
+    sqlserver_sink_name: str = "tidb-pipeline-sqlserver-sink"
+    snowflake_ingestion_method: Literal["SNOWPIPE", "SNOWPIPE_STREAMING"] = "SNOWPIPE"
+    buffer_flush_time_s: int = Field(default=120, ge=1)
+    buffer_count_records: int = Field(default=10_000, ge=1)
+    buffer_size_bytes: int = Field(default=20_000_000, ge=1)
+    tasks_max: int = Field(default=1, ge=1, le=1024)
+
+    @field_validator("snowflake_sink_name", "sqlserver_sink_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _CONNECTOR_NAME.match(value):
+            raise ValueError(f"{value!r} is not a usable connector name: use letters, digits, '.', '_' and '-' "
+                             "(at most 64 characters, starting with a letter or digit)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ConnectorsConfig:
+        if self.snowflake_sink_name == self.sqlserver_sink_name:
+            raise ValueError(f"sqlserver_sink_name: {self.sqlserver_sink_name!r} is also the Snowflake Sink's name; "
+                             "two connectors cannot share a name")
+        return self
+
+
 class PipelineConfig(_Model):
     """The whole config file."""
 
     source: SourceConfig = SourceConfig()
     snowflake: SnowflakeConfig = SnowflakeConfig()
+    sqlserver: SqlServerConfig = SqlServerConfig()
+    ksqldb: KsqlDbConfig = KsqlDbConfig()
+    connectors: ConnectorsConfig = ConnectorsConfig()
     landing_mode: Literal["builtin", "connector"] = "builtin"
     merge_schedules: dict[str, ScheduleConfig] = {"default": ScheduleConfig(cron="* * * * *")}
     cleanup_schedule: ScheduleConfig = ScheduleConfig(cron="0 */2 * * *")
