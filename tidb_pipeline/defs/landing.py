@@ -227,10 +227,13 @@ def topic_schemas(registry: SchemaRegistryClient, topic: str) -> dict[int, str]:
     """Schema text by id for every version of the topic's key and value subjects."""
     out: dict[int, str] = {}
     for subject in subjects(topic):
-        versions = _registry_call(registry, f"listing versions of {subject}", lambda s=subject: registry.get_versions(s))
+        versions = _registry_call(
+            registry, f"listing versions of {subject}", lambda s=subject: registry.get_versions(s)
+        )
         for version in versions or []:
             reg = _registry_call(
-                registry, f"reading {subject} version {version}", lambda s=subject, v=version: registry.get_version(s, v)
+                registry, f"reading {subject} version {version}",
+                lambda s=subject, v=version: registry.get_version(s, v),
             )
             if reg is not None:
                 out[reg.schema_id] = reg.schema.schema_str
@@ -481,10 +484,10 @@ def load_topic(
                     topic, len(poison), tables.dead_letter.label, poison[0][0].partition, poison[0][0].offset,
                     poison[0][1])
     log.info(
-        "topic %s: landed %d rows (%d quarantined) from %d offsets in %.2fs: read %.2fs in %d reader(s), "
-        "put %.2fs, load+commit %.2fs",
+        "topic %s: landed %d rows (%d quarantined) from %d offsets in %.2fs: read %.2fs in %d reader(s) "
+        "(%.2f CPU-s), put %.2fs, load+commit %.2fs",
         topic, rows, quarantined, total, time.perf_counter() - started, t_put - t_read, len(jobs),
-        t_commit - t_put, t_done - t_commit,
+        sum(r.cpu_seconds for r in results), t_commit - t_put, t_done - t_commit,
     )
     return outcome(rows, quarantined, after)
 
@@ -521,10 +524,12 @@ def produce_order_lines(settings: Any, topic: str, n: int, partitions: int = 3) 
     values = []
     for i in range(1000):
         values.append(value_header + body(value_schema, {
-            "ol_w_id": 1, "ol_d_id": i % 10 + 1, "ol_o_id": 3000 + i, "ol_number": i % 15 + 1, "ol_i_id": i * 97 % 100_000,
-            "ol_supply_w_id": 1, "ol_delivery_d": None if i % 3 else "2026-11-25 12:00:00", "ol_quantity": 5,
+            "ol_w_id": 1, "ol_d_id": i % 10 + 1, "ol_o_id": 3000 + i, "ol_number": i % 15 + 1,
+            "ol_i_id": i * 97 % 100_000, "ol_supply_w_id": 1,
+            "ol_delivery_d": None if i % 3 else "2026-11-25 12:00:00", "ol_quantity": 5,
             "ol_amount": Decimal(i * 37 % 1_000_000) / 100, "ol_dist_info": f"dist-info-{i:014d}",
-            "_tidb_op": "c", "_tidb_commit_ts": 463_000_000_000_000_000 + i, "_tidb_commit_physical_time": 1_764_072_000_000 + i,
+            "_tidb_op": "c", "_tidb_commit_ts": 463_000_000_000_000_000 + i,
+            "_tidb_commit_physical_time": 1_764_072_000_000 + i,
         }))
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 50,
                          "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576})
@@ -540,6 +545,16 @@ def produce_order_lines(settings: Any, topic: str, n: int, partitions: int = 3) 
     if producer.flush(120) != 0:
         raise RuntimeError(f"could not deliver all {n} benchmark records to {topic}")
     return key_id, value_id
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench(n: int, partitions: int = 3) -> dict[str, float]:
@@ -566,14 +581,17 @@ def bench(n: int, partitions: int = 3) -> dict[str, float]:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         log = logging.getLogger("tidb_pipeline.bench")
         log.setLevel(logging.INFO)
+        server = next(s for s in needed if s.name == "snowflake").pid()
         with snowflake.connector.connect(**connection_args(settings)) as conn:
             conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}")
+            server_cpu = _cpu_seconds(server)
             result = load_topic(kafka=kafka, registry=registry, connection=conn, topic=topic,
                                 landing=TableRef("LANDING", topic.upper(), database),
                                 control=TableRef("PIPELINE", "", database), log=log)
             if result.rows_loaded != n:
                 raise RuntimeError(f"benchmark loaded {result.rows_loaded} rows, expected {n}")
             load_rate = n / result.seconds
+            server_cpu = _cpu_seconds(server) - server_cpu
         # The raw limit: the same readers and parallelism, consume + Avro decode only.
         end = kafka.end_offsets([topic])[topic]
         ranges = plan_ranges({}, end)
@@ -588,8 +606,11 @@ def bench(n: int, partitions: int = 3) -> dict[str, float]:
         if sum(r.rows for r in raw) != n:
             raise RuntimeError(f"raw read decoded {sum(r.rows for r in raw)} records, expected {n}")
         raw_rate = n / raw_seconds
-        print(f"load_topic: {n:,} records in {result.seconds:.2f}s = {load_rate:,.0f} records/s")
-        print(f"raw limit (consume + Avro decode, {len(jobs)} reader(s)): {raw_seconds:.2f}s = {raw_rate:,.0f} records/s")
+        print(f"load_topic: {n:,} records in {result.seconds:.2f}s = {load_rate:,.0f} records/s "
+              f"(the Snowflake stand-in used {server_cpu:.1f} CPU-s = {server_cpu / n * 1e6:.1f} us/record)")
+        raw_cpu = sum(r.cpu_seconds for r in raw)
+        print(f"raw limit (consume + Avro decode, {len(jobs)} reader(s)): {raw_seconds:.2f}s = {raw_rate:,.0f} "
+              f"records/s ({raw_cpu:.1f} CPU-s = {raw_cpu / n * 1e6:.1f} us/record)")
         print(f"load / raw limit: {load_rate / raw_rate:.0%}")
         return {"load": load_rate, "raw": raw_rate, "ratio": load_rate / raw_rate}
     finally:

@@ -204,6 +204,7 @@ class RangeResult:
     unknown: tuple[RawRecord, ...]
     next_offsets: dict[int, int] = field(default_factory=dict)  # one past the last offset read, per partition
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time while reading (librdkafka threads included)
 
 
 class NdjsonFiles:
@@ -239,7 +240,7 @@ def read_ranges(job: RangeJob) -> RangeResult:
     """Consume `job.ranges` (explicit offsets, never committed), build lines, write files."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     topic = job.topic
     builder = LineBuilder(topic, job.schemas)
     files = NdjsonFiles(job.folder, job.file_prefix, job.rows_per_file, job.gzip_level)
@@ -310,6 +311,7 @@ def read_ranges(job: RangeJob) -> RangeResult:
         unknown=tuple(unknown),
         next_offsets=next_offsets,
         seconds=time.perf_counter() - started,
+        cpu_seconds=time.process_time() - cpu_started,
     )
 
 
