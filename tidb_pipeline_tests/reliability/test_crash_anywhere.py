@@ -1,0 +1,132 @@
+"""Crash anywhere: kill -9 the landing load or the merge at a seeded stage, re-run, nothing lost or doubled.
+
+One small source table gets a seeded history (inserts, updates, deletes, primary-key changes) through the
+lab change feed. Each trial then lands and merges that topic from scratch into its own tables, in two
+rounds (a capped load, then the rest), with one or two SIGKILLs at seeded stages
+(`tidb_pipeline.lab.faults`). After the reruns the replica must equal the source row for row and the
+landing table must hold every (partition, offset) of the topic exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from tidb_pipeline.config import parse_config
+from tidb_pipeline.lab.faults import LANDING_STAGES, CrashRun, Fault, plan_faults, run_killed
+from tidb_pipeline.lab.service import Service
+from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.resources.tidb import quote_mysql
+from tidb_pipeline_tests.reliability.support import (
+    ITEMS_DDL,
+    Target,
+    assert_landed_exactly_once,
+    assert_replica_equals_source,
+    delete_changefeed,
+    kafka_of,
+    land,
+    landing_offsets,
+    merge,
+    mysql_kwargs,
+    private_services,
+    start_changefeed,
+    wait_for_checkpoint,
+    warehouse,
+    write_history,
+)
+
+pytestmark = pytest.mark.integration
+
+TRIALS = 20
+CHANGES = 160
+KEY = ("id",)
+
+
+@pytest.fixture(scope="module")
+def topic_with_history(
+    lab_settings: LabSettings, mariadb: Service, kafka: Service, registry: Service, snowflake: Service,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    with private_services(lab_settings, tmp_path_factory.mktemp("crash-lab"), ["ticdc"]) as own:
+        yield from _topic_with_history(lab_settings, own)
+
+
+def _topic_with_history(lab_settings: LabSettings, own: LabSettings) -> Iterator[dict[str, Any]]:
+    suffix = uuid.uuid4().hex[:6]
+    db, table = f"rel_crash_{suffix}", "items"
+    config = parse_config({"source": {"changefeed_id": f"rel-crash-{suffix}"}, "tables": [{"db": db, "table": table}]})
+    with pymysql.connect(autocommit=True, **mysql_kwargs(lab_settings)) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {quote_mysql(db)}")
+        cur.execute(ITEMS_DDL.format(t=f"{quote_mysql(db)}.{quote_mysql(table)}"))
+    start_changefeed(own, config)
+    try:
+        with pymysql.connect(autocommit=True, **mysql_kwargs(lab_settings)) as conn:
+            write_history(conn, db, table, seed=2026, changes=CHANGES)
+        wait_for_checkpoint(own, config.source.changefeed_id)
+        topic = config.topic(config.tables[0])
+        end = kafka_of(lab_settings).end_offsets([topic])[topic]
+        assert sum(end.values()) >= CHANGES, f"expected at least {CHANGES} records on {topic}, found {end}"
+        database = f"REL_CRASH_{suffix.upper()}"
+        with warehouse(lab_settings) as sf:
+            sf.cursor().execute(f'CREATE DATABASE IF NOT EXISTS "{database}"')
+        yield {"db": db, "table": table, "topic": topic, "end": end, "database": database}
+    finally:
+        delete_changefeed(own, config.source.changefeed_id)
+        with pymysql.connect(autocommit=True, **mysql_kwargs(lab_settings)) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {quote_mysql(db)}")
+
+
+def _trial_plan(seed: int, total: int) -> tuple[int, list[tuple[int, Fault]]]:
+    """(records in the first, capped load; faults with the round (0 or 1) each one strikes in)."""
+    rng = random.Random(seed * 7919)
+    first = rng.randint(total // 4, 3 * total // 4)
+    faults = plan_faults(seed, records=min(first, total - first))
+    # Two faults strike in different rounds, so the second always finds work to die in.
+    rounds = [rng.randint(0, 1)] if len(faults) == 1 else rng.sample([0, 1], 2)
+    return first, list(zip(rounds, faults))
+
+
+def _landed(sf: Any, target: Target) -> int:
+    try:
+        return sum(len(v) for v in landing_offsets(sf, target.landing).values())
+    except Exception as exc:  # noqa: BLE001 - before the first load creates the table
+        if "does not exist" in str(exc):
+            return 0
+        raise
+
+
+@pytest.mark.parametrize("seed", range(TRIALS))
+def test_kill_9_at_a_seeded_stage_then_rerun_loses_and_doubles_nothing(
+    seed: int, topic_with_history: dict[str, Any], lab_settings: LabSettings, tmp_path: Path,
+) -> None:
+    h = topic_with_history
+    total = sum(h["end"].values())
+    first, faults = _trial_plan(seed, total)
+    target = Target.fresh(h["topic"], h["database"], f"T{seed}")
+    injected = []
+    with warehouse(lab_settings) as sf:
+        # Round 0 lands the first `first` records, round 1 the rest; a load is capped at what its round lacks.
+        for round_, goal in enumerate((first, total)):
+            for when, fault in faults:
+                if when == round_ and fault.stage in LANDING_STAGES:
+                    injected.append(run_killed(CrashRun(
+                        fault.stage, fault.hit, lab_settings, target.topic, target.landing, target.control,
+                        max_records=goal - _landed(sf, target), workdir=str(tmp_path))))
+            if (lacking := goal - _landed(sf, target)) > 0:
+                land(lab_settings, sf, target, max_records=lacking)
+            for when, fault in faults:
+                if when == round_ and fault.stage not in LANDING_STAGES:
+                    injected.append(run_killed(CrashRun(
+                        fault.stage, fault.hit, lab_settings, target.topic, target.landing, target.control,
+                        replica=target.replica, watermarks=target.watermarks, workdir=str(tmp_path))))
+            merge(lab_settings, sf, target)
+
+        assert [o.killed for o in injected] == [True] * len(faults)
+        assert_landed_exactly_once(sf, target.landing, h["end"])
+        assert_replica_equals_source(lab_settings, sf, h["db"], h["table"], target.replica, KEY)
