@@ -21,7 +21,7 @@ import re
 import struct
 import zlib
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import fastavro
@@ -66,6 +66,8 @@ from tidb_pipeline.replication.ticdc_schema import (  # noqa: F401 - re-exported
 from tidb_pipeline.replication.ticdc_schema import bit_bytes as _bit_bytes
 from tidb_pipeline.replication.ticdc_schema import float32 as _float32
 from tidb_pipeline.replication.ticdc_schema import fraction as _frac
+
+_DECIMAL_CONTEXT = Context(prec=100)  # TiDB's DECIMAL holds at most 65 digits
 
 # --- topics ----------------------------------------------------------------------------------------------------
 
@@ -160,7 +162,8 @@ def internal_value(col: Column, value: Any, *, none_source: str | None = None, t
     if tt == "DECIMAL":
         d = value if isinstance(value, Decimal) else Decimal(str(value))
         if col.scale is not None:
-            d = d.quantize(Decimal(1).scaleb(-col.scale))
+            # The default context (28 digits) raises InvalidOperation on DECIMAL(65,30) values.
+            d = d.quantize(Decimal(1).scaleb(-col.scale), context=_DECIMAL_CONTEXT)
         return format(d, "f")
     if tt == "BIT":
         return _bit_int(value)
@@ -248,7 +251,9 @@ def value_datum(
 
 def parse_schema(schema_json: str) -> Any:
     """fastavro's parsed form of a schema string (parse once per table version, then reuse)."""
-    return fastavro.parse_schema(json.loads(schema_json), _write_hint=False)
+    # Keep fastavro's write hint: without it schemaless_writer re-parses the schema on every record
+    # (measured: 26k -> 36k TPC-C order_line values/s).
+    return fastavro.parse_schema(json.loads(schema_json))
 
 
 def confluent_frame(schema_id: int, parsed_schema: Any, datum: Mapping[str, Any]) -> bytes:
