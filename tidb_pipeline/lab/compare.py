@@ -51,10 +51,8 @@ def canonical(data_type: str, value: Any) -> Any:
     if t == "json":
         return json.loads(value) if isinstance(value, (str, bytes)) else value
     if t == "time":
-        if isinstance(value, dt.timedelta):
-            return _time_text(value)
-        text = str(value)
-        # Replicas keep TiDB's text; trailing zero fractions are the same instant.
+        text = _time_text(value) if isinstance(value, dt.timedelta) else str(value)
+        # Replicas keep TiDB's text (fsp digits); trailing zero fractions are the same time.
         return text.rstrip("0").rstrip(".") if "." in text else text
     if t in ("decimal", "numeric"):
         return Decimal(str(value))
@@ -91,8 +89,18 @@ def compare_table(
     names = [c for c, _ in columns]
     key_idx = [names.index(k) for k in key]
     sf = snowflake_conn.cursor()
-    sf.execute(f"SELECT {', '.join(quote_ident(c) for c in names)} FROM {replica.sql}")
-    replica_rows = sf.fetchall()
+    # fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 (it stores NULL), so temporal columns
+    # carry an IS NULL flag alongside and the flag wins.
+    temporal = [i for i, (_, t) in enumerate(columns) if t.lower() in ("datetime", "timestamp")]
+    select = [quote_ident(c) for c in names] + [f"{quote_ident(names[i])} IS NULL" for i in temporal]
+    sf.execute(f"SELECT {', '.join(select)} FROM {replica.sql}")
+    replica_rows = []
+    for row in sf.fetchall():
+        values = list(row[: len(names)])
+        for i, is_null in zip(temporal, row[len(names):]):
+            if is_null:
+                values[i] = None
+        replica_rows.append(values)
 
     def index(rows: Sequence[Sequence[Any]]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
         out = {}
