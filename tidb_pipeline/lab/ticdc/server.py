@@ -78,7 +78,7 @@ def _make_handler(api: TiCDCApi) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(host: str, port: int, data: Path, conn_kwargs: Mapping[str, Any]) -> None:
+def serve(host: str, port: int, data: Path, conn_kwargs: Mapping[str, Any], time_zone: str = "UTC") -> None:
     """Run until SIGTERM/SIGINT."""
     data.mkdir(parents=True, exist_ok=True)
     store = ChangefeedStore(data / STORE_FILE)
@@ -92,7 +92,7 @@ def serve(host: str, port: int, data: Path, conn_kwargs: Mapping[str, Any]) -> N
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    capture = CaptureManager(store, dict(conn_kwargs), addr=f"{host}:{port}")
+    capture = CaptureManager(store, dict(conn_kwargs), addr=f"{host}:{port}", time_zone=time_zone)
     capture.start()
     print(f"lab ticdc listening on http://{host}:{port}, changefeeds in {data / STORE_FILE}", flush=True)
     try:
@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--mysql-password-env", default=PASSWORD_ENV, metavar="NAME", help="environment variable holding the password"
     )
+    # Like `cdc server --tz`: the zone TIMESTAMP values are rendered in (TiCDC has no per-changefeed setting).
+    parser.add_argument("--tz", default="UTC", help="time zone for TIMESTAMP values (IANA name, UTC or System)")
     # The lab appends a marker argument (--tidb-pipeline-lab=ticdc); ignore it and anything else.
     args, _ = parser.parse_known_args(argv)
     conn_kwargs = {
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "password": os.environ.get(args.mysql_password_env, ""),
         "charset": "utf8mb4",
     }
-    serve(args.host, args.port, args.data, conn_kwargs)
+    serve(args.host, args.port, args.data, conn_kwargs, time_zone=args.tz)
 
 
 class TiCDCService(Service):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pymysql
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -227,8 +228,9 @@ def test_capture_rebuilds_source_and_survives_a_crash(upstream, lab_settings: La
         store.close()
 
 
-def test_manager_runs_normal_changefeeds_and_fails_on_ineligible_table(upstream, lab_settings: LabSettings,
-                                                                        tmp_path: Path) -> None:
+def test_manager_runs_normal_changefeeds_and_skips_ineligible_tables(upstream, lab_settings: LabSettings,
+                                                                     tmp_path: Path) -> None:
+    # Like TiCDC: a table without a handle key is skipped with a warning at run time; the feed stays normal.
     kwargs, db = upstream
     _run_sql(kwargs, [f"CREATE TABLE `{db}`.nokey (a INT NULL, b INT NULL)"])
     conn = pymysql.connect(**kwargs)
@@ -241,11 +243,16 @@ def test_manager_runs_normal_changefeeds_and_fails_on_ineligible_table(upstream,
     manager.start()
     try:
         wait_until(lambda: manager.running() == [cf.id], timeout=30, what="capture thread for the changefeed")
-        _run_sql(kwargs, [f"INSERT INTO `{db}`.nokey VALUES (1, 2)"])
-        wait_until(lambda: store.get(cf.id).state == "failed", timeout=60, what="changefeed failing")
-        error = store.get(cf.id).error
-        assert error["code"] == "CDC:ErrTableIneligible" and "nokey" in error["message"]
-        wait_until(lambda: manager.running() == [], timeout=30, what="capture thread ending")
+        _run_sql(kwargs, [f"INSERT INTO `{db}`.nokey VALUES (1, 2)",
+                          f"INSERT INTO `{db}`.items (id, price) VALUES (7, 1)"])
+        conn = pymysql.connect(**kwargs)
+        end = capture.master_position(conn)
+        conn.close()
+        wait_until(lambda: (store.get(cf.id).binlog_file, store.get(cf.id).binlog_pos) >= end, timeout=120,
+                   what="checkpoint passing the binlog end")
+        assert store.get(cf.id).state == "normal" and store.get(cf.id).error is None
+        topics = AdminClient({"bootstrap.servers": lab_settings.kafka_bootstrap}).list_topics(timeout=10).topics
+        assert f"tidb_{db}_items" in topics and f"tidb_{db}_nokey" not in topics
     finally:
         manager.stop()
         store.close()
