@@ -93,6 +93,11 @@ def decode(data: bytes, schema: Any) -> Any:
     return value
 
 
+def _field_names(schema: str | Mapping[str, Any]) -> set[str]:
+    loaded = json.loads(schema) if isinstance(schema, str) else schema
+    return {f["name"] for f in loaded.get("fields", [])} if isinstance(loaded, Mapping) else set()
+
+
 def _parse(schema: str | Mapping[str, Any]) -> Any:
     return parse_schema(json.loads(schema) if isinstance(schema, str) else dict(schema))
 
@@ -133,6 +138,12 @@ class LineBuilder:
                 encoder = RecordEncoder(key_schema, value_schema)
             except Exception as exc:  # noqa: BLE001 - e.g. a non-record key schema from another producer
                 raise PoisonRecord(f"no landing encoder for these schemas ({type(exc).__name__}: {exc})") from None
+            if value_schema is not None:
+                # The merge reads a value without its key field as a delete, so such a record would
+                # silently remove the row: it is poison, not a change.
+                missing = _field_names(key_schema) - _field_names(value_schema)
+                if missing:
+                    raise PoisonRecord(f"value schema lacks key column(s) {', '.join(sorted(missing))}")
             self._encoders[cache_key] = encoder
         return encoder
 
