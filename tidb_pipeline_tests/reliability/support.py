@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import pymysql
 import snowflake.connector
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from tidb_pipeline.config import PipelineConfig
+from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs.changefeed import desired_changefeed
 from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE, LandingResult, load_topic
 from tidb_pipeline.defs.replica import MergeOutcome, merge_replica
@@ -111,7 +112,7 @@ def wait_for_checkpoint(settings: LabSettings, changefeed_id: str, *, timeout: f
 
 ITEMS_DDL = (
     "CREATE TABLE {t} (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL, qty INT NOT NULL, "
-    "price DECIMAL(10,2) NOT NULL, note TEXT NULL, updated DATETIME(3) NULL)"
+    "price DECIMAL(10,2) NOT NULL, note MEDIUMTEXT NULL, updated DATETIME(3) NULL)"
 )
 
 
@@ -232,3 +233,51 @@ def assert_replica_equals_source(settings: LabSettings, sf: Any, db: str, table:
     assert cmp.source_rows > 0, f"{cmp.source} is empty: the comparison would prove nothing"
     assert cmp.equal, f"{cmp.source} vs {cmp.replica}: {cmp}"
     return cmp
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A source table with a running changefeed into its topic."""
+
+    settings: LabSettings  # the lab whose change feed runs it (a private one, usually)
+    config: PipelineConfig
+    db: str
+    table: str
+
+    @property
+    def topic(self) -> str:
+        return self.config.topic(self.config.tables[0])
+
+    @property
+    def changefeed_id(self) -> str:
+        return self.config.source.changefeed_id
+
+    def connect(self) -> pymysql.Connection:
+        return pymysql.connect(autocommit=True, **mysql_kwargs(self.settings))
+
+    def catch_up(self, timeout: float = 180) -> None:
+        wait_for_checkpoint(self.settings, self.changefeed_id, timeout=timeout)
+
+
+@contextmanager
+def table_feed(settings: LabSettings, prefix: str, ddl: str = ITEMS_DDL, table: str = "items",
+               key: Sequence[str] = ("id",)) -> Iterator[Feed]:
+    """Create `<prefix>_<random>`.`table` with `ddl` (`{t}` = the quoted name) and a changefeed for it."""
+    suffix = uuid.uuid4().hex[:6]
+    db = f"{prefix}_{suffix}"
+    config = parse_config({"source": {"changefeed_id": f"{prefix.replace('_', '-')}-{suffix}"},
+                           "snowflake": {"database": f"{prefix.upper()}_{suffix.upper()}"},
+                           "tables": [{"db": db, "table": table, "key": list(key)}]})
+    with pymysql.connect(autocommit=True, **mysql_kwargs(settings)) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {quote_mysql(db)}")
+        cur.execute(ddl.format(t=f"{quote_mysql(db)}.{quote_mysql(table)}"))
+    feed = Feed(settings, config, db, table)
+    start_changefeed(settings, config)
+    try:
+        yield feed
+    finally:
+        try:
+            delete_changefeed(settings, feed.changefeed_id)
+        finally:
+            with pymysql.connect(autocommit=True, **mysql_kwargs(settings)) as conn, conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {quote_mysql(db)}")
