@@ -34,6 +34,7 @@ import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
+from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
 from tidb_pipeline.defs.replica import latest_schemas
 from tidb_pipeline.defs.tables import TableNames, changefeed_key, table_keys, table_names
 from tidb_pipeline.replication.avro_types import EXTENSION_FIELDS, load_schema
@@ -56,7 +57,6 @@ from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
 
-DEAD_LETTER_TABLE = "DEAD_LETTERS"
 RECONCILE_JOB = "reconcile"
 _HEALTHY_STATES = {"normal"}
 _BROKEN_STATES = {"failed", "stopped", "error", "removed", "finished"}

@@ -323,7 +323,7 @@ def test_checks_on_the_lab(lab: Lab) -> None:
     assert _md(ev["landing_continuity"])["gaps"] == ["partition 0: offsets 43..44 missing"]
     assert ev["row_count_matches_source"].passed and ev["content_matches_source"].passed
     # dead-lettered offsets count as present
-    dead = TableRef(lab.names.control.schema, "DEAD_LETTERS", lab.names.control.database)
+    dead = TableRef(lab.names.control.schema, SETTINGS.dead_letter_table, lab.names.control.database)
     cur.execute(create_dead_letter_sql(dead))
     cur.execute(f'INSERT INTO {dead.sql} ("TOPIC", "PARTITION", "OFFSET", "ERROR") VALUES (%s, 0, 43, %s), (%s, 0, 44, %s)',
                 (lab.names.topic, "undecodable", lab.names.topic, "undecodable"))  # fmt: skip
