@@ -35,6 +35,9 @@ fakesnow 0.12.1 quirks met here (the SQL is written to work on both it and Snowf
 - `(VALUES ...) AS r` with an alias loses the `column1..n` names; `FROM VALUES ...` without parentheses
   and without an alias keeps them, so ranges are given as `SELECT column1 AS .. FROM VALUES ...`.
 - VARIANT numbers must be cast (`::int`) before ordering or comparing.
+- A `NUMBER(38,0)` column (Snowflake's INT) is a BIGINT in fakesnow, so a TiDB DECIMAL(38,0) value wider than
+  19 digits overflows there (Snowflake holds 38 digits). `TO_NUMBER` is no way out: fakesnow computes it
+  through a double. NUMBER(20..37,0) columns are exact.
 - MERGE returns (inserted, updated, deleted) counts like Snowflake.
 - A VARIANT holding JSON `null` comes back as Python None (Snowflake returns the text `null`).
 - `COPY INTO` a two-column table from JSON files fails (see landing.py for the two-step load).
