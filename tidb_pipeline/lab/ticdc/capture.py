@@ -85,6 +85,13 @@ class TableFilter:
             schema, table = body.split(".", 1)
             self._rules.append((negate, schema.lower(), table.lower()))
 
+    def literal_schemas(self) -> set[str] | None:
+        """Lower-cased schema names when every including rule names its schema literally, else None."""
+        names = {sp for negate, sp, _ in self._rules if not negate}
+        if any(ch in name for name in names for ch in "*?[]"):
+            return None
+        return names
+
     def matches(self, schema: str, table: str) -> bool:
         if schema.lower() in _EXCLUDED_SCHEMAS:
             return False
@@ -669,6 +676,7 @@ class Capture:
             stream = BinLogStreamReader(
                 connection_settings=self.mysql, server_id=_server_id(), log_file=file, log_pos=pos,
                 resume_stream=True, blocking=True, slave_heartbeat=0.5,
+                only_schemas=self._schema_prefilter(conn),
                 only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
                              TableMapEvent, HeartbeatLogEvent],
             )
@@ -683,6 +691,21 @@ class Capture:
                 self._save_checkpoint()
             else:
                 producer.purge()
+
+    def _schema_prefilter(self, conn) -> list[str] | None:
+        """Schemas whose row events are worth parsing, so other databases' traffic costs almost nothing.
+
+        Only when the rules name their schemas literally; the names are matched case-insensitively against the
+        server's databases (the filter is case-insensitive, MariaDB's names are not). A database created later
+        under a different spelling than the rule would be missed, so it is resolved again at every start.
+        """
+        literal = self.sink.filter.literal_schemas()
+        if literal is None:
+            return None
+        with conn.cursor() as cur:
+            cur.execute("SHOW DATABASES")
+            existing = [r[0] for r in cur.fetchall()]
+        return sorted(literal | {name for name in existing if name.lower() in literal})
 
     def _start_position(self, conn) -> tuple[str, int]:
         if self.cf.binlog_file and self.cf.binlog_pos:
