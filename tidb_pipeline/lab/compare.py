@@ -122,3 +122,55 @@ def compare_table(
         f"{db}.{table}", replica.label, len(source_rows), len(replica_rows),
         len(missing), len(extra), len(different), tuple(examples),
     )
+
+
+def compare_sql_table(
+    source_conn: Any, db: str, table: str, target_conn: Any, target: Any, key: Sequence[str], *, dialect: str
+) -> TableComparison:
+    """`compare_table` for a SQL applier target (a `replication.sqlserver.TargetTable` read through SQLAlchemy).
+
+    The target keeps the JDBC sink's types (dates and times as the strings TiCDC sent, decimals as numeric);
+    `canonical` maps both sides by the source column's type, so equal contents compare equal.
+    """
+    import sqlalchemy as sa
+
+    from tidb_pipeline.replication.sqlserver import quote_ident as quote_sql
+
+    with source_conn.cursor() as cur:
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            (db, table),
+        )
+        columns = [(r[0], r[1]) for r in cur.fetchall()]
+        if not columns:
+            raise ValueError(f"source table {db}.{table} not found")
+        cur.execute(f"SELECT {', '.join(quote_mysql(c) for c, _ in columns)} FROM {quote_mysql(db)}.{quote_mysql(table)}")
+        source_rows = cur.fetchall()
+    names = [c for c, _ in columns]
+    key_idx = [names.index(k) for k in key]
+    result = target_conn.execute(sa.text(
+        f"SELECT {', '.join(quote_sql(c, dialect) for c in names)} FROM {target.sql(dialect)}"  # type: ignore[arg-type]
+    ))
+    target_rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in result]
+
+    def index(rows: Sequence[Sequence[Any]]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        out = {}
+        for row in rows:
+            canon = tuple(canonical(t, v) for (_, t), v in zip(columns, row))
+            out[tuple(canon[i] for i in key_idx)] = canon
+        return out
+
+    src, rep = index(source_rows), index(target_rows)
+    missing = [k for k in src if k not in rep]
+    extra = [k for k in rep if k not in src]
+    different = [k for k in src if k in rep and src[k] != rep[k]]
+    examples: list[str] = []
+    for k in different[:3]:
+        diffs = [f"{n}: {a!r} != {b!r}" for n, a, b in zip(names, src[k], rep[k]) if a != b]
+        examples.append(f"key {k}: " + "; ".join(diffs))
+    examples += [f"missing key {k}" for k in missing[:2]] + [f"extra key {k}" for k in extra[:2]]
+    return TableComparison(
+        f"{db}.{table}", target.label, len(source_rows), len(target_rows),
+        len(missing), len(extra), len(different), tuple(examples),
+    )

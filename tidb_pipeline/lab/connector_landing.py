@@ -37,11 +37,13 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from tidb_pipeline.config import connector_table_name
-from tidb_pipeline.replication.ddl import TableRef, create_landing_sql
+from tidb_pipeline.replication.ddl import TableRef, create_landing_sql, quote_ident
 from tidb_pipeline.replication.landing import copy_statements, create_load_table_sql
 from tidb_pipeline.replication.wire import LineBuilder, PoisonRecord, UnknownSchemaId
 from tidb_pipeline.resources.kafka import KafkaResource
 
+_COORDINATOR_ERRORS = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                 KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT})
 _PLAIN_TABLE = re.compile(r"^[_a-zA-Z][_$a-zA-Z0-9]+$")
 
 
@@ -120,6 +122,9 @@ def _load_table(spec: SinkSpec, table: TableRef) -> TableRef:
 def _write(cursor: Any, spec: SinkSpec, table: TableRef, lines: Sequence[str], folder: Path) -> int:
     """One SNOWPIPE-like ingestion: a file on the table's stage, COPYed in (its own commits, as a pipe's)."""
     stage, load = _stage_name(spec, table), _load_table(spec, table)
+    if table.database:
+        # The connector's session uses snowflake.database.name/.schema.name (fakesnow keeps COPY history there).
+        _execute(cursor, f"USE SCHEMA {quote_ident(table.database)}.{quote_ident(table.schema)}")
     _execute(cursor, create_landing_sql(table))
     _execute(cursor, create_load_table_sql(load))
     _execute(cursor, f"CREATE STAGE IF NOT EXISTS {stage.sql}")
@@ -158,6 +163,20 @@ def _read(consumer: Any, ends: Mapping[tuple[str, int], int], deadline: float) -
             if msg.offset() + 1 >= ends[tp]:
                 pending.discard(tp)
     return out
+
+
+def _retrying(call: Any, deadline: float) -> Any:
+    """Run a group-coordinator call, retrying the errors Kafka marks retriable (a coordinator still loading
+    `__consumer_offsets` on a fresh cluster answers NOT_COORDINATOR), as a Connect worker does."""
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            transient = isinstance(err, KafkaError) and (err.retriable() or err.code() in _COORDINATOR_ERRORS)
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _line(builder: LineBuilder, registry: SchemaRegistryClient, msg: Any) -> str:
@@ -199,7 +218,7 @@ def deliver(
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(end_offsets.get(t, {}))]
         starts: dict[tuple[str, int], int] = {}
-        for tp in consumer.committed(tps, timeout=30) if tps else []:
+        for tp in _retrying(lambda: consumer.committed(tps, timeout=30), started + timeout_s) if tps else []:
             # Nothing committed yet: the group starts at the partition's first offset (auto.offset.reset=earliest).
             low = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=30)[0]
             starts[(tp.topic, tp.partition)] = int(low)
@@ -227,8 +246,8 @@ def deliver(
             raise SimulatedCrash(f"sink stand-in {spec.name!r} crashed after writing {len(messages)} records, "
                                  "before committing their offsets")
         if next_offsets:
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())],
-                            asynchronous=False)
+            commit = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
+            _retrying(lambda: consumer.commit(offsets=commit, asynchronous=False), started + timeout_s)
         return Delivery(len(messages), rows, next_offsets, time.monotonic() - started)
     finally:
         consumer.close()
