@@ -5,6 +5,7 @@ holds each offset once)."""
 from __future__ import annotations
 
 import random
+import re
 import socket
 import time
 import uuid
@@ -265,8 +266,9 @@ def table_feed(settings: LabSettings, prefix: str, ddl: str = ITEMS_DDL, table: 
     """Create `<prefix>_<random>`.`table` with `ddl` (`{t}` = the quoted name) and a changefeed for it."""
     suffix = uuid.uuid4().hex[:6]
     db = f"{prefix}_{suffix}"
-    config = parse_config({"source": {"changefeed_id": f"{prefix.replace('_', '-')}-{suffix}"},
-                           "snowflake": {"database": f"{prefix.upper()}_{suffix.upper()}"},
+    plain = re.sub(r"[^A-Za-z0-9]+", "-", prefix).strip("-")
+    config = parse_config({"source": {"changefeed_id": f"{plain}-{suffix}"},
+                           "snowflake": {"database": f"{plain.replace('-', '_').upper()}_{suffix.upper()}"},
                            "tables": [{"db": db, "table": table, "key": list(key)}]})
     with pymysql.connect(autocommit=True, **mysql_kwargs(settings)) as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {quote_mysql(db)}")
