@@ -60,7 +60,10 @@ def canonical(data_type: str, value: Any) -> Any:
         return int(value)
     if t in ("float", "double", "real"):
         return float(value)
-    if t in ("binary", "varbinary", "blob", "tinyblob", "mediumblob", "longblob", "bit"):
+    if t == "bit":
+        # A BIT value is a number; its byte width differs between drivers (8 bytes vs minimal).
+        return int.from_bytes(bytes(value), "big") if isinstance(value, (bytes, bytearray)) else int(value)
+    if t in ("binary", "varbinary", "blob", "tinyblob", "mediumblob", "longblob"):
         return bytes(value)
     if t in ("datetime", "timestamp"):
         return value.replace(tzinfo=None) if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
@@ -89,6 +92,12 @@ def compare_table(
     names = [c for c, _ in columns]
     key_idx = [names.index(k) for k in key]
     sf = snowflake_conn.cursor()
+    # MariaDB reports JSON columns as LONGTEXT; the replica's VARIANT type says which columns hold JSON.
+    info = f"{quote_ident(replica.database)}.information_schema.columns" if replica.database else "information_schema.columns"
+    sf.execute(f"SELECT column_name, data_type FROM {info} WHERE table_schema = %s AND table_name = %s",
+               (replica.schema, replica.name))
+    variant = {r[0] for r in sf.fetchall() if str(r[1]).upper() == "VARIANT"}
+    columns = [(c, "json" if c in variant else t) for c, t in columns]
     # fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 (it stores NULL), so temporal columns
     # carry an IS NULL flag alongside and the flag wins.
     temporal = [i for i, (_, t) in enumerate(columns) if t.lower() in ("datetime", "timestamp")]
