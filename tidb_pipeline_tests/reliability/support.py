@@ -4,8 +4,10 @@ holds each offset once)."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import socket
 import time
 import uuid
@@ -75,6 +77,9 @@ def private_services(shared: LabSettings, root: Path, names: Sequence[str]) -> I
     settings = LabSettings(root=root, ports={**shared.ports, **{n: free_port() for n in names}})
     if "kafka" in names:
         settings.ports["kafka_controller"] = free_port()
+        # Share the resolved Kafka jars instead of fetching them from Maven again.
+        settings.root.mkdir(parents=True, exist_ok=True)
+        (settings.root / "jars").symlink_to(shared.jars_dir, target_is_directory=True)
     parts = [stack.service(n, settings) for n in names]
     try:
         up(parts, log=lambda _m: None)
@@ -95,6 +100,20 @@ def start_changefeed(settings: LabSettings, config: PipelineConfig) -> None:
 def delete_changefeed(settings: LabSettings, changefeed_id: str) -> None:
     with TiCDCResource(url=settings.ticdc_url).get_client() as client:
         client.delete(changefeed_id)
+
+
+def restart(settings: LabSettings, name: str, *, kill: bool = False) -> None:
+    """Stop a (private) lab part, gracefully or with SIGKILL, and start it again on the same data."""
+    svc = stack.service(name, settings)
+    pid = svc.pid()
+    assert pid is not None, f"{name} of {settings.root} is not running"
+    if kill:
+        os.kill(pid, signal.SIGKILL)
+        while svc.pid() is not None:
+            time.sleep(0.05)
+    else:
+        svc.stop()
+    up([svc], log=lambda _m: None)
 
 
 def wait_for_checkpoint(settings: LabSettings, changefeed_id: str, *, timeout: float = 180) -> None:
@@ -118,8 +137,12 @@ ITEMS_DDL = (
 
 
 def write_history(conn: pymysql.Connection, db: str, table: str, *, seed: int, changes: int) -> int:
-    """A seeded mix of inserts, updates, deletes and primary-key changes; returns the statements run."""
+    """A seeded mix of inserts, updates, deletes and primary-key changes; returns the statements run.
+
+    Each seed owns the keys `seed * 1_000_000 + 1 .. + 20_000`, so histories of different seeds can share a table.
+    """
     rng = random.Random(seed)
+    base = seed * 1_000_000
     t = f"{quote_mysql(db)}.{quote_mysql(table)}"
     live: set[int] = set()
     done = 0
@@ -127,7 +150,7 @@ def write_history(conn: pymysql.Connection, db: str, table: str, *, seed: int, c
         while done < changes:
             roll = rng.random()
             if roll < 0.4 or len(live) < 5:
-                k = rng.randint(1, 10_000)
+                k = base + rng.randint(1, 10_000)
                 if k in live:
                     continue
                 cur.execute(f"INSERT INTO {t} VALUES (%s, %s, %s, %s, %s, NOW(3))",
@@ -143,7 +166,7 @@ def write_history(conn: pymysql.Connection, db: str, table: str, *, seed: int, c
                 cur.execute(f"DELETE FROM {t} WHERE id = %s", (k,))
                 live.discard(k)
             else:
-                old, new = rng.choice(sorted(live)), rng.randint(10_001, 20_000)
+                old, new = rng.choice(sorted(live)), base + rng.randint(10_001, 20_000)
                 if new in live:
                     continue
                 cur.execute(f"UPDATE {t} SET id = %s WHERE id = %s", (new, old))  # TiCDC: delete + insert
