@@ -401,7 +401,7 @@ def build_backfill_job(
     passes its MariaDB one)."""
     pipeline = config
 
-    @dg.op(name="backfill", description="Snapshot tables at one TSO, load their replicas, start the changefeed there.")
+    @dg.op(name="backfill_tables", description="Snapshot tables at one TSO, load their replicas, start the changefeed there.")
     def _backfill(
         context: dg.OpExecutionContext,
         config: BackfillConfig,

@@ -178,10 +178,10 @@ def test_insert_from_load_uses_the_merges_casts() -> None:
 def test_backfill_job_is_one_op_with_a_table_selection() -> None:
     job = build_backfill_job(config=_config("shop.a"))
     assert job.name == "backfill"
-    assert [n.name for n in job.graph.nodes] == ["backfill"]
-    assert set(job.graph.node_named("backfill").definition.required_resource_keys) == {
+    assert [n.name for n in job.graph.nodes] == ["backfill_tables"]
+    assert set(job.graph.node_named("backfill_tables").definition.required_resource_keys) == {
         "tidb", "snowflake", "ticdc", "kafka", "schema_registry"}  # fmt: skip
-    op_config = job.run_config_schema.config_type.fields["ops"].config_type.fields["backfill"]
+    op_config = job.run_config_schema.config_type.fields["ops"].config_type.fields["backfill_tables"]
     assert set(op_config.config_type.fields["config"].config_type.fields) == {"tables", "chunk_rows"}
 
 
@@ -496,7 +496,7 @@ def test_backfill_job_runs_in_dagster_against_the_lab(lab_env: dict) -> None:
     job = build_backfill_job(config=config, snapshot_source=MariaDBSnapshotSource.from_tidb)
     run = job.execute_in_process(
         resources=resources, instance=dg.DagsterInstance.ephemeral(),
-        run_config={"ops": {"backfill": {"config": {"tables": [f"{db}.items"], "chunk_rows": 500}}}},
+        run_config={"ops": {"backfill_tables": {"config": {"tables": [f"{db}.items"], "chunk_rows": 500}}}},
     )
     assert run.success
     (materialization,) = [e for e in run.events_for_node("backfill") if e.event_type_value == "STEP_OUTPUT"]
