@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tidb_pipeline.workload.cli import register as register_workload
 
     register_workload(sub)
+    from tidb_pipeline.bench.cli import register as register_bench
+    register_bench(sub)
     return parser
 
 
