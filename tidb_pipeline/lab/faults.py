@@ -27,6 +27,7 @@ and the parent deletes those sessions on the lab server after the kill, which ro
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import random
@@ -309,7 +310,7 @@ def run_killed(run: CrashRun, *, timeout: float = 300.0, require_kill: bool = Tr
     when it failed with an error of its own (a bug, not the injected fault).
     """
     workdir = run.workdir or tempfile.mkdtemp(prefix="faults-")
-    run = CrashRun(**{**run.__dict__, "workdir": workdir})
+    run = dataclasses.replace(run, workdir=workdir)
     proc = _context().Process(target=_child, args=(run,), name=f"crash-{run.stage}")
     proc.start()
     proc.join(timeout)
