@@ -74,10 +74,8 @@ def canonical(data_type: str, value: Any) -> Any:
     return str(value)
 
 
-def compare_table(
-    source_conn: Any, db: str, table: str, snowflake_conn: Any, replica: TableRef, key: Sequence[str]
-) -> TableComparison:
-    """Read both tables in full and compare them row by row by key."""
+def _read_source(source_conn: Any, db: str, table: str) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
+    """(column name, DATA_TYPE) pairs and every row of a source table."""
     with source_conn.cursor() as cur:
         cur.execute(
             "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
@@ -88,9 +86,44 @@ def compare_table(
         if not columns:
             raise ValueError(f"source table {db}.{table} not found")
         cur.execute(f"SELECT {', '.join(quote_mysql(c) for c, _ in columns)} FROM {quote_mysql(db)}.{quote_mysql(table)}")
-        source_rows = cur.fetchall()
+        return columns, list(cur.fetchall())
+
+
+def _diff(
+    source: str, target: str, columns: Sequence[tuple[str, str]], key: Sequence[str],
+    source_rows: Sequence[Sequence[Any]], target_rows: Sequence[Sequence[Any]],
+) -> TableComparison:
+    """Compare two row sets by key after mapping each value to its canonical form."""
     names = [c for c, _ in columns]
     key_idx = [names.index(k) for k in key]
+
+    def index(rows: Sequence[Sequence[Any]]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        out = {}
+        for row in rows:
+            canon = tuple(canonical(t, v) for (_, t), v in zip(columns, row))
+            out[tuple(canon[i] for i in key_idx)] = canon
+        return out
+
+    src, rep = index(source_rows), index(target_rows)
+    missing = [k for k in src if k not in rep]
+    extra = [k for k in rep if k not in src]
+    different = [k for k in src if k in rep and src[k] != rep[k]]
+    examples: list[str] = []
+    for k in different[:3]:
+        diffs = [f"{n}: {a!r} != {b!r}" for n, a, b in zip(names, src[k], rep[k]) if a != b]
+        examples.append(f"key {k}: " + "; ".join(diffs))
+    examples += [f"missing key {k}" for k in missing[:2]] + [f"extra key {k}" for k in extra[:2]]
+    return TableComparison(
+        source, target, len(source_rows), len(target_rows), len(missing), len(extra), len(different), tuple(examples)
+    )
+
+
+def compare_table(
+    source_conn: Any, db: str, table: str, snowflake_conn: Any, replica: TableRef, key: Sequence[str]
+) -> TableComparison:
+    """Read both tables in full and compare them row by row by key."""
+    columns, source_rows = _read_source(source_conn, db, table)
+    names = [c for c, _ in columns]
     sf = snowflake_conn.cursor()
     # MariaDB reports JSON columns as LONGTEXT; the replica's VARIANT type says which columns hold JSON.
     info = f"{quote_ident(replica.database)}.information_schema.columns" if replica.database else "information_schema.columns"
@@ -111,26 +144,7 @@ def compare_table(
                 values[i] = None
         replica_rows.append(values)
 
-    def index(rows: Sequence[Sequence[Any]]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-        out = {}
-        for row in rows:
-            canon = tuple(canonical(t, v) for (_, t), v in zip(columns, row))
-            out[tuple(canon[i] for i in key_idx)] = canon
-        return out
-
-    src, rep = index(source_rows), index(replica_rows)
-    missing = [k for k in src if k not in rep]
-    extra = [k for k in rep if k not in src]
-    different = [k for k in src if k in rep and src[k] != rep[k]]
-    examples: list[str] = []
-    for k in different[:3]:
-        diffs = [f"{n}: {a!r} != {b!r}" for n, a, b in zip(names, src[k], rep[k]) if a != b]
-        examples.append(f"key {k}: " + "; ".join(diffs))
-    examples += [f"missing key {k}" for k in missing[:2]] + [f"extra key {k}" for k in extra[:2]]
-    return TableComparison(
-        f"{db}.{table}", replica.label, len(source_rows), len(replica_rows),
-        len(missing), len(extra), len(different), tuple(examples),
-    )
+    return _diff(f"{db}.{table}", replica.label, columns, key, source_rows, replica_rows)
 
 
 def compare_sql_table(
@@ -145,41 +159,11 @@ def compare_sql_table(
 
     from tidb_pipeline.replication.sqlserver import quote_ident as quote_sql
 
-    with source_conn.cursor() as cur:
-        cur.execute(
-            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
-            "AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
-            (db, table),
-        )
-        columns = [(r[0], r[1]) for r in cur.fetchall()]
-        if not columns:
-            raise ValueError(f"source table {db}.{table} not found")
-        cur.execute(f"SELECT {', '.join(quote_mysql(c) for c, _ in columns)} FROM {quote_mysql(db)}.{quote_mysql(table)}")
-        source_rows = cur.fetchall()
+    columns, source_rows = _read_source(source_conn, db, table)
     names = [c for c, _ in columns]
-    key_idx = [names.index(k) for k in key]
     result = target_conn.execute(sa.text(
         f"SELECT {', '.join(quote_sql(c, dialect) for c in names)} FROM {target.sql(dialect)}"  # type: ignore[arg-type]
     ))
     target_rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in result]
 
-    def index(rows: Sequence[Sequence[Any]]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-        out = {}
-        for row in rows:
-            canon = tuple(canonical(t, v) for (_, t), v in zip(columns, row))
-            out[tuple(canon[i] for i in key_idx)] = canon
-        return out
-
-    src, rep = index(source_rows), index(target_rows)
-    missing = [k for k in src if k not in rep]
-    extra = [k for k in rep if k not in src]
-    different = [k for k in src if k in rep and src[k] != rep[k]]
-    examples: list[str] = []
-    for k in different[:3]:
-        diffs = [f"{n}: {a!r} != {b!r}" for n, a, b in zip(names, src[k], rep[k]) if a != b]
-        examples.append(f"key {k}: " + "; ".join(diffs))
-    examples += [f"missing key {k}" for k in missing[:2]] + [f"extra key {k}" for k in extra[:2]]
-    return TableComparison(
-        f"{db}.{table}", target.label, len(source_rows), len(target_rows),
-        len(missing), len(extra), len(different), tuple(examples),
-    )
+    return _diff(f"{db}.{table}", target.label, columns, key, source_rows, target_rows)
