@@ -241,7 +241,7 @@ def charts(measures: Sequence[Measure], folder: Path, extra: dict[str, Any]) -> 
         labels, values, bases = [], [], []
         for m in control:
             scale = 1000.0 if m.unit == "s" else 1.0
-            labels.append(f"{m.figure}\n{m.name}")
+            labels.append(m.figure)  # the full measure names are in the table
             values.append(m.value * scale)
             bases.append((m.baseline or 0) * scale)
         xs = range(len(labels))
