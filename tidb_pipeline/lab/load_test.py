@@ -57,6 +57,7 @@ class Sample:
     kafka_records: int  # change records on Kafka, all topics
     merged_records: int  # of those, at or below the merged watermarks
     backlog: int  # kafka_records - merged_records
+    changefeed_lag_s: float  # how far the change feed's checkpoint is behind now: changes not yet on Kafka
     jobs_run: int
 
 
@@ -90,7 +91,7 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
     from tidb_pipeline.cli import _lab_env
     from tidb_pipeline.config import parse_config
     from tidb_pipeline.defs import build_defs
-    from tidb_pipeline.defs.checks import backlog_per_partition, read_watermarks
+    from tidb_pipeline.defs.checks import backlog_per_partition, checkpoint_lag_s, read_watermarks
     from tidb_pipeline.defs.jobs import merge_job_name
     from tidb_pipeline.defs.sensors import SENSOR_NAME
     from tidb_pipeline.defs.tables import changefeed_key, table_names
@@ -128,11 +129,13 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
     prep = tpcc.prepare(conn_kwargs, database=db, warehouses=1, scale=scale)
     _say(f"loaded {prep.total_rows:,} rows in {prep.seconds:.0f}s; initial sync of the replicas")
 
-    def catch_up() -> None:
+    def catch_up(tick: Callable[[], None] = lambda: time.sleep(5)) -> None:
+        """Until the change feed's checkpoint passes now; `tick` runs meanwhile (the automation keeps going)."""
         target = tso_from_ms(int(time.time() * 1000))
         with resources["ticdc"].get_client() as client:
-            while client.get_status(config.source.changefeed_id).checkpoint_ts < target:
-                time.sleep(0.5)
+            while (checkpoint := client.get_status(config.source.changefeed_id).checkpoint_ts) < target:
+                _say(f"change feed checkpoint {((target - checkpoint) >> 18) / 1000:.0f}s behind the workload's stop")
+                tick()
 
     catch_up()
     for g in config.groups:
@@ -163,7 +166,10 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
                 backlog = backlog_per_partition(e, read_watermarks(cur, n))
                 total += sum(e.values())
                 merged += sum(e.values()) - sum(backlog.values())
-        s = Sample(round(time.monotonic() - t0, 1), total, merged, total - merged, jobs_run)
+        with resources["ticdc"].get_client() as client:
+            checkpoint = client.get_status(config.source.changefeed_id).checkpoint_ts
+        lag = checkpoint_lag_s(checkpoint, int(time.time() * 1000))
+        s = Sample(round(time.monotonic() - t0, 1), total, merged, total - merged, round(lag, 1), jobs_run)
         samples.append(s)
         return s
 
@@ -219,15 +225,16 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
         if samples and now - last_print >= 60:
             s = samples[-1]
             _say(f"t={s.t_s:.0f}s kafka={s.kafka_records:,} merged={s.merged_records:,} backlog={s.backlog:,} "
-                 f"jobs={jobs_run} failures={len(failures)}")
+                 f"changefeed lag={s.changefeed_lag_s:.0f}s jobs={jobs_run} failures={len(failures)}")
             last_print = now
         time.sleep(0.2)
     load_stopped = time.monotonic()
     tpcc_summary = summary_box.get("tpcc")
     _say(f"workload stopped: {tpcc.format_summary(tpcc_summary) if tpcc_summary else 'no summary'}")
 
-    # Convergence: the change feed catches up, then merge runs until nothing is left.
-    catch_up()
+    # Convergence: the change feed catches up (the sensor keeps running merges meanwhile), then merge
+    # runs until nothing is left.
+    catch_up(lambda: (sensor_tick(), time.sleep(SENSOR_EVERY_S)))
     for _ in range(10):
         for g in config.groups:
             run_job(merge_job_name(g))
@@ -253,6 +260,7 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
         "change_records_on_kafka": final.kafka_records,
         "change_records_per_s_by_minute": rates,
         "max_backlog": max(s.backlog for s in samples),
+        "max_changefeed_lag_s": max(s.changefeed_lag_s for s in samples),
         "backlog_at_load_stop": next((s.backlog for s in reversed(samples) if s.t_s <= load_stopped - t0), None),
         "seconds_to_converge_after_stop": round(converge_s, 1),
         "jobs_run": jobs_run, "job_failures": failures,
@@ -302,8 +310,11 @@ def _write(out: Path, samples: list[Sample], summary: dict[str, Any]) -> None:
     top.plot(t, [s.merged_records for s in samples], label="merged into replicas")
     top.set_ylabel("records")
     top.legend()
-    bottom.plot(t, [s.backlog for s in samples], color="tab:red")
+    bottom.plot(t, [s.backlog for s in samples], color="tab:red", label="Kafka backlog (records)")
     bottom.set_ylabel("backlog (records)")
+    lag_axis = bottom.twinx()
+    lag_axis.plot(t, [s.changefeed_lag_s for s in samples], color="tab:gray", linestyle="--", label="change feed lag (s)")
+    lag_axis.set_ylabel("change feed lag (s)")
     bottom.set_xlabel("minutes")
     fig.suptitle("TPC-C load: throughput and backlog")
     fig.tight_layout()
