@@ -7,6 +7,7 @@
 5. Runs every table group's merge job (landing + replica) in the Dagster instance at $DAGSTER_HOME, so
    `dagster dev` shows the runs afterwards.
 6. Compares every replica with its source table in full and prints source rows vs replica rows.
+7. Runs the reconcile job (every asset check) and prints each check's result.
 """
 
 from __future__ import annotations
@@ -123,6 +124,17 @@ def run_demo(settings: LabSettings, *, duration_s: float = 30.0, threads: int = 
             ok &= cmp.equal
             print(f"{cmp.source:<28} {cmp.source_rows:>12,} {cmp.replica_rows:>13,}  "
                   f"{'match' if cmp.equal else 'DIFFER: ' + '; '.join(cmp.examples)}")
-    print(f"\ndemo: {'every replica equals its source' if ok else 'MISMATCH'}; "
-          "`make dev` shows the assets, runs and metadata in the Dagster UI")
+
+    from tidb_pipeline.defs.checks import RECONCILE_JOB
+
+    started = time.monotonic()
+    checks = repo.get_job(RECONCILE_JOB).execute_in_process(instance=instance, resources=resources, raise_on_error=False)
+    print(f"\nasset checks ({RECONCILE_JOB} job, {time.monotonic() - started:.1f}s):")
+    for evaluation in sorted(checks.get_asset_check_evaluations(),
+                             key=lambda e: (e.asset_key.to_user_string(), e.check_name)):
+        verdict = "PASS" if evaluation.passed else f"FAIL ({evaluation.severity.value})"
+        ok &= evaluation.passed
+        print(f"  {verdict:<14} {evaluation.asset_key.to_user_string():<34} {evaluation.check_name}")
+    print(f"\ndemo: {'every replica equals its source and every check passed' if ok else 'MISMATCH'}; "
+          "`make dev` shows the assets, runs, metadata and checks in the Dagster UI")
     return 0 if ok else 1

@@ -178,8 +178,15 @@ def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = N
     c = ref or _ident(dialect, column.name)
     k = column.kind
     my = dialect == "mysql"
-    if k in ("int", "decimal"):
+    if k == "int":
         return f"CAST({c} AS CHAR)" if my else f"CAST({c} AS VARCHAR)"
+    if k == "decimal":
+        if my:
+            return f"CAST({c} AS CHAR)"
+        # fakesnow prints NUMBER(p,p) without the leading zero ('.0277'); put it back (a no-op on Snowflake).
+        t = f"CAST({c} AS VARCHAR)"
+        return (f"IFF(STARTSWITH({t}, '.'), '0' || {t}, "
+                f"IFF(STARTSWITH({t}, '-.'), '-0' || SUBSTR({t}, 2), {t}))")
     if k == "double":
         return _significant(dialect, c, 15)
     if k == "float":
