@@ -290,7 +290,7 @@ def _dead_letters(cursor: Any, names: TableNames, settings: CheckSettings) -> Ta
 def build_table_checks(
     *, config: PipelineConfig, table: TableConfig, settings: CheckSettings = CheckSettings()
 ) -> list[dg.AssetChecksDefinition]:
-    """The five checks on one table's replica asset."""
+    """The six checks on one table's replica asset."""
     keys, names = table_keys(config, table), table_names(config, table)
     source = f"{table.db}.{table.table}"
 
@@ -356,6 +356,28 @@ def build_table_checks(
             return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
         return dg.AssetCheckResult(passed=True, metadata=metadata)
 
+    @dg.asset_check(asset=keys.replica, name="no_quarantined_records", blocking=False,
+                    description=f"No record of topic `{names.topic}` sits in the dead-letter table (poison records "
+                    "are quarantined there with their offsets instead of being skipped).")
+    def _quarantine(snowflake: SnowflakeResource) -> dg.AssetCheckResult:
+        with snowflake.get_connection() as conn:
+            cur = conn.cursor()
+            dead = _dead_letters(cur, names, settings)
+            if dead is None:
+                return dg.AssetCheckResult(passed=True, metadata={"quarantined": 0})
+            rows = _rows(cur, Statement(
+                f'SELECT "PARTITION", "OFFSET", "ERROR" FROM {dead.sql} WHERE "TOPIC" = %s '
+                'ORDER BY "PARTITION", "OFFSET"', (names.topic,)))
+        metadata = {
+            "quarantined": len(rows),
+            "dead_letter_table": dead.label,
+            "first_records": [f"p{p}@{o}: {str(e)[:120]}" for p, o, e in rows[:20]],
+        }
+        if rows:
+            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                       description=f"{len(rows)} record(s) of {names.topic} quarantined in {dead.label}")
+        return dg.AssetCheckResult(passed=True, metadata=metadata)
+
     @dg.asset_check(asset=keys.replica, name="schema_drift", blocking=False,
                     description="TiDB columns vs the topic's latest Avro value schema vs the replica's columns.")
     def _drift(tidb: TiDBResource, schema_registry: SchemaRegistryResource,
@@ -383,7 +405,7 @@ def build_table_checks(
         return freshness_result(backlog_per_partition(end, watermarks), watermarks,
                                 dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), settings)
 
-    return [_row_count, _content, _continuity, _drift, _freshness]
+    return [_row_count, _content, _continuity, _quarantine, _drift, _freshness]
 
 
 @dataclass(frozen=True)

@@ -264,8 +264,8 @@ def test_reconcile_job_and_schedule_cover_every_check() -> None:
     assert {(k.asset_key.to_user_string(), k.name) for k in keys} == {
         ("ticdc/tidb-pipeline", "changefeed_healthy"),
         *((f"snowflake/REPLICA/{t}", n) for t in ("B", "C") for n in (
-            "row_count_matches_source", "content_matches_source", "landing_continuity", "schema_drift",
-            "replica_freshness")),
+            "row_count_matches_source", "content_matches_source", "landing_continuity", "no_quarantined_records",
+            "schema_drift", "replica_freshness")),
     }  # fmt: skip
     schedule = build_reconcile_schedule(config=config)
     assert (schedule.cron_schedule, schedule.job_name) == ("0 * * * *", "reconcile")
@@ -277,7 +277,7 @@ def test_checks_on_the_lab(lab: Lab) -> None:
     ev = lab.run()
     assert {n: e.passed for n, e in ev.items()} == {
         "changefeed_healthy": True, "row_count_matches_source": True, "content_matches_source": True,
-        "landing_continuity": True, "schema_drift": True, "replica_freshness": True,
+        "landing_continuity": True, "no_quarantined_records": True, "schema_drift": True, "replica_freshness": True,
     }  # fmt: skip
     assert _md(ev["row_count_matches_source"])["source_rows"] == 40
     content = _md(ev["content_matches_source"])
@@ -327,7 +327,12 @@ def test_checks_on_the_lab(lab: Lab) -> None:
     cur.execute(create_dead_letter_sql(dead))
     cur.execute(f'INSERT INTO {dead.sql} ("TOPIC", "PARTITION", "OFFSET", "ERROR") VALUES (%s, 0, 43, %s), (%s, 0, 44, %s)',
                 (lab.names.topic, "undecodable", lab.names.topic, "undecodable"))  # fmt: skip
-    assert lab.run()["landing_continuity"].passed
+    ev = lab.run()
+    assert ev["landing_continuity"].passed
+    # ...but quarantined records fail loudly, naming the count and the offsets
+    quarantine = ev["no_quarantined_records"]
+    assert (quarantine.passed, quarantine.severity, _md(quarantine)["quarantined"]) == (False, ERROR, 2)
+    assert _md(quarantine)["first_records"] == ["p0@43: undecodable", "p0@44: undecodable"]
 
     # 5. a column added in TiDB that no change record carries yet: drift WARN; a stopped feed: ERROR
     with lab.src.cursor() as c:
