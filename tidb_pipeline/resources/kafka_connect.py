@@ -270,6 +270,9 @@ class KafkaConnectClient:
             return min(after if after is not None else backoff, self.max_retry_wait_s)
         if status == 409 and self.flavor == "self_managed" and _is_rebalance_conflict(message):
             return backoff
+        # A worker also answers 500 "Request cannot be completed because a rebalance is expected" for reads.
+        if status == 500 and self.flavor == "self_managed" and "rebalance" in message.lower():
+            return backoff
         if status in _RETRY_STATUSES:
             return backoff
         return None

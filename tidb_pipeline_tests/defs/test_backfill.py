@@ -499,7 +499,7 @@ def test_backfill_job_runs_in_dagster_against_the_lab(lab_env: dict) -> None:
         run_config={"ops": {"backfill_tables": {"config": {"tables": [f"{db}.items"], "chunk_rows": 500}}}},
     )
     assert run.success
-    (materialization,) = [e for e in run.events_for_node("backfill") if e.event_type_value == "STEP_OUTPUT"]
+    (materialization,) = [e for e in run.events_for_node("backfill_tables") if e.event_type_value == "STEP_OUTPUT"]
     metadata = materialization.step_output_data.metadata
     assert metadata["rows_loaded"].value == 1200
     assert metadata["changefeed_action"].value == "create"
