@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs from Debian's packages when it is missing (as root), and checks the rest.
-# Prerequisites: Python 3.11+, Java 17, Maven, MariaDB server binaries.
+# Prerequisites: Python 3.11+, Java 17, Maven, MariaDB and PostgreSQL server binaries, Chromium.
 set -euo pipefail
 
 need=()
@@ -10,6 +10,8 @@ command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 { command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
 command -v mariadb-install-db >/dev/null || [ -x /usr/bin/mariadb-install-db ] || need+=(mariadb-server)
+# PostgreSQL stands in for SQL Server (the built-in SQL applier); the lab runs a private cluster.
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 # The UI test drives Debian's Chromium through Playwright; browsers are never downloaded.
 command -v chromium >/dev/null || need+=(chromium)
 
