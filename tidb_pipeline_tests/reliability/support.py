@@ -28,7 +28,7 @@ from tidb_pipeline.defs.replica import MergeOutcome, merge_replica
 from tidb_pipeline.defs.tables import TableNames
 from tidb_pipeline.lab import stack
 from tidb_pipeline.lab.compare import TableComparison, compare_table
-from tidb_pipeline.lab.service import down, up
+from tidb_pipeline.lab.service import down, port_open, up, wait_until
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.lab.ticdc.codec import tso_from_ms
@@ -111,6 +111,9 @@ def restart(settings: LabSettings, name: str, *, kill: bool = False) -> None:
         os.kill(pid, signal.SIGKILL)
         while svc.pid() is not None:
             time.sleep(0.05)
+        # The process is gone before the kernel has always released its listening port; wait for that too.
+        for port in svc.ports():
+            wait_until(lambda p=port: not port_open(settings.host, p), timeout=60, what=f"{name} port {port} closing")
     else:
         svc.stop()
     up([svc], log=lambda _m: None)
