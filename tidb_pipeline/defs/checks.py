@@ -34,6 +34,7 @@ import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
+from tidb_pipeline.defs.changefeed import lag_seconds as checkpoint_lag_s  # one TSO-lag rule for asset and check
 from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
 from tidb_pipeline.defs.replica import latest_schemas
 from tidb_pipeline.defs.tables import TableNames, changefeed_key, table_keys, table_names
@@ -112,11 +113,6 @@ def read_watermarks(cursor: Any, names: TableNames) -> dict[int, Watermark]:
 def backlog_per_partition(end_offsets: Mapping[int, int], watermarks: Mapping[int, Watermark]) -> dict[int, int]:
     """Records in Kafka not yet merged: end offset minus the next offset the merge would take."""
     return {p: max(0, end - (watermarks[p].offset + 1 if p in watermarks else 0)) for p, end in sorted(end_offsets.items())}
-
-
-def checkpoint_lag_s(checkpoint_ts: int, now_ms: int) -> float:
-    """Seconds the TSO's physical part (ts >> 18, ms) is behind `now_ms`; never negative."""
-    return max(0.0, (now_ms - (checkpoint_ts >> 18)) / 1000)
 
 
 @dataclass(frozen=True)
