@@ -192,7 +192,8 @@ def build_changefeed(
 # --- masking and comparing ------------------------------------------------------------------------------
 
 
-def _mask_netloc(netloc: str) -> str:
+def mask_netloc(netloc: str) -> str:
+    """`user:password@host` with the password replaced by `xxxxx` (TiCDC and our own displays agree on this)."""
     userinfo, at, host = netloc.rpartition("@")
     if not at or ":" not in userinfo:
         return netloc
@@ -206,7 +207,7 @@ def mask_uri(uri: str) -> str:
         f"{_enc(k)}={MASK if k in MASKED_QUERY_KEYS else _enc(v)}"
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
-    return urlunsplit((parts.scheme, _mask_netloc(parts.netloc), parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, mask_netloc(parts.netloc), parts.path, query, parts.fragment))
 
 
 def mask_replica_config(config: Mapping[str, Any]) -> dict[str, Any]:

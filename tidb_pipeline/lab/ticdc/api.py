@@ -40,11 +40,11 @@ from urllib.parse import parse_qsl, quote_plus, unquote, urlsplit, urlunsplit
 from tidb_pipeline.lab.ticdc import capture
 from tidb_pipeline.lab.ticdc.codec import ms_from_tso, tso_from_ms
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
+from tidb_pipeline.replication.changefeed import MASK, mask_netloc
 
 VERSION = "v8.5.0"
 GIT_HASH = "tidb-pipeline-lab"
 NAMESPACE = "default"
-MASK = "xxxxx"
 
 CHANGEFEED_ID_RE = re.compile(r"^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$")
 CHANGEFEED_ID_MAX_LEN = 128
@@ -126,13 +126,6 @@ def go_time(epoch: float) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + zone
 
 
-def _mask_userinfo(netloc: str) -> str:
-    userinfo, at, host = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return netloc
-    return f"{userinfo.split(':', 1)[0]}:{MASK}@{host}"
-
-
 def mask_sink_uri(uri: str) -> str:
     """TiCDC's `util.MaskSinkURI`: `sasl-password` and a userinfo password become `xxxxx`."""
     parts = urlsplit(uri)
@@ -142,13 +135,13 @@ def mask_sink_uri(uri: str) -> str:
         # Go: Values.Set leaves one value; Values.Encode sorts keys (stable within a key) and query-escapes.
         masked = [(k, v) for k, v in pairs if k != "sasl-password"] + [("sasl-password", MASK)]
         query = "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in sorted(masked, key=lambda kv: kv[0]))
-    return urlunsplit((parts.scheme, _mask_userinfo(parts.netloc), parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, mask_netloc(parts.netloc), parts.path, query, parts.fragment))
 
 
 def mask_url(url: str) -> str:
     """A URL with its userinfo password masked, for messages and echoed config."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, _mask_userinfo(parts.netloc), parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, mask_netloc(parts.netloc), parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)
