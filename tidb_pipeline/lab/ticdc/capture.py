@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
+from tidb_pipeline.replication.changefeed import mask_netloc
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +140,10 @@ def _bool(v: Any) -> bool:
     return str(v).lower() in ("true", "1", "yes")
 
 
-_MASK = "xxxxx"
-
-
 def mask_url(url: str) -> str:
     """`url` with the password of a `user:password@` masked, for error messages (they show in the API)."""
     parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:{_MASK}@{host}"))
+    return urlunsplit(parts._replace(netloc=mask_netloc(parts.netloc)))
 
 
 def kafka_bootstrap(netloc: str) -> str:
