@@ -58,7 +58,7 @@ from tidb_pipeline.defs.tables import table_names
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.changefeed import RUNNING_STATES, table_rule
-from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
+from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident, stage_folder
 from tidb_pipeline.replication.landing import compile_record_encoder, create_load_table_sql
 from tidb_pipeline.replication.merge import json_to_sql
 from tidb_pipeline.resources.kafka import KafkaResource
@@ -254,7 +254,7 @@ def load_table(
     _execute(cursor, create_load_table_sql(load))
     _execute(cursor, f"DELETE FROM {replica.sql}")
     insert = insert_from_load_sql(replica, load, columns)
-    batch = uuid.uuid4().hex
+    batch, folder_name = uuid.uuid4().hex, stage_folder(replica.name)
     rows = chunks = 0
     with tempfile.TemporaryDirectory(prefix="backfill-") as folder:
         for chunk in snapshot.read(table.db, table.table, [c.name for c in info.columns], chunk_rows):
@@ -262,7 +262,7 @@ def load_table(
             path = os.path.join(folder, f"chunk-{chunks:06d}.ndjson.gz")
             with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
                 f.writelines(encode(ticdc_schema.snapshot_datum(info, row, cfg)) + "\n" for row in chunk)
-            stage_path = f"@{stage}/{replica.name}/{batch}/{chunks:06d}/"
+            stage_path = f"@{stage}/{folder_name}/{batch}/{chunks:06d}/"
             _execute(cursor, f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
             os.remove(path)
             for stmt in (
@@ -275,7 +275,7 @@ def load_table(
             rows += len(chunk)
             log.info("%s.%s: %d rows loaded into %s", table.db, table.table, rows, replica.label)
     with contextlib.suppress(Exception):  # housekeeping only; fakesnow has no REMOVE
-        _execute(cursor, f"REMOVE @{stage}/{replica.name}/{batch}/")
+        _execute(cursor, f"REMOVE @{stage}/{folder_name}/{batch}/")
     return TableBackfill(f"{table.db}.{table.table}", replica, rows, chunks, time.perf_counter() - started)
 
 

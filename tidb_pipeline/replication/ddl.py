@@ -8,6 +8,8 @@ a column that vanished from the source may still be read downstream).
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 
 LANDING_COLUMNS = ("RECORD_METADATA", "RECORD_CONTENT")
+_STAGE_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,18 @@ class TableRef:
     def label(self) -> str:
         """Unquoted dotted name, used as the watermark table's key."""
         return ".".join(p for p in (self.database, self.schema, self.name) if p)
+
+
+def stage_folder(name: str) -> str:
+    """A stage path segment for a table name: kept when already safe, else sanitised plus a short hash.
+
+    Stage paths are not identifiers and cannot be quoted, so a name with `/`, spaces, quotes or `'` must
+    not reach `PUT`/`COPY`/`REMOVE` as is; the hash keeps two names that sanitise alike apart.
+    """
+    if name and not _STAGE_SAFE.search(name) and name not in (".", ".."):
+        return name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:10]
+    return f"{_STAGE_SAFE.sub('_', name)[:64]}-{digest}"
 
 
 def create_replica_sql(table: TableRef, columns: Sequence[ReplicaColumn]) -> str:

@@ -1,3 +1,5 @@
+import re
+
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import (
     TableRef,
@@ -7,6 +9,7 @@ from tidb_pipeline.replication.ddl import (
     create_replica_sql,
     create_watermark_sql,
     quote_ident,
+    stage_folder,
     table_columns_sql,
 )
 from tidb_pipeline_tests.replication.support import field, fake_snowflake, record
@@ -90,3 +93,13 @@ def test_add_columns_only_adds_missing_and_never_drops():
             cur.execute(sql)
         cur.execute('SELECT * FROM "S"."T"')
         assert [(d.name, d.precision, d.scale) for d in cur.description][2:] == [("New Col", 12, 3), ("d", None, None)]
+
+
+def test_stage_folder_keeps_safe_names_and_hashes_others_apart():
+    assert stage_folder("ORDER_LINE") == "ORDER_LINE"
+    hostile = ["a/b", "a b", "it's", 'quo"te', "a_b c", "a b_c", "..", "", "naïve"]
+    folders = [stage_folder(n) for n in hostile]
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) for f in folders)
+    assert all("/" not in f and f not in (".", "..") for f in folders)
+    assert len(set(folders)) == len(folders)  # "a_b c" and "a b_c" sanitise alike; the hash keeps them apart
+    assert stage_folder("a/b") == stage_folder("a/b")  # stable across runs: REMOVE finds what PUT wrote
