@@ -13,12 +13,11 @@ from typing import Any
 import pymysql
 import pytest
 
-from tidb_pipeline.defs.changefeed import desired_changefeed, reconcile_changefeed
 from tidb_pipeline.defs.tables import table_names
-from tidb_pipeline.lab.service import Service
+from tidb_pipeline.lab import stack
+from tidb_pipeline.lab.service import Service, up, wait_until
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.replication import wire
-from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCResource
 from tidb_pipeline.resources.tidb import quote_mysql
 from tidb_pipeline_tests.reliability.support import (
@@ -81,16 +80,6 @@ def _changefeed_status(feed: Feed) -> Any:
         return client.get_status(feed.changefeed_id)
 
 
-def _reconcile_changefeed(feed: Feed) -> None:
-    """Exactly what materialising the `ticdc/<changefeed>` asset does."""
-    desired = desired_changefeed(feed.config, kafka_of(feed.settings),
-                                 SchemaRegistryResource(url=feed.settings.registry_url))
-    with TiCDCResource(url=feed.settings.ticdc_url).get_client() as client:
-        result = reconcile_changefeed(client, desired)
-    assert list(result.steps) == ["resume"], result
-    assert result.state == "normal", result
-
-
 def _bulk(feed: Feed, first: int, n: int) -> None:
     t = f"{quote_mysql(feed.db)}.{quote_mysql(feed.table)}"
     with feed.connect() as conn, conn.cursor() as cur:
@@ -151,14 +140,33 @@ def test_mariadb_restart_under_a_running_workload(feed: Feed, lab_settings: LabS
         stop.set()
         thread.join(60)
     assert errors, "the workload never noticed the restart: it did not overlap it"
-    # Real TiCDC retries a lost upstream connection by itself (state `warning`); the lab change feed marks
-    # the changefeed `failed` instead. The pipeline's own remedy is the changefeed asset: materialising
-    # `ticdc/<changefeed>` resumes a failed changefeed from its checkpoint. That is the step run here.
-    status = _changefeed_status(feed)
-    if status.state == "failed":
-        _reconcile_changefeed(feed)
+    # As real TiCDC, the lab change feed retries a lost upstream connection by itself: no resume needed.
     _converge(feed, lab_settings)
     assert _changefeed_status(feed).state == "normal"
+
+
+def test_upstream_down_turns_the_changefeed_warning_then_normal_again(feed: Feed, lab_settings: LabSettings) -> None:
+    mariadb = stack.service("mariadb", feed.settings)
+    mariadb.stop()
+    try:
+        seen: list[Any] = []
+
+        def warned() -> bool:
+            seen.append(_changefeed_status(feed))
+            return seen[-1].state != "normal"
+
+        wait_until(warned, timeout=60, what="the changefeed leaving `normal` while MariaDB is down", interval=0.2)
+        status = seen[-1]
+        assert status.state == "warning", status  # retryable: never `failed` for a lost connection
+        assert status.last_warning is not None and status.last_error is None, status
+        assert "OperationalError" in status.last_warning.message or "Error" in status.last_warning.message
+    finally:
+        up([mariadb], log=lambda _m: None)
+    wait_until(lambda: _changefeed_status(feed).state == "normal", timeout=120,
+               what="the changefeed back to `normal` after MariaDB returned")
+    with feed.connect() as conn:
+        write_history(conn, feed.db, feed.table, seed=700, changes=30)
+    _converge(feed, lab_settings)
 
 
 def test_change_feed_killed_replays_and_still_converges(feed: Feed, lab_settings: LabSettings) -> None:

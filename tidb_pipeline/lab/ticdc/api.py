@@ -378,7 +378,8 @@ def changefeed_common_info(cf: Changefeed) -> dict[str, Any]:
 def changefeed_status(cf: Changefeed) -> dict[str, Any]:
     status: dict[str, Any] = {"state": cf.state, "resolved_ts": cf.checkpoint_ts, "checkpoint_ts": cf.checkpoint_ts}
     if cf.error is not None:
-        status["last_error"] = running_error_view(cf.error, with_time=True)
+        # A retryable error (the changefeed in `warning`) is TiCDC's `last_warning`; others are `last_error`.
+        status["last_warning" if cf.state == "warning" else "last_error"] = running_error_view(cf.error, with_time=True)
     return status
 
 

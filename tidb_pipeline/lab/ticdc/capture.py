@@ -16,9 +16,12 @@ checkpoint TSO to a position: exactly, if `snapshot_position` recorded that TSO,
 for the first transaction whose commit second could lie after it (an earlier transaction of the same second
 is replayed rather than risked).
 
-`CaptureManager(store, mysql_conn_kwargs)` runs one capture thread per changefeed in state `normal`, stops
-it when the changefeed leaves that state, and marks the changefeed `failed` with TiCDC's error shape when
-its capture fails (registry 409, Kafka errors). Rows of a table without a handle key are skipped with a
+`CaptureManager(store, mysql_conn_kwargs)` runs one capture thread per changefeed in state `normal` (or
+`warning`), stops it when the changefeed leaves those states, and marks the changefeed `failed` with TiCDC's
+error shape when its capture fails for good (registry 409, Kafka errors). A lost upstream connection is
+retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`), capture retries
+from its checkpoint with exponential backoff, returns to `normal` once it reads the binlog again, and only
+fails after retrying for `retry_max_elapsed_s` (TiCDC's default: 30 minutes). Rows of a table without a handle key are skipped with a
 warning, as TiCDC's schema storage skips ineligible tables at run time (the API refuses them at create time).
 
 TIMESTAMP values are rendered in the *capture server's* time zone, as TiCDC does: its processor builds the
@@ -512,8 +515,11 @@ class Capture:
         linger_ms: int = 20,
         time_zone: str = "UTC",
         history: PositionHistory | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> None:
         self.cf = changefeed
+        self.on_started = on_started
+        self.started: float | None = None  # monotonic time the binlog stream opened
         self.history = history
         self.store = store
         self.mysql = dict(mysql_conn_kwargs)
@@ -540,6 +546,10 @@ class Capture:
     # lifecycle
     def stop(self) -> None:
         self._stop.set()
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Sleep up to `timeout` seconds; True as soon as the capture is stopped."""
+        return self._stop.wait(timeout)
 
     def crash(self) -> None:
         """Stop without flushing or saving anything more (a kill -9 as far as the checkpoint knows)."""
@@ -720,6 +730,10 @@ class Capture:
         for event in stream:
             if self._stop.is_set():
                 return
+            if self.started is None:  # the first event (a heartbeat at the latest): the binlog reads again
+                self.started = time.monotonic()
+                if self.on_started is not None:
+                    self.on_started()
             if isinstance(event, (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)):
                 if not self.sink.filter.matches(event.schema, event.table):
                     continue
@@ -810,11 +824,13 @@ class Capture:
 
 
 class CaptureManager:
-    """Runs one capture thread per changefeed in state `normal`; the TiCDC server process owns one."""
+    """Runs one capture thread per changefeed in state `normal`/`warning`; the TiCDC server process owns one."""
 
     def __init__(self, store: ChangefeedStore, mysql_conn_kwargs: Mapping[str, Any], *, poll_interval: float = 0.5,
-                 addr: str = "", time_zone: str = "UTC") -> None:
+                 addr: str = "", time_zone: str = "UTC", retry_initial_s: float = 1.0, retry_max_s: float = 30.0,
+                 retry_max_elapsed_s: float = 1800.0) -> None:
         self.store = store
+        self.retry_initial_s, self.retry_max_s, self.retry_max_elapsed_s = retry_initial_s, retry_max_s, retry_max_elapsed_s
         self.mysql = dict(mysql_conn_kwargs)
         self.time_zone = time_zone
         self.history = PositionHistory()
@@ -866,7 +882,7 @@ class CaptureManager:
 
     def reconcile(self) -> None:
         """Start captures for normal changefeeds, stop the others."""
-        wanted = {cf.id: cf for cf in self.store.list() if cf.state == "normal"}
+        wanted = {cf.id: cf for cf in self.store.list() if cf.state in _CAPTURED_STATES}
         with self._lock:
             for cf_id, (cap, thread) in list(self._captures.items()):
                 if cf_id not in wanted or not thread.is_alive():
@@ -877,7 +893,8 @@ class CaptureManager:
                 if cf_id in self._captures:
                     continue
                 try:
-                    cap = Capture(cf, self.store, self.mysql, time_zone=self.time_zone, history=self.history)
+                    cap = Capture(cf, self.store, self.mysql, time_zone=self.time_zone, history=self.history,
+                                  on_started=lambda cf_id=cf_id: self._recovered(cf_id))
                 except CaptureError as exc:
                     self.store.set_state(cf_id, "failed", running_error(exc.code, str(exc), addr=self.addr))
                     continue
@@ -886,19 +903,71 @@ class CaptureManager:
                 thread.start()
 
     def _run_capture(self, cap: Capture) -> None:
-        try:
-            cap.run()
-        except CaptureError as exc:
-            cap.error = exc
-            if not cap.stopping:
-                self.store.set_state(cap.cf.id, "failed", running_error(exc.code, str(exc), addr=self.addr))
-        except Exception as exc:  # noqa: BLE001 - any other failure also fails the changefeed, visibly
-            cap.error = exc
-            log.exception("capture %s failed", cap.cf.id)
-            if not cap.stopping:
-                self.store.set_state(
-                    cap.cf.id, "failed", running_error("CDC:ErrProcessorUnknown", f"{type(exc).__name__}: {exc}", addr=self.addr)
-                )
+        cf_id = cap.cf.id
+        failing_since: float | None = None
+        delay = self.retry_initial_s
+        while True:
+            try:
+                cap.run()
+                return
+            except CaptureError as exc:
+                cap.error = exc
+                if not cap.stopping:
+                    self.store.set_state(cf_id, "failed", running_error(exc.code, str(exc), addr=self.addr))
+                return
+            except Exception as exc:  # noqa: BLE001 - any other failure is retried or fails the changefeed, visibly
+                cap.error = exc
+                if cap.stopping:
+                    return
+                now = time.monotonic()
+                failing_since = failing_since if failing_since is not None and cap.started is None else now
+                message = f"{type(exc).__name__}: {exc}"
+                if not retryable(exc) or now - failing_since > self.retry_max_elapsed_s:
+                    log.exception("capture %s failed", cf_id)
+                    self.store.set_state(cf_id, "failed", running_error("CDC:ErrProcessorUnknown", message, addr=self.addr))
+                    return
+                if cap.started is not None:
+                    delay = self.retry_initial_s  # it ran since the last failure: back off from the start again
+                log.warning("capture %s: %s; retrying in %.1fs", cf_id, message, delay)
+                self.store.set_state(cf_id, "warning", running_error("CDC:ErrProcessorUnknown", message, addr=self.addr))
+                if cap.wait_stopped(delay):
+                    return
+                delay = min(self.retry_max_s, delay * 2)
+                cap = self._replace_capture(cf_id, cap)
+                if cap is None:
+                    return
+
+    def _replace_capture(self, cf_id: str, old: Capture) -> Capture | None:
+        """A fresh capture from the stored checkpoint, in `old`'s place (None when the changefeed went away)."""
+        cf = self.store.get(cf_id)
+        if cf is None or cf.state not in _CAPTURED_STATES:
+            return None
+        new = Capture(cf, self.store, self.mysql, time_zone=self.time_zone, history=self.history,
+                      on_started=lambda: self._recovered(cf_id))
+        with self._lock:
+            current = self._captures.get(cf_id)
+            if current is None or current[0] is not old or old.stopping:
+                return None
+            self._captures[cf_id] = (new, current[1])
+        return new
+
+    def _recovered(self, cf_id: str) -> None:
+        cf = self.store.get(cf_id)
+        if cf is not None and cf.state == "warning":
+            self.store.set_state(cf_id, "normal", None)
+            log.info("capture %s: reading the binlog again; changefeed back to normal", cf_id)
+
+
+_CAPTURED_STATES = ("normal", "warning")
+
+
+def retryable(exc: BaseException) -> bool:
+    """Errors TiCDC retries (with the changefeed in `warning`): the upstream connection went away."""
+    import pymysql
+
+    if isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno is not None
 
 
 # --- benchmark ------------------------------------------------------------------------------------------------

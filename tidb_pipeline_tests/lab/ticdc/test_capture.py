@@ -270,3 +270,43 @@ def test_snapshot_position_maps_a_tso_to_the_binlog(upstream) -> None:
         assert codec.ms_from_tso(tso) == pytest.approx(time.time() * 1000, abs=60_000)
     finally:
         conn.close()
+
+
+def test_retryable_errors_are_the_lost_connections() -> None:
+    assert capture.retryable(pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"))
+    assert capture.retryable(ConnectionRefusedError(111, "Connection refused"))
+    assert not capture.retryable(ValueError("bad datum"))
+    assert not capture.retryable(capture.CaptureError("CDC:ErrKafkaNewProducer", "boom"))
+
+
+@pytest.mark.integration
+def test_unreachable_upstream_is_warning_while_retrying_then_failed(
+    lab_settings: LabSettings, registry: object, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: every connect is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = ChangefeedStore(tmp_path / "cf.db")
+    cf = _changefeed(lab_settings, "retry_db", "mysql-bin.000001", 4)
+    store.put(cf)
+    manager = capture.CaptureManager(store, {"host": "127.0.0.1", "port": port, "user": "x", "password": "sentinel-pw-4711"},
+                                     poll_interval=0.1, retry_initial_s=0.1, retry_max_s=0.2, retry_max_elapsed_s=1.5)
+    states: list[str] = []
+    manager.start()
+    try:
+        def settled() -> bool:
+            got = store.get(cf.id)
+            assert got is not None
+            if not states or states[-1] != got.state:
+                states.append(got.state)
+            return got.state == "failed"
+
+        wait_until(settled, timeout=60, what="the changefeed failing after its retries ran out", interval=0.05)
+    finally:
+        manager.stop()
+    assert states[0] in ("normal", "warning") and "warning" in states, states  # retried before giving up
+    failed = store.get(cf.id)
+    assert failed is not None and failed.error is not None
+    assert "OperationalError" in failed.error["message"] and "sentinel-pw-4711" not in failed.error["message"]
