@@ -8,6 +8,7 @@ from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.connector_assets import build_all_connector_assets
 from tidb_pipeline.defs.ksqldb import build_all_ksqldb_assets
 from tidb_pipeline.defs.sqlserver import build_sqlserver_assets
+from tidb_pipeline.defs.sqlserver_checks import build_sqlserver_checks
 
 
 def build_fanout_assets(*, config: PipelineConfig) -> list[dg.AssetsDefinition | dg.AssetSpec]:
@@ -19,3 +20,8 @@ def build_fanout_assets(*, config: PipelineConfig) -> list[dg.AssetsDefinition |
     if config.ksqldb.enabled:
         out += build_all_ksqldb_assets(config=config)
     return [*out, *build_all_connector_assets(config=config)]
+
+
+def build_fanout_checks(*, config: PipelineConfig) -> list[dg.AssetChecksDefinition]:
+    """Checks on the fan-out's tables: row count and content of every SQL Server table (either writer)."""
+    return build_sqlserver_checks(config=config)

@@ -38,6 +38,22 @@ quantiles read from TiDB (`NTILE`), and chunk i is `lower <= key < upper`. Strin
 different collations by MySQL (case-insensitive by default) and Snowflake (binary), so the same range would
 select different rows; such tables are split into hash buckets of the key's canonical text instead.
 Each side computes all chunks in one scan (`checksums_sql`), grouped by a CASE over the boundaries.
+
+SQL targets (the built-in SQL applier's and the SQL Server Sink's tables; dialects `mssql` and `postgresql`,
+the lab's stand-in) hold what TiCDC's Avro carries, with the JDBC sink's types: dates, datetimes and times as
+TiCDC's strings, decimals as decimal(38,s), FLOAT as real, BIT and binaries as varbinary/bytea, JSON as its
+text, BIGINT UNSIGNED wrapped into a signed bigint. Their canonical texts are built from those types so the
+row text equals MySQL's byte for byte:
+- datetime/time strings are padded to six fraction digits; a wrapped BIGINT UNSIGNED (`unsigned_wraps`) is
+  unwrapped (+2^64 when negative); binaries are upper-case hex; FLOAT/DOUBLE use the same arithmetic.
+- NULL propagates through `||` (PostgreSQL) and `+` (SQL Server), whose CONCAT treats NULL as empty.
+- SQL Server has no MD5 over text: `HASHBYTES('MD5', ...)` of the row text converted to UTF-8 through a
+  `_UTF8` collation (SQL Server 2019 or later), so it hashes the bytes MySQL hashes; characters are counted
+  with `LEN` under that (supplementary-character aware) collation with a sentinel, as LEN ignores trailing
+  spaces. The 60-bit number is read from the hash bytes; sums are taken as decimal(38,0) (bigint overflows).
+- Range chunks only over numeric key columns (int, decimal): the target's temporal keys are strings.
+These statements bind with `%s` and contain no other `%`, so they run through SQLAlchemy's
+`exec_driver_sql` on pg8000 (`format`) and python-tds (positional `pyformat`) alike.
 """
 
 from __future__ import annotations
@@ -50,7 +66,13 @@ from typing import Any, Literal
 
 from tidb_pipeline.replication.ddl import Statement, quote_ident
 
-Dialect = Literal["mysql", "snowflake"]
+Dialect = Literal["mysql", "snowflake", "postgresql", "mssql"]
+SqlTargetDialect = Literal["postgresql", "mssql"]
+SQL_TARGETS: tuple[SqlTargetDialect, ...] = ("postgresql", "mssql")
+# A UTF-8, supplementary-character-aware collation: gives MySQL's utf8mb4 bytes and code-point counts.
+MSSQL_UTF8_COLLATION = "Latin1_General_100_CI_AS_SC_UTF8"
+_TEXT_TYPE = {"postgresql": "text", "mssql": "nvarchar(max)"}
+_TWO_TO_64 = 2**64
 
 NULL_MARKER = "~"
 HASH_HEX_DIGITS = 15  # 60 bits per row: a SUM over 2^64 rows still fits NUMBER(38,0)
@@ -62,15 +84,25 @@ _DECIMAL = {"decimal", "numeric"}
 _BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
 _DATETIME = {"datetime", "timestamp"}
 RANGE_KINDS = frozenset({"int", "decimal", "date", "datetime"})
+# In SQL targets temporal values are TiCDC's strings, so only numeric keys can be range-split there.
+TARGET_RANGE_KINDS = frozenset({"int", "decimal"})
+_TARGET_NUMERIC_TYPES = frozenset({
+    "tinyint", "smallint", "int", "integer", "bigint", "decimal", "numeric",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ChecksumColumn:
-    """One column as the checksum encodes it; `bits` is M of a BIT(M) column."""
+    """One column as the checksum encodes it; `bits` is M of a BIT(M) column.
+
+    `unsigned_wraps`: a BIGINT UNSIGNED that a SQL target stores as a signed bigint (TiCDC's default `long`
+    mode wraps values above 2^63-1); the target side adds 2^64 back to negative values.
+    """
 
     name: str
     kind: str
     bits: int | None = None
+    unsigned_wraps: bool = False
 
 
 def column_kind(source_data_type: str, replica_data_type: str | None = None) -> str:
@@ -110,6 +142,39 @@ def checksum_column(name: str, data_type: str, column_type: str, replica_data_ty
     return ChecksumColumn(name, kind, bit_width(column_type) if kind == "bit" else None)
 
 
+def target_checksum_column(name: str, data_type: str, column_type: str, target_data_type: str) -> ChecksumColumn:
+    """A source column as a SQL target (SQL Server / PostgreSQL) holds it; `target_data_type` is the target's
+    information_schema DATA_TYPE (a BIGINT UNSIGNED in a signed bigint is unwrapped)."""
+    kind = column_kind(data_type)
+    target = target_data_type.lower()
+    wraps = (kind == "int" and data_type.lower() == "bigint" and "unsigned" in column_type.lower()
+             and target == "bigint")
+    return ChecksumColumn(name, kind, bit_width(column_type) if kind == "bit" else None, wraps)
+
+
+def target_range_splittable(column: ChecksumColumn, target_data_type: str) -> bool:
+    """True when a SQL target can select `lower <= key < upper` with the same rows as MySQL (a number both sides)."""
+    return (column.kind in TARGET_RANGE_KINDS and not column.unsigned_wraps
+            and target_data_type.lower() in _TARGET_NUMERIC_TYPES)
+
+
+def chunk_count(source_rows: int, rows_per_chunk: int, max_chunks: int) -> int:
+    """How many chunks to split `source_rows` into: about `rows_per_chunk` each, at least 1, at most `max_chunks`."""
+    return max(1, min(max_chunks, -(-source_rows // max(1, rows_per_chunk))))
+
+
+def quote_target(dialect: SqlTargetDialect, name: str) -> str:
+    """A quoted identifier for SQL text run as is (no SQLAlchemy `text()`: colons stay unescaped)."""
+    if not name or "\x00" in name:
+        raise ValueError(f"invalid SQL identifier {name!r}")
+    return "[" + name.replace("]", "]]") + "]" if dialect == "mssql" else '"' + name.replace('"', '""') + '"'
+
+
+def target_table(dialect: SqlTargetDialect, name: str, schema: str | None = None) -> str:
+    """`[schema].[name]` / `"schema"."name"` (no schema: the login's default)."""
+    return ".".join(quote_target(dialect, p) for p in ([schema, name] if schema else [name]))
+
+
 def quote_mysql(name: str) -> str:
     if not name:
         raise ValueError("empty identifier; every table and column needs a name")
@@ -121,25 +186,54 @@ def mysql_table(db: str, table: str) -> str:
 
 
 def _ident(dialect: Dialect, name: str) -> str:
-    return quote_mysql(name) if dialect == "mysql" else quote_ident(name)
+    if dialect == "mysql":
+        return quote_mysql(name)
+    return quote_target(dialect, name) if dialect == "mssql" else quote_ident(name)
 
 
-def _concat(parts: Sequence[str]) -> str:
+def _concat(parts: Sequence[str], dialect: Dialect = "mysql") -> str:
+    if len(parts) == 1:
+        return parts[0]
+    if dialect in SQL_TARGETS:
+        # Operators, not CONCAT: theirs treats NULL as '' and SQL Server's takes at most 254 arguments.
+        return (" || " if dialect == "postgresql" else " + ").join(f"({p})" for p in parts)
     # CONCAT exists in both and is NULL if any part is; every part here is non-NULL by construction.
-    return parts[0] if len(parts) == 1 else f"CONCAT({', '.join(parts)})"
+    return f"CONCAT({', '.join(parts)})"
+
+
+def _lit(dialect: Dialect, text: str) -> str:
+    """A string literal; N'' on SQL Server so row texts stay nvarchar (non-ASCII survives)."""
+    return f"N'{text}'" if dialect == "mssql" else f"'{text}'"
+
+
+def _cast_text(dialect: Dialect, expr: str) -> str:
+    if dialect == "mysql":
+        return f"CAST({expr} AS CHAR)"
+    return f"CAST({expr} AS {_TEXT_TYPE[dialect]})" if dialect in SQL_TARGETS else f"CAST({expr} AS VARCHAR)"
 
 
 def _int_text(dialect: Dialect, expr: str) -> str:
-    return f"CAST({expr} AS SIGNED)" if dialect == "mysql" else f"CAST(CAST({expr} AS NUMBER(38,0)) AS VARCHAR)"
+    if dialect == "mysql":
+        return f"CAST({expr} AS SIGNED)"
+    if dialect in SQL_TARGETS:
+        return _cast_text(dialect, f"CAST({expr} AS bigint)")
+    return f"CAST(CAST({expr} AS NUMBER(38,0)) AS VARCHAR)"
 
 
 def _significant(dialect: Dialect, v: str, digits: int) -> str:
-    """`[-]<digits>e<exp>` of a double, identical arithmetic on both sides; zero -> '0'."""
-    exp = f"FLOOR(LOG10(ABS({v})))"
-    mantissa = f"FLOOR(ABS({v}) / POWER(10, {exp}) * {10 ** (digits - 1)} + 0.5)"
-    sign = f"IF({v} < 0, '-', '')" if dialect == "mysql" else f"IFF({v} < 0, '-', '')"
-    text = _concat([sign, _int_text(dialect, mantissa), "'e'", _int_text(dialect, exp)])
-    return f"CASE WHEN {v} = 0 THEN '0' ELSE {text} END"
+    """`[-]<digits>e<exp>` of a double, identical arithmetic on every side; zero -> '0'."""
+    # PostgreSQL's LOG is base 10; SQL Server's POWER returns its first argument's type (int 10 -> 0 for 10^-3).
+    exp = f"FLOOR({'LOG' if dialect == 'postgresql' else 'LOG10'}(ABS({v})))"
+    ten = "CAST(10 AS float)" if dialect == "mssql" else "10"
+    mantissa = f"FLOOR(ABS({v}) / POWER({ten}, {exp}) * {10 ** (digits - 1)} + 0.5)"
+    if dialect == "mysql":
+        sign = f"IF({v} < 0, '-', '')"
+    elif dialect == "snowflake":
+        sign = f"IFF({v} < 0, '-', '')"
+    else:
+        sign = f"CASE WHEN {v} < 0 THEN {_lit(dialect, '-')} ELSE {_lit(dialect, '')} END"
+    text = _concat([sign, _int_text(dialect, mantissa), _lit(dialect, "e"), _int_text(dialect, exp)], dialect)
+    return f"CASE WHEN {v} = 0 THEN {_lit(dialect, '0')} ELSE {text} END"
 
 
 def _time_text(t: str) -> str:
@@ -147,12 +241,64 @@ def _time_text(t: str) -> str:
     return f"CASE WHEN POSITION('.' IN {t}) = 0 THEN CONCAT({t}, '.000000') ELSE SUBSTR(CONCAT({t}, '000000'), 1, POSITION('.' IN {t}) + 6) END"
 
 
+def _target_pad_fraction(dialect: SqlTargetDialect, t: str) -> str:
+    """`_time_text` for SQL targets (also for their datetime strings); NULL stays NULL."""
+    if dialect == "mssql":
+        return (f"CASE WHEN CHARINDEX('.', {t}) = 0 THEN {t} + N'.000000' "
+                f"ELSE SUBSTRING({t} + N'000000', 1, CHARINDEX('.', {t}) + 6) END")
+    return (f"CASE WHEN POSITION('.' IN {t}) = 0 THEN {t} || '.000000' "
+            f"ELSE SUBSTR({t} || '000000', 1, POSITION('.' IN {t}) + 6) END")
+
+
 def _strip_whitespace(dialect: Dialect, t: str) -> str:
     # Character codes, not escapes: backslash escapes in literals differ between engines (DuckDB has none).
+    chars = {"mysql": "CHAR({} USING utf8mb4)", "mssql": "NCHAR({})"}
     for code in (32, 10, 9, 13):
-        ch = f"CHAR({code} USING utf8mb4)" if dialect == "mysql" else f"CHR({code})"
-        t = f"REPLACE({t}, {ch}, '')"
+        t = f"REPLACE({t}, {chars.get(dialect, 'CHR({})').format(code)}, {_lit(dialect, '')})"
     return t
+
+
+def _char_length(dialect: Dialect, v: str) -> str:
+    """Characters (code points) of a text, as MySQL's CHAR_LENGTH counts them."""
+    if dialect == "mysql":
+        return f"CHAR_LENGTH({v})"
+    if dialect == "mssql":
+        # LEN ignores trailing spaces (hence the sentinel) and counts a surrogate pair once only under an SC collation.
+        return f"(LEN(({v} + N'.') COLLATE {MSSQL_UTF8_COLLATION}) - 1)"
+    return f"LENGTH({v})"
+
+
+def _md5(dialect: Dialect, text: str) -> str:
+    """MD5 of a text's UTF-8 bytes: hex text, except on SQL Server, where it is the 16 hash bytes."""
+    if dialect == "mssql":
+        return f"HASHBYTES('MD5', CAST(({text}) COLLATE {MSSQL_UTF8_COLLATION} AS varchar(max)))"
+    return f"MD5({text})"
+
+
+def _target_hex(dialect: SqlTargetDialect, c: str) -> str:
+    return f"UPPER(ENCODE({c}, 'hex'))" if dialect == "postgresql" else f"CAST(CONVERT(varchar(max), {c}, 2) AS nvarchar(max))"
+
+
+def _target_value_text(dialect: SqlTargetDialect, column: ChecksumColumn, c: str) -> str:
+    """The canonical text of a column as the SQL applier / SQL Server Sink stored it (see the module docstring)."""
+    k = column.kind
+    if k == "int" and column.unsigned_wraps:
+        wide = "numeric" if dialect == "postgresql" else "decimal(20,0)"
+        return _cast_text(dialect, f"CASE WHEN {c} < 0 THEN CAST({c} AS {wide}) + {_TWO_TO_64} ELSE CAST({c} AS {wide}) END")
+    if k in ("double", "float"):
+        as_double = f"CAST({c} AS {'double precision' if dialect == 'postgresql' else 'float'})"
+        return _significant(dialect, as_double, 15 if k == "double" else 6)
+    if k in ("datetime", "time"):
+        return _target_pad_fraction(dialect, _cast_text(dialect, c))
+    if k == "binary":
+        return _target_hex(dialect, c)
+    if k == "bit":
+        width = 2 * (((column.bits or 1) + 7) // 8)
+        zeros = f"REPEAT('0', {width})" if dialect == "postgresql" else f"REPLICATE(N'0', {width})"
+        return f"RIGHT({_concat([zeros, _target_hex(dialect, c)], dialect)}, {width})"
+    if k == "json":
+        return _cast_text(dialect, _char_length(dialect, _strip_whitespace(dialect, _cast_text(dialect, c))))
+    return _cast_text(dialect, c)  # int, decimal, date (TiCDC's `YYYY-MM-DD`), text
 
 
 def _escape_percent(sql: str, params: tuple[Any, ...]) -> str:
@@ -177,6 +323,8 @@ def _snowflake_datetime(c: str) -> str:
 def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = None) -> str:
     """SQL giving the column's canonical text (NULL stays NULL)."""
     c = ref or _ident(dialect, column.name)
+    if dialect in SQL_TARGETS:
+        return _target_value_text(dialect, column, c)  # type: ignore[arg-type]
     k = column.kind
     my = dialect == "mysql"
     if k == "int":
@@ -216,6 +364,9 @@ def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = N
 def field_sql(dialect: Dialect, column: ChecksumColumn, text: str | None = None) -> str:
     """`<length>:<text>`, or the NULL marker; `text` is an already canonical text expression, if given."""
     v = text or value_text_sql(dialect, column)
+    if dialect in SQL_TARGETS:
+        body = _concat([_cast_text(dialect, _char_length(dialect, v)), _lit(dialect, ":"), v], dialect)
+        return f"CASE WHEN {v} IS NULL THEN {_lit(dialect, NULL_MARKER)} ELSE {body} END"
     length = f"CHAR_LENGTH({v})" if dialect == "mysql" else f"CAST(LENGTH({v}) AS VARCHAR)"
     return f"COALESCE(CONCAT({length}, ':', {v}), '{NULL_MARKER}')"
 
@@ -223,13 +374,25 @@ def field_sql(dialect: Dialect, column: ChecksumColumn, text: str | None = None)
 def row_text_sql(dialect: Dialect, columns: Sequence[ChecksumColumn]) -> str:
     if not columns:
         raise ValueError("no columns to checksum; the source and replica share no column")
-    return _concat([field_sql(dialect, c) for c in columns])
+    return _concat([field_sql(dialect, c) for c in columns], dialect)
 
 
 def hex_number_sql(dialect: Dialect, hex_text: str, digits: int) -> str:
-    """The first `digits` lower-case hex digits of `hex_text` as an exact integer."""
+    """The first `digits` lower-case hex digits of `hex_text` as an exact integer.
+
+    On SQL Server `hex_text` is the hash's bytes (`_md5`): whole bytes read as a bigint behind a zero byte
+    (never negative), an odd last digit as the high nibble of the next byte.
+    """
     if dialect == "mysql":
         return f"CAST(CONV(SUBSTR({hex_text}, 1, {digits}), 16, 10) AS UNSIGNED)"
+    if dialect == "postgresql":
+        return f"CAST(CAST('x' || SUBSTR({hex_text}, 1, {digits}) AS bit({4 * digits})) AS bigint)"
+    if dialect == "mssql":
+        if not 1 <= digits <= 15:
+            raise ValueError("SQL Server reads at most 15 hex digits (60 bits) into a bigint")
+        whole, half = divmod(digits, 2)
+        number = f"CAST(0x00 + SUBSTRING({hex_text}, 1, {whole}) AS bigint)" if whole else "CAST(0 AS bigint)"
+        return f"({number} * 16 + CAST(SUBSTRING({hex_text}, {whole + 1}, 1) AS int) / 16)" if half else number
     terms = [
         f"(POSITION(SUBSTR({hex_text}, {i + 1}, 1) IN {_HEX}) - 1) * {16 ** (digits - 1 - i)}" for i in range(digits)
     ]
@@ -332,20 +495,32 @@ def checksums_sql(
     m = hex_number_sql(dialect, "r.m", HASH_HEX_DIGITS)
     if chunks[0].bucket is not None:
         chunk, params = "0", ()
-        key_md5 = f", MD5(t.{names[list(columns).index(key)]}) AS km"
-        group = f"MOD({hex_number_sql(dialect, 'r.km', BUCKET_HEX_DIGITS)}, {chunks[0].buckets})"
+        key_md5 = f", {_md5(dialect, f't.{names[list(columns).index(key)]}')} AS km"
+        group = _mod(dialect, hex_number_sql(dialect, "r.km", BUCKET_HEX_DIGITS), chunks[0].buckets or 1)
     else:
         chunk, params = _range_expr(dialect, key, chunks)
         key_md5, group = "", "r.chunk"
     texts = _escape_percent(texts, params)
+    # SQL Server cannot GROUP BY an ordinal (and has no MOD); elsewhere the ordinal avoids repeating the group.
+    group_by = group if dialect == "mssql" else "1"
     return Statement(
-        f"SELECT {group} AS chunk, COUNT(*), SUM({m}) FROM (\n"
-        f"  SELECT t.chunk, MD5({_concat(fields)}) AS m{key_md5} FROM (\n"
+        f"SELECT {group} AS chunk, COUNT(*), {_sum(dialect, m)} FROM (\n"
+        f"  SELECT t.chunk, {_md5(dialect, _concat(fields, dialect))} AS m{key_md5} FROM (\n"
         f"    SELECT {chunk} AS chunk, {texts} FROM {table}\n"
         "  ) t\n"
-        ") r GROUP BY 1 ORDER BY 1",
+        f") r GROUP BY {group_by} ORDER BY 1",
         params,
     )
+
+
+def _sum(dialect: Dialect, number: str) -> str:
+    # SQL Server sums a bigint as a bigint (overflows after 8 rows of 60 bits); the others widen on their own.
+    return f"SUM(CAST({number} AS decimal(38,0)))" if dialect == "mssql" else f"SUM({number})"
+
+
+def _mod(dialect: Dialect, number: str, n: int) -> str:
+    # T-SQL's modulo is `%`, which the drivers' parameter formatting would take for a placeholder.
+    return f"({number} - ({number} / {n}) * {n})" if dialect == "mssql" else f"MOD({number}, {n})"
 
 
 def chunk_checksum_sql(dialect: Dialect, table: str, columns: Sequence[ChecksumColumn], chunk: Chunk) -> Statement:
@@ -365,8 +540,8 @@ def chunk_checksum_sql(dialect: Dialect, table: str, columns: Sequence[ChecksumC
     texts = _escape_percent(", ".join(f"{value_text_sql(dialect, c)} AS {n}" for c, n in zip(columns, names)), tuple(params))
     fields = [field_sql(dialect, c, f"t.{n}") for c, n in zip(columns, names)]
     return Statement(
-        f"SELECT {chunk.index}, COUNT(*), COALESCE(SUM({hex_number_sql(dialect, 'r.m', HASH_HEX_DIGITS)}), 0) FROM (\n"
-        f"  SELECT MD5({_concat(fields)}) AS m FROM (SELECT {texts} FROM {table}{cond}) t\n"
+        f"SELECT {chunk.index}, COUNT(*), COALESCE({_sum(dialect, hex_number_sql(dialect, 'r.m', HASH_HEX_DIGITS))}, 0) FROM (\n"
+        f"  SELECT {_md5(dialect, _concat(fields, dialect))} AS m FROM (SELECT {texts} FROM {table}{cond}) t\n"
         ") r",
         tuple(params),
     )

@@ -25,6 +25,7 @@ from tidb_pipeline.replication.checksum import (
     checksum_column,
     checksums_sql,
     chunk_checksum_sql,
+    chunk_count,
     column_kind,
     compare_chunks,
     field_sql,
@@ -33,9 +34,14 @@ from tidb_pipeline.replication.checksum import (
     parse_checksums,
     range_chunks,
     row_text_sql,
+    target_checksum_column,
+    target_range_splittable,
+    target_table,
+    value_text_sql,
 )
 from tidb_pipeline.replication.ddl import TableRef, create_replica_sql, quote_ident
 from tidb_pipeline.replication.landing import _json_float32
+from tidb_pipeline.replication.sqlserver import TargetTable
 
 # --- pure ------------------------------------------------------------------------------------------------
 
@@ -310,3 +316,207 @@ def test_chunk_checksums_agree_then_name_the_changed_chunk(tables) -> None:
 
 def _params(stmt) -> tuple[str, Any]:
     return stmt.sql, (stmt.params or None)
+
+
+# --- SQL targets (the SQL applier's / SQL Server Sink's tables): SQL Server text, PostgreSQL for real --------
+
+ALL_KINDS = [
+    ChecksumColumn("id", "int"), ChecksumColumn("u", "int", unsigned_wraps=True), ChecksumColumn("d", "decimal"),
+    ChecksumColumn("f", "float"), ChecksumColumn("g", "double"), ChecksumColumn("s", "text"),
+    ChecksumColumn("b", "binary"), ChecksumColumn("bt", "bit", 10), ChecksumColumn("j", "json"),
+    ChecksumColumn("dd", "date"), ChecksumColumn("ts", "datetime"), ChecksumColumn("tm", "time"),
+]  # fmt: skip
+
+
+def test_target_columns_unwrap_unsigned_bigints_and_range_split_only_numbers() -> None:
+    assert target_checksum_column("u", "bigint", "bigint(20) unsigned", "bigint") == ChecksumColumn("u", "int", None, True)
+    # string mode (avro-bigint-unsigned-handling-mode=string) keeps the digits: nothing to unwrap
+    assert target_checksum_column("u", "bigint", "bigint unsigned", "text") == ChecksumColumn("u", "int")
+    assert target_checksum_column("i", "int", "int(10) unsigned", "bigint") == ChecksumColumn("i", "int")
+    assert target_checksum_column("b", "bit", "bit(10)", "varbinary") == ChecksumColumn("b", "bit", 10)
+    assert target_checksum_column("t", "datetime", "datetime(6)", "varchar").kind == "datetime"
+    split = {(c.name, t): target_range_splittable(c, t) for c, t in [
+        (ChecksumColumn("i", "int"), "bigint"), (ChecksumColumn("d", "decimal"), "numeric"),
+        (ChecksumColumn("d", "decimal"), "decimal"), (ChecksumColumn("u", "int", unsigned_wraps=True), "bigint"),
+        (ChecksumColumn("i", "int"), "text"), (ChecksumColumn("dt", "datetime"), "varchar"),
+        (ChecksumColumn("dd", "date"), "text"),
+    ]}  # fmt: skip
+    assert split == {("i", "bigint"): True, ("d", "numeric"): True, ("d", "decimal"): True, ("u", "bigint"): False,
+                     ("i", "text"): False, ("dt", "varchar"): False, ("dd", "text"): False}
+    assert [chunk_count(n, 100, 8) for n in (0, 1, 100, 101, 10_000)] == [1, 1, 1, 2, 8]
+    assert target_table("mssql", "t]x", "dbo") == "[dbo].[t]]x]"
+    assert target_table("postgresql", 'a"b:c') == '"a""b:c"'  # run as is, not through text(): ':' stays
+
+
+def test_target_fields_propagate_null_and_count_characters() -> None:
+    col = ChecksumColumn("s", "text")
+    assert field_sql("postgresql", col) == (
+        "CASE WHEN CAST(\"s\" AS text) IS NULL THEN '~' ELSE (CAST(LENGTH(CAST(\"s\" AS text)) AS text)) || (':') || "
+        "(CAST(\"s\" AS text)) END"
+    )
+    assert field_sql("mssql", col) == (
+        "CASE WHEN CAST([s] AS nvarchar(max)) IS NULL THEN N'~' ELSE "
+        "(CAST((LEN((CAST([s] AS nvarchar(max)) + N'.') COLLATE Latin1_General_100_CI_AS_SC_UTF8) - 1) AS nvarchar(max)))"
+        " + (N':') + (CAST([s] AS nvarchar(max))) END"
+    )
+    assert value_text_sql("mssql", ChecksumColumn("u", "int", unsigned_wraps=True)) == (
+        "CAST(CASE WHEN [u] < 0 THEN CAST([u] AS decimal(20,0)) + 18446744073709551616 ELSE CAST([u] AS decimal(20,0)) "
+        "END AS nvarchar(max))"
+    )
+    assert value_text_sql("postgresql", ChecksumColumn("b", "bit", 10)) == (
+        "RIGHT((REPEAT('0', 4)) || (UPPER(ENCODE(\"b\", 'hex'))), 4)"
+    )
+
+
+def test_mssql_checksums_parse_as_tsql_group_by_expressions_and_sum_as_decimal() -> None:
+    import sqlglot
+
+    ranged = checksums_sql("mssql", "[dbo].[t]", ALL_KINDS, ALL_KINDS[0], range_chunks("id", [0, 10, 20]))
+    buckets = checksums_sql("mssql", "[dbo].[t]", ALL_KINDS, ALL_KINDS[5], bucket_chunks("s", 7))
+    one = chunk_checksum_sql("mssql", "[dbo].[t]", ALL_KINDS, Chunk(1, "id", 10, 20))
+    for stmt in (ranged, buckets, one):
+        # T-SQL that parses (placeholders as the driver sends them), with no '%' besides them
+        assert "%" not in stmt.sql.replace("%s", "")
+        sqlglot.parse_one(stmt.sql.replace("%s", "@P"), read="tsql")
+        assert "HASHBYTES('MD5', CAST((" in stmt.sql and "COLLATE Latin1_General_100_CI_AS_SC_UTF8 AS varchar(max)))" in stmt.sql
+        assert "SUM(CAST((CAST(0x00 + SUBSTRING(r.m, 1, 7) AS bigint) * 16 + CAST(SUBSTRING(r.m, 8, 1) AS int) / 16) AS decimal(38,0)))" in stmt.sql
+        assert "MD5(" not in stmt.sql.replace("'MD5'", "") and "CONCAT(" not in stmt.sql and "MOD(" not in stmt.sql
+        assert "POWER(CAST(10 AS float), FLOOR(LOG10(ABS(CAST([g] AS float)))))" in stmt.sql
+    assert ranged.params == (10, 20) and "CASE WHEN [id] < %s THEN 0 WHEN [id] < %s THEN 1 ELSE 2 END AS chunk" in ranged.sql
+    assert ranged.sql.endswith(") r GROUP BY r.chunk ORDER BY 1")
+    bucket = "(CAST(0x00 + SUBSTRING(r.km, 1, 4) AS bigint) - (CAST(0x00 + SUBSTRING(r.km, 1, 4) AS bigint) / 7) * 7)"
+    assert buckets.sql.startswith(f"SELECT {bucket} AS chunk, COUNT(*), ") and buckets.sql.endswith(f"GROUP BY {bucket} ORDER BY 1")
+    assert "HASHBYTES('MD5', CAST((t.v5) COLLATE Latin1_General_100_CI_AS_SC_UTF8 AS varchar(max))) AS km" in buckets.sql
+
+
+def test_mssql_hash_bytes_read_as_the_same_60_bit_number() -> None:
+    # The T-SQL reads bytes, MySQL reads hex digits: the same arithmetic in Python must agree on both readings.
+    assert hex_number_sql("mssql", "h", 15) == "(CAST(0x00 + SUBSTRING(h, 1, 7) AS bigint) * 16 + CAST(SUBSTRING(h, 8, 1) AS int) / 16)"
+    assert hex_number_sql("mssql", "h", 8) == "CAST(0x00 + SUBSTRING(h, 1, 4) AS bigint)"
+    for text in ("", "1:0~~", "héllo ✓", "x" * 1000):
+        h = hashlib.md5(text.encode()).digest()
+        assert int.from_bytes(b"\x00" + h[:7], "big") * 16 + h[7] // 16 == int(h.hex()[:15], 16) < 2**63
+        assert int.from_bytes(b"\x00" + h[:4], "big") == int(h.hex()[:8], 16)
+    with pytest.raises(ValueError, match="at most 15"):
+        hex_number_sql("mssql", "h", 16)
+
+
+@pytest.fixture(scope="module")
+def pg_tables(mariadb: Service, postgres: Service) -> Iterator[tuple[Any, Any, str, TargetTable]]:
+    """The sample rows in MariaDB, and in PostgreSQL as the SQL applier writes them: its DDL from TiCDC's Avro
+    schemas (ticdc_schema, as the lab change feed registers them) and TiCDC's datums for the rows."""
+    import sqlalchemy as sa
+
+    from tidb_pipeline.replication import sqlserver as sq
+    from tidb_pipeline.replication.ticdc_schema import CodecConfig, key_schema, snapshot_datum, table_info, value_schema
+
+    name = f"ckpg_{uuid.uuid4().hex[:10]}"
+    src = pymysql.connect(**mariadb.connect_kwargs(), autocommit=True)  # type: ignore[attr-defined]
+    engine = sa.create_engine(postgres.sqlalchemy_url().replace("postgresql://", "postgresql+pg8000://", 1))  # type: ignore[attr-defined]
+    with src.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(SOURCE_DDL.format(table=mysql_table(name, "t")))
+        cur.execute("SET time_zone = '+00:00'")
+        cur.executemany(f"INSERT INTO {mysql_table(name, 't')} VALUES ({', '.join(['%s'] * len(COLUMNS))})", sample_rows())
+    with pymysql.connect(**mariadb.connect_kwargs(), cursorclass=pymysql.cursors.DictCursor) as dconn, dconn.cursor() as cur:  # type: ignore[attr-defined]
+        cur.execute("SELECT * FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 't' "
+                    "ORDER BY ORDINAL_POSITION", (name,))
+        column_rows = cur.fetchall()
+        cur.execute("SELECT INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME FROM information_schema.STATISTICS "
+                    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 't'", (name,))
+        index_rows = cur.fetchall()
+    cfg = CodecConfig()
+    info = table_info(name, "t", column_rows, index_rows, json_columns=["c_json"])
+    columns = sq.table_columns(value_schema(info, cfg), key_schema(info, cfg), "postgresql")
+    target = TargetTable("t", name)
+    with src.cursor() as cur:
+        cur.execute("SET time_zone = '+00:00'")
+        cur.execute(f"SELECT * FROM {mysql_table(name, 't')} ORDER BY id")
+        datums = [snapshot_datum(info, row, cfg) for row in cur.fetchall()]
+    names = [c.name for c in columns]
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+        conn.execute(sa.text(sq.create_table_sql(target, columns, "postgresql")))
+        conn.execute(sa.text(sq.upsert_sql(target, names, ["id"], "postgresql", rows=len(datums))),
+                     sq.row_params([tuple(d[n] for n in names) for d in datums]))
+    yield src, engine, name, target
+    with src.cursor() as c:
+        c.execute(f"DROP DATABASE {name}")
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+    engine.dispose()
+    src.close()
+
+
+def _target_columns(src: Any, db: str, engine: Any, target: TargetTable) -> list[ChecksumColumn]:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        types = dict(conn.execute(sa.text("SELECT column_name, data_type FROM information_schema.columns "
+                                          "WHERE table_schema = :s AND table_name = :t"), {"s": target.schema, "t": target.name}).all())
+    with src.cursor() as cur:
+        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+                    "AND TABLE_NAME = 't' ORDER BY ORDINAL_POSITION", (db,))  # fmt: skip
+        # MariaDB's JSON is a LONGTEXT alias; TiDB reports `json` itself.
+        return [target_checksum_column(n, "json" if n == "c_json" else d, c, types[n]) for n, d, c in cur.fetchall()]
+
+
+def test_postgresql_rows_have_mysqls_canonical_text_and_md5(pg_tables) -> None:
+    src, engine, db, target = pg_tables
+    columns = _target_columns(src, db, engine, target)
+    assert [(c.kind, c.unsigned_wraps) for c in columns][:3] == [("int", False), ("int", False), ("int", True)]
+    assert [c.kind for c in columns][3:] == ["decimal", "float", "double", "text", "binary", "bit", "json", "date",
+                                             "datetime", "datetime", "time", "int", "text"]  # fmt: skip
+    with src.cursor() as cur:
+        cur.execute("SET time_zone = '+00:00'")
+        cur.execute(f"SELECT id, {row_text_sql('mysql', columns)} FROM {mysql_table(db, 't')} ORDER BY id")
+        mysql_rows = [(int(i), t) for i, t in cur.fetchall()]
+    table = target_table("postgresql", target.name, target.schema)
+    with engine.connect() as conn:
+        pg_rows = [(int(i), t) for i, t in conn.exec_driver_sql(
+            f'SELECT "id", {row_text_sql("postgresql", columns)} FROM {table} ORDER BY "id"').fetchall()]
+        got = conn.exec_driver_sql(f"SELECT {hex_number_sql('postgresql', 'MD5(v.t)', 15)} FROM (SELECT %s AS t) v",
+                                   (mysql_rows[3][1],)).scalar_one()
+    assert len(mysql_rows) == 40
+    assert pg_rows == mysql_rows
+    assert int(got) == int(hashlib.md5(mysql_rows[3][1].encode()).hexdigest()[:15], 16)
+
+
+def test_postgresql_chunk_checksums_agree_then_name_the_changed_chunk(pg_tables) -> None:
+    import sqlalchemy as sa
+
+    src, engine, db, target = pg_tables
+    columns = _target_columns(src, db, engine, target)
+    key = columns[0]
+    table = target_table("postgresql", target.name, target.schema)
+    with src.cursor() as cur:
+        cur.execute(*_params(boundaries_sql(db, "t", "id", 4)))
+        chunks = range_chunks("id", [r[0] for r in cur.fetchall()])
+    buckets = bucket_chunks("id", 5)
+
+    def both(chunks: Any) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+        with src.cursor() as cur:
+            cur.execute("SET time_zone = '+00:00'")
+            cur.execute(*_params(checksums_sql("mysql", mysql_table(db, "t"), columns, key, chunks)))
+            mine = parse_checksums(cur.fetchall())
+        stmt = checksums_sql("postgresql", table, columns, key, chunks)
+        with engine.connect() as conn:
+            theirs = parse_checksums(conn.exec_driver_sql(stmt.sql, stmt.params).fetchall())
+        return mine, theirs
+
+    source, rep = both(chunks)
+    assert source == rep and sorted(n for n, _ in source.values()) == [10, 10, 10, 10]
+    b_src, b_rep = both(buckets)
+    assert b_src == b_rep and sum(n for n, _ in b_src.values()) == 40
+    with engine.begin() as conn:
+        before = conn.execute(sa.text(f'SELECT "c_time" FROM {table} WHERE "id" = 250')).scalar_one()
+        conn.execute(sa.text(f'UPDATE {table} SET "c_time" = \'12:34:56.126\' WHERE "id" = 250'))
+    try:
+        source, rep = both(chunks)
+        assert [r.chunk.label for r in compare_chunks(chunks, source, rep) if not r.equal] == ["id >= 200 AND id < 300"]
+        b_src, b_rep = both(buckets)
+        assert len([r for r in compare_chunks(buckets, b_src, b_rep) if not r.equal]) == 1
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'UPDATE {table} SET "c_time" = :v WHERE "id" = 250'), {"v": before})
+    assert both(chunks)[0] == both(chunks)[1]
