@@ -32,7 +32,9 @@ def _lab(args: argparse.Namespace) -> int:
     elif args.action == "down":
         down(parts)
     elif args.action == "env":
-        for key, value in _lab_env(settings).items():
+        from tidb_pipeline.lab.env import pipeline_env
+
+        for key, value in pipeline_env(settings).items():
             print(f"{key}={value}")
     else:
         width = max(len(p.name) for p in parts)
@@ -44,23 +46,10 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def _lab_env(settings: LabSettings) -> dict[str, str]:
-    from tidb_pipeline.lab.postgres import LAB_DATABASE
-    from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER
-    from tidb_pipeline.lab.snowflake import lab_env
+    # Kept for callers not yet moved to `tidb_pipeline.lab.env.pipeline_env`.
+    from tidb_pipeline.lab.env import pipeline_env
 
-    return {
-        "TIDB_HOST": settings.host, "TIDB_PORT": str(settings.port("mariadb")),
-        "TIDB_USER": LAB_DB_USER, "TIDB_PASSWORD": LAB_DB_PASSWORD,
-        "TICDC_URL": settings.ticdc_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-        "SCHEMA_REGISTRY_URL": settings.registry_url,
-        # The lab's PostgreSQL stands in for SQL Server behind the built-in SQL applier.
-        "SQLSERVER_DRIVER": "postgresql+pg8000", "SQLSERVER_HOST": settings.host,
-        "SQLSERVER_PORT": str(settings.port("postgres")), "SQLSERVER_USER": LAB_DB_USER,
-        "SQLSERVER_PASSWORD": LAB_DB_PASSWORD, "SQLSERVER_DATABASE": LAB_DATABASE,
-        "KAFKA_CONNECT_FLAVOR": "self_managed", "KAFKA_CONNECT_URL": settings.connect_url,
-        **lab_env(settings),
-    }
+    return pipeline_env(settings)
 
 
 def _discover(args: argparse.Namespace) -> int:

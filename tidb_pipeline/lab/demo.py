@@ -54,16 +54,16 @@ def _wait(check: Callable[[], bool], *, timeout: float, what: str, interval: flo
 def run_demo(settings: LabSettings, *, duration_s: float = 30.0, threads: int = 2, fresh: bool = True) -> int:
     import dagster as dg
 
-    from tidb_pipeline.cli import _lab_env
     from tidb_pipeline.config import load_config
     from tidb_pipeline.defs import build_defs
     from tidb_pipeline.defs.jobs import merge_job_name
     from tidb_pipeline.defs.tables import changefeed_key, table_names
     from tidb_pipeline.lab.compare import compare_table
+    from tidb_pipeline.lab.env import pipeline_env
     from tidb_pipeline.lab.ticdc.codec import tso_from_ms
     from tidb_pipeline.workload import tpcc, types_table
 
-    os.environ.update(_lab_env(settings))
+    os.environ.update(pipeline_env(settings))
     if fresh:
         reset_lab(settings)
     config = load_config()

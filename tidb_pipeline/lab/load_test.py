@@ -88,7 +88,6 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
     import pymysql
     import snowflake.connector
 
-    from tidb_pipeline.cli import _lab_env
     from tidb_pipeline.config import parse_config
     from tidb_pipeline.defs import build_defs
     from tidb_pipeline.defs.checks import backlog_per_partition, checkpoint_lag_s, read_watermarks
@@ -96,12 +95,13 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
     from tidb_pipeline.defs.sensors import SENSOR_NAME
     from tidb_pipeline.defs.tables import changefeed_key, table_names
     from tidb_pipeline.lab.compare import compare_table
+    from tidb_pipeline.lab.env import pipeline_env
     from tidb_pipeline.lab.snowflake import connection_args
     from tidb_pipeline.lab.ticdc.codec import tso_from_ms
     from tidb_pipeline.workload import tpcc
 
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.update(_lab_env(settings))
+    os.environ.update(pipeline_env(settings))
     db = "load_tpcc"
     # TPC-C tables the change feed can replicate (history has no key), in groups of their own so the
     # sensor requests one run per group that moved.

@@ -17,7 +17,7 @@ import dagster as dg
 import pymysql
 import pytest
 
-from tidb_pipeline.cli import _lab_env
+from tidb_pipeline.lab.env import pipeline_env
 from tidb_pipeline.defs import build_defs
 from tidb_pipeline.defs.jobs import merge_job_name
 from tidb_pipeline.defs.tables import changefeed_key
@@ -76,7 +76,7 @@ def sentinel_env(lab_settings: LabSettings, mariadb: Service, kafka: Service, re
             cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO {quote_mysql(SENTINEL_USER)}@'%'")
         home = tmp_path / "dagster_home"
         home.mkdir()
-        env = {**_lab_env(own), **SECRETS, "TIDB_USER": SENTINEL_USER, "TICDC_USER": "ticdc",
+        env = {**pipeline_env(own), **SECRETS, "TIDB_USER": SENTINEL_USER, "TICDC_USER": "ticdc",
                "DAGSTER_HOME": str(home)}
         for k, v in env.items():
             monkeypatch.setenv(k, v)

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from playwright.sync_api import Page, expect
 
-from tidb_pipeline.cli import _lab_env
+from tidb_pipeline.lab.env import pipeline_env
 from tidb_pipeline.config import PipelineConfig, load_config
 from tidb_pipeline.defs.tables import TableKeys, changefeed_key, group_name, table_keys
 from tidb_pipeline.lab.service import Service
@@ -150,7 +150,7 @@ def dagster(tmp_path: Path, lab_settings: LabSettings, ui_table: UiTable) -> Ite
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(dagster_dev.REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, **_lab_env(lab_settings), "TIDB_PIPELINE_CONFIG": str(ui_table.config_path)}
+    env = {**os.environ, **pipeline_env(lab_settings), "TIDB_PIPELINE_CONFIG": str(ui_table.config_path)}
     port = dagster_dev.free_port()
     log = tmp_path / "dagster_dev.log"
     proc = dagster_dev.start(home=home, env=env, port=port, log=log)
