@@ -22,11 +22,9 @@ the reconciliation job, not in the merge job (a blocking check would only fail t
 `row_count`/`content` blocking if assets downstream of a replica are ever added.
 """
 
-from __future__ import annotations
-
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +35,7 @@ from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.changefeed import lag_seconds as checkpoint_lag_s  # one TSO-lag rule for asset and check
 from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
 from tidb_pipeline.defs.replica import latest_schemas
-from tidb_pipeline.defs.tables import TableNames, changefeed_key, table_keys, table_names
+from tidb_pipeline.defs.tables import TableNames, changefeed_key, group_name, table_keys, table_names
 from tidb_pipeline.replication.avro_types import EXTENSION_FIELDS, load_schema
 from tidb_pipeline.replication.checksum import (
     RANGE_KINDS,
@@ -280,130 +278,6 @@ def _dead_letters(cursor: Any, names: TableNames, settings: CheckSettings) -> Ta
     return ref
 
 
-# --- the factories -----------------------------------------------------------------------------------------
-
-
-def build_table_checks(
-    *, config: PipelineConfig, table: TableConfig, settings: CheckSettings = CheckSettings()
-) -> list[dg.AssetChecksDefinition]:
-    """The six checks on one table's replica asset."""
-    keys, names = table_keys(config, table), table_names(config, table)
-    source = f"{table.db}.{table.table}"
-
-    @dg.asset_check(asset=keys.replica, name="row_count_matches_source", blocking=False,
-                    description=f"Replica row count equals `SELECT COUNT(*)` of TiDB `{source}` (lag-aware).")
-    def _row_count(tidb: TiDBResource, snowflake: SnowflakeResource, kafka: KafkaResource,
-                   ticdc: TiCDCResource) -> dg.AssetCheckResult:
-        with snowflake.get_connection() as conn:
-            cur = conn.cursor()
-            watermarks = read_watermarks(cur, names)
-            replica_rows = _count(cur, f"SELECT COUNT(*) FROM {names.replica.sql}")
-        source_rows = tidb.count_rows(table.db, table.table)
-        lag = read_lag(config=config, names=names, watermarks=watermarks, kafka=kafka, ticdc=ticdc)
-        return lag_aware_result(equal=source_rows == replica_rows, lag=lag, settings=settings, what="row counts",
-                                metadata={"source_rows": source_rows, "replica_rows": replica_rows,
-                                          "difference": replica_rows - source_rows})
-
-    @dg.asset_check(asset=keys.replica, name="content_matches_source", blocking=False,
-                    description="Chunked checksums over primary-key ranges equal on TiDB and the replica (lag-aware).")
-    def _content(tidb: TiDBResource, snowflake: SnowflakeResource, kafka: KafkaResource,
-                 ticdc: TiCDCResource) -> dg.AssetCheckResult:
-        key = key_of(tidb, table)
-        source_columns = tidb.columns(table.db, table.table)
-        with snowflake.get_connection() as sf, tidb.get_connection() as source_conn:
-            watermarks = read_watermarks(sf.cursor(), names)
-            with source_conn.cursor() as cur:
-                source_rows = _count(cur, f"SELECT COUNT(*) FROM {mysql_table(table.db, table.table)}")
-            comparison = compare_content(
-                tidb_conn=source_conn, snowflake_conn=sf, table=table, replica=names.replica, key=key,
-                source_columns=source_columns, source_rows=source_rows, settings=settings,
-            )
-        lag = read_lag(config=config, names=names, watermarks=watermarks, kafka=kafka, ticdc=ticdc)
-        differing = comparison.differing
-        return lag_aware_result(equal=not differing, lag=lag, settings=settings, what="chunk checksums", metadata={
-            "chunks_checked": len(comparison.results),
-            "chunks_differing": len(differing),
-            "differing_ranges": [r.describe() for r in differing[:50]],
-            "columns_compared": len(comparison.columns),
-            "columns_not_in_replica": list(comparison.skipped),
-        })
-
-    @dg.asset_check(asset=keys.replica, name="landing_continuity", blocking=False,
-                    description=f"No offset gaps per partition in landing table {names.landing.label}.")
-    def _continuity(snowflake: SnowflakeResource) -> dg.AssetCheckResult:
-        with snowflake.get_connection() as conn:
-            cur = conn.cursor()
-            watermarks = read_watermarks(cur, names)
-            holes_stmt, spans_stmt = continuity_sql(names.landing, _dead_letters(cur, names, settings), names.topic)
-            try:
-                holes = _rows(cur, holes_stmt)
-                spans = {int(p): (int(a), int(b)) for p, a, b, _n in _rows(cur, spans_stmt)}
-            except Exception as exc:  # noqa: BLE001 - nothing landed yet
-                if not _missing_table(exc):
-                    raise
-                return dg.AssetCheckResult(passed=True, metadata={"note": f"{names.landing.label} does not exist yet"})
-        gaps = find_gaps(holes, spans, watermarks)
-        metadata = {
-            "landed_offsets": _partitions_text({p: f"{a}..{b}" for p, (a, b) in spans.items()}),
-            "merged_watermarks": _partitions_text({p: w.offset for p, w in watermarks.items()}),
-            "gaps": [str(g) for g in gaps[:50]],
-        }
-        if gaps:
-            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
-        return dg.AssetCheckResult(passed=True, metadata=metadata)
-
-    @dg.asset_check(asset=keys.replica, name="no_quarantined_records", blocking=False,
-                    description=f"No record of topic `{names.topic}` sits in the dead-letter table (poison records "
-                    "are quarantined there with their offsets instead of being skipped).")
-    def _quarantine(snowflake: SnowflakeResource) -> dg.AssetCheckResult:
-        with snowflake.get_connection() as conn:
-            cur = conn.cursor()
-            dead = _dead_letters(cur, names, settings)
-            if dead is None:
-                return dg.AssetCheckResult(passed=True, metadata={"quarantined": 0})
-            rows = _rows(cur, Statement(
-                f'SELECT "PARTITION", "OFFSET", "ERROR" FROM {dead.sql} WHERE "TOPIC" = %s '
-                'ORDER BY "PARTITION", "OFFSET"', (names.topic,)))
-        metadata = {
-            "quarantined": len(rows),
-            "dead_letter_table": dead.label,
-            "first_records": [f"p{p}@{o}: {str(e)[:120]}" for p, o, e in rows[:20]],
-        }
-        if rows:
-            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-                                       description=f"{len(rows)} record(s) of {names.topic} quarantined in {dead.label}")
-        return dg.AssetCheckResult(passed=True, metadata=metadata)
-
-    @dg.asset_check(asset=keys.replica, name="schema_drift", blocking=False,
-                    description="TiDB columns vs the topic's latest Avro value schema vs the replica's columns.")
-    def _drift(tidb: TiDBResource, schema_registry: SchemaRegistryResource,
-               snowflake: SnowflakeResource) -> dg.AssetCheckResult:
-        tidb_cols = [c.name for c in tidb.columns(table.db, table.table)]
-        schemas = latest_schemas(schema_registry.get_client(), names.topic)
-        avro_cols = [] if schemas is None else [
-            f["name"] for f in load_schema(schemas[1])["fields"] if f["name"] not in EXTENSION_FIELDS
-        ]
-        with snowflake.get_connection() as conn:
-            replica_cols = list(replica_column_types(conn.cursor(), names.replica))
-        drift = schema_differences(tidb_cols, avro_cols if schemas else None, replica_cols)
-        metadata = {"differences": drift.problems, "notes": drift.notes,
-                    "schema_version": schemas[2] if schemas else "none registered"}
-        if drift.problems:
-            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
-        return dg.AssetCheckResult(passed=True, metadata=metadata)
-
-    @dg.asset_check(asset=keys.replica, name="replica_freshness", blocking=False,
-                    description="Time since the last merge while records wait in Kafka.")
-    def _freshness(snowflake: SnowflakeResource, kafka: KafkaResource) -> dg.AssetCheckResult:
-        with snowflake.get_connection() as conn:
-            watermarks = read_watermarks(conn.cursor(), names)
-        end = kafka.end_offsets([names.topic]).get(names.topic, {})
-        return freshness_result(backlog_per_partition(end, watermarks), watermarks,
-                                dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), settings)
-
-    return [_row_count, _content, _continuity, _quarantine, _drift, _freshness]
-
-
 @dataclass(frozen=True)
 class Drift:
     problems: list[str]
@@ -460,6 +334,205 @@ def changefeed_result(state: str, checkpoint_ts: int, now_ms: int, error: str | 
     return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
+# --- one check of one replica -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replica:
+    """What a check needs to know about one replicated table."""
+
+    config: PipelineConfig
+    table: TableConfig
+    names: TableNames
+    settings: CheckSettings
+
+    @property
+    def source(self) -> str:
+        return f"{self.table.db}.{self.table.table}"
+
+
+def _row_count(r: Replica, res: Any) -> dg.AssetCheckResult:
+    tidb: TiDBResource = res.tidb
+    with res.snowflake.get_connection() as conn:
+        cur = conn.cursor()
+        watermarks = read_watermarks(cur, r.names)
+        replica_rows = _count(cur, f"SELECT COUNT(*) FROM {r.names.replica.sql}")
+    source_rows = tidb.count_rows(r.table.db, r.table.table)
+    lag = read_lag(config=r.config, names=r.names, watermarks=watermarks, kafka=res.kafka, ticdc=res.ticdc)
+    return lag_aware_result(equal=source_rows == replica_rows, lag=lag, settings=r.settings, what="row counts",
+                            metadata={"source_rows": source_rows, "replica_rows": replica_rows,
+                                      "difference": replica_rows - source_rows})
+
+
+def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
+    tidb: TiDBResource = res.tidb
+    key = key_of(tidb, r.table)
+    source_columns = tidb.columns(r.table.db, r.table.table)
+    with res.snowflake.get_connection() as sf, tidb.get_connection() as source_conn:
+        watermarks = read_watermarks(sf.cursor(), r.names)
+        with source_conn.cursor() as cur:
+            source_rows = _count(cur, f"SELECT COUNT(*) FROM {mysql_table(r.table.db, r.table.table)}")
+        comparison = compare_content(
+            tidb_conn=source_conn, snowflake_conn=sf, table=r.table, replica=r.names.replica, key=key,
+            source_columns=source_columns, source_rows=source_rows, settings=r.settings,
+        )
+    lag = read_lag(config=r.config, names=r.names, watermarks=watermarks, kafka=res.kafka, ticdc=res.ticdc)
+    differing = comparison.differing
+    return lag_aware_result(equal=not differing, lag=lag, settings=r.settings, what="chunk checksums", metadata={
+        "chunks_checked": len(comparison.results),
+        "chunks_differing": len(differing),
+        "differing_ranges": [c.describe() for c in differing[:50]],
+        "columns_compared": len(comparison.columns),
+        "columns_not_in_replica": list(comparison.skipped),
+    })
+
+
+def _continuity(r: Replica, res: Any) -> dg.AssetCheckResult:
+    names = r.names
+    with res.snowflake.get_connection() as conn:
+        cur = conn.cursor()
+        watermarks = read_watermarks(cur, names)
+        holes_stmt, spans_stmt = continuity_sql(names.landing, _dead_letters(cur, names, r.settings), names.topic)
+        try:
+            holes = _rows(cur, holes_stmt)
+            spans = {int(p): (int(a), int(b)) for p, a, b, _n in _rows(cur, spans_stmt)}
+        except Exception as exc:  # noqa: BLE001 - nothing landed yet
+            if not _missing_table(exc):
+                raise
+            return dg.AssetCheckResult(passed=True, metadata={"note": f"{names.landing.label} does not exist yet"})
+    gaps = find_gaps(holes, spans, watermarks)
+    metadata = {
+        "landed_offsets": _partitions_text({p: f"{a}..{b}" for p, (a, b) in spans.items()}),
+        "merged_watermarks": _partitions_text({p: w.offset for p, w in watermarks.items()}),
+        "gaps": [str(g) for g in gaps[:50]],
+    }
+    if gaps:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
+    names = r.names
+    with res.snowflake.get_connection() as conn:
+        cur = conn.cursor()
+        dead = _dead_letters(cur, names, r.settings)
+        if dead is None:
+            return dg.AssetCheckResult(passed=True, metadata={"quarantined": 0})
+        rows = _rows(cur, Statement(
+            f'SELECT "PARTITION", "OFFSET", "ERROR" FROM {dead.sql} WHERE "TOPIC" = %s '
+            'ORDER BY "PARTITION", "OFFSET"', (names.topic,)))
+    metadata = {
+        "quarantined": len(rows),
+        "dead_letter_table": dead.label,
+        "first_records": [f"p{p}@{o}: {str(e)[:120]}" for p, o, e in rows[:20]],
+    }
+    if rows:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                   description=f"{len(rows)} record(s) of {names.topic} quarantined in {dead.label}")
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
+    tidb_cols = [c.name for c in res.tidb.columns(r.table.db, r.table.table)]
+    schemas = latest_schemas(res.schema_registry.get_client(), r.names.topic)
+    avro_cols = [] if schemas is None else [
+        f["name"] for f in load_schema(schemas[1])["fields"] if f["name"] not in EXTENSION_FIELDS
+    ]
+    with res.snowflake.get_connection() as conn:
+        replica_cols = list(replica_column_types(conn.cursor(), r.names.replica))
+    drift = schema_differences(tidb_cols, avro_cols if schemas else None, replica_cols)
+    metadata = {"differences": drift.problems, "notes": drift.notes,
+                "schema_version": schemas[2] if schemas else "none registered"}
+    if drift.problems:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+def _freshness(r: Replica, res: Any) -> dg.AssetCheckResult:
+    with res.snowflake.get_connection() as conn:
+        watermarks = read_watermarks(conn.cursor(), r.names)
+    end = res.kafka.end_offsets([r.names.topic]).get(r.names.topic, {})
+    return freshness_result(backlog_per_partition(end, watermarks), watermarks,
+                            dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), r.settings)
+
+
+@dataclass(frozen=True)
+class CheckKind:
+    """One check run on every replica: its name, what it reads, its per-replica description and its body."""
+
+    name: str
+    resources: frozenset[str]
+    describe: Callable[[Replica], str]
+    run: Callable[[Replica, Any], dg.AssetCheckResult]  # (replica, context.resources) -> result
+
+
+CHECK_KINDS: tuple[CheckKind, ...] = (
+    CheckKind("row_count_matches_source", frozenset({"tidb", "snowflake", "kafka", "ticdc"}),
+              lambda r: f"Replica row count equals `SELECT COUNT(*)` of TiDB `{r.source}` (lag-aware).", _row_count),
+    CheckKind("content_matches_source", frozenset({"tidb", "snowflake", "kafka", "ticdc"}),
+              lambda r: "Chunked checksums over primary-key ranges equal on TiDB and the replica (lag-aware).", _content),
+    CheckKind("landing_continuity", frozenset({"snowflake"}),
+              lambda r: f"No offset gaps per partition in landing table {r.names.landing.label}.", _continuity),
+    CheckKind("no_quarantined_records", frozenset({"snowflake"}),
+              lambda r: f"No record of topic `{r.names.topic}` sits in the dead-letter table (poison records "
+              "are quarantined there with their offsets instead of being skipped).", _quarantine),
+    CheckKind("schema_drift", frozenset({"tidb", "schema_registry", "snowflake"}),
+              lambda r: "TiDB columns vs the topic's latest Avro value schema vs the replica's columns.", _drift),
+    CheckKind("replica_freshness", frozenset({"snowflake", "kafka"}),
+              lambda r: "Time since the last merge while records wait in Kafka.", _freshness),
+)
+
+
+def error_result(key: dg.AssetCheckKey, exc: Exception) -> dg.AssetCheckResult:
+    """What a check that raised shows: ERROR naming the exception, so the other replicas' results still stand."""
+    error = f"{type(exc).__name__}: {exc}"[:1000]
+    return dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
+                               severity=dg.AssetCheckSeverity.ERROR, description=f"the check raised {error}"[:500],
+                               metadata={"error": error})
+
+
+# --- the factories -----------------------------------------------------------------------------------------
+
+
+def build_kind_checks(
+    *, kind: CheckKind, replicas: Sequence[Replica], name: str
+) -> dg.AssetChecksDefinition:
+    """One op running check `kind` on each selected replica; per-replica check keys as with one check each.
+
+    One definition per kind instead of one per replica keeps loading 500 tables fast; `can_subset` keeps
+    running a single replica's check (UI, job selection) from touching the others.
+    """
+    by_key = {dg.AssetCheckKey(table_keys(r.config, r.table).replica, kind.name): r for r in replicas}
+    specs = [dg.AssetCheckSpec(k.name, asset=k.asset_key, description=kind.describe(r), blocking=False)
+             for k, r in by_key.items()]
+
+    @dg.multi_asset_check(name=name, specs=specs, can_subset=True, required_resource_keys=set(kind.resources),
+                          description=f"`{kind.name}` on each selected replica of {len(specs)}.")
+    def _checks(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
+        selected = context.selected_asset_check_keys
+        for key, replica in by_key.items():
+            if key not in selected:
+                continue
+            try:
+                r = kind.run(replica, context.resources)
+            except Exception as exc:  # noqa: BLE001 - one replica's failure must not hide the others' results
+                context.log.exception(f"{kind.name} on {key.asset_key.to_user_string()} raised")
+                yield error_result(key, exc)
+                continue
+            yield dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=r.passed,
+                                      severity=r.severity, metadata=r.metadata, description=r.description)
+
+    return _checks
+
+
+def build_replica_checks(
+    *, config: PipelineConfig, tables: Sequence[TableConfig], settings: CheckSettings = CheckSettings(), suffix: str
+) -> list[dg.AssetChecksDefinition]:
+    """The six checks on each table's replica, one definition per kind (op `<kind>_<suffix>`)."""
+    replicas = [Replica(config, t, table_names(config, t), settings) for t in tables]
+    return [build_kind_checks(kind=k, replicas=replicas, name=f"{k.name}_{suffix}") for k in CHECK_KINDS]
+
+
 def build_changefeed_check(*, config: PipelineConfig, settings: CheckSettings = CheckSettings()) -> dg.AssetChecksDefinition:
     changefeed_id = config.source.changefeed_id
 
@@ -479,11 +552,14 @@ def build_changefeed_check(*, config: PipelineConfig, settings: CheckSettings = 
 
 
 def build_all_checks(*, config: PipelineConfig, settings: CheckSettings = CheckSettings()) -> list[dg.AssetChecksDefinition]:
+    """The changefeed's check, and per table group one definition per replica check kind."""
     return [build_changefeed_check(config=config, settings=settings),
-            *(c for t in config.tables for c in build_table_checks(config=config, table=t, settings=settings))]
+            *(c for tables in config.groups.values()
+              for c in build_replica_checks(config=config, tables=tables, settings=settings,
+                                            suffix=group_name(tables[0])))]
 
 
-def build_reconcile_job(*, checks: Sequence[dg.AssetChecksDefinition]) -> dg.UnresolvedAssetJobDefinition:
+def build_reconcile_job(*, checks: Sequence[dg.AssetChecksDefinition]) -> "dg.UnresolvedAssetJobDefinition":
     return dg.define_asset_job(
         RECONCILE_JOB, selection=dg.AssetSelection.checks(*checks),
         description="Prove the replicas right: row counts, chunked checksums, continuity, drift, freshness, changefeed.",

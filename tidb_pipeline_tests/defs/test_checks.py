@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +27,7 @@ from confluent_kafka.schema_registry import Schema
 
 from tidb_pipeline.config import PipelineConfig, SnowflakeConfig, TableConfig
 from tidb_pipeline.defs.checks import (
+    CHECK_KINDS,
     CheckSettings,
     Lag,
     Watermark,
@@ -220,16 +221,25 @@ class Lab:
         assert outcome is not None
 
     def run(self, ticdc: TiCDCResource | None = None) -> dict[str, dg.AssetCheckEvaluation]:
-        checks = build_all_checks(config=self.config, settings=SETTINGS)
+        evaluations = self.run_checks(self.config, ticdc=ticdc)
+        return {e.check_name: e for e in evaluations}
+
+    def run_checks(self, config: PipelineConfig, selection: Sequence[dg.AssetCheckKey] = (),
+                   ticdc: TiCDCResource | None = None) -> list[dg.AssetCheckEvaluation]:
+        """The reconcile job for `config` through Dagster, or a job of only the `selection` checks."""
+        checks = build_all_checks(config=config, settings=SETTINGS)
+        jobs = [build_reconcile_job(checks=checks)]
+        if selection:
+            jobs.append(dg.define_asset_job("selected", selection=dg.AssetSelection.checks(*selection)))
+        assets = [dg.AssetSpec(table_keys(config, t).replica) for t in config.tables]
         defs = dg.Definitions(
-            assets=[dg.AssetSpec(self.keys.replica), dg.AssetSpec(changefeed_key(self.config))],
-            asset_checks=checks, jobs=[build_reconcile_job(checks=checks)],
+            assets=[*assets, dg.AssetSpec(changefeed_key(config))], asset_checks=checks, jobs=jobs,
             resources={"tidb": self.tidb, "kafka": self.kafka, "schema_registry": self.registry,
                        "snowflake": snowflake_resource(lab_env(self.settings)), "ticdc": ticdc or StubTiCDC()},
         )  # fmt: skip
-        result = defs.resolve_job_def("reconcile").execute_in_process()
+        result = defs.resolve_job_def("selected" if selection else "reconcile").execute_in_process()
         assert result.success
-        return {e.check_name: e for e in result.get_asset_check_evaluations()}
+        return result.get_asset_check_evaluations()
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +279,36 @@ def test_reconcile_job_and_schedule_cover_every_check() -> None:
     }  # fmt: skip
     schedule = build_reconcile_schedule(config=config)
     assert (schedule.cron_schedule, schedule.job_name) == ("0 * * * *", "reconcile")
+
+
+def test_one_definition_per_check_kind_and_group_with_per_replica_specs() -> None:
+    """Checks scale by kind and group, not by table; each replica keeps its own described, non-blocking check."""
+    config = PipelineConfig(
+        merge_schedules={"default": {"cron": "* * * * *"}, "big": {"cron": "*/5 * * * *"}},
+        tables=(TableConfig(db="a", table="b"), TableConfig(db="a", table="c", group="big"),
+                TableConfig(db="a", table="d", group="big")),
+    )  # fmt: skip
+    checks = build_all_checks(config=config)
+    assert sorted(c.node_def.name for c in checks) == sorted([
+        "ticdc__tidb_pipeline_changefeed_healthy",
+        *(f"{k.name}_replication_{g}" for k in CHECK_KINDS for g in ("default", "big"))])
+    assert all(c.can_subset for c in checks[1:])
+    specs = {(s.asset_key.to_user_string(), s.name): (s.description, s.blocking)
+             for c in checks for s in c.check_specs if s.asset_key.path[-1] == "C"}
+    assert specs == {
+        ("snowflake/REPLICA/C", "row_count_matches_source"):
+            ("Replica row count equals `SELECT COUNT(*)` of TiDB `a.c` (lag-aware).", False),
+        ("snowflake/REPLICA/C", "content_matches_source"):
+            ("Chunked checksums over primary-key ranges equal on TiDB and the replica (lag-aware).", False),
+        ("snowflake/REPLICA/C", "landing_continuity"):
+            ("No offset gaps per partition in landing table TIDB_REPLICA.LANDING.TIDB_A_C.", False),
+        ("snowflake/REPLICA/C", "no_quarantined_records"):
+            ("No record of topic `tidb_a_c` sits in the dead-letter table (poison records are quarantined "
+             "there with their offsets instead of being skipped).", False),
+        ("snowflake/REPLICA/C", "schema_drift"):
+            ("TiDB columns vs the topic's latest Avro value schema vs the replica's columns.", False),
+        ("snowflake/REPLICA/C", "replica_freshness"): ("Time since the last merge while records wait in Kafka.", False),
+    }  # fmt: skip
 
 
 def test_checks_on_the_lab(lab: Lab) -> None:
@@ -343,3 +383,25 @@ def test_checks_on_the_lab(lab: Lab) -> None:
     assert (ev["changefeed_healthy"].passed, ev["changefeed_healthy"].severity) == (False, ERROR)
     assert _md(ev["content_matches_source"])["columns_not_in_replica"] == ["note"]
     assert ev["content_matches_source"].passed
+
+
+def test_one_check_of_one_replica_runs_alone_and_a_failing_replica_does_not_hide_the_others(lab: Lab) -> None:
+    # the missing table comes first in the group's op, so its failure happens before the real table is checked
+    missing = TableConfig(db=lab.db, table="missing", key=("id",))
+    config = PipelineConfig(snowflake=lab.config.snowflake, tables=(missing, lab.table))
+    real = dg.AssetCheckKey(lab.keys.replica, "row_count_matches_source")
+    gone = dg.AssetCheckKey(table_keys(config, missing).replica, "row_count_matches_source")
+
+    # a single check of a single replica: one result, although its op covers both replicas and six kinds run
+    (only,) = lab.run_checks(config, [real])
+    assert (only.asset_key, only.check_name, only.passed) == (real.asset_key, real.name, True)
+    assert _md(only)["source_rows"] == 40
+
+    # both: the missing table's failure is its own ERROR result naming the exception; the other still runs
+    evaluations = lab.run_checks(config, [real, gone])
+    assert [(e.asset_key, e.check_name, e.passed) for e in evaluations] == [
+        (gone.asset_key, gone.name, False), (real.asset_key, real.name, True)]
+    assert evaluations[0].severity == ERROR
+    error = _md(evaluations[0])["error"]
+    assert error.startswith("ProgrammingError: ") and "MISSING" in error, error
+    assert evaluations[0].description == f"the check raised {error}"
