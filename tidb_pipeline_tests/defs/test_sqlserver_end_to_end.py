@@ -2,7 +2,9 @@
 stand-in), through the `sqlserver/...` assets `build_defs` wires from the config's `sqlserver` section.
 
 Acceptance of issue 6: after a TPC-C workload run every eligible TPC-C table's replica equals its source in
-full (every row, every column), and a rerun with nothing new applies nothing.
+full (every row, every column), and a rerun with nothing new applies nothing. The SQL Server tables' asset
+checks, run through Dagster, pass on every table; after one target row is changed and another deleted in
+PostgreSQL, the content check fails naming the changed key range and the row count check fails on the deletion.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import sqlalchemy as sa
 from tidb_pipeline.cli import _lab_env
 from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
+from tidb_pipeline.defs.checks import CheckSettings
 from tidb_pipeline.defs.sqlserver import sqlserver_key
+from tidb_pipeline.defs.sqlserver_checks import CONTENT_CHECK, ROW_COUNT_CHECK, build_sqlserver_checks
 from tidb_pipeline.defs.tables import changefeed_key
 from tidb_pipeline.lab.compare import compare_sql_table
 from tidb_pipeline.lab.postgres import LAB_DATABASE
@@ -135,3 +139,62 @@ def test_tpcc_sqlserver_replicas_equal_source_after_workload(pipeline: dict[str,
     for event in rerun.get_asset_materialization_events():
         md = event.materialization.metadata
         assert (md["records_read"].value, md["backlog_records"].value) == (0, 0), event.asset_key
+
+    # --- the asset checks, through Dagster ---------------------------------------------------------------
+    wired = [c for c in defs.asset_checks if {k.asset_key.path[0] for k in c.check_keys} == {"sqlserver"}]
+    expected = {dg.AssetCheckKey(k, n) for k in keys for n in (ROW_COUNT_CHECK, CONTENT_CHECK)}
+    assert {k for c in wired for k in c.check_keys} == expected
+    assert {k for k in defs.resolve_job_def("reconcile").asset_layer.asset_graph.asset_check_keys} >= expected
+    results = _run_checks(defs, wired)
+    assert set(results) == expected
+    assert {k: (r.passed, r.metadata.get("error")) for k, r in results.items()} == {k: (True, None) for k in expected}
+    rows = {k.asset_key: r.metadata["target_rows"].value for k, r in results.items() if k.name == ROW_COUNT_CHECK}
+    assert all(n > 0 for n in rows.values()) and results[next(iter(expected))].metadata["backlog_records"].value == 0
+
+    # corrupt the target: one value changed in `item`, one row deleted from `district`
+    item, district = (next(t for t in config.tables if t.table == name) for name in ("item", "district"))
+    schema = pipeline["schema"]
+    with pipeline["engine"].begin() as conn:
+        conn.execute(sa.text(f'UPDATE "{schema}"."{config.topic(item)}" SET "i_price" = "i_price" + 1 WHERE "i_id" = 7'))
+        conn.execute(sa.text(f'DELETE FROM "{schema}"."{config.topic(district)}" WHERE "d_w_id" = 1 AND "d_id" = 3'))
+    small = build_sqlserver_checks(config=config, settings=CheckSettings(rows_per_chunk=50))  # several item chunks
+    results = _run_checks(defs, small)
+    failed = {k: r for k, r in results.items() if not r.passed}
+    item_key, district_key = (sqlserver_key(config=config, table=t, database=LAB_DATABASE) for t in (item, district))
+    assert set(failed) == {dg.AssetCheckKey(item_key, CONTENT_CHECK), dg.AssetCheckKey(district_key, CONTENT_CHECK),
+                           dg.AssetCheckKey(district_key, ROW_COUNT_CHECK)}
+    assert {r.severity for r in failed.values()} == {dg.AssetCheckSeverity.ERROR}  # caught up: the target is wrong
+    content = failed[dg.AssetCheckKey(item_key, CONTENT_CHECK)].metadata
+    (item_range,) = content["differing_ranges"].value
+    assert content["chunks_checked"].value > 2 and content["chunks_differing"].value == 1
+    lower, upper = _bounds(item_range, "i_id")
+    assert (lower is None or lower <= 7) and (upper is None or 7 < upper) and (lower, upper) != (None, None)
+    rows_in_range = item_range.split("source ")[1].split(" rows")[0]
+    assert item_range.endswith(f"source {rows_in_range} rows, replica {rows_in_range} rows")  # a value, not a row
+    count = failed[dg.AssetCheckKey(district_key, ROW_COUNT_CHECK)].metadata
+    assert (count["difference"].value, count["source_rows"].value - count["target_rows"].value) == (-1, 1)
+    (district_range,) = failed[dg.AssetCheckKey(district_key, CONTENT_CHECK)].metadata["differing_ranges"].value
+    assert district_range.endswith(f"source {count['source_rows'].value} rows, replica {count['target_rows'].value} rows")
+
+
+def _run_checks(defs: dg.Definitions, checks: list[dg.AssetChecksDefinition]) -> dict[dg.AssetCheckKey, Any]:
+    """Run `checks` as a Dagster job in process; their evaluations by check key."""
+    job = dg.define_asset_job("sqlserver_checks", selection=dg.AssetSelection.checks(*checks))
+    run_defs = dg.Definitions(assets=defs.assets, asset_checks=checks, jobs=[job], resources=defs.resources)
+    result = run_defs.resolve_job_def("sqlserver_checks").execute_in_process()
+    assert result.success
+    return {e.asset_check_key: e for e in result.get_asset_check_evaluations()}
+
+
+def _bounds(label: str, column: str) -> tuple[int | None, int | None]:
+    """(lower, upper) of a range chunk label such as `i_id >= 40 AND i_id < 80: ...`."""
+    head = label.split(":")[0]
+    lower = upper = None
+    for part in head.split(" AND "):
+        name, op, value = part.split()
+        assert name == column, label
+        if op == ">=":
+            lower = int(value)
+        else:
+            upper = int(value)
+    return lower, upper
