@@ -167,6 +167,9 @@ class PipelineConfig(_Model):
     cleanup_schedule: ScheduleConfig = ScheduleConfig(cron="0 */2 * * *")
     reconcile_schedule: ScheduleConfig = ScheduleConfig(cron="0 * * * *")
     retention_hours: float = Field(default=24.0, ge=0)
+    # The offsets sensor's minimum interval: a commit waits up to this long before a merge run is even
+    # requested. Dagster's sensor daemon evaluates sensors at most every 5 s, so lower values buy nothing.
+    sensor_interval_seconds: int = Field(default=15, ge=5, le=3600)
     tables: tuple[TableConfig, ...] = ()
 
     @model_validator(mode="after")

@@ -62,3 +62,14 @@ def test_discover_output_round_trips(tmp_path: Path) -> None:
     path.write_text(dump_tables(config, tables))
     loaded = load_config(path)
     assert loaded.retention_hours == 6 and loaded.tables == tables
+
+
+def test_sensor_interval_is_configurable_with_a_floor() -> None:
+    from tidb_pipeline.defs.sensors import build_offsets_sensor
+
+    assert parse_config({}).sensor_interval_seconds == 15
+    config = parse_config({"sensor_interval_seconds": 5})
+    assert build_offsets_sensor(config=config).minimum_interval_seconds == 5
+    # Dagster's sensor daemon does not evaluate a sensor more often than every 5 s.
+    with pytest.raises(ConfigError, match="sensor_interval_seconds"):
+        parse_config({"sensor_interval_seconds": 1})

@@ -12,6 +12,11 @@ row) to the merge that applied it: after each run the watermark table is read, a
 the first merge whose new watermark covers its offset. Two clocks for that merge: `MERGED_AT` (written by
 the merge, taken as it starts) and the end of the run (after its commit, an upper bound on visibility).
 Deletes carry no commit time (tombstones are `{}`) and are left out.
+
+The latency is split at Kafka: the record's `CreateTime` (stamped by the change feed's producer) minus the
+commit time is the feed's share (commit -> Kafka: the lab's Python change feed, not this pipeline); merged
+minus `CreateTime` is the pipeline's (sensor tick + landing + merge). Commit times come from MariaDB's
+binlog, in whole seconds, so every figure reads up to 1 s high.
 """
 
 from __future__ import annotations
@@ -67,6 +72,12 @@ class FreshnessResult:
     duration_s: float
     tick_s: float
     latencies: tuple[float, ...] = ()
+    feed_p50: float = 0.0  # commit -> Kafka CreateTime
+    feed_p95: float = 0.0
+    feed_max: float = 0.0
+    pipeline_p50: float = 0.0  # Kafka CreateTime -> merged
+    pipeline_p95: float = 0.0
+    pipeline_max: float = 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -179,6 +190,8 @@ def run_freshness(
             else:
                 materialize(list(request.asset_selection or []))
             run_seconds.append(time.time() - t0)
+            if measuring:
+                log(f"freshness: run of {len(request.asset_selection or [])} assets took {run_seconds[-1]:.1f}s")
             steps.extend(steps_between(before, read_watermarks(), time.time()))
         return len(result.run_requests or [])
 
@@ -219,32 +232,44 @@ def run_freshness(
             if not tick():
                 break
             time.sleep(max(0.0, tick_s - (time.monotonic() - t0)))
-        latencies, latencies_end = [], []
+        latencies, latencies_end, feed, pipeline = [], [], [], []
         cur = sf.cursor()
         for t in config.tables:
             names = table_names(config, t)
             cur.execute(
                 f'SELECT "RECORD_METADATA":"partition"::int, "RECORD_METADATA":"offset"::int, '
-                f'"RECORD_CONTENT":"_tidb_commit_physical_time"::int FROM {names.landing.sql} '
+                f'"RECORD_CONTENT":"_tidb_commit_physical_time"::int, "RECORD_METADATA":"CreateTime"::int '
+                f'FROM {names.landing.sql} '
                 f'WHERE "RECORD_CONTENT":"_tidb_commit_physical_time"::int BETWEEN %s AND %s',
                 (int(start * 1000), int(end * 1000)),
             )
-            for p, offset, commit_ms in cur.fetchall():
+            for p, offset, commit_ms, created_ms in cur.fetchall():
                 step = assign(steps, names.replica.label, int(p), int(offset))
                 if step is None:
                     raise RuntimeError(f"landing row {names.landing.label} p{p} o{offset} was never merged")
                 latencies.append(step.merged_at - commit_ms / 1000)
                 latencies_end.append(step.run_end - commit_ms / 1000)
+                if created_ms is not None:
+                    feed.append((created_ms - commit_ms) / 1000)
+                    pipeline.append(step.merged_at - created_ms / 1000)
         if not latencies:
             raise RuntimeError("no landing rows committed during the workload; nothing to measure")
-        return FreshnessResult(
+        result = FreshnessResult(
             rows=len(latencies), p50=percentile(latencies, 50), p95=percentile(latencies, 95), max=max(latencies),
             p50_run_end=percentile(latencies_end, 50), p95_run_end=percentile(latencies_end, 95),
             max_run_end=max(latencies_end), runs=len(run_seconds), ticks=ticks,
             run_seconds_median=statistics.median(run_seconds) if run_seconds else 0.0,
             tpmc=summary[0].tpmc if summary else 0.0, duration_s=duration_s, tick_s=tick_s,
             latencies=tuple(latencies),
+            feed_p50=percentile(feed, 50) if feed else 0.0, feed_p95=percentile(feed, 95) if feed else 0.0,
+            feed_max=max(feed, default=0.0), pipeline_p50=percentile(pipeline, 50) if pipeline else 0.0,
+            pipeline_p95=percentile(pipeline, 95) if pipeline else 0.0, pipeline_max=max(pipeline, default=0.0),
         )
+        log(f"freshness: commit -> merged p50/p95/max {result.p50:.1f}/{result.p95:.1f}/{result.max:.1f}s = "
+            f"feed (commit -> Kafka) {result.feed_p50:.1f}/{result.feed_p95:.1f}/{result.feed_max:.1f}s + pipeline "
+            f"(Kafka -> merged) {result.pipeline_p50:.1f}/{result.pipeline_p95:.1f}/{result.pipeline_max:.1f}s; "
+            f"{result.runs} runs, median {result.run_seconds_median:.1f}s")
+        return result
     finally:
         try:
             with resources["ticdc"].get_client() as client:

@@ -28,11 +28,13 @@ def _merge_selection(config: PipelineConfig, tables: tuple[TableConfig, ...]) ->
 
 
 def build_merge_jobs(*, config: PipelineConfig) -> list:
+    # A group's landing and replica assets are one step that runs its tables in threads (defs/tables.py), so
+    # the multiprocess executor would only add a child interpreter (imports + definitions load) per run.
     return [
         dg.define_asset_job(
             merge_job_name(group), selection=_merge_selection(config, tables),
             description=f"Land and merge the `{group}` table group into its Snowflake replicas.",
-            tags={"tidb_pipeline/group": group},
+            tags={"tidb_pipeline/group": group}, executor_def=dg.in_process_executor,
         )
         for group, tables in config.groups.items()
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,23 @@ def ensure_replica(cursor: Any, replica: TableRef, columns: tuple[ReplicaColumn,
     return tuple(c.name for c in columns if c.name not in have)
 
 
+# (server, replica, watermarks) -> (schema version, columns) whose DDL this process has already run.
+_ensured: dict[tuple[Any, ...], tuple[int, tuple[ReplicaColumn, ...]]] = {}
+_ensured_lock = threading.Lock()
+
+
+def _ddl_cache_key(connection: Any, replica: TableRef, watermarks: TableRef) -> tuple[Any, ...]:
+    # The server is part of the key: one process may talk to several accounts (tests, labs).
+    server = tuple(getattr(connection, a, None) for a in ("host", "port", "account"))
+    return (*server, replica.sql, watermarks.sql)
+
+
+def forget_ensured() -> None:
+    """Drop the per-process DDL cache (the next merge of every replica re-checks its objects)."""
+    with _ensured_lock:
+        _ensured.clear()
+
+
 def merge_replica(
     *,
     connection: Any,
@@ -102,12 +120,36 @@ def merge_replica(
         return None
     key_schema, value_schema, version = schemas
     columns = replica_columns(value_schema, key_schema)
-    cursor = connection.cursor()
-    ensure_schema(cursor, watermarks)
-    _execute(cursor, create_watermark_sql(watermarks))
-    added = ensure_replica(cursor, replica, columns)
+    plan = MergePlan(replica, landing, watermarks, columns)
+    when = now or dt.datetime.now(dt.timezone.utc)
+    cache_key = _ddl_cache_key(connection, replica, watermarks)
+    with _ensured_lock:
+        cached = _ensured.get(cache_key) == (version, columns)
+    added: tuple[str, ...] = ()
+
+    def ensure() -> tuple[str, ...]:
+        cursor = connection.cursor()
+        ensure_schema(cursor, watermarks)
+        _execute(cursor, create_watermark_sql(watermarks))
+        got = ensure_replica(cursor, replica, columns)
+        with _ensured_lock:
+            _ensured[cache_key] = (version, columns)
+        return got
+
+    if not cached:
+        added = ensure()
+    try:
+        counts, ranges = run_merge(connection, plan, when)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless the skipped DDL explains it
+        if not cached:
+            raise
+        with _ensured_lock:
+            _ensured.pop(cache_key, None)
+        log.warning("merge into %s failed with its DDL skipped (%s: %s); checking its tables and retrying once",
+                    replica.label, type(exc).__name__, exc)
+        added = ensure()
+        counts, ranges = run_merge(connection, plan, when)
     if added:
         log.info("added columns %s to %s (schema version %s)", ", ".join(added), replica.label, version)
-    counts, ranges = run_merge(connection, MergePlan(replica, landing, watermarks, columns), now or dt.datetime.now(dt.timezone.utc))
     (row_count,) = _execute(connection.cursor(), f"SELECT COUNT(*) FROM {replica.sql}")[0]
     return MergeOutcome(replica, counts, ranges, columns, added, int(row_count), version)

@@ -366,7 +366,7 @@ def evaluate(
 def build_offsets_sensor(
     *,
     config: PipelineConfig,
-    minimum_interval_seconds: int = 15,
+    minimum_interval_seconds: int | None = None,
     budget_s: float = DEFAULT_BUDGET_S,
     metadata_max_age_s: float = 300.0,
     chunk_partitions: int = 10_000,
@@ -374,14 +374,15 @@ def build_offsets_sensor(
 ) -> dg.SensorDefinition:
     """The `kafka_offsets_sensor` for `config`'s topics, targeting the merge job of each table group.
 
-    Pass `jobs`, the merge jobs the `Definitions` already hold: Dagster adds a sensor's target jobs to
-    its `Definitions` and rejects a second, equal job object of the same name.
+    `minimum_interval_seconds` defaults to the config's `sensor_interval_seconds`. Pass `jobs`, the merge
+    jobs the `Definitions` already hold: Dagster adds a sensor's target jobs to its `Definitions` and
+    rejects a second, equal job object of the same name.
     """
 
     @dg.sensor(
         name=SENSOR_NAME,
         jobs=list(jobs) if jobs is not None else build_merge_jobs(config=config),
-        minimum_interval_seconds=minimum_interval_seconds,
+        minimum_interval_seconds=minimum_interval_seconds or config.sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Reads the end offsets of {len(config.tables)} topics in one list_offsets call per tick; "

@@ -9,12 +9,22 @@ For each TiDB table `<db>.<table>` in `tidb_pipeline.yaml`:
 The TiDB table and the topic are external: Dagster does not write them, the changefeed does. The landing
 table has one layout whichever way it is filled (the Confluent Snowflake Sink's), so the replica's merge
 is one code path. Building these objects reads only the config: no network call at load.
+
+The builtin landing and replica assets of one table group are one `multi_asset` (one step, subsettable):
+a merge run then works on up to `PARALLEL_TABLES` tables at once in threads, each table landing and then
+merging, instead of one step per asset run one after another (the in-process executor) or one Python
+process per step (the multiprocess executor, seconds of imports each). Almost all of a table's time is
+spent waiting on the warehouse and Kafka, so threads overlap well. Each asset keeps its own key, group,
+description, metadata and materialization; a table whose landing fails is not merged, the other tables
+still materialize, and the step then fails naming every failed table.
 """
 
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 from dagster_snowflake import SnowflakeResource
@@ -26,6 +36,8 @@ from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 
 WATERMARK_TABLE = "MERGE_WATERMARKS"
+# Tables of one group landed and merged at once in a run (threads; one warehouse connection each).
+PARALLEL_TABLES = 8
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,7 @@ def _offsets_text(offsets: dict[int, int]) -> str:
     return ", ".join(f"p{p}: {o}" for p, o in sorted(offsets.items())) or "(none)"
 
 
-def _build_landing_asset(*, config: PipelineConfig, table: TableConfig) -> dg.AssetsDefinition | dg.AssetSpec:
+def _landing_spec(*, config: PipelineConfig, table: TableConfig) -> dg.AssetSpec:
     keys, names = table_keys(config, table), table_names(config, table)
     description = f"Landing table of topic `{names.topic}` in the Confluent Snowflake Sink's layout."
     if config.landing_mode_of(table) == "connector":
@@ -91,95 +103,206 @@ def _build_landing_asset(*, config: PipelineConfig, table: TableConfig) -> dg.As
             description=description + " Written by the Snowflake Sink connector.",
             metadata={"dagster/table_name": names.landing.label, "landing_mode": "connector"},
         )
-
-    @dg.asset(
-        key=keys.landing, deps=[keys.kafka], group_name=group_name(table), kinds={"snowflake", "kafka"},
+    return dg.AssetSpec(
+        keys.landing, deps=[keys.kafka], group_name=group_name(table), kinds={"snowflake", "kafka"},
         description=description + " Loads new records exactly once.",
         metadata={"dagster/table_name": names.landing.label, "landing_mode": "builtin"},
     )
-    def _landing(
+
+
+def _replica_spec(*, config: PipelineConfig, table: TableConfig) -> dg.AssetSpec:
+    keys, names = table_keys(config, table), table_names(config, table)
+    return dg.AssetSpec(
+        keys.replica, deps=[keys.landing], group_name=group_name(table), kinds={"snowflake"},
+        description=f"Typed replica of TiDB `{table.db}`.`{table.table}`, merged from its landing table.",
+        metadata={"dagster/table_name": names.replica.label, "source": f"{table.db}.{table.table}"},
+    )
+
+
+class _TableLog:
+    """A logger for one table's worker thread; the step's thread replays the lines into `context.log`."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def _add(self, level: str, msg: object, *args: object) -> None:
+        self.lines.append((level, str(msg) % args if args else str(msg)))
+
+    def debug(self, msg: object, *args: object, **_: object) -> None:
+        self._add("debug", msg, *args)
+
+    def info(self, msg: object, *args: object, **_: object) -> None:
+        self._add("info", msg, *args)
+
+    def warning(self, msg: object, *args: object, **_: object) -> None:
+        self._add("warning", msg, *args)
+
+    def error(self, msg: object, *args: object, **_: object) -> None:
+        self._add("error", msg, *args)
+
+
+def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: SnowflakeResource,
+          log: Any) -> dict[str, Any]:
+    from tidb_pipeline.defs.landing import load_topic
+
+    with snowflake.get_connection() as conn:
+        result = load_topic(
+            kafka=kafka, registry=registry, connection=conn, topic=names.topic,
+            landing=names.landing, control=names.control, log=log,
+        )
+    backlog = sum(max(0, result.end_offsets.get(p, 0) - o) for p, o in result.offsets_after.items())
+    return {
+        "rows_loaded": result.rows_loaded,
+        "quarantined": result.quarantined,
+        "offsets_before": _offsets_text(result.offsets_before),
+        "offsets_after": _offsets_text(result.offsets_after),
+        "end_offsets": _offsets_text(result.end_offsets),
+        "backlog_records": backlog,
+        "seconds": round(result.seconds, 3),
+        "records_per_second": round(result.rows_loaded / result.seconds) if result.seconds > 0 else 0,
+        "dagster/table_name": names.landing.label,
+    }
+
+
+def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, log: Any) -> dict[str, Any]:
+    with snowflake.get_connection() as conn:
+        outcome = merge_replica(
+            connection=conn, registry=registry, topic=names.topic,
+            landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
+        )
+    if outcome is None:
+        return {"rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0,
+                "note": f"no schema for topic {names.topic} yet"}
+    c = outcome.counts
+    return {
+        "rows_inserted": c.inserted,
+        "rows_updated": c.updated,
+        "rows_deleted": c.deleted,
+        "landing_rows_read": c.landing_rows,
+        "keys_in_batch": c.source_rows,
+        "merged_offsets": ", ".join(
+            f"p{r.partition}: {r.after_offset}→{r.through_offset}" for r in outcome.ranges
+        ) or "(nothing new)",
+        "columns_added": ", ".join(outcome.added_columns) or "(none)",
+        "schema_version": outcome.schema_version,
+        "dagster/row_count": outcome.row_count,
+        "dagster/table_name": names.replica.label,
+        "dagster/column_schema": dg.TableSchema(columns=[
+            dg.TableColumn(col.name, col.sql_type, description=f"TiDB {col.tidb_type}",
+                           constraints=dg.TableColumnConstraints(nullable=col.nullable, unique=False))
+            for col in outcome.columns
+        ]),
+    }
+
+
+@dataclass
+class _TableRun:
+    """One table's part of a run: what it materialized, its log lines, and the error that stopped it."""
+
+    table: TableConfig
+    results: list[dg.MaterializeResult] = field(default_factory=list)
+    log: _TableLog = field(default_factory=_TableLog)
+    failed: str | None = None  # "landing" or "merge"
+    error: BaseException | None = None
+
+
+def _run_table(config: PipelineConfig, table: TableConfig, *, land: bool, merge: bool,
+               land_fn: Callable[[TableNames, _TableLog], dict[str, Any]],
+               merge_fn: Callable[[TableNames, _TableLog], dict[str, Any]]) -> _TableRun:
+    keys, names = table_keys(config, table), table_names(config, table)
+    out = _TableRun(table)
+    for step, selected, fn, key in (("landing", land, land_fn, keys.landing), ("merge", merge, merge_fn, keys.replica)):
+        if not selected:
+            continue
+        try:
+            out.results.append(dg.MaterializeResult(asset_key=key, metadata=fn(names, out.log)))
+        except Exception as exc:  # noqa: BLE001 - reported with the table's name once every table is done
+            out.failed, out.error = step, exc
+            break
+    return out
+
+
+def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig], name: str) -> dg.AssetsDefinition:
+    """The builtin landing and the replica assets of `tables` as one subsettable step (module docstring)."""
+    specs: list[dg.AssetSpec] = []
+    for t in tables:
+        if config.landing_mode_of(t) == "builtin":
+            specs.append(_landing_spec(config=config, table=t))
+        specs.append(_replica_spec(config=config, table=t))
+
+    @dg.multi_asset(
+        name=name, specs=specs, can_subset=True,
+        description=f"Land and merge {len(tables)} table(s), up to {PARALLEL_TABLES} at once.",
+    )
+    def _land_and_merge(
         context: dg.AssetExecutionContext,
         kafka: KafkaResource,
         schema_registry: SchemaRegistryResource,
         snowflake: SnowflakeResource,
-    ) -> dg.MaterializeResult:
-        from tidb_pipeline.defs.landing import load_topic
+    ):  # noqa: ANN202 - a generator of MaterializeResults
+        selected = context.selected_asset_keys
+        work = [(t, table_keys(config, t)) for t in tables]
+        work = [(t, k) for t, k in work if k.landing in selected or k.replica in selected]
+        # One registry client per role, shared by the threads (it is thread-safe and caches schemas by id).
+        # Separate clients because a client caches each subject's latest version for its lifetime: the
+        # merge must read it after its table's landing, never a version cached before the landing began.
+        landing_registry = schema_registry.get_client()
+        replica_registry = schema_registry.get_client()
+        runs: list[_TableRun] = []
+        with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_TABLES, len(work))),
+                                thread_name_prefix=f"{name}-") as pool:
+            futures: list[Future[_TableRun]] = [
+                pool.submit(
+                    _run_table, config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
+                    merge=k.replica in selected,
+                    land_fn=lambda n, log: _land(n, kafka, landing_registry, snowflake, log),
+                    merge_fn=lambda n, log: _merge(n, replica_registry, snowflake, log),
+                )
+                for t, k in work
+            ]
+            for future in as_completed(futures):
+                run = future.result()
+                runs.append(run)
+                for level, line in run.log.lines:
+                    getattr(context.log, level)(line)
+                yield from run.results
+        failed = [r for r in runs if r.error is not None]
+        if failed:
+            detail = "; ".join(f"{r.table.db}.{r.table.table} ({r.failed}): {type(r.error).__name__}: {r.error}"
+                               for r in failed)
+            raise RuntimeError(f"{len(failed)} of {len(runs)} tables failed, the others materialized: {detail}") \
+                from failed[0].error
 
-        with snowflake.get_connection() as conn:
-            result = load_topic(
-                kafka=kafka, registry=schema_registry.get_client(), connection=conn, topic=names.topic,
-                landing=names.landing, control=names.control, log=context.log,
-            )
-        backlog = sum(max(0, result.end_offsets.get(p, 0) - o) for p, o in result.offsets_after.items())
-        return dg.MaterializeResult(metadata={
-            "rows_loaded": result.rows_loaded,
-            "quarantined": result.quarantined,
-            "offsets_before": _offsets_text(result.offsets_before),
-            "offsets_after": _offsets_text(result.offsets_after),
-            "end_offsets": _offsets_text(result.end_offsets),
-            "backlog_records": backlog,
-            "seconds": round(result.seconds, 3),
-            "records_per_second": round(result.rows_loaded / result.seconds) if result.seconds > 0 else 0,
-            "dagster/table_name": names.landing.label,
-        })
-
-    return _landing
-
-
-def _build_replica_asset(*, config: PipelineConfig, table: TableConfig) -> dg.AssetsDefinition:
-    keys, names = table_keys(config, table), table_names(config, table)
-
-    @dg.asset(
-        key=keys.replica, deps=[keys.landing], group_name=group_name(table), kinds={"snowflake"},
-        description=f"Typed replica of TiDB `{table.db}`.`{table.table}`, merged from its landing table.",
-        metadata={"dagster/table_name": names.replica.label, "source": f"{table.db}.{table.table}"},
-    )
-    def _replica(
-        context: dg.AssetExecutionContext, schema_registry: SchemaRegistryResource, snowflake: SnowflakeResource
-    ) -> dg.MaterializeResult:
-        with snowflake.get_connection() as conn:
-            outcome = merge_replica(
-                connection=conn, registry=schema_registry.get_client(), topic=names.topic,
-                landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=context.log,
-            )
-        if outcome is None:
-            return dg.MaterializeResult(metadata={"rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0,
-                                                  "note": f"no schema for topic {names.topic} yet"})
-        c = outcome.counts
-        return dg.MaterializeResult(metadata={
-            "rows_inserted": c.inserted,
-            "rows_updated": c.updated,
-            "rows_deleted": c.deleted,
-            "landing_rows_read": c.landing_rows,
-            "keys_in_batch": c.source_rows,
-            "merged_offsets": ", ".join(
-                f"p{r.partition}: {r.after_offset}→{r.through_offset}" for r in outcome.ranges
-            ) or "(nothing new)",
-            "columns_added": ", ".join(outcome.added_columns) or "(none)",
-            "schema_version": outcome.schema_version,
-            "dagster/row_count": outcome.row_count,
-            "dagster/table_name": names.replica.label,
-            "dagster/column_schema": dg.TableSchema(columns=[
-                dg.TableColumn(col.name, col.sql_type, description=f"TiDB {col.tidb_type}",
-                               constraints=dg.TableColumnConstraints(nullable=col.nullable, unique=False))
-                for col in outcome.columns
-            ]),
-        })
-
-    return _replica
+    return _land_and_merge
 
 
-def build_table_assets(*, config: PipelineConfig, table: TableConfig) -> list[dg.AssetsDefinition | dg.AssetSpec]:
-    """The four assets of one replicated table."""
+def _asset_name(text: str) -> str:
+    return "land_and_merge_" + re.sub(r"\W", "_", text)
+
+
+def _external_specs(*, config: PipelineConfig, table: TableConfig) -> list[dg.AssetSpec]:
+    """The assets Dagster does not materialize: the TiDB table, the topic, a connector-filled landing table."""
     keys = table_keys(config, table)
     group = group_name(table)
     tidb = dg.AssetSpec(keys.tidb, group_name=group, kinds={"tidb"},
                         description=f"TiDB table `{table.db}`.`{table.table}` (the source).")
     topic = dg.AssetSpec(keys.kafka, deps=[keys.tidb, changefeed_key(config)], group_name=group, kinds={"kafka"},
                          description=f"Kafka topic `{config.topic(table)}`: TiCDC's Avro change records.")
-    return [tidb, topic, _build_landing_asset(config=config, table=table),
-            _build_replica_asset(config=config, table=table)]
+    landing = [_landing_spec(config=config, table=table)] if config.landing_mode_of(table) == "connector" else []
+    return [tidb, topic, *landing]
+
+
+def build_table_assets(*, config: PipelineConfig, table: TableConfig) -> list[dg.AssetsDefinition | dg.AssetSpec]:
+    """The four assets of one replicated table (landing and replica as one step, see the module docstring)."""
+    return [*_external_specs(config=config, table=table),
+            _build_group_asset(config=config, tables=[table], name=_asset_name(f"{table.db}_{table.table}"))]
 
 
 def build_all_table_assets(*, config: PipelineConfig) -> Sequence[dg.AssetsDefinition | dg.AssetSpec]:
-    return [a for t in config.tables for a in build_table_assets(config=config, table=t)]
+    """Per table the external specs; per table group one land-and-merge step for all its tables."""
+    out: list[dg.AssetsDefinition | dg.AssetSpec] = [
+        a for t in config.tables for a in _external_specs(config=config, table=t)
+    ]
+    out += [_build_group_asset(config=config, tables=tables, name=_asset_name(group))
+            for group, tables in config.groups.items()]
+    return out

@@ -54,8 +54,8 @@ from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, k
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 
 # Internal column names of the source subquery (no `$`: fakesnow reads `$name` as a session variable).
-_INTERNAL = ("__TP_CONTENT", "__TP_PARTITION", "__TP_OFFSET", "__TP_DELETE")
-_C, _P, _O, _DEL = (quote_ident(n) for n in _INTERNAL)
+_INTERNAL = ("__TP_CONTENT", "__TP_PARTITION", "__TP_OFFSET", "__TP_DELETE", "__TP_VERSIONS")
+_C, _P, _O, _DEL, _N = (quote_ident(n) for n in _INTERNAL)
 _MD_PARTITION = 'l."RECORD_METADATA":"partition"::int'
 _MD_OFFSET = 'l."RECORD_METADATA":"offset"::int'
 # Types whose MIN/MAX order matches the target's, so an ON-clause range prune is exact.
@@ -234,6 +234,48 @@ def counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     )
 
 
+@dataclass(frozen=True)
+class BatchStats:
+    """What `batch_stats_sql` reads in one pass over the source, inside the merge's transaction."""
+
+    counts: MergeCounts
+    max_rows_per_key: int | None  # must be 1 (None: no rows)
+    key_range: tuple[Any, Any] | None  # MIN/MAX of the first key column; None when not prunable
+
+
+def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """`counts_sql`, `max_rows_per_key_sql` and `key_range_sql` in one statement (one evaluation of the source).
+
+    Columns: inserted, updated, deleted, source rows, landing rows, max rows per key, min key, max key.
+    """
+    src = source_sql(plan, ranges)
+    keys = [quote_ident(k.name) for k in plan.keys]
+    on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    found = f"t.{keys[0]} IS NOT NULL"
+    r = _ranges_table(ranges)
+    landing_rows = (
+        f"(SELECT COUNT(*) FROM {plan.landing.sql} l JOIN ({r.sql}) r "
+        f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI")'
+    )
+    # Same min/max as key_range_sql: the source has the batch's keys, typed the same way.
+    key_range = f"MIN(s.{keys[0]}), MAX(s.{keys[0]})" if plan.keys[0].sql_type.startswith(_PRUNABLE) \
+        else "NULL, NULL"
+    return Statement(
+        f"SELECT COUNT_IF(NOT s.{_DEL} AND NOT ({found})), COUNT_IF(NOT s.{_DEL} AND {found}), "
+        f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}, MAX(s.{_N}), {key_range}\n"
+        f"FROM (SELECT x.*, COUNT(*) OVER (PARTITION BY {', '.join('x.' + k for k in keys)}) AS {_N} "
+        f"FROM ({src.sql}) x) s LEFT JOIN {plan.replica.sql} t ON {on}",
+        src.params + r.params,
+    )
+
+
+def parse_batch_stats(row: Sequence[Any], plan: MergePlan) -> BatchStats:
+    counts = MergeCounts(*(int(x) for x in row[:5]))
+    dupes = None if row[5] is None else int(row[5])
+    prunable = plan.keys[0].sql_type.startswith(_PRUNABLE)
+    return BatchStats(counts, dupes, (row[6], row[7]) if prunable else None)
+
+
 def merge_sql(plan: MergePlan, ranges: Sequence[MergeRange], key_range: tuple[Any, Any] | None = None) -> Statement:
     src = source_sql(plan, ranges)
     on, on_params = _on(plan, key_range)
@@ -322,32 +364,29 @@ def run_merge(
 
     Returns the counts and the ranges merged (empty when nothing was pending). Raises, after rolling back,
     when the source has more than one row for a key, which would make the MERGE nondeterministic.
+    Round trips: the pending ranges, then BEGIN, one statistics query (counts, the one-row-per-key proof and
+    the prune's key range together), the MERGE, the watermark and COMMIT.
     """
     cursor = connection.cursor()
     ranges = parse_ranges(_execute(cursor, pending_ranges_sql(plan, max_offsets_per_partition)))
     if not ranges:
         return MergeCounts(0, 0, 0, 0, 0), ()
-    key_range = None
-    if prune and (stmt := key_range_sql(plan, ranges)) is not None:
-        key_range = tuple(_execute(cursor, stmt)[0])
-    txn = merge_transaction(plan, ranges, now, key_range)
     connection.autocommit(False)  # see the fakesnow quirks above; harmless on Snowflake
     try:
-        _execute(cursor, txn.begin)
-        (dupes,) = _execute(cursor, max_rows_per_key_sql(plan, ranges))[0]
-        if dupes is not None and dupes > 1:
+        _execute(cursor, Statement("BEGIN"))
+        stats = parse_batch_stats(_execute(cursor, batch_stats_sql(plan, ranges))[0], plan)
+        if stats.max_rows_per_key is not None and stats.max_rows_per_key > 1:
             raise RuntimeError(
-                f"merge source for {plan.replica.label} has {dupes} rows for one key; the landing rows or the "
-                "key schema are inconsistent, so the merge was rolled back"
+                f"merge source for {plan.replica.label} has {stats.max_rows_per_key} rows for one key; the landing "
+                "rows or the key schema are inconsistent, so the merge was rolled back"
             )
-        counts = MergeCounts(*(int(x) for x in _execute(cursor, txn.counts)[0]))
-        _execute(cursor, txn.merge)
-        for stmt in txn.watermark:
+        _execute(cursor, merge_sql(plan, ranges, stats.key_range if prune else None))
+        for stmt in watermark_statements(plan, ranges, now):
             _execute(cursor, stmt)
-        _execute(cursor, txn.commit)
+        _execute(cursor, Statement("COMMIT"))
     except BaseException:
         connection.rollback()
         raise
     finally:
         connection.autocommit(True)
-    return counts, ranges
+    return stats.counts, ranges

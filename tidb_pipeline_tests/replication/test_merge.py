@@ -10,6 +10,7 @@ from tidb_pipeline.replication.ddl import add_columns_sql
 from tidb_pipeline.replication.merge import (
     MergePlan,
     MergeRange,
+    batch_stats_sql,
     counts_sql,
     json_to_sql,
     key_range_sql,
@@ -91,6 +92,7 @@ def test_every_statement_binds_exactly_its_placeholders():
         max_rows_per_key_sql(plan, RANGES),
         key_range_sql(plan, RANGES),
         counts_sql(plan, RANGES),
+        batch_stats_sql(plan, RANGES),
         merge_sql(plan, RANGES),
         merge_sql(plan, RANGES, (1, 9)),
         *watermark_statements(plan, RANGES, NOW),
@@ -236,6 +238,26 @@ def test_merge_source_has_exactly_one_row_per_key(replica):
     stmt = max_rows_per_key_sql(replica.plan, ranges)
     cur.execute(stmt.sql, stmt.params)
     assert cur.fetchall() == [(1,)]
+
+
+def test_batch_stats_equal_the_separate_queries(replica):
+    # run_merge reads counts, the one-row-per-key proof and the prune's key range in one statement.
+    replica.land([(0, 0, k(5), v(5, "a")), (0, 1, k(7), v(7, "b"))])
+    merge(replica)
+    replica.land([(0, 2, k(5), v(5, "a2")), (0, 3, k(5), None), (0, 4, k(7), v(7, "b2")), (1, 0, k(3), v(3, "c")),
+                  (1, 1, k(9), v(9, "d")), (1, 2, k(9), None), (0, 4, k(7), v(7, "b2"))])
+    cur = replica.conn.cursor()
+    ranges = (MergeRange(0, 1, 4), MergeRange(1, -1, 2))
+
+    def one(stmt):
+        cur.execute(stmt.sql, stmt.params)
+        return tuple(cur.fetchall()[0])
+
+    stats = one(batch_stats_sql(replica.plan, ranges))
+    separate = (*one(counts_sql(replica.plan, ranges)), *one(max_rows_per_key_sql(replica.plan, ranges)),
+                *one(key_range_sql(replica.plan, ranges)))
+    # Inserted 3, updated 7, deleted 5; keys 3, 5, 7, 9 from 7 landing rows (one a duplicate delivery).
+    assert stats == separate == (1, 1, 1, 4, 7, 1, 3, 9)
 
 
 def test_rows_landing_during_a_merge_are_left_for_the_next_one(replica):

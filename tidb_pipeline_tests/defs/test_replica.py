@@ -1,0 +1,109 @@
+"""merge_replica's per-process DDL cache: DDL once per replica and schema version, re-checked when a merge fails.
+
+Runs on in-process fakesnow with a stub registry (the schemas are the merge tests' own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tidb_pipeline.defs.replica import forget_ensured, merge_replica
+from tidb_pipeline_tests.replication.support import NOW, Replica, fake_snowflake
+from tidb_pipeline_tests.replication.test_merge import KEY, VALUE, k, v
+
+
+class _Registry:
+    """Answers get_latest_version like the Schema Registry for one topic's key and value subjects."""
+
+    def __init__(self, key: dict, value: dict, version: int = 1) -> None:
+        self.subjects = {"key": json.dumps(key), "value": json.dumps(value)}
+        self.version = version
+
+    def get_latest_version(self, subject: str) -> Any:
+        text = self.subjects[subject.rsplit("-", 1)[1]]
+        return SimpleNamespace(schema=SimpleNamespace(schema_str=text), version=self.version)
+
+
+class _Recording:
+    """The connection, with every SQL text it executes recorded."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn, self.sql = conn, []
+
+    def cursor(self) -> Any:
+        cur, sql = self._conn.cursor(), self.sql
+
+        class _Cursor:
+            def execute(self, text: str, params: Any = None) -> Any:
+                sql.append(text)
+                return cur.execute(text, params)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cur, name)
+
+        return _Cursor()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+@pytest.fixture
+def replica():
+    forget_ensured()
+    with fake_snowflake() as conn:
+        r = Replica(conn, KEY, VALUE)
+        conn.cursor().execute(f"DROP TABLE {r.plan.replica.sql}")  # merge_replica creates it
+        yield r
+    forget_ensured()
+
+
+def _merge(r: Replica, conn: Any, registry: _Registry, log: logging.Logger | None = None) -> Any:
+    return merge_replica(connection=conn, registry=registry, topic="tidb_test_t", landing=r.plan.landing,
+                         replica=r.plan.replica, watermarks=r.plan.watermarks, now=NOW, log=log)
+
+
+def _ddl(sql: list[str]) -> list[str]:
+    return [s for s in sql if s.lstrip().upper().startswith(("CREATE", "ALTER")) or "information_schema" in s.lower()]
+
+
+def test_ddl_runs_once_per_schema_version(replica: Replica) -> None:
+    conn, registry = _Recording(replica.conn), _Registry(KEY, VALUE)
+    replica.land([(0, 0, k(1), v(1, "a"))])
+    first = _merge(replica, conn, registry)
+    assert first is not None and (first.counts.inserted, first.row_count) == (1, 1)
+    assert len(_ddl(conn.sql)) >= 3  # schema, watermark table, replica table (+ its column listing)
+    conn.sql.clear()
+    replica.land([(0, 1, k(2), v(2, "b"))])
+    second = _merge(replica, conn, registry)
+    assert second is not None and (second.counts.inserted, second.row_count) == (1, 2)
+    assert _ddl(conn.sql) == []
+    # A new schema version is checked again (its columns may be new).
+    registry.version = 2
+    _merge(replica, conn, registry)
+    assert len(_ddl(conn.sql)) >= 3
+    assert replica.rows() == [(1, "a", Decimal("1.00")), (2, "b", Decimal("1.00"))]
+
+
+def test_a_table_dropped_behind_the_cache_is_recreated_and_the_merge_retried(
+    replica: Replica, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = _Registry(KEY, VALUE)
+    replica.land([(0, 0, k(1), v(1, "a"))])
+    _merge(replica, replica.conn, registry)
+    replica.conn.cursor().execute(f"DROP TABLE {replica.plan.replica.sql}")
+    replica.land([(0, 1, k(2), v(2, "b"))])
+    log = logging.getLogger("test_replica")
+    with caplog.at_level(logging.WARNING, logger="test_replica"):
+        outcome = _merge(replica, replica.conn, registry, log)
+    assert outcome is not None and outcome.counts.inserted == 1
+    assert [r.getMessage().split(" failed with")[0] for r in caplog.records] == [
+        f"merge into {replica.plan.replica.label}"]
+    # The rows above the watermark: key 1 was merged into the table that was dropped.
+    assert replica.rows() == [(2, "b", Decimal("1.00"))]
+    assert replica.watermarks() == [(0, 1)]
