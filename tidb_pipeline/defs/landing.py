@@ -54,10 +54,12 @@ import re
 import shutil
 import subprocess
 import sys
+import queue
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,14 +74,16 @@ from tidb_pipeline.replication.ddl import Statement, TableRef, create_dead_lette
 from tidb_pipeline.replication.landing import (
     DeadLetter,
     create_load_lock_sql,
-    create_load_table_sql,
+    create_private_tables_sql,
     dead_letter_insert_sql,
     ensure_lock_row_sql,
-    exactly_once_copy_statements,
+    land_rows_statements,
     landed_offsets_sql,
+    stage_file_statements,
     take_load_lock_sql,
 )
 from tidb_pipeline.replication.wire import (
+    FileSink,
     LineBuilder,
     NdjsonFiles,
     PoisonRecord,
@@ -99,7 +103,9 @@ LOCK_TABLE = "LANDING_LOADS"
 # Below this many records a load reads in-process: starting a reader process costs ~0.2 s.
 PARALLEL_MIN_RECORDS = 50_000
 MAX_READERS = os.cpu_count() or 1
-ROWS_PER_FILE = 250_000
+# Files are staged and COPYed while the readers go on; smaller files shorten what is left after the last
+# record is read (one file's PUT + COPY), larger ones cost fewer round trips.
+ROWS_PER_FILE = 50_000
 GZIP_LEVEL: int | None = 1
 DEAD_LETTER_BATCH = 500
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -259,17 +265,45 @@ def consumer_config(kafka: KafkaResource, topic: str) -> dict[str, Any]:
     return config
 
 
-def run_readers(jobs: Sequence[RangeJob]) -> list[RangeResult]:
-    """Read every job: the first in this process, each other one in its own Python process, all at once."""
+def _read_replies(proc: subprocess.Popen[bytes]) -> Iterator[tuple[Any, ...]]:
+    """The pickled messages a reader process writes on stdout, in order, until EOF."""
+    assert proc.stdout is not None
+    while True:
+        try:
+            yield pickle.load(proc.stdout)  # noqa: S301 - our own child process
+        except EOFError:
+            return
+
+
+def run_readers(jobs: Sequence[RangeJob], on_file: FileSink | None = None) -> list[RangeResult]:
+    """Read every job, each in its own Python process, all at once; results in the order of `jobs`.
+
+    Without `on_file` the first job is read in this process and the files are only listed in the results.
+    With it, this process only coordinates: it calls `on_file(path, rows)` for each file as soon as a
+    reader has finished it, while the readers go on.
+    """
     if not jobs:
         return []
+    if on_file is not None and len(jobs) == 1:
+        return [read_ranges(jobs[0], on_file)]
     env = dict(os.environ)
     # The reader must import this very checkout of the package, wherever the parent was started.
     root = str(Path(tidb_pipeline.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    remote = list(jobs) if on_file is not None else list(jobs[1:])
     procs: list[subprocess.Popen[bytes]] = []
+    # One thread per reader turns its stdout into queue items, so files are staged in finishing order.
+    inbox: queue.Queue[tuple[int, tuple[Any, ...] | None]] = queue.Queue()
+
+    def pump(i: int, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            for message in _read_replies(proc):
+                inbox.put((i, message))
+        finally:
+            inbox.put((i, None))
+
     try:
-        for job in jobs[1:]:
+        for i, job in enumerate(remote):
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
             )
@@ -277,16 +311,31 @@ def run_readers(jobs: Sequence[RangeJob]) -> list[RangeResult]:
             assert proc.stdin is not None
             proc.stdin.write(pickle.dumps(job))
             proc.stdin.close()
-        results = [read_ranges(jobs[0])]
-        for proc, job in zip(procs, jobs[1:]):
-            assert proc.stdout is not None
-            raw = proc.stdout.read()
-            code = proc.wait()
-            status, payload = pickle.loads(raw) if raw else ("error", f"exit code {code}, no reply")  # noqa: S301
-            if status != "ok":
-                raise RuntimeError(f"landing reader for topic {job.topic} ranges {list(job.ranges)} failed:\n{payload}")
-            results.append(payload)
-        return results
+            threading.Thread(target=pump, args=(i, proc), daemon=True, name=f"landing-reader-{i}").start()
+        local = [] if on_file is not None else [read_ranges(jobs[0])]
+        replies: dict[int, RangeResult] = {}
+        running = len(procs)
+        while running:
+            i, message = inbox.get()
+            failed = None
+            if message is None:
+                running -= 1
+                if i not in replies:
+                    failed = f"exit code {procs[i].wait()}, no reply"
+            elif message[0] == "file":
+                if on_file is not None:
+                    on_file(message[1], message[2])
+            elif message[0] == "ok":
+                replies[i] = message[1]
+            else:
+                failed = message[1]
+            if failed is not None:
+                raise RuntimeError(
+                    f"landing reader for topic {remote[i].topic} ranges {list(remote[i].ranges)} failed:\n{failed}"
+                )
+        for proc in procs:
+            proc.wait()
+        return local + [replies[i] for i in range(len(procs))]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -295,7 +344,8 @@ def run_readers(jobs: Sequence[RangeJob]) -> list[RangeResult]:
 
 
 def _resolve_unknown(
-    registry: SchemaRegistryClient, topic: str, schemas: dict[int, str], records: Sequence[RawRecord], folder: str
+    registry: SchemaRegistryClient, topic: str, schemas: dict[int, str], records: Sequence[RawRecord], folder: str,
+    on_file: FileSink | None = None,
 ) -> tuple[RangeResult, list[tuple[RawRecord, str]]]:
     """Records whose schema ids were not under the topic's subjects: look the ids up, then build or quarantine."""
     ids = {schema_id(d) for r in records for d in (r.key, r.value) if d is not None and len(d) >= 5} - set(schemas)
@@ -305,7 +355,7 @@ def _resolve_unknown(
         if got is not None:
             found[sid] = got.schema_str
     builder = LineBuilder(topic, found)
-    files = NdjsonFiles(folder, "resolved", ROWS_PER_FILE, GZIP_LEVEL)
+    files = NdjsonFiles(folder, "resolved", ROWS_PER_FILE, GZIP_LEVEL, on_file)
     poison: list[tuple[RawRecord, str]] = []
     for r in records:
         try:
@@ -330,24 +380,99 @@ def _execute(cursor: Any, stmt: Statement | str) -> list[tuple[Any, ...]]:
         return []
 
 
-def ensure_tables(cursor: Any, tables: LandingTables) -> None:
-    """Create the landing table and the loader's control objects if missing (cheap, idempotent)."""
+# Landing objects this process has created or seen (keyed by server, account, current database and the
+# load's tables), so that repeated loads skip the ~10 IF NOT EXISTS statements. An entry is dropped when a
+# statement fails with "does not exist" (someone dropped a table); `load_topic` then runs the DDL again.
+_KNOWN_TABLES: set[tuple[Any, ...]] = set()
+# Servers (host, port, account) whose TEMPORARY tables cannot be qualified (DuckDB under fakesnow).
+_TEMP_UNQUALIFIED: set[tuple[str, str, str]] = set()
+
+
+def _server(connection: Any) -> tuple[str, str, str]:
+    return tuple(str(getattr(connection, a, "") or "") for a in ("host", "port", "account"))  # type: ignore[return-value]
+
+
+def _ddl_key(connection: Any, tables: LandingTables) -> tuple[Any, ...]:
+    return (*_server(connection), str(getattr(connection, "database", "") or ""), tables)
+
+
+def _missing_object(exc: BaseException) -> bool:
+    return "does not exist" in str(exc)
+
+
+def ensure_tables(cursor: Any, tables: LandingTables, known: tuple[Any, ...] | None = None) -> bool:
+    """Create the landing table and the loader's control objects if missing; True if the DDL ran.
+
+    With `known` (a `_ddl_key`), skip it when this process has already made sure they exist.
+    """
+    if known is not None and known in _KNOWN_TABLES:
+        return False
     ensure_schema(cursor, tables.landing)
     ensure_schema(cursor, tables.locks)
     for sql in (
         create_landing_sql(tables.landing),
-        create_load_table_sql(tables.load),
         create_dead_letter_sql(tables.dead_letter),
         create_load_lock_sql(tables.locks),
         f"CREATE STAGE IF NOT EXISTS {tables.stage}",
     ):
         _execute(cursor, sql)
     _execute(cursor, ensure_lock_row_sql(tables.locks, tables.landing))
+    if known is not None:
+        _KNOWN_TABLES.add(known)
+    return True
 
 
 def landed_offsets(cursor: Any, tables: LandingTables, topic: str) -> dict[int, int]:
     """Highest landed or quarantined offset per partition."""
     return {int(p): int(o) for p, o in _execute(cursor, landed_offsets_sql(tables.landing, tables.dead_letter, topic))}
+
+
+@dataclass(frozen=True)
+class PrivateTables:
+    """One load's own tables (quoted names): COPY's one-VARIANT table and the staged landing rows."""
+
+    file: str
+    rows: str
+    temporary: bool = True
+
+
+def create_private_tables(connection: Any, cursor: Any, tables: LandingTables, batch: str) -> PrivateTables:
+    """Create the load's own tables: TEMPORARY, in the control schema; see the module docstring for fakesnow."""
+    names = [f"LOAD_{tables.landing.name}_{batch[:12]}_FILE", f"LOAD_{tables.landing.name}_{batch[:12]}_ROWS"]
+    qualified = [TableRef(tables.locks.schema, n, tables.locks.database).sql for n in names]
+    server = _server(connection)
+    if server not in _TEMP_UNQUALIFIED:
+        try:
+            for sql in create_private_tables_sql(*qualified):
+                _execute(cursor, sql)
+            return PrivateTables(*qualified)
+        except Exception as exc:
+            # DuckDB keeps temporary tables in its own "temp" catalog: fakesnow takes only bare names.
+            if '"temp" catalog' not in str(exc):
+                raise
+            _TEMP_UNQUALIFIED.add(server)
+    try:
+        private = PrivateTables(*(quote_ident(n) for n in names))
+        for sql in create_private_tables_sql(private.file, private.rows):
+            _execute(cursor, sql)
+    except Exception as exc:
+        if "current database" not in str(exc):
+            raise
+        # fakesnow wants a current database for a bare name: ordinary tables then, dropped after the load.
+        private = PrivateTables(*qualified, temporary=False)
+        for sql in create_private_tables_sql(private.file, private.rows, temporary=False):
+            _execute(cursor, sql)
+    return private
+
+
+def _drop_private(cursor: Any, private: PrivateTables | None, log: logging.Logger | Any) -> None:
+    if private is None:
+        return
+    for name in (private.file, private.rows):
+        try:
+            _execute(cursor, f"DROP TABLE IF EXISTS {name}")
+        except Exception as exc:  # noqa: BLE001 - housekeeping only; a session's end drops temporary ones anyway
+            log.debug("could not drop the load table %s: %s", name, exc)
 
 
 def _commit(connection: Any) -> None:
@@ -358,25 +483,32 @@ def commit_load(
     connection: Any,
     tables: LandingTables,
     topic: str,
-    stage_path: str | None,
+    rows_table: str | None,
     first_offsets: Mapping[int, int],
     dead: Sequence[DeadLetter],
 ) -> tuple[int, int]:
-    """The load transaction; returns (rows inserted, dead letters inserted). Rolls back on any error."""
+    """The load transaction; returns (rows inserted, dead letters inserted). Rolls back on any error.
+
+    Lock, re-read the landed offsets, insert the staged rows (`rows_table`) above them, then the dead
+    letters above them, commit.
+    """
     cursor = connection.cursor()
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     connection.autocommit(False)
     try:
         _execute(cursor, "BEGIN")
-        _execute(cursor, take_load_lock_sql(tables.locks, tables.landing, now))
+        locked = _execute(cursor, take_load_lock_sql(tables.locks, tables.landing, now))
+        if locked and locked[0] and int(locked[0][0] or 0) == 0:
+            # The lock row is gone (ensure_tables is skipped on repeat loads): put it back, in this transaction.
+            _execute(cursor, ensure_lock_row_sql(tables.locks, tables.landing))
         landed = landed_offsets(cursor, tables, topic)
         # Only a partition whose landed offsets reach into this batch needs a filter (a race or a retry).
         above = {p: o for p, o in landed.items() if p in first_offsets and o >= first_offsets[p]}
         rows = 0
-        if stage_path is not None:
-            for i, stmt in enumerate(exactly_once_copy_statements(tables.landing, tables.load, stage_path, above)):
+        if rows_table is not None:
+            for i, stmt in enumerate(land_rows_statements(tables.landing, rows_table, above)):
                 result = _execute(cursor, stmt)
-                if i == 2:
+                if i == 0:
                     rows = int(result[0][0]) if result else 0
         fresh = [d for d in dead if d.offset > landed.get(d.partition, -1)]
         for i in range(0, len(fresh), DEAD_LETTER_BATCH):
@@ -390,9 +522,9 @@ def commit_load(
     return rows, len(fresh)
 
 
-def _put(cursor: Any, folder: str, stage_path: str) -> None:
-    # One PUT for the whole folder; files are gzipped already (or deliberately plain).
-    _execute(cursor, f"PUT 'file://{folder}/*' {stage_path} AUTO_COMPRESS = FALSE PARALLEL = 4")
+def _put(cursor: Any, path: str, stage_path: str) -> None:
+    # Files are gzipped already (level 1, in the readers); AUTO_COMPRESS would gzip again at level 9.
+    _execute(cursor, f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
 
 
 def _remove_staged(cursor: Any, stage_path: str, log: logging.Logger | Any) -> None:
@@ -400,6 +532,25 @@ def _remove_staged(cursor: Any, stage_path: str, log: logging.Logger | Any) -> N
         _execute(cursor, f"REMOVE {stage_path}")
     except Exception as exc:  # noqa: BLE001 - housekeeping only; fakesnow has no REMOVE
         log.debug("could not remove staged files %s: %s", stage_path, exc)
+
+
+class _Stager:
+    """PUTs each finished file and loads it into the load's rows table; keeps the time it took."""
+
+    def __init__(self, cursor: Any, private: PrivateTables, stage_path: str) -> None:
+        self.cursor, self.private, self.stage_path = cursor, private, stage_path
+        self.files = self.rows = 0
+        self.seconds = 0.0
+
+    def __call__(self, path: str, rows: int) -> None:
+        started = time.perf_counter()
+        _put(self.cursor, path, self.stage_path)
+        for stmt in stage_file_statements(self.private.file, self.private.rows,
+                                          self.stage_path + os.path.basename(path)):
+            _execute(self.cursor, stmt)
+        self.files += 1
+        self.rows += rows
+        self.seconds += time.perf_counter() - started
 
 
 # --- the load -------------------------------------------------------------------------------------------
@@ -418,12 +569,39 @@ def load_topic(
 ) -> LandingResult:
     """Load the topic's new records into its landing table, exactly once; see the module docstring."""
     log = log or logging.getLogger(__name__)
-    started = time.perf_counter()
     if not _TOPIC.match(topic):
         raise ValueError(f"topic {topic!r} has characters Kafka does not allow in a topic name")
     tables = LandingTables.of(landing, control)
+    known = _ddl_key(connection, tables)
+    args = (kafka, registry, connection, topic, tables, max_records, log)
+    trusted = known in _KNOWN_TABLES
+    try:
+        return _load(*args, known)
+    except Exception as exc:
+        if not _missing_object(exc):
+            raise
+        _KNOWN_TABLES.discard(known)
+        if not trusted:
+            raise
+        # The DDL was skipped on this process's word, and something is gone: nothing was committed (the
+        # error came before or inside the transaction), so create what is missing and load again.
+        log.warning("topic %s: %s; creating the landing objects again and retrying the load", topic, exc)
+        return _load(*args, known)
+
+
+def _load(
+    kafka: KafkaResource,
+    registry: SchemaRegistryClient,
+    connection: Any,
+    topic: str,
+    tables: LandingTables,
+    max_records: int | None,
+    log: logging.Logger,
+    known: tuple[Any, ...],
+) -> LandingResult:
+    started = time.perf_counter()
     cursor = connection.cursor()
-    ensure_tables(cursor, tables)
+    ensure_tables(cursor, tables, known)
     landed = landed_offsets(cursor, tables, topic)
     end = kafka.end_offsets([topic]).get(topic, {})
     before = {p: landed.get(p, -1) + 1 for p in sorted({*end, *landed})}
@@ -443,24 +621,33 @@ def load_topic(
     folder = tempfile.mkdtemp(prefix=f"landing-{topic}-")
     batch = uuid.uuid4().hex
     stage_path = f"@{tables.stage}/{topic}/{batch}/"
+    private: PrivateTables | None = None
     try:
+        private = create_private_tables(connection, cursor, tables, batch)
+        stager = _Stager(cursor, private, stage_path)
         config = consumer_config(kafka, topic)
         jobs = [
             RangeJob(config, topic, group, schemas, folder, f"part{i}", ROWS_PER_FILE, GZIP_LEVEL)
             for i, group in enumerate(split_ranges(ranges, parts))
         ]
         t_read = time.perf_counter()
-        results = run_readers(jobs)
+        if len(jobs) == 1:
+            # A small load: read here, then stage its files.
+            results = run_readers(jobs)
+            t_tail = time.perf_counter()
+            for r in results:
+                for path in r.files:
+                    stager(path, 0)
+        else:
+            results = run_readers(jobs, on_file=stager)
+            t_tail = time.perf_counter()
         poison = [x for r in results for x in r.poison]
         unknown = [x for r in results for x in r.unknown]
         if unknown:
-            resolved, more_poison = _resolve_unknown(registry, topic, schemas, unknown, folder)
+            resolved, more_poison = _resolve_unknown(registry, topic, schemas, unknown, folder, stager)
             results.append(resolved)
             poison += more_poison
-        files = [f for r in results for f in r.files]
-        t_put = time.perf_counter()
-        if files:
-            _put(cursor, folder, stage_path)
+        staged = stager.files > 0
         t_commit = time.perf_counter()
         dead = [
             DeadLetter(topic, r.partition, r.offset, poison_metadata(topic, r.partition, r.offset, r.timestamp_type,
@@ -468,11 +655,12 @@ def load_topic(
             for r, reason in poison
         ]
         first = {p: start for p, (start, _) in ranges.items()}
-        rows, quarantined = commit_load(connection, tables, topic, stage_path if files else None, first, dead)
+        rows, quarantined = commit_load(connection, tables, topic, private.rows if staged else None, first, dead)
         t_done = time.perf_counter()
-        if files:
+        if staged:
             _remove_staged(cursor, stage_path, log)
     finally:
+        _drop_private(cursor, private, log)
         shutil.rmtree(folder, ignore_errors=True)
     consumed: dict[int, int] = {}
     for r in results:
@@ -485,9 +673,9 @@ def load_topic(
                     poison[0][1])
     log.info(
         "topic %s: landed %d rows (%d quarantined) from %d offsets in %.2fs: read %.2fs in %d reader(s) "
-        "(%.2f CPU-s), put %.2fs, load+commit %.2fs",
-        topic, rows, quarantined, total, time.perf_counter() - started, t_put - t_read, len(jobs),
-        sum(r.cpu_seconds for r in results), t_commit - t_put, t_done - t_commit,
+        "(%.2f CPU-s), %d file(s) staged in %.2fs (%.2fs of it after the last record), commit %.2fs",
+        topic, rows, quarantined, total, time.perf_counter() - started, t_tail - t_read, len(jobs),
+        sum(r.cpu_seconds for r in results), stager.files, stager.seconds, t_commit - t_tail, t_done - t_commit,
     )
     return outcome(rows, quarantined, after)
 

@@ -386,6 +386,59 @@ def exactly_once_copy_statements(
     return statements
 
 
+def create_private_tables_sql(file_table: str, rows_table: str, *, temporary: bool = True) -> list[str]:
+    """One load's own tables (quoted names): a one-VARIANT table COPY fills, and the two landing columns.
+
+    They are TEMPORARY: private to the load's session, gone with it (a crashed load leaves nothing), and
+    on fakesnow kept in memory, which makes COPY and the extraction about twice as cheap as on a table.
+    """
+    kind = "TEMPORARY TABLE" if temporary else "TABLE"
+    return [
+        f'CREATE {kind} IF NOT EXISTS {file_table} ("V" VARIANT)',
+        f'CREATE {kind} IF NOT EXISTS {rows_table} ("RECORD_METADATA" VARIANT, "RECORD_CONTENT" VARIANT)',
+    ]
+
+
+def stage_file_statements(file_table: str, rows_table: str, stage_file: str) -> list[Statement]:
+    """Load one staged NDJSON file into the load's rows table; runs outside the landing transaction.
+
+    COPY fills the one-VARIANT table (fakesnow cannot COPY JSON into two columns), the INSERT splits each
+    line into the two landing columns, the DELETE empties the one-VARIANT table for the next file. `FORCE`
+    because a file name can come back after a retried load; exactly-once is decided by the landing table.
+    """
+    return [
+        Statement(f"COPY INTO {file_table} FROM {stage_file} FILE_FORMAT = (TYPE = JSON) FORCE = TRUE"),
+        Statement(
+            f'INSERT INTO {rows_table} ("RECORD_METADATA", "RECORD_CONTENT") '
+            f'SELECT "V":"RECORD_METADATA", "V":"RECORD_CONTENT" FROM {file_table}'
+        ),
+        Statement(f"DELETE FROM {file_table}"),
+    ]
+
+
+def land_rows_statements(landing: TableRef, rows_table: str, above: Mapping[int, int]) -> list[Statement]:
+    """Inside the landing transaction: insert the load's rows above `above[partition]`, then empty them.
+
+    `above` (offsets already landed) is read in the transaction after the lock, so a batch that overlaps
+    rows another load committed (a race, or a retry after a crash) inserts each (partition, offset) once;
+    an empty `above` means no filter. The first statement's result is the number of rows inserted. The
+    rows table is emptied in the same transaction: committed rows can never be inserted twice from it,
+    rolled-back ones stay for a retry.
+    """
+    insert = (
+        f'INSERT INTO {landing.sql} ("RECORD_METADATA", "RECORD_CONTENT") '
+        f'SELECT "RECORD_METADATA", "RECORD_CONTENT" FROM {rows_table}'
+    )
+    params: tuple[Any, ...] = ()
+    if above:
+        cases = " ".join("WHEN %s THEN %s" for _ in above)
+        params = tuple(x for p, o in sorted(above.items()) for x in (p, o))
+        insert += (
+            f' WHERE "RECORD_METADATA":"offset"::int > CASE "RECORD_METADATA":"partition"::int {cases} ELSE -1 END'
+        )
+    return [Statement(insert, params), Statement(f"DELETE FROM {rows_table}")]
+
+
 def dead_letter_insert_sql(table: TableRef, rows: Sequence[DeadLetter], now: Any) -> Statement:
     """One INSERT for a batch of dead letters (raw bytes travel as hex text; nothing is pasted into SQL)."""
     values = ", ".join("(%s, %s, %s, %s, %s, %s, %s, %s)" for _ in rows)

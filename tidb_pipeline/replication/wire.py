@@ -12,11 +12,14 @@ parsed schema per wire header and a compiled `RecordEncoder` per (key schema, va
 talks to the registry: an id it was not given raises `UnknownSchemaId` and the caller resolves it.
 
 `read_ranges` is the worker of the built-in landing (tidb_pipeline.defs.landing): it consumes fixed offset
-ranges, builds lines and writes them as (gzipped) NDJSON files. It lives here, in a module that imports
-only confluent_kafka, fastavro and the encoder, because the loader runs it in fresh Python processes to
-use every core, and a worker that imported `tidb_pipeline.defs` (Dagster, the Snowflake connector) would
-spend ~8 s starting. `python -c "from tidb_pipeline.replication.wire import worker_main; worker_main()"`
-reads a pickled `RangeJob` on stdin and writes a pickled `RangeResult` on stdout.
+ranges, builds lines and writes them as gzipped NDJSON files of `rows_per_file` lines, handing each
+finished file to `on_file` at once so the loader can stage and COPY it while the worker reads on. It lives
+here, in a module that imports only confluent_kafka, fastavro and the encoder, because the loader runs it
+in fresh Python processes to use every core, and a worker that imported `tidb_pipeline.defs` (Dagster, the
+Snowflake connector) would spend ~8 s starting.
+`python -c "from tidb_pipeline.replication.wire import worker_main; worker_main()"` reads a pickled
+`RangeJob` on stdin and writes pickled messages on stdout: `("file", path, rows)` for each finished file
+as soon as it is on disk, then `("ok", RangeResult)` or `("error", traceback)`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pickle
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,11 +221,20 @@ class RangeResult:
     cpu_seconds: float = 0.0  # this process's CPU time while reading (librdkafka threads included)
 
 
-class NdjsonFiles:
-    """Collects lines and writes them as files of `rows_per_file` lines (gzip level 1: cheap, ~5x smaller)."""
+FileSink = Callable[[str, int], None]  # (path of a finished file, its line count)
 
-    def __init__(self, folder: str, prefix: str, rows_per_file: int, gzip_level: int | None) -> None:
+
+class NdjsonFiles:
+    """Collects lines and writes them as files of `rows_per_file` lines (gzip level 1: cheap, ~5x smaller).
+
+    `on_file(path, rows)` is called for each file once it is complete on disk.
+    """
+
+    def __init__(
+        self, folder: str, prefix: str, rows_per_file: int, gzip_level: int | None, on_file: FileSink | None = None
+    ) -> None:
         self.folder, self.prefix, self.rows_per_file, self.gzip_level = folder, prefix, rows_per_file, gzip_level
+        self.on_file = on_file
         self.lines: list[str] = []
         self.paths: list[str] = []
         self.rows = 0
@@ -244,17 +256,19 @@ class NdjsonFiles:
             f.write(data)
         self.paths.append(path)
         self.rows += len(self.lines)
-        self.lines = []
+        rows, self.lines = len(self.lines), []
+        if self.on_file is not None:
+            self.on_file(path, rows)
 
 
-def read_ranges(job: RangeJob) -> RangeResult:
-    """Consume `job.ranges` (explicit offsets, never committed), build lines, write files."""
+def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
+    """Consume `job.ranges` (explicit offsets, never committed), build lines, write files (each to `on_file`)."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     started, cpu_started = time.perf_counter(), time.process_time()
     topic = job.topic
     builder = LineBuilder(topic, job.schemas)
-    files = NdjsonFiles(job.folder, job.file_prefix, job.rows_per_file, job.gzip_level)
+    files = NdjsonFiles(job.folder, job.file_prefix, job.rows_per_file, job.gzip_level, on_file)
     poison: list[tuple[RawRecord, str]] = []
     unknown: list[RawRecord] = []
     next_offsets: dict[int, int] = {}
@@ -327,14 +341,21 @@ def read_ranges(job: RangeJob) -> RangeResult:
 
 
 def worker_main() -> None:
-    """Entry of a worker process: pickled RangeJob on stdin -> pickled ("ok", RangeResult) on stdout.
+    """Entry of a worker process: pickled RangeJob on stdin -> pickled messages on stdout.
 
-    A failure is sent back as ("error", text) so the parent can raise it with the worker's traceback.
+    `("file", path, rows)` for every finished file, then `("ok", RangeResult)`; a failure is sent back as
+    `("error", text)` so the parent can raise it with the worker's traceback.
     """
     job = pickle.load(sys.stdin.buffer)
+    out = sys.stdout.buffer
+
+    def announce(path: str, rows: int) -> None:
+        pickle.dump(("file", path, rows), out)
+        out.flush()
+
     try:
-        reply: tuple[str, Any] = ("ok", read_ranges(job))
+        reply: tuple[str, Any] = ("ok", read_ranges(job, announce))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent, which raises it
         reply = ("error", traceback.format_exc())
-    pickle.dump(reply, sys.stdout.buffer)
-    sys.stdout.buffer.flush()
+    pickle.dump(reply, out)
+    out.flush()
