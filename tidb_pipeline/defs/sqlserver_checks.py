@@ -24,9 +24,9 @@ the table count); a table whose check cannot run gets an ERROR result naming the
 
 # No `from __future__ import annotations`: Dagster reads the check functions' annotations at runtime.
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -155,11 +155,9 @@ def compare_target_content(
     """Chunked checksums of the columns both sides have, TiDB vs the SQL target (no table: every chunk empty)."""
     dialect = sql.check_dialect(target_conn.dialect.name)
     types = target_column_types(target_conn, ref)
-    if not types:  # not created yet: compare the source's chunks against nothing
+    exists = bool(types)
+    if not exists:  # not created yet: the source's chunks are compared against nothing
         types = {c.name: "" for c in source_columns}
-        exists = False
-    else:
-        exists = True
     columns = tuple(ck.target_checksum_column(c.name, c.data_type, c.column_type, types[c.name])
                     for c in source_columns if c.name in types)
     skipped = tuple(c.name for c in source_columns if c.name not in types)
