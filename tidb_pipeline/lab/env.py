@@ -30,10 +30,12 @@ def pipeline_env(settings: LabSettings) -> dict[str, str]:
 
 
 @contextmanager
-def applied(values: Mapping[str, str]) -> Iterator[None]:
-    """Set `values` in `os.environ` for the block, then put back exactly what was there (or nothing)."""
-    saved = {k: os.environ.get(k) for k in values}
+def applied(values: Mapping[str, str], *, unset: tuple[str, ...] = ()) -> Iterator[None]:
+    """Set `values` (and remove `unset`) in `os.environ` for the block, then put back exactly what was there."""
+    saved = {k: os.environ.get(k) for k in [*values, *unset]}
     os.environ.update(values)
+    for k in unset:
+        os.environ.pop(k, None)
     try:
         yield
     finally:

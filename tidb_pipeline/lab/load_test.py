@@ -40,11 +40,6 @@ MERGE_EVERY_S = 60.0
 CLEANUP_EVERY_S = 300.0
 SAMPLE_EVERY_S = 10.0
 RETENTION_HOURS = 0.05  # 3 minutes: cleanup deletes merged rows while the load runs
-TPCC_KEYS = {
-    "customer": ["c_w_id", "c_d_id", "c_id"], "district": ["d_w_id", "d_id"], "item": ["i_id"],
-    "new_order": ["no_w_id", "no_d_id", "no_o_id"], "order_line": ["ol_w_id", "ol_d_id", "ol_o_id", "ol_number"],
-    "orders": ["o_w_id", "o_d_id", "o_id"], "stock": ["s_w_id", "s_i_id"], "warehouse": ["w_id"],
-}
 
 
 def _say(msg: str) -> None:
@@ -99,6 +94,7 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
     from tidb_pipeline.lab.snowflake import connection_args
     from tidb_pipeline.lab.ticdc.codec import tso_from_ms
     from tidb_pipeline.workload import tpcc
+    from tidb_pipeline.workload.schema import CDC_KEYS
 
     out.mkdir(parents=True, exist_ok=True)
     os.environ.update(pipeline_env(settings))
@@ -110,8 +106,8 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
         "snowflake": {"database": "LOAD_TEST"},
         "retention_hours": RETENTION_HOURS,
         "merge_schedules": {"hot": {"cron": "* * * * *"}, "cold": {"cron": "* * * * *"}},
-        "tables": [{"db": db, "table": t, "key": k, "group": "hot" if t in ("order_line", "orders", "new_order",
-                    "stock") else "cold"} for t, k in TPCC_KEYS.items()],
+        "tables": [{"db": db, "table": t, "key": list(k), "group": "hot" if t in ("order_line", "orders", "new_order",
+                    "stock") else "cold"} for t, k in CDC_KEYS.items()],
     })
     defs = build_defs(config=config)
     resources = defs.resources or {}

@@ -12,6 +12,8 @@ pipeline has to cope with a database that holds one. `INELIGIBLE_FOR_CDC` names 
 
 from __future__ import annotations
 
+import re
+
 # Creation order of go-tpc; drop order is irrelevant without foreign keys.
 TABLES: tuple[str, ...] = (
     "warehouse",
@@ -190,6 +192,15 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "item": ("i_id", "i_im_id", "i_name", "i_price", "i_data"),
 }
+
+
+def _primary_key(ddl: str) -> tuple[str, ...]:
+    found = re.search(r"PRIMARY KEY\s*\(([^)]*)\)", ddl)
+    return tuple(c.strip() for c in found.group(1).split(",")) if found else ()
+
+
+# The key TiCDC replicates each eligible table by (its primary key), read from the DDL above.
+CDC_KEYS: dict[str, tuple[str, ...]] = {t: _primary_key(DDL[t]) for t in TABLES if t not in INELIGIBLE_FOR_CDC}
 
 
 def quote_ident(name: str) -> str:

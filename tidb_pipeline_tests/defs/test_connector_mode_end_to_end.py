@@ -10,8 +10,6 @@ assets merge. Every replica then equals its source row for row, as in builtin mo
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,9 +19,7 @@ import pytest
 import snowflake.connector as sf_connector
 from dagster_snowflake import SnowflakeResource
 
-from tidb_pipeline.cli import _lab_env
-from tidb_pipeline.config import PipelineConfig, parse_config
-from tidb_pipeline.defs import build_defs
+from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.connector_assets import confluent_key
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.compare import compare_table
@@ -32,21 +28,15 @@ from tidb_pipeline.lab.connector_landing import SimulatedCrash, SinkSpec, delive
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
-from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.replication.ddl import quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.kafka_connect import KafkaConnectResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.workload import tpcc
-from tidb_pipeline.workload.schema import INELIGIBLE_FOR_CDC, TABLES
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables, wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
 
-TPCC_KEYS = {
-    "customer": ["c_w_id", "c_d_id", "c_id"], "district": ["d_w_id", "d_id"], "item": ["i_id"],
-    "new_order": ["no_w_id", "no_d_id", "no_o_id"], "order_line": ["ol_w_id", "ol_d_id", "ol_o_id", "ol_number"],
-    "orders": ["o_w_id", "o_d_id", "o_id"], "stock": ["s_w_id", "s_i_id"], "warehouse": ["w_id"],
-}
 # A syntactically plausible key body: the stand-in stores it, nothing here authenticates with it.
 KAFKA_SECRET = "kafka/secret+@:%?"
 FAKE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n"
@@ -66,63 +56,30 @@ _CLOUD: dict[str, ConfluentCloudConnect] = {}
 def pipeline(
     lab_settings: LabSettings, mariadb: Service, kafka: Service, registry: Service, snowflake: Service, ticdc: Service,
 ) -> Iterator[dict[str, Any]]:
-    suffix = uuid.uuid4().hex[:6]
-    tpcc_db = f"cm_tpcc_{suffix}"
-    assert set(TPCC_KEYS) == set(TABLES) - set(INELIGIBLE_FOR_CDC)
-    config = parse_config({
-        "source": {"changefeed_id": f"cm-{suffix}"},
-        "snowflake": {"database": f"CM_{suffix.upper()}"},
-        "landing_mode": "connector",
-        "connectors": {"snowflake_sink_name": f"snowflake-sink-{suffix}"},
-        "tables": [{"db": tpcc_db, "table": t, "key": k} for t, k in TPCC_KEYS.items()],
-    })
-    env = _lab_env(lab_settings)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    conn_kwargs = mariadb.connect_kwargs()  # type: ignore[attr-defined]
-    defs = build_defs(config=config)
-    # The connector expects its database and schema to exist (an operator creates them, not the sink).
-    with sf_connector.connect(**connection_args(lab_settings)) as sf:
-        cur = sf.cursor()
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(config.snowflake.database)}")
-        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(config.snowflake.database)}."
-                    f"{quote_ident(config.snowflake.landing_schema)}")
-    try:
-        yield {"config": config, "defs": defs, "conn_kwargs": conn_kwargs, "tpcc_db": tpcc_db}
-    finally:
-        with defs.resources["ticdc"].get_client() as client:
-            client.delete(config.source.changefeed_id)
-        with pymysql.connect(autocommit=True, **conn_kwargs) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{tpcc_db}`")
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    def config(suffix: str, tpcc_db: str) -> dict[str, Any]:
+        return {
+            "source": {"changefeed_id": f"cm-{suffix}"},
+            "snowflake": {"database": f"CM_{suffix.upper()}"},
+            "landing_mode": "connector",
+            "connectors": {"snowflake_sink_name": f"snowflake-sink-{suffix}"},
+            "tables": tpcc_tables(tpcc_db),
+        }
 
-
-def _materialize(defs: dg.Definitions, keys: set[dg.AssetKey], **resources: Any) -> dg.ExecuteInProcessResult:
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.keys) & keys]
-    specs = [a for a in defs.assets if isinstance(a, dg.AssetSpec)]
-    result = dg.materialize([*assets, *specs], selection=list(keys), resources={**defs.resources, **resources})
-    assert result.success
-    return result
-
-
-def _wait_for_checkpoint(defs: dg.Definitions, config: PipelineConfig, timeout: float = 300) -> None:
-    target = tso_from_ms(int(time.time() * 1000))
-    deadline = time.monotonic() + timeout
-    with defs.resources["ticdc"].get_client() as client:
-        while (status := client.get_status(config.source.changefeed_id)).checkpoint_ts < target:
-            assert status.state == "normal", f"changefeed {status.state}: {status.last_error}"
-            assert time.monotonic() < deadline, "changefeed did not catch up"
-            time.sleep(0.5)
+    with lab_pipeline(lab_settings, mariadb, prefix="cm", config=config) as p:
+        cfg = p["config"]
+        # The connector expects its database and schema to exist (an operator creates them, not the sink).
+        with sf_connector.connect(**connection_args(lab_settings)) as sf:
+            cur = sf.cursor()
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(cfg.snowflake.database)}")
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(cfg.snowflake.database)}."
+                        f"{quote_ident(cfg.snowflake.landing_schema)}")
+        yield p
 
 
 def _reconcile_sink(defs: dg.Definitions, config: PipelineConfig, cloud: ConfluentCloudConnect) -> dict[str, Any]:
     """Materialise the sink asset against the Confluent Cloud stand-in; returns its metadata."""
     _CLOUD[cloud.url] = cloud
-    result = _materialize(
+    result = materialize(
         defs, {confluent_key(config.connectors.snowflake_sink_name)},
         kafka_connect=_CloudConnect(flavor="confluent_cloud", url=cloud.url, api_key=cloud.api_key,
                                     api_secret=cloud.api_secret),
@@ -163,7 +120,7 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
     assert {table_keys(config, t).landing for t in config.tables}.isdisjoint(
         {k for a in defs.assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     ), "in connector mode the landing tables are external (the sink writes them)"
-    _materialize(defs, {changefeed_key(config)})
+    materialize(defs, {changefeed_key(config)})
 
     cloud = ConfluentCloudConnect(settle_polls=0)
     meta = _reconcile_sink(defs, config, cloud)
@@ -176,22 +133,22 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
 
     tpcc.prepare(conn_kwargs, database=pipeline["tpcc_db"], warehouses=1, scale=0.02)
     summary = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=10, threads=2, seed=11)
-    _wait_for_checkpoint(defs, config)
+    wait_for_checkpoint(defs, config)
     # Every record of the first delivery lands twice.
     delivered = _deliver_with_duplicates(spec, lab_settings, per_partition=None)
     counts = _landing_counts(config, lab_settings)
     assert all(rows == 2 * distinct > 0 for rows, distinct in counts.values()), counts
     assert sum(distinct for _, distinct in counts.values()) == delivered
-    _materialize(defs, replicas)
+    materialize(defs, replicas)
 
     summary2 = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=15, threads=2, seed=12)
     assert summary.completed + summary2.completed > 0
-    _wait_for_checkpoint(defs, config)
+    wait_for_checkpoint(defs, config)
     # A partial crash this time: only the first records of each partition are written twice.
     _deliver_with_duplicates(spec, lab_settings, per_partition=5)
     after = _landing_counts(config, lab_settings)
     assert any(after[t][0] - after[t][1] > counts[t][0] - counts[t][1] for t in after), "no new duplicates"
-    _materialize(defs, replicas)
+    materialize(defs, replicas)
 
     mismatches = []
     with pymysql.connect(**conn_kwargs) as src, sf_connector.connect(**connection_args(lab_settings)) as sf:

@@ -7,9 +7,7 @@ changes nothing.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +16,7 @@ import pymysql
 import pytest
 import snowflake.connector
 
-from tidb_pipeline.cli import _lab_env
-from tidb_pipeline.config import PipelineConfig, parse_config
-from tidb_pipeline.defs import build_defs
+from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.service import Service
@@ -28,59 +24,24 @@ from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.workload import tpcc, types_table
-from tidb_pipeline.workload.schema import INELIGIBLE_FOR_CDC, TABLES
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables, wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
-
-TPCC_KEYS = {
-    "customer": ["c_w_id", "c_d_id", "c_id"], "district": ["d_w_id", "d_id"], "item": ["i_id"],
-    "new_order": ["no_w_id", "no_d_id", "no_o_id"], "order_line": ["ol_w_id", "ol_d_id", "ol_o_id", "ol_number"],
-    "orders": ["o_w_id", "o_d_id", "o_id"], "stock": ["s_w_id", "s_i_id"], "warehouse": ["w_id"],
-}
 
 
 @pytest.fixture(scope="module")
 def pipeline(
     lab_settings: LabSettings, mariadb: Service, kafka: Service, registry: Service, snowflake: Service, ticdc: Service,
 ) -> Iterator[dict[str, Any]]:
-    suffix = uuid.uuid4().hex[:6]
-    tpcc_db, types_db = f"e2e_tpcc_{suffix}", f"e2e_types_{suffix}"
-    assert set(TPCC_KEYS) == set(TABLES) - set(INELIGIBLE_FOR_CDC)
-    config = parse_config({
-        "source": {"changefeed_id": f"e2e-{suffix}"},
-        "snowflake": {"database": f"E2E_{suffix.upper()}"},
-        "tables": [{"db": tpcc_db, "table": t, "key": k} for t, k in TPCC_KEYS.items()]
-        + [{"db": types_db, "table": types_table.TABLE, "key": ["id"]}],
-    })
-    env = _lab_env(lab_settings)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    conn_kwargs = mariadb.connect_kwargs()  # type: ignore[attr-defined]
-    defs = build_defs(config=config)
-    try:
-        yield {"config": config, "defs": defs, "conn_kwargs": conn_kwargs, "tpcc_db": tpcc_db, "types_db": types_db}
-    finally:
-        with defs.resources["ticdc"].get_client() as client:
-            client.delete(config.source.changefeed_id)
-        with pymysql.connect(autocommit=True, **conn_kwargs) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{tpcc_db}`")
-            cur.execute(f"DROP DATABASE IF EXISTS `{types_db}`")
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    def config(suffix: str, tpcc_db: str) -> dict[str, Any]:
+        return {
+            "source": {"changefeed_id": f"e2e-{suffix}"},
+            "snowflake": {"database": f"E2E_{suffix.upper()}"},
+            "tables": [*tpcc_tables(tpcc_db), {"db": f"e2e_types_{suffix}", "table": types_table.TABLE, "key": ["id"]}],
+        }
 
-
-def _assets(defs: dg.Definitions, keys: set[dg.AssetKey]) -> list[dg.AssetsDefinition]:
-    return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.keys) & keys]
-
-
-def _materialize(defs: dg.Definitions, keys: set[dg.AssetKey]) -> dg.ExecuteInProcessResult:
-    specs = [a for a in defs.assets if isinstance(a, dg.AssetSpec)]
-    result = dg.materialize([*_assets(defs, keys), *specs], selection=list(keys), resources=defs.resources)
-    assert result.success
-    return result
+    with lab_pipeline(lab_settings, mariadb, prefix="e2e", config=config, more_databases=("e2e_types_{suffix}",)) as p:
+        yield {**p, "types_db": p["databases"][0]}
 
 
 def _pipeline_keys(config: PipelineConfig) -> set[dg.AssetKey]:
@@ -106,7 +67,7 @@ def _snapshot(config: PipelineConfig, settings: LabSettings) -> dict[str, tuple[
 
 def test_tpcc_replicas_equal_source_after_60s_run(pipeline: dict[str, Any], lab_settings: LabSettings) -> None:
     config, defs, conn_kwargs = pipeline["config"], pipeline["defs"], pipeline["conn_kwargs"]
-    _materialize(defs, {changefeed_key(config)})
+    materialize(defs, {changefeed_key(config)})
 
     tpcc.prepare(conn_kwargs, database=pipeline["tpcc_db"], warehouses=1, scale=0.02)
     with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
@@ -117,14 +78,14 @@ def test_tpcc_replicas_equal_source_after_60s_run(pipeline: dict[str, Any], lab_
     with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
         types_table.update_types_rows(conn, database=pipeline["types_db"])
     target = tso_from_ms(int(time.time() * 1000))
-    _wait_for_checkpoint(defs, config, target)
-    _materialize(defs, _pipeline_keys(config))
+    wait_for_checkpoint(defs, config, target=target, timeout=900)
+    materialize(defs, _pipeline_keys(config))
 
     summary2 = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=40, threads=2, seed=8)
     assert summary.completed + summary2.completed > 0
     target = tso_from_ms(int(time.time() * 1000))
-    _wait_for_checkpoint(defs, config, target)
-    _materialize(defs, _pipeline_keys(config))
+    wait_for_checkpoint(defs, config, target=target, timeout=900)
+    materialize(defs, _pipeline_keys(config))
 
     mismatches = []
     with pymysql.connect(**conn_kwargs) as src, snowflake.connector.connect(**connection_args(lab_settings)) as sf:
@@ -136,7 +97,7 @@ def test_tpcc_replicas_equal_source_after_60s_run(pipeline: dict[str, Any], lab_
     assert not mismatches, "\n".join(mismatches)
 
     before = _snapshot(config, lab_settings)
-    result = _materialize(defs, _pipeline_keys(config))
+    result = materialize(defs, _pipeline_keys(config))
     assert _snapshot(config, lab_settings) == before
     for event in result.get_asset_materialization_events():
         md = event.materialization.metadata
@@ -144,13 +105,3 @@ def test_tpcc_replicas_equal_source_after_60s_run(pipeline: dict[str, Any], lab_
             assert md["rows_loaded"].value == 0
         if "rows_inserted" in md:
             assert (md["rows_inserted"].value, md["rows_updated"].value, md["rows_deleted"].value) == (0, 0, 0)
-
-
-def _wait_for_checkpoint(defs: dg.Definitions, config: PipelineConfig, target: int, timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    with defs.resources["ticdc"].get_client() as client:
-        while client.get_status(config.source.changefeed_id).checkpoint_ts < target:
-            status = client.get_status(config.source.changefeed_id)
-            assert status.state == "normal", f"changefeed {status.state}: {status.last_error}"
-            assert time.monotonic() < deadline, "changefeed did not catch up"
-            time.sleep(0.5)

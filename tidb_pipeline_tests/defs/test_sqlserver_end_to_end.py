@@ -9,8 +9,6 @@ PostgreSQL, the content check fails naming the changed key range and the row cou
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,9 +18,6 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
-from tidb_pipeline.cli import _lab_env
-from tidb_pipeline.config import PipelineConfig, parse_config
-from tidb_pipeline.defs import build_defs
 from tidb_pipeline.defs.checks import CheckSettings
 from tidb_pipeline.defs.sqlserver import sqlserver_key
 from tidb_pipeline.defs.sqlserver_checks import CONTENT_CHECK, ROW_COUNT_CHECK, build_sqlserver_checks
@@ -31,81 +26,43 @@ from tidb_pipeline.lab.compare import compare_sql_table
 from tidb_pipeline.lab.postgres import LAB_DATABASE
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
-from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.replication.sqlserver import TargetTable
 from tidb_pipeline.resources.sqlserver import SqlServerResource
 from tidb_pipeline.workload import tpcc
-from tidb_pipeline.workload.schema import INELIGIBLE_FOR_CDC, TABLES
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables, wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
-
-TPCC_KEYS = {
-    "customer": ["c_w_id", "c_d_id", "c_id"], "district": ["d_w_id", "d_id"], "item": ["i_id"],
-    "new_order": ["no_w_id", "no_d_id", "no_o_id"], "order_line": ["ol_w_id", "ol_d_id", "ol_o_id", "ol_number"],
-    "orders": ["o_w_id", "o_d_id", "o_id"], "stock": ["s_w_id", "s_i_id"], "warehouse": ["w_id"],
-}
 
 
 @pytest.fixture(scope="module")
 def pipeline(
     lab_settings: LabSettings, mariadb: Service, kafka: Service, registry: Service, ticdc: Service, postgres: Service,
 ) -> Iterator[dict[str, Any]]:
-    suffix = uuid.uuid4().hex[:6]
-    tpcc_db, schema = f"sq_tpcc_{suffix}", f"sq_{suffix}"
-    assert set(TPCC_KEYS) == set(TABLES) - set(INELIGIBLE_FOR_CDC)
-    config = parse_config({
-        "source": {"changefeed_id": f"sq-{suffix}"},
-        "sqlserver": {"enabled": True, "database": LAB_DATABASE, "schema": schema},
-        "tables": [{"db": tpcc_db, "table": t, "key": k} for t, k in TPCC_KEYS.items()],
-    })
-    env = _lab_env(lab_settings)
-    saved = {k: os.environ.get(k) for k in [*env, "SQLSERVER_SCHEMA"]}
-    os.environ.update(env)
-    os.environ.pop("SQLSERVER_SCHEMA", None)  # the config's schema applies
-    defs = build_defs(config=config)
-    wired = defs.resources["sqlserver"]
-    assert (wired.drivername, wired.database, wired.db_schema) == ("postgresql+pg8000", LAB_DATABASE, schema)
+    schema = f"sq_{uuid.uuid4().hex[:6]}"
+
+    def config(suffix: str, tpcc_db: str) -> dict[str, Any]:
+        return {
+            "source": {"changefeed_id": f"sq-{suffix}"},
+            "sqlserver": {"enabled": True, "database": LAB_DATABASE, "schema": schema},
+            "tables": tpcc_tables(tpcc_db),
+        }
+
     # The wired resource's password is an EnvVar, resolved only inside runs; the test connects on its own.
     engine = SqlServerResource(drivername="postgresql+pg8000", host=lab_settings.host,
                                port=lab_settings.port("postgres"), username=LAB_DB_USER, password=LAB_DB_PASSWORD,
                                database=LAB_DATABASE).get_engine()
     with engine.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    conn_kwargs = mariadb.connect_kwargs()  # type: ignore[attr-defined]
     try:
-        yield {"config": config, "defs": defs, "conn_kwargs": conn_kwargs, "tpcc_db": tpcc_db, "engine": engine,
-               "schema": schema}
+        # SQLSERVER_SCHEMA unset: the config's schema applies.
+        with lab_pipeline(lab_settings, mariadb, prefix="sq", config=config, unset_env=("SQLSERVER_SCHEMA",)) as p:
+            wired = p["defs"].resources["sqlserver"]
+            assert (wired.drivername, wired.database, wired.db_schema) == ("postgresql+pg8000", LAB_DATABASE, schema)
+            yield {**p, "engine": engine, "schema": schema}
     finally:
-        with defs.resources["ticdc"].get_client() as client:
-            client.delete(config.source.changefeed_id)
-        with pymysql.connect(autocommit=True, **conn_kwargs) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{tpcc_db}`")
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _materialize(defs: dg.Definitions, keys: set[dg.AssetKey]) -> dg.ExecuteInProcessResult:
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.keys) & keys]
-    specs = [a for a in defs.assets if isinstance(a, dg.AssetSpec)]
-    result = dg.materialize([*assets, *specs], selection=list(keys), resources=defs.resources)
-    assert result.success
-    return result
-
-
-def _wait_for_checkpoint(defs: dg.Definitions, config: PipelineConfig, timeout: float = 300) -> None:
-    target = tso_from_ms(int(time.time() * 1000))
-    deadline = time.monotonic() + timeout
-    with defs.resources["ticdc"].get_client() as client:
-        while (status := client.get_status(config.source.changefeed_id)).checkpoint_ts < target:
-            assert status.state == "normal", f"changefeed {status.state}: {status.last_error}"
-            assert time.monotonic() < deadline, "changefeed did not catch up"
-            time.sleep(0.5)
 
 
 def test_tpcc_sqlserver_replicas_equal_source_after_workload(pipeline: dict[str, Any]) -> None:
@@ -113,17 +70,17 @@ def test_tpcc_sqlserver_replicas_equal_source_after_workload(pipeline: dict[str,
     keys = {sqlserver_key(config=config, table=t, database=LAB_DATABASE) for t in config.tables}
     assert keys == {k for a in defs.assets if isinstance(a, dg.AssetsDefinition) for k in a.keys
                     if k.path[0] == "sqlserver"}
-    _materialize(defs, {changefeed_key(config)})
+    materialize(defs, {changefeed_key(config)})
 
     tpcc.prepare(conn_kwargs, database=pipeline["tpcc_db"], warehouses=1, scale=0.02)
     first = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=10, threads=2, seed=21)
-    _wait_for_checkpoint(defs, config)
-    _materialize(defs, keys)  # mid-stream, so the last apply starts from stored offsets
+    wait_for_checkpoint(defs, config)
+    materialize(defs, keys)  # mid-stream, so the last apply starts from stored offsets
 
     second = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=15, threads=2, seed=22)
     assert first.completed + second.completed > 0
-    _wait_for_checkpoint(defs, config)
-    _materialize(defs, keys)
+    wait_for_checkpoint(defs, config)
+    materialize(defs, keys)
 
     mismatches = []
     with pymysql.connect(**conn_kwargs) as src, pipeline["engine"].connect() as target:
@@ -135,7 +92,7 @@ def test_tpcc_sqlserver_replicas_equal_source_after_workload(pipeline: dict[str,
                 mismatches.append(f"{cmp.source}: {cmp}")
     assert not mismatches, "\n".join(mismatches)
 
-    rerun = _materialize(defs, keys)
+    rerun = materialize(defs, keys)
     for event in rerun.get_asset_materialization_events():
         md = event.materialization.metadata
         assert (md["records_read"].value, md["backlog_records"].value) == (0, 0), event.asset_key
