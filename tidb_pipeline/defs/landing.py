@@ -6,8 +6,10 @@ merge downstream cannot tell which way the table was filled.
 
 One load, step by step:
 1. Create what is missing (IF NOT EXISTS): the landing table, and in the control schema the stage
-   `LANDING_STAGE`, the load table `LOAD_<landing>`, the dead-letter table `LANDING_DEAD_LETTER` and the
-   lock table `LANDING_LOADS`.
+   `LANDING_STAGE`, the dead-letter table `LANDING_DEAD_LETTER` and the lock table `LANDING_LOADS` (with the
+   landing table's row). A process remembers what it has made sure of (per server, account, database and
+   tables) and skips these ~10 statements on its next loads; a statement that fails with "does not exist"
+   (someone dropped a table) drops that memory, and the load runs again from this step, once.
 2. Read where the table ends: per partition the highest offset of the topic already landed *or
    quarantined* (a poison record's offset is consumed too; without counting it, a poison record at the
    end of a partition would be read and quarantined again by every load).
@@ -15,28 +17,43 @@ One load, step by step:
    new data; `max_records` bounds it further.
 4. Fetch the topic's key/value schemas from the registry (every version of both subjects). A registry
    that is down stops the load here with `SchemaRegistryUnavailable`, before anything is read or written.
-5. Readers (`replication.wire.read_ranges`) consume the offset ranges with explicit offsets (nothing is
+5. Create the load's own tables in the control schema: `LOAD_<landing>_<batch>_FILE` (one VARIANT) and
+   `..._ROWS` (the two landing columns), TEMPORARY, so they are private to this session and vanish with it.
+6. Readers (`replication.wire.read_ranges`) consume the offset ranges with explicit offsets (nothing is
    committed to Kafka), decode each key and value, build each landing line with the compiled
-   `RecordEncoder`, and write gzipped NDJSON files. Large loads are split into equal offset ranges, one per
-   core, each read by its own process (the parent reads one); a record whose schema id the registry did
-   not list under the topic's subjects is looked up by id afterwards, and one that still cannot be decoded
-   (bad magic byte, unknown id, truncated body) becomes a dead letter.
-6. `PUT` the files on the stage under `<topic>/<batch uuid>/`, then one transaction: lock the landing
-   table's row in `LANDING_LOADS` (the first write: fakesnow wants a write first after BEGIN), read the
-   landed offsets again, `COPY INTO` the load table, `INSERT ... SELECT` only the rows above the landed
-   offset of their partition, insert the dead letters above it, commit.
+   `RecordEncoder`, and write gzipped NDJSON files of `ROWS_PER_FILE` lines. Large loads are split into
+   equal offset ranges, one per core, each read by its own process, and this process only coordinates:
+   as soon as a reader finishes a file it is `PUT` on the stage under `<topic>/<batch uuid>/`, `COPY`ed
+   into the FILE table and split into the ROWS table (`replication.landing.stage_file_statements`) while
+   the readers go on, so the warehouse works in parallel with the reading. A small load is read in this
+   process and its files staged afterwards. A record whose schema id the registry did not list under the
+   topic's subjects is looked up by id afterwards, and one that still cannot be decoded (bad magic byte,
+   unknown id, truncated body) becomes a dead letter.
+7. One short transaction: lock the landing table's row in `LANDING_LOADS` (the first write: fakesnow wants
+   a write first after BEGIN), read the landed offsets again, `INSERT ... SELECT` from the ROWS table only
+   the rows above the landed offset of their partition and empty it, insert the dead letters above it,
+   commit. Then the load's tables are dropped.
 
-Exactly once: offsets live only in the warehouse, and step 6 decides inside the transaction which rows are
-new. A crash before the commit leaves nothing behind (the next load reads the same records again); a load
-that raced another, or follows one that committed after this one started reading, inserts only what the
+Exactly once: offsets live only in the warehouse, and step 7 decides inside the transaction which rows are
+new; everything before it writes only to the load's private tables and the stage. A crash before the commit
+leaves nothing behind in the landing and dead-letter tables (the next load reads the same records again); a
+load that raced another, or follows one that committed after this one started reading, inserts only what the
 other did not. Two loads of one table are serialised by the lock row: Snowflake makes the second wait
 (and its later statements see the first's rows); DuckDB under fakesnow fails the second with a write
-conflict, which a retry resolves. Nothing is ever TRUNCATEd; the load table is emptied with DELETE inside
-the transaction.
+conflict, which a retry resolves. Nothing is ever TRUNCATEd.
+
+Stage files are gzipped by the readers (level 1, ~1 us per line, on the readers' cores) and PUT with
+`AUTO_COMPRESS = FALSE`. With plain NDJSON and `AUTO_COMPRESS = TRUE` the Snowflake connector would gzip
+each file itself in this process, single-threaded, with `gzip.GzipFile`'s default level 9
+(`SnowflakeFileUtil.compress_file_with_gzip`), and uploading plain files to fakesnow costs its server
+~1.5 CPU-s per million lines more than gzipped ones.
 
 fakesnow notes: COPY of gzipped NDJSON works; JSON cannot be COPYed into two columns, hence the one-VARIANT
-load table (`replication.landing.copy_statements`); `REMOVE` is unsupported, so staged files stay there
-(on Snowflake they are removed after the commit); a write conflict comes back as HTTP 500, which the
+FILE table and the INSERT that splits it. DuckDB keeps temporary tables in its own "temp" catalog, so
+fakesnow refuses a qualified TEMPORARY table: the loader then uses bare names (which need a current
+database in the session) or, in a session without one, ordinary tables dropped after the load (a killed
+load leaves those behind; harmless, their names are unique). `REMOVE` is unsupported, so staged files stay
+there (on Snowflake they are removed after the commit); a write conflict comes back as HTTP 500, which the
 connector retries until its network timeout before raising.
 
 `python -m tidb_pipeline.defs.landing --bench N` measures the loader on the lab (see `bench`).

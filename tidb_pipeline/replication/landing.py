@@ -12,11 +12,14 @@ float/int subclass does not help (the C encoder prints numbers with the base typ
 f-string: one small expression per field, C-accelerated string escaping, no per-value type dispatch.
 `bench_encode` measures it.
 
-The built-in landing ships these rows as NDJSON files (`ndjson_line`), PUTs them on a stage and loads them
-with `copy_statements`: `COPY INTO` a one-VARIANT-column load table, then `INSERT ... SELECT` into the
-landing table. The two steps exist because fakesnow cannot `COPY` JSON into two columns (neither with
-`MATCH_BY_COLUMN_NAME` nor with a `$1:field` transformation); on Snowflake they cost one extra scan of the
-batch and behave the same.
+The built-in landing ships these rows as gzipped NDJSON files (`ndjson_line`) and PUTs each on a stage as
+soon as a reader finishes it; `stage_file_statements` then `COPY`s it into a one-VARIANT table private to
+the load and splits it into the two landing columns in a second private table, while reading goes on, and
+`land_rows_statements` moves those rows into the landing table inside the short exactly-once transaction.
+The one-VARIANT step exists because fakesnow cannot `COPY` JSON into two columns (neither with
+`MATCH_BY_COLUMN_NAME` nor with a `$1:field` transformation); on Snowflake it costs one extra scan of the
+batch and behaves the same. `copy_statements` is the older single-table form, still used by the lab's
+connector stand-in and the backfill.
 """
 
 from __future__ import annotations

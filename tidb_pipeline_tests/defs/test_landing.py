@@ -357,3 +357,32 @@ def test_bench_command_loads_and_reports_both_rates(kafka: Any, registry: Any, s
     assert "load_topic: 3,000 records in" in out
     assert "raw limit (consume + Avro decode, 1 reader(s))" in out
     assert "load / raw limit:" in out
+
+
+def test_repeat_loads_skip_the_ddl_and_a_dropped_table_is_created_again(lab: Lab, monkeypatch: pytest.MonkeyPatch):
+    statements: list[str] = []
+    real_execute = landing_mod._execute
+
+    def recording_execute(cursor: Any, stmt: Any) -> Any:
+        statements.append(stmt if isinstance(stmt, str) else stmt.sql)
+        return real_execute(cursor, stmt)
+
+    monkeypatch.setattr(landing_mod, "_execute", recording_execute)
+    first = lab.produce([(0, {"id": 1}, row(1)), (1, {"id": 2}, row(2))])
+    assert lab.load().rows_loaded == 2
+    assert any(s.startswith("CREATE TABLE IF NOT EXISTS") for s in statements)
+
+    statements.clear()
+    second = lab.produce([(2, {"id": 3}, row(3))])
+    assert lab.load().rows_loaded == 1
+    assert [s for s in statements if s.startswith(("CREATE STAGE", "CREATE SCHEMA", "CREATE DATABASE"))
+            or (s.startswith("CREATE TABLE") and "TEMPORARY" not in s and "_FILE" not in s and "_ROWS" not in s)] == []
+    assert lab.landed() == expected_rows(lab, first + second)
+
+    # Someone drops the landing table: the next load finds out, creates it again and lands from offset 0.
+    lab.query(f"DROP TABLE {lab.landing.sql}")
+    statements.clear()
+    third = lab.load()
+    assert third.rows_loaded == 3 and third.offsets_before == {0: 0, 1: 0, 2: 0}
+    assert any(s.startswith("CREATE TABLE IF NOT EXISTS") and lab.landing.sql in s for s in statements)
+    assert lab.landed() == expected_rows(lab, lab.produced)
