@@ -268,7 +268,7 @@ def _char_length(dialect: Dialect, v: str) -> str:
     return f"LENGTH({v})"
 
 
-def _md5(dialect: Dialect, text: str) -> str:
+def _md5_sql(dialect: Dialect, text: str) -> str:
     """MD5 of a text's UTF-8 bytes: hex text, except on SQL Server, where it is the 16 hash bytes."""
     if dialect == "mssql":
         return f"HASHBYTES('MD5', CAST(({text}) COLLATE {MSSQL_UTF8_COLLATION} AS varchar(max)))"
@@ -380,7 +380,7 @@ def row_text_sql(dialect: Dialect, columns: Sequence[ChecksumColumn]) -> str:
 def hex_number_sql(dialect: Dialect, hex_text: str, digits: int) -> str:
     """The first `digits` lower-case hex digits of `hex_text` as an exact integer.
 
-    On SQL Server `hex_text` is the hash's bytes (`_md5`): whole bytes read as a bigint behind a zero byte
+    On SQL Server `hex_text` is the hash's bytes (`_md5_sql`): whole bytes read as a bigint behind a zero byte
     (never negative), an odd last digit as the high nibble of the next byte.
     """
     if dialect == "mysql":
@@ -495,7 +495,7 @@ def checksums_sql(
     m = hex_number_sql(dialect, "r.m", HASH_HEX_DIGITS)
     if chunks[0].bucket is not None:
         chunk, params = "0", ()
-        key_md5 = f", {_md5(dialect, f't.{names[list(columns).index(key)]}')} AS km"
+        key_md5 = f", {_md5_sql(dialect, f't.{names[list(columns).index(key)]}')} AS km"
         group = _mod(dialect, hex_number_sql(dialect, "r.km", BUCKET_HEX_DIGITS), chunks[0].buckets or 1)
     else:
         chunk, params = _range_expr(dialect, key, chunks)
@@ -504,8 +504,8 @@ def checksums_sql(
     # SQL Server cannot GROUP BY an ordinal (and has no MOD); elsewhere the ordinal avoids repeating the group.
     group_by = group if dialect == "mssql" else "1"
     return Statement(
-        f"SELECT {group} AS chunk, COUNT(*), {_sum(dialect, m)} FROM (\n"
-        f"  SELECT t.chunk, {_md5(dialect, _concat(fields, dialect))} AS m{key_md5} FROM (\n"
+        f"SELECT {group} AS chunk, COUNT(*), {_sum_sql(dialect, m)} FROM (\n"
+        f"  SELECT t.chunk, {_md5_sql(dialect, _concat(fields, dialect))} AS m{key_md5} FROM (\n"
         f"    SELECT {chunk} AS chunk, {texts} FROM {table}\n"
         "  ) t\n"
         f") r GROUP BY {group_by} ORDER BY 1",
@@ -513,7 +513,7 @@ def checksums_sql(
     )
 
 
-def _sum(dialect: Dialect, number: str) -> str:
+def _sum_sql(dialect: Dialect, number: str) -> str:
     # SQL Server sums a bigint as a bigint (overflows after 8 rows of 60 bits); the others widen on their own.
     return f"SUM(CAST({number} AS decimal(38,0)))" if dialect == "mssql" else f"SUM({number})"
 
@@ -540,8 +540,8 @@ def chunk_checksum_sql(dialect: Dialect, table: str, columns: Sequence[ChecksumC
     texts = _escape_percent(", ".join(f"{value_text_sql(dialect, c)} AS {n}" for c, n in zip(columns, names)), tuple(params))
     fields = [field_sql(dialect, c, f"t.{n}") for c, n in zip(columns, names)]
     return Statement(
-        f"SELECT {chunk.index}, COUNT(*), COALESCE({_sum(dialect, hex_number_sql(dialect, 'r.m', HASH_HEX_DIGITS))}, 0) FROM (\n"
-        f"  SELECT {_md5(dialect, _concat(fields, dialect))} AS m FROM (SELECT {texts} FROM {table}{cond}) t\n"
+        f"SELECT {chunk.index}, COUNT(*), COALESCE({_sum_sql(dialect, hex_number_sql(dialect, 'r.m', HASH_HEX_DIGITS))}, 0) FROM (\n"
+        f"  SELECT {_md5_sql(dialect, _concat(fields, dialect))} AS m FROM (SELECT {texts} FROM {table}{cond}) t\n"
         ") r",
         tuple(params),
     )

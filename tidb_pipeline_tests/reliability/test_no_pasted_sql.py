@@ -17,7 +17,7 @@ ROOT = Path(tidb_pipeline.__file__).parent
 # Calls that take SQL text first.
 SINKS = {"execute", "executemany", "exec_driver_sql", "Statement", "_execute", "_rows", "_count", "text"}
 # Functions that return a quoted identifier or a SQL fragment built from quoted identifiers and placeholders.
-FRAGMENT_BUILDERS = {"quote_ident", "quote_mysql", "quote_sql", "_sql_ident", "mysql_table", "json_to_sql", "_concat",
+FRAGMENT_BUILDERS = {"quote_ident", "quote_mysql", "quote_sql", "_sql_ident", "mysql_table", "target_table", "json_to_sql", "_concat",
                      "hex_number_sql", "field_sql", "value_text_sql", "_in_params", "join"}
 
 REVIEWED: dict[tuple[str, str], str] = {
