@@ -166,8 +166,8 @@ def install(stage: str, hit: int) -> None:
     elif stage == "landing.after_consume":
         run_readers = landing.run_readers
 
-        def patched_readers(jobs: Any) -> Any:
-            out = run_readers(jobs)
+        def patched_readers(*args: Any, **kwargs: Any) -> Any:
+            out = run_readers(*args, **kwargs)
             if arrived():
                 _die()
             return out
