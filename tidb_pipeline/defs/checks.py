@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.changefeed import lag_seconds as checkpoint_lag_s  # one TSO-lag rule for asset and check
@@ -45,6 +44,7 @@ from tidb_pipeline.replication.checksum import (
     bucket_chunks,
     checksum_column,
     checksums_sql,
+    chunk_count,
     compare_chunks,
     mysql_table,
     parse_checksums,
@@ -52,7 +52,6 @@ from tidb_pipeline.replication.checksum import (
 )
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
-from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
 
@@ -135,18 +134,27 @@ def _partitions_text(values: Mapping[int, Any]) -> str:
     return ", ".join(f"p{p}: {v}" for p, v in sorted(values.items())) or "(no partitions)"
 
 
+def read_lags(
+    *, config: PipelineConfig, watermarks: Mapping[str, Mapping[int, Watermark]], kafka: KafkaResource,
+    ticdc: TiCDCResource,
+) -> dict[str, Lag]:
+    """Per topic: the Kafka backlog beyond its merged `watermarks` and TiCDC's checkpoint lag, in one Kafka and
+    one TiCDC call for all topics. Call it after the source was read (see the module docstring)."""
+    end = kafka.end_offsets(list(watermarks))
+    try:
+        with ticdc.get_client() as client:
+            status = client.get_status(config.source.changefeed_id)
+        cp, note = checkpoint_lag_s(status.checkpoint_ts, int(time.time() * 1000)), ""
+    except (TiCDCError, OSError) as exc:  # unreachable or unknown changefeed: cannot claim caught up
+        cp, note = None, f"TiCDC: {exc}"[:200]
+    return {topic: Lag(backlog_per_partition(end.get(topic, {}), wm), cp, note) for topic, wm in watermarks.items()}
+
+
 def read_lag(
     *, config: PipelineConfig, names: TableNames, watermarks: Mapping[int, Watermark], kafka: KafkaResource,
     ticdc: TiCDCResource,
 ) -> Lag:
-    end = kafka.end_offsets([names.topic]).get(names.topic, {})
-    backlog = backlog_per_partition(end, watermarks)
-    try:
-        with ticdc.get_client() as client:
-            status = client.get_status(config.source.changefeed_id)
-    except (TiCDCError, OSError) as exc:  # unreachable or unknown changefeed: cannot claim caught up
-        return Lag(backlog, None, f"TiCDC: {exc}"[:200])
-    return Lag(backlog, checkpoint_lag_s(status.checkpoint_ts, int(time.time() * 1000)))
+    return read_lags(config=config, watermarks={names.topic: watermarks}, kafka=kafka, ticdc=ticdc)[names.topic]
 
 
 def lag_aware_result(*, equal: bool, lag: Lag, settings: CheckSettings, what: str, metadata: dict[str, Any]) -> dg.AssetCheckResult:
@@ -207,7 +215,7 @@ def compare_content(
     first = next((c for c in columns if c.name == key[0]), None)
     if first is None:
         raise ValueError(f"key column {key[0]!r} of {table.db}.{table.table} is missing from replica {replica.label}")
-    wanted = max(1, min(settings.max_chunks, -(-source_rows // settings.rows_per_chunk)))
+    wanted = chunk_count(source_rows, settings.rows_per_chunk, settings.max_chunks)
     if first.kind in RANGE_KINDS:
         with tidb_conn.cursor() as cur:
             starts = [r[0] for r in _rows(cur, boundaries_sql(table.db, table.table, first.name, wanted))]

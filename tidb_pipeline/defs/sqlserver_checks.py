@@ -23,7 +23,6 @@ the table count); a table whose check cannot run gets an ERROR result naming the
 """
 
 # No `from __future__ import annotations`: Dagster reads the check functions' annotations at runtime.
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,22 +32,22 @@ import sqlalchemy as sa
 from confluent_kafka import ConsumerGroupTopicPartitions
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.changefeed import lag_seconds as checkpoint_lag_s
 from tidb_pipeline.defs.checks import (
     CheckSettings,
     ContentComparison,
     Lag,
     Watermark,
-    backlog_per_partition,
+    error_result,
     key_of,
     lag_aware_result,
+    read_lags,
 )
 from tidb_pipeline.defs.sqlserver import sqlserver_key
 from tidb_pipeline.replication import checksum as ck
 from tidb_pipeline.replication import sqlserver as sql
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.sqlserver import SqlServerResource
-from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
+from tidb_pipeline.resources.ticdc import TiCDCResource
 from tidb_pipeline.resources.tidb import SourceColumn, TiDBResource
 
 ROW_COUNT_CHECK = "row_count_matches_source"
@@ -125,24 +124,15 @@ def group_offsets(kafka: KafkaResource, group: str, topics: Sequence[str]) -> di
     return out
 
 
-def read_lags(
+def read_target_lags(
     *, config: PipelineConfig, watermarks: Mapping[str, Mapping[int, Watermark] | None], kafka: KafkaResource,
     ticdc: TiCDCResource, unknown_note: str = "",
 ) -> dict[str, TargetLag]:
-    """Per topic: backlog beyond `watermarks` (None: unknown) and TiCDC's checkpoint lag; one Kafka and one
-    TiCDC call for all topics. Call it after every source table was read."""
-    end = kafka.end_offsets(list(watermarks))
-    try:
-        with ticdc.get_client() as client:
-            status = client.get_status(config.source.changefeed_id)
-        cp, note = checkpoint_lag_s(status.checkpoint_ts, int(time.time() * 1000)), ""
-    except (TiCDCError, OSError) as exc:  # unreachable or unknown changefeed: cannot claim caught up
-        cp, note = None, f"TiCDC: {exc}"[:200]
-    return {
-        topic: TargetLag(backlog_per_partition(end.get(topic, {}), wm or {}), cp, note,
-                         None if wm is not None else unknown_note)
-        for topic, wm in watermarks.items()
-    }
+    """`checks.read_lags`, where a topic without watermarks (None) has an unknown backlog for `unknown_note`."""
+    lags = read_lags(config=config, watermarks={t: wm or {} for t, wm in watermarks.items()}, kafka=kafka,
+                        ticdc=ticdc)
+    return {topic: TargetLag(lag.backlog, lag.checkpoint_lag_s, lag.note, None if watermarks[topic] is not None
+                             else unknown_note) for topic, lag in lags.items()}
 
 
 # --- content --------------------------------------------------------------------------------------------
@@ -191,14 +181,6 @@ def _targets(config: PipelineConfig) -> dict[dg.AssetKey, TableConfig]:
     return {sqlserver_key(config=config, table=t, database=database): t for t in config.tables}
 
 
-def _error(key: dg.AssetCheckKey, exc: Exception) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        asset_key=key.asset_key, check_name=key.name, passed=False, severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"error": f"{type(exc).__name__}: {exc}"[:500]},
-        description="the check could not run; see `error`",
-    )
-
-
 def _run(
     context: dg.AssetCheckExecutionContext, config: PipelineConfig, sqlserver: SqlServerResource,
     kafka: KafkaResource, ticdc: TiCDCResource, settings: CheckSettings,
@@ -235,14 +217,14 @@ def _run(
                     equal, metadata = measure(conn, target)
             except Exception as exc:  # noqa: BLE001 - one table's failure must not hide the others' results
                 context.log.error(f"{check_key.to_user_string()}: {type(exc).__name__}: {exc}")
-                yield _error(check_key, exc)
+                yield error_result(check_key, exc)
                 continue
             measured[check_key] = (target, equal, metadata)
     finally:
         engine.dispose()
     if not measured:
         return
-    lags = read_lags(config=config, watermarks={t.topic: watermarks[t.topic] for t, _, _ in measured.values()},
+    lags = read_target_lags(config=config, watermarks={t.topic: watermarks[t.topic] for t, _, _ in measured.values()},
                      kafka=kafka, ticdc=ticdc,
                      unknown_note=f"consumer group {sink_group(config)} has no committed offsets for the topic")
     for check_key, (target, equal, metadata) in measured.items():
