@@ -138,6 +138,10 @@ def merge_replica(
 
     if not cached:
         added = ensure()
+    elif replica.database:
+        # The skipped CREATE DATABASE also made the database current, as Snowflake does. Our SQL is fully
+        # qualified, but fakesnow's rewrites call helpers (`_fs_to_timestamp`) of the current database.
+        _execute(connection.cursor(), f"USE DATABASE {quote_ident(replica.database)}")
     try:
         counts, ranges = run_merge(connection, plan, when)
     except Exception as exc:  # noqa: BLE001 - re-raised unless the skipped DDL explains it

@@ -21,8 +21,9 @@ still materialize, and the step then fails naming every failed table.
 
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,16 +32,15 @@ from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.replica import merge_replica
-from tidb_pipeline.replication.ddl import TableRef
+from tidb_pipeline.replication.ddl import TableRef, quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 
 WATERMARK_TABLE = "MERGE_WATERMARKS"
-# Tables of one group landed and merged at once in a run (threads; one warehouse connection each). 1 on
-# the lab: fakesnow's server answers concurrent sessions with catalog errors ("_fs_to_timestamp does not
-# exist", "_fs_information_schema does not exist") and HTTP 500s, and a run of 7 TPC-C tables took 60-79 s
-# with 8 threads against 43 s sequentially. Snowflake serves up to 8 queries per warehouse at once: raise
-# it there.
+# Tables of one group landed and merged at once in a run (threads; one warehouse connection each). 1 runs
+# them one after another in the step's own thread. Not yet raised: on the lab (one fakesnow process on 2
+# shared cores) 8 threads were measured no faster, in a run that also paid failed-then-retried statements.
+# Snowflake serves up to 8 queries per warehouse at once: raise it there.
 PARALLEL_TABLES = 1
 
 
@@ -145,11 +145,27 @@ class _TableLog:
         self._add("error", msg, *args)
 
 
+@contextmanager
+def _connect(snowflake: SnowflakeResource, database: str | None) -> Iterator[Any]:
+    """A warehouse session with `database` current when it exists.
+
+    Every statement names its database, but the loaders cache their DDL per process, and that DDL (`CREATE
+    DATABASE`) is what made the database current: fakesnow's rewrites call helpers of the current database.
+    """
+    with snowflake.get_connection() as conn:
+        if database:
+            try:
+                conn.cursor().execute(f"USE DATABASE {quote_ident(database)}")
+            except Exception:  # noqa: BLE001 - not created yet: the first load's DDL creates it
+                pass
+        yield conn
+
+
 def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: SnowflakeResource,
           log: Any) -> dict[str, Any]:
     from tidb_pipeline.defs.landing import load_topic
 
-    with snowflake.get_connection() as conn:
+    with _connect(snowflake, names.landing.database) as conn:
         result = load_topic(
             kafka=kafka, registry=registry, connection=conn, topic=names.topic,
             landing=names.landing, control=names.control, log=log,
@@ -169,7 +185,7 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: Sno
 
 
 def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, log: Any) -> dict[str, Any]:
-    with snowflake.get_connection() as conn:
+    with snowflake.get_connection() as conn:  # merge_replica makes the database current itself
         outcome = merge_replica(
             connection=conn, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
@@ -253,23 +269,30 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
         landing_registry = schema_registry.get_client()
         replica_registry = schema_registry.get_client()
         runs: list[_TableRun] = []
-        with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_TABLES, len(work))),
-                                thread_name_prefix=f"{name}-") as pool:
-            futures: list[Future[_TableRun]] = [
-                pool.submit(
-                    _run_table, config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
-                    merge=k.replica in selected,
-                    land_fn=lambda n, log: _land(n, kafka, landing_registry, snowflake, log),
-                    merge_fn=lambda n, log: _merge(n, replica_registry, snowflake, log),
-                )
-                for t, k in work
-            ]
-            for future in as_completed(futures):
-                run = future.result()
-                runs.append(run)
-                for level, line in run.log.lines:
-                    getattr(context.log, level)(line)
-                yield from run.results
+
+        def finish(run: _TableRun) -> Iterator[dg.MaterializeResult]:
+            runs.append(run)
+            for level, line in run.log.lines:
+                getattr(context.log, level)(line)
+            yield from run.results
+
+        def table_run(t: TableConfig, k: TableKeys) -> _TableRun:
+            return _run_table(
+                config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
+                merge=k.replica in selected,
+                land_fn=lambda n, log: _land(n, kafka, landing_registry, snowflake, log),
+                merge_fn=lambda n, log: _merge(n, replica_registry, snowflake, log),
+            )
+
+        if PARALLEL_TABLES <= 1 or len(work) <= 1:
+            # In the step's own thread: nothing to overlap, and a profiler sees the work.
+            for t, k in work:
+                yield from finish(table_run(t, k))
+        else:
+            with ThreadPoolExecutor(max_workers=min(PARALLEL_TABLES, len(work)), thread_name_prefix=f"{name}-") as pool:
+                futures: list[Future[_TableRun]] = [pool.submit(table_run, t, k) for t, k in work]
+                for future in as_completed(futures):
+                    yield from finish(future.result())
         failed = [r for r in runs if r.error is not None]
         if failed:
             detail = "; ".join(f"{r.table.db}.{r.table.table} ({r.failed}): {type(r.error).__name__}: {r.error}"
