@@ -53,9 +53,9 @@ MERGE_STAGES = ("merge.mid_merge", "merge.before_commit", "merge.after_commit")
 STAGES = LANDING_STAGES + MERGE_STAGES
 # Statements of the copy step (DELETE load table, COPY, INSERT new rows, DELETE load table).
 COPY_STATEMENTS = 4
-# Statements of the merge transaction before COMMIT: BEGIN, one-row-per-key check, counts, MERGE,
-# watermark DELETE, watermark INSERT.
-MERGE_STATEMENTS = 6
+# Statements of the merge transaction before COMMIT: BEGIN, the batch statistics (counts, one row per key,
+# key range), MERGE, watermark DELETE, watermark INSERT (`replication.merge.run_merge`).
+MERGE_STATEMENTS = 5
 
 
 class StageNotReached(AssertionError):

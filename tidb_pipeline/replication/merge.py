@@ -260,10 +260,11 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     # Same min/max as key_range_sql: the source has the batch's keys, typed the same way.
     key_range = f"MIN(s.{keys[0]}), MAX(s.{keys[0]})" if plan.keys[0].sql_type.startswith(_PRUNABLE) \
         else "NULL, NULL"
+    partition_by = ", ".join(f"x.{k}" for k in keys)
     return Statement(
         f"SELECT COUNT_IF(NOT s.{_DEL} AND NOT ({found})), COUNT_IF(NOT s.{_DEL} AND {found}), "
         f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}, MAX(s.{_N}), {key_range}\n"
-        f"FROM (SELECT x.*, COUNT(*) OVER (PARTITION BY {', '.join('x.' + k for k in keys)}) AS {_N} "
+        f"FROM (SELECT x.*, COUNT(*) OVER (PARTITION BY {partition_by}) AS {_N} "
         f"FROM ({src.sql}) x) s LEFT JOIN {plan.replica.sql} t ON {on}",
         src.params + r.params,
     )
