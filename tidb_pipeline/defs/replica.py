@@ -63,6 +63,13 @@ def _execute(cursor: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
         return []
 
 
+def use_schema_target(table: TableRef) -> str:
+    """The quoted schema of `table` (with its database when it names one), for `USE SCHEMA`."""
+    if table.database:
+        return f"{quote_ident(table.database)}.{quote_ident(table.schema)}"
+    return quote_ident(table.schema)
+
+
 def ensure_schema(cursor: Any, table: TableRef) -> None:
     if table.database:
         _execute(cursor, f"CREATE DATABASE IF NOT EXISTS {quote_ident(table.database)}")
@@ -138,10 +145,11 @@ def merge_replica(
 
     if not cached:
         added = ensure()
-    elif replica.database:
-        # The skipped CREATE DATABASE also made the database current, as Snowflake does. Our SQL is fully
-        # qualified, but fakesnow's rewrites call helpers (`_fs_to_timestamp`) of the current database.
-        _execute(connection.cursor(), f"USE DATABASE {quote_ident(replica.database)}")
+    else:
+        # The skipped CREATE DATABASE / SCHEMA also made the replica's schema current, as Snowflake does.
+        # Our SQL is fully qualified, but fakesnow's rewrites call helpers of the current database
+        # (`_fs_to_timestamp`) and put the MERGE's temporary table in the current schema.
+        _execute(connection.cursor(), f"USE SCHEMA {use_schema_target(replica)}")
     try:
         counts, ranges = run_merge(connection, plan, when)
     except Exception as exc:  # noqa: BLE001 - re-raised unless the skipped DDL explains it

@@ -31,8 +31,8 @@ import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.replica import merge_replica
-from tidb_pipeline.replication.ddl import TableRef, quote_ident
+from tidb_pipeline.defs.replica import merge_replica, use_schema_target
+from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 
@@ -146,18 +146,18 @@ class _TableLog:
 
 
 @contextmanager
-def _connect(snowflake: SnowflakeResource, database: str | None) -> Iterator[Any]:
-    """A warehouse session with `database` current when it exists.
+def _connect(snowflake: SnowflakeResource, schema: TableRef) -> Iterator[Any]:
+    """A warehouse session whose current schema is `schema` (its `name` unused) when that schema exists.
 
-    Every statement names its database, but the loaders cache their DDL per process, and that DDL (`CREATE
-    DATABASE`) is what made the database current: fakesnow's rewrites call helpers of the current database.
+    Every statement names its schema, but the loaders cache their DDL per process, and that DDL (`CREATE
+    DATABASE` / `CREATE SCHEMA`) is what used to make them current: fakesnow's rewrites call helpers of the
+    current database and create temporary tables in the current schema.
     """
     with snowflake.get_connection() as conn:
-        if database:
-            try:
-                conn.cursor().execute(f"USE DATABASE {quote_ident(database)}")
-            except Exception:  # noqa: BLE001 - not created yet: the first load's DDL creates it
-                pass
+        try:
+            conn.cursor().execute(f"USE SCHEMA {use_schema_target(schema)}")
+        except Exception:  # noqa: BLE001 - not created yet: the first load's DDL creates it
+            pass
         yield conn
 
 
@@ -165,7 +165,8 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: Sno
           log: Any) -> dict[str, Any]:
     from tidb_pipeline.defs.landing import load_topic
 
-    with _connect(snowflake, names.landing.database) as conn:
+    # The control schema: the one the landing DDL left current, where the loader's temporary tables went.
+    with _connect(snowflake, names.control) as conn:
         result = load_topic(
             kafka=kafka, registry=registry, connection=conn, topic=names.topic,
             landing=names.landing, control=names.control, log=log,
