@@ -45,13 +45,6 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lab_env(settings: LabSettings) -> dict[str, str]:
-    # Kept for callers not yet moved to `tidb_pipeline.lab.env.pipeline_env`.
-    from tidb_pipeline.lab.env import pipeline_env
-
-    return pipeline_env(settings)
-
-
 def _discover(args: argparse.Namespace) -> int:
     from pathlib import Path
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tidb_pipeline.lab.env import applied
 from tidb_pipeline.lab.settings import DEFAULT_PORTS, LabSettings
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -87,17 +88,13 @@ def private_lab(keep: bool = False) -> Iterator[dict[str, str]]:
     if warm.is_dir():
         (root / "jars").symlink_to(warm, target_is_directory=True)  # the warm Maven cache
     env = private_lab_env(root)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        yield env
+        with applied(env):
+            try:
+                yield env
+            finally:
+                lab_down(env)
     finally:
-        lab_down(env)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         if not keep:
             subprocess.run(["rm", "-rf", str(root)], check=False)
 

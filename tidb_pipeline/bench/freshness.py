@@ -21,8 +21,8 @@ binlog, in whole seconds, so every figure reads up to 1 s high.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import os
 import statistics
 import threading
 import time
@@ -34,11 +34,6 @@ from typing import Any
 
 from tidb_pipeline.lab.settings import LabSettings
 
-TPCC_KEYS = {
-    "customer": ["c_w_id", "c_d_id", "c_id"], "district": ["d_w_id", "d_id"], "item": ["i_id"],
-    "new_order": ["no_w_id", "no_d_id", "no_o_id"], "order_line": ["ol_w_id", "ol_d_id", "ol_o_id", "ol_number"],
-    "orders": ["o_w_id", "o_d_id", "o_id"], "stock": ["s_w_id", "s_i_id"], "warehouse": ["w_id"],
-}
 BENCH_DATABASE = "TIDB_PIPELINE_BENCH"
 # Runs log only warnings: a step's INFO lines would bury the benchmark's own output.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -104,24 +99,25 @@ def assign(steps: list[MergeStep], replica: str, partition: int, offset: int) ->
 
 def run_freshness(
     settings: LabSettings, *, duration_s: float, scale: float, threads: int = 2, tick_s: float = 15.0,
-    log: Callable[[str], None] = print, profile: Path | None = None,
+    log: Callable[[str], None] = print, profile: Path | None = None, rate_tps: float | None = None,
 ) -> FreshnessResult:
     """Figure 4 (see the module docstring); `profile` writes a pyinstrument text profile of the first measured run."""
     import dagster as dg
     import pymysql
     import snowflake.connector
 
-    from tidb_pipeline.cli import _lab_env
     from tidb_pipeline.config import parse_config
     from tidb_pipeline.defs import build_defs
     from tidb_pipeline.defs.sensors import evaluate
     from tidb_pipeline.defs.tables import changefeed_key, table_names
     from tidb_pipeline.lab import stack
+    from tidb_pipeline.lab.env import applied, pipeline_env
     from tidb_pipeline.lab.service import down, up
     from tidb_pipeline.lab.snowflake import connection_args
     from tidb_pipeline.replication.ticdc_schema import tso_from_ms
     from tidb_pipeline.resources.kafka import KafkaResource
     from tidb_pipeline.workload import tpcc
+    from tidb_pipeline.workload.schema import CDC_KEYS
 
     needed = stack.services(settings, ["mariadb", "kafka", "registry", "snowflake", "ticdc"])
     fresh = [s for s in needed if s.pid() is None]
@@ -132,10 +128,10 @@ def run_freshness(
         "source": {"changefeed_id": f"bench-fresh-{suffix}"},
         "snowflake": {"database": BENCH_DATABASE, "landing_schema": f"LANDING_{tag}",
                       "replica_schema": f"REPLICA_{tag}", "control_schema": f"PIPELINE_{tag}"},
-        "tables": [{"db": db, "table": t, "key": k} for t, k in TPCC_KEYS.items()],
+        "tables": [{"db": db, "table": t, "key": list(k)} for t, k in CDC_KEYS.items()],
     })
-    saved = {k: os.environ.get(k) for k in _lab_env(settings)}
-    os.environ.update(_lab_env(settings))
+    environment = contextlib.ExitStack()
+    environment.enter_context(applied(pipeline_env(settings)))
     mariadb = next(s for s in needed if s.name == "mariadb")
     conn_kwargs = mariadb.connect_kwargs()  # type: ignore[attr-defined]
     defs = build_defs(config=config)
@@ -217,7 +213,8 @@ def run_freshness(
         log(f"freshness: initial load merged; TPC-C for {duration_s:.0f}s, sensor tick every {tick_s:.0f}s")
         summary: list[Any] = []
         worker = threading.Thread(target=lambda: summary.append(
-            tpcc.run(conn_kwargs, database=db, duration_s=duration_s, threads=threads, seed=11)))
+            tpcc.run(conn_kwargs, database=db, duration_s=duration_s, threads=threads, seed=11,
+                     rate_tps=rate_tps)))
         start = time.time()
         measuring = True
         worker.start()
@@ -283,9 +280,5 @@ def run_freshness(
                        config.snowflake.control_schema):
             cur.execute(f'DROP SCHEMA IF EXISTS "{BENCH_DATABASE}"."{schema}" CASCADE')
         sf.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        environment.close()
         down(list(reversed(fresh)), log=log)

@@ -836,8 +836,16 @@ def run(
     seed: int = 1,
     progress: IO[str] | None = None,
     report_every_s: float = 10.0,
+    rate_tps: float | None = None,
 ) -> RunSummary:
-    """Run the TPC-C mix for `duration_s` seconds and return the summary (also drawn on `progress`)."""
+    """Run the TPC-C mix for `duration_s` seconds and return the summary (also drawn on `progress`).
+
+    `rate_tps` paces the run at that many transactions per second in all (open loop: each thread starts a
+    transaction every `threads / rate_tps` seconds, and one that falls behind does not sleep); None runs
+    flat out, as go-tpc does without think times.
+    """
+    if rate_tps is not None and rate_tps <= 0:
+        raise ValueError(f"rate_tps={rate_tps} must be positive (or None for no pacing)")
     with _connect(conn_kwargs, database) as conn:
         sizes = read_sizes(conn)
     if warehouses is not None:
@@ -860,8 +868,17 @@ def run(
         ctx = _Ctx(Rand(seed * 1_000 + i, pools), sizes)
         mine = tallies[i]
         conn = _connect(conn_kwargs, database, autocommit=False)
+        interval = threads / rate_tps if rate_tps else 0.0
+        next_start = started + interval * i / threads  # threads spread over one interval
         try:
             while not stop.is_set() and time.monotonic() < deadline:
+                if interval:
+                    wait = next_start - time.monotonic()
+                    if wait > 0 and stop.wait(min(wait, max(0.0, deadline - time.monotonic()))):
+                        break
+                    if time.monotonic() >= deadline:
+                        break
+                    next_start += interval
                 name = ctx.rnd.r.choices(TRANSACTIONS, weights=MIX)[0]
                 tally = mine[name]
                 state = ctx.rnd.r.getstate()

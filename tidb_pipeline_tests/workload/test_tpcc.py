@@ -251,6 +251,15 @@ def test_run_keeps_consistency_and_its_counts_add_up(prepared: Prepared) -> None
     assert "tpmC" in text and "TPC-C summary" in text and text.count("[") >= 2
 
 
+def test_a_paced_run_starts_at_most_the_rate_asked(prepared: Prepared) -> None:
+    summary = tpcc.run(prepared.kw, database=prepared.database, duration_s=3, threads=2, seed=4, rate_tps=10)
+    # 10 transactions/s for 3 s, spread over 2 threads: 30 starts, plus at most one per thread at the edges.
+    assert 20 <= summary.completed + summary.errors <= 32, tpcc.format_summary(summary)
+    assert summary.errors == 0, summary.error_samples
+    with pytest.raises(ValueError, match="rate_tps=0 must be positive"):
+        tpcc.run(prepared.kw, database=prepared.database, duration_s=1, rate_tps=0)
+
+
 def test_cli_prepare_reads_the_environment_and_hides_the_password(
     private_mariadb: MariaDBService,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
