@@ -169,3 +169,24 @@ def test_instance_runs_on_postgresql(postgres: Service, tmp_path: Path, monkeypa
             admin.run(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         finally:
             admin.close()
+
+
+@pytest.mark.parametrize("instance_file", ["deploy/dagster.yaml", "dagster.yaml"])
+def test_one_merge_run_per_table_group_at_a_time(instance_file: str, tmp_path: Path) -> None:
+    from tidb_pipeline.config import parse_config
+    from tidb_pipeline.defs.jobs import GROUP_TAG, build_merge_jobs
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / instance_file, home / "dagster.yaml")
+    coordinator = InstanceRef.from_dir(str(home)).run_coordinator
+    assert isinstance(coordinator, QueuedRunCoordinator)
+    limits = coordinator.get_run_queue_config().tag_concurrency_limits
+    assert [(l["key"], l["value"], l["limit"]) for l in limits] == [
+        (GROUP_TAG, {"applyLimitPerUniqueValue": True}, 1)]
+    # ... and every merge job's runs carry that tag, one value per group (the sensor's requests do too).
+    config = parse_config({"merge_schedules": {"a": {"cron": "* * * * *"}, "b": {"cron": "* * * * *"}},
+                           "tables": [{"db": "d", "table": "t1", "key": ["id"], "group": "a"},
+                                      {"db": "d", "table": "t2", "key": ["id"], "group": "b"}]})
+    assert {job.name: job.tags[GROUP_TAG] for job in build_merge_jobs(config=config)} == {
+        "merge_a": "a", "merge_b": "b"}

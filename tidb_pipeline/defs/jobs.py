@@ -12,6 +12,12 @@ from tidb_pipeline.replication.cleanup import cleanup_sql
 from tidb_pipeline.replication.ddl import create_watermark_sql
 
 
+# Every land-and-merge run carries its table group in this tag; the instance's run queue allows one run per
+# value at a time (`tag_concurrency_limits` in dagster.yaml), since a second one would only wait on the
+# landing lock and then find nothing new.
+GROUP_TAG = "tidb_pipeline/group"
+
+
 def merge_job_name(group: str) -> str:
     return f"merge_{group}"
 
@@ -34,7 +40,7 @@ def build_merge_jobs(*, config: PipelineConfig) -> list:
         dg.define_asset_job(
             merge_job_name(group), selection=_merge_selection(config, tables),
             description=f"Land and merge the `{group}` table group into its Snowflake replicas.",
-            tags={"tidb_pipeline/group": group}, executor_def=dg.in_process_executor,
+            tags={GROUP_TAG: group}, executor_def=dg.in_process_executor,
         )
         for group, tables in config.groups.items()
     ]

@@ -39,7 +39,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.jobs import build_merge_jobs, merge_job_name
+from tidb_pipeline.defs.jobs import GROUP_TAG, build_merge_jobs, merge_job_name
 from tidb_pipeline.defs.tables import table_keys
 from tidb_pipeline.resources.kafka import KafkaResource
 
@@ -292,7 +292,7 @@ def run_requests(config: PipelineConfig, moves: Sequence[TopicMove]) -> list[dg.
             run_key=run_key(group, group_moves),
             job_name=merge_job_name(group),
             asset_selection=merge_targets(config, hit),
-            tags={"tidb_pipeline/group": group, "tidb_pipeline/trigger": SENSOR_NAME,
+            tags={GROUP_TAG: group, "tidb_pipeline/trigger": SENSOR_NAME,
                   "tidb_pipeline/moved_tables": str(len(hit))},
         ))
     return requests
