@@ -17,15 +17,16 @@ One load, step by step:
    new data; `max_records` bounds it further.
 4. Fetch the topic's key/value schemas from the registry (every version of both subjects). A registry
    that is down stops the load here with `SchemaRegistryUnavailable`, before anything is read or written.
-5. Create the load's own tables in the control schema: `LOAD_<landing>_<batch>_FILE` (one VARIANT) and
-   `..._ROWS` (the two landing columns), TEMPORARY, so they are private to this session and vanish with it.
+5. Create the load's own table in the control schema: `LOAD_<landing>_<batch>_ROWS` (the two landing
+   columns), TEMPORARY, so it is private to this session and vanishes with it.
 6. Readers (`replication.wire.read_ranges`) consume the offset ranges with explicit offsets (nothing is
-   committed to Kafka), decode each key and value, build each landing line with the compiled
-   `RecordEncoder`, and write gzipped NDJSON files of `ROWS_PER_FILE` lines. Large loads are split into
-   equal offset ranges, one per core, each read by its own process, and this process only coordinates:
-   as soon as a reader finishes a file it is `PUT` on the stage under `<topic>/<batch uuid>/`, `COPY`ed
-   into the FILE table and split into the ROWS table (`replication.landing.stage_file_statements`) while
-   the readers go on, so the warehouse works in parallel with the reading. A small load is read in this
+   committed to Kafka), decode each value (and the key, unless its fields can be read from the value),
+   build both landing columns' JSON texts with the compiled `RecordEncoder`, and write Parquet files of
+   `ROWS_PER_FILE` rows with two string columns. Large loads are split into equal offset ranges, one per
+   core, each read by its own process, and this process only coordinates: as soon as a reader finishes a
+   file it is `PUT` on the stage under `<topic>/<batch uuid>/` and `COPY`ed, parsing both texts, straight
+   into the ROWS table (`replication.landing.stage_file_statements`) while the readers go on, so the
+   warehouse works in parallel with the reading. A small load is read in this
    process and its files staged afterwards. A record whose schema id the registry did not list under the
    topic's subjects is looked up by id afterwards, and one that still cannot be decoded (bad magic byte,
    unknown id, truncated body) becomes a dead letter.
@@ -42,14 +43,16 @@ other did not. Two loads of one table are serialised by the lock row: Snowflake 
 (and its later statements see the first's rows); DuckDB under fakesnow fails the second with a write
 conflict, which a retry resolves. Nothing is ever TRUNCATEd.
 
-Stage files are gzipped by the readers (level 1, ~1 us per line, on the readers' cores) and PUT with
-`AUTO_COMPRESS = FALSE`. With plain NDJSON and `AUTO_COMPRESS = TRUE` the Snowflake connector would gzip
-each file itself in this process, single-threaded, with `gzip.GzipFile`'s default level 9
-(`SnowflakeFileUtil.compress_file_with_gzip`), and uploading plain files to fakesnow costs its server
-~1.5 CPU-s per million lines more than gzipped ones.
+Stage files are Parquet, Snappy-compressed by the readers (~0.4 us per row on the readers' cores, a third
+of what gzip level 1 cost on NDJSON lines) and PUT with `AUTO_COMPRESS = FALSE` (otherwise the Snowflake
+connector would gzip each file again in this process, single-threaded, at level 9). Parquet is what lets
+one `COPY ... FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) FROM @stage/file)`
+fill both landing columns: a JSON file cannot be COPYed into two columns on fakesnow, and the NDJSON
+design before it needed a one-VARIANT table and a splitting INSERT (a whole extra pass over every row).
 
-fakesnow notes: COPY of gzipped NDJSON works; JSON cannot be COPYed into two columns, hence the one-VARIANT
-FILE table and the INSERT that splits it. DuckDB keeps temporary tables in its own "temp" catalog, so
+fakesnow notes: COPY of Parquet with a `$1:<column>` transformation works, except in a session without a
+current database (it takes the stage for an unqualified table): there the load COPYs each file into a
+one-VARIANT table and parses from it (`stage_file_statements`' two-pass form). DuckDB keeps temporary tables in its own "temp" catalog, so
 fakesnow refuses a qualified TEMPORARY table: the loader then uses bare names (which need a current
 database in the session) or, in a session without one, ordinary tables dropped after the load (a killed
 load leaves those behind; harmless, their names are unique). `REMOVE` is unsupported, so staged files stay
@@ -102,7 +105,7 @@ from tidb_pipeline.replication.landing import (
 from tidb_pipeline.replication.wire import (
     FileSink,
     LineBuilder,
-    NdjsonFiles,
+    ParquetFiles,
     PoisonRecord,
     RangeJob,
     RangeResult,
@@ -123,7 +126,6 @@ MAX_READERS = os.cpu_count() or 1
 # Files are staged and COPYed while the readers go on; smaller files shorten what is left after the last
 # record is read (one file's PUT + COPY), larger ones cost fewer round trips.
 ROWS_PER_FILE = 50_000
-GZIP_LEVEL: int | None = 1
 DEAD_LETTER_BATCH = 500
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]+$")
 _WORKER = "from tidb_pipeline.replication.wire import worker_main; worker_main()"
@@ -372,11 +374,11 @@ def _resolve_unknown(
         if got is not None:
             found[sid] = got.schema_str
     builder = LineBuilder(topic, found)
-    files = NdjsonFiles(folder, "resolved", ROWS_PER_FILE, GZIP_LEVEL, on_file)
+    files = ParquetFiles(folder, "resolved", ROWS_PER_FILE, on_file)
     poison: list[tuple[RawRecord, str]] = []
     for r in records:
         try:
-            files.add(builder.line(r.partition, r.offset, r.timestamp_type, r.timestamp, r.key, r.value))
+            files.add_row(*builder.row(r.partition, r.offset, r.timestamp_type, r.timestamp, r.key, r.value))
         except PoisonRecord as exc:
             poison.append((r, exc.reason))
         except UnknownSchemaId as exc:
@@ -446,38 +448,40 @@ def landed_offsets(cursor: Any, tables: LandingTables, topic: str) -> dict[int, 
 
 @dataclass(frozen=True)
 class PrivateTables:
-    """One load's own tables (quoted names): COPY's one-VARIANT table and the staged landing rows."""
+    """One load's own tables (quoted names): the staged landing rows, and a one-VARIANT table only where
+    the one-pass COPY cannot run (fakesnow, session without a current database)."""
 
-    file: str
     rows: str
     temporary: bool = True
+    file: str | None = None
 
 
 def create_private_tables(connection: Any, cursor: Any, tables: LandingTables, batch: str) -> PrivateTables:
-    """Create the load's own tables: TEMPORARY, in the control schema; see the module docstring for fakesnow."""
-    names = [f"LOAD_{tables.landing.name}_{batch[:12]}_FILE", f"LOAD_{tables.landing.name}_{batch[:12]}_ROWS"]
+    """Create the load's own table: TEMPORARY, in the control schema; see the module docstring for fakesnow."""
+    names = [f"LOAD_{tables.landing.name}_{batch[:12]}_ROWS", f"LOAD_{tables.landing.name}_{batch[:12]}_FILE"]
     qualified = [TableRef(tables.locks.schema, n, tables.locks.database).sql for n in names]
     server = _server(connection)
     if server not in _TEMP_UNQUALIFIED:
         try:
-            for sql in create_private_tables_sql(*qualified):
+            for sql in create_private_tables_sql(qualified[0]):
                 _execute(cursor, sql)
-            return PrivateTables(*qualified)
+            return PrivateTables(qualified[0])
         except Exception as exc:
             # DuckDB keeps temporary tables in its own "temp" catalog: fakesnow takes only bare names.
             if '"temp" catalog' not in str(exc):
                 raise
             _TEMP_UNQUALIFIED.add(server)
     try:
-        private = PrivateTables(*(quote_ident(n) for n in names))
-        for sql in create_private_tables_sql(private.file, private.rows):
+        private = PrivateTables(quote_ident(names[0]))
+        for sql in create_private_tables_sql(private.rows):
             _execute(cursor, sql)
     except Exception as exc:
         if "current database" not in str(exc):
             raise
-        # fakesnow wants a current database for a bare name: ordinary tables then, dropped after the load.
-        private = PrivateTables(*qualified, temporary=False)
-        for sql in create_private_tables_sql(private.file, private.rows, temporary=False):
+        # fakesnow wants a current database for a bare name: ordinary tables then, dropped after the load;
+        # and for a COPY transformation's `FROM @stage`: the two-pass COPY then, with a one-VARIANT table.
+        private = PrivateTables(qualified[0], temporary=False, file=qualified[1])
+        for sql in create_private_tables_sql(private.rows, private.file, temporary=False):
             _execute(cursor, sql)
     return private
 
@@ -485,7 +489,9 @@ def create_private_tables(connection: Any, cursor: Any, tables: LandingTables, b
 def _drop_private(cursor: Any, private: PrivateTables | None, log: logging.Logger | Any) -> None:
     if private is None:
         return
-    for name in (private.file, private.rows):
+    for name in (private.rows, private.file):
+        if name is None:
+            continue
         try:
             _execute(cursor, f"DROP TABLE IF EXISTS {name}")
         except Exception as exc:  # noqa: BLE001 - housekeeping only; a session's end drops temporary ones anyway
@@ -540,7 +546,7 @@ def commit_load(
 
 
 def _put(cursor: Any, path: str, stage_path: str) -> None:
-    # Files are gzipped already (level 1, in the readers); AUTO_COMPRESS would gzip again at level 9.
+    # Parquet files are compressed inside (Snappy, in the readers); AUTO_COMPRESS would gzip them at level 9.
     _execute(cursor, f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
 
 
@@ -562,8 +568,8 @@ class _Stager:
     def __call__(self, path: str, rows: int) -> None:
         started = time.perf_counter()
         _put(self.cursor, path, self.stage_path)
-        for stmt in stage_file_statements(self.private.file, self.private.rows,
-                                          self.stage_path + os.path.basename(path)):
+        for stmt in stage_file_statements(self.private.rows, self.stage_path + os.path.basename(path),
+                                          self.private.file):
             _execute(self.cursor, stmt)
         self.files += 1
         self.rows += rows
@@ -644,7 +650,7 @@ def _load(
         stager = _Stager(cursor, private, stage_path)
         config = consumer_config(kafka, topic)
         jobs = [
-            RangeJob(config, topic, group, schemas, folder, f"part{i}", ROWS_PER_FILE, GZIP_LEVEL)
+            RangeJob(config, topic, group, schemas, folder, f"part{i}", ROWS_PER_FILE)
             for i, group in enumerate(split_ranges(ranges, parts))
         ]
         t_read = time.perf_counter()

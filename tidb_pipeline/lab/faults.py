@@ -8,10 +8,10 @@ or a pulled plug. Production code carries no test hooks; the stages are defined 
 
 | stage                       | the child dies                                                        |
 |-----------------------------|-----------------------------------------------------------------------|
-| `landing.mid_consume`       | after building the `hit`-th landing line (records read, nothing sent) |
+| `landing.mid_consume`       | after building the `hit`-th landing row (records read, nothing sent)  |
 | `landing.after_consume`     | after every reader finished (files written locally)                   |
 | `landing.after_stage_upload`| after `PUT` of the files to the stage, before the transaction         |
-| `landing.mid_copy`          | inside the transaction after the `hit`-th of DELETE/COPY/INSERT/DELETE|
+| `landing.mid_copy`          | after the `hit`-th of COPY (of a file) / DELETE (rows, in the txn)    |
 | `landing.before_commit`     | inside the transaction, everything written, before COMMIT             |
 | `landing.after_commit`      | after COMMIT, before the run reports anything                         |
 | `merge.mid_merge`           | inside the transaction after the `hit`-th statement (checks, MERGE, watermark) |
@@ -51,8 +51,9 @@ LANDING_STAGES = (
 )
 MERGE_STAGES = ("merge.mid_merge", "merge.before_commit", "merge.after_commit")
 STAGES = LANDING_STAGES + MERGE_STAGES
-# Statements of the copy step (DELETE load table, COPY, INSERT new rows, DELETE load table).
-COPY_STATEMENTS = 4
+# Statements of the copy step a one-file load always reaches (COPY of the file into the load's rows table,
+# DELETE of the rows table inside the transaction).
+COPY_STATEMENTS = 2
 # Statements of the merge transaction before COMMIT: BEGIN, the batch statistics (counts, one row per key,
 # key range), MERGE, watermark DELETE, watermark INSERT (`replication.merge.run_merge`).
 MERGE_STATEMENTS = 5
@@ -154,15 +155,15 @@ def install(stage: str, hit: int) -> None:
 
     arrived = _counter(hit)
     if stage == "landing.mid_consume":
-        line = wire.LineBuilder.line
+        row = wire.LineBuilder.row
 
-        def patched_line(self: Any, *args: Any, **kwargs: Any) -> str:
-            out = line(self, *args, **kwargs)
+        def patched_row(self: Any, *args: Any, **kwargs: Any) -> tuple[str, str]:
+            out = row(self, *args, **kwargs)
             if arrived():
                 _die()
             return out
 
-        wire.LineBuilder.line = patched_line  # type: ignore[method-assign]
+        wire.LineBuilder.row = patched_row  # type: ignore[method-assign]
     elif stage == "landing.after_consume":
         run_readers = landing.run_readers
 

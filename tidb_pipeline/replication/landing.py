@@ -12,14 +12,14 @@ float/int subclass does not help (the C encoder prints numbers with the base typ
 f-string: one small expression per field, C-accelerated string escaping, no per-value type dispatch.
 `bench_encode` measures it.
 
-The built-in landing ships these rows as gzipped NDJSON files (`ndjson_line`) and PUTs each on a stage as
-soon as a reader finishes it; `stage_file_statements` then `COPY`s it into a one-VARIANT table private to
-the load and splits it into the two landing columns in a second private table, while reading goes on, and
-`land_rows_statements` moves those rows into the landing table inside the short exactly-once transaction.
-The one-VARIANT step exists because fakesnow cannot `COPY` JSON into two columns (neither with
-`MATCH_BY_COLUMN_NAME` nor with a `$1:field` transformation); on Snowflake it costs one extra scan of the
-batch and behaves the same. `copy_statements` is the older single-table form, still used by the lab's
-connector stand-in and the backfill.
+The built-in landing ships these rows as Parquet files with the two JSON texts as string columns and PUTs
+each on a stage as soon as a reader finishes it; `stage_file_statements` then `COPY`s it, with a
+`PARSE_JSON($1:...)` transformation, straight into the two landing columns of a table private to the load
+while reading goes on, and `land_rows_statements` moves those rows into the landing table inside the short
+exactly-once transaction. (fakesnow cannot `COPY` JSON files into two columns, neither with
+`MATCH_BY_COLUMN_NAME` nor with a `$1:field` transformation; Parquet it can, which saves the one-VARIANT
+table and its splitting pass the NDJSON design needed.) `ndjson_line` and `copy_statements`, the older
+single-table NDJSON form, are still used by the lab's connector stand-in and the backfill.
 """
 
 from __future__ import annotations
@@ -389,31 +389,43 @@ def exactly_once_copy_statements(
     return statements
 
 
-def create_private_tables_sql(file_table: str, rows_table: str, *, temporary: bool = True) -> list[str]:
-    """One load's own tables (quoted names): a one-VARIANT table COPY fills, and the two landing columns.
+def create_private_tables_sql(rows_table: str, file_table: str | None = None, *, temporary: bool = True) -> list[str]:
+    """One load's own tables (quoted names): the two landing columns, filled file by file from the stage,
+    and, only for `stage_file_statements`' two-pass form, a one-VARIANT table.
 
-    They are TEMPORARY: private to the load's session, gone with it (a crashed load leaves nothing), and
-    on fakesnow kept in memory, which makes COPY and the extraction about twice as cheap as on a table.
+    They are TEMPORARY: private to the load's session, gone with it (a crashed load leaves nothing), and on
+    fakesnow kept in memory, which makes COPY about twice as cheap as into an ordinary table.
     """
     kind = "TEMPORARY TABLE" if temporary else "TABLE"
-    return [
-        f'CREATE {kind} IF NOT EXISTS {file_table} ("V" VARIANT)',
-        f'CREATE {kind} IF NOT EXISTS {rows_table} ("RECORD_METADATA" VARIANT, "RECORD_CONTENT" VARIANT)',
-    ]
+    sql = [f'CREATE {kind} IF NOT EXISTS {rows_table} ("RECORD_METADATA" VARIANT, "RECORD_CONTENT" VARIANT)']
+    if file_table is not None:
+        sql.append(f'CREATE {kind} IF NOT EXISTS {file_table} ("V" VARIANT)')
+    return sql
 
 
-def stage_file_statements(file_table: str, rows_table: str, stage_file: str) -> list[Statement]:
-    """Load one staged NDJSON file into the load's rows table; runs outside the landing transaction.
+def stage_file_statements(rows_table: str, stage_file: str, file_table: str | None = None) -> list[Statement]:
+    """Load one staged Parquet file into the load's rows table; runs outside the landing transaction.
 
-    COPY fills the one-VARIANT table (fakesnow cannot COPY JSON into two columns), the INSERT splits each
-    line into the two landing columns, the DELETE empties the one-VARIANT table for the next file. `FORCE`
-    because a file name can come back after a retried load; exactly-once is decided by the landing table.
+    The file has two string columns holding the JSON texts (`replication.wire.ParquetFiles`); a COPY with
+    a transformation parses each into its VARIANT column in one pass. `FORCE` because a file name can come
+    back after a retried load; exactly-once is decided by the landing table. With `file_table` it takes two
+    passes instead (COPY into the one-VARIANT table, an INSERT that parses, a DELETE): fakesnow refuses a
+    transformation's `FROM @stage` in a session without a current database.
     """
+    if file_table is None:
+        return [
+            Statement(
+                f'COPY INTO {rows_table} ("RECORD_METADATA", "RECORD_CONTENT") '
+                "FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) "
+                f"FROM {stage_file}) FILE_FORMAT = (TYPE = PARQUET) FORCE = TRUE"
+            ),
+        ]
     return [
-        Statement(f"COPY INTO {file_table} FROM {stage_file} FILE_FORMAT = (TYPE = JSON) FORCE = TRUE"),
+        Statement(f"COPY INTO {file_table} FROM {stage_file} FILE_FORMAT = (TYPE = PARQUET) FORCE = TRUE"),
         Statement(
             f'INSERT INTO {rows_table} ("RECORD_METADATA", "RECORD_CONTENT") '
-            f'SELECT "V":"RECORD_METADATA", "V":"RECORD_CONTENT" FROM {file_table}'
+            'SELECT PARSE_JSON("V":"RECORD_METADATA"::varchar), PARSE_JSON("V":"RECORD_CONTENT"::varchar) '
+            f"FROM {file_table}"
         ),
         Statement(f"DELETE FROM {file_table}"),
     ]

@@ -7,13 +7,18 @@ quarantines it with its reason instead of stopping the stream. fastavro reports 
 or IndexError (other errors for random bytes) and stops silently before trailing bytes; all of those mean
 "this body does not fit its schema", so all become `PoisonRecord`, and leftover bytes are rejected too.
 
-`LineBuilder` turns one raw record into one landing line (`replication.landing.ndjson_line`), caching a
-parsed schema per wire header and a compiled `RecordEncoder` per (key schema, value schema). It never
-talks to the registry: an id it was not given raises `UnknownSchemaId` and the caller resolves it.
+`LineBuilder` turns one raw record into the two landing columns' JSON texts (`row`) or one NDJSON line
+(`line`), caching a parsed schema per wire header and a compiled `RecordEncoder` per (key schema, value
+schema). When every key field is a value field declared with the very same primitive Avro type (TiCDC:
+the key is the row's primary key), the key is not decoded at all: the key encoder reads those fields from
+the decoded value, which gives byte-identical text and saves ~1.2 us per record. The key's wire header is
+still checked, and a tombstone's key is always decoded. It never talks to the registry: an id it was not
+given raises `UnknownSchemaId` and the caller resolves it.
 
 `read_ranges` is the worker of the built-in landing (tidb_pipeline.defs.landing): it consumes fixed offset
-ranges, builds lines and writes them as gzipped NDJSON files of `rows_per_file` lines, handing each
-finished file to `on_file` at once so the loader can stage and COPY it while the worker reads on. It lives
+ranges, builds rows and writes them as Parquet files (`ParquetFiles`, two string columns) of
+`rows_per_file` rows (or NDJSON with `parquet=False`), handing each finished file to `on_file` at once so
+the loader can stage and COPY it while the worker reads on. It lives
 here, in a module that imports only confluent_kafka, fastavro and the encoder, because the loader runs it
 in fresh Python processes to use every core, and a worker that imported `tidb_pipeline.defs` (Dagster, the
 Snowflake connector) would spend ~8 s starting.
@@ -44,6 +49,8 @@ MAGIC_BYTE = 0
 HEADER_SIZE = 5
 # Kafka timestamp types (confluent_kafka.TIMESTAMP_*) -> the RECORD_METADATA key the connector writes.
 TIMESTAMP_KEYS = {1: "CreateTime", 2: "LogAppendTime"}
+# The columns of a Parquet stage file (ParquetFiles), named like the landing columns they fill.
+PARQUET_COLUMNS = ("RECORD_METADATA", "RECORD_CONTENT")
 # Stands in for the key schema of records that have no key (TiCDC always sends one; other producers may not).
 _NO_KEY_SCHEMA = {"type": "record", "name": "no_key", "fields": []}
 
@@ -112,7 +119,8 @@ class LineBuilder:
         self.topic = topic
         self._schemas = dict(schemas)
         self._parsed: dict[bytes, Any] = {}  # keyed by the 5-byte wire header: one slice + one dict lookup
-        self._encoders: dict[tuple[bytes | None, bytes | None], RecordEncoder] = {}
+        # Per (key header, value header): the encoder, and whether the key can be taken from the value.
+        self._encoders: dict[tuple[bytes | None, bytes | None], tuple[RecordEncoder, bool]] = {}
 
     def add_schemas(self, schemas: Mapping[int, str]) -> None:
         self._schemas.update(schemas)
@@ -131,10 +139,10 @@ class LineBuilder:
             self._parsed[data[:HEADER_SIZE]] = parsed
         return parsed
 
-    def _encoder(self, key: bytes | None, value: bytes | None) -> RecordEncoder:
+    def _encoder(self, key: bytes | None, value: bytes | None) -> tuple[RecordEncoder, bool]:
         cache_key = (None if key is None else key[:HEADER_SIZE], None if value is None else value[:HEADER_SIZE])
-        encoder = self._encoders.get(cache_key)
-        if encoder is None:
+        found = self._encoders.get(cache_key)
+        if found is None:
             key_schema = _NO_KEY_SCHEMA if key is None else self._schemas[schema_id(key)]
             value_schema = None if value is None else self._schemas[schema_id(value)]
             try:
@@ -147,8 +155,9 @@ class LineBuilder:
                 missing = _field_names(key_schema) - _field_names(value_schema)
                 if missing:
                     raise PoisonRecord(f"value schema lacks key column(s) {', '.join(sorted(missing))}")
-            self._encoders[cache_key] = encoder
-        return encoder
+            from_value = key is not None and value_schema is not None and _key_in_value(key_schema, value_schema)
+            found = self._encoders[cache_key] = (encoder, from_value)
+        return found
 
     def decode(self, key: bytes | None, value: bytes | None) -> tuple[Any, Any]:
         """(key, value) as fastavro gives them; a tombstone's value is None."""
@@ -159,15 +168,59 @@ class LineBuilder:
     def line(
         self, partition: int, offset: int, timestamp_type: int, timestamp: int, key: bytes | None, value: bytes | None
     ) -> str:
-        k, v = self.decode(key, value)
-        encoder = self._encoder(key, value)
+        return ndjson_line(*self.row(partition, offset, timestamp_type, timestamp, key, value))
+
+    def row(
+        self, partition: int, offset: int, timestamp_type: int, timestamp: int, key: bytes | None, value: bytes | None
+    ) -> tuple[str, str]:
+        """(RECORD_METADATA, RECORD_CONTENT) JSON texts of one record.
+
+        When every key field is a value field of the identical Avro type, the key is not decoded: the key
+        encoder reads its fields from the decoded value, which gives the same text (the key's header is
+        still checked; a tombstone's key is decoded).
+        """
+        if key is not None:
+            key_schema = self._schema_for(key)
+        v = None if value is None else decode(value, self._schema_for(value))
+        encoder, from_value = self._encoder(key, value)
+        if key is None:
+            k = None
+        elif from_value:
+            k = v
+        else:
+            k = decode(key, key_schema)
         try:
             content = encoder.content(v)
         except ValueError as exc:  # e.g. NaN, which has no JSON form
             raise PoisonRecord(f"value cannot be written as JSON ({exc})") from None
         ts_key = TIMESTAMP_KEYS.get(timestamp_type)
         metadata = encoder.metadata(self.topic, partition, offset, timestamp if ts_key else None, k, ts_key or "")
-        return ndjson_line(metadata, content)
+        return metadata, content
+
+
+def _key_in_value(key_schema: str | Mapping[str, Any], value_schema: str | Mapping[str, Any]) -> bool:
+    """True when every key field is also a value field with the very same type declaration."""
+    key = json.loads(key_schema) if isinstance(key_schema, str) else key_schema
+    value = json.loads(value_schema) if isinstance(value_schema, str) else value_schema
+    if not (isinstance(key, Mapping) and isinstance(value, Mapping) and key.get("type") == "record"):
+        return False
+    value_types = {f["name"]: f["type"] for f in value.get("fields", [])}
+    return all(
+        f["name"] in value_types and value_types[f["name"]] == f["type"] and _self_contained(f["type"])
+        for f in key.get("fields", [])
+    )
+
+
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+
+
+def _self_contained(avro_type: Any) -> bool:
+    """No reference to a named type by name (which each schema could define differently), no nested record."""
+    if isinstance(avro_type, str):
+        return avro_type in _PRIMITIVES
+    if isinstance(avro_type, list):
+        return all(_self_contained(t) for t in avro_type)
+    return isinstance(avro_type, Mapping) and avro_type.get("type") in _PRIMITIVES
 
 
 def poison_metadata(topic: str, partition: int, offset: int, timestamp_type: int, timestamp: int) -> str:
@@ -204,7 +257,8 @@ class RangeJob:
     folder: str
     file_prefix: str
     rows_per_file: int = 250_000
-    gzip_level: int | None = 1  # None writes plain NDJSON
+    gzip_level: int | None = 1  # NDJSON files only; None writes plain NDJSON
+    parquet: bool = True  # Parquet files (two string columns) instead of NDJSON
     batch_size: int = 10_000
     idle_timeout_s: float = 60.0
     decode_only: bool = False  # the benchmark's raw limit: consume + Avro decode, no JSON, no files
@@ -244,6 +298,9 @@ class NdjsonFiles:
         if len(self.lines) >= self.rows_per_file:
             self.flush()
 
+    def add_row(self, metadata: str, content: str) -> None:
+        self.add(ndjson_line(metadata, content))
+
     def flush(self) -> None:
         if not self.lines:
             return
@@ -261,6 +318,55 @@ class NdjsonFiles:
             self.on_file(path, rows)
 
 
+class ParquetFiles:
+    """Collects rows and writes them as Parquet files of `rows_per_file` rows: two string columns,
+    `RECORD_METADATA` and `RECORD_CONTENT` (the JSON texts), Snappy-compressed (~0.4 us per row, a third of
+    gzip level 1 on the same lines). `on_file(path, rows)` is called for each file once it is complete on disk.
+    """
+
+    def __init__(self, folder: str, prefix: str, rows_per_file: int, on_file: FileSink | None = None) -> None:
+        self.folder, self.prefix, self.rows_per_file, self.on_file = folder, prefix, rows_per_file, on_file
+        self.metadata: list[str] = []
+        self.content: list[str] = []
+        self.paths: list[str] = []
+        self.rows = 0
+
+    def add_row(self, metadata: str, content: str) -> None:
+        self.metadata.append(metadata)
+        self.content.append(content)
+        if len(self.metadata) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.metadata:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({
+            PARQUET_COLUMNS[0]: pa.array(self.metadata, pa.string()),
+            PARQUET_COLUMNS[1]: pa.array(self.content, pa.string()),
+        })
+        path = os.path.join(self.folder, f"{self.prefix}-{len(self.paths):05d}.parquet")
+        pq.write_table(table, path, compression="snappy", use_dictionary=False, write_statistics=False)
+        rows = len(self.metadata)
+        self.paths.append(path)
+        self.rows += rows
+        self.metadata, self.content = [], []
+        if self.on_file is not None:
+            self.on_file(path, rows)
+
+
+def stage_files(
+    folder: str, prefix: str, rows_per_file: int, gzip_level: int | None, parquet: bool,
+    on_file: FileSink | None = None,
+) -> ParquetFiles | NdjsonFiles:
+    """The file writer a reader uses: Parquet (the landing loader's) or NDJSON."""
+    if parquet:
+        return ParquetFiles(folder, prefix, rows_per_file, on_file)
+    return NdjsonFiles(folder, prefix, rows_per_file, gzip_level, on_file)
+
+
 def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
     """Consume `job.ranges` (explicit offsets, never committed), build lines, write files (each to `on_file`)."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -268,12 +374,12 @@ def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
     started, cpu_started = time.perf_counter(), time.process_time()
     topic = job.topic
     builder = LineBuilder(topic, job.schemas)
-    files = NdjsonFiles(job.folder, job.file_prefix, job.rows_per_file, job.gzip_level, on_file)
+    files = stage_files(job.folder, job.file_prefix, job.rows_per_file, job.gzip_level, job.parquet, on_file)
     poison: list[tuple[RawRecord, str]] = []
     unknown: list[RawRecord] = []
     next_offsets: dict[int, int] = {}
     stops = {p: stop for p, start, stop in job.ranges if stop > start}
-    line, add, decode_only = builder.line, files.add, job.decode_only
+    row, add, decode_only = builder.row, files.add_row, job.decode_only
     decoded = 0
     consumer = Consumer(job.consumer_config)
     try:
@@ -318,7 +424,7 @@ def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
                         builder.decode(key, value)
                         decoded += 1
                     else:
-                        add(line(p, o, ts_type, ts, key, value))
+                        add(*row(p, o, ts_type, ts, key, value))
                 except PoisonRecord as exc:
                     poison.append((RawRecord(p, o, ts_type, ts, key, value), exc.reason))
                 except UnknownSchemaId:

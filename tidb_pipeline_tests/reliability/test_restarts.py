@@ -93,16 +93,16 @@ def test_kafka_broker_restart_in_the_middle_of_a_load(feed: Feed, lab_settings: 
     feed.catch_up()
     target = Target.of(table_names(feed.config, feed.config.tables[0]))
     restarted = threading.Event()
-    line = wire.LineBuilder.line
+    row = wire.LineBuilder.row
 
-    def line_then_restart(self: Any, *args: Any, **kwargs: Any) -> str:
-        out = line(self, *args, **kwargs)
+    def row_then_restart(self: Any, *args: Any, **kwargs: Any) -> tuple[str, str]:
+        out = row(self, *args, **kwargs)
         if not restarted.is_set():
             restarted.set()  # first record read: the broker goes down and comes back under the reader
             restart(feed.settings, "kafka")
         return out
 
-    monkeypatch.setattr(wire.LineBuilder, "line", line_then_restart)
+    monkeypatch.setattr(wire.LineBuilder, "row", row_then_restart)
     with warehouse(feed.settings) as sf:
         try:
             land(feed.settings, sf, target)

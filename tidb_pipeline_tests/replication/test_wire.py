@@ -8,6 +8,7 @@ import pytest
 from tidb_pipeline.replication.wire import (
     LineBuilder,
     NdjsonFiles,
+    ParquetFiles,
     PoisonRecord,
     UnknownSchemaId,
     decode,
@@ -124,3 +125,49 @@ def test_ndjson_files_split_by_rows(tmp_path, level):
     read = (lambda p: gzip.open(p, "rt").read()) if level else (lambda p: open(p).read())
     assert "".join(read(p) for p in files.paths) == "".join(f'{{"i":{i}}}\n' for i in range(5))
     assert all(p.endswith(".ndjson.gz" if level else ".ndjson") for p in files.paths)
+
+
+def test_key_taken_from_the_value_is_byte_identical_to_the_decoded_key_for_every_ticdc_type():
+    from tidb_pipeline.replication.landing import RecordEncoder
+    from tidb_pipeline_tests.replication.support import ALL_TYPES_VALUE
+    from tidb_pipeline_tests.replication.test_landing import ALL_VALUES
+
+    # A key of every TiCDC type (every value column), declared exactly as in the value.
+    key_schema = record("all_types", [f for f in ALL_TYPES_VALUE["fields"] if not f["name"].startswith("_tidb")])
+    key_obj = {f["name"]: ALL_VALUES[f["name"]] for f in key_schema["fields"]}
+    key, value = wire(1, key_schema, key_obj), wire(2, ALL_TYPES_VALUE, ALL_VALUES)
+    builder = LineBuilder("t", {1: json.dumps(key_schema), 2: json.dumps(ALL_TYPES_VALUE)})
+    metadata, content = builder.row(0, 5, 1, 99, key, value)
+    assert builder._encoders[(key[:5], value[:5])][1] is True  # the key really was taken from the value
+    k, v = builder.decode(key, value)
+    expected = RecordEncoder(key_schema, ALL_TYPES_VALUE)
+    assert metadata == expected.metadata("t", 0, 5, 99, k)
+    assert content == expected.content(v)
+    assert json.loads(metadata)["key"]["c_decimal"] == 12.5 and '"c_decimal":12.50' in metadata
+
+
+def test_key_is_decoded_when_its_types_differ_from_the_value_or_for_a_tombstone():
+    int_key = record("t", [field("id", "int", "INT")])  # the value declares id as long
+    key = wire(1, int_key, {"id": 7})
+    builder = LineBuilder("t", {1: json.dumps(int_key), 2: json.dumps(VALUE)})
+    line = json.loads(builder.line(0, 1, 1, 9, key, wire(2, VALUE, ROW)))
+    assert builder._encoders[(key[:5], wire(2, VALUE, ROW)[:5])][1] is False
+    assert line["RECORD_METADATA"]["key"] == {"id": 7}
+    with pytest.raises(PoisonRecord, match="does not match its schema"):
+        builder.line(0, 2, 1, 9, key[:-1], None)  # a tombstone's key is still decoded
+    assert json.loads(builder.line(0, 3, 1, 9, key, None))["RECORD_METADATA"]["key"] == {"id": 7}
+
+
+def test_parquet_files_split_by_rows_and_hold_the_two_json_texts(tmp_path):
+    import pyarrow.parquet as pq
+
+    seen = []
+    files = ParquetFiles(str(tmp_path), "p", rows_per_file=2, on_file=lambda path, rows: seen.append((path, rows)))
+    rows = [(f'{{"offset":{i}}}', '{"s":"é \\"q\\""}') for i in range(5)]
+    for metadata, content in rows:
+        files.add_row(metadata, content)
+    files.flush()
+    assert [r for _, r in seen] == [2, 2, 1] and files.rows == 5 and [p for p, _ in seen] == files.paths
+    assert all(p.endswith(".parquet") for p in files.paths)
+    read = [row for p in files.paths for row in pq.read_table(p).to_pylist()]
+    assert read == [{"RECORD_METADATA": m, "RECORD_CONTENT": c} for m, c in rows]
