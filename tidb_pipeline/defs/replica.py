@@ -63,11 +63,11 @@ def _execute(cursor: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
         return []
 
 
-def use_schema_target(table: TableRef) -> str:
-    """The quoted schema of `table` (with its database when it names one), for `USE SCHEMA`."""
+def use_schema_sql(table: TableRef) -> str:
+    """`USE SCHEMA` of `table`'s schema (with its database when it names one), quoted."""
     if table.database:
-        return f"{quote_ident(table.database)}.{quote_ident(table.schema)}"
-    return quote_ident(table.schema)
+        return f"USE SCHEMA {quote_ident(table.database)}.{quote_ident(table.schema)}"
+    return f"USE SCHEMA {quote_ident(table.schema)}"
 
 
 def ensure_schema(cursor: Any, table: TableRef) -> None:
@@ -149,7 +149,7 @@ def merge_replica(
         # The skipped CREATE DATABASE / SCHEMA also made the replica's schema current, as Snowflake does.
         # Our SQL is fully qualified, but fakesnow's rewrites call helpers of the current database
         # (`_fs_to_timestamp`) and put the MERGE's temporary table in the current schema.
-        _execute(connection.cursor(), f"USE SCHEMA {use_schema_target(replica)}")
+        _execute(connection.cursor(), use_schema_sql(replica))
     try:
         counts, ranges = run_merge(connection, plan, when)
     except Exception as exc:  # noqa: BLE001 - re-raised unless the skipped DDL explains it

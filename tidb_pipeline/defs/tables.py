@@ -31,7 +31,7 @@ import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.replica import merge_replica, use_schema_target
+from tidb_pipeline.defs.replica import merge_replica, use_schema_sql
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
@@ -155,7 +155,7 @@ def _connect(snowflake: SnowflakeResource, schema: TableRef) -> Iterator[Any]:
     """
     with snowflake.get_connection() as conn:
         try:
-            conn.cursor().execute(f"USE SCHEMA {use_schema_target(schema)}")
+            conn.cursor().execute(use_schema_sql(schema))
         except Exception:  # noqa: BLE001 - not created yet: the first load's DDL creates it
             pass
         yield conn
