@@ -9,11 +9,10 @@ or IndexError (other errors for random bytes) and stops silently before trailing
 
 `LineBuilder` turns one raw record into the two landing columns' JSON texts (`row`) or one NDJSON line
 (`line`), caching a parsed schema per wire header and a compiled `RecordEncoder` per (key schema, value
-schema). When every key field is a value field declared with the very same primitive Avro type (TiCDC:
-the key is the row's primary key), the key is not decoded at all: the key encoder reads those fields from
-the decoded value, which gives byte-identical text and saves ~1.2 us per record. The key's wire header is
-still checked, and a tombstone's key is always decoded. It never talks to the registry: an id it was not
-given raises `UnknownSchemaId` and the caller resolves it.
+schema). The key is always decoded, although TiCDC's key fields are value fields too: taking them from the
+value would save ~1.2 us per record, but a record whose key body is corrupt would then be landed instead
+of quarantined, as the connector (which decodes the key) would. It never talks to the registry: an id it
+was not given raises `UnknownSchemaId` and the caller resolves it.
 
 `read_ranges` is the worker of the built-in landing (tidb_pipeline.defs.landing): it consumes fixed offset
 ranges, builds rows and writes them as Parquet files (`ParquetFiles`, two string columns) of
@@ -119,8 +118,7 @@ class LineBuilder:
         self.topic = topic
         self._schemas = dict(schemas)
         self._parsed: dict[bytes, Any] = {}  # keyed by the 5-byte wire header: one slice + one dict lookup
-        # Per (key header, value header): the encoder, and whether the key can be taken from the value.
-        self._encoders: dict[tuple[bytes | None, bytes | None], tuple[RecordEncoder, bool]] = {}
+        self._encoders: dict[tuple[bytes | None, bytes | None], RecordEncoder] = {}
 
     def add_schemas(self, schemas: Mapping[int, str]) -> None:
         self._schemas.update(schemas)
@@ -139,10 +137,10 @@ class LineBuilder:
             self._parsed[data[:HEADER_SIZE]] = parsed
         return parsed
 
-    def _encoder(self, key: bytes | None, value: bytes | None) -> tuple[RecordEncoder, bool]:
+    def _encoder(self, key: bytes | None, value: bytes | None) -> RecordEncoder:
         cache_key = (None if key is None else key[:HEADER_SIZE], None if value is None else value[:HEADER_SIZE])
-        found = self._encoders.get(cache_key)
-        if found is None:
+        encoder = self._encoders.get(cache_key)
+        if encoder is None:
             key_schema = _NO_KEY_SCHEMA if key is None else self._schemas[schema_id(key)]
             value_schema = None if value is None else self._schemas[schema_id(value)]
             try:
@@ -155,9 +153,8 @@ class LineBuilder:
                 missing = _field_names(key_schema) - _field_names(value_schema)
                 if missing:
                     raise PoisonRecord(f"value schema lacks key column(s) {', '.join(sorted(missing))}")
-            from_value = key is not None and value_schema is not None and _key_in_value(key_schema, value_schema)
-            found = self._encoders[cache_key] = (encoder, from_value)
-        return found
+            self._encoders[cache_key] = encoder
+        return encoder
 
     def decode(self, key: bytes | None, value: bytes | None) -> tuple[Any, Any]:
         """(key, value) as fastavro gives them; a tombstone's value is None."""
@@ -173,22 +170,9 @@ class LineBuilder:
     def row(
         self, partition: int, offset: int, timestamp_type: int, timestamp: int, key: bytes | None, value: bytes | None
     ) -> tuple[str, str]:
-        """(RECORD_METADATA, RECORD_CONTENT) JSON texts of one record.
-
-        When every key field is a value field of the identical Avro type, the key is not decoded: the key
-        encoder reads its fields from the decoded value, which gives the same text (the key's header is
-        still checked; a tombstone's key is decoded).
-        """
-        if key is not None:
-            key_schema = self._schema_for(key)
-        v = None if value is None else decode(value, self._schema_for(value))
-        encoder, from_value = self._encoder(key, value)
-        if key is None:
-            k = None
-        elif from_value:
-            k = v
-        else:
-            k = decode(key, key_schema)
+        """(RECORD_METADATA, RECORD_CONTENT) JSON texts of one record."""
+        k, v = self.decode(key, value)
+        encoder = self._encoder(key, value)
         try:
             content = encoder.content(v)
         except ValueError as exc:  # e.g. NaN, which has no JSON form
@@ -196,31 +180,6 @@ class LineBuilder:
         ts_key = TIMESTAMP_KEYS.get(timestamp_type)
         metadata = encoder.metadata(self.topic, partition, offset, timestamp if ts_key else None, k, ts_key or "")
         return metadata, content
-
-
-def _key_in_value(key_schema: str | Mapping[str, Any], value_schema: str | Mapping[str, Any]) -> bool:
-    """True when every key field is also a value field with the very same type declaration."""
-    key = json.loads(key_schema) if isinstance(key_schema, str) else key_schema
-    value = json.loads(value_schema) if isinstance(value_schema, str) else value_schema
-    if not (isinstance(key, Mapping) and isinstance(value, Mapping) and key.get("type") == "record"):
-        return False
-    value_types = {f["name"]: f["type"] for f in value.get("fields", [])}
-    return all(
-        f["name"] in value_types and value_types[f["name"]] == f["type"] and _self_contained(f["type"])
-        for f in key.get("fields", [])
-    )
-
-
-_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-
-
-def _self_contained(avro_type: Any) -> bool:
-    """No reference to a named type by name (which each schema could define differently), no nested record."""
-    if isinstance(avro_type, str):
-        return avro_type in _PRIMITIVES
-    if isinstance(avro_type, list):
-        return all(_self_contained(t) for t in avro_type)
-    return isinstance(avro_type, Mapping) and avro_type.get("type") in _PRIMITIVES
 
 
 def poison_metadata(topic: str, partition: int, offset: int, timestamp_type: int, timestamp: int) -> str:
