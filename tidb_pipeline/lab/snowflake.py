@@ -158,6 +158,10 @@ def serve(host: str, port: int, data: Path) -> None:
 
     import fakesnow.server
 
+    from tidb_pipeline.lab import snowflake_adapter
+
+    # Snowflake SQL that fakesnow cannot run as sent is rewritten here, never in production code.
+    snowflake_adapter.install()
     # fakesnow warns on every query that it copies an Arrow result; nothing to act on in a lab log.
     warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
     _use_stage_dir(data / STAGES_DIR)
