@@ -100,11 +100,12 @@ class SnapshotSource(Protocol):
 
 _COLUMNS_SQL = (
     "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, NUMERIC_PRECISION, NUMERIC_SCALE, "
-    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH, EXTRA FROM information_schema.COLUMNS "
     "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
 )
+# EXTRA names virtual generated columns: TiCDC never sends them, so the snapshot neither reads nor loads them.
 _COLUMN_FIELDS = ("COLUMN_NAME", "DATA_TYPE", "COLUMN_TYPE", "IS_NULLABLE", "COLUMN_DEFAULT", "NUMERIC_PRECISION",
-                  "NUMERIC_SCALE", "DATETIME_PRECISION", "CHARACTER_OCTET_LENGTH")  # fmt: skip
+                  "NUMERIC_SCALE", "DATETIME_PRECISION", "CHARACTER_OCTET_LENGTH", "EXTRA")  # fmt: skip
 # No ORDER BY: the server's index order breaks ties between equally short unique keys, as TiDB's index ids do.
 _INDEX_SQL = (
     "SELECT INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME FROM information_schema.STATISTICS "

@@ -41,6 +41,7 @@ from tidb_pipeline.lab.ticdc import capture
 from tidb_pipeline.lab.ticdc.codec import ms_from_tso, tso_from_ms
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
 from tidb_pipeline.replication.changefeed import MASK, mask_netloc
+from tidb_pipeline.replication.ticdc_schema import is_virtual_generated
 
 VERSION = "v8.5.0"
 GIT_HASH = "tidb-pipeline-lab"
@@ -648,9 +649,10 @@ _TABLES_SQL = (
     "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES "
     "WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ({placeholders})"
 )
-# One row per column of every unique index, with its nullability; a key qualifies if none is nullable.
+# One row per column of every unique index, with its nullability; a key qualifies if none is nullable and
+# none is a virtual generated column (TiCDC's IsIndexUnique).
 _UNIQUE_KEY_COLUMNS_SQL = (
-    "SELECT s.TABLE_SCHEMA, s.TABLE_NAME, s.INDEX_NAME, c.IS_NULLABLE "
+    "SELECT s.TABLE_SCHEMA, s.TABLE_NAME, s.INDEX_NAME, c.IS_NULLABLE, c.EXTRA "
     "FROM information_schema.STATISTICS s JOIN information_schema.COLUMNS c "
     "ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME "
     "WHERE s.NON_UNIQUE = 0 AND s.TABLE_SCHEMA NOT IN ({placeholders})"
@@ -674,9 +676,10 @@ def mysql_table_lister(conn_kwargs: Mapping[str, Any]) -> Callable[[], list[Upst
                 tables = [(s, t) for s, t in cur.fetchall()]
                 cur.execute(_UNIQUE_KEY_COLUMNS_SQL.format(placeholders=placeholders), SYSTEM_SCHEMAS)
                 nullable: dict[tuple[str, str, str], bool] = {}
-                for schema, table, index, is_nullable in cur.fetchall():
+                for schema, table, index, is_nullable, extra in cur.fetchall():
                     key = (schema, table, index)
-                    nullable[key] = nullable.get(key, False) or is_nullable == "YES"
+                    unfit = is_nullable == "YES" or is_virtual_generated(extra)
+                    nullable[key] = nullable.get(key, False) or unfit
         finally:
             conn.close()
         keyed = {(s, t) for (s, t, _), has_null in nullable.items() if not has_null}

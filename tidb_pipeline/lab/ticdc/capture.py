@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
+from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.changefeed import mask_netloc
 
 log = logging.getLogger(__name__)
@@ -402,7 +403,7 @@ def _server_id() -> int:
 
 _COLUMNS_SQL = (
     "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, NUMERIC_PRECISION, NUMERIC_SCALE, "
-    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH, EXTRA FROM information_schema.COLUMNS "
     "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
 )
 # No ORDER BY: rows come in the server's key order, which is the closest MariaDB offers to TiDB's index ids.
@@ -417,7 +418,15 @@ _JSON_SQL = (
 
 
 def load_table(conn, schema: str, table: str, version: int = 0) -> codec.TableInfo:
-    """A table's current metadata from information_schema (raises TableIneligibleError without a handle key)."""
+    """A table's current metadata from information_schema (raises TableIneligibleError without a handle key).
+
+    Virtual generated columns are left out, as TiCDC leaves them out (`ticdc_schema.table_info`).
+    """
+    return load_table_columns(conn, schema, table, version)[0]
+
+
+def load_table_columns(conn, schema: str, table: str, version: int = 0) -> tuple[codec.TableInfo, tuple[str, ...]]:
+    """`load_table` plus every column name in table order, virtual ones included (MariaDB's binlog has them)."""
     import pymysql.cursors
 
     with conn.cursor(pymysql.cursors.DictCursor) as cur:
@@ -429,20 +438,13 @@ def load_table(conn, schema: str, table: str, version: int = 0) -> codec.TableIn
         checks = {str(r["CHECK_CLAUSE"]) for r in cur.fetchall()}
         cur.execute(_INDEX_SQL, (schema, table))
         index_rows = cur.fetchall()
-    columns = tuple(
-        codec.column_from_information_schema(
-            r, is_json=f"json_valid(`{r['COLUMN_NAME']}`)" in checks and str(r["DATA_TYPE"]).lower() == "longtext"
-        )
-        for r in rows
-    )
-    indexes: dict[str, tuple[bool, dict[int, str]]] = {}
-    for r in index_rows:
-        unique, cols = indexes.setdefault(str(r["INDEX_NAME"]), (int(r["NON_UNIQUE"]) == 0, {}))
-        cols[int(r["SEQ_IN_INDEX"])] = str(r["COLUMN_NAME"])
-    handle = codec.choose_handle_key(
-        columns, [(name, unique, [cols[i] for i in sorted(cols)]) for name, (unique, cols) in indexes.items()]
-    )
-    return codec.TableInfo(schema, table, columns, handle, version)
+    # MariaDB's JSON is a LONGTEXT alias with a json_valid() check; TiDB would report DATA_TYPE json.
+    json_columns = [
+        r["COLUMN_NAME"] for r in rows
+        if f"json_valid(`{r['COLUMN_NAME']}`)" in checks and str(r["DATA_TYPE"]).lower() == "longtext"
+    ]
+    info = ticdc_schema.table_info(schema, table, rows, index_rows, json_columns=json_columns, version=version)
+    return info, tuple(str(r["COLUMN_NAME"]) for r in rows)
 
 
 # --- records ----------------------------------------------------------------------------------------------------
@@ -462,11 +464,64 @@ def _key_of(info: codec.TableInfo, row: Mapping[str, Any]) -> tuple:
     return tuple(row[c.name] for c in info.key_columns)
 
 
+def should_split(info: codec.TableInfo, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """tiflow's `ShouldSplitUpdateEvent`: a column of the handle key or of any unique index changed its value."""
+    return any(
+        codec.value_string(c, old[c.name]) != codec.value_string(c, new[c.name]) for c in info.unique_columns
+    )
+
+
 def split_update(info: codec.TableInfo, old: dict[str, Any], new: dict[str, Any]) -> list[RowChange]:
-    """An UPDATE, or DELETE old key + INSERT new key when the handle key changed (TiCDC splits those)."""
-    if _key_of(info, old) != _key_of(info, new):
+    """An UPDATE as TiCDC emits it: DELETE old + INSERT new when a handle or unique key column changed."""
+    if should_split(info, old, new):
         return [RowChange(info, "d", None, old), RowChange(info, "c", new, None)]
     return [RowChange(info, "u", new, old)]
+
+
+_DML_ORDER = {"d": 0, "u": 1, "c": 2}  # tiflow txnRows.Less: delete < update < insert
+
+
+def transaction_rows(changes: Sequence[RowChange]) -> list[RowChange]:
+    """One transaction's binlog row changes -> the row changes TiCDC emits for it.
+
+    TiKV keeps one mutation per row per transaction, so TiCDC sees each row once, from its value before the
+    transaction to its value after; MariaDB's binlog has every statement's change. So the changes of one row
+    (handle key) are folded into one first (a row inserted and deleted again leaves nothing; a handle-key
+    change is the old row's delete plus the new row's insert, as TiKV writes it), then each UPDATE that
+    changed a unique key column is split into DELETE + INSERT, and if any was split the transaction's rows
+    are sorted delete < update < insert (tiflow `trySplitAndSortUpdateEvent`; Go's sort is not stable, a
+    stable one is one of the orders it may produce).
+    """
+    rows: dict[tuple, list[Any]] = {}  # (schema, table, key) -> [table version, before or None, after or None]
+    for change in changes:
+        info = change.table
+        if change.op == "u" and _key_of(info, change.old) != _key_of(info, change.row):
+            steps = [("d", change.old, None), ("c", None, change.row)]
+        else:
+            steps = [(change.op, change.old, change.row)]
+        for op, old, new in steps:
+            slot_key = (info.schema, info.table, _key_of(info, new if new is not None else old))
+            slot = rows.get(slot_key)
+            if slot is None:
+                rows[slot_key] = [info, None if op == "c" else old, new]
+            else:
+                slot[0], slot[2] = info, new
+    out: list[RowChange] = []
+    split = False
+    for info, before, after in rows.values():
+        if before is None and after is None:
+            continue
+        if before is None:
+            out.append(RowChange(info, "c", after, None))
+        elif after is None:
+            out.append(RowChange(info, "d", None, before))
+        else:
+            parts = split_update(info, before, after)
+            split = split or len(parts) > 1
+            out.extend(parts)
+    if split:
+        out.sort(key=lambda ch: _DML_ORDER[ch.op])
+    return out
 
 
 # --- the capture ----------------------------------------------------------------------------------------------
@@ -532,6 +587,7 @@ class Capture:
         self._stop = threading.Event()
         self._crashed = threading.Event()
         self._tables: dict[tuple[str, str], codec.TableInfo] = {}
+        self._binlog_columns: dict[tuple[str, str], tuple[str, ...]] = {}  # every column, virtual ones included
         self._ineligible: set[tuple[str, str]] = set()
         self._versions: dict[tuple[str, str], int] = {}
         self._schema_ids: dict[tuple[str, str], int] = {}
@@ -637,11 +693,11 @@ class Capture:
         if key in self._ineligible:
             return None
         info = self._tables.get(key)
-        if info is None or (names is not None and tuple(c.name for c in info.columns) != tuple(names)):
+        if info is None or (names is not None and self._binlog_columns.get(key) != tuple(names)):
             version = self._versions.get(key, 0) + 1
             self._versions[key] = version
             try:
-                info = load_table(conn, schema, table, version)
+                info, self._binlog_columns[key] = load_table_columns(conn, schema, table, version)
             except codec.TableIneligibleError as exc:
                 # TiCDC checks eligibility when a changefeed is created (CDC:ErrTableIneligible unless
                 # ignore_ineligible_table); at run time its schema storage skips such a table with a
@@ -749,7 +805,7 @@ class Capture:
                     else:
                         old = codec.row_internal(info, r["before_values"], r["before_none_sources"], tz=tz)
                         new = codec.row_internal(info, r["after_values"], r["after_none_sources"], tz=tz)
-                        txn.extend(split_update(info, old, new))
+                        txn.append(RowChange(info, "u", new, old))
             elif isinstance(event, XidEvent) or (isinstance(event, QueryEvent) and event.query != "BEGIN"):
                 if isinstance(event, QueryEvent) and event.query != "COMMIT":
                     # DDL: forget the schema's table metadata so the next row reloads it (and re-registers).
@@ -757,7 +813,7 @@ class Capture:
                     self._tables = {k: v for k, v in self._tables.items() if k[0] != schema}
                     self._ineligible = {k for k in self._ineligible if k[0] != schema}  # a key may have been added
                 self._boundary = (stream.log_file, stream.log_pos)
-                self._commit(txn, event.timestamp, *self._boundary, registry, admin, producer)
+                self._commit(transaction_rows(txn), event.timestamp, *self._boundary, registry, admin, producer)
                 txn = []
             elif isinstance(event, HeartbeatLogEvent) and not txn:
                 # Caught up: nothing committed before now is unread, so the checkpoint may move to now.
