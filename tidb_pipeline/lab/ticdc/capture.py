@@ -111,8 +111,18 @@ class TableFilter:
 @dataclass(frozen=True)
 class DispatchRule:
     matcher: TableFilter
-    topic: str | None
+    topic: str | None  # a `{schema}`/`{table}` expression, a static topic, or None for the default topic
+    partition: str  # the rule as configured; `codec.partition_kind` says which dispatcher it names
+    columns: tuple[str, ...] = ()  # for the `columns` rule
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a table's rows go: topic and partition dispatcher (TiCDC's EventRouter for one table)."""
+
+    topic: str
     partition: str
+    columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,13 +141,19 @@ class SinkConfig:
     dispatchers: tuple[DispatchRule, ...] = field(default_factory=tuple)
     kafka_extra: tuple[tuple[str, str], ...] = ()
 
-    def route(self, schema: str, table: str) -> tuple[str, str]:
-        """(topic, partition rule) for a table: the first matching dispatcher, else the default topic."""
+    def route(self, schema: str, table: str) -> Route:
+        """The first matching dispatcher's topic and partition rule; a table none matches goes to the default
+        topic with the default (table) dispatcher, as TiCDC's router ends with an implicit `*.*` rule."""
         for rule in self.dispatchers:
             if rule.matcher.matches(schema, table):
-                topic = codec.topic_name(rule.topic, schema, table) if rule.topic else self.default_topic
-                return topic, rule.partition
-        return self.default_topic, "index-value"
+                if not rule.topic:
+                    topic = self.default_topic
+                elif codec.is_static_topic(rule.topic):
+                    topic = rule.topic
+                else:
+                    topic = codec.topic_name(rule.topic, schema, table)
+                return Route(topic, codec.partition_kind(rule.partition), rule.columns)
+        return Route(self.default_topic, codec.partition_kind("default"))
 
 
 def _bool(v: Any) -> bool:
@@ -192,14 +208,14 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any], *, time_zone: s
     dispatchers = []
     for d in sink.get("dispatchers") or []:
         topic = d.get("topic") or None
-        if topic:
+        if topic and not codec.is_static_topic(topic):
             try:
                 codec.validate_topic_expression(topic)
             except ValueError as exc:
                 raise CaptureError("CDC:ErrKafkaTopicExprInvalid", str(exc)) from None
-        dispatchers.append(
-            DispatchRule(TableFilter(d.get("matcher") or ["*.*"]), topic, d.get("partition") or d.get("dispatcher") or "index-value")
-        )
+        # An empty or unknown rule is TiCDC's default dispatcher (the table one), never index-value.
+        dispatchers.append(DispatchRule(TableFilter(d.get("matcher") or ["*.*"]), topic, str(d.get("partition") or ""),
+                                        tuple(d.get("columns") or ())))
     filter_rules = ((replica_config.get("filter") or {}).get("rules")) or ["*.*"]
     cfg = codec.CodecConfig(
         enable_tidb_extension=_bool(opt("enable-tidb-extension", "enable_tidb_extension", False)),
@@ -592,7 +608,7 @@ class Capture:
         self._versions: dict[tuple[str, str], int] = {}
         self._schema_ids: dict[tuple[str, str], int] = {}
         self._codecs: dict[int, codec.TableCodec] = {}
-        self._routes: dict[tuple[str, str], tuple[str, str]] = {}
+        self._routes: dict[tuple[str, str], Route] = {}
         self._topics: dict[str, int] = {}
         self._pending = _Pending()
         self._last_ts = changefeed.checkpoint_ts
@@ -838,7 +854,8 @@ class Capture:
         for change in txn:
             info = change.table
             tc = self._codec(info)
-            topic, rule = self._routes.get((info.schema, info.table)) or self._route(info)
+            route = self._routes.get((info.schema, info.table)) or self._route(info)
+            topic = route.topic
             partitions = self._ensure_topic(admin, topic)
             key_subject, value_subject = codec.subject_names(topic)
             source = change.row if change.row is not None else change.old
@@ -847,7 +864,8 @@ class Capture:
             if change.op != "d":
                 value_id = self._schema_id(registry, value_subject, tc.value_schema)
                 value = tc.encode_value(value_id, change.row, op=change.op, commit_ts=commit_ts)
-            partition = codec.partition_for(rule, info, source, partitions, commit_ts=commit_ts)
+            partition = codec.partition_for(route.partition, info, source, partitions, commit_ts=commit_ts,
+                                            columns=route.columns)
             cb = lambda err, _msg, e=entry: self._pending.acked(e, err)  # noqa: E731
             while True:
                 try:
@@ -862,7 +880,7 @@ class Capture:
             tc = self._codecs[id(info)] = codec.TableCodec(info, self.sink.codec)
         return tc
 
-    def _route(self, info: codec.TableInfo) -> tuple[str, str]:
+    def _route(self, info: codec.TableInfo) -> Route:
         route = self._routes[(info.schema, info.table)] = self.sink.route(info.schema, info.table)
         return route
 

@@ -39,9 +39,32 @@ def test_parse_sink_reads_uri_and_replica_config() -> None:
     assert cfg.codec == codec.CodecConfig(enable_tidb_extension=True, decimal_handling_mode="string",
                                           bigint_unsigned_handling_mode="string")
     assert dict(cfg.kafka_extra)["sasl.password"] == "a/b+c"
-    assert cfg.route("tpcc", "order-line") == ("tidb_tpcc_order-line", "index-value")
+    assert cfg.route("tpcc", "order-line") == capture.Route("tidb_tpcc_order-line", "index-value")
     assert [cfg.filter.matches(*t) for t in [("tpcc", "item"), ("tpcc", "history"), ("other", "t"), ("mysql", "user")]] == [
         True, False, False, False]
+
+
+def test_routes_follow_ticdcs_event_router() -> None:
+    cfg = capture.parse_sink(
+        "kafka://127.0.0.1:9092/fallback?protocol=avro",
+        {"sink": {"schema_registry": "http://r:8081", "dispatchers": [
+            {"matcher": ["a.*"], "topic": "tidb_{schema}_{table}", "partition": "index-value"},
+            {"matcher": ["b.*"], "topic": "one_static.topic", "partition": "default"},
+            {"matcher": ["c.*"], "partition": ""},
+            {"matcher": ["d.*"], "topic": "tidb_{schema}_{table}", "partition": "no-such-rule"},
+            {"matcher": ["e.*"], "topic": "tidb_{schema}_{table}", "partition": "ROWID"},
+            {"matcher": ["f.*"], "topic": "tidb_{schema}_{table}", "partition": "columns", "columns": ["x"]},
+        ]}},
+    )
+    assert [cfg.route(s, "t") for s in "abcdefz"] == [
+        capture.Route("tidb_a_t", "index-value"),
+        capture.Route("one_static.topic", "table"),  # a static topic, the default (table) dispatcher
+        capture.Route("fallback", "table"),  # no topic: the sink URI's; an empty rule: the table dispatcher
+        capture.Route("tidb_d_t", "table"),  # an unknown rule: the table dispatcher
+        capture.Route("tidb_e_t", "index-value"),
+        capture.Route("tidb_f_t", "columns", ("x",)),
+        capture.Route("fallback", "table"),  # matched by no dispatcher: default topic, table dispatcher
+    ]
 
 
 def test_parse_sink_rejects_avro_topic_without_table() -> None:
