@@ -18,11 +18,14 @@ is replayed rather than risked).
 
 `CaptureManager(store, mysql_conn_kwargs)` runs one capture thread per changefeed in state `normal` (or
 `warning`), stops it when the changefeed leaves those states, and marks the changefeed `failed` with TiCDC's
-error shape when its capture fails for good (registry 409, Kafka errors). A lost upstream connection is
-retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`), capture retries
-from its checkpoint with exponential backoff, returns to `normal` once it reads the binlog again, and only
-fails after retrying for `retry_max_elapsed_s` (TiCDC's default: 30 minutes). Rows of a table without a handle key are skipped with a
-warning, as TiCDC's schema storage skips ineligible tables at run time (the API refuses them at create time).
+error shape when its capture fails for good (a registry refusing a schema, a bad sink config). A lost
+upstream connection and any Kafka failure (a broker down or restarting: "Failed to get metadata", delivery
+errors) are retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`),
+capture retries from its checkpoint with exponential backoff, returns to `normal` once it reads the binlog
+again, and only fails once its checkpoint has not moved for `retry_max_elapsed_s` (TiCDC's
+`changefeed_error_stuck_duration`, default 30 minutes). Rows of a table without a handle key are skipped
+with a warning, as TiCDC's schema storage skips ineligible tables at run time (the API refuses them at
+create time).
 
 TIMESTAMP values are rendered in the *capture server's* time zone, as TiCDC does: its processor builds the
 mounter with `config.GetGlobalServerConfig().TZ` (`cdc server --tz`, default the host's zone), and no
@@ -675,7 +678,7 @@ class Capture:
             return self._topics[topic]
         from confluent_kafka.admin import NewTopic
 
-        md = admin.list_topics(topic=None, timeout=10)
+        md = self._metadata(admin, None)
         if topic not in md.topics or md.topics[topic].error is not None:
             if not self.sink.auto_create_topic:
                 raise CaptureError("CDC:ErrKafkaTopicNotExists", f"topic {topic} does not exist and auto-create-topic=false")
@@ -686,9 +689,18 @@ class Capture:
             except Exception as exc:  # noqa: BLE001 - another capture may have created it meanwhile
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise CaptureError("CDC:ErrKafkaCreateTopic", f"creating topic {topic} failed: {exc}") from None
-            md = admin.list_topics(topic=topic, timeout=10)
+            md = self._metadata(admin, topic)
         self._topics[topic] = len(md.topics[topic].partitions) or self.sink.partition_num
         return self._topics[topic]
+
+    @staticmethod
+    def _metadata(admin, topic: str | None):
+        from confluent_kafka import KafkaException
+
+        try:
+            return admin.list_topics(topic=topic, timeout=10)
+        except KafkaException as exc:  # the broker is down or restarting: retryable, as in TiCDC
+            raise CaptureError("CDC:ErrKafkaCreateTopic", f"getting Kafka metadata failed: {exc}") from None
 
     def _schema_id(self, registry, subject: str, schema_json: str) -> int:
         key = (subject, schema_json)
@@ -744,6 +756,10 @@ class Capture:
                 "linger.ms": self.linger_ms,
                 "message.max.bytes": self.sink.max_message_bytes,
                 "queue.buffering.max.messages": 500_000,
+                # A broker that stays away fails the deliveries within a minute (librdkafka's default is 5),
+                # so the changefeed shows `warning` and retries from its checkpoint, as TiCDC's sink does
+                # after its write timeout and retries.
+                "message.timeout.ms": 60_000,
             }
         )
         conn = _connect(self.mysql)
@@ -977,33 +993,43 @@ class CaptureManager:
                 thread.start()
 
     def _run_capture(self, cap: Capture) -> None:
+        """Run `cap`; on a retryable failure keep the changefeed `warning` and start again from its checkpoint.
+
+        As TiCDC's owner (`feedStateManager`): the backoff doubles from `retry_initial_s` up to `retry_max_s`
+        and starts over once the checkpoint moved again; an unretryable error fails the changefeed at once, and
+        a retryable one fails it once the checkpoint has not moved for `retry_max_elapsed_s` (TiCDC's
+        `changefeed_error_stuck_duration`, code CDC:ErrChangefeedUnretryable).
+        """
         cf_id = cap.cf.id
-        failing_since: float | None = None
         delay = self.retry_initial_s
+        last_checkpoint: int | None = None
+        stuck_since = time.monotonic()
         while True:
             try:
                 cap.run()
                 return
-            except CaptureError as exc:
-                cap.error = exc
-                if not cap.stopping:
-                    self.store.set_state(cf_id, "failed", running_error(exc.code, str(exc), addr=self.addr))
-                return
-            except Exception as exc:  # noqa: BLE001 - any other failure is retried or fails the changefeed, visibly
+            except Exception as exc:  # noqa: BLE001 - every failure is retried or fails the changefeed, visibly
                 cap.error = exc
                 if cap.stopping:
                     return
+                code = exc.code if isinstance(exc, CaptureError) else "CDC:ErrProcessorUnknown"
+                message = str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}"
+                current = self.store.get(cf_id)
+                checkpoint = current.checkpoint_ts if current is not None else None
                 now = time.monotonic()
-                failing_since = failing_since if failing_since is not None and cap.started is None else now
-                message = f"{type(exc).__name__}: {exc}"
-                if not retryable(exc) or now - failing_since > self.retry_max_elapsed_s:
-                    log.exception("capture %s failed", cf_id)
-                    self.store.set_state(cf_id, "failed", running_error("CDC:ErrProcessorUnknown", message, addr=self.addr))
+                if checkpoint != last_checkpoint:  # progress since the last failure: a fresh start
+                    last_checkpoint, stuck_since, delay = checkpoint, now, self.retry_initial_s
+                if not retryable(exc):
+                    log.error("capture %s failed: %s", cf_id, message)
+                    self.store.set_state(cf_id, "failed", running_error(code, message, addr=self.addr))
                     return
-                if cap.started is not None:
-                    delay = self.retry_initial_s  # it ran since the last failure: back off from the start again
-                log.warning("capture %s: %s; retrying in %.1fs", cf_id, message, delay)
-                self.store.set_state(cf_id, "warning", running_error("CDC:ErrProcessorUnknown", message, addr=self.addr))
+                if now - stuck_since > self.retry_max_elapsed_s:
+                    log.error("capture %s: checkpoint stuck for %.0fs; failing it: %s", cf_id, now - stuck_since, message)
+                    self.store.set_state(cf_id, "failed", running_error("CDC:ErrChangefeedUnretryable", message,
+                                                                        addr=self.addr))
+                    return
+                log.warning("capture %s: %s; retrying from the checkpoint in %.1fs", cf_id, message, delay)
+                self.store.set_state(cf_id, "warning", running_error(code, message, addr=self.addr))
                 if cap.wait_stopped(delay):
                     return
                 delay = min(self.retry_max_s, delay * 2)
@@ -1035,11 +1061,26 @@ class CaptureManager:
 _CAPTURED_STATES = ("normal", "warning")
 
 
-def retryable(exc: BaseException) -> bool:
-    """Errors TiCDC retries (with the changefeed in `warning`): the upstream connection went away."""
-    import pymysql
+# Lab codes of Kafka failures (a broker down, restarting or unreachable): TiCDC retries those, never fails
+# the changefeed for them (only tiflow's `changefeedUnRetryableErrors` do that).
+RETRYABLE_CODES = frozenset({
+    "CDC:ErrKafkaAsyncSendMessage", "CDC:ErrKafkaCreateTopic", "CDC:ErrKafkaNewProducer", "CDC:ErrKafkaTopicNotExists",
+})  # fmt: skip
 
-    if isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError, TimeoutError)):
+
+def retryable(exc: BaseException) -> bool:
+    """Errors TiCDC retries with the changefeed in `warning`: a lost upstream connection, any Kafka failure.
+
+    The other lab errors (bad sink config, a registry refusing a schema, an unreadable binlog) fail the
+    changefeed as before.
+    """
+    import pymysql
+    from confluent_kafka import KafkaException
+
+    if isinstance(exc, CaptureError):
+        return exc.code in RETRYABLE_CODES
+    if isinstance(exc, (KafkaException, pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError,
+                        TimeoutError)):  # fmt: skip
         return True
     return isinstance(exc, OSError) and exc.errno is not None
 

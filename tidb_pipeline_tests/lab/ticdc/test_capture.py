@@ -346,11 +346,19 @@ def test_snapshot_position_maps_a_tso_to_the_binlog(upstream) -> None:
         conn.close()
 
 
-def test_retryable_errors_are_the_lost_connections() -> None:
+def test_retryable_errors_are_lost_connections_and_kafka_failures() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
     assert capture.retryable(pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"))
     assert capture.retryable(ConnectionRefusedError(111, "Connection refused"))
+    # A broker restarting: TiCDC keeps the changefeed in `warning` and retries from its checkpoint.
+    metadata = KafkaException(KafkaError(KafkaError._TRANSPORT, "Failed to get metadata: Local: Broker transport failure"))
+    assert capture.retryable(metadata)
+    for code in ("CDC:ErrKafkaNewProducer", "CDC:ErrKafkaAsyncSendMessage", "CDC:ErrKafkaCreateTopic"):
+        assert capture.retryable(capture.CaptureError(code, "broker down"))
     assert not capture.retryable(ValueError("bad datum"))
-    assert not capture.retryable(capture.CaptureError("CDC:ErrKafkaNewProducer", "boom"))
+    assert not capture.retryable(capture.CaptureError("CDC:ErrSinkURIInvalid", "not kafka"))
+    assert not capture.retryable(capture.CaptureError("CDC:ErrAvroSchemaAPIError", "HTTP 409"))
 
 
 @pytest.mark.integration
