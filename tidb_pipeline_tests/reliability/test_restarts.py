@@ -136,6 +136,36 @@ def test_kafka_broker_restart_in_the_middle_of_a_load(feed: Feed, monkeypatch: p
     assert _changefeed_status(feed).state == "normal"
 
 
+def test_broker_down_turns_the_changefeed_warning_then_normal_again(feed: Feed) -> None:
+    kafka = stack.service("kafka", feed.settings)
+    kafka.stop()
+    try:
+        # A change feed that starts while the broker is away must fetch topic metadata for its first row:
+        # "Failed to get metadata". TiCDC keeps the changefeed `warning` and retries; it never fails it.
+        restart(feed.settings, "ticdc", kill=True)
+        with feed.connect() as conn:
+            write_history(conn, feed.db, feed.table, seed=800, changes=30)
+        seen: list[Any] = []
+
+        def warned() -> bool:
+            seen.append(_changefeed_status(feed))
+            assert seen[-1].state != "failed", seen[-1]
+            return seen[-1].state == "warning"
+
+        wait_until(warned, timeout=STATE_CHANGE_S, what="the changefeed turning `warning` while Kafka is down",
+                   interval=0.2)  # fmt: skip
+        warning = seen[-1].last_warning
+        assert warning is not None and seen[-1].last_error is None, seen[-1]
+        assert warning.code == "CDC:ErrKafkaCreateTopic" and "metadata" in warning.message, warning
+    finally:
+        up([kafka], log=lambda _m: None)
+    # Back from its checkpoint after a backoff: everything written meanwhile arrives, nothing is lost.
+    with feed.connect() as conn:
+        write_history(conn, feed.db, feed.table, seed=801, changes=30)
+    _converge(feed)
+    assert _changefeed_status(feed).state == "normal"
+
+
 def test_mariadb_restart_under_a_running_workload(feed: Feed) -> None:
     stop = threading.Event()
     errors: list[str] = []
