@@ -78,7 +78,7 @@ class ChangefeedSummary:
 @dataclass(frozen=True)
 class ChangefeedInfo:
     """GET /api/v2/changefeeds/{id}, with the passwords in `sink_uri_masked` and `config` masked (TiCDC masks the
-    sink URI only; `_info` masks the registry URL in the config)."""
+    sink URI only; `parse_changefeed_info` masks the registry URL in the config)."""
 
     id: str
     state: str
@@ -294,7 +294,8 @@ class TiCDCClient:
         """Replace the whole config; TiCDC accepts this only on a stopped or failed changefeed."""
         body = {"sink_uri": sink_uri, "replica_config": dict(replica_config)}
         secrets = request_secrets(sink_uri, replica_config)
-        return parse_changefeed_info(self._request("PUT", self._path(changefeed_id), idempotent=False, json=body, secrets=secrets))
+        answer = self._request("PUT", self._path(changefeed_id), idempotent=False, json=body, secrets=secrets)
+        return parse_changefeed_info(answer)
 
     def pause(self, changefeed_id: str) -> None:
         self._request("POST", self._path(changefeed_id, "pause"), idempotent=True)

@@ -21,11 +21,11 @@ from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs.backfill import backfill
 from tidb_pipeline.defs.tables import table_names
 from tidb_pipeline.lab.service import Service
-from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCResource
-from tidb_pipeline.resources.tidb import quote_mysql
+from tidb_pipeline.resources.tidb import TiDBResource, quote_mysql
 from tidb_pipeline_tests.reliability.support import (
     Target,
     assert_replica_equals_source,
@@ -81,6 +81,12 @@ def test_virtual_generated_column_is_left_out_by_the_changefeed(lab_settings: La
         feed.catch_up()
         target = Target.of(table_names(feed.config, feed.config.tables[0]))
         assert _value_fields(lab_settings, feed.topic) == REPLICATED
+        # What the checks read from the source (schema drift, content) is the replicated columns too, and the
+        # unique index on `v` is no handle key.
+        tidb = TiDBResource(host=lab_settings.host, port=lab_settings.port("mariadb"), user=LAB_DB_USER,
+                            password=LAB_DB_PASSWORD)  # fmt: skip
+        assert [c.name for c in tidb.columns(feed.db, feed.table)] == REPLICATED
+        assert tidb.handle_key(feed.db, feed.table) == ("id",)
         with warehouse(lab_settings) as sf:
             land(lab_settings, sf, target)
             merge(lab_settings, sf, target)
