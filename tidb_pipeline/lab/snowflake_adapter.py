@@ -33,12 +33,42 @@ The session seam's needs (`tidb_pipeline.resources.warehouse`), met here instead
   opens a new transaction (Snowflake's rule for real DDL). So a MERGE keeps its own writes and everything
   after it atomic, while DML *before* a MERGE in the same transaction would be committed early: the
   pipeline's merge transaction reads before its MERGE and writes only from it on.
+
+fakesnow 0.12.1 differences the pipeline's SQL is written around (valid Snowflake either way; not rewritten):
+- Casts in SET / VALUES of a MERGE are not applied reliably: the merge keeps all casts in the USING subquery
+  and its clauses use plain `s."col"`.
+- Duplicate keys in a MERGE source do not raise (Snowflake raises for a multi-row update): the merge proves
+  one row per key itself (`replication.merge.max_rows_per_key_sql`).
+- PARSE_JSON re-encodes numbers as doubles: a decimal with more than ~15 significant digits loaded through
+  a JSON *number* loses digits here (Snowflake keeps 38). String-mode decimals are exact in both.
+- `TO_TIMESTAMP_NTZ(x)::TIMESTAMP_NTZ(6)` fails ("to_timestamp_ntz does not exist"); `TO_TIMESTAMP_NTZ(x)`
+  alone works, so no trailing cast is added (the column type does the rounding).
+- `(VALUES ...) AS r` with an alias loses the `column1..n` names; `FROM VALUES ...` without parentheses
+  and without an alias keeps them, so ranges are given as `SELECT column1 AS .. FROM VALUES ...`.
+- VARIANT numbers must be cast (`::int`) before ordering or comparing.
+- A `NUMBER(38,0)` column (Snowflake's INT) is a BIGINT here, so a TiDB DECIMAL(38,0) value wider than 19
+  digits overflows (Snowflake holds 38 digits). `TO_NUMBER` is no way out: fakesnow computes it through a
+  double. NUMBER(20..37,0) columns are exact.
+- A VARIANT holding JSON `null` comes back as Python None (Snowflake returns the text `null`).
+- `$name` is read as a session variable even inside a quoted identifier: internal column names avoid `$`.
+- `COPY INTO` a two-column table from JSON files fails; Parquet with a `$1:<column>` transformation works
+  (the built-in landing stages Parquet).
+- Two loads racing for the landing lock row: Snowflake makes the second wait; DuckDB fails it with a write
+  conflict (HTTP 500), which the connector retries until its network timeout.
+- A PRIMARY KEY is informational on Snowflake and enforced here.
+- Checksums (`replication.checksum`): `HASH`/`HASH_AGG` differ from Snowflake's and `TO_NUMBER(x, 'XXX')` is
+  missing, so hex digits are summed by position; an integer product is summed as a double unless cast to
+  NUMBER(38,0); string literals have no backslash escapes, so special characters are built from codes;
+  `TO_CHAR` ignores `FF6` and drops trailing zeros, so timestamps are formatted from parts;
+  `DATE_PART(NANOSECOND)` overflows past 2262, so fractions come from `DATEDIFF(MICROSECOND, ...)`; NUMBER(p,p)
+  prints without its leading zero ('.0277'); and a long expression repeated in one statement costs the
+  transpiler seconds per repeat, so the checksum SQL is layered.
 """
 
 from __future__ import annotations
 
-import os
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +81,14 @@ class LabSession:
 
     temporary_tables: set[str] = field(default_factory=set)
     parameters: dict[str, str] = field(default_factory=dict)
-    connection: Any = None  # the fakesnow connection, for rewrites that change its state
+    # The fakesnow connection, for rewrites that change its state. A weak reference: the server ends a
+    # session (and with it an open transaction, e.g. a killed client's) by dropping its last reference.
+    connection_ref: Callable[[], Any] | None = None
     explicit_transaction: bool = False  # inside BEGIN ... COMMIT/ROLLBACK, switched to autocommit off
+
+    @property
+    def connection(self) -> Any:
+        return None if self.connection_ref is None else self.connection_ref()
 
 
 Rewrite = Callable[[str, LabSession], str]
@@ -67,7 +103,7 @@ def session_of(connection: Any) -> LabSession:
     """The `LabSession` of a fakesnow connection, created on first use."""
     state = getattr(connection, _SESSION_ATTR, None)
     if state is None:
-        state = LabSession(connection=connection)
+        state = LabSession(connection_ref=weakref.ref(connection))
         setattr(connection, _SESSION_ATTR, state)
     return state
 
