@@ -32,7 +32,8 @@ The session seam's needs (`tidb_pipeline.resources.warehouse`), met here instead
   the session is switched to fakesnow's autocommit-off mode, where DDL commits what ran before it and DML
   opens a new transaction (Snowflake's rule for real DDL). So a MERGE keeps its own writes and everything
   after it atomic, while DML *before* a MERGE in the same transaction would be committed early: the
-  pipeline's merge transaction reads before its MERGE and writes only from it on.
+  pipeline's merge transaction reads before its MERGE and writes only from it on, and a MERGE after other
+  writes of its transaction is refused here with an error, never run half-atomic.
 
 fakesnow 0.12.1 differences the pipeline's SQL is written around (valid Snowflake either way; not rewritten):
 - Casts in SET / VALUES of a MERGE are not applied reliably: the merge keeps all casts in the USING subquery
@@ -85,6 +86,7 @@ class LabSession:
     # session (and with it an open transaction, e.g. a killed client's) by dropping its last reference.
     connection_ref: Callable[[], Any] | None = None
     explicit_transaction: bool = False  # inside BEGIN ... COMMIT/ROLLBACK, switched to autocommit off
+    wrote_in_transaction: bool = False  # DML ran since BEGIN (a MERGE now could not stay atomic)
 
     @property
     def connection(self) -> Any:
@@ -155,6 +157,8 @@ _CREATE_TEMPORARY = re.compile(
 _DROP_TABLE = re.compile(r'^\s*DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?P<name>"(?:[^"]|"")+")\s*;?\s*$', re.IGNORECASE)
 _BEGIN = re.compile(r"^\s*(?:BEGIN|START)(?:\s+(?:TRANSACTION|WORK))?\s*;?\s*$", re.IGNORECASE)
 _END = re.compile(r"^\s*(?:COMMIT|ROLLBACK)(?:\s+WORK)?\s*;?\s*$", re.IGNORECASE)
+_DML = re.compile(r"^\s*(?:INSERT|UPDATE|DELETE|COPY)\b", re.IGNORECASE)
+_MERGE = re.compile(r"^\s*MERGE\b", re.IGNORECASE)
 
 
 def _unquote(ident: str) -> str:
@@ -255,6 +259,17 @@ def explicit_transactions(sql: str, session: LabSession) -> str:
         if getattr(conn, "_autocommit", False) and not session.explicit_transaction:
             conn._autocommit = False  # noqa: SLF001 - what `ALTER SESSION SET AUTOCOMMIT = FALSE` sets
             session.explicit_transaction = True
+            session.wrote_in_transaction = False
+    elif session.explicit_transaction and _DML.match(sql):
+        session.wrote_in_transaction = True
+    elif session.explicit_transaction and _MERGE.match(sql) and session.wrote_in_transaction:
+        import snowflake.connector.errors
+
+        raise snowflake.connector.errors.ProgrammingError(
+            msg="lab adapter: a MERGE after other writes of its transaction would commit those writes early on "
+                "the lab's engine (see tidb_pipeline/lab/snowflake_adapter.py); run the MERGE first",
+            errno=9999, sqlstate="0A000",
+        )
     elif _END.match(sql) and session.explicit_transaction:
         # Back to autocommit before the statement runs: it then ends DuckDB's open transaction itself
         # (fakesnow's own switch would commit it first, which a ROLLBACK must not).

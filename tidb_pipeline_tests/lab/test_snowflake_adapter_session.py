@@ -105,3 +105,13 @@ def test_remove_deletes_the_staged_files(wh: Warehouse, database: str, tmp_path:
     wh.execute(f"PUT 'file://{tmp_path / 'a.parquet'}' @{stage}/topic/batch2/ AUTO_COMPRESS = FALSE")
     wh.execute(f"REMOVE @{stage}/topic/batch1/")
     assert [r[0].split("/", 1)[1] for r in wh.execute(f"LIST @{stage}")] == ["topic/batch2/a.parquet"]
+
+
+def test_a_merge_after_other_writes_of_its_transaction_is_refused_not_run_half_atomic(wh: Warehouse, database: str) -> None:
+    target = TableRef("S", "T", database).sql
+    wh.execute(f'CREATE TABLE {target} ("K" NUMBER(10,0))')
+    with pytest.raises(Exception, match="a MERGE after other writes"), wh.transaction():
+        wh.execute(f"INSERT INTO {target} VALUES (%s)", (1,))
+        wh.execute(f'MERGE INTO {target} t USING (SELECT 2 AS "K") s ON t."K" = s."K" '
+                   'WHEN NOT MATCHED THEN INSERT ("K") VALUES (s."K")')
+    assert wh.execute(f'SELECT "K" FROM {target}') == []  # the INSERT was rolled back with the transaction
