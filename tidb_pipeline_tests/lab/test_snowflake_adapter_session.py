@@ -16,10 +16,10 @@ import pytest
 import snowflake.connector
 
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.lab.snowflake import connection_args
+from tidb_pipeline.lab.snowflake import connection_args, lab_env
 from tidb_pipeline.lab.snowflake_adapter import LabSession, session_parameters, temporary_tables
 from tidb_pipeline.replication.ddl import TableRef, quote_ident
-from tidb_pipeline.resources.warehouse import Warehouse, is_missing_object
+from tidb_pipeline.resources.warehouse import Warehouse, is_missing_object, parallel_tables
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +115,9 @@ def test_a_merge_after_other_writes_of_its_transaction_is_refused_not_run_half_a
         wh.execute(f'MERGE INTO {target} t USING (SELECT 2 AS "K") s ON t."K" = s."K" '
                    'WHEN NOT MATCHED THEN INSERT ("K") VALUES (s."K")')
     assert wh.execute(f'SELECT "K" FROM {target}') == []  # the INSERT was rolled back with the transaction
+
+
+def test_the_lab_limits_parallel_tables_by_its_own_environment(lab_settings: LabSettings) -> None:
+    # Concurrency cannot be rewritten server-side: the lab sets it in the environment it hands the pipeline.
+    assert parallel_tables(lab_env(lab_settings)) == 1
+    assert parallel_tables({}) == 8  # production: a warehouse's default concurrency
