@@ -4,10 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
+# go-tpc, the workload (PingCAP's `tiup bench tpcc`), pinned: the module proxy's "latest" is an older 2021 release.
+GO_TPC_VERSION := v1.0.12
 
 .PHONY: install demo test lab-up lab-down lab-status dev clean
 
-install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+install: $(VENV)/.installed $(VENV)/bin/go-tpc $(DAGSTER_HOME)/dagster.yaml
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap-system.sh
 	bash scripts/bootstrap-system.sh
@@ -15,6 +17,10 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap-system.sh
 	$(VENV)/bin/pip install -q --disable-pip-version-check --upgrade pip
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
+
+# Built from the Go module proxy into the virtualenv's bin, where tidb_pipeline.workload.gotpc looks for it.
+$(VENV)/bin/go-tpc: | $(VENV)/.installed
+	GOBIN=$(abspath $(VENV))/bin go install github.com/pingcap/go-tpc/cmd/go-tpc@$(GO_TPC_VERSION)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)

@@ -45,6 +45,13 @@ FULL = Sizes(1_000_000, (10_000, 100_000, 1_000_000), 10_000, 10_000, 5, 10_000,
 QUICK = Sizes(20_000, (1_000, 10_000), 1_000, 300, 2, 300, 20.0, 0.01, 5.0, 20, 20, 10.0)
 
 
+def profiler_available() -> bool:
+    """Whether pyinstrument (optional: only the freshness profile uses it) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyinstrument") is not None
+
+
 # --- figures ------------------------------------------------------------------------------------------
 
 
@@ -220,6 +227,11 @@ def run(args: argparse.Namespace) -> int:
                         conn, sizes.recipe_initial, sizes.recipe_rounds, sizes.recipe_changes))
         if "freshness" in only:
             profile = None if args.no_profile else Path(args.charts_dir) / "profile_freshness_run.txt"
+            if profile is not None and not profiler_available():
+                # Optional: the figure itself needs no profiler, and no install extra provides one.
+                print("bench: pyinstrument is not installed, so no freshness-run profile is written "
+                      "(pip install pyinstrument to get one, or pass --no-profile)", flush=True)
+                profile = None
             rate = sizes.freshness_rate_tps if args.freshness_rate is None else (args.freshness_rate or None)
             step("end-to-end freshness", lambda: freshness_figure(sizes.freshness_s, sizes.freshness_scale,
                                                                   sizes.tick_s, profile, rate))
