@@ -69,7 +69,8 @@ def _discover(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from tidb_pipeline.lab.demo import run_demo
 
-    return run_demo(LabSettings(), duration_s=args.duration, threads=args.threads, fresh=not args.keep_data)
+    return run_demo(LabSettings(), duration_s=args.duration, threads=args.threads, fresh=not args.keep_data,
+                    warehouses=args.warehouses)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     discover.set_defaults(func=_discover)
 
     demo = sub.add_parser("demo", help="run the main job end to end on the lab and print what it did")
-    demo.add_argument("--duration", type=float, default=30.0, help="seconds of TPC-C workload (default 30)")
-    demo.add_argument("--threads", type=int, default=2, help="workload threads (default 2)")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds of go-tpc tpcc run (default 30)")
+    demo.add_argument("--threads", type=int, default=4, help="go-tpc threads (default 4)")
+    demo.add_argument("--warehouses", type=int, default=1, help="go-tpc warehouses (default 1, ~600k rows)")
     demo.add_argument("--keep-data", action="store_true", help="do not reset the lab's data first")
     demo.set_defaults(func=_demo)
 
