@@ -63,15 +63,17 @@ def _wait(check: Callable[[], bool], *, timeout: float, what: str, interval: flo
         time.sleep(interval)
 
 
-def _quiet_logger(bar: Callable[[], Phase | None]):
-    """A Dagster logger that feeds the current phase's bar instead of printing the event stream."""
+def _quiet_logger(bar: Callable[[], Phase | None], seen: Callable[[str], None] = lambda _m: None):
+    """A Dagster logger that feeds the current phase's bar (and `seen`) instead of printing the event stream."""
     import dagster as dg
 
     class _ToBar(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            seen(message)
             phase = bar()
             if phase is not None:
-                phase.note(record.getMessage().rsplit(" - ", 1)[-1][:90])
+                phase.note(message.rsplit(" - ", 1)[-1][:90])
 
     @dg.logger
     def demo_logger(_context: Any) -> logging.Logger:
@@ -106,6 +108,17 @@ class _Poller:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def _failure(run: Any) -> str:
+    """The first failed step's error, for the demo's own message."""
+    for event in run.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            return f"{error.cls_name}: {error.message.strip()[:500]}"
+    return "see the run in `make dev`"
 
 
 def _table_rows(conn_kwargs: dict[str, Any], database: str) -> int:
@@ -183,22 +196,18 @@ def run_demo(settings: LabSettings, *, duration_s: float = 30.0, threads: int = 
             types_table.insert_types_rows(conn)
         backfill = build_backfill_job(config=config, snapshot_source=MariaDBSnapshotSource.from_tidb)
         with Phase("backfill job", total=len(config.tables), unit="tables") as bar:
-            done = [0]
+            def loaded_one(message: str) -> None:
+                if "rows loaded into" in message:
+                    bar.advance()
 
-            class _CountLoaded(logging.Handler):
-                def emit(self, record: logging.LogRecord) -> None:
-                    if "rows loaded into" in record.getMessage():
-                        done[0] += 1
-                        bar.update(done[0])
-
-            counter = _CountLoaded()
-            logging.getLogger(_DAGSTER_LOGGER).addHandler(counter)
+            current[0] = bar
             try:
-                run = execute(backfill, bar, raise_on_error=False)
+                run = backfill.with_logger_defs({"demo": _quiet_logger(lambda: bar, loaded_one)}).execute_in_process(
+                    instance=instance, resources=resources, run_config=quiet, raise_on_error=False)
             finally:
-                logging.getLogger(_DAGSTER_LOGGER).removeHandler(counter)
+                current[0] = None
             if not run.success:
-                raise RuntimeError(f"the backfill job failed (run {run.run_id}); see it in `make dev`")
+                raise RuntimeError(f"the backfill job failed (run {run.run_id}): {_failure(run)}")
         _say(f"backfill: snapshot at TSO {run.output_for_node('backfill_tables')}; changefeed "
              f"{config.source.changefeed_id} replicates from there")
 
@@ -230,7 +239,7 @@ def run_demo(settings: LabSettings, *, duration_s: float = 30.0, threads: int = 
             run = execute(repo.get_job(merge_job_name(group)), bar)
             bar.advance(detail=f"{merge_job_name(group)}: {'success' if run.success else 'FAILED'}")
             if not run.success:
-                _say(f"{merge_job_name(group)} failed (run {run.run_id}); see it in `make dev`")
+                _say(f"{merge_job_name(group)} failed (run {run.run_id}): {_failure(run)}")
                 return 1
 
     from tidb_pipeline.lab.snowflake import connection_args

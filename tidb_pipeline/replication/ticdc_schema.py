@@ -23,13 +23,15 @@ import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # --- TSO -------------------------------------------------------------------------------------------------------
 
 _LOGICAL_BITS = 18
+
+_DECIMAL_CONTEXT = Context(prec=100)  # TiDB's DECIMAL holds at most 65 digits
 
 
 def tso_from_ms(physical_ms: int, logical: int = 0) -> int:
@@ -530,7 +532,8 @@ def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     if tt == "DECIMAL":
         d = value if isinstance(value, Decimal) else Decimal(str(value))
         if col.scale is not None:
-            d = d.quantize(Decimal(1).scaleb(-col.scale))
+            # Python's default context (28 digits) raises InvalidOperation on DECIMAL(65,30) values.
+            d = d.quantize(Decimal(1).scaleb(-col.scale), context=_DECIMAL_CONTEXT)
         return d if cfg.decimal_handling_mode == DECIMAL_PRECISE else format(d, "f")
     if tt == "BIT":
         return bit_bytes(int.from_bytes(value, "big") if isinstance(value, (bytes, bytearray)) else int(value))
