@@ -196,9 +196,13 @@ def run_demo(settings: LabSettings, *, duration_s: float = 30.0, threads: int = 
             types_table.insert_types_rows(conn)
         backfill = build_backfill_job(config=config, snapshot_source=MariaDBSnapshotSource.from_tidb)
         with Phase("backfill job", total=len(config.tables), unit="tables") as bar:
+            loaded_tables: set[str] = set()
+
             def loaded_one(message: str) -> None:
+                # "<db>.<table>: N rows loaded into <replica>" (a message may reach the logger more than once)
                 if "rows loaded into" in message:
-                    bar.advance()
+                    loaded_tables.add(message.split(": ")[-2].rsplit(" - ", 1)[-1])
+                    bar.update(len(loaded_tables))
 
             current[0] = bar
             try:
