@@ -34,6 +34,8 @@ from tidb_pipeline.lab.settings import LabSettings
 ROWS_PER_WAREHOUSE = 1 + 10 + 30_000 + 30_000 + 30_000 + 300_000 + 9_000 + 100_000
 ITEM_ROWS = 100_000
 _DAGSTER_LOGGER = "tidb_pipeline.demo.dagster"
+# The lab parts the demo's path uses (and what they depend on); Connect and PostgreSQL serve other targets.
+DEMO_PARTS = ("mariadb", "kafka", "registry", "snowflake", "ticdc")
 
 
 def _say(msg: str) -> None:
@@ -45,12 +47,11 @@ def reset_lab(settings: LabSettings) -> None:
     from tidb_pipeline.lab import stack
     from tidb_pipeline.lab.service import down, up
 
-    parts = stack.services(settings)
-    down(parts, log=lambda _m: None)
+    down(stack.services(settings), log=lambda _m: None)
     for child in settings.root.iterdir() if settings.root.exists() else []:
         if child.name != "jars":
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-    services = stack.services(settings)
+    services = stack.services(settings, list(DEMO_PARTS))
     with Phase("lab up (fresh data)", total=len(services), unit="services") as bar:
         up(services, log=lambda m: bar.advance(detail=m) if ": ready" in m or "already running" in m else bar.note(m))
 
