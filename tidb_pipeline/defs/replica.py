@@ -22,6 +22,7 @@ from tidb_pipeline.replication.ddl import (
     TableRef,
     add_columns_sql,
     create_replica_sql,
+    create_unconverted_sql,
     create_watermark_sql,
     quote_ident,
     table_columns_sql,
@@ -138,6 +139,7 @@ def merge_replica(
         cursor = connection.cursor()
         ensure_schema(cursor, watermarks)
         _execute(cursor, create_watermark_sql(watermarks))
+        _execute(cursor, create_unconverted_sql(plan.unconverted))
         got = ensure_replica(cursor, replica, columns)
         with _ensured_lock:
             _ensured[cache_key] = (version, columns)
