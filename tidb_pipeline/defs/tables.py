@@ -201,6 +201,9 @@ def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, log: 
         "rows_deleted": c.deleted,
         "landing_rows_read": c.landing_rows,
         "keys_in_batch": c.source_rows,
+        # Values Snowflake cannot hold (e.g. TiDB zero dates) stored as NULL; check `no_unconverted_values` lists them.
+        "unconverted_values": sum(n for _, n in c.unconverted),
+        "unconverted_per_column": ", ".join(f"{name}: {n}" for name, n in c.unconverted) or "(none)",
         "merged_offsets": ", ".join(
             f"p{r.partition}: {r.after_offset}→{r.through_offset}" for r in outcome.ranges
         ) or "(nothing new)",

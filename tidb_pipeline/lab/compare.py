@@ -131,18 +131,8 @@ def compare_table(
                (replica.schema, replica.name))
     variant = {r[0] for r in sf.fetchall() if str(r[1]).upper() == "VARIANT"}
     columns = [(c, "json" if c in variant else t) for c, t in columns]
-    # fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 (it stores NULL), so temporal columns
-    # carry an IS NULL flag alongside and the flag wins.
-    temporal = [i for i, (_, t) in enumerate(columns) if t.lower() in ("datetime", "timestamp")]
-    select = [quote_ident(c) for c in names] + [f"{quote_ident(names[i])} IS NULL" for i in temporal]
-    sf.execute(f"SELECT {', '.join(select)} FROM {replica.sql}")
-    replica_rows = []
-    for row in sf.fetchall():
-        values = list(row[: len(names)])
-        for i, is_null in zip(temporal, row[len(names):]):
-            if is_null:
-                values[i] = None
-        replica_rows.append(values)
+    sf.execute(f"SELECT {', '.join(quote_ident(c) for c in names)} FROM {replica.sql}")
+    replica_rows = [list(row) for row in sf.fetchall()]
 
     return _diff(f"{db}.{table}", replica.label, columns, key, source_rows, replica_rows)
 
