@@ -37,6 +37,7 @@ empty = all). It is not part of `build_defs`; add it to the `jobs` there to offe
 """
 
 import contextlib
+import datetime as dt
 import gzip
 import logging
 import os
@@ -58,9 +59,9 @@ from tidb_pipeline.defs.tables import table_names
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.changefeed import RUNNING_STATES, table_rule
-from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident, stage_folder
+from tidb_pipeline.replication.ddl import Statement, TableRef, create_unconverted_sql, quote_ident, stage_folder
 from tidb_pipeline.replication.landing import compile_record_encoder, create_load_table_sql
-from tidb_pipeline.replication.merge import json_to_sql
+from tidb_pipeline.replication.merge import json_to_sql, record_unconverted_from_load_sql, unconverted_table
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError, TiCDCResource
@@ -253,7 +254,12 @@ def load_table(
     _execute(cursor, f"CREATE STAGE IF NOT EXISTS {stage}")
     _execute(cursor, create_load_table_sql(load))
     _execute(cursor, f"DELETE FROM {replica.sql}")
+    # Values Snowflake cannot hold (e.g. zero dates) become NULL, recorded as the merge records them.
+    unconverted = unconverted_table(control)
+    _execute(cursor, create_unconverted_sql(unconverted))
+    _execute(cursor, Statement(f'DELETE FROM {unconverted.sql} WHERE "REPLICA_TABLE" = %s', (replica.label,)))
     insert = insert_from_load_sql(replica, load, columns)
+    record = record_unconverted_from_load_sql(unconverted, replica, load, columns, dt.datetime.now(dt.timezone.utc))
     batch, folder_name = uuid.uuid4().hex, stage_folder(replica.name)
     rows = chunks = 0
     with tempfile.TemporaryDirectory(prefix="backfill-") as folder:
@@ -269,6 +275,7 @@ def load_table(
                 Statement(f"DELETE FROM {load.sql}"),
                 Statement(f"COPY INTO {load.sql} FROM {stage_path} FILE_FORMAT = (TYPE = JSON) FORCE = TRUE"),
                 insert,
+                *([record] if record else []),
                 Statement(f"DELETE FROM {load.sql}"),
             ):
                 _execute(cursor, stmt)

@@ -401,6 +401,27 @@ def unconverted_statements(
     return out
 
 
+def record_unconverted_from_load_sql(
+    unconverted: TableRef, replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn], now: dt.datetime,
+) -> Statement | None:
+    """The backfill's records of values that did not convert, from its load table (one VARIANT `V` per row).
+
+    The same flags as the merge's, over the same conversions (`json_to_sql`); a backfilled row has no landing
+    partition/offset (NULL). None when no column can fail to convert.
+    """
+    checked = [c for c in columns if not c.is_key and may_not_convert(c)]
+    if not checked:
+        return None
+    keys = [c for c in columns if c.is_key]
+    key_text = key_text_sql(keys, 'l."V"')
+    cols = [f"{key_text.sql} AS {_K}", f"NULL AS {_P}", f"NULL AS {_O}"]
+    for i, c in enumerate(checked):
+        value = f'l."V":{quote_ident(c.name)}'
+        cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
+    source = f"(SELECT {', '.join(cols)} FROM {load.sql} l) s"
+    return _record_unconverted_sql(unconverted, replica.label, checked, source, key_text.params, "s.", now)
+
+
 def _record_unconverted_sql(
     table: TableRef, replica_label: str, checked: Sequence[ReplicaColumn], source: str, source_params: tuple[Any, ...],
     prefix: str, now: dt.datetime, *, where: str = "TRUE",

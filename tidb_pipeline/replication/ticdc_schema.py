@@ -23,7 +23,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -482,6 +482,10 @@ def format_datetime(value: dt.datetime, fsp: int) -> str:
 
 
 
+# TiDB's DECIMAL holds up to 65 digits; Python's default context (28 digits) cannot quantize those.
+_DECIMAL_CONTEXT = Context(prec=65 + 30)
+
+
 def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     """The Avro datum TiCDC writes for `value`, a column value as PyMySQL returns it from TiDB.
 
@@ -506,7 +510,7 @@ def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     if tt == "DECIMAL":
         d = value if isinstance(value, Decimal) else Decimal(str(value))
         if col.scale is not None:
-            d = d.quantize(Decimal(1).scaleb(-col.scale))
+            d = d.quantize(Decimal(1).scaleb(-col.scale), context=_DECIMAL_CONTEXT)
         return d if cfg.decimal_handling_mode == DECIMAL_PRECISE else format(d, "f")
     if tt == "BIT":
         return bit_bytes(int.from_bytes(value, "big") if isinstance(value, (bytes, bytearray)) else int(value))
