@@ -103,6 +103,7 @@ def subject_names(topic: str) -> tuple[str, str]:
 # --- values ----------------------------------------------------------------------------------------------------
 
 EMPTY_SET = "empty set"  # mysql-replication's NONE_SOURCE for a SET holding no members
+_EPOCH = dt.datetime(1970, 1, 1)
 _ZERO_DATE_SOURCES = {"out of date range", "out of datetime range", "out of datetime2 range"}
 
 
@@ -185,6 +186,10 @@ def internal_value(col: Column, value: Any, *, none_source: str | None = None, t
     if tt == "TIMESTAMP":
         if isinstance(value, str):
             return value
+        if value == _EPOCH:
+            # The zero TIMESTAMP is stored as 0 seconds (the type starts at 1970-01-01 00:00:01 UTC), and
+            # mysql-replication reads it as the epoch; TiDB prints it, and TiCDC sends it, as the zero datetime.
+            return "0000-00-00 00:00:00" + _frac(0, col.scale or 0)
         # mysql-replication gives naive UTC; TiCDC renders TIMESTAMP in the changefeed's zone.
         local = value.replace(tzinfo=dt.timezone.utc).astimezone(zone(tz))
         return format_datetime(local.replace(tzinfo=None), col.scale or 0)
