@@ -58,6 +58,30 @@ def _closing_paren(sql: str, open_at: int) -> int | None:
     return None
 
 
+def _in_quotes(sql: str) -> list[bool]:
+    """Per character of `sql`: True inside a string literal or a quoted identifier."""
+    inside, quote, i, n = [False] * len(sql), "", 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if quote:
+            inside[i] = True
+            if quote == "'" and ch == "\\":
+                if i + 1 < n:
+                    inside[i + 1] = True
+                i += 2
+                continue
+            if ch == quote:
+                if i + 1 < n and sql[i + 1] == quote:
+                    inside[i + 1] = True
+                    i += 2
+                    continue
+                quote = ""
+        elif ch in "'\"":
+            quote, inside[i] = ch, True
+        i += 1
+    return inside
+
+
 _STRIP_NULL_VALUE = re.compile(r"\bSTRIP_NULL_VALUE\(", re.IGNORECASE)
 _TO_VARCHAR = re.compile(r"\s*::\s*VARCHAR\b", re.IGNORECASE)
 
@@ -69,9 +93,9 @@ def strip_null_value_as_varchar(sql: str, _session: LabSession) -> str:
     where Snowflake gives the string itself; its cast of a path (`e::VARCHAR`) is right. Same meaning: JSON null
     -> NULL, a string -> its text. `e` is a path in every statement the pipeline sends.
     """
-    out, pos = [], 0
+    out, pos, quoted = [], 0, _in_quotes(sql)
     for m in _STRIP_NULL_VALUE.finditer(sql):
-        if m.start() < pos:
+        if m.start() < pos or quoted[m.start()]:
             continue
         close = _closing_paren(sql, m.end() - 1)
         if close is None:
@@ -97,9 +121,9 @@ def try_parse_json_as_try_cast(sql: str, _session: LabSession) -> str:
     DuckDB evaluates that CAST for every row: invalid JSON fails the statement instead of giving NULL. Same
     meaning: invalid text -> NULL, `null` -> a JSON null, anything else -> the parsed value.
     """
-    out, pos = [], 0
+    out, pos, quoted = [], 0, _in_quotes(sql)
     for m in _TRY_PARSE_JSON.finditer(sql):
-        if m.start() < pos:
+        if m.start() < pos or quoted[m.start()]:
             continue
         close = _closing_paren(sql, m.end() - 1)
         if close is None:
@@ -144,9 +168,9 @@ def try_temporal_as_try_strptime(sql: str, _session: LabSession) -> str:
     which overflow after 2262. Same meaning for the formats TiCDC writes: text in the format -> the value,
     anything else -> NULL.
     """
-    out, pos = [], 0
+    out, pos, quoted = [], 0, _in_quotes(sql)
     for m in _TRY_TEMPORAL.finditer(sql):
-        if m.start() < pos:
+        if m.start() < pos or quoted[m.start()]:
             continue
         close = _closing_paren(sql, m.end() - 1)
         if close is None:
