@@ -4,7 +4,8 @@
   holds JSON `null`, which must never become an epoch or the text 'null').
 - TiDB zero dates (`0000-00-00`, `0000-00-00 00:00:00`), written with a permissive `sql_mode`: the merge does
   not fail; the documented mapping holds (NULL in the replica, counted in the merge's metadata, each one named
-  with its column and key by the `no_unconverted_values` check, which passes again once the rows change).
+  with its column and key by the `no_unconverted_values` check, which passes again once the rows change; the
+  chunked checksums compare by the same mapping).
 - The same table backfilled from a snapshot: DECIMAL(65,30) values of 65 digits (a VARCHAR of the exact digits
   in Snowflake, whose NUMBER stops at 38), NULLs and zero dates by the same mapping.
 """
@@ -120,6 +121,9 @@ def test_nulls_and_zero_dates_through_the_changefeed(pipeline: dict[str, Any], l
                     f'FROM {names.replica.sql} WHERE "id" = %s', (ZERO_ID,))
         assert cur.fetchall() == [(True, True, True, "zero dates")]
 
+    # The chunked checksums follow the same mapping (a zero date is NULL on the TiDB side too).
+    content = _run_check(defs, dg.AssetCheckKey(keys.replica, "content_matches_source"))
+    assert content.passed, _md(content)
     check = _run_check(defs, dg.AssetCheckKey(keys.replica, CHECK))
     assert (check.passed, check.severity) == (False, dg.AssetCheckSeverity.ERROR)
     values = _md(check)["values"]
