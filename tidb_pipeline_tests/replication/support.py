@@ -64,8 +64,11 @@ def avro_round_trip(schema: dict, value: dict) -> dict:
 
 @contextmanager
 def fake_snowflake() -> Iterator[Any]:
-    """An in-process fakesnow connection (database DB, schema S) that lives for the `with` block."""
-    snowflake_adapter.install()  # the lab's rewrites of Snowflake SQL fakesnow cannot run, as in the lab server
+    """An in-process fakesnow connection (database DB, schema S) that lives for the `with` block.
+
+    With the lab's adapter installed, as in the lab's server: the pipeline sends Snowflake's SQL only.
+    """
+    snowflake_adapter.install()
     with fakesnow.patch():
         conn = snowflake.connector.connect(database="DB", schema="S")
         try:

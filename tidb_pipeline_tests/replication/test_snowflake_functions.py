@@ -1,7 +1,7 @@
 """Every statement the pipeline sends to Snowflake uses only Snowflake's documented functions.
 
 Renders the statements of every builder (merge and its statistics, pending ranges, watermarks, unconverted
-values, landing DDL and loads, cleanup, checksums and checks, backfill, replica DDL) for the type-coverage
+values, landing DDL and loads, cleanup, checksums and checks, backfill, replica DDL, session pins) for the type-coverage
 table and the TPC-C tables, parses each with sqlglot's Snowflake dialect, and fails on any function outside
 `snowflake_functions.SNOWFLAKE_FUNCTIONS` (each with the page that documents it). Function names are read from
 the tokens as written, not from sqlglot's tree: sqlglot reads `LOG10(x)`, which Snowflake lacks, as `LOG(10, x)`.
@@ -19,12 +19,13 @@ import sqlglot
 from sqlglot.parser import Parser
 from sqlglot.tokens import TokenType
 
+from tidb_pipeline.config import SnowflakeSessionConfig
 from tidb_pipeline.defs.backfill import insert_from_load_sql
 from tidb_pipeline.defs.checks import continuity_sql, unconverted_values_sql
-from tidb_pipeline.defs.replica import use_schema_sql
 from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef
+from tidb_pipeline.resources.warehouse import alter_session_sql
 from tidb_pipeline.workload import types_table
 from tidb_pipeline.workload.schema import CDC_KEYS, DDL
 from tidb_pipeline_tests.replication.snowflake_functions import SNOWFLAKE_FUNCTIONS, doc_url
@@ -91,7 +92,7 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "watermark DDL", Statement(ddl.create_watermark_sql(WATERMARKS))
     yield "unconverted DDL", Statement(ddl.create_unconverted_sql(merge.unconverted_table(WATERMARKS)))
     yield "dead-letter DDL", Statement(ddl.create_dead_letter_sql(TableRef("PIPELINE", "DEAD_LETTERS", DB)))
-    yield "use schema", Statement(use_schema_sql(REPLICA))
+    yield "session pins", Statement(alter_session_sql(SnowflakeSessionConfig().parameters()))
     yield "table columns", ddl.table_columns_sql(REPLICA)
     load = TableRef("PIPELINE", "LOAD_L", DB)
     stage = '@"TIDB_REPLICA"."PIPELINE"."LANDING_STAGE"/t/1/'
@@ -104,11 +105,9 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "lock row", landing.ensure_lock_row_sql(locks, LANDING)
     yield "take lock", landing.take_load_lock_sql(locks, LANDING, NOW)
     yield "landed offsets", landing.landed_offsets_sql(LANDING, TableRef("PIPELINE", "DEAD_LETTERS", DB), "t")
-    for s in landing.create_private_tables_sql('"ROWS"', '"FILE"'):
-        yield "private tables", Statement(s)
-    for file_table in (None, '"FILE"'):
-        for s in landing.stage_file_statements('"ROWS"', "@stage/t/f.parquet", file_table):
-            yield "stage file", s
+    yield "load rows table", Statement(landing.create_load_rows_sql('"ROWS"'))
+    for s in landing.stage_file_statements('"ROWS"', "@stage/t/f.parquet"):
+        yield "stage file", s
     for s in landing.land_rows_statements(LANDING, '"ROWS"', {0: 5}):
         yield "land rows", s
     yield "dead letters", landing.dead_letter_insert_sql(
