@@ -235,9 +235,9 @@ def exponent_sql(dialect: Dialect, a: str) -> str:
 
     A logarithm can land just below an exact power of ten (LOG(10, 1000) = 2.9999999999999996 on some engines)
     or just above one, and engines' logarithms differ; FLOOR of it is corrected by comparing `a` with the powers
-    themselves, so the result depends only on POWER(10, k), which both sides compute alike (libm's pow on
-    MariaDB and fakesnow; measured for 1e-30..1e30, their neighbours and the extreme doubles), not on where the
-    logarithm landed. 10^309 is out of range (an error in MySQL), so the upper power stops at 10^308: no double
+    themselves, so the result depends only on POWER(10, k), which both sides compute alike (libm's pow in the
+    lab's engines; measured for 1e-30..1e30, their neighbours and the extreme doubles, test_checksum), not on
+    where the logarithm landed. 10^309 is out of range (an error in MySQL), so the upper power stops at 10^308: no double
     reaches 10^309. Where two engines' POWER differ (10^23 is a rounding tie), a value at that power may differ
     by one exponent: a differing chunk, never a false pass.
     """
