@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "tidb_pipeline.yaml"
 
 _TOPIC_ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
+_KAFKA_TOPIC_MAX = 249
 _CONNECTOR_TABLE_OK = re.compile(r"^[_a-zA-Z][_$a-zA-Z0-9]+$")
 # Five-field cron, the only form Dagster schedules accept.
 _CRON = re.compile(r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$")
@@ -188,20 +189,15 @@ class PipelineConfig(_Model):
 
     # --- derived names, one place for every module -------------------------------------------
     def topic(self, t: TableConfig) -> str:
-        name = self.source.topic_pattern.replace("{schema}", t.db).replace("{table}", t.table)
-        return _TOPIC_ILLEGAL.sub("_", name)
+        """The topic TiCDC writes the table to (names sanitised for Kafka, as TiCDC does)."""
+        return topic_name(self.source.topic_pattern, t.db, t.table)
 
     def landing_mode_of(self, t: TableConfig) -> str:
         return t.landing_mode or self.landing_mode
 
     def landing_table(self, t: TableConfig) -> str:
-        """The connector's auto-created name: the topic upper-cased (spec/confluent.md)."""
-        if t.landing_table:
-            return t.landing_table
-        topic = self.topic(t)
-        if _CONNECTOR_TABLE_OK.match(topic):
-            return topic.upper()
-        return connector_table_name(topic)
+        """The connector's auto-created name for the table's topic (spec/confluent.md), unless overridden."""
+        return t.landing_table or connector_table_name(self.topic(t))
 
     def replica_table(self, t: TableConfig) -> str:
         return t.replica_table or t.table.upper()
@@ -214,21 +210,51 @@ class PipelineConfig(_Model):
         return {g: tuple(ts) for g, ts in out.items()}
 
 
+def topic_name(pattern: str, schema: str, table: str) -> str:
+    """TiCDC's topic for `schema.table` (tiflow `topic.Expression.Substitute`).
+
+    Characters outside `[A-Za-z0-9._-]` in the names become `_` (one per character: `数据` -> `__`), the
+    result is cut at Kafka's 249 characters, and `.` / `..` (invalid topics) become `_` / `__`.
+    """
+    name = pattern.replace("{schema}", _TOPIC_ILLEGAL.sub("_", schema)).replace(
+        "{table}", _TOPIC_ILLEGAL.sub("_", table))
+    if len(name) > _KAFKA_TOPIC_MAX:
+        return name[:_KAFKA_TOPIC_MAX]
+    return {".": "_", "..": "__"}.get(name, name)
+
+
 def connector_table_name(topic: str) -> str:
-    """Snowflake Sink's name for a topic that is not a valid identifier: `_` for illegal chars + `_<hashCode>`."""
-    cleaned = re.sub(r"[^_$a-zA-Z0-9]", "_", topic)
-    if not re.match(r"[_a-zA-Z]", cleaned[:1]):
-        cleaned = "_" + cleaned
-    return f"{cleaned}_{_java_hash(topic)}".upper()
+    """The table the Snowflake Sink creates for `topic` without a topic2table entry (its `Utils` naming rule).
+
+    A topic matching `^[_a-zA-Z][_$a-zA-Z0-9]+$` is used as is, which Snowflake upper-cases (connector 3.x
+    uses it unquoted; 4.x upper-cases it itself). Any other: `.*` removed, a `_` in front unless it starts
+    with `[_a-zA-Z]`, every UTF-16 code unit outside `[_$a-zA-Z0-9]` replaced by `_`, then `_` and Java's
+    `Math.abs(topic.hashCode())` of the original topic appended, upper-cased the same way.
+    """
+    if _CONNECTOR_TABLE_OK.fullmatch(topic):
+        return topic.upper()
+    suffix = _java_abs(_java_hash(topic))
+    units: list[str] = []
+    for ch in topic.replace(".*", ""):
+        # Java walks UTF-16 code units: a character beyond the BMP is two, each replaced.
+        units += [ch] if ord(ch) < 0x10000 else ["\0", "\0"]
+    out = [] if units and re.fullmatch(r"[_a-zA-Z]", units[0]) else ["_"]
+    out += [u if re.fullmatch(r"[_$a-zA-Z0-9]", u) else "_" for u in units]
+    return f"{''.join(out)}_{suffix}".upper()
 
 
 def _java_hash(s: str) -> int:
-    units = s.encode("utf-16-be")
+    """Java's `String.hashCode()`: a signed 32-bit int over UTF-16 code units."""
+    units = s.encode("utf-16-be", "surrogatepass")
     h = 0
-    for i in range(0, len(units), 2):  # Java hashes UTF-16 code units, not code points
+    for i in range(0, len(units), 2):
         h = (31 * h + int.from_bytes(units[i : i + 2], "big")) & 0xFFFFFFFF
-    # Java's String.hashCode is a signed int; the connector prints its absolute value.
-    return abs(h - (1 << 32) if h >= 1 << 31 else h)
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def _java_abs(n: int) -> int:
+    # Java's Math.abs on an int: Integer.MIN_VALUE has no positive counterpart and stays negative.
+    return n if n == -(1 << 31) else abs(n)
 
 
 def _format_error(path: Path, exc: ValidationError) -> str:

@@ -48,11 +48,20 @@ def test_derived_names() -> None:
 
 
 def test_java_hash_matches_java() -> None:
-    # "hello".hashCode() == 99162322 in Java; "polygenelubricants".hashCode() == Integer.MIN_VALUE.
-    from tidb_pipeline.config import _java_hash
+    # Values printed by Java 17 (`s.hashCode()`, `Math.abs(s.hashCode())`).
+    from tidb_pipeline.config import _java_abs, _java_hash
 
     assert _java_hash("hello") == 99162322
-    assert _java_hash("polygenelubricants") == 2**31
+    assert [(_java_hash(s), _java_abs(_java_hash(s))) for s in ("bc*def", "\U0001F600x", "polygenelubricants")] == [
+        (-1396531364, 1396531364), (54959989, 54959989), (-(2**31), -(2**31))]  # MIN_VALUE stays negative
+
+
+def test_connector_table_names_follow_the_snowflake_sinks_rule() -> None:
+    # The connector's own test cases (UtilsTest.testTableName: "bc*def", "12345", "bird.*"), then the first
+    # character rule (a `_` in front, the character itself still replaced) and UTF-16 units (an emoji is two).
+    assert [connector_table_name(t) for t in ("bc*def", "12345", "bird.*", "-ab", "\U0001F600x")] == [
+        "BC_DEF_1396531364", "_12345_46792755", "BIRD_1388847051", "__AB_46350", "___X_54959989"]
+    assert connector_table_name("tidb_Hostile_DB_Order") == "TIDB_HOSTILE_DB_ORDER"
 
 
 def test_discover_output_round_trips(tmp_path: Path) -> None:

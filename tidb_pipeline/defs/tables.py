@@ -35,6 +35,7 @@ from tidb_pipeline.defs.replica import merge_replica, use_schema_sql
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.tidb import TiDBResource
 
 WATERMARK_TABLE = "MERGE_WATERMARKS"
 # Tables of one group landed and merged at once in a run (threads; one warehouse connection each). 1 runs
@@ -185,11 +186,13 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: Sno
     }
 
 
-def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, log: Any) -> dict[str, Any]:
+def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, log: Any,
+           source_columns: Callable[[], Sequence[str]]) -> dict[str, Any]:
     with snowflake.get_connection() as conn:  # merge_replica makes the database current itself
         outcome = merge_replica(
             connection=conn, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
+            source_columns=source_columns,
         )
     if outcome is None:
         return {"rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0,
@@ -260,6 +263,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
         kafka: KafkaResource,
         schema_registry: SchemaRegistryResource,
         snowflake: SnowflakeResource,
+        tidb: TiDBResource,
     ):  # noqa: ANN202 - a generator of MaterializeResults
         selected = context.selected_asset_keys
         work = [(t, table_keys(config, t)) for t in tables]
@@ -282,7 +286,9 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
                 merge=k.replica in selected,
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, snowflake, log),
-                merge_fn=lambda n, log: _merge(n, replica_registry, snowflake, log),
+                # TiDB's column names, read only when the replica lacks a field (defs/replica.py).
+                merge_fn=lambda n, log: _merge(n, replica_registry, snowflake, log,
+                                               lambda: [c.name for c in tidb.columns(t.db, t.table)]),
             )
 
         if PARALLEL_TABLES <= 1 or len(work) <= 1:

@@ -165,7 +165,8 @@ def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     r = _ranges_table(ranges)
     keys = plan.keys
     key_json = 'l."RECORD_METADATA":"key":'
-    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.name))} AS {quote_ident(k.name)}" for k in keys)
+    # JSON paths use the Avro field name TiCDC wrote; the typed columns take the replica's (TiDB's) name.
+    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.field))} AS {quote_ident(k.name)}" for k in keys)
     partition_by = ", ".join(quote_ident(k.name) for k in keys)
     sql = (
         f"SELECT * FROM (\n"
@@ -182,9 +183,9 @@ def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
 def source_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     """The MERGE source: one typed row per key plus a delete flag; every cast is done here."""
     batch = _batch_sql(plan, ranges)
-    first_key = quote_ident(plan.keys[0].name)
+    first_key = quote_ident(plan.keys[0].field)
     cols = [f"x.{quote_ident(k.name)}" for k in plan.keys]
-    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.name)}')} AS {quote_ident(c.name)}" for c in plan.values]
+    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.field)}')} AS {quote_ident(c.name)}" for c in plan.values]
     # A value record always carries its NOT NULL key columns; `{}` (tombstone) and NULL content do not.
     # Testing the key field avoids comparing VARIANT objects, which engines treat differently.
     cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL) AS {_DEL}")

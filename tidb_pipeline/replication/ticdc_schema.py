@@ -103,6 +103,15 @@ class TableIneligibleError(ValueError):
     """A table has neither a primary key nor a NOT NULL unique index (TiCDC: CDC:ErrTableIneligible)."""
 
 
+class FieldNameCollisionError(ValueError):
+    """Two columns of a table sanitise to one Avro field name: TiCDC cannot encode the table with Avro.
+
+    tiflow's `SanitizeName` adds no suffix to tell them apart, and goavro refuses a record whose fields
+    repeat a name ("ought to have unique name"), so TiCDC fails on the table's first row
+    (CDC:ErrAvroSchemaAPIError) instead of writing it.
+    """
+
+
 @dataclass(frozen=True)
 class Column:
     """One column as information_schema.COLUMNS describes it, reduced to what the codec needs."""
@@ -403,7 +412,22 @@ _EXTENSION_FIELDS = [
 ]
 
 
+def check_field_names(info: TableInfo) -> None:
+    """Raise FieldNameCollisionError when two columns of `info` become the same Avro field name."""
+    seen: dict[str, str] = {}
+    for col in info.columns:
+        name = sanitize_name(col.name)
+        if name in seen:
+            raise FieldNameCollisionError(
+                f"TiCDC cannot encode {info.schema}.{info.table} with Avro: columns {seen[name]!r} and "
+                f"{col.name!r} both become field {name!r} (Avro names allow only [A-Za-z0-9_]; goavro: "
+                "field ought to have unique name); rename one of them"
+            )
+        seen[name] = col.name
+
+
 def _record(info: TableInfo, fields: list[dict[str, Any]], cfg: CodecConfig) -> dict[str, Any]:
+    check_field_names(info)
     return {
         "type": "record",
         "name": sanitize_name(info.table),

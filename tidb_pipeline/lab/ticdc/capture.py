@@ -803,7 +803,10 @@ class Capture:
     def _codec(self, info: codec.TableInfo) -> codec.TableCodec:
         tc = self._codecs.get(id(info))
         if tc is None or tc.info is not info:
-            tc = self._codecs[id(info)] = codec.TableCodec(info, self.sink.codec)
+            try:
+                tc = self._codecs[id(info)] = codec.TableCodec(info, self.sink.codec)
+            except codec.FieldNameCollisionError as exc:  # TiCDC: goavro refuses the schema
+                raise CaptureError("CDC:ErrAvroSchemaAPIError", str(exc)) from None
         return tc
 
     def _route(self, info: codec.TableInfo) -> tuple[str, str]:
