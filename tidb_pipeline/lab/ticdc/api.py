@@ -16,8 +16,9 @@ Shapes, error codes and check order follow tiflow's `cdc/api/v2/changefeed.go`, 
 The lab is deliberately stricter than TiCDC where looseness would break the one-table-per-topic Avro
 contract (spec/ticdc-avro.md): the sink must be `kafka://` with `protocol=avro`, every dispatcher topic
 must contain `{schema}` and `{table}`, and every replicated table must be routed by such a dispatcher.
-Table filters support TiDB's wildcard rules (`db.*`, `!db.t?`, `[a-z]`; the last matching rule decides),
-not quoted names or `/regex/` rules. The namespace is always `default`.
+Table filters and dispatcher matchers follow TiDB's table-filter syntax (`table_filter.py`: wildcards, `!`,
+backslash escapes, quoted names, `/regexp/`; the last matching rule decides), case-insensitive unless
+`case_sensitive` is set, as in TiCDC. The namespace is always `default`.
 
 `TiCDCApi.handle` is plain request -> response; the HTTP server is in `server.py`.
 """
@@ -33,13 +34,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, unquote, urlsplit, urlunsplit
 
 from tidb_pipeline.lab.ticdc import capture
 from tidb_pipeline.lab.ticdc.codec import ms_from_tso, tso_from_ms
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
+from tidb_pipeline.lab.ticdc.table_filter import FilterSyntaxError, TableFilter
 from tidb_pipeline.replication.changefeed import MASK, mask_netloc
 
 VERSION = "v8.5.0"
@@ -144,54 +145,12 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, mask_netloc(parts.netloc), parts.path, parts.query, parts.fragment))
 
 
-@dataclass(frozen=True)
-class FilterRule:
-    negated: bool
-    schema: str
-    table: str
-
-
-def parse_filter_rules(rules: Sequence[Any]) -> list[FilterRule]:
-    """TiDB table-filter wildcard rules (`db.tbl`, `!db.tbl`, `*`, `?`, `[...]`)."""
-    parsed = []
-    for rule in rules:
-        if not isinstance(rule, str):
-            raise ApiError("CDC:ErrFilterRuleInvalid", f"filter rule is invalid {rule!r}: rules are strings")
-        text = rule.strip()
-        negated = text.startswith("!")
-        body = text[1:] if negated else text
-        dot = _unbracketed_dot(body)
-        if not body or body.startswith("/") or any(c in body for c in "`\"'\\") or dot < 0:
-            raise ApiError(
-                "CDC:ErrFilterRuleInvalid",
-                f"filter rule is invalid {rule!r}: the lab change feed supports wildcard rules `schema.table` "
-                "with *, ? and [...], optionally negated with !",
-            )
-        parsed.append(FilterRule(negated, body[:dot], body[dot + 1 :]))
-    return parsed
-
-
-def _unbracketed_dot(text: str) -> int:
-    depth = 0
-    for i, c in enumerate(text):
-        if c == "[":
-            depth += 1
-        elif c == "]":
-            depth = max(0, depth - 1)
-        elif c == "." and depth == 0:
-            return i
-    return -1
-
-
-def filter_matches(rules: Sequence[FilterRule], schema: str, table: str, *, case_sensitive: bool) -> bool:
-    """True if the last rule matching `schema.table` is a positive one (TiDB table-filter semantics)."""
-    if not case_sensitive:
-        schema, table = schema.lower(), table.lower()
-    for rule in reversed(rules):
-        s, t = (rule.schema, rule.table) if case_sensitive else (rule.schema.lower(), rule.table.lower())
-        if fnmatchcase(schema, s) and fnmatchcase(table, t):
-            return not rule.negated
-    return False
+def parse_filter_rules(rules: Sequence[Any], *, case_sensitive: bool) -> TableFilter:
+    """TiDB table-filter rules (`table_filter`: wildcards, `!`, `\\` escapes, quoted names, `/regexp/`)."""
+    try:
+        return TableFilter(rules, case_sensitive=case_sensitive)
+    except FilterSyntaxError as exc:
+        raise ApiError("CDC:ErrFilterRuleInvalid", f"filter rule is invalid {list(rules)!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -200,20 +159,18 @@ class SinkPlan:
 
     default_topic: str
     registry_url: str
-    filter_rules: tuple[FilterRule, ...]
-    dispatchers: tuple[tuple[tuple[FilterRule, ...], str], ...]  # (matcher, topic expression)
+    filter_rules: TableFilter
+    dispatchers: tuple[tuple[TableFilter, str], ...]  # (matcher, topic expression)
     case_sensitive: bool
     ignore_ineligible: bool
 
     def replicates(self, schema: str, table: str) -> bool:
-        return schema.lower() not in SYSTEM_SCHEMAS and filter_matches(
-            self.filter_rules, schema, table, case_sensitive=self.case_sensitive
-        )
+        return schema.lower() not in SYSTEM_SCHEMAS and self.filter_rules.matches(schema, table)
 
     def topic_rule(self, schema: str, table: str) -> str:
         """The topic expression of the first dispatcher matching the table ("" = the static default topic)."""
         for matcher, topic in self.dispatchers:
-            if filter_matches(matcher, schema, table, case_sensitive=self.case_sensitive):
+            if matcher.matches(schema, table):
                 return topic
         return ""
 
@@ -268,6 +225,7 @@ def plan_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkPlan:
             "registry; set replica_config.sink.schema_registry",
         )
 
+    case_sensitive = bool(replica_config.get("case_sensitive", False))
     filt = _object(replica_config.get("filter"), "replica_config.filter")
     # An absent or empty list means every table, as capture reads it.
     rules = filt.get("rules") or ["*.*"]
@@ -290,13 +248,13 @@ def plan_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkPlan:
                 "CDC:ErrKafkaTopicExprInvalid",
                 f"invalid topic expression: {topic_rule} topic rule for Avro must contain {{schema}} and {{table}}",
             )
-        routes.append((tuple(parse_filter_rules(matcher)), topic_rule))
+        routes.append((parse_filter_rules(matcher, case_sensitive=case_sensitive), topic_rule))
     return SinkPlan(
         default_topic=topic,
         registry_url=registry,
-        filter_rules=tuple(parse_filter_rules(rules)),
+        filter_rules=parse_filter_rules(rules, case_sensitive=case_sensitive),
         dispatchers=tuple(routes),
-        case_sensitive=bool(replica_config.get("case_sensitive", False)),
+        case_sensitive=case_sensitive,
         ignore_ineligible=bool(replica_config.get("ignore_ineligible_table", False)),
     )
 
