@@ -82,6 +82,14 @@ class ScheduleConfig(_Model):
         return value.strip()
 
 
+def _dagster_name(group: str) -> str:
+    # A group names Dagster jobs, schedules and asset groups (`merge_<group>`), which allow only these.
+    if not re.fullmatch(r"[A-Za-z0-9_]+", group):
+        raise ValueError(f"group {group!r} may hold only letters, digits and '_' (it names the Dagster job "
+                         f"merge_<group>); use e.g. {re.sub(r'[^A-Za-z0-9_]', '_', group) or 'default'!r}")
+    return group
+
+
 class TableConfig(_Model):
     """One replicated TiDB table."""
 
@@ -94,6 +102,11 @@ class TableConfig(_Model):
     landing_mode: Literal["builtin", "connector"] | None = None
     landing_table: str | None = None
     replica_table: str | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        return _dagster_name(value)
 
 
 _CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -172,6 +185,13 @@ class PipelineConfig(_Model):
     # requested. Dagster's sensor daemon evaluates sensors at most every 5 s, so lower values buy nothing.
     sensor_interval_seconds: int = Field(default=15, ge=5, le=3600)
     tables: tuple[TableConfig, ...] = ()
+
+    @field_validator("merge_schedules")
+    @classmethod
+    def _schedule_groups(cls, value: dict[str, ScheduleConfig]) -> dict[str, ScheduleConfig]:
+        for group in value:
+            _dagster_name(group)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

@@ -82,3 +82,12 @@ def test_sensor_interval_is_configurable_with_a_floor() -> None:
     # Dagster's sensor daemon does not evaluate a sensor more often than every 5 s.
     with pytest.raises(ConfigError, match="sensor_interval_seconds"):
         parse_config({"sensor_interval_seconds": 1})
+
+
+def test_a_group_must_be_a_dagster_name() -> None:
+    # A group names the job `merge_<group>`: a bad one fails at load naming the field, not inside Dagster.
+    with pytest.raises(ConfigError, match=r"tables\.0\.group: .*'my-group' may hold only letters.*'my_group'"):
+        parse_config({"tables": [{"db": "d", "table": "t", "group": "my-group"}],
+                      "merge_schedules": {"my-group": {"cron": "* * * * *"}}})
+    with pytest.raises(ConfigError, match=r"merge_schedules: .*'数据'"):
+        parse_config({"merge_schedules": {"数据": {"cron": "* * * * *"}}})

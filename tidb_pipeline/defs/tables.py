@@ -20,6 +20,7 @@ still materialize, and the step then fails naming every failed table.
 """
 
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -92,7 +93,7 @@ def table_names(config: PipelineConfig, t: TableConfig) -> TableNames:
 
 
 def group_name(t: TableConfig) -> str:
-    return re.sub(r"\W", "_", f"replication_{t.group}")
+    return f"replication_{t.group}"  # the config allows only [A-Za-z0-9_] in a group
 
 
 def _offsets_text(offsets: dict[int, int]) -> str:
@@ -311,7 +312,12 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
 
 
 def _asset_name(text: str) -> str:
-    return "land_and_merge_" + re.sub(r"\W", "_", text)
+    """A Dagster op name (ASCII letters, digits, `_`) for `text`; a short hash keeps apart names that differ
+    only in other characters (`a-b` / `a.b`, unicode)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text)
+    if name != text:
+        name += "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return "land_and_merge_" + name
 
 
 def _external_specs(*, config: PipelineConfig, table: TableConfig) -> list[dg.AssetSpec]:
