@@ -196,10 +196,23 @@ class PipelineConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
         seen: set[tuple[str, str]] = set()
+        # Names two tables must not share: TiCDC replaces characters outside [A-Za-z0-9._-] in topics (`数据`
+        # and `资料` are both `__`), and replica names drop the database.
+        owners: dict[tuple[str, str], int] = {}
         for i, t in enumerate(self.tables):
             if (t.db, t.table) in seen:
                 raise ValueError(f"tables.{i}: {t.db}.{t.table} is listed twice")
             seen.add((t.db, t.table))
+            for what, name, fix in (
+                ("topic", self.topic(t), "TiCDC would write both to it; change source.topic_pattern or replicate one"),
+                ("landing table", self.landing_table(t), "set landing_table on one of them"),
+                ("replica table", self.replica_table(t), "set replica_table on one of them"),
+            ):
+                j = owners.setdefault((what, name), i)
+                if j != i:
+                    other = self.tables[j]
+                    raise ValueError(f"tables.{i}: {t.db}.{t.table} and tables.{j} ({other.db}.{other.table}) both "
+                                     f"map to {what} {name!r}; {fix}")
             if t.group not in self.merge_schedules:
                 raise ValueError(
                     f"tables.{i}.group: {t.group!r} has no entry in merge_schedules "

@@ -91,3 +91,13 @@ def test_a_group_must_be_a_dagster_name() -> None:
                       "merge_schedules": {"my-group": {"cron": "* * * * *"}}})
     with pytest.raises(ConfigError, match=r"merge_schedules: .*'数据'"):
         parse_config({"merge_schedules": {"数据": {"cron": "* * * * *"}}})
+
+
+def test_tables_that_would_share_a_topic_or_replica_fail_at_load() -> None:
+    with pytest.raises(ConfigError, match=r"tables\.1: 资料\.t and tables\.0 \(数据\.t\) both map to topic 'tidb____t'"):
+        parse_config({"tables": [{"db": "数据", "table": "t"}, {"db": "资料", "table": "t"}]})
+    with pytest.raises(ConfigError, match=r"tables\.1: b\.orders .* replica table 'ORDERS'; set replica_table"):
+        parse_config({"tables": [{"db": "a", "table": "orders"}, {"db": "b", "table": "orders"}]})
+    config = parse_config({"tables": [{"db": "a", "table": "orders"},
+                                      {"db": "b", "table": "orders", "replica_table": "B_ORDERS"}]})
+    assert [config.replica_table(t) for t in config.tables] == ["ORDERS", "B_ORDERS"]

@@ -34,6 +34,7 @@ from tidb_pipeline.replication.ddl import (
     table_columns_sql,
 )
 from tidb_pipeline.replication.merge import MergeCounts, MergePlan, MergeRange, run_merge
+from tidb_pipeline.replication.ticdc_schema import subject_names
 
 _SUBJECT_NOT_FOUND = 40401
 
@@ -52,9 +53,10 @@ class MergeOutcome:
 
 def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
     """(key schema, value schema, value version) of the topic's latest subjects, or None before any data."""
+    key_subject, value_subject = subject_names(topic)  # TiCDC's: dots in the topic become `_`
     try:
-        key = registry.get_latest_version(f"{topic}-key")
-        value = registry.get_latest_version(f"{topic}-value")
+        key = registry.get_latest_version(key_subject)
+        value = registry.get_latest_version(value_subject)
     except SchemaRegistryError as exc:
         if exc.error_code == _SUBJECT_NOT_FOUND:
             return None

@@ -60,6 +60,7 @@ from tidb_pipeline.replication.ticdc_schema import (  # noqa: F401 - re-exported
     parse_default,
     parse_members,
     sanitize_name,
+    subject_names,
     tso_from_ms,
     value_schema,
     zone,
@@ -83,12 +84,6 @@ def validate_topic_expression(expr: str) -> None:
             f"topic expression {expr!r} is invalid for Avro: it must contain {{schema}} and {{table}} "
             "and otherwise only [A-Za-z0-9._-] (CDC:ErrKafkaInvalidTopicExpression)"
         )
-
-
-def subject_names(topic: str) -> tuple[str, str]:
-    """TopicNameStrategy subjects (`<topic>-key`, `<topic>-value`) after TiCDC's dot escaping."""
-    t = topic.replace(".", "_")
-    return f"{t}-key", f"{t}-value"
 
 
 # --- values ----------------------------------------------------------------------------------------------------
