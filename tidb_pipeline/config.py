@@ -100,8 +100,27 @@ class TableConfig(_Model):
     # Tables in one group share a merge schedule.
     group: str = "default"
     landing_mode: Literal["builtin", "connector"] | None = None
+    # Overrides of the derived names (`PipelineConfig.landing_table` / `replica_table`).
     landing_table: str | None = None
     replica_table: str | None = None
+
+    @field_validator("landing_table")
+    @classmethod
+    def _landing_table(cls, value: str | None) -> str | None:
+        # The Snowflake Sink creates it unquoted, so Snowflake stores it upper-cased; the pipeline quotes it.
+        if value is not None and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+            raise ValueError(f"{value!r} must be an upper-case Snowflake identifier ([A-Z_][A-Z0-9_]*), the name "
+                             f"the connector's unquoted table gets; use e.g. {_plain_name(value)!r}")
+        return value
+
+    @field_validator("replica_table")
+    @classmethod
+    def _replica_table(cls, value: str | None) -> str | None:
+        # It is also the last part of the replica's asset key, which Dagster allows only [A-Za-z0-9_] in.
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"{value!r} may hold only letters, digits and '_' (it names the Dagster asset "
+                             f"snowflake/<schema>/<name> too); use e.g. {_plain_name(value)!r}")
+        return value
 
     @field_validator("group")
     @classmethod
@@ -233,7 +252,8 @@ class PipelineConfig(_Model):
         return t.landing_table or connector_table_name(self.topic(t))
 
     def replica_table(self, t: TableConfig) -> str:
-        return t.replica_table or t.table.upper()
+        """The replica's name (and its asset key's last part): see `replica_table_name`, unless overridden."""
+        return t.replica_table or replica_table_name(t.table)
 
     @cached_property
     def groups(self) -> dict[str, tuple[TableConfig, ...]]:
@@ -254,6 +274,24 @@ def topic_name(pattern: str, schema: str, table: str) -> str:
     if len(name) > _KAFKA_TOPIC_MAX:
         return name[:_KAFKA_TOPIC_MAX]
     return {".": "_", "..": "__"}.get(name, name)
+
+
+def replica_table_name(table: str) -> str:
+    """The default replica name of TiDB table `table`: upper-cased when it is a plain identifier
+    (`order_line` -> `ORDER_LINE`, `select` -> `SELECT`); otherwise named the way the Snowflake Sink names a
+    topic that is not one: every character outside `[A-Za-z0-9_]` as `_`, a `_` in front of a digit, then `_`
+    and the absolute Java hashCode of the name, upper-cased (`Order Items` -> `ORDER_ITEMS_1798703150`), so
+    names that differ only in those characters stay apart. Dagster asset keys (`snowflake/<schema>/<name>`)
+    allow nothing else; set `replica_table` for a friendlier name.
+    """
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+        return table.upper()
+    return f"{_plain_name(table)}_{abs(_java_hash(table))}"
+
+
+def _plain_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
+    return cleaned if re.match(r"[A-Z_]", cleaned) else "_" + cleaned
 
 
 def connector_table_name(topic: str) -> str:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tidb_pipeline.config import ConfigError, connector_table_name, dump_tables, load_config, parse_config
+from tidb_pipeline.config import ConfigError, TableConfig, connector_table_name, dump_tables, load_config, parse_config
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,18 @@ def test_tables_that_would_share_a_topic_or_replica_fail_at_load() -> None:
     config = parse_config({"tables": [{"db": "a", "table": "orders"},
                                       {"db": "b", "table": "orders", "replica_table": "B_ORDERS"}]})
     assert [config.replica_table(t) for t in config.tables] == ["ORDERS", "B_ORDERS"]
+
+
+def test_replica_names_are_plain_identifiers_and_overrides_are_checked() -> None:
+    config = parse_config({"tables": [{"db": "d", "table": t} for t in ("order_line", "select", "Order Items",
+                                                                        "表 名.v2", "1st", "MixedCase")]})
+    # A plain name is upper-cased; any other gets the Snowflake Sink's treatment (`_` + Java hashCode), since
+    # the name is also the replica asset key's last part, which Dagster allows only [A-Za-z0-9_] in.
+    assert [config.replica_table(t) for t in config.tables] == [
+        "ORDER_LINE", "SELECT", "ORDER_ITEMS_1798703150", "____V2_326813515", "_1ST_50770", "MIXEDCASE"]
+    with pytest.raises(ConfigError, match=r"tables\.0\.replica_table: .*'Order Items' may hold only .*'ORDER_ITEMS'"):
+        parse_config({"tables": [{"db": "d", "table": "t", "replica_table": "Order Items"}]})
+    with pytest.raises(ConfigError, match=r"tables\.0\.landing_table: .*'my_landing' must be an upper-case"):
+        parse_config({"tables": [{"db": "d", "table": "t", "landing_table": "my_landing"}]})
+    assert parse_config({"tables": [{"db": "d", "table": "Order Items", "replica_table": "OrderItems"}]}) \
+        .replica_table(TableConfig(db="d", table="Order Items", replica_table="OrderItems")) == "OrderItems"
