@@ -148,3 +148,17 @@ def test_schema_drift_compares_tidb_names_with_sanitised_fields() -> None:
     ]
     assert schema_differences(tidb + ["new col"], avro, tidb).problems == [
         "column 'new col' is in TiDB but no change record carries it yet"]
+
+
+def test_lab_change_feed_fails_such_a_table_as_ticdc_does() -> None:
+    from tidb_pipeline.lab.ticdc import capture
+    from tidb_pipeline.lab.ticdc.store import Changefeed
+
+    cf = Changefeed(id="c", sink_uri="kafka://k:9092/t?protocol=avro",
+                    replica_config={"sink": {"schema_registry": "http://r"}}, start_ts=1, state="normal",
+                    checkpoint_ts=1, binlog_file=None, binlog_pos=None, error=None, created_at=0.0)
+    info = ts.TableInfo("d", "t", (ts.Column("id", "int", False), ts.Column("a b", "int", True),
+                                   ts.Column("a-b", "int", True)), ("id",))
+    with pytest.raises(capture.CaptureError, match="'a b' and 'a-b' both become field 'a_b'") as err:
+        capture.Capture(cf, None, {})._codec(info)  # type: ignore[arg-type]
+    assert err.value.code == "CDC:ErrAvroSchemaAPIError"  # goavro's refusal, wrapped as TiCDC wraps it
