@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from tidb_pipeline.replication.ddl import (
 )
 from tidb_pipeline.replication.merge import MergeCounts, MergePlan, MergeRange, run_merge
 from tidb_pipeline.replication.ticdc_schema import subject_names
+from tidb_pipeline.resources.warehouse import DDL_MEMO, Warehouse
 
 _SUBJECT_NOT_FOUND = 40401
 
@@ -64,31 +64,17 @@ def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str
     return key.schema.schema_str, value.schema.schema_str, value.version
 
 
-def _execute(cursor: Any, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    cursor.execute(sql, params or None)
-    try:
-        return list(cursor.fetchall())
-    except Exception:  # noqa: BLE001 - statements without a result set
-        return []
-
-
-def use_schema_sql(table: TableRef) -> str:
-    """`USE SCHEMA` of `table`'s schema (with its database when it names one), quoted."""
+def ensure_schema(warehouse: Warehouse, table: TableRef) -> None:
+    """Create `table`'s database (when it names one) and schema if missing."""
     if table.database:
-        return f"USE SCHEMA {quote_ident(table.database)}.{quote_ident(table.schema)}"
-    return f"USE SCHEMA {quote_ident(table.schema)}"
-
-
-def ensure_schema(cursor: Any, table: TableRef) -> None:
-    if table.database:
-        _execute(cursor, f"CREATE DATABASE IF NOT EXISTS {quote_ident(table.database)}")
-        _execute(cursor, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.database)}.{quote_ident(table.schema)}")
+        warehouse.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(table.database)}")
+        warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.database)}.{quote_ident(table.schema)}")
     else:
-        _execute(cursor, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.schema)}")
+        warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.schema)}")
 
 
 def ensure_replica(
-    cursor: Any, replica: TableRef, columns: tuple[ReplicaColumn, ...], *,
+    warehouse: Warehouse, replica: TableRef, columns: tuple[ReplicaColumn, ...], *,
     source_columns: Callable[[], Sequence[str]] | None = None,
 ) -> tuple[tuple[ReplicaColumn, ...], tuple[str, ...]]:
     """Create the replica if missing and add the columns a newer schema brings.
@@ -97,41 +83,27 @@ def ensure_replica(
     columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`). Returns the columns
     under their replica names and the names added.
     """
-    ensure_schema(cursor, replica)
-    stmt = table_columns_sql(replica)
-    existing = [r[0] for r in _execute(cursor, stmt.sql, stmt.params)]
+    ensure_schema(warehouse, replica)
+    existing = [r[0] for r in warehouse.execute(table_columns_sql(replica))]
     if source_columns is not None:
         columns = with_names(columns, source_names([c.field for c in columns], replica=existing,
                                                    source=source_columns))
-    _execute(cursor, create_replica_sql(replica, columns))
+    warehouse.execute(create_replica_sql(replica, columns))
     # A replica always has a column: none listed means the CREATE above made it with every column.
     for sql in add_columns_sql(replica, existing, columns) if existing else ():
-        _execute(cursor, sql)
+        warehouse.execute(sql)
     have = set(existing)
     return columns, tuple(c.name for c in columns if c.name not in have)
 
 
-# (server, replica, watermarks) -> (schema version, columns as the schema names them, columns under their
-# replica names) whose DDL this process has already run.
-_ensured: dict[tuple[Any, ...], tuple[int, tuple[ReplicaColumn, ...], tuple[ReplicaColumn, ...]]] = {}
-_ensured_lock = threading.Lock()
-
-
-def _ddl_cache_key(connection: Any, replica: TableRef, watermarks: TableRef) -> tuple[Any, ...]:
-    # The server is part of the key: one process may talk to several accounts (tests, labs).
-    server = tuple(getattr(connection, a, None) for a in ("host", "port", "account"))
-    return (*server, replica.sql, watermarks.sql)
-
-
 def forget_ensured() -> None:
-    """Drop the per-process DDL cache (the next merge of every replica re-checks its objects)."""
-    with _ensured_lock:
-        _ensured.clear()
+    """Drop the per-process DDL memo (the next merge or load of every table re-checks its objects)."""
+    DDL_MEMO.forget()
 
 
 def merge_replica(
     *,
-    connection: Any,
+    connection: Warehouse | Any,
     registry: SchemaRegistryClient,
     topic: str,
     landing: TableRef,
@@ -154,43 +126,33 @@ def merge_replica(
     key_schema, value_schema, version = schemas
     fields = replica_columns(value_schema, key_schema)
     when = now or dt.datetime.now(dt.timezone.utc)
-    cache_key = _ddl_cache_key(connection, replica, watermarks)
-    with _ensured_lock:
-        entry = _ensured.get(cache_key)
-    cached = entry is not None and entry[:2] == (version, fields)
-    columns = entry[2] if entry is not None and cached else fields
-    added: tuple[str, ...] = ()
+    wh = Warehouse.of(connection)
+    memo_key = ("replica", replica, watermarks)
+    ddl_version = (version, fields)
+    # The columns under their replica names: as the DDL found them when it last ran for this schema version
+    # (kept in the memo next to it), or as this run's DDL finds them.
+    known = wh.memo.recall(wh.memo_key(memo_key), ddl_version)
+    if known is None:
+        # Without the names the DDL found, it must run (even if another session remembers it meanwhile).
+        wh.memo.forget(wh.memo_key(memo_key))
+    columns: list[tuple[ReplicaColumn, ...]] = [known or fields]
+    added: list[str] = []
 
-    def ensure() -> tuple[tuple[ReplicaColumn, ...], tuple[str, ...]]:
-        cursor = connection.cursor()
-        ensure_schema(cursor, watermarks)
-        _execute(cursor, create_watermark_sql(watermarks))
-        named, got = ensure_replica(cursor, replica, fields, source_columns=source_columns)
-        with _ensured_lock:
-            _ensured[cache_key] = (version, fields, named)
-        return named, got
+    def ensure() -> tuple[ReplicaColumn, ...]:
+        ensure_schema(wh, watermarks)
+        wh.execute(create_watermark_sql(watermarks))
+        columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns)
+        added[:] = got
+        return columns[0]
 
-    if not cached:
-        columns, added = ensure()
-    else:
-        # The skipped CREATE DATABASE / SCHEMA also made the replica's schema current, as Snowflake does.
-        # Our SQL is fully qualified, but fakesnow's rewrites call helpers of the current database
-        # (`_fs_to_timestamp`) and put the MERGE's temporary table in the current schema.
-        _execute(connection.cursor(), use_schema_sql(replica))
-    plan = MergePlan(replica, landing, watermarks, columns)
-    try:
-        counts, ranges = run_merge(connection, plan, when)
-    except Exception as exc:  # noqa: BLE001 - re-raised unless the skipped DDL explains it
-        if not cached:
-            raise
-        with _ensured_lock:
-            _ensured.pop(cache_key, None)
-        log.warning("merge into %s failed with its DDL skipped (%s: %s); checking its tables and retrying once",
-                    replica.label, type(exc).__name__, exc)
-        columns, added = ensure()
-        plan = MergePlan(replica, landing, watermarks, columns)
-        counts, ranges = run_merge(connection, plan, when)
+    def merge() -> tuple[MergeCounts, tuple[MergeRange, ...]]:
+        # Built after the DDL: the plan reads the landing rows by field name into TiDB-named columns.
+        return run_merge(wh, MergePlan(replica, landing, watermarks, columns[0]), when)
+
+    # The DDL runs once per process and schema version (columns a new version brings are added then).
+    counts, ranges = wh.ensured(memo_key, ensure, merge, version=ddl_version,
+                                what=f"merge into {replica.label}", log=log)
     if added:
         log.info("added columns %s to %s (schema version %s)", ", ".join(added), replica.label, version)
-    (row_count,) = _execute(connection.cursor(), f"SELECT COUNT(*) FROM {replica.sql}")[0]
-    return MergeOutcome(replica, counts, ranges, columns, added, int(row_count), version)
+    (row_count,) = wh.execute(f"SELECT COUNT(*) FROM {replica.sql}")[0]
+    return MergeOutcome(replica, counts, ranges, columns[0], tuple(added), int(row_count), version)
