@@ -150,11 +150,13 @@ def test_lab_api_and_capture_accept_what_production_sends() -> None:
     plan = api.plan_sink("kafka://h:1/t?protocol=avro", replica_config)
     assert plan.replicates("Hostile-DB", "Order Items") and plan.replicates("数据 库", "t")
     assert not plan.replicates("Hostile-DB", "Order") and not plan.replicates("mysql", "user")
-    assert plan.topic_rule("hostile-db", "order items") == "tidb_{schema}_{table}"  # case-insensitive by default
+    # Dispatcher matchers are case-insensitive by default too.
+    assert [topic for matcher, topic in plan.dispatchers if matcher.matches("hostile-db", "order items")] == [
+        "tidb_{schema}_{table}"]
     sink = capture.parse_sink("kafka://h:1/t?protocol=avro", replica_config)
     assert sink.filter.matches("Hostile-DB", "Order Items") and not sink.filter.matches("Hostile-DB", "Order")
-    assert sink.route("Hostile-DB", "Order Items") == ("tidb_Hostile-DB_Order_Items", "index-value")
-    assert sink.route("数据 库", "表") == ("tidb_" + "____" + "_" + "_", "index-value")
+    assert sink.route("Hostile-DB", "Order Items") == capture.Route("tidb_Hostile-DB_Order_Items", "index-value")
+    assert sink.route("数据 库", "表") == capture.Route("tidb_" + "____" + "_" + "_", "index-value")
     strict = {**replica_config, "case_sensitive": True}
     assert not api.plan_sink("kafka://h:1/t?protocol=avro", strict).replicates("hostile-db", "Order Items")
     assert not capture.parse_sink("kafka://h:1/t?protocol=avro", strict).filter.matches("hostile-db", "Order Items")
