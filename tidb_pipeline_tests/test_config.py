@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tidb_pipeline.config import ConfigError, TableConfig, connector_table_name, dump_tables, load_config, parse_config
+from tidb_pipeline.config import ConfigError, connector_table_name, dump_tables, load_config, parse_config
 
 
 @pytest.mark.parametrize(
