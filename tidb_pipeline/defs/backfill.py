@@ -214,7 +214,7 @@ def schemas_for(info: ticdc_schema.TableInfo, cfg: ticdc_schema.CodecConfig) -> 
 def insert_from_load_sql(replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn]) -> Statement:
     """Typed rows from the load table's JSON objects, cast exactly as the merge casts landing content."""
     names = ", ".join(quote_ident(c.name) for c in columns)
-    values = ", ".join(f'{json_to_sql(c, "l." + quote_ident("V") + ":" + quote_ident(c.name))} AS {quote_ident(c.name)}'
+    values = ", ".join(f'{json_to_sql(c, "l." + quote_ident("V") + ":" + quote_ident(c.field))} AS {quote_ident(c.name)}'
                        for c in columns)  # fmt: skip
     return Statement(f"INSERT INTO {replica.sql} ({names}) SELECT {values} FROM {load.sql} l")
 
@@ -239,7 +239,9 @@ def load_table(
             f"{list(info.handle_key)}; fix the config (or rerun `tidb-pipeline discover`)"
         )
     key_schema, value_schema = schemas_for(info, cfg)
-    columns = replica_columns(value_schema, key_schema)
+    # The replica takes TiDB's column names; the load rows carry TiCDC's (sanitised) Avro field names.
+    columns = replica_columns(value_schema, key_schema,
+                              {ticdc_schema.sanitize_name(c.name): c.name for c in info.columns})
     # The encoder needs no `_tidb_*` fields: they are metadata, and the replica has no columns for them.
     encode = compile_record_encoder(ticdc_schema.value_schema(info, _without_extension(cfg)))
     wh = Warehouse.of(connection)

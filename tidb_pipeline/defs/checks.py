@@ -56,6 +56,7 @@ from tidb_pipeline.replication.checksum import (
 )
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.merge import unconverted_table
+from tidb_pipeline.replication.ticdc_schema import sanitize_name
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
@@ -297,17 +298,31 @@ class Drift:
 
 
 def schema_differences(tidb: Sequence[str], avro: Sequence[str] | None, replica: Sequence[str]) -> Drift:
-    """Column-name differences between the three (names compared exactly; types are not compared)."""
+    """Column-name differences between the three (types are not compared).
+
+    TiDB and the replica use TiDB's names; `avro` holds TiCDC's field names, which are TiDB's sanitised
+    (`Mixed Case` -> `Mixed_Case`), so a TiDB or replica name is compared with a field through `sanitize_name`.
+    """
     problems: list[str] = []
     notes: list[str] = []
+    by_field = {sanitize_name(c): c for c in tidb}
     if avro is None:
         problems.append("no Avro value schema registered yet: no change record has been written")
         avro = []
     else:
-        problems += [f"column {c!r} is in TiDB but no change record carries it yet" for c in tidb if c not in avro]
-        problems += [f"column {c!r} is in the Avro schema but no longer in TiDB" for c in avro if c not in tidb]
-    problems += [f"replica is missing column {c!r} (the next merge adds it)" for c in avro if c not in replica]
-    notes += [f"replica keeps column {c!r} dropped upstream" for c in replica if c not in avro and c not in tidb]
+        problems += [f"column {c!r} is in TiDB but no change record carries it yet"
+                     for c in tidb if sanitize_name(c) not in avro]
+        problems += [f"column {f!r} is in the Avro schema but no longer in TiDB" for f in avro if f not in by_field]
+    replica_fields = {sanitize_name(c) for c in replica}
+    problems += [f"replica is missing column {by_field.get(f, f)!r} (the next merge adds it)"
+                 for f in avro if f not in replica_fields]
+    for c in replica:
+        source = by_field.get(sanitize_name(c))
+        if source is not None and source != c and source not in replica:
+            problems.append(f"replica column {c!r} holds TiDB column {source!r} under TiCDC's Avro name; "
+                            f"rename it to {source!r} (ALTER TABLE ... RENAME COLUMN)")
+    notes += [f"replica keeps column {c!r} dropped upstream"
+              for c in replica if sanitize_name(c) not in avro and c not in tidb]
     return Drift(problems, notes)
 
 

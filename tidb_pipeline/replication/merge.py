@@ -210,7 +210,7 @@ def key_text_sql(keys: Sequence[ReplicaColumn], key_json: str) -> Statement:
     Built field by field with `OBJECT_CONSTRUCT` (names bound as parameters), so the landing's key object and
     a backfill's value object give the same text for the same key.
     """
-    pairs = ", ".join(f"%s, {key_json}:{quote_ident(k.name)}" for k in keys)
+    pairs = ", ".join(f"%s, {key_json}:{quote_ident(k.field)}" for k in keys)
     return Statement(f"TO_JSON(OBJECT_CONSTRUCT({pairs}))", tuple(k.name for k in keys))
 
 
@@ -219,7 +219,8 @@ def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     r = _ranges_table(ranges)
     keys = plan.keys
     key_json = 'l."RECORD_METADATA":"key":'
-    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.name))} AS {quote_ident(k.name)}" for k in keys)
+    # JSON paths use the Avro field name TiCDC wrote; the typed columns take the replica's (TiDB's) name.
+    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.field))} AS {quote_ident(k.name)}" for k in keys)
     key_text = key_text_sql(keys, 'l."RECORD_METADATA":"key"')
     partition_by = ", ".join(quote_ident(k.name) for k in keys)
     sql = (
@@ -250,16 +251,16 @@ def source_sql(plan: MergePlan, ranges: Sequence[MergeRange], *, unconverted: bo
     and its raw text `__TP_RAW_<i>`; the MERGE itself does not need them.
     """
     batch = _batch_sql(plan, ranges)
-    first_key = quote_ident(plan.keys[0].name)
+    first_key = quote_ident(plan.keys[0].field)
     cols = [f"x.{quote_ident(k.name)}" for k in plan.keys]
-    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.name)}')} AS {quote_ident(c.name)}" for c in plan.values]
+    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.field)}')} AS {quote_ident(c.name)}" for c in plan.values]
     # A value record always carries its NOT NULL key columns; `{}` (tombstone) and NULL content do not.
     # Testing the key field avoids comparing VARIANT objects, which engines treat differently.
     cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL) AS {_DEL}")
     cols += [f"x.{_K}", f"x.{_P}", f"x.{_O}"]
     if unconverted:
         for i, c in enumerate(plan.checked):
-            value = f"x.{_C}:{quote_ident(c.name)}"
+            value = f"x.{_C}:{quote_ident(c.field)}"
             cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
     return Statement(f"SELECT {', '.join(cols)}\nFROM (\n{batch.sql}\n) x", batch.params)
 
@@ -395,7 +396,7 @@ def record_unconverted_from_load_sql(
     key_text = key_text_sql(keys, 'l."V"')
     cols = [f"{key_text.sql} AS {_K}", f"NULL AS {_P}", f"NULL AS {_O}"]
     for i, c in enumerate(checked):
-        value = f'l."V":{quote_ident(c.name)}'
+        value = f'l."V":{quote_ident(c.field)}'
         cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
     source = f"(SELECT {', '.join(cols)} FROM {load.sql} l) s"
     return _record_unconverted_sql(unconverted, replica.label, checked, source, key_text.params, "s.", now)

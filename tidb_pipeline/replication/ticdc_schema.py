@@ -103,6 +103,15 @@ class TableIneligibleError(ValueError):
     """A table has neither a primary key nor a NOT NULL unique index (TiCDC: CDC:ErrTableIneligible)."""
 
 
+class FieldNameCollisionError(ValueError):
+    """Two columns of a table sanitise to one Avro field name: TiCDC cannot encode the table with Avro.
+
+    tiflow's `SanitizeName` adds no suffix to tell them apart, and goavro refuses a record whose fields
+    repeat a name ("ought to have unique name"), so TiCDC fails on the table's first row
+    (CDC:ErrAvroSchemaAPIError) instead of writing it.
+    """
+
+
 @dataclass(frozen=True)
 class Column:
     """One column as information_schema.COLUMNS describes it, reduced to what the codec needs."""
@@ -285,6 +294,13 @@ def sanitize_name(name: str) -> str:
     return "".join(out)
 
 
+def subject_names(topic: str) -> tuple[str, str]:
+    """The registry subjects TiCDC registers a topic's schemas under: TopicNameStrategy after it replaces the
+    topic's dots by `_` (tiflow avro.go `sanitizeTopic`), so `tidb_my.db_t` -> `tidb_my_db_t-key` / `-value`."""
+    t = topic.replace(".", "_")
+    return f"{t}-key", f"{t}-value"
+
+
 def avro_namespace(namespace: str, schema: str) -> str:
     ns, s = sanitize_name(namespace), sanitize_name(schema)
     return f"{ns}.{s}" if s else ns
@@ -421,7 +437,22 @@ _EXTENSION_FIELDS = [
 ]
 
 
+def check_field_names(info: TableInfo) -> None:
+    """Raise FieldNameCollisionError when two columns of `info` become the same Avro field name."""
+    seen: dict[str, str] = {}
+    for col in info.columns:
+        name = sanitize_name(col.name)
+        if name in seen:
+            raise FieldNameCollisionError(
+                f"TiCDC cannot encode {info.schema}.{info.table} with Avro: columns {seen[name]!r} and "
+                f"{col.name!r} both become field {name!r} (Avro names allow only [A-Za-z0-9_]; goavro: "
+                "field ought to have unique name); rename one of them"
+            )
+        seen[name] = col.name
+
+
 def _record(info: TableInfo, fields: list[dict[str, Any]], cfg: CodecConfig) -> dict[str, Any]:
+    check_field_names(info)
     return {
         "type": "record",
         "name": sanitize_name(info.table),

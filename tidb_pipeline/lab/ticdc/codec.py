@@ -40,6 +40,7 @@ from tidb_pipeline.replication.ticdc_schema import (  # noqa: F401 - re-exported
     DECIMAL_STRING,
     CodecConfig,
     Column,
+    FieldNameCollisionError,
     TableIneligibleError,
     TableInfo,
     _avro_type,
@@ -59,10 +60,12 @@ from tidb_pipeline.replication.ticdc_schema import (  # noqa: F401 - re-exported
     parse_default,
     parse_members,
     sanitize_name,
+    subject_names,
     tso_from_ms,
     value_schema,
     zone,
 )
+from tidb_pipeline.config import topic_name  # noqa: F401 - TiCDC's topic substitution, one implementation
 from tidb_pipeline.replication.ticdc_schema import bit_bytes as _bit_bytes
 from tidb_pipeline.replication.ticdc_schema import float32 as _float32
 from tidb_pipeline.replication.ticdc_schema import fraction as _frac
@@ -71,7 +74,6 @@ _DECIMAL_CONTEXT = Context(prec=100)  # TiDB's DECIMAL holds at most 65 digits
 
 # --- topics ----------------------------------------------------------------------------------------------------
 
-_KAFKA_FORBIDDEN = re.compile(r"[^a-zA-Z0-9._\-]")
 _AVRO_TOPIC_EXPR = re.compile(r"^[A-Za-z0-9._\-]*\{schema\}[A-Za-z0-9._\-]*\{table\}[A-Za-z0-9._\-]*$")
 
 
@@ -90,22 +92,6 @@ _STATIC_TOPIC = re.compile(r"^[A-Za-z0-9._\-]+$")
 def is_static_topic(expr: str) -> bool:
     """A topic rule without placeholders names one topic for every table it matches (tiflow `IsHardCode`)."""
     return bool(_STATIC_TOPIC.match(expr))
-
-
-def topic_name(expr: str, schema: str, table: str) -> str:
-    """Substitute a topic expression as TiCDC does (forbidden characters -> `_`, 249-char limit)."""
-    name = expr.replace("{schema}", _KAFKA_FORBIDDEN.sub("_", schema)).replace(
-        "{table}", _KAFKA_FORBIDDEN.sub("_", table)
-    )
-    if len(name) > 249:
-        return name[:249]
-    return {".": "_", "..": "__"}.get(name, name)
-
-
-def subject_names(topic: str) -> tuple[str, str]:
-    """TopicNameStrategy subjects (`<topic>-key`, `<topic>-value`) after TiCDC's dot escaping."""
-    t = topic.replace(".", "_")
-    return f"{t}-key", f"{t}-value"
 
 
 # --- values ----------------------------------------------------------------------------------------------------
