@@ -69,7 +69,8 @@ def shape(defs: dg.Definitions) -> dict[str, Any]:
             "metadata": {k: repr(v) for k, v in node.metadata.items() if k not in added_by_dg},
             "automation": repr(node.automation_condition), "partitions": repr(node.partitions_def),
         }
-    checks = {str(k): (graph.get_check_spec(k).description, graph.get_check_spec(k).blocking)
+    checks = {f"{k.asset_key.to_user_string()}:{k.name}": (graph.get_check_spec(k).description,
+                                                           graph.get_check_spec(k).blocking)
               for k in graph.asset_check_keys}
     jobs = {j.name: {"nodes": sorted(n.name for n in j.graph.nodes), "tags": dict(j.tags),
                      "assets": sorted(k.to_user_string() for k in j.asset_layer.selected_asset_keys),
