@@ -102,9 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Top-level modules of the packages that only an extra installs (pyproject.toml), by extra.
+_EXTRA_OF = {"fakesnow": "lab", "pymysqlreplication": "lab", "pandas": "lab", "pg8000": "lab", "matplotlib": "lab",
+             "dagster_webserver": "dev"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: `tidb-pipeline {args.command}` needs {exc.name}, which only the [{extra}] extra installs: "
+              f"pip install 'tidb_pipeline[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -79,10 +79,10 @@ class TiDBReplicationScaffolder(dg.Scaffolder[ScaffoldParams]):
             target.write_text(_STARTER.format(type_name=request.type_name))
             return
         config = load_config(Path(source))  # fails naming the file and field
-        attributes = config.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-        attributes["tables"] = [t.model_dump(mode="json", exclude_defaults=True) for t in config.tables]
-        target.write_text(f"# Copied from {source}.\n"
-                          + yaml.safe_dump({"type": request.type_name, "attributes": attributes}, sort_keys=False))
+        # What the file says, no more: defaults it left out stay out.
+        attributes = config.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        target.write_text(f"# Copied from {source}.\n" + yaml.safe_dump(
+            {"type": request.type_name, "attributes": attributes}, sort_keys=False, default_flow_style=None))
 
 
 @dg.scaffold_with(TiDBReplicationScaffolder)
