@@ -120,7 +120,9 @@ def test_definitions_and_component_load_without_the_extras(core_venv: Path, tmp_
 
     # The CLI is installed; what needs the lab says which extra to install instead of a traceback.
     assert "discover" in run([str(core_venv / "bin" / "tidb-pipeline"), "--help"], cwd=tmp_path, env=env).stdout
-    done = run([str(core_venv / "bin" / "tidb-pipeline"), "lab", "status"], cwd=tmp_path, env=env, check=False)
+    # (It checks before starting anything.)
+    done = run([str(core_venv / "bin" / "tidb-pipeline"), "lab", "up", "--only", "snowflake"], cwd=tmp_path,
+               env={**env, "TIDB_PIPELINE_LAB_DIR": str(tmp_path / "lab")}, check=False)
     assert done.returncode == 2 and "pip install 'tidb_pipeline[lab]'" in done.stderr, done.stderr[-2000:]
     # dg finds the component through the entry point.
     listed = run([str(core_venv / "bin" / "dg"), "list", "components", "--json"], cwd=tmp_path, env=env).stdout
