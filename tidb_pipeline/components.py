@@ -103,13 +103,13 @@ class TiDBReplicationComponent(dg.Component):
 
     @classmethod
     def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> TiDBReplicationComponent:
-        return cls(config_from_attributes(attributes, context))
+        return cls(_config_from_attributes(attributes, context))
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         return build_defs(config=self.config)
 
 
-def config_from_attributes(attributes: BaseModel | None, context: dg.ComponentLoadContext) -> PipelineConfig:
+def _config_from_attributes(attributes: BaseModel | None, context: dg.ComponentLoadContext) -> PipelineConfig:
     """The config the attributes describe: `{{ ... }}` in string fields rendered (`env`, `context.project_root`),
     then validated again; a relative `config_file` is read from the defs.yaml's folder."""
     # dagster's own scope for `{{ context.project_root }}`, as Resolvable components get it.
