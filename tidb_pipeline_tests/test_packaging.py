@@ -238,15 +238,17 @@ def test_a_fresh_dg_project_scaffolds_the_component_and_materialises_a_replica(
     phases["scaffold + check + list"] = time.monotonic() - started
 
     # 4. Materialise: the changefeed first (before any row, so every row flows), rows in the source, then
-    #    landing + replica (and the replica's checks) once the changefeed has passed them.
-    run([dg, "launch", "--assets", "/".join(changefeed_key(config).path)], cwd=project, env=env)
+    #    landing + replica once the changefeed has passed them.
+    # In the launching process: a step subprocess would only load the definitions a second time.
+    in_process = ["--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})]
+    run([dg, "launch", "--assets", "/".join(changefeed_key(config).path), *in_process], cwd=project, env=env)
     phases["changefeed run"] = time.monotonic() - started
     _sql(mariadb, *[
         f"INSERT INTO `{shop_table['db']}`.items (id, name, price) VALUES ({i}, '{n}', {p})" for i, n, p in ROWS])
     _wait_checkpoint_past(lab_settings, config.source.changefeed_id, tso_from_ms(time.time_ns() // 1_000_000))
     phases["rows on Kafka"] = time.monotonic() - started
-    done = run([dg, "launch", "--assets", f"{'/'.join(keys.landing.path)},{'/'.join(keys.replica.path)}"],
-               cwd=project, env=env)
+    # The group's merge job: what its schedule and the offsets sensor run (landing, then replica).
+    done = run([dg, "launch", "--job", "merge_default"], cwd=project, env=env)
     assert "RUN_SUCCESS" in done.stdout + done.stderr
     phases["landing + replica run"] = time.monotonic() - started
 
