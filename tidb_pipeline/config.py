@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import zoneinfo
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,11 @@ _TOPIC_ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
 _CONNECTOR_TABLE_OK = re.compile(r"^[_a-zA-Z][_$a-zA-Z0-9]+$")
 # Five-field cron, the only form Dagster schedules accept.
 _CRON = re.compile(r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$")
+# An unquoted Snowflake identifier: what the Snowflake Sink creates (upper-cased) and what a user types.
+_UNQUOTED_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+# Snowflake date/time format elements and separators only: no quote can reach the ALTER SESSION literal.
+_FORMAT_TEXT = re.compile(r"^[A-Za-z0-9 :.,/_-]+$")
+_TIMEZONE_TEXT = re.compile(r"^[A-Za-z0-9_+/-]+$")
 
 
 class ConfigError(ValueError):
@@ -61,12 +67,76 @@ class SourceConfig(_Model):
         return value
 
 
+def _unquoted_identifier(value: str) -> str:
+    """An unquoted Snowflake identifier, upper-cased as Snowflake (and the Snowflake Sink) resolve it."""
+    if not _UNQUOTED_IDENT.match(value):
+        raise ValueError(f"{value!r} is not an unquoted Snowflake identifier (^[A-Za-z_][A-Za-z0-9_$]*$): the "
+                         "Snowflake Sink creates unquoted, upper-cased names; use letters, digits, '_' and '$'")
+    return value.upper()
+
+
+class SnowflakeSessionConfig(_Model):
+    """Session parameters every warehouse session sets first (`ALTER SESSION SET`), so that neither an account's
+    defaults nor a user's change what a load, merge or check does."""
+
+    # Seconds a statement waits for a lock (a load waits for another load of its table, a merge for a
+    # merge); Snowflake's default of 12 hours would hang a run behind a stuck transaction.
+    lock_timeout_s: int = Field(default=600, ge=0, le=604_800)
+    # Seconds any one statement may run; Snowflake's default is 2 days.
+    statement_timeout_s: int = Field(default=3600, ge=1, le=604_800)
+    # Replicas hold TIMESTAMP_NTZ values as TiCDC wrote them; CURRENT_TIMESTAMP and conversions use this zone.
+    timezone: str = "UTC"
+    # Output formats of the types the checksums and the replicas' text forms read.
+    timestamp_ntz_output_format: str = "YYYY-MM-DD HH24:MI:SS.FF6"
+    date_output_format: str = "YYYY-MM-DD"
+    time_output_format: str = "HH24:MI:SS.FF6"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            if not _TIMEZONE_TEXT.match(value):
+                raise ValueError
+            zoneinfo.ZoneInfo(value)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise ValueError(f"{value!r} is not an IANA time zone name such as 'UTC' or 'Europe/Berlin'") from None
+        return value
+
+    @field_validator("timestamp_ntz_output_format", "date_output_format", "time_output_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if not _FORMAT_TEXT.match(value):
+            raise ValueError(f"{value!r} is not a Snowflake date/time format such as 'YYYY-MM-DD HH24:MI:SS.FF6' "
+                             "(letters, digits, spaces and - : . , / _ only)")
+        return value
+
+    def parameters(self) -> dict[str, int | str]:
+        """Snowflake's parameter names and values, in the order they are set."""
+        return {
+            "LOCK_TIMEOUT": self.lock_timeout_s,
+            "STATEMENT_TIMEOUT_IN_SECONDS": self.statement_timeout_s,
+            "TIMEZONE": self.timezone,
+            "TIMESTAMP_NTZ_OUTPUT_FORMAT": self.timestamp_ntz_output_format,
+            "DATE_OUTPUT_FORMAT": self.date_output_format,
+            "TIME_OUTPUT_FORMAT": self.time_output_format,
+        }
+
+
 class SnowflakeConfig(_Model):
+    """Where the replicas live. Names are unquoted Snowflake identifiers (upper-cased, as Snowflake resolves
+    them), so the Snowflake Sink, a user's query and the pipeline all mean the same objects."""
+
     database: str = "TIDB_REPLICA"
     landing_schema: str = "LANDING"
     replica_schema: str = "REPLICA"
     # Holds merge watermarks and the dead-letter table.
     control_schema: str = "PIPELINE"
+    session: SnowflakeSessionConfig = SnowflakeSessionConfig()
+
+    @field_validator("database", "landing_schema", "replica_schema", "control_schema")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _unquoted_identifier(value)
 
 
 class ScheduleConfig(_Model):
@@ -91,8 +161,14 @@ class TableConfig(_Model):
     # Tables in one group share a merge schedule.
     group: str = "default"
     landing_mode: Literal["builtin", "connector"] | None = None
+    # Overrides of the derived Snowflake names: unquoted identifiers, upper-cased (see SnowflakeConfig).
     landing_table: str | None = None
     replica_table: str | None = None
+
+    @field_validator("landing_table", "replica_table")
+    @classmethod
+    def _snowflake_name(cls, value: str | None) -> str | None:
+        return None if value is None else _unquoted_identifier(value)
 
 
 _CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
