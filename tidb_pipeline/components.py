@@ -33,6 +33,16 @@ class TiDBReplicationAttributes(PipelineConfig):
         description="A tidb_pipeline.yaml to read instead of inline fields; relative to this defs.yaml's folder.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _render_templates(cls, data: Any) -> Any:
+        """`{{ ... }}` in string values rendered with dg's template scope (`env`, `dg`, `datetime`) before the
+        fields' own checks see them; `config_file` is rendered at load, where `context.project_root` exists."""
+        if not isinstance(data, dict):
+            return data
+        scope = dg.ResolutionContext.default().at_path("attributes")
+        return {k: v if k == "config_file" else scope.at_path(k).resolve_value(v) for k, v in data.items()}
+
     @model_validator(mode="after")
     def _file_or_inline(self) -> TiDBReplicationAttributes:
         inline = sorted(self.model_fields_set - {"config_file"})
@@ -110,19 +120,18 @@ class TiDBReplicationComponent(dg.Component):
 
 
 def _config_from_attributes(attributes: BaseModel | None, context: dg.ComponentLoadContext) -> PipelineConfig:
-    """The config the attributes describe: `{{ ... }}` in string fields rendered (`env`, `context.project_root`),
-    then validated again; a relative `config_file` is read from the defs.yaml's folder."""
+    """The config the (rendered, validated) attributes describe; a `config_file` is rendered with
+    `context.project_root` in scope too, and a relative one is read from the defs.yaml's folder."""
     # dagster's own scope for `{{ context.project_root }}`, as Resolvable components get it.
     from dagster.components.resolved.scopes import LoadContextScope
 
     raw: dict[str, Any] = {} if attributes is None else attributes.model_dump(mode="json", by_alias=True,
                                                                             exclude_unset=True)
-    resolver = context.with_rendering_scope({"context": LoadContextScope(context)}).resolution_context
-    rendered = resolver.at_path("attributes").resolve_value(raw)
-    config_file = rendered.pop("config_file", None)
+    config_file = raw.pop("config_file", None)
     if config_file is None:
-        return parse_config(rendered, path=context.path / "defs.yaml")
-    path = Path(str(config_file))
+        return parse_config(raw, path=context.path / "defs.yaml")
+    scope = context.with_rendering_scope({"context": LoadContextScope(context)}).resolution_context
+    path = Path(str(scope.at_path("attributes").at_path("config_file").resolve_value(config_file)))
     if not path.is_absolute():
         path = context.path / path
     try:

@@ -122,10 +122,9 @@ def test_templates_in_strings_are_rendered_then_validated(monkeypatch: pytest.Mo
         "snowflake": {"database": "{{ env.SHOP_SNOWFLAKE_DB }}"}, "tables": [{"db": "shop", "table": "t"}]})
     assert component.config.snowflake.database == "SHOP_PROD"
     # A rendered value is validated like a written one.
-    monkeypatch.setenv("SHOP_TABLE", "")
-    with pytest.raises(ConfigError, match=r"tables\.0\.table"):
-        TiDBReplicationComponent.from_attributes_dict(attributes={"tables": [{"db": "shop",
-                                                                              "table": "{{ env.SHOP_TABLE }}"}]})
+    monkeypatch.setenv("SHOP_FEED", "not a valid id")
+    with pytest.raises(ValidationError, match=r"source\.changefeed_id"):
+        TiDBReplicationComponent.from_attributes_dict(attributes={"source": {"changefeed_id": "{{ env.SHOP_FEED }}"}})
 
 
 @pytest.mark.parametrize(("attributes", "field"), [
