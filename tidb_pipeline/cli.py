@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from tidb_pipeline.lab.settings import LabSettings
 
@@ -22,6 +22,7 @@ def _lab(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.action == "up":
+        _require_lab_extra(p.name for p in parts)
         started = time.monotonic()
         try:
             up(parts)
@@ -45,12 +46,30 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+# The module each lab part's process or readiness check imports, from the [lab] extra.
+_LAB_PART_NEEDS = {"snowflake": "fakesnow", "ticdc": "pymysqlreplication", "postgres": "pg8000"}
+
+
+def _require_lab_extra(parts: Iterable[str]) -> None:
+    """Raise ModuleNotFoundError before starting anything when a part's module is not installed (`main`
+    turns it into "install the [lab] extra")."""
+    import importlib.util
+
+    for part in parts:
+        module = _LAB_PART_NEEDS.get(part)
+        if module and importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+
 def _discover(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import dagster as dg
+    import pymysql
+
     from tidb_pipeline.config import ConfigError, dump_tables, load_config, parse_config
     from tidb_pipeline.defs.resources import tidb_resource
-    from tidb_pipeline.discover import discover_tables
+    from tidb_pipeline.discover import DiscoverError, discover_tables
 
     path = Path(args.output)
     try:
@@ -58,9 +77,25 @@ def _discover(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tables, skipped = discover_tables(tidb_resource(), args.database, include=args.include, existing=existing)
-    for name in skipped:
-        print(f"skipped {name}: no primary key or NOT NULL unique key (TiCDC cannot replicate it)", file=sys.stderr)
+    try:
+        # Outside a run nothing resolves the resource's dg.EnvVar (TIDB_PASSWORD): do it here, as a run would.
+        tidb = tidb_resource().process_config_and_initialize()
+    except dg.DagsterInvalidConfigError as exc:
+        print(f"error: the tidb settings are invalid: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    try:
+        tables, skipped = discover_tables(tidb, args.database, include=args.include, existing=existing)
+    except DiscoverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except pymysql.MySQLError as exc:
+        # One line naming where and as whom (never the password); the driver's reason is enough, no traceback.
+        reason = exc.args[1] if len(exc.args) > 1 else str(exc)
+        print(f"error: cannot read TiDB at {tidb.host}:{tidb.port} as user {tidb.user!r}: {reason}; "
+              "check TIDB_HOST, TIDB_PORT, TIDB_USER and TIDB_PASSWORD", file=sys.stderr)
+        return 1
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
     path.write_text(dump_tables(existing, tables))
     print(f"wrote {len(tables)} tables to {path}")
     return 0
@@ -104,9 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Top-level modules of the packages that only an extra installs (pyproject.toml), by extra.
+_EXTRA_OF = {"fakesnow": "lab", "pymysqlreplication": "lab", "pandas": "lab", "pg8000": "lab", "matplotlib": "lab",
+             "dagster_webserver": "dev"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: `tidb-pipeline {args.command}` needs {exc.name}, which only the [{extra}] extra installs: "
+              f"pip install 'tidb_pipeline[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
