@@ -7,9 +7,15 @@ import dagster as dg
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.backfill import build_backfill_job
 from tidb_pipeline.defs.changefeed_assets import build_changefeed_asset
-from tidb_pipeline.defs.checks import build_all_checks, build_reconcile_job, build_reconcile_schedule
+from tidb_pipeline.defs.checks import build_all_checks, build_reconcile_job
 from tidb_pipeline.defs.fanout import build_fanout_assets, build_fanout_checks
-from tidb_pipeline.defs.jobs import build_cleanup_job, build_cleanup_schedule, build_merge_jobs, build_merge_schedules
+from tidb_pipeline.defs.jobs import (
+    build_cleanup_job,
+    build_cleanup_schedule,
+    build_merge_jobs,
+    build_merge_schedules,
+    build_reconcile_schedule,
+)
 from tidb_pipeline.defs.resources import build_resources
 from tidb_pipeline.defs.sensors import build_offsets_sensor
 from tidb_pipeline.defs.tables import build_all_table_assets
