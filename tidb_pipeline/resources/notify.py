@@ -21,7 +21,8 @@ from typing import Any, Literal, Protocol
 
 import dagster as dg
 import httpx
-from dagster_msteams import AdaptiveCard, MSTeamsResource
+from dagster_msteams import MSTeamsResource
+from dagster_msteams.adaptive_card import AdaptiveCard
 from dagster_slack import SlackResource
 from pydantic import Field
 
