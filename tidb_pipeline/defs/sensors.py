@@ -403,12 +403,13 @@ def build_offsets_sensor(
     metadata_max_age_s: float = 300.0,
     chunk_partitions: int = 10_000,
     jobs: Sequence[dg.JobDefinition | UnresolvedAssetJobDefinition] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
     """The `kafka_offsets_sensor` for `config`'s topics, targeting the merge job of each table group.
 
     `minimum_interval_seconds` defaults to the config's `sensor_interval_seconds`. Pass `jobs`, the merge
     jobs the `Definitions` already hold: Dagster adds a sensor's target jobs to its `Definitions` and
-    rejects a second, equal job object of the same name.
+    rejects a second, equal job object of the same name. `clock` dates the `verified_current` records' due time.
     """
 
     @dg.sensor(
@@ -439,7 +440,7 @@ def build_offsets_sensor(
         if outcome.moves:
             context.log.info(f"{len(outcome.moves)} of {outcome.checked} topics moved: "
                              f"{sum(m.new_messages for m in outcome.moves)} new messages")
-        requests, verified = idle_work(context.instance, config, kafka, outcome)
+        requests, verified = idle_work(context.instance, config, kafka, outcome, now=clock())
         if not requests and not verified:
             return result
         return dg.SensorResult(run_requests=[*(result.run_requests or []), *requests],
@@ -505,9 +506,10 @@ def _bench(argv: Sequence[str] | None = None) -> None:
           f"({len(missing)} created in {time.monotonic() - started:.1f} s)")
 
     sensor = build_offsets_sensor(config=config)
+    instance = dg.DagsterInstance.ephemeral()
 
     def tick(cursor: str | None) -> tuple[float, dg.SensorResult]:
-        context = dg.build_sensor_context(cursor=cursor, resources={"kafka": kafka})
+        context = dg.build_sensor_context(cursor=cursor, resources={"kafka": kafka}, instance=instance)
         t0 = time.perf_counter()
         result = sensor(context)
         return time.perf_counter() - t0, result
