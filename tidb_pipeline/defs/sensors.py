@@ -290,6 +290,9 @@ def run_requests(config: PipelineConfig, moves: Sequence[TopicMove]) -> list[dg.
             run_key=run_key(group, group_moves),
             job_name=merge_job_name(group),
             asset_selection=merge_targets(config, hit),
+            # Without this Dagster adds every check of the selected replicas to the run (they belong to the
+            # reconcile job, not to every merge).
+            asset_check_keys=[],
             tags={GROUP_TAG: group, TRIGGER_TAG: SENSOR_NAME,
                   "tidb_pipeline/moved_tables": str(len(hit))},
         ))
@@ -322,7 +325,7 @@ def idle_work(instance: dg.DagsterInstance, config: PipelineConfig, kafka: Kafka
         committed = {config.topic(t): offsets.committed.get(config.topic(t), {}) for t in pending}
         requests.append(dg.RunRequest(
             run_key=sink_run_key(group, committed), job_name=merge_job_name(group),
-            asset_selection=merge_targets(config, pending),
+            asset_selection=merge_targets(config, pending), asset_check_keys=[],
             tags={GROUP_TAG: group, TRIGGER_TAG: SENSOR_NAME, "tidb_pipeline/moved_tables": str(len(pending))},
         ))
     events = [e for t, s in states.items()
