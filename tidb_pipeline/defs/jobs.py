@@ -7,8 +7,8 @@ without touching the warehouse (`defs/idle.py`), skipping with the reason when n
   while a run of the group is queued or running;
 - `landing_cleanup_schedule`: runs only if a merge wrote rows since the last successful cleanup's start minus
   the retention window (only such rows can have become deletable since);
-- `reconcile_schedule`: checks the replicas a merge changed since the last reconciliation and those whose
-  last check did not pass; checks that read no warehouse (the changefeed's, the SQL Server copies') always run.
+- `reconcile_schedule`: checks the replicas a merge changed since the last reconciliation (and checks that
+  never ran or raised); checks that read no warehouse (the changefeed's, the SQL Server copies') always run.
 """
 
 
@@ -206,15 +206,19 @@ def build_cleanup_schedule(*, config: PipelineConfig) -> dg.ScheduleDefinition:
 
 
 
-def _passed(record: object | None) -> bool:
+def _worth_rerunning(record: object | None) -> bool:
+    """Never evaluated, or the check raised (a service down, say). A verdict on unchanged data would repeat."""
     evaluation = getattr(record, "evaluation", None)
-    return evaluation is not None and evaluation.passed
+    return evaluation is None or (not evaluation.passed and "error" in evaluation.metadata)
 
 
 def reconcile_gate(instance: dg.DagsterInstance, config: PipelineConfig,
                    check_keys: Sequence[dg.AssetCheckKey]) -> dg.RunRequest | dg.SkipReason:
-    """The checks worth running: on replicas a merge changed since the last reconciliation or whose last check
-    did not pass, plus every check that reads no warehouse (changefeed, SQL Server copies)."""
+    """The checks worth running: on replicas a merge changed since the last reconciliation, or whose check never
+    ran or raised last time, plus every check that reads no warehouse (changefeed, SQL Server copies).
+
+    A failing verdict on a replica that did not change since would only repeat (its alert stays open).
+    """
     if active := _active_job(instance, RECONCILE_JOB):
         return dg.SkipReason(f"reconcile run {active[0][:8]} is queued or running")
     last = _last_run_start(instance, RECONCILE_JOB, [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE])
@@ -225,10 +229,10 @@ def reconcile_gate(instance: dg.DagsterInstance, config: PipelineConfig,
     chosen: list[dg.AssetCheckKey] = []
     for replica in sorted(replicas, key=lambda k: k.to_user_string()):
         mine = [k for k in on_replicas if k.asset_key == replica]
-        if last is None or any(not _passed(latest.get(k)) for k in mine) or merged_rows_since(instance, replica, last):
+        if last is None or any(_worth_rerunning(latest.get(k)) for k in mine) or merged_rows_since(instance, replica, last):
             chosen += mine
     if not chosen and not free:
-        return dg.SkipReason("no replica changed since the last reconciliation and every check passed then")
+        return dg.SkipReason("no replica changed since the last reconciliation")
     tables = len({k.asset_key for k in chosen})
     return dg.RunRequest(asset_check_keys=[*free, *chosen],
                          tags={TRIGGER_TAG: "schedule", "tidb_pipeline/replicas_checked": str(tables)})

@@ -44,7 +44,7 @@ import dagster as dg
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from tidb_pipeline.config import PipelineConfig
+from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.idle import read_offsets, refresh_seconds, table_states, verified_current
 from tidb_pipeline.defs.jobs import GROUP_TAG, TRIGGER_TAG, build_merge_jobs, merge_job_name, merge_targets
 from tidb_pipeline.defs.tables import table_keys
@@ -277,12 +277,18 @@ def run_key(group: str, moves: Iterable[TopicMove]) -> str:
     return f"{SENSOR_NAME}:{group}:{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
 
 
-def run_requests(config: PipelineConfig, moves: Sequence[TopicMove]) -> list[dg.RunRequest]:
-    """One run per table group whose topics moved, selecting exactly the moved `builtin` tables' assets."""
+def run_requests(config: PipelineConfig, moves: Sequence[TopicMove],
+                 pending: Callable[[TableConfig], bool] = lambda _t: True) -> list[dg.RunRequest]:
+    """One run per table group whose topics moved, selecting exactly the moved `builtin` tables' assets.
+
+    `pending` drops a moved table whose records the instance shows landed and merged already (a fresh cursor
+    counts every topic from 0).
+    """
     moved = {m.topic: m for m in moves}
     requests: list[dg.RunRequest] = []
     for group, tables in config.groups.items():
-        hit = [t for t in tables if config.topic(t) in moved and config.landing_mode_of(t) == "builtin"]
+        hit = [t for t in tables
+               if config.topic(t) in moved and config.landing_mode_of(t) == "builtin" and pending(t)]
         if not hit:
             continue
         group_moves = [moved[config.topic(t)] for t in hit]
@@ -304,16 +310,24 @@ def sink_run_key(group: str, committed: Mapping[str, Mapping[int, int]]) -> str:
     return f"{SENSOR_NAME}:{group}:sink:{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
 
 
+@dataclass(frozen=True)
+class IdleWork:
+    requests: list[dg.RunRequest]  # merges the Snowflake Sink made necessary
+    verified: list[dg.AssetMaterialization]  # `verified_current` records due
+    pending: frozenset[str]  # topics of tables with merge work left
+
+
 def idle_work(instance: dg.DagsterInstance, config: PipelineConfig, kafka: KafkaResource, outcome: TickOutcome,
-              *, now: float | None = None) -> tuple[list[dg.RunRequest], list[dg.AssetMaterialization]]:
-    """Merges the Snowflake Sink made necessary, and `verified_current` records due on idle replicas.
+              *, now: float | None = None) -> IdleWork:
+    """Merges the Snowflake Sink made necessary, `verified_current` records due on idle replicas, and which
+    topics' tables have merge work left.
 
     Only tables whose topic this tick read take part (a topic the budget skipped is not known to be idle).
     Reads Kafka's consumer-group offsets (connector tables only) and the Dagster instance, never the warehouse.
     """
     tables = [t for t in config.tables if config.topic(t) in outcome.read]
     if not tables:
-        return [], []
+        return IdleWork([], [], frozenset())
     end = {config.topic(t): outcome.cursor.topics[config.topic(t)].offsets for t in tables}
     offsets = read_offsets(config, tables, kafka, end=end)
     states = table_states(instance, config, tables, offsets)
@@ -330,7 +344,7 @@ def idle_work(instance: dg.DagsterInstance, config: PipelineConfig, kafka: Kafka
         ))
     events = [e for t, s in states.items()
               if (e := verified_current(config, s, refresh_s=refresh_seconds(config, t), now=now)) is not None]
-    return requests, events
+    return IdleWork(requests, events, frozenset(config.topic(t) for t, s in states.items() if s.pending))
 
 
 def observation(config_topic_key: dg.AssetKey, move: TopicMove) -> dg.AssetObservation:
@@ -443,11 +457,14 @@ def build_offsets_sensor(
         if outcome.moves:
             context.log.info(f"{len(outcome.moves)} of {outcome.checked} topics moved: "
                              f"{sum(m.new_messages for m in outcome.moves)} new messages")
-        requests, verified = idle_work(context.instance, config, kafka, outcome, now=clock())
-        if not requests and not verified:
-            return result
-        return dg.SensorResult(run_requests=[*(result.run_requests or []), *requests],
-                               asset_events=[*(result.asset_events or []), *verified], cursor=result.cursor)
+        idle = idle_work(context.instance, config, kafka, outcome, now=clock())
+        # Unread topics (budget, errors) keep the plain rule: moved means work.
+        merges = run_requests(config, outcome.moves,
+                              lambda t: config.topic(t) in idle.pending or config.topic(t) not in outcome.read)
+        if not merges and not idle.requests and not idle.verified and not result.asset_events:
+            return dg.SensorResult(skip_reason=result.skip_reason, cursor=result.cursor)
+        return dg.SensorResult(run_requests=[*merges, *idle.requests],
+                               asset_events=[*(result.asset_events or []), *idle.verified], cursor=result.cursor)
 
     return _sensor
 
