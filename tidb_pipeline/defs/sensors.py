@@ -461,10 +461,14 @@ def build_offsets_sensor(
         # Unread topics (budget, errors) keep the plain rule: moved means work.
         merges = run_requests(config, outcome.moves,
                               lambda t: config.topic(t) in idle.pending or config.topic(t) not in outcome.read)
-        if not merges and not idle.requests and not idle.verified and not result.asset_events:
-            return dg.SensorResult(skip_reason=result.skip_reason, cursor=result.cursor)
-        return dg.SensorResult(run_requests=[*merges, *idle.requests],
-                               asset_events=[*(result.asset_events or []), *idle.verified], cursor=result.cursor)
+        events = [*(result.asset_events or []), *idle.verified]
+        if merges or idle.requests:
+            return dg.SensorResult(run_requests=[*merges, *idle.requests], asset_events=events, cursor=result.cursor)
+        reason = result.skip_reason.skip_message if result.skip_reason else \
+            f"{len(outcome.moves)} topic(s) moved, their records already landed and merged"
+        if idle.verified:
+            reason += f"; {len(idle.verified)} idle replica(s) recorded verified_current"
+        return dg.SensorResult(skip_reason=reason, asset_events=events, cursor=result.cursor)
 
     return _sensor
 

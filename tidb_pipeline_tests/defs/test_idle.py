@@ -177,6 +177,7 @@ def test_idle_replicas_are_recorded_current_for_their_freshness_policy(kafka: Se
 
     later[0] += 121
     due = tick(first.cursor)
+    assert due.skip_message == "no new messages in 1 topics checked; 1 idle replica(s) recorded verified_current"
     (event,) = due.asset_events
     assert isinstance(event, dg.AssetMaterialization) and event.asset_key == lab.keys.replica
     assert event.metadata[VERIFIED_CURRENT].value is True
