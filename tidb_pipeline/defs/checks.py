@@ -9,6 +9,9 @@ On every replica `snowflake/<replica_schema>/<TABLE>`:
 - `landing_continuity`: no offset holes per partition in the landing table (dead-lettered offsets count as
   present). Cleanup deletes merged rows oldest first, so the rows left start at a floor; a hole above that
   floor, or between the merged watermark and the first landed offset above it, is ERROR.
+- `no_unconverted_values`: ERROR while the replica holds NULL in place of a value Snowflake could not convert
+  (TiDB zero dates and the like; `replication.merge`, "Conversions"), naming the column, the key, the raw text
+  and the landing partition/offset of each.
 - `schema_drift`: TiDB columns vs the latest Avro value schema vs the replica's columns (WARN).
 - `replica_freshness`: while records wait, the replica's freshness policy verdict (`defs/freshness.py`).
 On `ticdc/<changefeed>`: `changefeed_healthy`, state normal and checkpoint lag under thresholds.
@@ -25,6 +28,7 @@ the reconciliation job, not in the merge job (a blocking check would only fail t
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +56,12 @@ from tidb_pipeline.replication.checksum import (
     range_chunks,
 )
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
+from tidb_pipeline.replication.merge import unconverted_table
+from tidb_pipeline.replication.ticdc_schema import sanitize_name
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
+from tidb_pipeline.resources.warehouse import Warehouse, is_missing_object, warehouse_session
 
 RECONCILE_JOB = "reconcile"
 _HEALTHY_STATES = {"normal"}
@@ -77,13 +84,9 @@ class CheckSettings:
 
 
 def _rows(cursor: Any, stmt: Statement) -> list[tuple[Any, ...]]:
+    """Rows of a statement on the TiDB side (a pymysql cursor)."""
     cursor.execute(stmt.sql, stmt.params or None)
     return [tuple(r) for r in cursor.fetchall()]
-
-
-def _missing_table(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "does not exist" in text or "not found" in text
 
 
 @dataclass(frozen=True)
@@ -92,15 +95,15 @@ class Watermark:
     merged_at: dt.datetime | None
 
 
-def read_watermarks(cursor: Any, names: TableNames) -> dict[int, Watermark]:
+def read_watermarks(warehouse: Warehouse | Any, names: TableNames) -> dict[int, Watermark]:
     """Merged watermark per partition for the replica; {} before the first merge."""
     try:
-        rows = _rows(cursor, Statement(
+        rows = Warehouse.of(warehouse).execute(Statement(
             f'SELECT "PARTITION", "MERGED_OFFSET", "MERGED_AT" FROM {names.watermarks.sql} WHERE "REPLICA_TABLE" = %s',
             (names.replica.label,),
         ))
     except Exception as exc:  # noqa: BLE001 - no merge has created the table yet
-        if _missing_table(exc):
+        if is_missing_object(exc):
             return {}
         raise
     return {int(p): Watermark(int(o), at) for p, o, at in rows}
@@ -168,9 +171,9 @@ def lag_aware_result(*, equal: bool, lag: Lag, settings: CheckSettings, what: st
     return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
 
-def replica_column_types(cursor: Any, replica: TableRef) -> dict[str, str]:
+def replica_column_types(warehouse: Warehouse | Any, replica: TableRef) -> dict[str, str]:
     info = f"{quote_ident(replica.database)}.information_schema.columns" if replica.database else "information_schema.columns"
-    rows = _rows(cursor, Statement(
+    rows = Warehouse.of(warehouse).execute(Statement(
         f"SELECT column_name, data_type FROM {info} WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
         (replica.schema, replica.name),
     ))
@@ -178,6 +181,9 @@ def replica_column_types(cursor: Any, replica: TableRef) -> dict[str, str]:
 
 
 def _count(cursor: Any, sql: str) -> int:
+    """COUNT(*) on either side: a `Warehouse` or a TiDB cursor."""
+    if isinstance(cursor, Warehouse):
+        return int(cursor.execute(sql)[0][0])
     cursor.execute(sql)
     return int(cursor.fetchone()[0])
 
@@ -205,7 +211,8 @@ def compare_content(
     source_columns: Sequence[Any], source_rows: int, settings: CheckSettings,
 ) -> ContentComparison:
     """Chunked checksums of the columns both sides have; chunks from TiDB's row-count quantiles."""
-    replica_types = replica_column_types(snowflake_conn.cursor(), replica)
+    warehouse = Warehouse.of(snowflake_conn)
+    replica_types = replica_column_types(warehouse, replica)
     columns = tuple(
         checksum_column(c.name, c.data_type, c.column_type, replica_types[c.name])
         for c in source_columns if c.name in replica_types
@@ -223,9 +230,7 @@ def compare_content(
         chunks = bucket_chunks(first.name, wanted)
     with tidb_conn.cursor() as cur:
         source = parse_checksums(_rows(cur, checksums_sql("mysql", mysql_table(table.db, table.table), columns, first, chunks)))
-    replica_sums = parse_checksums(
-        _rows(snowflake_conn.cursor(), checksums_sql("snowflake", replica.sql, columns, first, chunks))
-    )
+    replica_sums = parse_checksums(warehouse.execute(checksums_sql("snowflake", replica.sql, columns, first, chunks)))
     return ContentComparison(compare_chunks(chunks, source, replica_sums), columns, skipped)
 
 
@@ -274,12 +279,12 @@ def find_gaps(
     return sorted(gaps, key=lambda g: (g.partition, g.first))
 
 
-def _dead_letters(cursor: Any, names: TableNames, settings: CheckSettings) -> TableRef | None:
+def _dead_letters(warehouse: Warehouse, names: TableNames, settings: CheckSettings) -> TableRef | None:
     ref = TableRef(names.control.schema, settings.dead_letter_table, names.control.database)
     try:
-        _rows(cursor, Statement(f"SELECT COUNT(*) FROM {ref.sql} WHERE 1 = 0"))
+        warehouse.execute(Statement(f"SELECT COUNT(*) FROM {ref.sql} WHERE 1 = 0"))
     except Exception as exc:  # noqa: BLE001 - nothing was ever dead-lettered
-        if _missing_table(exc):
+        if is_missing_object(exc):
             return None
         raise
     return ref
@@ -292,17 +297,31 @@ class Drift:
 
 
 def schema_differences(tidb: Sequence[str], avro: Sequence[str] | None, replica: Sequence[str]) -> Drift:
-    """Column-name differences between the three (names compared exactly; types are not compared)."""
+    """Column-name differences between the three (types are not compared).
+
+    TiDB and the replica use TiDB's names; `avro` holds TiCDC's field names, which are TiDB's sanitised
+    (`Mixed Case` -> `Mixed_Case`), so a TiDB or replica name is compared with a field through `sanitize_name`.
+    """
     problems: list[str] = []
     notes: list[str] = []
+    by_field = {sanitize_name(c): c for c in tidb}
     if avro is None:
         problems.append("no Avro value schema registered yet: no change record has been written")
         avro = []
     else:
-        problems += [f"column {c!r} is in TiDB but no change record carries it yet" for c in tidb if c not in avro]
-        problems += [f"column {c!r} is in the Avro schema but no longer in TiDB" for c in avro if c not in tidb]
-    problems += [f"replica is missing column {c!r} (the next merge adds it)" for c in avro if c not in replica]
-    notes += [f"replica keeps column {c!r} dropped upstream" for c in replica if c not in avro and c not in tidb]
+        problems += [f"column {c!r} is in TiDB but no change record carries it yet"
+                     for c in tidb if sanitize_name(c) not in avro]
+        problems += [f"column {f!r} is in the Avro schema but no longer in TiDB" for f in avro if f not in by_field]
+    replica_fields = {sanitize_name(c) for c in replica}
+    problems += [f"replica is missing column {by_field.get(f, f)!r} (the next merge adds it)"
+                 for f in avro if f not in replica_fields]
+    for c in replica:
+        source = by_field.get(sanitize_name(c))
+        if source is not None and source != c and source not in replica:
+            problems.append(f"replica column {c!r} holds TiDB column {source!r} under TiCDC's Avro name; "
+                            f"rename it to {source!r} (ALTER TABLE ... RENAME COLUMN)")
+    notes += [f"replica keeps column {c!r} dropped upstream"
+              for c in replica if sanitize_name(c) not in avro and c not in tidb]
     return Drift(problems, notes)
 
 
@@ -367,12 +386,16 @@ class Replica:
         return f"{self.table.db}.{self.table.table}"
 
 
+def _session(r: Replica, res: Any) -> AbstractContextManager[Warehouse]:
+    """A warehouse session from the `snowflake` resource, with the config's session pins."""
+    return warehouse_session(res.snowflake, r.config.snowflake.session)
+
+
 def _row_count(r: Replica, res: Any) -> dg.AssetCheckResult:
     tidb: TiDBResource = res.tidb
-    with res.snowflake.get_connection() as conn:
-        cur = conn.cursor()
-        watermarks = read_watermarks(cur, r.names)
-        replica_rows = _count(cur, f"SELECT COUNT(*) FROM {r.names.replica.sql}")
+    with _session(r, res) as wh:
+        watermarks = read_watermarks(wh, r.names)
+        replica_rows = _count(wh, f"SELECT COUNT(*) FROM {r.names.replica.sql}")
     source_rows = tidb.count_rows(r.table.db, r.table.table)
     lag = read_lag(config=r.config, names=r.names, watermarks=watermarks, kafka=res.kafka, ticdc=res.ticdc)
     return lag_aware_result(equal=source_rows == replica_rows, lag=lag, settings=r.settings, what="row counts",
@@ -384,8 +407,8 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
     tidb: TiDBResource = res.tidb
     key = key_of(tidb, r.table)
     source_columns = tidb.columns(r.table.db, r.table.table)
-    with res.snowflake.get_connection() as sf, tidb.get_connection() as source_conn:
-        watermarks = read_watermarks(sf.cursor(), r.names)
+    with _session(r, res) as sf, tidb.get_connection() as source_conn:
+        watermarks = read_watermarks(sf, r.names)
         with source_conn.cursor() as cur:
             source_rows = _count(cur, f"SELECT COUNT(*) FROM {mysql_table(r.table.db, r.table.table)}")
         comparison = compare_content(
@@ -405,15 +428,14 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
 
 def _continuity(r: Replica, res: Any) -> dg.AssetCheckResult:
     names = r.names
-    with res.snowflake.get_connection() as conn:
-        cur = conn.cursor()
-        watermarks = read_watermarks(cur, names)
-        holes_stmt, spans_stmt = continuity_sql(names.landing, _dead_letters(cur, names, r.settings), names.topic)
+    with _session(r, res) as wh:
+        watermarks = read_watermarks(wh, names)
+        holes_stmt, spans_stmt = continuity_sql(names.landing, _dead_letters(wh, names, r.settings), names.topic)
         try:
-            holes = _rows(cur, holes_stmt)
-            spans = {int(p): (int(a), int(b)) for p, a, b, _n in _rows(cur, spans_stmt)}
+            holes = wh.execute(holes_stmt)
+            spans = {int(p): (int(a), int(b)) for p, a, b, _n in wh.execute(spans_stmt)}
         except Exception as exc:  # noqa: BLE001 - nothing landed yet
-            if not _missing_table(exc):
+            if not is_missing_object(exc):
                 raise
             return dg.AssetCheckResult(passed=True, metadata={"note": f"{names.landing.label} does not exist yet"})
     gaps = find_gaps(holes, spans, watermarks)
@@ -429,12 +451,11 @@ def _continuity(r: Replica, res: Any) -> dg.AssetCheckResult:
 
 def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
     names = r.names
-    with res.snowflake.get_connection() as conn:
-        cur = conn.cursor()
-        dead = _dead_letters(cur, names, r.settings)
+    with _session(r, res) as wh:
+        dead = _dead_letters(wh, names, r.settings)
         if dead is None:
             return dg.AssetCheckResult(passed=True, metadata={"quarantined": 0})
-        rows = _rows(cur, Statement(
+        rows = wh.execute(Statement(
             f'SELECT "PARTITION", "OFFSET", "ERROR" FROM {dead.sql} WHERE "TOPIC" = %s '
             'ORDER BY "PARTITION", "OFFSET"', (names.topic,)))
     metadata = {
@@ -448,14 +469,57 @@ def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
+def unconverted_values_sql(unconverted: TableRef, replica: TableRef) -> Statement:
+    """The replica's unconverted-value records: column, key, raw text, partition, offset."""
+    return Statement(
+        f'SELECT "COLUMN_NAME", "KEY", "RAW_VALUE", "PARTITION", "OFFSET" FROM {unconverted.sql} '
+        'WHERE "REPLICA_TABLE" = %s ORDER BY "COLUMN_NAME", "KEY"', (replica.label,))
+
+
+def unconverted_result(rows: Sequence[tuple[Any, ...]], replica: TableRef, table: str) -> dg.AssetCheckResult:
+    """ERROR naming each value the replica holds as NULL because Snowflake could not convert it."""
+
+    def where(p: Any, o: Any) -> str:
+        return "backfill" if p is None else f"p{p}@{o}"
+
+    per_column: dict[str, int] = {}
+    for column, *_ in rows:
+        per_column[column] = per_column.get(column, 0) + 1
+    if not rows:
+        return dg.AssetCheckResult(passed=True, metadata={"unconverted_values": 0})
+    metadata: dict[str, Any] = {
+        "unconverted_values": len(rows),
+        "per_column": ", ".join(f"{c}: {n}" for c, n in per_column.items()),
+        "values": [f"column {c} key {k}: {v!r} ({where(p, o)})" for c, k, v, p, o in rows[:50]],
+    }
+    c, k, v, _p, _o = rows[0]
+    return dg.AssetCheckResult(
+        passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+        description=(f"{len(rows)} value(s) of {table} could not be converted and are NULL in {replica.label}, "
+                     f"e.g. column {c} key {k}: {v!r}; fix them in TiDB (the next change of a row replaces its "
+                     "record) or accept the NULLs"),
+    )
+
+
+def _unconverted(r: Replica, res: Any) -> dg.AssetCheckResult:
+    with res.snowflake.get_connection() as conn:
+        try:
+            rows = _rows(conn.cursor(), unconverted_values_sql(unconverted_table(r.names.watermarks), r.names.replica))
+        except Exception as exc:  # noqa: BLE001 - no merge has created the table yet
+            if not _missing_table(exc):
+                raise
+            rows = []
+    return unconverted_result(rows, r.names.replica, r.source)
+
+
 def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
     tidb_cols = [c.name for c in res.tidb.columns(r.table.db, r.table.table)]
     schemas = latest_schemas(res.schema_registry.get_client(), r.names.topic)
     avro_cols = [] if schemas is None else [
         f["name"] for f in load_schema(schemas[1])["fields"] if f["name"] not in EXTENSION_FIELDS
     ]
-    with res.snowflake.get_connection() as conn:
-        replica_cols = list(replica_column_types(conn.cursor(), r.names.replica))
+    with _session(r, res) as wh:
+        replica_cols = list(replica_column_types(wh, r.names.replica))
     drift = schema_differences(tidb_cols, avro_cols if schemas else None, replica_cols)
     metadata = {"differences": drift.problems, "notes": drift.notes,
                 "schema_version": schemas[2] if schemas else "none registered"}
@@ -465,8 +529,8 @@ def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
 
 
 def _freshness(r: Replica, res: Any, instance: dg.DagsterInstance) -> dg.AssetCheckResult:
-    with res.snowflake.get_connection() as conn:
-        watermarks = read_watermarks(conn.cursor(), r.names)
+    with _session(r, res) as wh:
+        watermarks = read_watermarks(wh, r.names)
     end = res.kafka.end_offsets([r.names.topic]).get(r.names.topic, {})
     record = instance.get_latest_materialization_event(table_keys(r.config, r.table).replica)
     last = None if record is None else dt.datetime.fromtimestamp(record.timestamp, dt.timezone.utc).replace(tzinfo=None)
@@ -495,6 +559,9 @@ CHECK_KINDS: tuple[CheckKind, ...] = (
     CheckKind("no_quarantined_records", frozenset({"snowflake"}),
               lambda r: f"No record of topic `{r.names.topic}` sits in the dead-letter table (poison records "
               "are quarantined there with their offsets instead of being skipped).", _quarantine),
+    CheckKind("no_unconverted_values", frozenset({"snowflake"}),
+              lambda r: "No value of the replica is NULL because Snowflake could not convert it (TiDB zero dates "
+              "and the like): each one is listed with its column and key.", _unconverted),
     CheckKind("schema_drift", frozenset({"tidb", "schema_registry", "snowflake"}),
               lambda r: "TiDB columns vs the topic's latest Avro value schema vs the replica's columns.", _drift),
     CheckKind("replica_freshness", frozenset({"snowflake", "kafka"}),
@@ -549,7 +616,7 @@ def build_kind_checks(
 def build_replica_checks(
     *, config: PipelineConfig, tables: Sequence[TableConfig], settings: CheckSettings = CheckSettings(), suffix: str
 ) -> list[dg.AssetChecksDefinition]:
-    """The six checks on each table's replica, one definition per kind (op `<kind>_<suffix>`)."""
+    """The checks of `CHECK_KINDS` on each table's replica, one definition per kind (op `<kind>_<suffix>`)."""
     replicas = [Replica(config, t, table_names(config, t), settings) for t in tables]
     return [build_kind_checks(kind=k, replicas=replicas, name=f"{k.name}_{suffix}") for k in CHECK_KINDS]
 

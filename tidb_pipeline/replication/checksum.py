@@ -10,23 +10,25 @@ MySQL/TiDB and on Snowflake:
     chunk    = COUNT(*), SUM(row hash)                (exact: DECIMAL in MySQL, NUMBER(38,0) in Snowflake)
 
 The length prefix makes the encoding self-delimiting, so no value can fake a column boundary and NULL never
-collides with any text (the NULL marker has no ':'). MD5 is used because both engines (and fakesnow) compute
-it identically; `HASH`/`HASH_AGG` differ between Snowflake and fakesnow and do not exist in MySQL. MySQL reads
-the hex digits with `CONV`; Snowflake (and fakesnow, which lacks `TO_NUMBER(x, 'XXX')`) with a positional
-sum over `POSITION(digit IN '0123456789abcdef')`, cast to NUMBER(38,0) before summing (fakesnow sums an
-integer product as a double otherwise).
+collides with any text (the NULL marker has no ':'). MD5 is used because every engine here computes it
+identically; `HASH`/`HASH_AGG` are engine-specific and do not exist in MySQL. MySQL reads the hex digits with
+`CONV`; Snowflake with a positional sum over `POSITION(digit IN '0123456789abcdef')` (portable where
+`TO_NUMBER(x, 'XXX')` is not), cast to NUMBER(38,0) before summing so the sum stays exact integer arithmetic.
 
-Canonical text per column kind (measured on MariaDB 10/11 and fakesnow 0.12.1 here):
+Canonical text per column kind (measured on MariaDB 10/11 and the lab's Snowflake here):
 - int, year: the decimal digits. decimal: the digits with the column's scale (`-0.50`); a decimal wider than
   Snowflake's 38 digits is a VARCHAR in the replica holding the same text.
 - double: 15 significant digits as `[-]<mantissa digits>e<exponent>` computed with the same arithmetic on
-  both sides (`FLOOR(|v| / 10^e * 10^14 + 0.5)`, e = FLOOR(LOG10(|v|))); zero is `0`.
+  both sides (`FLOOR(|v| / 10^e * 10^14 + 0.5)`, e the exponent with 10^e <= |v| < 10^(e+1): `FLOOR(LOG(10,
+  |v|))` corrected against POWER(10, e) and POWER(10, e + 1) on both sides, as a logarithm may miss an exact
+  power of ten by one ulp); zero is `0`.
   float: the same at 6 significant digits, from the value's *text* on the MySQL side (TiDB prints a FLOAT's
   shortest float32 text, MariaDB 6 digits; the replica holds the double of the text TiCDC sent). Limit: a
   FLOAT whose text has 7+ digits ending exactly at a rounding tie may round apart (rare; it shows as a
   differing chunk, never as a false pass). Subnormal doubles (< 1e-308) are not supported.
 - date `YYYY-MM-DD`; datetime/timestamp `YYYY-MM-DD HH:MM:SS.ffffff` (TIMESTAMP as the TiDB session's time
-  zone shows it, which must be the changefeed's time zone, as TiCDC writes it).
+  zone shows it, which must be the changefeed's time zone, as TiCDC writes it). A TiDB zero date (zero month
+  or day) is NULL, as the merge stores it.
 - time: TiDB's text `[-]HH:MM:SS` padded to six fraction digits (the replica keeps TiCDC's text verbatim).
 - binary/blob: upper-case hex. bit(M): the hex of ceil(M/8) big-endian bytes, as TiCDC sends BIT.
 - json: the JSON text with all whitespace removed. Limits: object key order must agree (TiDB and TiCDC sort
@@ -220,10 +222,36 @@ def _int_text(dialect: Dialect, expr: str) -> str:
     return f"CAST(CAST({expr} AS NUMBER(38,0)) AS VARCHAR)"
 
 
+def _log10(dialect: Dialect, a: str) -> str:
+    """Base-10 logarithm in each dialect: `LOG(10, x)` in Snowflake and MySQL (Snowflake has no LOG10),
+    PostgreSQL's one-argument LOG is base 10, T-SQL's LOG10."""
+    if dialect == "postgresql":
+        return f"LOG({a})"
+    return f"LOG10({a})" if dialect == "mssql" else f"LOG(10, {a})"
+
+
+def exponent_sql(dialect: Dialect, a: str) -> str:
+    """The decimal exponent e of a positive double `a`: the integer with POWER(10, e) <= a < POWER(10, e + 1).
+
+    A logarithm can land just below an exact power of ten (LOG(10, 1000) = 2.9999999999999996 on some engines)
+    or just above one, and engines' logarithms differ; FLOOR of it is corrected by comparing `a` with the powers
+    themselves, so the result depends only on POWER(10, k), which both sides compute alike (libm's pow in the
+    lab's engines; measured for 1e-30..1e30, their neighbours and the extreme doubles, test_checksum), not on
+    where the logarithm landed. 10^309 is out of range (an error in MySQL), so the upper power stops at 10^308: no double
+    reaches 10^309. Where two engines' POWER differ (10^23 is a rounding tie), a value at that power may differ
+    by one exponent: a differing chunk, never a false pass.
+    """
+    ten = "CAST(10 AS float)" if dialect == "mssql" else "10"
+    e = f"FLOOR({_log10(dialect, a)})"
+    up = f"CASE WHEN {e} < 308 THEN {e} + 1 ELSE 308 END"
+    return (f"({e} + CASE WHEN {a} < POWER({ten}, {e}) THEN -1 "
+            f"WHEN {e} < 308 AND {a} >= POWER({ten}, {up}) THEN 1 ELSE 0 END)")
+
+
 def _significant(dialect: Dialect, v: str, digits: int) -> str:
     """`[-]<digits>e<exp>` of a double, identical arithmetic on every side; zero -> '0'."""
-    # PostgreSQL's LOG is base 10; SQL Server's POWER returns its first argument's type (int 10 -> 0 for 10^-3).
-    exp = f"FLOOR({'LOG' if dialect == 'postgresql' else 'LOG10'}(ABS({v})))"
+    # SQL Server's POWER returns its first argument's type (int 10 -> 0 for 10^-3).
+    exp = exponent_sql(dialect, f"ABS({v})")
     ten = "CAST(10 AS float)" if dialect == "mssql" else "10"
     mantissa = f"FLOOR(ABS({v}) / POWER({ten}, {exp}) * {10 ** (digits - 1)} + 0.5)"
     if dialect == "mysql":
@@ -251,7 +279,7 @@ def _target_pad_fraction(dialect: SqlTargetDialect, t: str) -> str:
 
 
 def _strip_whitespace(dialect: Dialect, t: str) -> str:
-    # Character codes, not escapes: backslash escapes in literals differ between engines (DuckDB has none).
+    # Character codes, not escapes: backslash escapes in literals differ between engines.
     chars = {"mysql": "CHAR({} USING utf8mb4)", "mssql": "NCHAR({})"}
     for code in (32, 10, 9, 13):
         t = f"REPLACE({t}, {chars.get(dialect, 'CHR({})').format(code)}, {_lit(dialect, '')})"
@@ -307,12 +335,12 @@ def _escape_percent(sql: str, params: tuple[Any, ...]) -> str:
 
 
 def _snowflake_datetime(c: str) -> str:
-    """`YYYY-MM-DD HH:MM:SS.ffffff` from parts: fakesnow's TO_CHAR ignores `FF6` and drops trailing zeros."""
+    """`YYYY-MM-DD HH:MM:SS.ffffff` from parts, which every engine formats alike (`TO_CHAR` with `FF6` does not)."""
 
     def two(part: str) -> str:
         return f"LPAD(CAST({part}({c}) AS VARCHAR), 2, '0')"
 
-    # DATEDIFF in microseconds, not DATE_PART(NANOSECOND): fakesnow converts to nanoseconds and overflows past 2262.
+    # DATEDIFF in microseconds, not DATE_PART(NANOSECOND): a nanosecond count overflows 64 bits past 2262.
     micros = f"LPAD(CAST(DATEDIFF(MICROSECOND, DATE_TRUNC('SECOND', {c}), {c}) AS VARCHAR), 6, '0')"
     return (
         f"CONCAT(TO_CHAR(CAST({c} AS DATE), 'YYYY-MM-DD'), ' ', {two('HOUR')}, ':', {two('MINUTE')}, ':', "
@@ -332,7 +360,7 @@ def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = N
     if k == "decimal":
         if my:
             return f"CAST({c} AS CHAR)"
-        # fakesnow prints NUMBER(p,p) without the leading zero ('.0277'); put it back (a no-op on Snowflake).
+        # Put back the leading zero of NUMBER(p,p) text ('.0277') where an engine drops it (a no-op on Snowflake).
         t = f"CAST({c} AS VARCHAR)"
         return (f"IFF(STARTSWITH({t}, '.'), '0' || {t}, "
                 f"IFF(STARTSWITH({t}, '-.'), '-0' || SUBSTR({t}, 2), {t}))")
@@ -340,10 +368,12 @@ def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = N
         return _significant(dialect, c, 15)
     if k == "float":
         return _significant(dialect, f"CAST(CAST({c} AS CHAR) AS DOUBLE)" if my else c, 6)
+    # A TiDB date with a zero month or day (`0000-00-00`) is NULL in the replica (replication.merge, "Conversions").
+    zero = f"MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0"
     if k == "date":
-        return f"DATE_FORMAT({c}, '%Y-%m-%d')" if my else f"TO_CHAR({c}, 'YYYY-MM-DD')"
+        return f"IF({zero}, NULL, DATE_FORMAT({c}, '%Y-%m-%d'))" if my else f"TO_CHAR({c}, 'YYYY-MM-DD')"
     if k == "datetime":
-        return f"DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s.%f')" if my else _snowflake_datetime(c)
+        return f"IF({zero}, NULL, DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s.%f'))" if my else _snowflake_datetime(c)
     if k == "time":
         return _time_text(f"CAST({c} AS CHAR)" if my else c)
     if k == "binary":
@@ -482,7 +512,7 @@ def checksums_sql(
 ) -> Statement:
     """One scan: (chunk index, COUNT(*), SUM(row hash)) per non-empty chunk. `table` is already quoted.
 
-    Three layers, so that no long expression is repeated (fakesnow's transpiler takes seconds per repeat):
+    Three layers, so that no long expression is repeated (an SQL transpiler takes seconds per repeat):
     canonical texts per column, then the row's MD5, then the 60-bit number summed per chunk.
     """
     if not chunks:

@@ -71,7 +71,7 @@ def create_replica_sql(table: TableRef, columns: Sequence[ReplicaColumn]) -> str
     if not keys:
         raise ValueError(f"replica {table.label} has no key columns; TiCDC only replicates tables with a handle key")
     lines = [f"{quote_ident(c.name)} {c.sql_type}{' NOT NULL' if c.is_key else ''}" for c in columns]
-    # Informational in Snowflake (not enforced); tools read it, and fakesnow/DuckDB enforce it in tests.
+    # Informational in Snowflake (not enforced); tools read it, and the lab's engine enforces it in tests.
     lines.append(f"PRIMARY KEY ({', '.join(quote_ident(c.name) for c in keys)})")
     return f"CREATE TABLE IF NOT EXISTS {table.sql} (\n  " + ",\n  ".join(lines) + "\n)"
 
@@ -90,6 +90,25 @@ def create_watermark_sql(table: TableRef) -> str:
         '  "MERGED_OFFSET" NUMBER(19,0) NOT NULL,\n'
         '  "MERGED_AT" TIMESTAMP_NTZ(6),\n'
         '  PRIMARY KEY ("REPLICA_TABLE", "PARTITION")\n'
+        ")"
+    )
+
+
+def create_unconverted_sql(table: TableRef) -> str:
+    """Values the merge or backfill could not convert (stored NULL instead): one row per replica, column and key.
+
+    `KEY` is the key as JSON text (`merge.key_text_sql`); PARTITION/OFFSET locate the landing row (NULL for a
+    backfilled row); `RAW_VALUE` is the text TiCDC sent.
+    """
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table.sql} (\n"
+        '  "REPLICA_TABLE" VARCHAR NOT NULL,\n'
+        '  "COLUMN_NAME" VARCHAR NOT NULL,\n'
+        '  "KEY" VARCHAR NOT NULL,\n'
+        '  "RAW_VALUE" VARCHAR,\n'
+        '  "PARTITION" NUMBER(10,0),\n'
+        '  "OFFSET" NUMBER(19,0),\n'
+        '  "FOUND_AT" TIMESTAMP_NTZ(6)\n'
         ")"
     )
 

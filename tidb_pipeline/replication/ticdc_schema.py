@@ -23,7 +23,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -103,6 +103,15 @@ class TableIneligibleError(ValueError):
     """A table has neither a primary key nor a NOT NULL unique index (TiCDC: CDC:ErrTableIneligible)."""
 
 
+class FieldNameCollisionError(ValueError):
+    """Two columns of a table sanitise to one Avro field name: TiCDC cannot encode the table with Avro.
+
+    tiflow's `SanitizeName` adds no suffix to tell them apart, and goavro refuses a record whose fields
+    repeat a name ("ought to have unique name"), so TiCDC fails on the table's first row
+    (CDC:ErrAvroSchemaAPIError) instead of writing it.
+    """
+
+
 @dataclass(frozen=True)
 class Column:
     """One column as information_schema.COLUMNS describes it, reduced to what the codec needs."""
@@ -150,13 +159,18 @@ class Column:
 
 @dataclass(frozen=True)
 class TableInfo:
-    """A table version: columns in table order plus the handle key TiCDC keys records by."""
+    """A table version: the columns TiCDC replicates, in table order, plus the handle key it keys records by.
+
+    `columns` never holds a virtual generated column (TiCDC's `IsColCDCVisible`); `unique_keys` are the
+    column lists of every unique index (PRIMARY included), reduced to those columns.
+    """
 
     schema: str
     table: str
     columns: tuple[Column, ...]
     handle_key: tuple[str, ...]
     version: int = 0  # bumps when the columns change; schema caches are keyed by it
+    unique_keys: tuple[tuple[str, ...], ...] = ()
     _by_name: dict[str, Column] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -177,6 +191,12 @@ class TableInfo:
     def key_columns(self) -> tuple[Column, ...]:
         """Handle key columns in table column order (as tiflow's HandleKeyColInfos)."""
         keys = set(self.handle_key)
+        return tuple(c for c in self.columns if c.name in keys)
+
+    @functools.cached_property
+    def unique_columns(self) -> tuple[Column, ...]:
+        """Columns flagged handle or unique key: a change to any of them splits an UPDATE (`ShouldSplitUpdateEvent`)."""
+        keys = set(self.handle_key).union(*self.unique_keys)
         return tuple(c for c in self.columns if c.name in keys)
 
 
@@ -226,18 +246,25 @@ def column_from_information_schema(row: Mapping[str, Any], *, is_json: bool = Fa
     )
 
 
+def is_virtual_generated(extra: Any) -> bool:
+    """information_schema.COLUMNS.EXTRA of a virtual generated column (TiDB and MariaDB both say so there)."""
+    return "VIRTUAL GENERATED" in str(extra or "").upper()
+
+
 def choose_handle_key(
     columns: Sequence[Column], indexes: Sequence[tuple[str, bool, Sequence[str]]]
 ) -> tuple[str, ...]:
     """TiCDC's handle key: the primary key, else the NOT NULL unique index with the fewest columns.
 
-    `indexes` are (name, unique, columns) in definition order; ties go to the earlier index as TiDB's
-    lower index id wins.
+    `columns` are the replicated ones: an index on a column not among them (a virtual generated column) is
+    never the handle (`IsIndexUnique`). `indexes` are (name, unique, columns) in definition order; ties go
+    to the earlier index as TiDB's lower index id wins.
     """
+    visible = {c.name for c in columns}
     nullable = {c.name for c in columns if c.nullable}
     best: tuple[str, ...] = ()
     for name, unique, cols in indexes:
-        if not unique or any(c in nullable for c in cols):
+        if not unique or any(c in nullable or c not in visible for c in cols):
             continue
         if name.upper() == "PRIMARY":
             return tuple(cols)
@@ -265,6 +292,13 @@ def sanitize_name(name: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def subject_names(topic: str) -> tuple[str, str]:
+    """The registry subjects TiCDC registers a topic's schemas under: TopicNameStrategy after it replaces the
+    topic's dots by `_` (tiflow avro.go `sanitizeTopic`), so `tidb_my.db_t` -> `tidb_my_db_t-key` / `-value`."""
+    t = topic.replace(".", "_")
+    return f"{t}-key", f"{t}-value"
 
 
 def avro_namespace(namespace: str, schema: str) -> str:
@@ -403,7 +437,22 @@ _EXTENSION_FIELDS = [
 ]
 
 
+def check_field_names(info: TableInfo) -> None:
+    """Raise FieldNameCollisionError when two columns of `info` become the same Avro field name."""
+    seen: dict[str, str] = {}
+    for col in info.columns:
+        name = sanitize_name(col.name)
+        if name in seen:
+            raise FieldNameCollisionError(
+                f"TiCDC cannot encode {info.schema}.{info.table} with Avro: columns {seen[name]!r} and "
+                f"{col.name!r} both become field {name!r} (Avro names allow only [A-Za-z0-9_]; goavro: "
+                "field ought to have unique name); rename one of them"
+            )
+        seen[name] = col.name
+
+
 def _record(info: TableInfo, fields: list[dict[str, Any]], cfg: CodecConfig) -> dict[str, Any]:
+    check_field_names(info)
     return {
         "type": "record",
         "name": sanitize_name(info.table),
@@ -436,21 +485,27 @@ def table_info(
 ) -> TableInfo:
     """A TableInfo from information_schema rows (dicts keyed by upper-case column names).
 
-    `column_rows` are COLUMNS rows in ORDINAL_POSITION order; `index_rows` are STATISTICS rows
+    `column_rows` are COLUMNS rows in ORDINAL_POSITION order; a row whose EXTRA says `VIRTUAL GENERATED` is
+    left out, as TiCDC never replicates such a column (stored generated columns are kept). `index_rows` are STATISTICS rows
     (INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME) in the server's order, which decides ties between
     equally short unique indexes. `json_columns` names columns to treat as JSON whatever their DATA_TYPE
     (MariaDB's JSON is a LONGTEXT alias); TiDB reports DATA_TYPE `json` itself.
     """
     as_json = set(json_columns)
-    columns = tuple(column_from_information_schema(r, is_json=str(r["COLUMN_NAME"]) in as_json) for r in column_rows)
+    columns = tuple(
+        column_from_information_schema(r, is_json=str(r["COLUMN_NAME"]) in as_json)
+        for r in column_rows
+        if not is_virtual_generated(r.get("EXTRA"))
+    )
     indexes: dict[str, tuple[bool, dict[int, str]]] = {}
     for r in index_rows:
         unique, cols = indexes.setdefault(str(r["INDEX_NAME"]), (int(r["NON_UNIQUE"]) == 0, {}))
         cols[int(r["SEQ_IN_INDEX"])] = str(r["COLUMN_NAME"])
-    handle = choose_handle_key(
-        columns, [(name, unique, [cols[i] for i in sorted(cols)]) for name, (unique, cols) in indexes.items()]
-    )
-    return TableInfo(schema, table, columns, handle, version)
+    ordered = [(name, unique, [cols[i] for i in sorted(cols)]) for name, (unique, cols) in indexes.items()]
+    visible = {c.name for c in columns}
+    unique_keys = tuple(tuple(c for c in cols if c in visible) for _, unique, cols in ordered if unique)
+    return TableInfo(schema, table, columns, choose_handle_key(columns, ordered), version,
+                     tuple(k for k in unique_keys if k))
 
 
 # --- values read over the MySQL protocol -----------------------------------------------------------------------
@@ -482,6 +537,10 @@ def format_datetime(value: dt.datetime, fsp: int) -> str:
 
 
 
+# TiDB's DECIMAL holds up to 65 digits; Python's default context (28 digits) cannot quantize those.
+_DECIMAL_CONTEXT = Context(prec=65 + 30)
+
+
 def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     """The Avro datum TiCDC writes for `value`, a column value as PyMySQL returns it from TiDB.
 
@@ -506,7 +565,7 @@ def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     if tt == "DECIMAL":
         d = value if isinstance(value, Decimal) else Decimal(str(value))
         if col.scale is not None:
-            d = d.quantize(Decimal(1).scaleb(-col.scale))
+            d = d.quantize(Decimal(1).scaleb(-col.scale), context=_DECIMAL_CONTEXT)
         return d if cfg.decimal_handling_mode == DECIMAL_PRECISE else format(d, "f")
     if tt == "BIT":
         return bit_bytes(int.from_bytes(value, "big") if isinstance(value, (bytes, bytearray)) else int(value))

@@ -12,11 +12,13 @@ import fakesnow
 import fastavro
 import snowflake.connector
 
+from tidb_pipeline.lab import snowflake_adapter
 from tidb_pipeline.replication.avro_types import replica_columns
 from tidb_pipeline.replication.ddl import (
     TableRef,
     create_landing_sql,
     create_replica_sql,
+    create_unconverted_sql,
     create_watermark_sql,
     quote_ident,
 )
@@ -62,7 +64,11 @@ def avro_round_trip(schema: dict, value: dict) -> dict:
 
 @contextmanager
 def fake_snowflake() -> Iterator[Any]:
-    """An in-process fakesnow connection (database DB, schema S) that lives for the `with` block."""
+    """An in-process fakesnow connection (database DB, schema S) that lives for the `with` block.
+
+    With the lab's adapter installed, as in the lab's server: the pipeline sends Snowflake's SQL only.
+    """
+    snowflake_adapter.install()
     with fakesnow.patch():
         conn = snowflake.connector.connect(database="DB", schema="S")
         try:
@@ -74,7 +80,8 @@ def fake_snowflake() -> Iterator[Any]:
 class Replica:
     """A replica under test: its plan, the encoder for its landing rows and the fakesnow connection."""
 
-    def __init__(self, conn: Any, key_schema: dict, value_schema: dict, name: str = "T") -> None:
+    def __init__(self, conn: Any, key_schema: dict, value_schema: dict, name: str = "T",
+                 names: dict[str, str] | None = None) -> None:
         self.conn = conn
         self.key_schema = key_schema
         self.value_schema = value_schema
@@ -82,13 +89,14 @@ class Replica:
             replica=TableRef("S", name),
             landing=TableRef("S", f"LANDING_{name}"),
             watermarks=TableRef("S", "MERGE_WATERMARKS"),
-            columns=replica_columns(value_schema, key_schema),
+            columns=replica_columns(value_schema, key_schema, names),
         )
         self.encoder = RecordEncoder(key_schema, value_schema)
         cur = conn.cursor()
         for sql in (
             create_landing_sql(self.plan.landing),
             create_watermark_sql(self.plan.watermarks),
+            create_unconverted_sql(self.plan.unconverted),
             create_replica_sql(self.plan.replica, self.plan.columns),
         ):
             cur.execute(sql)
