@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -21,6 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
+from tidb_pipeline.defs.checks import CHECK_KINDS
 from tidb_pipeline.defs.idle import MERGED_THROUGH, VERIFIED_CURRENT
 from tidb_pipeline.defs.jobs import CLEANUP_JOB, GROUP_TAG, cleanup_gate, merge_safety_net, reconcile_gate
 from tidb_pipeline.defs.sensors import build_offsets_sensor
@@ -234,7 +236,7 @@ def test_reconcile_checks_only_replicas_that_moved_or_whose_check_raised(kafka: 
     keys = sorted(defs.resolve_asset_graph().asset_check_keys, key=lambda k: k.to_user_string())
     on_replica = [k for k in keys if k.asset_key == lab.keys.replica]
     free = [k for k in keys if k.asset_key != lab.keys.replica]
-    assert len(on_replica) == 6 and [k.name for k in free] == ["changefeed_healthy"]
+    assert len(on_replica) == len(CHECK_KINDS) and [k.name for k in free] == ["changefeed_healthy"]
 
     first = reconcile_gate(lab.instance, lab.config, keys)
     assert isinstance(first, dg.RunRequest) and set(first.asset_check_keys or []) == set(keys)
@@ -267,16 +269,36 @@ def test_reconcile_checks_only_replicas_that_moved_or_whose_check_raised(kafka: 
 
 
 @pytest.fixture
-def lab_env(kafka: Service, registry: Service, snowflake: Service, lab_settings: LabSettings) -> Iterator[LabSettings]:
+def lab_env(kafka: Service, registry: Service, snowflake: Service, mariadb: Service,
+            lab_settings: LabSettings) -> Iterator[LabSettings]:
     from tidb_pipeline.lab.env import applied, pipeline_env
 
     with applied(pipeline_env(lab_settings)):
         yield lab_settings
 
 
-def test_real_merge_records_what_the_gates_need_and_deciding_costs_no_statement(lab_env: LabSettings) -> None:
+@contextmanager
+def _tidb_order_line(mariadb_kwargs: dict[str, Any], db: str) -> Iterator[None]:
+    """The TiDB table the records describe: the merge names the replica's columns after it."""
+    import pymysql
+
+    from tidb_pipeline.workload.schema import DDL, create_database_sql
+
+    with pymysql.connect(autocommit=True, **mariadb_kwargs) as conn, conn.cursor() as cur:
+        cur.execute(create_database_sql(db))
+        cur.execute(f"USE `{db}`")
+        cur.execute(DDL["order_line"].replace("/*T![clustered_index] CLUSTERED */", ""))
+    try:
+        yield
+    finally:
+        with pymysql.connect(autocommit=True, **mariadb_kwargs) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+
+
+def test_real_merge_records_what_the_gates_need_and_deciding_costs_no_statement(
+    lab_env: LabSettings, mariadb: Service,
+) -> None:
     from tidb_pipeline.defs.landing import produce_order_lines
-    from tidb_pipeline.lab.statement_log import log_path, read
 
     settings = lab_env
     db = f"idle{uuid.uuid4().hex[:8]}"
@@ -284,8 +306,16 @@ def test_real_merge_records_what_the_gates_need_and_deciding_costs_no_statement(
     config = parse_config({"tables": [{"db": db, "table": "order_line", "replica_table": db.upper(),
                                        "key": ["ol_w_id", "ol_d_id", "ol_o_id", "ol_number"]}]})
     table = config.tables[0]
-    keys = table_keys(config, table)
     produce_order_lines(settings, config.topic(table), 30, partitions=2)
+    with _tidb_order_line(mariadb.connect_kwargs(), db):  # type: ignore[attr-defined]
+        _merge_and_decide(settings, config, db)
+
+
+def _merge_and_decide(settings: LabSettings, config: PipelineConfig, db: str) -> None:
+    from tidb_pipeline.lab.statement_log import log_path, read
+
+    table = config.tables[0]
+    keys = table_keys(config, table)
     defs = build_defs(config=config)
     kafka = defs.resources["kafka"]
     instance = dg.DagsterInstance.ephemeral()
@@ -305,7 +335,9 @@ def test_real_merge_records_what_the_gates_need_and_deciding_costs_no_statement(
 
     request = gate()
     assert isinstance(request, dg.RunRequest)
+    merging = time.time()
     merge(request)
+    assert read(statements, merging, time.time() + 1), "the server's statement log counts nothing"
     replica = instance.get_latest_materialization_event(keys.replica)
     assert replica is not None and replica.asset_materialization is not None
     end = kafka.end_offsets([config.topic(table)])[config.topic(table)]
