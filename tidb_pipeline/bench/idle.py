@@ -132,11 +132,16 @@ def measure(minutes: float, settle_s: float, warmup_timeout_s: float) -> str:
 
 def report(minutes: float, seconds: float, statements: list[Statement], runs: list[RunSpan],
            ticks: dict[str, Counter[str]], warmup: list[RunSpan], warm_statements: int) -> str:
-    in_runs: dict[int, list[Statement]] = {i: [] for i in range(len(runs))}
+    # A statement inside the spans of several runs (say the hourly reconcile and the 2-hourly cleanup, both
+    # due at the top of an even hour) is counted once, against those runs together.
+    by_runs: Counter[tuple[int, ...]] = Counter()
     outside: list[Statement] = []
     for s in statements:
-        hit = next((i for i, r in enumerate(runs) if r.start - 1 <= s.at <= r.end + 1), None)
-        (in_runs[hit] if hit is not None else outside).append(s)
+        hit = tuple(i for i, r in enumerate(runs) if r.start - 1 <= s.at <= r.end + 1)
+        if hit:
+            by_runs[hit] += 1
+        else:
+            outside.append(s)
     per_hour = len(statements) * 3600 / seconds if seconds else 0
     lines = [
         f"- window: {seconds / 60:.1f} min after settling (warm-up: {len(warmup)} run(s), {warm_statements} statements)",
@@ -146,7 +151,9 @@ def report(minutes: float, seconds: float, statements: list[Statement], runs: li
     if statements:
         lines.append(f"- by kind: {', '.join(f'{k} {n}' for k, n in by_kind(statements).most_common())}")
     for i, r in enumerate(runs):
-        lines.append(f"- run `{r.job}` ({r.trigger or 'manual'}, {r.status}): {len(in_runs[i])} statements")
+        lines.append(f"- run `{r.job}` ({r.trigger or 'manual'}, {r.status}, {r.end - r.start:.0f} s)")
+    for hit, n in by_runs.most_common():
+        lines.append(f"- statements while {' and '.join(f'`{runs[i].job}`' for i in hit)} ran: {n}")
     if not runs:
         lines.append("- runs in the window: none")
     for name, counter in sorted(ticks.items()):
