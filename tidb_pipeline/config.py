@@ -162,6 +162,119 @@ class ScheduleConfig(_Model):
         return value.strip()
 
 
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _env_name(value: str | None) -> str | None:
+    # The value is not echoed: a secret pasted here by mistake must not reach an error message.
+    if value is not None and not _ENV_NAME.match(value):
+        raise ValueError("is not an environment variable name (upper-case letters, digits and '_'); name the "
+                         "variable that holds the secret, never the secret itself")
+    return value
+
+
+class FreshnessConfig(_Model):
+    """How stale a replica may get while records wait, before it warns and then fails.
+
+    One limit feeds both the replica's Dagster `FreshnessPolicy` (the UI's freshness status) and the
+    `replica_freshness` asset check, so the two always agree.
+    """
+
+    warn_after_minutes: float = Field(default=10.0, ge=1)
+    fail_after_minutes: float = Field(default=60.0, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> FreshnessConfig:
+        if self.warn_after_minutes >= self.fail_after_minutes:
+            raise ValueError(f"warn_after_minutes ({self.warn_after_minutes:g}) must be below fail_after_minutes "
+                             f"({self.fail_after_minutes:g})")
+        return self
+
+
+class SlackAlerts(_Model):
+    """Slack through `dagster-slack` (a bot token with `chat:write`, invited to the channel)."""
+
+    channel: str = Field(min_length=1)
+    token_env: str = "SLACK_BOT_TOKEN"
+    # Only to reach something other than Slack's Web API (a test receiver, a proxy).
+    api_url: str = "https://slack.com/api/"
+
+    _check_env = field_validator("token_env")(_env_name)
+
+
+class TeamsAlerts(_Model):
+    """Microsoft Teams through `dagster-msteams`: an incoming-webhook / Workflows URL (it embeds a secret)."""
+
+    webhook_url_env: str = "TEAMS_WEBHOOK_URL"
+
+    _check_env = field_validator("webhook_url_env")(_env_name)
+
+
+class EmailAlerts(_Model):
+    """Email over SMTP; the account's credentials come from the environment."""
+
+    smtp_host: str = Field(min_length=1)
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    # "starttls" (port 587), "ssl" (implicit TLS, port 465) or "none" (a local relay).
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    sender: str = Field(min_length=3)
+    recipients: tuple[str, ...] = Field(min_length=1)
+    username_env: str | None = "SMTP_USERNAME"
+    password_env: str | None = "SMTP_PASSWORD"
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    _check_env = field_validator("username_env", "password_env")(_env_name)
+
+    @field_validator("sender", "recipients")
+    @classmethod
+    def _addresses(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for address in (value,) if isinstance(value, str) else value:
+            if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", address):
+                raise ValueError(f"{address!r} is not an email address (name@domain)")
+        return value
+
+
+class WebhookAlerts(_Model):
+    """A generic webhook: each notification is POSTed as JSON to the URL in `url_env`."""
+
+    url_env: str = "ALERT_WEBHOOK_URL"
+
+    _check_env = field_validator("url_env")(_env_name)
+
+
+class AlertsConfig(_Model):
+    """Where state changes (checks, runs, changefeed, freshness) are sent; no destination, no alerts."""
+
+    # The Dagster UI's address as people reach it; every message links to the asset or run there.
+    ui_url: str = "http://localhost:3000"
+    interval_seconds: int = Field(default=30, ge=5, le=3600)
+    slack: SlackAlerts | None = None
+    teams: TeamsAlerts | None = None
+    email: EmailAlerts | None = None
+    webhook: WebhookAlerts | None = None
+
+    @field_validator("ui_url")
+    @classmethod
+    def _ui_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"{value!r} is not an http(s) URL such as https://dagster.example.com")
+        return value.rstrip("/")
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        return tuple(n for n in ("slack", "teams", "email", "webhook") if getattr(self, n) is not None)
+
+
+class RetryConfig(_Model):
+    """Retries of the land-and-merge step after a retryable error (broker, registry or warehouse unavailable).
+
+    Deterministic errors (bad config, bad data, a failed consistency check) fail at once.
+    """
+
+    max_retries: int = Field(default=4, ge=0, le=20)
+    delay_seconds: float = Field(default=15.0, ge=0)
+
+
 def _dagster_name(group: str) -> str:
     # A group names Dagster jobs, schedules and asset groups (`merge_<group>`), which allow only these.
     if not re.fullmatch(r"[A-Za-z0-9_]+", group):
@@ -183,6 +296,8 @@ class TableConfig(_Model):
     # Overrides of the derived Snowflake names: unquoted identifiers, upper-cased (see SnowflakeConfig).
     landing_table: str | None = None
     replica_table: str | None = None
+    # Overrides the file's `freshness` for this table's replica.
+    freshness: FreshnessConfig | None = None
 
     @field_validator("landing_table", "replica_table")
     @classmethod
@@ -237,6 +352,13 @@ class ConnectorsConfig(_Model):
     buffer_count_records: int = Field(default=10_000, ge=1)
     buffer_size_bytes: int = Field(default=20_000_000, ge=1)
     tasks_max: int = Field(default=1, ge=1, le=1024)
+    # The Snowflake Sink's consumer group, whose committed offsets say what it has landed: `connect-<name>` on
+    # a self-managed worker; on Confluent Cloud `connect-<connector id>` (`connect-lcc-...`).
+    snowflake_sink_consumer_group: str | None = Field(default=None, min_length=1)
+
+    @property
+    def snowflake_sink_group(self) -> str:
+        return self.snowflake_sink_consumer_group or f"connect-{self.snowflake_sink_name}"
 
     @field_validator("snowflake_sink_name", "sqlserver_sink_name")
     @classmethod
@@ -270,6 +392,9 @@ class PipelineConfig(_Model):
     # The offsets sensor's minimum interval: a commit waits up to this long before a merge run is even
     # requested. Dagster's sensor daemon evaluates sensors at most every 5 s, so lower values buy nothing.
     sensor_interval_seconds: int = Field(default=15, ge=5, le=3600)
+    freshness: FreshnessConfig = FreshnessConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    retries: RetryConfig = RetryConfig()
     tables: tuple[TableConfig, ...] = ()
 
     @field_validator("merge_schedules")
@@ -321,6 +446,9 @@ class PipelineConfig(_Model):
     def replica_table(self, t: TableConfig) -> str:
         """The replica's name (and its asset key's last part): see `replica_table_name`, unless overridden."""
         return t.replica_table or replica_table_name(t.table)
+
+    def freshness_of(self, t: TableConfig) -> FreshnessConfig:
+        return t.freshness or self.freshness
 
     @cached_property
     def groups(self) -> dict[str, tuple[TableConfig, ...]]:

@@ -13,7 +13,7 @@ On every replica `snowflake/<replica_schema>/<TABLE>`:
   (TiDB zero dates and the like; `replication.merge`, "Conversions"), naming the column, the key, the raw text
   and the landing partition/offset of each.
 - `schema_drift`: TiDB columns vs the latest Avro value schema vs the replica's columns (WARN).
-- `replica_freshness`: time since the last merge while records wait (WARN / ERROR over thresholds).
+- `replica_freshness`: while records wait, the replica's freshness policy verdict (`defs/freshness.py`).
 On `ticdc/<changefeed>`: `changefeed_healthy`, state normal and checkpoint lag under thresholds.
 
 Read order matters for the lag-aware verdicts: the watermarks are read before the replica is counted, and
@@ -34,8 +34,9 @@ from typing import Any
 
 import dagster as dg
 
-from tidb_pipeline.config import PipelineConfig, TableConfig
+from tidb_pipeline.config import FreshnessConfig, PipelineConfig, TableConfig
 from tidb_pipeline.defs.changefeed import lag_seconds as checkpoint_lag_s  # one TSO-lag rule for asset and check
+from tidb_pipeline.defs.freshness import freshness_state
 from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
 from tidb_pipeline.defs.replica import latest_schemas
 from tidb_pipeline.defs.tables import TableNames, changefeed_key, group_name, table_keys, table_names
@@ -74,8 +75,6 @@ class CheckSettings:
     checkpoint_tolerance_s: float = 5.0  # checkpoint lag that still counts as caught up
     changefeed_warn_lag_s: float = 60.0
     changefeed_error_lag_s: float = 900.0
-    freshness_warn_s: float = 600.0
-    freshness_error_s: float = 3600.0
     rows_per_chunk: int = 50_000
     max_chunks: int = 256
     dead_letter_table: str = DEAD_LETTER_TABLE
@@ -335,22 +334,31 @@ def schema_differences(tidb: Sequence[str], avro: Sequence[str] | None, replica:
 
 
 def freshness_result(
-    backlog: Mapping[int, int], watermarks: Mapping[int, Watermark], now: dt.datetime, settings: CheckSettings
+    backlog: Mapping[int, int], watermarks: Mapping[int, Watermark], now: dt.datetime, limits: FreshnessConfig,
+    last_materialized: dt.datetime | None = None,
 ) -> dg.AssetCheckResult:
+    """The replica's `FreshnessPolicy` verdict while records wait (`defs/freshness.py`); PASS when none wait.
+
+    Age counts from the replica's last materialization in Dagster (`last_materialized`), as the policy does,
+    or from the last merge watermark when Dagster has none. All times naive UTC.
+    """
     waiting = sum(backlog.values())
     merged = [w.merged_at for w in watermarks.values() if w.merged_at is not None]
-    last = max(merged) if merged else None
-    metadata: dict[str, Any] = {"backlog_records": waiting, "last_merge": last.isoformat() if last else "never"}
+    last = last_materialized or (max(merged) if merged else None)
+    metadata: dict[str, Any] = {"backlog_records": waiting, "last_update": last.isoformat() if last else "never",
+                                "warn_after_minutes": limits.warn_after_minutes,
+                                "fail_after_minutes": limits.fail_after_minutes}
     if waiting == 0:
         return dg.AssetCheckResult(passed=True, metadata={**metadata, "note": "every record in Kafka is merged"})
     if last is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
                                    metadata={**metadata, "note": "records wait and the replica was never merged"})
     age = (now - last).total_seconds()
-    metadata["seconds_since_merge"] = round(age, 1)
-    if age > settings.freshness_error_s:
+    metadata["seconds_since_update"] = round(age, 1)
+    state = freshness_state(age, limits)
+    if state == "FAIL":
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
-    if age > settings.freshness_warn_s:
+    if state == "WARN":
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
     return dg.AssetCheckResult(passed=True, metadata=metadata)
 
@@ -528,12 +536,14 @@ def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
-def _freshness(r: Replica, res: Any) -> dg.AssetCheckResult:
+def _freshness(r: Replica, res: Any, instance: dg.DagsterInstance) -> dg.AssetCheckResult:
     with _session(r, res) as wh:
         watermarks = read_watermarks(wh, r.names)
     end = res.kafka.end_offsets([r.names.topic]).get(r.names.topic, {})
+    record = instance.get_latest_materialization_event(table_keys(r.config, r.table).replica)
+    last = None if record is None else dt.datetime.fromtimestamp(record.timestamp, dt.timezone.utc).replace(tzinfo=None)
     return freshness_result(backlog_per_partition(end, watermarks), watermarks,
-                            dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), r.settings)
+                            dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), r.config.freshness_of(r.table), last)
 
 
 @dataclass(frozen=True)
@@ -543,7 +553,8 @@ class CheckKind:
     name: str
     resources: frozenset[str]
     describe: Callable[[Replica], str]
-    run: Callable[[Replica, Any], dg.AssetCheckResult]  # (replica, context.resources) -> result
+    run: Callable[..., dg.AssetCheckResult]  # (replica, context.resources[, context.instance]) -> result
+    needs_instance: bool = False
 
 
 CHECK_KINDS: tuple[CheckKind, ...] = (
@@ -562,7 +573,8 @@ CHECK_KINDS: tuple[CheckKind, ...] = (
     CheckKind("schema_drift", frozenset({"tidb", "schema_registry", "snowflake"}),
               lambda r: "TiDB columns vs the topic's latest Avro value schema vs the replica's columns.", _drift),
     CheckKind("replica_freshness", frozenset({"snowflake", "kafka"}),
-              lambda r: "Time since the last merge while records wait in Kafka.", _freshness),
+              lambda r: "While records wait in Kafka, time since the replica was last materialized, against its "
+              "freshness policy's windows.", _freshness, needs_instance=True),
 )
 
 
@@ -597,7 +609,8 @@ def build_kind_checks(
             if key not in selected:
                 continue
             try:
-                r = kind.run(replica, context.resources)
+                r = kind.run(replica, context.resources, context.instance) if kind.needs_instance \
+                    else kind.run(replica, context.resources)
             except Exception as exc:  # noqa: BLE001 - one replica's failure must not hide the others' results
                 context.log.exception(f"{kind.name} on {key.asset_key.to_user_string()} raised")
                 yield error_result(key, exc)
@@ -646,12 +659,4 @@ def build_reconcile_job(*, checks: Sequence[dg.AssetChecksDefinition]) -> "dg.Un
     return dg.define_asset_job(
         RECONCILE_JOB, selection=dg.AssetSelection.checks(*checks),
         description="Prove the replicas right: row counts, chunked checksums, continuity, drift, freshness, changefeed.",
-    )
-
-
-def build_reconcile_schedule(*, config: PipelineConfig) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name=f"{RECONCILE_JOB}_schedule", job_name=RECONCILE_JOB, cron_schedule=config.reconcile_schedule.cron,
-        default_status=dg.DefaultScheduleStatus.RUNNING if config.reconcile_schedule.enabled
-        else dg.DefaultScheduleStatus.STOPPED,
     )

@@ -11,11 +11,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import dagster as dg
+
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.replication.connectors import connector_tables
 from tidb_pipeline.resources.env import int_setting, secret, setting
 from tidb_pipeline.resources.kafka import kafka_resource
 from tidb_pipeline.resources.kafka_connect import kafka_connect_resource
+from tidb_pipeline.resources.notify import SmtpResource, WebhookResource
 from tidb_pipeline.resources.ksqldb import ksqldb_resource
 from tidb_pipeline.resources.schema_registry import schema_registry_resource
 from tidb_pipeline.resources.snowflake import snowflake_resource
@@ -46,6 +49,29 @@ def sqlserver_for(config: PipelineConfig, env: Mapping[str, str] | None = None) 
     return sqlserver_resource(merged)
 
 
+def alert_resources(config: PipelineConfig, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A resource per alert destination whose secret is set (the alerts sensor says which are missing)."""
+    from dagster_msteams import MSTeamsResource
+    from dagster_slack import SlackResource
+
+    env = os.environ if env is None else env
+    a, out = config.alerts, {}
+    if a.slack is not None and env.get(a.slack.token_env):
+        out["alert_slack"] = SlackResource(token=dg.EnvVar(a.slack.token_env))
+    if a.teams is not None and env.get(a.teams.webhook_url_env):
+        out["alert_teams"] = MSTeamsResource(hook_url=dg.EnvVar(a.teams.webhook_url_env))
+    if a.webhook is not None and env.get(a.webhook.url_env):
+        out["alert_webhook"] = WebhookResource(url=dg.EnvVar(a.webhook.url_env))
+    if a.email is not None and (a.email.password_env is None or env.get(a.email.password_env)):
+        e = a.email
+        out["alert_email"] = SmtpResource(
+            host=e.smtp_host, port=e.smtp_port, security=e.security, sender=e.sender, recipients=list(e.recipients),
+            username=dg.EnvVar(e.username_env) if e.username_env and env.get(e.username_env) else None,
+            password=dg.EnvVar(e.password_env) if e.password_env else None, timeout_s=e.timeout_s,
+        )
+    return out
+
+
 def build_resources(env: Mapping[str, str] | None = None, *, config: PipelineConfig | None = None) -> dict[str, Any]:
     """The core resources, plus those the config's fan-out needs (none without a config)."""
     resources: dict[str, Any] = {
@@ -63,4 +89,5 @@ def build_resources(env: Mapping[str, str] | None = None, *, config: PipelineCon
         resources["ksqldb"] = ksqldb_resource(env)
     if connector_tables(config) or (config.sqlserver.enabled and config.sqlserver.mode == "connector"):
         resources["kafka_connect"] = kafka_connect_resource(env)
+    resources.update(alert_resources(config, env))
     return resources

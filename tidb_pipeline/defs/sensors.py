@@ -6,10 +6,16 @@ call (split into chunks only past `chunk_partitions`), compares them with the of
 - logs an `AssetObservation` on `kafka/<topic>` for each topic that moved (end offsets per partition, new
   messages and messages/s since that topic was last checked);
 - requests ONE run per table group whose topics moved, on the group's `merge_<group>` job, selecting the
-  landing (when Dagster loads it) and replica assets of exactly the moved tables. The `run_key` is a hash
-  of the group and the moved topics' end offsets, so a tick evaluated twice from the same cursor (a daemon
-  restart before the cursor was saved) asks for the same run and Dagster starts it once;
-- otherwise skips, naming how many topics it checked.
+  landing and replica assets of exactly the moved `builtin` tables. The `run_key` is a hash of the group and
+  the moved topics' end offsets, so a tick evaluated twice from the same cursor (a daemon restart before the
+  cursor was saved) asks for the same run and Dagster starts it once;
+- for `connector` tables (the Snowflake Sink lands them, on its own schedule) a moved topic is not yet work:
+  the trigger is the sink's committed consumer-group offsets getting ahead of what the replica merged
+  (`defs/idle.py`), with a `run_key` from those offsets;
+- records, on each replica that holds everything in Kafka and has not been materialized for a while, a
+  runless materialization marked `verified_current` (Dagster's freshness policy counts materializations);
+- otherwise skips, naming how many topics it checked. An idle tick issues no warehouse statement: it reads
+  Kafka (one `list_offsets` call, one consumer-group call in connector mode) and the Dagster instance.
 
 It never consumes messages. Partition lists come from broker metadata only when a topic is new to the
 cursor, a read failed, or the lists are older than `metadata_max_age_s` (partitions can be added to a topic);
@@ -39,7 +45,8 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.jobs import GROUP_TAG, build_merge_jobs, merge_job_name
+from tidb_pipeline.defs.idle import read_offsets, refresh_seconds, table_states, verified_current
+from tidb_pipeline.defs.jobs import GROUP_TAG, TRIGGER_TAG, build_merge_jobs, merge_job_name, merge_targets
 from tidb_pipeline.defs.tables import table_keys
 from tidb_pipeline.resources.kafka import KafkaResource
 
@@ -219,6 +226,7 @@ class TickOutcome:
     checked: int
     unread: tuple[str, ...]
     errors: Mapping[str, str]
+    read: frozenset[str] = frozenset()  # topics whose end offsets this tick read
 
 
 def new_messages(before: Mapping[int, int], after: Mapping[int, int]) -> int:
@@ -257,6 +265,7 @@ def diff_offsets(
         checked=len(read.offsets),
         unread=read.unread,
         errors=read.errors,
+        read=frozenset(read.offsets),
     )
 
 
@@ -268,23 +277,18 @@ def run_key(group: str, moves: Iterable[TopicMove]) -> str:
     return f"{SENSOR_NAME}:{group}:{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
 
 
-def merge_targets(config: PipelineConfig, tables: Iterable[TableConfig]) -> list[dg.AssetKey]:
-    """The assets a merge run of `tables` materialises: the landing table when Dagster loads it, the replica."""
-    keys: list[dg.AssetKey] = []
-    for t in tables:
-        k = table_keys(config, t)
-        if config.landing_mode_of(t) == "builtin":
-            keys.append(k.landing)
-        keys.append(k.replica)
-    return keys
+def run_requests(config: PipelineConfig, moves: Sequence[TopicMove],
+                 pending: Callable[[TableConfig], bool] = lambda _t: True) -> list[dg.RunRequest]:
+    """One run per table group whose topics moved, selecting exactly the moved `builtin` tables' assets.
 
-
-def run_requests(config: PipelineConfig, moves: Sequence[TopicMove]) -> list[dg.RunRequest]:
-    """One run per table group whose topics moved, selecting exactly the moved tables' assets."""
+    `pending` drops a moved table whose records the instance shows landed and merged already (a fresh cursor
+    counts every topic from 0).
+    """
     moved = {m.topic: m for m in moves}
     requests: list[dg.RunRequest] = []
     for group, tables in config.groups.items():
-        hit = [t for t in tables if config.topic(t) in moved]
+        hit = [t for t in tables
+               if config.topic(t) in moved and config.landing_mode_of(t) == "builtin" and pending(t)]
         if not hit:
             continue
         group_moves = [moved[config.topic(t)] for t in hit]
@@ -292,10 +296,55 @@ def run_requests(config: PipelineConfig, moves: Sequence[TopicMove]) -> list[dg.
             run_key=run_key(group, group_moves),
             job_name=merge_job_name(group),
             asset_selection=merge_targets(config, hit),
-            tags={GROUP_TAG: group, "tidb_pipeline/trigger": SENSOR_NAME,
+            # Without this Dagster adds every check of the selected replicas to the run (they belong to the
+            # reconcile job, not to every merge).
+            asset_check_keys=[],
+            tags={GROUP_TAG: group, TRIGGER_TAG: SENSOR_NAME,
                   "tidb_pipeline/moved_tables": str(len(hit))},
         ))
     return requests
+
+
+def sink_run_key(group: str, committed: Mapping[str, Mapping[int, int]]) -> str:
+    payload = json.dumps([group, sorted([t, sorted(o.items())] for t, o in committed.items())], separators=(",", ":"))
+    return f"{SENSOR_NAME}:{group}:sink:{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
+
+
+@dataclass(frozen=True)
+class IdleWork:
+    requests: list[dg.RunRequest]  # merges the Snowflake Sink made necessary
+    verified: list[dg.AssetMaterialization]  # `verified_current` records due
+    pending: frozenset[str]  # topics of tables with merge work left
+
+
+def idle_work(instance: dg.DagsterInstance, config: PipelineConfig, kafka: KafkaResource, outcome: TickOutcome,
+              *, now: float | None = None) -> IdleWork:
+    """Merges the Snowflake Sink made necessary, `verified_current` records due on idle replicas, and which
+    topics' tables have merge work left.
+
+    Only tables whose topic this tick read take part (a topic the budget skipped is not known to be idle).
+    Reads Kafka's consumer-group offsets (connector tables only) and the Dagster instance, never the warehouse.
+    """
+    tables = [t for t in config.tables if config.topic(t) in outcome.read]
+    if not tables:
+        return IdleWork([], [], frozenset())
+    end = {config.topic(t): outcome.cursor.topics[config.topic(t)].offsets for t in tables}
+    offsets = read_offsets(config, tables, kafka, end=end)
+    states = table_states(instance, config, tables, offsets)
+    requests: list[dg.RunRequest] = []
+    for group, members in config.groups.items():
+        pending = [t for t in members if t in states and states[t].pending and config.landing_mode_of(t) == "connector"]
+        if not pending or offsets.committed is None:
+            continue  # an unreadable sink group is the safety-net schedule's to handle
+        committed = {config.topic(t): offsets.committed.get(config.topic(t), {}) for t in pending}
+        requests.append(dg.RunRequest(
+            run_key=sink_run_key(group, committed), job_name=merge_job_name(group),
+            asset_selection=merge_targets(config, pending), asset_check_keys=[],
+            tags={GROUP_TAG: group, TRIGGER_TAG: SENSOR_NAME, "tidb_pipeline/moved_tables": str(len(pending))},
+        ))
+    events = [e for t, s in states.items()
+              if (e := verified_current(config, s, refresh_s=refresh_seconds(config, t), now=now)) is not None]
+    return IdleWork(requests, events, frozenset(config.topic(t) for t, s in states.items() if s.pending))
 
 
 def observation(config_topic_key: dg.AssetKey, move: TopicMove) -> dg.AssetObservation:
@@ -371,12 +420,13 @@ def build_offsets_sensor(
     metadata_max_age_s: float = 300.0,
     chunk_partitions: int = 10_000,
     jobs: Sequence[dg.JobDefinition | UnresolvedAssetJobDefinition] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
     """The `kafka_offsets_sensor` for `config`'s topics, targeting the merge job of each table group.
 
     `minimum_interval_seconds` defaults to the config's `sensor_interval_seconds`. Pass `jobs`, the merge
     jobs the `Definitions` already hold: Dagster adds a sensor's target jobs to its `Definitions` and
-    rejects a second, equal job object of the same name.
+    rejects a second, equal job object of the same name. `clock` dates the `verified_current` records' due time.
     """
 
     @dg.sensor(
@@ -407,7 +457,18 @@ def build_offsets_sensor(
         if outcome.moves:
             context.log.info(f"{len(outcome.moves)} of {outcome.checked} topics moved: "
                              f"{sum(m.new_messages for m in outcome.moves)} new messages")
-        return result
+        idle = idle_work(context.instance, config, kafka, outcome, now=clock())
+        # Unread topics (budget, errors) keep the plain rule: moved means work.
+        merges = run_requests(config, outcome.moves,
+                              lambda t: config.topic(t) in idle.pending or config.topic(t) not in outcome.read)
+        events = [*(result.asset_events or []), *idle.verified]
+        if merges or idle.requests:
+            return dg.SensorResult(run_requests=[*merges, *idle.requests], asset_events=events, cursor=result.cursor)
+        reason = result.skip_reason.skip_message if result.skip_reason else \
+            f"{len(outcome.moves)} topic(s) moved, their records already landed and merged"
+        if idle.verified:
+            reason += f"; {len(idle.verified)} idle replica(s) recorded verified_current"
+        return dg.SensorResult(skip_reason=reason, asset_events=events, cursor=result.cursor)
 
     return _sensor
 
@@ -469,9 +530,10 @@ def _bench(argv: Sequence[str] | None = None) -> None:
           f"({len(missing)} created in {time.monotonic() - started:.1f} s)")
 
     sensor = build_offsets_sensor(config=config)
+    instance = dg.DagsterInstance.ephemeral()
 
     def tick(cursor: str | None) -> tuple[float, dg.SensorResult]:
-        context = dg.build_sensor_context(cursor=cursor, resources={"kafka": kafka})
+        context = dg.build_sensor_context(cursor=cursor, resources={"kafka": kafka}, instance=instance)
         t0 = time.perf_counter()
         result = sensor(context)
         return time.perf_counter() - t0, result

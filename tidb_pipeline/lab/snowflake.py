@@ -163,10 +163,12 @@ def serve(host: str, port: int, data: Path) -> None:
 
     import fakesnow.server
 
-    from tidb_pipeline.lab import snowflake_adapter
+    from tidb_pipeline.lab import snowflake_adapter, statement_log
 
     # Snowflake SQL that fakesnow cannot run as sent is rewritten here, never in production code.
     snowflake_adapter.install()
+    # Every statement as a client sent it, counted where Snowflake would bill it (lab/statement_log.py).
+    statement_log.install(data.parent / statement_log.LOG_NAME)
     # fakesnow warns on every query that it copies an Arrow result; nothing to act on in a lab log.
     warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
     _use_stage_dir(data / STAGES_DIR)

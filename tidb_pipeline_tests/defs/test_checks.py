@@ -26,6 +26,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema
 
 from tidb_pipeline.config import PipelineConfig, SnowflakeConfig, TableConfig
+from tidb_pipeline.config import FreshnessConfig
+from tidb_pipeline.defs.jobs import build_reconcile_schedule
 from tidb_pipeline.defs.checks import (
     unconverted_result,
     CHECK_KINDS,
@@ -35,7 +37,6 @@ from tidb_pipeline.defs.checks import (
     backlog_per_partition,
     build_all_checks,
     build_reconcile_job,
-    build_reconcile_schedule,
     changefeed_result,
     checkpoint_lag_s,
     find_gaps,
@@ -126,11 +127,14 @@ def test_freshness_and_changefeed_verdicts() -> None:
     now = dt.datetime(2026, 1, 1, 12, 0)
     wm = {0: Watermark(5, now - dt.timedelta(minutes=20))}
     s = CheckSettings()
-    assert freshness_result({0: 0}, wm, now, s).passed
-    assert freshness_result({0: 3}, wm, now, s).severity == WARN
-    assert freshness_result({0: 3}, {0: Watermark(5, now - dt.timedelta(hours=2))}, now, s).severity == ERROR
-    assert freshness_result({0: 3}, {}, now, s).severity == WARN
-    assert freshness_result({0: 3}, {0: Watermark(5, now - dt.timedelta(seconds=30))}, now, s).passed
+    f = FreshnessConfig(warn_after_minutes=10, fail_after_minutes=60)
+    assert freshness_result({0: 0}, wm, now, f).passed
+    assert freshness_result({0: 3}, wm, now, f).severity == WARN
+    assert freshness_result({0: 3}, {0: Watermark(5, now - dt.timedelta(hours=2))}, now, f).severity == ERROR
+    assert freshness_result({0: 3}, {}, now, f).severity == WARN
+    assert freshness_result({0: 3}, {0: Watermark(5, now - dt.timedelta(seconds=30))}, now, f).passed
+    # Dagster's last materialization, when known, is the clock (as for the replica's freshness policy).
+    assert freshness_result({0: 3}, wm, now, f, last_materialized=now - dt.timedelta(minutes=1)).passed
     now_ms = 1_000_000_000
     assert changefeed_result("normal", (now_ms - 2_000) << 18, now_ms, None, s).passed
     assert changefeed_result("normal", (now_ms - 120_000) << 18, now_ms, None, s).severity == WARN
@@ -329,7 +333,7 @@ def test_one_definition_per_check_kind_and_group_with_per_replica_specs() -> Non
              "each one is listed with its column and key.", False),
         ("snowflake/REPLICA/C", "schema_drift"):
             ("TiDB columns vs the topic's latest Avro value schema vs the replica's columns.", False),
-        ("snowflake/REPLICA/C", "replica_freshness"): ("Time since the last merge while records wait in Kafka.", False),
+        ("snowflake/REPLICA/C", "replica_freshness"): ("While records wait in Kafka, time since the replica was last materialized, against its freshness policy's windows.", False),
     }  # fmt: skip
 
 

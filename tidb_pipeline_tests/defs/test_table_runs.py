@@ -29,6 +29,8 @@ RESOURCES = {"kafka": KafkaResource(bootstrap_servers="127.0.0.1:1"),
 
 CONFIG = parse_config({
     "merge_schedules": {"default": {"cron": "* * * * *"}, "bulk": {"cron": "0 * * * *"}},
+    # One attempt: these tests are about one run's tables (retries: test_retries.py).
+    "retries": {"max_retries": 0},
     "tables": [{"db": "s", "table": t} for t in ("a", "b", "c")]
     + [{"db": "s", "table": "d", "group": "bulk"}, {"db": "s", "table": "e", "landing_mode": "connector"}],
 })

@@ -326,8 +326,11 @@ def table_feed(settings: LabSettings, prefix: str, ddl: str = ITEMS_DDL, table: 
     suffix = uuid.uuid4().hex[:6]
     db = f"{prefix}_{suffix}"
     plain = re.sub(r"[^A-Za-z0-9]+", "-", prefix).strip("-")
+    # One attempt per step: the trials inject failures and check what one attempt leaves behind (the step's
+    # retry policy is tested in defs/test_retries.py).
     config = parse_config({"source": {"changefeed_id": f"{plain}-{suffix}"},
                            "snowflake": {"database": f"{plain.replace('-', '_').upper()}_{suffix.upper()}"},
+                           "retries": {"max_retries": 0},
                            "tables": [{"db": db, "table": table, "key": list(key)}]})
     with pymysql.connect(autocommit=True, **mysql_kwargs(settings)) as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {quote_mysql(db)}")

@@ -98,6 +98,7 @@ def test_no_secret_reaches_logs_run_storage_metadata_or_errors(
     db = f"rel_secrets_{TAG}"
     config = parse_config({"source": {"changefeed_id": f"rel-secrets-{TAG}"},
                            "snowflake": {"database": f"REL_SECRETS_{TAG.upper()}"},
+                           "retries": {"max_retries": 0},  # the failing run below fails once, not five times
                            "tables": [{"db": db, "table": "items", "key": ["id"]}]})
     with pymysql.connect(autocommit=True, **mysql_kwargs(lab_settings)) as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {quote_mysql(db)}")
