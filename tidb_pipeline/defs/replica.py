@@ -4,6 +4,10 @@ The replica's columns come from the topic's latest Avro value schema in the regi
 DDL): the table is created on first use, and columns a newer schema version adds are added before the
 merge (`ALTER TABLE ... ADD COLUMN`), so rows landed with the new schema merge into them. The MERGE itself,
 its watermark and its idempotency live in `tidb_pipeline.replication.merge`.
+
+The merge never passes a hole in a partition's offsets (`replication.holes`): when one holds a partition
+back and the offset-gaps table is given, the hole is decided with Kafka first (`defs.holes.resolve_holes`),
+so offsets Kafka never had are skipped in this same run, and the outcome names what stays held back.
 """
 
 from __future__ import annotations
@@ -18,15 +22,27 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
+from tidb_pipeline.defs.holes import resolve_holes
 from tidb_pipeline.replication.ddl import (
     TableRef,
     add_columns_sql,
+    create_dead_letter_sql,
     create_replica_sql,
     create_watermark_sql,
     quote_ident,
     table_columns_sql,
 )
-from tidb_pipeline.replication.merge import MergeCounts, MergePlan, MergeRange, run_merge
+from tidb_pipeline.replication.holes import ABSENT, Gap, create_offset_gaps_sql
+from tidb_pipeline.replication.merge import (
+    Held,
+    MergeCounts,
+    MergePlan,
+    MergeRange,
+    parse_pending,
+    pending_ranges_sql,
+    run_merge,
+)
+from tidb_pipeline.resources.kafka import KafkaResource
 
 _SUBJECT_NOT_FOUND = 40401
 
@@ -41,6 +57,8 @@ class MergeOutcome:
     row_count: int | None = None
     schema_version: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    held: tuple[Held, ...] = ()  # partitions a hole holds back after this merge
+    gaps: tuple[Gap, ...] = ()  # how this run decided the holes it met (ABSENT ones were skipped)
 
 
 def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
@@ -118,8 +136,15 @@ def merge_replica(
     watermarks: TableRef,
     now: dt.datetime | None = None,
     log: logging.Logger | None = None,
+    dead_letters: TableRef | None = None,
+    offset_gaps: TableRef | None = None,
+    kafka: KafkaResource | None = None,
 ) -> MergeOutcome | None:
-    """Bring the replica up to date with its landing table; None when the topic has no schema yet."""
+    """Bring the replica up to date with its landing table; None when the topic has no schema yet.
+
+    `dead_letters` (the built-in loader's quarantine) and `offset_gaps` (`replication.holes`) name offsets
+    that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
+    """
     log = log or logging.getLogger(__name__)
     schemas = latest_schemas(registry, topic)
     if schemas is None:
@@ -127,7 +152,8 @@ def merge_replica(
         return None
     key_schema, value_schema, version = schemas
     columns = replica_columns(value_schema, key_schema)
-    plan = MergePlan(replica, landing, watermarks, columns)
+    plan = MergePlan(replica, landing, watermarks, columns, topic=topic, dead_letters=dead_letters,
+                     offset_gaps=offset_gaps)
     when = now or dt.datetime.now(dt.timezone.utc)
     cache_key = _ddl_cache_key(connection, replica, watermarks)
     with _ensured_lock:
@@ -138,6 +164,10 @@ def merge_replica(
         cursor = connection.cursor()
         ensure_schema(cursor, watermarks)
         _execute(cursor, create_watermark_sql(watermarks))
+        for ref, ddl in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql)):
+            if ref is not None:  # the pending-ranges query reads both
+                ensure_schema(cursor, ref)
+                _execute(cursor, ddl(ref))
         got = ensure_replica(cursor, replica, columns)
         with _ensured_lock:
             _ensured[cache_key] = (version, columns)
@@ -150,8 +180,22 @@ def merge_replica(
         # Our SQL is fully qualified, but fakesnow's rewrites call helpers of the current database
         # (`_fs_to_timestamp`) and put the MERGE's temporary table in the current schema.
         _execute(connection.cursor(), use_schema_sql(replica))
+    def merge_once() -> tuple[MergeCounts, tuple[MergeRange, ...], tuple[Held, ...], tuple[Gap, ...]]:
+        stmt = pending_ranges_sql(plan)
+        pending = parse_pending(_execute(connection.cursor(), stmt.sql, stmt.params))
+        gaps: tuple[Gap, ...] = ()
+        if pending.held and offset_gaps is not None:
+            gaps = tuple(resolve_holes(connection, kafka, plan.offsets, when))
+            if any(g.status == ABSENT for g in gaps):  # offsets Kafka never had: pass them now
+                pending = parse_pending(_execute(connection.cursor(), stmt.sql, stmt.params))
+        counts, ranges = run_merge(connection, plan, when, ranges=pending.ranges)
+        for h in pending.held:
+            log.warning("merge of %s holds partition %s at offset %s: %s", replica.label, h.partition,
+                        h.merged_through, h)
+        return counts, ranges, pending.held, gaps
+
     try:
-        counts, ranges = run_merge(connection, plan, when)
+        counts, ranges, held, gaps = merge_once()
     except Exception as exc:  # noqa: BLE001 - re-raised unless the skipped DDL explains it
         if not cached:
             raise
@@ -160,8 +204,8 @@ def merge_replica(
         log.warning("merge into %s failed with its DDL skipped (%s: %s); checking its tables and retrying once",
                     replica.label, type(exc).__name__, exc)
         added = ensure()
-        counts, ranges = run_merge(connection, plan, when)
+        counts, ranges, held, gaps = merge_once()
     if added:
         log.info("added columns %s to %s (schema version %s)", ", ".join(added), replica.label, version)
     (row_count,) = _execute(connection.cursor(), f"SELECT COUNT(*) FROM {replica.sql}")[0]
-    return MergeOutcome(replica, counts, ranges, columns, added, int(row_count), version)
+    return MergeOutcome(replica, counts, ranges, columns, added, int(row_count), version, held=held, gaps=gaps)

@@ -31,8 +31,10 @@ import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
+from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE
 from tidb_pipeline.defs.replica import merge_replica, use_schema_sql
 from tidb_pipeline.replication.ddl import TableRef
+from tidb_pipeline.replication.holes import ABSENT, OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 
@@ -63,6 +65,15 @@ class TableNames:
     replica: TableRef
     watermarks: TableRef
     control: TableRef  # schema holding the stage, load table and dead-letter table
+
+    @property
+    def dead_letters(self) -> TableRef:
+        return TableRef(self.control.schema, DEAD_LETTER_TABLE, self.control.database)
+
+    @property
+    def offset_gaps(self) -> TableRef:
+        """Holes decided against Kafka (`replication.holes`)."""
+        return TableRef(self.control.schema, OFFSET_GAPS_TABLE, self.control.database)
 
 
 def changefeed_key(config: PipelineConfig) -> dg.AssetKey:
@@ -185,11 +196,13 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: Sno
     }
 
 
-def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, log: Any) -> dict[str, Any]:
+def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, kafka: KafkaResource,
+           log: Any) -> dict[str, Any]:
     with snowflake.get_connection() as conn:  # merge_replica makes the database current itself
         outcome = merge_replica(
             connection=conn, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
+            dead_letters=names.dead_letters, offset_gaps=names.offset_gaps, kafka=kafka,
         )
     if outcome is None:
         return {"rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0,
@@ -204,6 +217,10 @@ def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, log: 
         "merged_offsets": ", ".join(
             f"p{r.partition}: {r.after_offset}→{r.through_offset}" for r in outcome.ranges
         ) or "(nothing new)",
+        # The merge never passes a hole: what waits above one, and the offsets Kafka never had that it skipped.
+        "held_back": [str(h) for h in outcome.held] or "(none)",
+        "offsets_not_in_kafka_skipped": [g.describe(names.topic) for g in outcome.gaps if g.status == ABSENT]
+        or "(none)",
         "columns_added": ", ".join(outcome.added_columns) or "(none)",
         "schema_version": outcome.schema_version,
         "dagster/row_count": outcome.row_count,
@@ -282,7 +299,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
                 merge=k.replica in selected,
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, snowflake, log),
-                merge_fn=lambda n, log: _merge(n, replica_registry, snowflake, log),
+                merge_fn=lambda n, log: _merge(n, replica_registry, snowflake, kafka, log),
             )
 
         if PARALLEL_TABLES <= 1 or len(work) <= 1:
