@@ -114,12 +114,13 @@ def reach_sql(src: OffsetSources, max_offsets_per_partition: int | None = None) 
     )
 
 
-def holes_sql(src: OffsetSources, limit: int = MAX_HOLES) -> Statement:
-    """Holes above the merged watermarks: (partition, first missing, last missing), lowest first."""
+def holes_sql(src: OffsetSources) -> Statement:
+    """Holes above the merged watermarks: (partition, first missing, last missing), lowest first, at most
+    `MAX_HOLES` (the rest are decided on a later run)."""
     reach = reach_sql(src)
     return Statement(
         f'SELECT r."P", r."PREV" + 1, r."A" - 1 FROM ({reach.sql}) r WHERE r."A" > r."PREV" + 1 '
-        f'ORDER BY 1, 2 LIMIT {int(limit)}',
+        f'ORDER BY 1, 2 LIMIT {MAX_HOLES}',
         reach.params,
     )
 
