@@ -196,7 +196,7 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: Sno
     }
 
 
-def _merge(names: TableNames, registry: Any, snowflake: SnowflakeResource, kafka: KafkaResource,
+def _merge(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: SnowflakeResource,
            log: Any) -> dict[str, Any]:
     with snowflake.get_connection() as conn:  # merge_replica makes the database current itself
         outcome = merge_replica(
@@ -299,7 +299,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
                 merge=k.replica in selected,
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, snowflake, log),
-                merge_fn=lambda n, log: _merge(n, replica_registry, snowflake, kafka, log),
+                merge_fn=lambda n, log: _merge(n, kafka, replica_registry, snowflake, log),
             )
 
         if PARALLEL_TABLES <= 1 or len(work) <= 1:
