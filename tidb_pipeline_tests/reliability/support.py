@@ -33,6 +33,7 @@ from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.replication.ddl import TableRef
+from tidb_pipeline.replication.holes import OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCResource
@@ -216,7 +217,9 @@ def land(settings: LabSettings, conn: Any, target: Target, *, max_records: int |
 
 def merge(settings: LabSettings, conn: Any, target: Target) -> MergeOutcome | None:
     return merge_replica(connection=conn, registry=registry_of(settings), topic=target.topic, landing=target.landing,
-                         replica=target.replica, watermarks=target.watermarks)
+                         replica=target.replica, watermarks=target.watermarks, dead_letters=target.dead_letter,
+                         offset_gaps=TableRef(target.control.schema, OFFSET_GAPS_TABLE, target.control.database),
+                         kafka=kafka_of(settings))
 
 
 # --- the proofs ------------------------------------------------------------------------------------------
