@@ -37,7 +37,7 @@ from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.changefeed import lag_seconds as checkpoint_lag_s  # one TSO-lag rule for asset and check
 from tidb_pipeline.defs.holes import overdue, resolve_holes, utc_now
 from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
-from tidb_pipeline.defs.replica import latest_schemas
+from tidb_pipeline.defs.replica import ensure_schema, latest_schemas
 from tidb_pipeline.defs.tables import TableNames, changefeed_key, group_name, table_keys, table_names
 from tidb_pipeline.replication.avro_types import EXTENSION_FIELDS, load_schema
 from tidb_pipeline.replication.checksum import (
@@ -404,6 +404,7 @@ def _continuity(r: Replica, res: Any) -> dg.AssetCheckResult:
             if not _missing_table(exc):
                 raise
             return dg.AssetCheckResult(passed=True, metadata={"note": f"{names.landing.label} does not exist yet"})
+        ensure_schema(cur, names.offset_gaps)  # the check may run before any merge made the control schema
         cur.execute(create_offset_gaps_sql(names.offset_gaps))
         src = OffsetSources(names.landing, names.watermarks, names.replica, names.topic,
                             _dead_letters(cur, names, r.settings), names.offset_gaps)
