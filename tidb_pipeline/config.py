@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import zoneinfo
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -22,8 +23,6 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "tidb_pipeline.yaml"
 
 _TOPIC_ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
 _CONNECTOR_TABLE_OK = re.compile(r"^[_a-zA-Z][_$a-zA-Z0-9]+$")
-# A name Snowflake resolves the same quoted and unquoted: what the Snowflake Sink creates its tables with.
-_UNQUOTED_UPPER = re.compile(r"^[A-Z_][A-Z0-9_$]{0,254}$")
 # Snowflake's reserved keywords (docs.snowflake.com/en/sql-reference/reserved-keywords): not usable unquoted.
 _RESERVED = frozenset("""
 ALL ALTER AND ANY AS BETWEEN BY CASE CAST CHECK COLUMN CONNECT CONSTRAINT CREATE CROSS CURRENT CURRENT_DATE
@@ -36,6 +35,11 @@ VALUES VIEW WHEN WHENEVER WHERE WINDOW WITH""".split())
 DOUBLE_EXACT_DIGITS = 15
 # Five-field cron, the only form Dagster schedules accept.
 _CRON = re.compile(r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$")
+# An unquoted Snowflake identifier: what the Snowflake Sink creates (upper-cased) and what a user types.
+_UNQUOTED_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+# Snowflake date/time format elements and separators only: no quote can reach the ALTER SESSION literal.
+_FORMAT_TEXT = re.compile(r"^[A-Za-z0-9 :.,/_-]+$")
+_TIMEZONE_TEXT = re.compile(r"^[A-Za-z0-9_+/-]+$")
 
 
 class ConfigError(ValueError):
@@ -76,12 +80,79 @@ class SourceConfig(_Model):
         return value
 
 
+def _unquoted_identifier(value: str) -> str:
+    """An unquoted Snowflake identifier, upper-cased as Snowflake (and the Snowflake Sink) resolve it."""
+    if not _UNQUOTED_IDENT.match(value):
+        raise ValueError(f"{value!r} is not an unquoted Snowflake identifier (^[A-Za-z_][A-Za-z0-9_$]*$): the "
+                         "Snowflake Sink creates unquoted, upper-cased names; use letters, digits, '_' and '$'")
+    if value.upper() in _RESERVED:
+        raise ValueError(f"{value!r} is a Snowflake reserved keyword, so not usable as an unquoted Snowflake identifier "
+                         f"(the Snowflake Sink creates its names unquoted); choose another, e.g. {value.upper() + '_1'!r}")
+    return value.upper()
+
+
+class SnowflakeSessionConfig(_Model):
+    """Session parameters every warehouse session sets first (`ALTER SESSION SET`), so that neither an account's
+    defaults nor a user's change what a load, merge or check does."""
+
+    # Seconds a statement waits for a lock (a load waits for another load of its table, a merge for a
+    # merge); Snowflake's default of 12 hours would hang a run behind a stuck transaction.
+    lock_timeout_s: int = Field(default=600, ge=0, le=604_800)
+    # Seconds any one statement may run; Snowflake's default is 2 days.
+    statement_timeout_s: int = Field(default=3600, ge=1, le=604_800)
+    # Replicas hold TIMESTAMP_NTZ values as TiCDC wrote them; CURRENT_TIMESTAMP and conversions use this zone.
+    timezone: str = "UTC"
+    # Output formats of the types the checksums and the replicas' text forms read.
+    timestamp_ntz_output_format: str = "YYYY-MM-DD HH24:MI:SS.FF6"
+    date_output_format: str = "YYYY-MM-DD"
+    time_output_format: str = "HH24:MI:SS.FF6"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            if not _TIMEZONE_TEXT.match(value):
+                raise ValueError
+            zoneinfo.ZoneInfo(value)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            raise ValueError(f"{value!r} is not an IANA time zone name such as 'UTC' or 'Europe/Berlin'") from None
+        return value
+
+    @field_validator("timestamp_ntz_output_format", "date_output_format", "time_output_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if not _FORMAT_TEXT.match(value):
+            raise ValueError(f"{value!r} is not a Snowflake date/time format such as 'YYYY-MM-DD HH24:MI:SS.FF6' "
+                             "(letters, digits, spaces and - : . , / _ only)")
+        return value
+
+    def parameters(self) -> dict[str, int | str]:
+        """Snowflake's parameter names and values, in the order they are set."""
+        return {
+            "LOCK_TIMEOUT": self.lock_timeout_s,
+            "STATEMENT_TIMEOUT_IN_SECONDS": self.statement_timeout_s,
+            "TIMEZONE": self.timezone,
+            "TIMESTAMP_NTZ_OUTPUT_FORMAT": self.timestamp_ntz_output_format,
+            "DATE_OUTPUT_FORMAT": self.date_output_format,
+            "TIME_OUTPUT_FORMAT": self.time_output_format,
+        }
+
+
 class SnowflakeConfig(_Model):
+    """Where the replicas live. Names are unquoted Snowflake identifiers (upper-cased, as Snowflake resolves
+    them), so the Snowflake Sink, a user's query and the pipeline all mean the same objects."""
+
     database: str = "TIDB_REPLICA"
     landing_schema: str = "LANDING"
     replica_schema: str = "REPLICA"
     # Holds merge watermarks and the dead-letter table.
     control_schema: str = "PIPELINE"
+    session: SnowflakeSessionConfig = SnowflakeSessionConfig()
+
+    @field_validator("database", "landing_schema", "replica_schema", "control_schema")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _unquoted_identifier(value)
 
 
 class ScheduleConfig(_Model):
@@ -106,20 +177,14 @@ class TableConfig(_Model):
     # Tables in one group share a merge schedule.
     group: str = "default"
     landing_mode: Literal["builtin", "connector"] | None = None
+    # Overrides of the derived Snowflake names: unquoted identifiers, upper-cased (see SnowflakeConfig).
     landing_table: str | None = None
     replica_table: str | None = None
 
-    @field_validator("landing_table")
+    @field_validator("landing_table", "replica_table")
     @classmethod
-    def _landing_table(cls, value: str | None) -> str | None:
-        if value is not None and (problem := unquoted_name_problem(value)):
-            suggestion = re.sub(r"[^A-Z0-9_$]", "_", value.upper())
-            if unquoted_name_problem(suggestion):
-                suggestion = f"LANDING_{suggestion}"
-            raise ValueError(f"{value!r} {problem}: the Snowflake Sink creates landing tables unquoted, so the name "
-                             "must be one Snowflake stores as written (letters, digits, _ and $, upper case, not a "
-                             f"reserved word), e.g. {suggestion!r}")
-        return value
+    def _snowflake_name(cls, value: str | None) -> str | None:
+        return None if value is None else _unquoted_identifier(value)
 
 
 _CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -266,15 +331,6 @@ class PipelineConfig(_Model):
         for t in self.tables:
             out.setdefault(t.group, []).append(t)
         return {g: tuple(ts) for g, ts in out.items()}
-
-
-def unquoted_name_problem(name: str) -> str | None:
-    """Why `name` is not a Snowflake name that reads the same quoted and unquoted (None when it is)."""
-    if not _UNQUOTED_UPPER.match(name):
-        return "is not a valid unquoted upper-case Snowflake identifier"
-    if name in _RESERVED:
-        return "is a Snowflake reserved keyword"
-    return None
 
 
 def connector_table_name(topic: str) -> str:

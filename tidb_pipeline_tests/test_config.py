@@ -19,6 +19,13 @@ from tidb_pipeline.config import ConfigError, connector_table_name, dump_tables,
         ({"landing_mode": "magic"}, "landing_mode"),
         ({"tables": [{"db": "a", "table": "b", "group": "fast"}]}, "tables.0.group"),
         ({"tables": [{"db": "a", "table": "b"}, {"db": "a", "table": "b"}]}, "tables.1"),
+        ({"snowflake": {"session": {"lock_timeout_s": -1}}}, "snowflake.session.lock_timeout_s"),
+        ({"snowflake": {"session": {"statement_timeout_s": 0}}}, "snowflake.session.statement_timeout_s"),
+        ({"snowflake": {"session": {"statement_timeout_s": 604_801}}}, "snowflake.session.statement_timeout_s"),
+        ({"snowflake": {"session": {"timezone": "Mars/Olympus"}}}, "snowflake.session.timezone"),
+        ({"snowflake": {"session": {"timezone": "UTC'; DROP"}}}, "snowflake.session.timezone"),
+        ({"snowflake": {"session": {"date_output_format": "YYYY'-MM"}}}, "snowflake.session.date_output_format"),
+        ({"snowflake": {"session": {"paranoid": True}}}, "snowflake.session.paranoid"),
     ],
 )
 def test_invalid_config_names_the_field(raw: dict, field: str) -> None:
@@ -75,22 +82,52 @@ def test_sensor_interval_is_configurable_with_a_floor() -> None:
         parse_config({"sensor_interval_seconds": 1})
 
 
+@pytest.mark.parametrize(
+    ("raw", "field", "value"),
+    [
+        ({"tables": [{"db": "a", "table": "b", "landing_table": "my-landing"}]}, "tables.0.landing_table", "my-landing"),
+        ({"tables": [{"db": "a", "table": "b", "replica_table": "Order Lines"}]}, "tables.0.replica_table",
+         "Order Lines"),
+        ({"tables": [{"db": "a", "table": "b", "replica_table": "1st"}]}, "tables.0.replica_table", "1st"),
+        ({"snowflake": {"database": "tidb.replica"}}, "snowflake.database", "tidb.replica"),
+        ({"snowflake": {"landing_schema": 'RAW"'}}, "snowflake.landing_schema", 'RAW"'),
+        ({"snowflake": {"control_schema": ""}}, "snowflake.control_schema", ""),
+    ],
+)
+def test_a_snowflake_name_the_connector_cannot_create_fails_with_field_and_value(raw: dict, field: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    message = str(err.value)
+    assert field in message and repr(value) in message and "unquoted Snowflake identifier" in message
+
+
+def test_overridden_snowflake_names_resolve_upper_case_as_unquoted_identifiers_do() -> None:
+    config = parse_config({"snowflake": {"database": "analytics", "replica_schema": "Replica_1"},
+                           "tables": [{"db": "a", "table": "b", "landing_table": "raw_b", "replica_table": "b$v2"}]})
+    t = config.tables[0]
+    assert (config.snowflake.database, config.snowflake.replica_schema) == ("ANALYTICS", "REPLICA_1")
+    assert (config.landing_table(t), config.replica_table(t)) == ("RAW_B", "B$V2")
+
+
+def test_session_pins_have_safe_defaults_and_come_from_config() -> None:
+    assert parse_config({}).snowflake.session.parameters() == {
+        "LOCK_TIMEOUT": 600, "STATEMENT_TIMEOUT_IN_SECONDS": 3600, "TIMEZONE": "UTC",
+        "TIMESTAMP_NTZ_OUTPUT_FORMAT": "YYYY-MM-DD HH24:MI:SS.FF6", "DATE_OUTPUT_FORMAT": "YYYY-MM-DD",
+        "TIME_OUTPUT_FORMAT": "HH24:MI:SS.FF6",
+    }
+    session = parse_config({"snowflake": {"session": {"lock_timeout_s": 30, "timezone": "Europe/Berlin"}}}).snowflake.session
+    assert (session.parameters()["LOCK_TIMEOUT"], session.parameters()["TIMEZONE"]) == (30, "Europe/Berlin")
+
+
 CONNECTOR_TABLES = [{"db": "shop", "table": "orders"}, {"db": "shop", "table": "items", "landing_mode": "builtin"}]
 
 
-@pytest.mark.parametrize(
-    ("name", "problem"),
-    [("lower_case", "not a valid unquoted upper-case"), ("MIXED_Case", "not a valid unquoted upper-case"),
-     ("WITH-DASH", "not a valid unquoted"), ("1STARTS_WITH_DIGIT", "not a valid unquoted"),
-     ("HAS SPACE", "not a valid unquoted"), ("TABLE", "reserved keyword"), ("SELECT", "reserved keyword")],
-)  # fmt: skip
-def test_landing_table_override_must_be_a_name_the_connector_creates_unquoted(name: str, problem: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        parse_config({"landing_mode": "connector", "tables": [{"db": "a", "table": "b", "landing_table": name}]})
-    text = str(err.value)
-    assert "tables.0.landing_table" in text and problem in text and "e.g. '" in text
-    ok = parse_config({"tables": [{"db": "a", "table": "b", "landing_table": "ORDERS_LANDING$1"}]})
-    assert ok.landing_table(ok.tables[0]) == "ORDERS_LANDING$1"
+@pytest.mark.parametrize("name", ["TABLE", "select", "Order"])
+def test_a_reserved_keyword_is_no_landing_or_replica_name(name: str) -> None:
+    for field in ("landing_table", "replica_table"):
+        with pytest.raises(ConfigError) as err:
+            parse_config({"landing_mode": "connector", "tables": [{"db": "a", "table": "b", field: name}]})
+        assert f"tables.0.{field}" in str(err.value) and "reserved keyword" in str(err.value)
 
 
 def test_hole_grace_must_outlast_the_connector_flush() -> None:

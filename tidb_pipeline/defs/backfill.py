@@ -13,7 +13,7 @@ loaded once. One backfill, step by step (the idea of PingCAP's tidb2dw):
    chunks: each row becomes the Avro datum TiCDC would send, then the landing encoder's JSON text, NDJSON files
    on a stage, `COPY INTO` a one-VARIANT load table and one `INSERT ... SELECT` with the merge's own casts
    (`merge.json_to_sql`). So a snapshot value and the same value arriving through the changefeed become the
-   same typed value. No `executemany` (row by row on fakesnow, slow on Snowflake).
+   same typed value. No `executemany` (one bind per row: slow on Snowflake).
 3. Create the changefeed with `start_ts = T` (`desired_changefeed(..., start_ts=T)` + `reconcile_changefeed`):
    it replicates exactly the commits after `T`, so there is no gap and nothing is applied twice. The merge
    watermark of a new topic starts empty, so every landed change applies on top of the snapshot.
@@ -65,6 +65,7 @@ from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource, quote_mysql
+from tidb_pipeline.resources.warehouse import Warehouse, warehouse_session
 
 _log = logging.getLogger("tidb_pipeline.backfill")
 
@@ -100,11 +101,12 @@ class SnapshotSource(Protocol):
 
 _COLUMNS_SQL = (
     "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, NUMERIC_PRECISION, NUMERIC_SCALE, "
-    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH, EXTRA FROM information_schema.COLUMNS "
     "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
 )
+# EXTRA names virtual generated columns: TiCDC never sends them, so the snapshot neither reads nor loads them.
 _COLUMN_FIELDS = ("COLUMN_NAME", "DATA_TYPE", "COLUMN_TYPE", "IS_NULLABLE", "COLUMN_DEFAULT", "NUMERIC_PRECISION",
-                  "NUMERIC_SCALE", "DATETIME_PRECISION", "CHARACTER_OCTET_LENGTH")  # fmt: skip
+                  "NUMERIC_SCALE", "DATETIME_PRECISION", "CHARACTER_OCTET_LENGTH", "EXTRA")  # fmt: skip
 # No ORDER BY: the server's index order breaks ties between equally short unique keys, as TiDB's index ids do.
 _INDEX_SQL = (
     "SELECT INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME FROM information_schema.STATISTICS "
@@ -216,15 +218,9 @@ def insert_from_load_sql(replica: TableRef, load: TableRef, columns: Sequence[Re
     return Statement(f"INSERT INTO {replica.sql} ({names}) SELECT {values} FROM {load.sql} l")
 
 
-def _execute(cursor: Any, stmt: Statement | str) -> None:
-    if isinstance(stmt, str):
-        stmt = Statement(stmt)
-    cursor.execute(stmt.sql, stmt.params or None)
-
-
 def load_table(
     *,
-    connection: Any,
+    connection: Warehouse | Any,
     snapshot: Snapshot,
     table: TableConfig,
     replica: TableRef,
@@ -245,14 +241,14 @@ def load_table(
     columns = replica_columns(value_schema, key_schema)
     # The encoder needs no `_tidb_*` fields: they are metadata, and the replica has no columns for them.
     encode = compile_record_encoder(ticdc_schema.value_schema(info, _without_extension(cfg)))
-    cursor = connection.cursor()
-    ensure_replica(cursor, replica, columns)
-    ensure_schema(cursor, control)
+    wh = Warehouse.of(connection)
+    ensure_replica(wh, replica, columns)
+    ensure_schema(wh, control)
     stage = TableRef(control.schema, STAGE, control.database).sql
     load = TableRef(control.schema, f"BACKFILL_LOAD_{replica.name}", control.database)
-    _execute(cursor, f"CREATE STAGE IF NOT EXISTS {stage}")
-    _execute(cursor, create_load_table_sql(load))
-    _execute(cursor, f"DELETE FROM {replica.sql}")
+    wh.execute(f"CREATE STAGE IF NOT EXISTS {stage}")
+    wh.execute(create_load_table_sql(load))
+    wh.execute(f"DELETE FROM {replica.sql}")
     insert = insert_from_load_sql(replica, load, columns)
     batch, folder_name = uuid.uuid4().hex, stage_folder(replica.name)
     rows = chunks = 0
@@ -263,7 +259,7 @@ def load_table(
             with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
                 f.writelines(encode(ticdc_schema.snapshot_datum(info, row, cfg)) + "\n" for row in chunk)
             stage_path = f"@{stage}/{folder_name}/{batch}/{chunks:06d}/"
-            _execute(cursor, f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
+            wh.execute(f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
             os.remove(path)
             for stmt in (
                 Statement(f"DELETE FROM {load.sql}"),
@@ -271,11 +267,13 @@ def load_table(
                 insert,
                 Statement(f"DELETE FROM {load.sql}"),
             ):
-                _execute(cursor, stmt)
+                wh.execute(stmt)
             rows += len(chunk)
             log.info("%s.%s: %d rows loaded into %s", table.db, table.table, rows, replica.label)
-    with contextlib.suppress(Exception):  # housekeeping only; fakesnow has no REMOVE
-        _execute(cursor, f"REMOVE @{stage}/{folder_name}/{batch}/")
+    try:
+        wh.execute(f"REMOVE @{stage}/{folder_name}/{batch}/")
+    except Exception as exc:  # noqa: BLE001 - housekeeping after the load: a file left costs storage only
+        log.warning("could not remove the staged files of %s: %s", replica.label, exc)
     return TableBackfill(f"{table.db}.{table.table}", replica, rows, chunks, time.perf_counter() - started)
 
 
@@ -342,6 +340,7 @@ def backfill(
         if tidb is None:
             raise ValueError("pass a snapshot source or the tidb resource to snapshot TiDB")
         snapshot = TiDBSnapshotSource(tidb)
+    warehouse = Warehouse.of(snowflake_connection, config.snowflake.session)
     cf_id = config.source.changefeed_id
     existing = _existing(ticdc_client, cf_id)
     check_selection(config, tables, existing)
@@ -358,7 +357,7 @@ def backfill(
             log.info("snapshot at TSO %d", snap.tso)
             for t in tables:
                 names = table_names(config, t)
-                loaded.append(load_table(connection=snowflake_connection, snapshot=snap, table=t,
+                loaded.append(load_table(connection=warehouse, snapshot=snap, table=t,
                                          replica=names.replica, control=names.control, cfg=cfg,
                                          chunk_rows=chunk_rows, log=log))  # fmt: skip
         result = reconcile_changefeed(ticdc_client, desired_changefeed(config, kafka, registry, start_ts=snap.tso),
@@ -412,9 +411,9 @@ def build_backfill_job(
         schema_registry: SchemaRegistryResource,
     ) -> dg.Output[int]:
         tables = select_tables(pipeline, config.tables)
-        with snowflake.get_connection() as conn, ticdc.get_client() as client:
+        with warehouse_session(snowflake, pipeline.snowflake.session) as wh, ticdc.get_client() as client:
             result = backfill(
-                tidb=tidb, snowflake_connection=conn, ticdc_client=client, kafka=kafka, registry=schema_registry,
+                tidb=tidb, snowflake_connection=wh, ticdc_client=client, kafka=kafka, registry=schema_registry,
                 config=pipeline, tables=tables, snapshot=snapshot_source(tidb), chunk_rows=config.chunk_rows,
                 log=context.log,
             )

@@ -28,6 +28,7 @@ the reconciliation job, not in the merge job (a blocking check would only fail t
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ from tidb_pipeline.replication.holes import ABSENT, Gap, OffsetSources, create_o
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
+from tidb_pipeline.resources.warehouse import Warehouse, is_missing_object, warehouse_session
 
 RECONCILE_JOB = "reconcile"
 _HEALTHY_STATES = {"normal"}
@@ -83,13 +85,9 @@ class CheckSettings:
 
 
 def _rows(cursor: Any, stmt: Statement) -> list[tuple[Any, ...]]:
+    """Rows of a statement on the TiDB side (a pymysql cursor)."""
     cursor.execute(stmt.sql, stmt.params or None)
     return [tuple(r) for r in cursor.fetchall()]
-
-
-def _missing_table(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "does not exist" in text or "not found" in text
 
 
 @dataclass(frozen=True)
@@ -98,15 +96,15 @@ class Watermark:
     merged_at: dt.datetime | None
 
 
-def read_watermarks(cursor: Any, names: TableNames) -> dict[int, Watermark]:
+def read_watermarks(warehouse: Warehouse | Any, names: TableNames) -> dict[int, Watermark]:
     """Merged watermark per partition for the replica; {} before the first merge."""
     try:
-        rows = _rows(cursor, Statement(
+        rows = Warehouse.of(warehouse).execute(Statement(
             f'SELECT "PARTITION", "MERGED_OFFSET", "MERGED_AT" FROM {names.watermarks.sql} WHERE "REPLICA_TABLE" = %s',
             (names.replica.label,),
         ))
     except Exception as exc:  # noqa: BLE001 - no merge has created the table yet
-        if _missing_table(exc):
+        if is_missing_object(exc):
             return {}
         raise
     return {int(p): Watermark(int(o), at) for p, o, at in rows}
@@ -174,9 +172,9 @@ def lag_aware_result(*, equal: bool, lag: Lag, settings: CheckSettings, what: st
     return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
 
-def replica_column_types(cursor: Any, replica: TableRef) -> dict[str, str]:
+def replica_column_types(warehouse: Warehouse | Any, replica: TableRef) -> dict[str, str]:
     info = f"{quote_ident(replica.database)}.information_schema.columns" if replica.database else "information_schema.columns"
-    rows = _rows(cursor, Statement(
+    rows = Warehouse.of(warehouse).execute(Statement(
         f"SELECT column_name, data_type FROM {info} WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
         (replica.schema, replica.name),
     ))
@@ -184,6 +182,9 @@ def replica_column_types(cursor: Any, replica: TableRef) -> dict[str, str]:
 
 
 def _count(cursor: Any, sql: str) -> int:
+    """COUNT(*) on either side: a `Warehouse` or a TiDB cursor."""
+    if isinstance(cursor, Warehouse):
+        return int(cursor.execute(sql)[0][0])
     cursor.execute(sql)
     return int(cursor.fetchone()[0])
 
@@ -211,7 +212,8 @@ def compare_content(
     source_columns: Sequence[Any], source_rows: int, settings: CheckSettings,
 ) -> ContentComparison:
     """Chunked checksums of the columns both sides have; chunks from TiDB's row-count quantiles."""
-    replica_types = replica_column_types(snowflake_conn.cursor(), replica)
+    warehouse = Warehouse.of(snowflake_conn)
+    replica_types = replica_column_types(warehouse, replica)
     columns = tuple(
         checksum_column(c.name, c.data_type, c.column_type, replica_types[c.name])
         for c in source_columns if c.name in replica_types
@@ -229,9 +231,7 @@ def compare_content(
         chunks = bucket_chunks(first.name, wanted)
     with tidb_conn.cursor() as cur:
         source = parse_checksums(_rows(cur, checksums_sql("mysql", mysql_table(table.db, table.table), columns, first, chunks)))
-    replica_sums = parse_checksums(
-        _rows(snowflake_conn.cursor(), checksums_sql("snowflake", replica.sql, columns, first, chunks))
-    )
+    replica_sums = parse_checksums(warehouse.execute(checksums_sql("snowflake", replica.sql, columns, first, chunks)))
     return ContentComparison(compare_chunks(chunks, source, replica_sums), columns, skipped)
 
 
@@ -272,12 +272,12 @@ def continuity_result(topic: str, gaps: Sequence[Gap], now: dt.datetime, grace_s
     return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
-def _dead_letters(cursor: Any, names: TableNames, settings: CheckSettings) -> TableRef | None:
+def _dead_letters(warehouse: Warehouse, names: TableNames, settings: CheckSettings) -> TableRef | None:
     ref = TableRef(names.control.schema, settings.dead_letter_table, names.control.database)
     try:
-        _rows(cursor, Statement(f"SELECT COUNT(*) FROM {ref.sql} WHERE 1 = 0"))
+        warehouse.execute(Statement(f"SELECT COUNT(*) FROM {ref.sql} WHERE 1 = 0"))
     except Exception as exc:  # noqa: BLE001 - nothing was ever dead-lettered
-        if _missing_table(exc):
+        if is_missing_object(exc):
             return None
         raise
     return ref
@@ -356,12 +356,16 @@ class Replica:
         return f"{self.table.db}.{self.table.table}"
 
 
+def _session(r: Replica, res: Any) -> AbstractContextManager[Warehouse]:
+    """A warehouse session from the `snowflake` resource, with the config's session pins."""
+    return warehouse_session(res.snowflake, r.config.snowflake.session)
+
+
 def _row_count(r: Replica, res: Any) -> dg.AssetCheckResult:
     tidb: TiDBResource = res.tidb
-    with res.snowflake.get_connection() as conn:
-        cur = conn.cursor()
-        watermarks = read_watermarks(cur, r.names)
-        replica_rows = _count(cur, f"SELECT COUNT(*) FROM {r.names.replica.sql}")
+    with _session(r, res) as wh:
+        watermarks = read_watermarks(wh, r.names)
+        replica_rows = _count(wh, f"SELECT COUNT(*) FROM {r.names.replica.sql}")
     source_rows = tidb.count_rows(r.table.db, r.table.table)
     lag = read_lag(config=r.config, names=r.names, watermarks=watermarks, kafka=res.kafka, ticdc=res.ticdc)
     return lag_aware_result(equal=source_rows == replica_rows, lag=lag, settings=r.settings, what="row counts",
@@ -373,8 +377,8 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
     tidb: TiDBResource = res.tidb
     key = key_of(tidb, r.table)
     source_columns = tidb.columns(r.table.db, r.table.table)
-    with res.snowflake.get_connection() as sf, tidb.get_connection() as source_conn:
-        watermarks = read_watermarks(sf.cursor(), r.names)
+    with _session(r, res) as sf, tidb.get_connection() as source_conn:
+        watermarks = read_watermarks(sf, r.names)
         with source_conn.cursor() as cur:
             source_rows = _count(cur, f"SELECT COUNT(*) FROM {mysql_table(r.table.db, r.table.table)}")
         comparison = compare_content(
@@ -395,20 +399,19 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
 def _continuity(r: Replica, res: Any) -> dg.AssetCheckResult:
     names = r.names
     now = utc_now()
-    with res.snowflake.get_connection() as conn:
-        cur = conn.cursor()
-        watermarks = read_watermarks(cur, names)
+    with _session(r, res) as wh:
+        watermarks = read_watermarks(wh, names)
         try:
-            spans = {int(p): (int(a), int(b)) for p, a, b, _n in _rows(cur, spans_sql(names.landing))}
+            spans = {int(p): (int(a), int(b)) for p, a, b, _n in wh.execute(spans_sql(names.landing))}
         except Exception as exc:  # noqa: BLE001 - nothing landed yet
-            if not _missing_table(exc):
+            if not is_missing_object(exc):
                 raise
             return dg.AssetCheckResult(passed=True, metadata={"note": f"{names.landing.label} does not exist yet"})
-        ensure_schema(cur, names.offset_gaps)  # the check may run before any merge made the control schema
-        cur.execute(create_offset_gaps_sql(names.offset_gaps))
+        ensure_schema(wh, names.offset_gaps)  # the check may run before any merge made the control schema
+        wh.execute(create_offset_gaps_sql(names.offset_gaps))
         src = OffsetSources(names.landing, names.watermarks, names.replica, names.topic,
-                            _dead_letters(cur, names, r.settings), names.offset_gaps)
-        gaps = resolve_holes(conn, res.kafka, src, now)
+                            _dead_letters(wh, names, r.settings), names.offset_gaps)
+        gaps = resolve_holes(wh, res.kafka, src, now)
     return continuity_result(names.topic, gaps, now, r.config.hole_grace_seconds, {
         "landed_offsets": _partitions_text({p: f"{a}..{b}" for p, (a, b) in spans.items()}),
         "merged_watermarks": _partitions_text({p: w.offset for p, w in watermarks.items()}),
@@ -417,12 +420,11 @@ def _continuity(r: Replica, res: Any) -> dg.AssetCheckResult:
 
 def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
     names = r.names
-    with res.snowflake.get_connection() as conn:
-        cur = conn.cursor()
-        dead = _dead_letters(cur, names, r.settings)
+    with _session(r, res) as wh:
+        dead = _dead_letters(wh, names, r.settings)
         if dead is None:
             return dg.AssetCheckResult(passed=True, metadata={"quarantined": 0})
-        rows = _rows(cur, Statement(
+        rows = wh.execute(Statement(
             f'SELECT "PARTITION", "OFFSET", "ERROR" FROM {dead.sql} WHERE "TOPIC" = %s '
             'ORDER BY "PARTITION", "OFFSET"', (names.topic,)))
     metadata = {
@@ -442,8 +444,8 @@ def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
     avro_cols = [] if schemas is None else [
         f["name"] for f in load_schema(schemas[1])["fields"] if f["name"] not in EXTENSION_FIELDS
     ]
-    with res.snowflake.get_connection() as conn:
-        replica_cols = list(replica_column_types(conn.cursor(), r.names.replica))
+    with _session(r, res) as wh:
+        replica_cols = list(replica_column_types(wh, r.names.replica))
     drift = schema_differences(tidb_cols, avro_cols if schemas else None, replica_cols)
     metadata = {"differences": drift.problems, "notes": drift.notes,
                 "schema_version": schemas[2] if schemas else "none registered"}
@@ -453,8 +455,8 @@ def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
 
 
 def _freshness(r: Replica, res: Any) -> dg.AssetCheckResult:
-    with res.snowflake.get_connection() as conn:
-        watermarks = read_watermarks(conn.cursor(), r.names)
+    with _session(r, res) as wh:
+        watermarks = read_watermarks(wh, r.names)
     end = res.kafka.end_offsets([r.names.topic]).get(r.names.topic, {})
     return freshness_result(backlog_per_partition(end, watermarks), watermarks,
                             dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), r.settings)

@@ -27,14 +27,7 @@ from tidb_pipeline.replication.holes import (
     replace_gaps_statements,
 )
 from tidb_pipeline.resources.kafka import KafkaResource
-
-
-def _rows(cursor: Any, stmt: Statement) -> list[tuple[Any, ...]]:
-    cursor.execute(stmt.sql, stmt.params or None)
-    try:
-        return [tuple(r) for r in cursor.fetchall()]
-    except Exception:  # noqa: BLE001 - statements without a result set
-        return []
+from tidb_pipeline.resources.warehouse import Warehouse
 
 
 def utc_now() -> dt.datetime:
@@ -42,7 +35,7 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def resolve_holes(connection: Any, kafka: KafkaResource | None, src: OffsetSources,
+def resolve_holes(session: Warehouse | Any, kafka: KafkaResource | None, src: OffsetSources,
                   now: dt.datetime | None = None) -> list[Gap]:
     """Classify every hole above the merged watermarks and record the result; returns the current gaps.
 
@@ -51,10 +44,10 @@ def resolve_holes(connection: Any, kafka: KafkaResource | None, src: OffsetSourc
     if src.offset_gaps is None:
         raise ValueError("resolve_holes needs OffsetSources.offset_gaps, the table its decisions are kept in")
     now = (now or utc_now()).replace(tzinfo=None)
-    cursor = connection.cursor()
-    holes = parse_holes(_rows(cursor, holes_sql(src)))
-    old = parse_gaps(_rows(cursor, read_gaps_sql(src.offset_gaps, src.topic)))
-    watermarks = {int(p): int(o) for p, o in _rows(cursor, Statement(
+    wh = Warehouse.of(session)
+    holes = parse_holes(wh.execute(holes_sql(src)))
+    old = parse_gaps(wh.execute(read_gaps_sql(src.offset_gaps, src.topic)))
+    watermarks = {int(p): int(o) for p, o in wh.execute(Statement(
         f'SELECT "PARTITION", "MERGED_OFFSET" FROM {src.watermarks.sql} WHERE "REPLICA_TABLE" = %s',
         (src.replica.label,)))}
     if not holes and not any(g.status != "ABSENT" or g.last <= watermarks.get(g.partition, -1) for g in old):
@@ -69,7 +62,7 @@ def resolve_holes(connection: Any, kafka: KafkaResource | None, src: OffsetSourc
         gaps += classify(hole, probe, watermark=watermarks.get(hole.partition, -1), now=now)
     gaps = carry_seen_at(gaps, old)
     for stmt in replace_gaps_statements(src.offset_gaps, src.topic, gaps, watermarks):
-        _rows(cursor, stmt)
+        wh.execute(stmt)
     return gaps
 
 

@@ -10,6 +10,7 @@ from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.tables import table_keys, table_names
 from tidb_pipeline.replication.cleanup import cleanup_sql
 from tidb_pipeline.replication.ddl import create_watermark_sql
+from tidb_pipeline.resources.warehouse import is_missing_object, warehouse_session
 
 
 # Every land-and-merge run carries its table group in this tag; the instance's run queue allows one run per
@@ -66,19 +67,17 @@ def build_cleanup_job(*, config: PipelineConfig) -> dg.JobDefinition:
         now = dt.datetime.now(dt.timezone.utc)
         retention = dt.timedelta(hours=config.retention_hours)
         total = 0
-        with snowflake.get_connection() as conn:
-            cur = conn.cursor()
+        with warehouse_session(snowflake, config.snowflake.session) as wh:
             for t in config.tables:
                 names = table_names(config, t)
-                cur.execute(create_watermark_sql(names.watermarks))
-                stmt = cleanup_sql(names.landing, names.watermarks, names.replica, now, retention)
+                wh.execute(create_watermark_sql(names.watermarks))
                 try:
-                    cur.execute(stmt.sql, stmt.params)
+                    wh.execute(cleanup_sql(names.landing, names.watermarks, names.replica, now, retention))
                 except Exception as exc:  # noqa: BLE001 - a table not landed yet has nothing to clean
-                    if "does not exist" not in str(exc):
+                    if not is_missing_object(exc):
                         raise
                     continue
-                deleted = int(cur.rowcount or 0)
+                deleted = int(wh.rowcount or 0)
                 total += deleted
                 context.log_event(dg.AssetObservation(
                     asset_key=table_keys(config, t).landing,

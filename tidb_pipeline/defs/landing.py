@@ -7,9 +7,10 @@ merge downstream cannot tell which way the table was filled.
 One load, step by step:
 1. Create what is missing (IF NOT EXISTS): the landing table, and in the control schema the stage
    `LANDING_STAGE`, the dead-letter table `LANDING_DEAD_LETTER` and the lock table `LANDING_LOADS` (with the
-   landing table's row). A process remembers what it has made sure of (per server, account, database and
-   tables) and skips these ~10 statements on its next loads; a statement that fails with "does not exist"
-   (someone dropped a table) drops that memory, and the load runs again from this step, once.
+   landing table's row). A process remembers what it has made sure of (the warehouse seam's DDL memo, per
+   server, account, database and tables) and skips these ~10 statements on its next loads; a statement that
+   fails because an object is missing (someone dropped a table) drops that memory, and the load runs again
+   from this step, once.
 2. Read where the table ends: per partition the highest offset of the topic already landed *or
    quarantined* (a poison record's offset is consumed too; without counting it, a poison record at the
    end of a partition would be read and quarantined again by every load).
@@ -18,7 +19,7 @@ One load, step by step:
 4. Fetch the topic's key/value schemas from the registry (every version of both subjects). A registry
    that is down stops the load here with `SchemaRegistryUnavailable`, before anything is read or written.
 5. Create the load's own table in the control schema: `LOAD_<landing>_<batch>_ROWS` (the two landing
-   columns), TEMPORARY, so it is private to this session and vanishes with it.
+   columns), TEMPORARY, so it is private to this session and vanishes with it (dropped after the load too).
 6. Readers (`replication.wire.read_ranges`) consume the offset ranges with explicit offsets (nothing is
    committed to Kafka), decode each value (and the key, unless its fields can be read from the value),
    build both landing columns' JSON texts with the compiled `RecordEncoder`, and write Parquet files of
@@ -30,8 +31,8 @@ One load, step by step:
    process and its files staged afterwards. A record whose schema id the registry did not list under the
    topic's subjects is looked up by id afterwards, and one that still cannot be decoded (bad magic byte,
    unknown id, truncated body) becomes a dead letter.
-7. One short transaction: lock the landing table's row in `LANDING_LOADS` (the first write: fakesnow wants
-   a write first after BEGIN), read the landed offsets again, `INSERT ... SELECT` from the ROWS table only
+7. One short transaction: lock the landing table's row in `LANDING_LOADS` (the first statement, so the rest
+   runs under the lock), read the landed offsets again, `INSERT ... SELECT` from the ROWS table only
    the rows above the landed offset of their partition and empty it, insert the dead letters above it,
    commit. Then the load's tables are dropped.
 
@@ -39,25 +40,18 @@ Exactly once: offsets live only in the warehouse, and step 7 decides inside the 
 new; everything before it writes only to the load's private tables and the stage. A crash before the commit
 leaves nothing behind in the landing and dead-letter tables (the next load reads the same records again); a
 load that raced another, or follows one that committed after this one started reading, inserts only what the
-other did not. Two loads of one table are serialised by the lock row: Snowflake makes the second wait
-(and its later statements see the first's rows); DuckDB under fakesnow fails the second with a write
-conflict, which a retry resolves. Nothing is ever TRUNCATEd.
+other did not. Two loads of one table are serialised by the lock row: Snowflake makes the second wait (up
+to the session's LOCK_TIMEOUT), and its later statements see the first's rows. Nothing is ever TRUNCATEd.
 
 Stage files are Parquet, Snappy-compressed by the readers (~0.4 us per row on the readers' cores, a third
 of what gzip level 1 cost on NDJSON lines) and PUT with `AUTO_COMPRESS = FALSE` (otherwise the Snowflake
 connector would gzip each file again in this process, single-threaded, at level 9). Parquet is what lets
 one `COPY ... FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) FROM @stage/file)`
-fill both landing columns: a JSON file cannot be COPYed into two columns on fakesnow, and the NDJSON
-design before it needed a one-VARIANT table and a splitting INSERT (a whole extra pass over every row).
+fill both landing columns in one pass; the NDJSON design before it needed a one-VARIANT table and a
+splitting INSERT (a whole extra pass over every row). Staged files are removed after the commit.
 
-fakesnow notes: COPY of Parquet with a `$1:<column>` transformation works, except in a session without a
-current database (it takes the stage for an unqualified table): there the load COPYs each file into a
-one-VARIANT table and parses from it (`stage_file_statements`' two-pass form). DuckDB keeps temporary tables in its own "temp" catalog, so
-fakesnow refuses a qualified TEMPORARY table: the loader then uses bare names (which need a current
-database in the session) or, in a session without one, ordinary tables dropped after the load (a killed
-load leaves those behind; harmless, their names are unique). `REMOVE` is unsupported, so staged files stay
-there (on Snowflake they are removed after the commit); a write conflict comes back as HTTP 500, which the
-connector retries until its network timeout before raising.
+Every statement goes through the warehouse seam (`tidb_pipeline.resources.warehouse`) and names its database
+and schema, so the session's current schema does not matter.
 
 `python -m tidb_pipeline.defs.landing --bench N` measures the loader on the lab (see `bench`).
 """
@@ -65,6 +59,7 @@ connector retries until its network timeout before raising.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -90,11 +85,11 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 import tidb_pipeline
 from tidb_pipeline.defs.replica import ensure_schema
-from tidb_pipeline.replication.ddl import Statement, TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
+from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
 from tidb_pipeline.replication.landing import (
     DeadLetter,
     create_load_lock_sql,
-    create_private_tables_sql,
+    create_load_rows_sql,
     dead_letter_insert_sql,
     ensure_lock_row_sql,
     land_rows_statements,
@@ -116,6 +111,7 @@ from tidb_pipeline.replication.wire import (
     schema_id,
 )
 from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.warehouse import Warehouse
 
 STAGE = "LANDING_STAGE"
 DEAD_LETTER_TABLE = "LANDING_DEAD_LETTER"
@@ -390,120 +386,32 @@ def _resolve_unknown(
 # --- writing --------------------------------------------------------------------------------------------
 
 
-def _execute(cursor: Any, stmt: Statement | str) -> list[tuple[Any, ...]]:
-    stmt = Statement(stmt) if isinstance(stmt, str) else stmt
-    cursor.execute(stmt.sql, stmt.params or None)
-    try:
-        return [tuple(r) for r in cursor.fetchall()]
-    except Exception:  # noqa: BLE001 - statements without a result set
-        return []
-
-
-# Landing objects this process has created or seen (keyed by server, account, current database and the
-# load's tables), so that repeated loads skip the ~10 IF NOT EXISTS statements. An entry is dropped when a
-# statement fails with "does not exist" (someone dropped a table); `load_topic` then runs the DDL again.
-_KNOWN_TABLES: set[tuple[Any, ...]] = set()
-# Servers (host, port, account) whose TEMPORARY tables cannot be qualified (DuckDB under fakesnow).
-_TEMP_UNQUALIFIED: set[tuple[str, str, str]] = set()
-
-
-def _server(connection: Any) -> tuple[str, str, str]:
-    return tuple(str(getattr(connection, a, "") or "") for a in ("host", "port", "account"))  # type: ignore[return-value]
-
-
-def _ddl_key(connection: Any, tables: LandingTables) -> tuple[Any, ...]:
-    return (*_server(connection), str(getattr(connection, "database", "") or ""), tables)
-
-
-def _missing_object(exc: BaseException) -> bool:
-    return "does not exist" in str(exc)
-
-
-def ensure_tables(cursor: Any, tables: LandingTables, known: tuple[Any, ...] | None = None) -> bool:
-    """Create the landing table and the loader's control objects if missing; True if the DDL ran.
-
-    With `known` (a `_ddl_key`), skip it when this process has already made sure they exist.
-    """
-    if known is not None and known in _KNOWN_TABLES:
-        return False
-    ensure_schema(cursor, tables.landing)
-    ensure_schema(cursor, tables.locks)
+def ensure_tables(warehouse: Warehouse, tables: LandingTables) -> None:
+    """Create the landing table and the loader's control objects if missing (all IF NOT EXISTS)."""
+    ensure_schema(warehouse, tables.landing)
+    ensure_schema(warehouse, tables.locks)
     for sql in (
         create_landing_sql(tables.landing),
         create_dead_letter_sql(tables.dead_letter),
         create_load_lock_sql(tables.locks),
         f"CREATE STAGE IF NOT EXISTS {tables.stage}",
     ):
-        _execute(cursor, sql)
-    _execute(cursor, ensure_lock_row_sql(tables.locks, tables.landing))
-    if known is not None:
-        _KNOWN_TABLES.add(known)
-    return True
+        warehouse.execute(sql)
+    warehouse.execute(ensure_lock_row_sql(tables.locks, tables.landing))
 
 
-def landed_offsets(cursor: Any, tables: LandingTables, topic: str) -> dict[int, int]:
+def landed_offsets(warehouse: Warehouse, tables: LandingTables, topic: str) -> dict[int, int]:
     """Highest landed or quarantined offset per partition."""
-    return {int(p): int(o) for p, o in _execute(cursor, landed_offsets_sql(tables.landing, tables.dead_letter, topic))}
+    return {int(p): int(o) for p, o in warehouse.execute(landed_offsets_sql(tables.landing, tables.dead_letter, topic))}
 
 
-@dataclass(frozen=True)
-class PrivateTables:
-    """One load's own tables (quoted names): the staged landing rows, and a one-VARIANT table only where
-    the one-pass COPY cannot run (fakesnow, session without a current database)."""
-
-    rows: str
-    temporary: bool = True
-    file: str | None = None
-
-
-def create_private_tables(connection: Any, cursor: Any, tables: LandingTables, batch: str) -> PrivateTables:
-    """Create the load's own table: TEMPORARY, in the control schema; see the module docstring for fakesnow."""
-    names = [f"LOAD_{tables.landing.name}_{batch[:12]}_ROWS", f"LOAD_{tables.landing.name}_{batch[:12]}_FILE"]
-    qualified = [TableRef(tables.locks.schema, n, tables.locks.database).sql for n in names]
-    server = _server(connection)
-    if server not in _TEMP_UNQUALIFIED:
-        try:
-            for sql in create_private_tables_sql(qualified[0]):
-                _execute(cursor, sql)
-            return PrivateTables(qualified[0])
-        except Exception as exc:
-            # DuckDB keeps temporary tables in its own "temp" catalog: fakesnow takes only bare names.
-            if '"temp" catalog' not in str(exc):
-                raise
-            _TEMP_UNQUALIFIED.add(server)
-    try:
-        private = PrivateTables(quote_ident(names[0]))
-        for sql in create_private_tables_sql(private.rows):
-            _execute(cursor, sql)
-    except Exception as exc:
-        if "current database" not in str(exc):
-            raise
-        # fakesnow wants a current database for a bare name: ordinary tables then, dropped after the load;
-        # and for a COPY transformation's `FROM @stage`: the two-pass COPY then, with a one-VARIANT table.
-        private = PrivateTables(qualified[0], temporary=False, file=qualified[1])
-        for sql in create_private_tables_sql(private.rows, private.file, temporary=False):
-            _execute(cursor, sql)
-    return private
-
-
-def _drop_private(cursor: Any, private: PrivateTables | None, log: logging.Logger | Any) -> None:
-    if private is None:
-        return
-    for name in (private.rows, private.file):
-        if name is None:
-            continue
-        try:
-            _execute(cursor, f"DROP TABLE IF EXISTS {name}")
-        except Exception as exc:  # noqa: BLE001 - housekeeping only; a session's end drops temporary ones anyway
-            log.debug("could not drop the load table %s: %s", name, exc)
-
-
-def _commit(connection: Any) -> None:
-    connection.commit()
+def rows_table_name(tables: LandingTables, batch: str) -> str:
+    """The quoted, qualified name of one load's rows table, in the control schema."""
+    return TableRef(tables.locks.schema, f"LOAD_{tables.landing.name}_{batch[:12]}_ROWS", tables.locks.database).sql
 
 
 def commit_load(
-    connection: Any,
+    connection: Warehouse | Any,
     tables: LandingTables,
     topic: str,
     rows_table: str | None,
@@ -515,62 +423,53 @@ def commit_load(
     Lock, re-read the landed offsets, insert the staged rows (`rows_table`) above them, then the dead
     letters above them, commit.
     """
-    cursor = connection.cursor()
+    wh = Warehouse.of(connection)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    connection.autocommit(False)
-    try:
-        _execute(cursor, "BEGIN")
-        locked = _execute(cursor, take_load_lock_sql(tables.locks, tables.landing, now))
+    with wh.transaction():
+        locked = wh.execute(take_load_lock_sql(tables.locks, tables.landing, now))
         if locked and locked[0] and int(locked[0][0] or 0) == 0:
             # The lock row is gone (ensure_tables is skipped on repeat loads): put it back, in this transaction.
-            _execute(cursor, ensure_lock_row_sql(tables.locks, tables.landing))
-        landed = landed_offsets(cursor, tables, topic)
+            wh.execute(ensure_lock_row_sql(tables.locks, tables.landing))
+        landed = landed_offsets(wh, tables, topic)
         # Only a partition whose landed offsets reach into this batch needs a filter (a race or a retry).
         above = {p: o for p, o in landed.items() if p in first_offsets and o >= first_offsets[p]}
         rows = 0
         if rows_table is not None:
             for i, stmt in enumerate(land_rows_statements(tables.landing, rows_table, above)):
-                result = _execute(cursor, stmt)
+                result = wh.execute(stmt)
                 if i == 0:
                     rows = int(result[0][0]) if result else 0
         fresh = [d for d in dead if d.offset > landed.get(d.partition, -1)]
         for i in range(0, len(fresh), DEAD_LETTER_BATCH):
-            _execute(cursor, dead_letter_insert_sql(tables.dead_letter, fresh[i : i + DEAD_LETTER_BATCH], now))
-        _commit(connection)
-    except BaseException:
-        connection.rollback()
-        raise
-    finally:
-        connection.autocommit(True)
+            wh.execute(dead_letter_insert_sql(tables.dead_letter, fresh[i : i + DEAD_LETTER_BATCH], now))
     return rows, len(fresh)
 
 
-def _put(cursor: Any, path: str, stage_path: str) -> None:
+def _put(warehouse: Warehouse, path: str, stage_path: str) -> None:
     # Parquet files are compressed inside (Snappy, in the readers); AUTO_COMPRESS would gzip them at level 9.
-    _execute(cursor, f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
+    warehouse.execute(f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
 
 
-def _remove_staged(cursor: Any, stage_path: str, log: logging.Logger | Any) -> None:
+def _remove_staged(warehouse: Warehouse, stage_path: str, log: logging.Logger | Any) -> None:
     try:
-        _execute(cursor, f"REMOVE {stage_path}")
-    except Exception as exc:  # noqa: BLE001 - housekeeping only; fakesnow has no REMOVE
-        log.debug("could not remove staged files %s: %s", stage_path, exc)
+        warehouse.execute(f"REMOVE {stage_path}")
+    except Exception as exc:  # noqa: BLE001 - housekeeping after the commit: a file left costs storage only
+        log.warning("could not remove staged files %s: %s", stage_path, exc)
 
 
 class _Stager:
     """PUTs each finished file and loads it into the load's rows table; keeps the time it took."""
 
-    def __init__(self, cursor: Any, private: PrivateTables, stage_path: str) -> None:
-        self.cursor, self.private, self.stage_path = cursor, private, stage_path
+    def __init__(self, warehouse: Warehouse, rows_table: str, stage_path: str) -> None:
+        self.warehouse, self.rows_table, self.stage_path = warehouse, rows_table, stage_path
         self.files = self.rows = 0
         self.seconds = 0.0
 
     def __call__(self, path: str, rows: int) -> None:
         started = time.perf_counter()
-        _put(self.cursor, path, self.stage_path)
-        for stmt in stage_file_statements(self.private.rows, self.stage_path + os.path.basename(path),
-                                          self.private.file):
-            _execute(self.cursor, stmt)
+        _put(self.warehouse, path, self.stage_path)
+        for stmt in stage_file_statements(self.rows_table, self.stage_path + os.path.basename(path)):
+            self.warehouse.execute(stmt)
         self.files += 1
         self.rows += rows
         self.seconds += time.perf_counter() - started
@@ -583,49 +482,40 @@ def load_topic(
     *,
     kafka: KafkaResource,
     registry: SchemaRegistryClient,
-    connection: Any,
+    connection: Warehouse | Any,
     topic: str,
     landing: TableRef,
     control: TableRef,
     max_records: int | None = None,
     log: logging.Logger | None = None,
 ) -> LandingResult:
-    """Load the topic's new records into its landing table, exactly once; see the module docstring."""
+    """Load the topic's new records into its landing table, exactly once; see the module docstring.
+
+    `connection` is the warehouse session (a `Warehouse`, or a connection it wraps).
+    """
     log = log or logging.getLogger(__name__)
     if not _TOPIC.match(topic):
         raise ValueError(f"topic {topic!r} has characters Kafka does not allow in a topic name")
     tables = LandingTables.of(landing, control)
-    known = _ddl_key(connection, tables)
-    args = (kafka, registry, connection, topic, tables, max_records, log)
-    trusted = known in _KNOWN_TABLES
-    try:
-        return _load(*args, known)
-    except Exception as exc:
-        if not _missing_object(exc):
-            raise
-        _KNOWN_TABLES.discard(known)
-        if not trusted:
-            raise
-        # The DDL was skipped on this process's word, and something is gone: nothing was committed (the
-        # error came before or inside the transaction), so create what is missing and load again.
-        log.warning("topic %s: %s; creating the landing objects again and retrying the load", topic, exc)
-        return _load(*args, known)
+    wh = Warehouse.of(connection)
+    # A retry after a missing object is safe: nothing was committed (the error came before or inside the
+    # transaction), so the load reads the same records again.
+    return wh.ensured(("landing", tables), lambda: ensure_tables(wh, tables),
+                      lambda: _load(kafka, registry, wh, topic, tables, max_records, log),
+                      what=f"load of topic {topic}", log=log)
 
 
 def _load(
     kafka: KafkaResource,
     registry: SchemaRegistryClient,
-    connection: Any,
+    wh: Warehouse,
     topic: str,
     tables: LandingTables,
     max_records: int | None,
     log: logging.Logger,
-    known: tuple[Any, ...],
 ) -> LandingResult:
     started = time.perf_counter()
-    cursor = connection.cursor()
-    ensure_tables(cursor, tables, known)
-    landed = landed_offsets(cursor, tables, topic)
+    landed = landed_offsets(wh, tables, topic)
     end = kafka.end_offsets([topic]).get(topic, {})
     before = {p: landed.get(p, -1) + 1 for p in sorted({*end, *landed})}
     ranges = plan_ranges(before, end, max_records)
@@ -644,10 +534,11 @@ def _load(
     folder = tempfile.mkdtemp(prefix=f"landing-{topic}-")
     batch = uuid.uuid4().hex
     stage_path = f"@{tables.stage}/{topic}/{batch}/"
-    private: PrivateTables | None = None
-    try:
-        private = create_private_tables(connection, cursor, tables, batch)
-        stager = _Stager(cursor, private, stage_path)
+    rows_table = rows_table_name(tables, batch)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+        cleanup.enter_context(wh.temporary_table(create_load_rows_sql(rows_table), rows_table, log))
+        stager = _Stager(wh, rows_table, stage_path)
         config = consumer_config(kafka, topic)
         jobs = [
             RangeJob(config, topic, group, schemas, folder, f"part{i}", ROWS_PER_FILE)
@@ -678,13 +569,10 @@ def _load(
             for r, reason in poison
         ]
         first = {p: start for p, (start, _) in ranges.items()}
-        rows, quarantined = commit_load(connection, tables, topic, private.rows if staged else None, first, dead)
+        rows, quarantined = commit_load(wh, tables, topic, rows_table if staged else None, first, dead)
         t_done = time.perf_counter()
         if staged:
-            _remove_staged(cursor, stage_path, log)
-    finally:
-        _drop_private(cursor, private, log)
-        shutil.rmtree(folder, ignore_errors=True)
+            _remove_staged(wh, stage_path, log)
     consumed: dict[int, int] = {}
     for r in results:
         for p, o in r.next_offsets.items():
@@ -794,7 +682,7 @@ def bench(n: int, partitions: int = 3) -> dict[str, float]:
         log.setLevel(logging.INFO)
         server = next(s for s in needed if s.name == "snowflake").pid()
         with snowflake.connector.connect(**connection_args(settings)) as conn:
-            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}")
+            Warehouse.of(conn).execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}")
             server_cpu = _cpu_seconds(server)
             result = load_topic(kafka=kafka, registry=registry, connection=conn, topic=topic,
                                 landing=TableRef("LANDING", topic.upper(), database),

@@ -11,8 +11,8 @@ table has one layout whichever way it is filled (the Confluent Snowflake Sink's)
 is one code path. Building these objects reads only the config: no network call at load.
 
 The builtin landing and replica assets of one table group are one `multi_asset` (one step, subsettable):
-a merge run then works on up to `PARALLEL_TABLES` tables at once in threads, each table landing and then
-merging, instead of one step per asset run one after another (the in-process executor) or one Python
+a merge run then works on up to `SNOWFLAKE_PARALLEL_TABLES` tables at once in threads (one warehouse session
+each; `tidb_pipeline.resources.warehouse.parallel_tables`), each table landing and then merging, instead of one step per asset run one after another (the in-process executor) or one Python
 process per step (the multiprocess executor, seconds of imports each). Almost all of a table's time is
 spent waiting on the warehouse and Kafka, so threads overlap well. Each asset keeps its own key, group,
 description, metadata and materialization; a table whose landing fails is not merged, the other tables
@@ -23,7 +23,7 @@ still materialize, and the step then fails naming every failed table.
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,18 +32,16 @@ from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE
-from tidb_pipeline.defs.replica import merge_replica, use_schema_sql
+from tidb_pipeline.defs.replica import merge_replica
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.holes import ABSENT, OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.warehouse import Warehouse, parallel_tables, warehouse_session
 
 WATERMARK_TABLE = "MERGE_WATERMARKS"
-# Tables of one group landed and merged at once in a run (threads; one warehouse connection each). 1 runs
-# them one after another in the step's own thread. Not yet raised: on the lab (one fakesnow process on 2
-# shared cores) 8 threads were measured no faster, in a run that also paid failed-then-retried statements.
-# Snowflake serves up to 8 queries per warehouse at once: raise it there.
-PARALLEL_TABLES = 1
+# Opens one warehouse session (with the config's session pins) for one table's landing or merge.
+Sessions = Callable[[], AbstractContextManager[Warehouse]]
 
 
 @dataclass(frozen=True)
@@ -156,30 +154,12 @@ class _TableLog:
         self._add("error", msg, *args)
 
 
-@contextmanager
-def _connect(snowflake: SnowflakeResource, schema: TableRef) -> Iterator[Any]:
-    """A warehouse session whose current schema is `schema` (its `name` unused) when that schema exists.
-
-    Every statement names its schema, but the loaders cache their DDL per process, and that DDL (`CREATE
-    DATABASE` / `CREATE SCHEMA`) is what used to make them current: fakesnow's rewrites call helpers of the
-    current database and create temporary tables in the current schema.
-    """
-    with snowflake.get_connection() as conn:
-        try:
-            conn.cursor().execute(use_schema_sql(schema))
-        except Exception:  # noqa: BLE001 - not created yet: the first load's DDL creates it
-            pass
-        yield conn
-
-
-def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: SnowflakeResource,
-          log: Any) -> dict[str, Any]:
+def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any) -> dict[str, Any]:
     from tidb_pipeline.defs.landing import load_topic
 
-    # The control schema: the one the landing DDL left current, where the loader's temporary tables went.
-    with _connect(snowflake, names.control) as conn:
+    with sessions() as wh:
         result = load_topic(
-            kafka=kafka, registry=registry, connection=conn, topic=names.topic,
+            kafka=kafka, registry=registry, connection=wh, topic=names.topic,
             landing=names.landing, control=names.control, log=log,
         )
     backlog = sum(max(0, result.end_offsets.get(p, 0) - o) for p, o in result.offsets_after.items())
@@ -196,11 +176,10 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: Sno
     }
 
 
-def _merge(names: TableNames, kafka: KafkaResource, registry: Any, snowflake: SnowflakeResource,
-           log: Any) -> dict[str, Any]:
-    with snowflake.get_connection() as conn:  # merge_replica makes the database current itself
+def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any) -> dict[str, Any]:
+    with sessions() as wh:
         outcome = merge_replica(
-            connection=conn, registry=registry, topic=names.topic,
+            connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
             dead_letters=names.dead_letters, offset_gaps=names.offset_gaps, kafka=kafka,
         )
@@ -268,9 +247,11 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
             specs.append(_landing_spec(config=config, table=t))
         specs.append(_replica_spec(config=config, table=t))
 
+    parallel = parallel_tables()  # read at load: a bad value fails there, naming the variable
+
     @dg.multi_asset(
         name=name, specs=specs, can_subset=True,
-        description=f"Land and merge {len(tables)} table(s), up to {PARALLEL_TABLES} at once.",
+        description=f"Land and merge {len(tables)} table(s), up to {parallel} at once.",
     )
     def _land_and_merge(
         context: dg.AssetExecutionContext,
@@ -288,6 +269,9 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
         replica_registry = schema_registry.get_client()
         runs: list[_TableRun] = []
 
+        def sessions() -> AbstractContextManager[Warehouse]:
+            return warehouse_session(snowflake, config.snowflake.session)
+
         def finish(run: _TableRun) -> Iterator[dg.MaterializeResult]:
             runs.append(run)
             for level, line in run.log.lines:
@@ -298,16 +282,16 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
             return _run_table(
                 config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
                 merge=k.replica in selected,
-                land_fn=lambda n, log: _land(n, kafka, landing_registry, snowflake, log),
-                merge_fn=lambda n, log: _merge(n, kafka, replica_registry, snowflake, log),
+                land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
+                merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log),
             )
 
-        if PARALLEL_TABLES <= 1 or len(work) <= 1:
+        if parallel <= 1 or len(work) <= 1:
             # In the step's own thread: nothing to overlap, and a profiler sees the work.
             for t, k in work:
                 yield from finish(table_run(t, k))
         else:
-            with ThreadPoolExecutor(max_workers=min(PARALLEL_TABLES, len(work)), thread_name_prefix=f"{name}-") as pool:
+            with ThreadPoolExecutor(max_workers=min(parallel, len(work)), thread_name_prefix=f"{name}-") as pool:
                 futures: list[Future[_TableRun]] = [pool.submit(table_run, t, k) for t, k in work]
                 for future in as_completed(futures):
                     yield from finish(future.result())

@@ -75,11 +75,12 @@ def canonical(data_type: str, value: Any) -> Any:
 
 
 def _read_source(source_conn: Any, db: str, table: str) -> tuple[list[tuple[str, str]], list[tuple[Any, ...]]]:
-    """(column name, DATA_TYPE) pairs and every row of a source table."""
+    """(column name, DATA_TYPE) pairs and every row of a source table, over the columns TiCDC replicates
+    (a virtual generated column never reaches the replica, as TiCDC never sends one)."""
     with source_conn.cursor() as cur:
         cur.execute(
             "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
-            "AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            "AND TABLE_NAME = %s AND UPPER(EXTRA) NOT LIKE '%%VIRTUAL GENERATED%%' ORDER BY ORDINAL_POSITION",
             (db, table),
         )
         columns = [(r[0], r[1]) for r in cur.fetchall()]

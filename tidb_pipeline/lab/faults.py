@@ -55,7 +55,8 @@ STAGES = LANDING_STAGES + MERGE_STAGES
 # DELETE of the rows table inside the transaction).
 COPY_STATEMENTS = 2
 # Statements of the merge transaction before COMMIT: BEGIN, the batch statistics (counts, one row per key,
-# key range), MERGE, watermark DELETE, watermark INSERT (`replication.merge.run_merge`).
+# key range), MERGE, watermark DELETE, watermark INSERT (`replication.merge.run_merge`, through the
+# warehouse seam's `Warehouse.execute`, which is what the merge stages patch).
 MERGE_STATEMENTS = 5
 
 
@@ -151,7 +152,8 @@ def _record_sessions(tokens_file: Path) -> None:
 def install(stage: str, hit: int) -> None:
     """Patch this process so that it SIGKILLs itself at the `hit`-th arrival at `stage`."""
     from tidb_pipeline.defs import landing
-    from tidb_pipeline.replication import merge, wire
+    from tidb_pipeline.replication import wire
+    from tidb_pipeline.resources.warehouse import Warehouse
 
     arrived = _counter(hit)
     if stage == "landing.mid_consume":
@@ -184,47 +186,45 @@ def install(stage: str, hit: int) -> None:
 
         landing._put = patched_put
     elif stage == "landing.mid_copy":
-        execute = landing._execute
+        execute = Warehouse.execute
 
-        def patched_execute(cursor: Any, stmt: Any) -> Any:
-            out = execute(cursor, stmt)
+        def patched_execute(self: Warehouse, stmt: Any, params: Any = ()) -> Any:
+            out = execute(self, stmt, params)
             sql = stmt if isinstance(stmt, str) else stmt.sql
-            in_copy = sql.startswith(("DELETE FROM", "COPY INTO")) or (
-                sql.startswith("INSERT INTO") and '"V":"RECORD_METADATA"' in sql
-            )
-            if in_copy and arrived():
+            if sql.startswith(("DELETE FROM", "COPY INTO")) and arrived():
                 _die()
             return out
 
-        landing._execute = patched_execute
+        Warehouse.execute = patched_execute  # type: ignore[method-assign]
     elif stage in ("landing.before_commit", "landing.after_commit"):
-        commit = landing._commit
+        commit = Warehouse.commit
 
-        def patched_commit(connection: Any) -> None:
+        def patched_commit(self: Warehouse) -> None:
             if stage == "landing.before_commit" and arrived():
                 _die()
-            commit(connection)
+            commit(self)
             if stage == "landing.after_commit" and arrived():
                 _die()
 
-        landing._commit = patched_commit
+        Warehouse.commit = patched_commit  # type: ignore[method-assign]
     elif stage.startswith("merge."):
-        execute_m = merge._execute
+        execute_m = Warehouse.execute
         in_txn = [False]
 
-        def patched_merge_execute(cursor: Any, stmt: Any) -> Any:
-            if stmt.sql == "BEGIN":
+        def patched_merge_execute(self: Warehouse, stmt: Any, params: Any = ()) -> Any:
+            sql = stmt if isinstance(stmt, str) else stmt.sql
+            if sql == "BEGIN":
                 in_txn[0] = True
-            if stage == "merge.before_commit" and stmt.sql == "COMMIT" and arrived():
+            if stage == "merge.before_commit" and sql == "COMMIT" and arrived():
                 _die()
-            out = execute_m(cursor, stmt)
-            if stage == "merge.after_commit" and stmt.sql == "COMMIT" and arrived():
+            out = execute_m(self, stmt, params)
+            if stage == "merge.after_commit" and sql == "COMMIT" and arrived():
                 _die()
-            if stage == "merge.mid_merge" and in_txn[0] and stmt.sql != "COMMIT" and arrived():
+            if stage == "merge.mid_merge" and in_txn[0] and sql != "COMMIT" and arrived():
                 _die()
             return out
 
-        merge._execute = patched_merge_execute
+        Warehouse.execute = patched_merge_execute  # type: ignore[method-assign]
     else:  # pragma: no cover - CrashRun validates the stage
         raise ValueError(stage)
 

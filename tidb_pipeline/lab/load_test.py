@@ -156,10 +156,9 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
         end = kafka.end_offsets(topics)
         total = merged = 0
         with snowflake.connector.connect(**connection_args(settings)) as sf:
-            cur = sf.cursor()
             for n in names:
                 e = end.get(n.topic, {})
-                backlog = backlog_per_partition(e, read_watermarks(cur, n))
+                backlog = backlog_per_partition(e, read_watermarks(sf, n))
                 total += sum(e.values())
                 merged += sum(e.values()) - sum(backlog.values())
         with resources["ticdc"].get_client() as client:

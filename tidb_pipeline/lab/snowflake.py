@@ -33,6 +33,10 @@ from tidb_pipeline.lab.settings import LabSettings
 # the request, gets "connection is busy" and reports a failure while the first statement still completes.
 LAB_NETWORK_TIMEOUT = 30
 LAB_SOCKET_TIMEOUT = 900
+# Tables a merge run lands and merges at once. One fakesnow process on 2 shared cores serialises the
+# statements anyway, and concurrent writers fail with DuckDB write conflicts the connector retries: 8 threads
+# were measured no faster than 1 here. (Snowflake runs 8 queries per warehouse at once, the production default.)
+LAB_PARALLEL_TABLES = 1
 # Credentials fakesnow ignores but the connector insists on; not secrets.
 LAB_ACCOUNT = "fakesnow"
 LAB_USER = "fake"
@@ -69,6 +73,7 @@ def lab_env(settings: LabSettings) -> dict[str, str]:
         "SNOWFLAKE_PROTOCOL": "http",
         "SNOWFLAKE_NETWORK_TIMEOUT": str(LAB_NETWORK_TIMEOUT),
         "SNOWFLAKE_SOCKET_TIMEOUT": str(LAB_SOCKET_TIMEOUT),
+        "SNOWFLAKE_PARALLEL_TABLES": str(LAB_PARALLEL_TABLES),
     }
 
 

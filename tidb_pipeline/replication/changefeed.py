@@ -154,10 +154,33 @@ def registry_url(registry: Registry) -> str:
     return urlunsplit((parts.scheme, f"{userinfo}@{host}", parts.path, parts.query, parts.fragment))
 
 
+# The changefeed-level settings the pipeline wants, stated in full in every create and update: TiCDC's PUT
+# decodes the body into an empty config, so a setting left out is reset to its zero value, not kept
+# (`check_gc_safe_point` would turn false, letting GC pass an unreplicated checkpoint). Values are TiCDC's own
+# defaults (tiflow pkg/config/replica_config.go), which a create fills in anyway, so create and update agree.
+REPLICA_SETTINGS: dict[str, Any] = {
+    "memory_quota": 1024 * 1024 * 1024,
+    "case_sensitive": False,
+    "force_replicate": False,  # tables without a handle key are refused, never replicated without one
+    "ignore_ineligible_table": False,
+    "check_gc_safe_point": True,
+    "enable_sync_point": False,
+    "enable_table_monitor": False,
+    "bdr_mode": False,
+}
+
+
 def replica_config(config: PipelineConfig, registry: Registry) -> dict[str, Any]:
+    """The complete replica config: `REPLICA_SETTINGS`, the table filter and the Avro sink.
+
+    Objects the pipeline does not send (mounter, scheduler, consistent, ...) are TiCDC's defaults on create and
+    on update alike (an update rebuilds them from the defaults); inside `sink` what is not sent is unset on
+    both, which for a Kafka Avro sink means TiCDC's defaults (URI parameters win over `kafka_config`).
+    """
     src = config.source
     rules = [table_rule(t) for t in config.tables]
     return {
+        **REPLICA_SETTINGS,
         "filter": {"rules": rules},
         "sink": {
             "protocol": "avro",

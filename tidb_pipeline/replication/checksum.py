@@ -10,13 +10,12 @@ MySQL/TiDB and on Snowflake:
     chunk    = COUNT(*), SUM(row hash)                (exact: DECIMAL in MySQL, NUMBER(38,0) in Snowflake)
 
 The length prefix makes the encoding self-delimiting, so no value can fake a column boundary and NULL never
-collides with any text (the NULL marker has no ':'). MD5 is used because both engines (and fakesnow) compute
-it identically; `HASH`/`HASH_AGG` differ between Snowflake and fakesnow and do not exist in MySQL. MySQL reads
-the hex digits with `CONV`; Snowflake (and fakesnow, which lacks `TO_NUMBER(x, 'XXX')`) with a positional
-sum over `POSITION(digit IN '0123456789abcdef')`, cast to NUMBER(38,0) before summing (fakesnow sums an
-integer product as a double otherwise).
+collides with any text (the NULL marker has no ':'). MD5 is used because every engine here computes it
+identically; `HASH`/`HASH_AGG` are engine-specific and do not exist in MySQL. MySQL reads the hex digits with
+`CONV`; Snowflake with a positional sum over `POSITION(digit IN '0123456789abcdef')` (portable where
+`TO_NUMBER(x, 'XXX')` is not), cast to NUMBER(38,0) before summing so the sum stays exact integer arithmetic.
 
-Canonical text per column kind (measured on MariaDB 10/11 and fakesnow 0.12.1 here):
+Canonical text per column kind (measured on MariaDB 10/11 and the lab's Snowflake here):
 - int, year: the decimal digits. decimal: the digits with the column's scale (`-0.50`); a decimal wider than
   Snowflake's 38 digits is a VARCHAR in the replica holding the same text.
 - double: 15 significant digits as `[-]<mantissa digits>e<exponent>` computed with the same arithmetic on
@@ -251,7 +250,7 @@ def _target_pad_fraction(dialect: SqlTargetDialect, t: str) -> str:
 
 
 def _strip_whitespace(dialect: Dialect, t: str) -> str:
-    # Character codes, not escapes: backslash escapes in literals differ between engines (DuckDB has none).
+    # Character codes, not escapes: backslash escapes in literals differ between engines.
     chars = {"mysql": "CHAR({} USING utf8mb4)", "mssql": "NCHAR({})"}
     for code in (32, 10, 9, 13):
         t = f"REPLACE({t}, {chars.get(dialect, 'CHR({})').format(code)}, {_lit(dialect, '')})"
@@ -307,12 +306,12 @@ def _escape_percent(sql: str, params: tuple[Any, ...]) -> str:
 
 
 def _snowflake_datetime(c: str) -> str:
-    """`YYYY-MM-DD HH:MM:SS.ffffff` from parts: fakesnow's TO_CHAR ignores `FF6` and drops trailing zeros."""
+    """`YYYY-MM-DD HH:MM:SS.ffffff` from parts, which every engine formats alike (`TO_CHAR` with `FF6` does not)."""
 
     def two(part: str) -> str:
         return f"LPAD(CAST({part}({c}) AS VARCHAR), 2, '0')"
 
-    # DATEDIFF in microseconds, not DATE_PART(NANOSECOND): fakesnow converts to nanoseconds and overflows past 2262.
+    # DATEDIFF in microseconds, not DATE_PART(NANOSECOND): a nanosecond count overflows 64 bits past 2262.
     micros = f"LPAD(CAST(DATEDIFF(MICROSECOND, DATE_TRUNC('SECOND', {c}), {c}) AS VARCHAR), 6, '0')"
     return (
         f"CONCAT(TO_CHAR(CAST({c} AS DATE), 'YYYY-MM-DD'), ' ', {two('HOUR')}, ':', {two('MINUTE')}, ':', "
@@ -332,7 +331,7 @@ def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = N
     if k == "decimal":
         if my:
             return f"CAST({c} AS CHAR)"
-        # fakesnow prints NUMBER(p,p) without the leading zero ('.0277'); put it back (a no-op on Snowflake).
+        # Put back the leading zero of NUMBER(p,p) text ('.0277') where an engine drops it (a no-op on Snowflake).
         t = f"CAST({c} AS VARCHAR)"
         return (f"IFF(STARTSWITH({t}, '.'), '0' || {t}, "
                 f"IFF(STARTSWITH({t}, '-.'), '-0' || SUBSTR({t}, 2), {t}))")
@@ -482,7 +481,7 @@ def checksums_sql(
 ) -> Statement:
     """One scan: (chunk index, COUNT(*), SUM(row hash)) per non-empty chunk. `table` is already quoted.
 
-    Three layers, so that no long expression is repeated (fakesnow's transpiler takes seconds per repeat):
+    Three layers, so that no long expression is repeated (an SQL transpiler takes seconds per repeat):
     canonical texts per column, then the row's MD5, then the 60-bit number summed per chunk.
     """
     if not chunks:

@@ -71,7 +71,7 @@ def create_replica_sql(table: TableRef, columns: Sequence[ReplicaColumn]) -> str
     if not keys:
         raise ValueError(f"replica {table.label} has no key columns; TiCDC only replicates tables with a handle key")
     lines = [f"{quote_ident(c.name)} {c.sql_type}{' NOT NULL' if c.is_key else ''}" for c in columns]
-    # Informational in Snowflake (not enforced); tools read it, and fakesnow/DuckDB enforce it in tests.
+    # Informational in Snowflake (not enforced); tools read it, and the lab's engine enforces it in tests.
     lines.append(f"PRIMARY KEY ({', '.join(quote_ident(c.name) for c in keys)})")
     return f"CREATE TABLE IF NOT EXISTS {table.sql} (\n  " + ",\n  ".join(lines) + "\n)"
 

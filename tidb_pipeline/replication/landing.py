@@ -16,10 +16,9 @@ The built-in landing ships these rows as Parquet files with the two JSON texts a
 each on a stage as soon as a reader finishes it; `stage_file_statements` then `COPY`s it, with a
 `PARSE_JSON($1:...)` transformation, straight into the two landing columns of a table private to the load
 while reading goes on, and `land_rows_statements` moves those rows into the landing table inside the short
-exactly-once transaction. (fakesnow cannot `COPY` JSON files into two columns, neither with
-`MATCH_BY_COLUMN_NAME` nor with a `$1:field` transformation; Parquet it can, which saves the one-VARIANT
-table and its splitting pass the NDJSON design needed.) `ndjson_line` and `copy_statements`, the older
-single-table NDJSON form, are still used by the lab's connector stand-in and the backfill.
+exactly-once transaction. (Parquet lets one COPY fill both columns, which saves the one-VARIANT table and
+its splitting pass the NDJSON design needed.) `ndjson_line` and `copy_statements`, the older single-table
+NDJSON form, are still used by the lab's connector stand-in and the backfill.
 """
 
 from __future__ import annotations
@@ -343,11 +342,11 @@ def ensure_lock_row_sql(table: TableRef, landing: TableRef) -> Statement:
 
 
 def take_load_lock_sql(table: TableRef, landing: TableRef, now: Any) -> Statement:
-    """The first write of the load transaction (fakesnow wants a write first after BEGIN).
+    """The first statement of the load transaction, so everything after it runs under the lock.
 
-    On Snowflake the row lock makes a second load wait until the first commits, and its later statements
-    then see the first's rows; DuckDB (fakesnow) fails the second with a write conflict instead. Either way
-    two loads of one landing table never both insert the same offsets.
+    The row lock makes a second load of the same landing table wait until the first commits (up to the
+    session's LOCK_TIMEOUT), and its later statements then see the first's rows: two loads of one landing
+    table never both insert the same offsets.
     """
     return Statement(
         f'UPDATE {table.sql} SET "LOADED_AT" = %s WHERE "LANDING_TABLE" = %s', (now, landing.label)
@@ -389,45 +388,26 @@ def exactly_once_copy_statements(
     return statements
 
 
-def create_private_tables_sql(rows_table: str, file_table: str | None = None, *, temporary: bool = True) -> list[str]:
-    """One load's own tables (quoted names): the two landing columns, filled file by file from the stage,
-    and, only for `stage_file_statements`' two-pass form, a one-VARIANT table.
-
-    They are TEMPORARY: private to the load's session, gone with it (a crashed load leaves nothing), and on
-    fakesnow kept in memory, which makes COPY about twice as cheap as into an ordinary table.
-    """
-    kind = "TEMPORARY TABLE" if temporary else "TABLE"
-    sql = [f'CREATE {kind} IF NOT EXISTS {rows_table} ("RECORD_METADATA" VARIANT, "RECORD_CONTENT" VARIANT)']
-    if file_table is not None:
-        sql.append(f'CREATE {kind} IF NOT EXISTS {file_table} ("V" VARIANT)')
-    return sql
+def create_load_rows_sql(rows_table: str) -> str:
+    """One load's own table (a quoted, qualified name) holding the two landing columns, filled file by file
+    from the stage. TEMPORARY: private to the load's session and gone with it, so a crashed load leaves
+    nothing behind."""
+    return f'CREATE TEMPORARY TABLE IF NOT EXISTS {rows_table} ("RECORD_METADATA" VARIANT, "RECORD_CONTENT" VARIANT)'
 
 
-def stage_file_statements(rows_table: str, stage_file: str, file_table: str | None = None) -> list[Statement]:
+def stage_file_statements(rows_table: str, stage_file: str) -> list[Statement]:
     """Load one staged Parquet file into the load's rows table; runs outside the landing transaction.
 
     The file has two string columns holding the JSON texts (`replication.wire.ParquetFiles`); a COPY with
     a transformation parses each into its VARIANT column in one pass. `FORCE` because a file name can come
-    back after a retried load; exactly-once is decided by the landing table. With `file_table` it takes two
-    passes instead (COPY into the one-VARIANT table, an INSERT that parses, a DELETE): fakesnow refuses a
-    transformation's `FROM @stage` in a session without a current database.
+    back after a retried load; exactly-once is decided by the landing table.
     """
-    if file_table is None:
-        return [
-            Statement(
-                f'COPY INTO {rows_table} ("RECORD_METADATA", "RECORD_CONTENT") '
-                "FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) "
-                f"FROM {stage_file}) FILE_FORMAT = (TYPE = PARQUET) FORCE = TRUE"
-            ),
-        ]
     return [
-        Statement(f"COPY INTO {file_table} FROM {stage_file} FILE_FORMAT = (TYPE = PARQUET) FORCE = TRUE"),
         Statement(
-            f'INSERT INTO {rows_table} ("RECORD_METADATA", "RECORD_CONTENT") '
-            'SELECT PARSE_JSON("V":"RECORD_METADATA"::varchar), PARSE_JSON("V":"RECORD_CONTENT"::varchar) '
-            f"FROM {file_table}"
+            f'COPY INTO {rows_table} ("RECORD_METADATA", "RECORD_CONTENT") '
+            "FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) "
+            f"FROM {stage_file}) FILE_FORMAT = (TYPE = PARQUET) FORCE = TRUE"
         ),
-        Statement(f"DELETE FROM {file_table}"),
     ]
 
 

@@ -21,29 +21,11 @@ One merge, step by step:
 4. Optionally the ON clause bounds the target by the batch's first-key-column range (`key_range_sql`), so
    Snowflake prunes micro-partitions and the cost follows the batch, not the table.
 
-fakesnow 0.12.1 quirks met here (the SQL is written to work on both it and Snowflake):
-- MERGE is executed as `CREATE TEMPORARY TABLE merge_candidates` + DELETE/UPDATE/INSERT. On a connection
-  with autocommit on, `BEGIN; MERGE` fails ("a single transaction can only write to a single attached
-  database"); with autocommit off, the CREATE commits any DML that ran earlier in the transaction. So
-  `run_merge` switches autocommit off and runs the MERGE as the first write after BEGIN (SELECTs before it
-  are fine, DML after it is rolled back with it).
-- Casts in SET / VALUES of a MERGE are not applied reliably: all casts live in the USING subquery and the
-  clauses use plain `s."col"`.
-- Duplicate keys in a MERGE source do not raise (Snowflake raises for a multi-row update); assert one row
-  per key yourself (`max_rows_per_key_sql`).
-- PARSE_JSON re-encodes numbers as doubles: a decimal with more than ~15 significant digits loaded through
-  a JSON *number* loses digits in fakesnow (Snowflake keeps 38). String-mode decimals are exact in both.
-- `TO_TIMESTAMP_NTZ(x)::TIMESTAMP_NTZ(6)` fails ("to_timestamp_ntz does not exist"); `TO_TIMESTAMP_NTZ(x)`
-  alone works, so no trailing cast is added (the column type does the rounding).
-- `(VALUES ...) AS r` with an alias loses the `column1..n` names; `FROM VALUES ...` without parentheses
-  and without an alias keeps them, so ranges are given as `SELECT column1 AS .. FROM VALUES ...`.
-- VARIANT numbers must be cast (`::int`) before ordering or comparing.
-- A `NUMBER(38,0)` column (Snowflake's INT) is a BIGINT in fakesnow, so a TiDB DECIMAL(38,0) value wider than
-  19 digits overflows there (Snowflake holds 38 digits). `TO_NUMBER` is no way out: fakesnow computes it
-  through a double. NUMBER(20..37,0) columns are exact.
-- MERGE returns (inserted, updated, deleted) counts like Snowflake.
-- A VARIANT holding JSON `null` comes back as Python None (Snowflake returns the text `null`).
-- `COPY INTO` a two-column table from JSON files fails (see landing.py for the two-step load).
+The statements are Snowflake's own. Where the lab's stand-in runs one differently, the lab adapts
+(`tidb_pipeline/lab/snowflake_adapter.py`, which also lists the differences the SQL here is written around:
+casts only in the USING subquery, ranges as `FROM VALUES` without an alias, VARIANT numbers cast before they
+are compared, no trailing cast after TO_TIMESTAMP_NTZ). Duplicate keys in a MERGE source are checked here
+(`max_rows_per_key_sql`) rather than left to the warehouse's nondeterministic-merge error.
 """
 
 from __future__ import annotations
@@ -56,8 +38,9 @@ from typing import Any
 from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import OffsetSources, reach_sql
+from tidb_pipeline.resources.warehouse import Warehouse
 
-# Internal column names of the source subquery (no `$`: fakesnow reads `$name` as a session variable).
+# Internal column names of the source subquery (letters and `_` only: `$name` reads as a session variable).
 _INTERNAL = ("__TP_CONTENT", "__TP_PARTITION", "__TP_OFFSET", "__TP_DELETE", "__TP_VERSIONS")
 _C, _P, _O, _DEL, _N = (quote_ident(n) for n in _INTERNAL)
 _MD_PARTITION = 'l."RECORD_METADATA":"partition"::int'
@@ -390,16 +373,8 @@ def merge_transaction(
     )
 
 
-def _execute(cursor: Any, stmt: Statement) -> list[tuple[Any, ...]]:
-    cursor.execute(stmt.sql, stmt.params or None)
-    try:
-        return list(cursor.fetchall())
-    except Exception:  # noqa: BLE001 - DML without a result set
-        return []
-
-
 def run_merge(
-    connection: Any,
+    session: Warehouse | Any,
     plan: MergePlan,
     now: dt.datetime,
     *,
@@ -407,7 +382,7 @@ def run_merge(
     prune: bool = True,
     ranges: Sequence[MergeRange] | None = None,
 ) -> tuple[MergeCounts, tuple[MergeRange, ...]]:
-    """Run one merge over a DB-API connection (snowflake.connector or fakesnow); idempotent.
+    """Run one merge in a warehouse session (a `Warehouse`, or a connection it wraps); idempotent.
 
     `ranges` are the ones to merge when the caller has read them already (`pending_ranges_sql`).
     Returns the counts and the ranges merged (empty when nothing was pending). Raises, after rolling back,
@@ -415,28 +390,20 @@ def run_merge(
     Round trips: the pending ranges, then BEGIN, one statistics query (counts, the one-row-per-key proof and
     the prune's key range together), the MERGE, the watermark and COMMIT.
     """
-    cursor = connection.cursor()
+    wh = Warehouse.of(session)
     if ranges is None:
-        ranges = parse_ranges(_execute(cursor, pending_ranges_sql(plan, max_offsets_per_partition)))
+        ranges = parse_ranges(wh.execute(pending_ranges_sql(plan, max_offsets_per_partition)))
     ranges = tuple(ranges)
     if not ranges:
         return MergeCounts(0, 0, 0, 0, 0), ()
-    connection.autocommit(False)  # see the fakesnow quirks above; harmless on Snowflake
-    try:
-        _execute(cursor, Statement("BEGIN"))
-        stats = parse_batch_stats(_execute(cursor, batch_stats_sql(plan, ranges))[0], plan)
+    with wh.transaction():
+        stats = parse_batch_stats(wh.execute(batch_stats_sql(plan, ranges))[0], plan)
         if stats.max_rows_per_key is not None and stats.max_rows_per_key > 1:
             raise RuntimeError(
                 f"merge source for {plan.replica.label} has {stats.max_rows_per_key} rows for one key; the landing "
                 "rows or the key schema are inconsistent, so the merge was rolled back"
             )
-        _execute(cursor, merge_sql(plan, ranges, stats.key_range if prune else None))
+        wh.execute(merge_sql(plan, ranges, stats.key_range if prune else None))
         for stmt in watermark_statements(plan, ranges, now):
-            _execute(cursor, stmt)
-        _execute(cursor, Statement("COMMIT"))
-    except BaseException:
-        connection.rollback()
-        raise
-    finally:
-        connection.autocommit(True)
+            wh.execute(stmt)
     return stats.counts, ranges

@@ -150,13 +150,18 @@ class Column:
 
 @dataclass(frozen=True)
 class TableInfo:
-    """A table version: columns in table order plus the handle key TiCDC keys records by."""
+    """A table version: the columns TiCDC replicates, in table order, plus the handle key it keys records by.
+
+    `columns` never holds a virtual generated column (TiCDC's `IsColCDCVisible`); `unique_keys` are the
+    column lists of every unique index (PRIMARY included), reduced to those columns.
+    """
 
     schema: str
     table: str
     columns: tuple[Column, ...]
     handle_key: tuple[str, ...]
     version: int = 0  # bumps when the columns change; schema caches are keyed by it
+    unique_keys: tuple[tuple[str, ...], ...] = ()
     _by_name: dict[str, Column] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -177,6 +182,12 @@ class TableInfo:
     def key_columns(self) -> tuple[Column, ...]:
         """Handle key columns in table column order (as tiflow's HandleKeyColInfos)."""
         keys = set(self.handle_key)
+        return tuple(c for c in self.columns if c.name in keys)
+
+    @functools.cached_property
+    def unique_columns(self) -> tuple[Column, ...]:
+        """Columns flagged handle or unique key: a change to any of them splits an UPDATE (`ShouldSplitUpdateEvent`)."""
+        keys = set(self.handle_key).union(*self.unique_keys)
         return tuple(c for c in self.columns if c.name in keys)
 
 
@@ -226,18 +237,25 @@ def column_from_information_schema(row: Mapping[str, Any], *, is_json: bool = Fa
     )
 
 
+def is_virtual_generated(extra: Any) -> bool:
+    """information_schema.COLUMNS.EXTRA of a virtual generated column (TiDB and MariaDB both say so there)."""
+    return "VIRTUAL GENERATED" in str(extra or "").upper()
+
+
 def choose_handle_key(
     columns: Sequence[Column], indexes: Sequence[tuple[str, bool, Sequence[str]]]
 ) -> tuple[str, ...]:
     """TiCDC's handle key: the primary key, else the NOT NULL unique index with the fewest columns.
 
-    `indexes` are (name, unique, columns) in definition order; ties go to the earlier index as TiDB's
-    lower index id wins.
+    `columns` are the replicated ones: an index on a column not among them (a virtual generated column) is
+    never the handle (`IsIndexUnique`). `indexes` are (name, unique, columns) in definition order; ties go
+    to the earlier index as TiDB's lower index id wins.
     """
+    visible = {c.name for c in columns}
     nullable = {c.name for c in columns if c.nullable}
     best: tuple[str, ...] = ()
     for name, unique, cols in indexes:
-        if not unique or any(c in nullable for c in cols):
+        if not unique or any(c in nullable or c not in visible for c in cols):
             continue
         if name.upper() == "PRIMARY":
             return tuple(cols)
@@ -436,21 +454,27 @@ def table_info(
 ) -> TableInfo:
     """A TableInfo from information_schema rows (dicts keyed by upper-case column names).
 
-    `column_rows` are COLUMNS rows in ORDINAL_POSITION order; `index_rows` are STATISTICS rows
+    `column_rows` are COLUMNS rows in ORDINAL_POSITION order; a row whose EXTRA says `VIRTUAL GENERATED` is
+    left out, as TiCDC never replicates such a column (stored generated columns are kept). `index_rows` are STATISTICS rows
     (INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME) in the server's order, which decides ties between
     equally short unique indexes. `json_columns` names columns to treat as JSON whatever their DATA_TYPE
     (MariaDB's JSON is a LONGTEXT alias); TiDB reports DATA_TYPE `json` itself.
     """
     as_json = set(json_columns)
-    columns = tuple(column_from_information_schema(r, is_json=str(r["COLUMN_NAME"]) in as_json) for r in column_rows)
+    columns = tuple(
+        column_from_information_schema(r, is_json=str(r["COLUMN_NAME"]) in as_json)
+        for r in column_rows
+        if not is_virtual_generated(r.get("EXTRA"))
+    )
     indexes: dict[str, tuple[bool, dict[int, str]]] = {}
     for r in index_rows:
         unique, cols = indexes.setdefault(str(r["INDEX_NAME"]), (int(r["NON_UNIQUE"]) == 0, {}))
         cols[int(r["SEQ_IN_INDEX"])] = str(r["COLUMN_NAME"])
-    handle = choose_handle_key(
-        columns, [(name, unique, [cols[i] for i in sorted(cols)]) for name, (unique, cols) in indexes.items()]
-    )
-    return TableInfo(schema, table, columns, handle, version)
+    ordered = [(name, unique, [cols[i] for i in sorted(cols)]) for name, (unique, cols) in indexes.items()]
+    visible = {c.name for c in columns}
+    unique_keys = tuple(tuple(c for c in cols if c in visible) for _, unique, cols in ordered if unique)
+    return TableInfo(schema, table, columns, choose_handle_key(columns, ordered), version,
+                     tuple(k for k in unique_keys if k))
 
 
 # --- values read over the MySQL protocol -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ Environment variables (read when definitions load; secrets stay `dg.EnvVar`s res
 - `SNOWFLAKE_DATABASE`, `SNOWFLAKE_SCHEMA`, `SNOWFLAKE_WAREHOUSE`, `SNOWFLAKE_ROLE` — optional session defaults;
   left out of the config when unset (an unset `dg.EnvVar` would fail the run instead of meaning "none").
 - `SNOWFLAKE_HOST`, `SNOWFLAKE_PORT`, `SNOWFLAKE_PROTOCOL` — only to reach something other than
-  `<account>.snowflakecomputing.com`, i.e. the lab's fakesnow server (`tidb_pipeline.lab.snowflake.lab_env`).
+  `<account>.snowflakecomputing.com`, i.e. the lab's Snowflake stand-in (`tidb_pipeline.lab.snowflake.lab_env`).
   The protocol defaults to `http` for a loopback host (the lab) and `https` otherwise.
 - `SNOWFLAKE_NETWORK_TIMEOUT`, `SNOWFLAKE_SOCKET_TIMEOUT` — optional seconds. The network timeout bounds the
   connector's retries (unset, it retries an HTTP 500 forever); the socket timeout bounds one request.

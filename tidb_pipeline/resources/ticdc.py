@@ -10,6 +10,9 @@ broken read is retried only for calls that are safe to repeat (GET, DELETE, paus
 
 Secrets: the sink URI and registry URL sent on create/update carry passwords. They are never logged, and
 any echo of them in an error message (TiCDC quotes a URI it cannot parse) is scrubbed before raising.
+TiCDC's GET masks the sink URI but returns `config.sink.schema_registry` with its credentials in clear text
+(only its logging masks it): `ChangefeedInfo` masks both as it parses the answer, so no caller ever holds,
+logs or shows the registry secret read back.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ class ChangefeedSummary:
 
 @dataclass(frozen=True)
 class ChangefeedInfo:
-    """GET /api/v2/changefeeds/{id}: passwords in `sink_uri_masked` and `config` are masked by TiCDC."""
+    """GET /api/v2/changefeeds/{id}, with the passwords in `sink_uri_masked` and `config` masked (TiCDC masks the
+    sink URI only; `parse_changefeed_info` masks the registry URL in the config)."""
 
     id: str
     state: str
@@ -110,7 +114,8 @@ def _running_error(value: Any) -> RunningError | None:
     )
 
 
-def _info(body: Mapping[str, Any]) -> ChangefeedInfo:
+def parse_changefeed_info(body: Mapping[str, Any]) -> ChangefeedInfo:
+    """A GET/create/update answer -> ChangefeedInfo, every password in it masked."""
     return ChangefeedInfo(
         id=str(body.get("id", "")),
         state=str(body.get("state", "")),
@@ -118,7 +123,7 @@ def _info(body: Mapping[str, Any]) -> ChangefeedInfo:
         checkpoint_time=str(body.get("checkpoint_time") or ""),
         error=_running_error(body.get("error")),
         sink_uri_masked=_mask(str(body.get("sink_uri") or "")),
-        config=body.get("config") or {},
+        config=_masked_config(body.get("config")),
         resolved_ts=int(body.get("resolved_ts") or 0),
         start_ts=int(body.get("start_ts") or 0),
     )
@@ -135,6 +140,16 @@ def _mask(uri: str) -> str:
     pairs = [p.partition("=") for p in parts.query.split("&")] if parts.query else []
     query = "&".join(f"{k}={MASK}" if unquote(k) in _SECRET_QUERY_KEYS else f"{k}{eq}{v}" for k, eq, v in pairs)
     return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _masked_config(config: Any) -> dict[str, Any]:
+    """A replica config as GET returns it, with `sink.schema_registry`'s password masked (TiCDC leaves it)."""
+    if not isinstance(config, Mapping):
+        return {}
+    sink = config.get("sink")
+    if isinstance(sink, Mapping) and isinstance(sink.get("schema_registry"), str):
+        return {**config, "sink": {**sink, "schema_registry": _mask(sink["schema_registry"])}}
+    return dict(config)
 
 
 def _uri_secrets(uri: str) -> list[str]:
@@ -250,7 +265,7 @@ class TiCDCClient:
         ]
 
     def get(self, changefeed_id: str) -> ChangefeedInfo:
-        return _info(self._request("GET", self._path(changefeed_id), idempotent=True))
+        return parse_changefeed_info(self._request("GET", self._path(changefeed_id), idempotent=True))
 
     def get_status(self, changefeed_id: str) -> ChangefeedStatus:
         b = self._request("GET", self._path(changefeed_id, "status"), idempotent=True)
@@ -273,13 +288,14 @@ class TiCDCClient:
             body["start_ts"] = start_ts
         secrets = request_secrets(sink_uri, replica_config)
         b = self._request("POST", "/api/v2/changefeeds", idempotent=False, json=body, secrets=secrets)
-        return _info(b)
+        return parse_changefeed_info(b)
 
     def update(self, changefeed_id: str, sink_uri: str, replica_config: Mapping[str, Any]) -> ChangefeedInfo:
         """Replace the whole config; TiCDC accepts this only on a stopped or failed changefeed."""
         body = {"sink_uri": sink_uri, "replica_config": dict(replica_config)}
         secrets = request_secrets(sink_uri, replica_config)
-        return _info(self._request("PUT", self._path(changefeed_id), idempotent=False, json=body, secrets=secrets))
+        answer = self._request("PUT", self._path(changefeed_id), idempotent=False, json=body, secrets=secrets)
+        return parse_changefeed_info(answer)
 
     def pause(self, changefeed_id: str) -> None:
         self._request("POST", self._path(changefeed_id, "pause"), idempotent=True)

@@ -11,6 +11,10 @@ import pymysql
 from pydantic import Field
 
 
+# TiCDC never replicates a virtual generated column (TiDB and MariaDB both mark one so in EXTRA).
+_NOT_VIRTUAL = "UPPER(EXTRA) NOT LIKE '%%VIRTUAL GENERATED%%'"
+
+
 @dataclass(frozen=True)
 class SourceColumn:
     name: str
@@ -47,19 +51,24 @@ class TiDBResource(dg.ConfigurableResource):
             return int(cur.fetchone()[0])
 
     def columns(self, db: str, table: str) -> list[SourceColumn]:
+        """The columns TiCDC replicates, in table order: every column but the virtual generated ones."""
         with self.get_connection() as conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+                f"WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND {_NOT_VIRTUAL} ORDER BY ORDINAL_POSITION",
                 (db, table),
             )
             return [SourceColumn(r[0], r[1].lower(), r[2].lower(), r[3] == "YES") for r in cur.fetchall()]
 
     def handle_key(self, db: str, table: str) -> tuple[str, ...]:
-        """TiCDC's handle key: the primary key, else the NOT NULL unique index with the fewest columns."""
+        """TiCDC's handle key: the primary key, else the NOT NULL unique index with the fewest columns.
+
+        An index on a virtual generated column never qualifies (TiCDC's `IsIndexUnique`).
+        """
         with self.get_connection() as conn, conn.cursor() as cur:
             cur.execute(
-                "SELECT s.INDEX_NAME, s.COLUMN_NAME, c.IS_NULLABLE FROM information_schema.STATISTICS s "
+                f"SELECT s.INDEX_NAME, s.COLUMN_NAME, c.IS_NULLABLE = 'YES' OR NOT {_NOT_VIRTUAL} "
+                "FROM information_schema.STATISTICS s "
                 "JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = s.TABLE_SCHEMA "
                 "AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME "
                 "WHERE s.TABLE_SCHEMA = %s AND s.TABLE_NAME = %s AND s.NON_UNIQUE = 0 "
@@ -67,8 +76,8 @@ class TiDBResource(dg.ConfigurableResource):
                 (db, table),
             )
             indexes: dict[str, list[tuple[str, bool]]] = {}
-            for index, column, nullable in cur.fetchall():
-                indexes.setdefault(index, []).append((column, nullable == "YES"))
+            for index, column, unfit in cur.fetchall():
+                indexes.setdefault(index, []).append((column, bool(unfit)))
         return pick_handle_key(indexes)
 
 

@@ -81,12 +81,15 @@ class FakeConnection:
         if sql == "SELECT TIDB_CURRENT_TSO()":
             return [(self.TSO,)]
         if "information_schema.COLUMNS" in sql:
-            return [("id", "int", "int(11)", "NO", None, 10, 0, None, None),
-                    ("v", "varchar", "varchar(10)", "YES", None, None, None, None, 40)]  # fmt: skip
+            # TiDB marks generated columns in EXTRA; `g` is virtual (never replicated), `s` stored (replicated).
+            return [("id", "int", "int(11)", "NO", None, 10, 0, None, None, ""),
+                    ("g", "int", "int(11)", "YES", None, 10, 0, None, None, "VIRTUAL GENERATED"),
+                    ("v", "varchar", "varchar(10)", "YES", None, None, None, None, 40, ""),
+                    ("s", "int", "int(11)", "YES", None, 10, 0, None, None, "STORED GENERATED")]  # fmt: skip
         if "information_schema.STATISTICS" in sql:
-            return [("PRIMARY", 0, 1, "id")]
+            return [("uq_g", 0, 1, "g"), ("PRIMARY", 0, 1, "id")]
         if sql.startswith("SELECT `id`"):
-            return [(i, f"v{i}") for i in range(5)]
+            return [(i, f"v{i}", i + 1) for i in range(5)]
         return []
 
 
@@ -94,25 +97,26 @@ def test_tidb_snapshot_pins_the_session_to_the_current_tso_and_reads_under_it() 
     conn = FakeConnection()
     with tidb_snapshot(conn, time_zone="+00:00") as snap:
         info = snap.table_info("shop", "orders")
-        chunks = list(snap.read("shop", "orders", ["id", "v"], chunk_rows=2))
+        chunks = list(snap.read("shop", "orders", [c.name for c in info.columns], chunk_rows=2))
         statements = len(conn.log)
     assert snap.tso == FakeConnection.TSO
-    assert (info.handle_key, [c.name for c in info.columns]) == (("id",), ["id", "v"])
-    assert chunks == [[(0, "v0"), (1, "v1")], [(2, "v2"), (3, "v3")], [(4, "v4")]]
+    # The virtual generated column is neither a column nor part of a unique key TiCDC sees.
+    assert (info.handle_key, [c.name for c in info.columns], info.unique_keys) == (("id",), ["id", "v", "s"], (("id",),))
+    assert chunks == [[(0, "v0", 1), (1, "v1", 2)], [(2, "v2", 3), (3, "v3", 4)], [(4, "v4", 5)]]
     tso = str(FakeConnection.TSO)
     assert [(sql.split(" FROM ")[0], params, kind) for sql, params, kind in conn.log] == [
         ("SELECT TIDB_CURRENT_TSO()", None, None),
         ("SET @@session.time_zone = %s", ("+00:00",), None),
         ("SET @@tidb_snapshot = %s", (tso,), None),
         ("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, NUMERIC_PRECISION, "
-         "NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_OCTET_LENGTH", ("shop", "orders"), None),
+         "NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_OCTET_LENGTH, EXTRA", ("shop", "orders"), None),
         ("SELECT INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME", ("shop", "orders"), None),
         # Streamed: an unbuffered cursor, so a large table never sits in memory whole.
-        ("SELECT `id`, `v`", None, "SSCursor"),
+        ("SELECT `id`, `v`, `s`", None, "SSCursor"),
         ("SET @@tidb_snapshot = ''", None, None),
     ]
     assert statements == 6  # the snapshot is released only when the block ends
-    assert conn.log[5][0] == "SELECT `id`, `v` FROM `shop`.`orders`"
+    assert conn.log[5][0] == "SELECT `id`, `v`, `s` FROM `shop`.`orders`"
 
 
 def test_missing_source_table_is_named() -> None:

@@ -23,9 +23,9 @@ from tidb_pipeline.defs.changefeed import (
 )
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.lab.ticdc.api import TiCDCApi, UpstreamTable
+from tidb_pipeline.lab.ticdc.api import TiCDCApi, UpstreamTable, created_config, updated_config
 from tidb_pipeline.lab.ticdc.store import ChangefeedStore
-from tidb_pipeline.replication.changefeed import KafkaSink, Registry, build_changefeed
+from tidb_pipeline.replication.changefeed import REPLICA_SETTINGS, KafkaSink, Registry, build_changefeed
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError, TiCDCResource
@@ -102,6 +102,7 @@ CLOUD_KAFKA = KafkaSink(
     bootstrap_servers="pkc:9092", tls=True, sasl_user="key", sasl_password=SECRET, replication_factor=3
 )
 CLOUD_REGISTRY = Registry(url="https://psrc.example", api_key="rkey", api_secret=SECRET)
+LAB_LIKE_KAFKA = KafkaSink(bootstrap_servers="pkc:9092")  # no Kafka secret: the registry's is the only one
 
 
 def test_update_sends_the_real_secrets_never_the_masked_ones(
@@ -117,11 +118,41 @@ def test_update_sends_the_real_secrets_never_the_masked_ones(
     assert (result.action, recording.calls) == ("update", ["get", "pause", "update", "resume", "get"])
     stored = store.get("orders-feed")
     assert stored is not None
-    # What TiCDC holds is exactly the declared definition, secrets and all (no `xxxxx` sent back).
-    assert (stored.sink_uri, stored.replica_config, stored.state) == (second.sink_uri, second.replica_config, "normal")
+    # What TiCDC holds is exactly the declared definition, secrets and all (no `xxxxx` sent back); the PUT
+    # replaced the whole config, so it is the declared one on top of nothing but TiCDC's zero values.
+    assert (stored.sink_uri, stored.replica_config, stored.state) == (
+        second.sink_uri, updated_config(second.replica_config), "normal")
     texts = [caplog.text, repr(result), str(result.metadata())]
     assert all(form not in text for form in SECRET_FORMS for text in texts)
     assert "partition-num: running '3', declared '6'" in caplog.text
+    # Nothing the create had set was lost by the update: the next run finds nothing to do.
+    assert reconcile_changefeed(client, second).action == "noop"
+
+
+def test_the_update_sends_the_complete_config_and_restores_what_a_partial_put_reset(
+    inproc: tuple[TiCDCClient, ChangefeedStore],
+) -> None:
+    client, store = inproc
+    desired = build_changefeed(_config("shop.orders"), CLOUD_KAFKA, CLOUD_REGISTRY)
+    assert reconcile_changefeed(client, desired).action == "create"
+    created = store.get("orders-feed")
+    assert created is not None and created.replica_config["check_gc_safe_point"] is True
+    # Every changefeed-level setting is stated, so a PUT of it resets nothing TiCDC would otherwise default.
+    assert {k: desired.replica_config[k] for k in REPLICA_SETTINGS} == {
+        k: created.replica_config[k] for k in REPLICA_SETTINGS}  # fmt: skip
+    # Someone updates it with a partial config (only the filter and sink): TiCDC resets the rest to zero values.
+    client.pause("orders-feed")
+    partial = {k: desired.replica_config[k] for k in ("filter", "sink")}
+    client.update("orders-feed", desired.sink_uri, partial)
+    client.resume("orders-feed")
+    assert store.get("orders-feed").replica_config["check_gc_safe_point"] is False  # type: ignore[union-attr]
+    # The asset compares the whole declared config, sees the reset and puts the complete one back.
+    result = reconcile_changefeed(client, desired)
+    assert result.action == "update"
+    assert "replica_config.check_gc_safe_point: running False, declared True" in result.differences
+    restored = store.get("orders-feed")
+    assert restored is not None and restored.replica_config == updated_config(desired.replica_config)
+    assert {k: restored.replica_config[k] for k in REPLICA_SETTINGS} == REPLICA_SETTINGS
 
 
 def test_failed_update_resumes_the_old_config_and_raises(inproc: tuple[TiCDCClient, ChangefeedStore]) -> None:
@@ -133,7 +164,38 @@ def test_failed_update_resumes_the_old_config_and_raises(inproc: tuple[TiCDCClie
         reconcile_changefeed(client, bad)
     assert err.value.code == "CDC:ErrTableIneligible" and "shop.nokey" in err.value.message
     stored = store.get("orders-feed")
-    assert stored is not None and (stored.state, stored.replica_config) == ("normal", good.replica_config)
+    assert stored is not None and (stored.state, stored.replica_config) == ("normal", created_config(good.replica_config))
+
+
+def test_the_registry_secret_ticdc_returns_unmasked_is_never_kept_logged_or_shown(
+    inproc: tuple[TiCDCClient, ChangefeedStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, store = inproc
+    caplog.set_level(logging.DEBUG)
+    only_registry = Registry(url="https://psrc.example", api_key="rkey", api_secret=SECRET)
+    desired = build_changefeed(_config("shop.orders"), LAB_LIKE_KAFKA, only_registry)
+    reconcile_changefeed(client, desired)
+    # The server answers with the registry URL exactly as stored (as TiCDC does) ...
+    raw = client._http.get("/api/v2/changefeeds/orders-feed").text
+    assert quote(SECRET, safe="") in raw
+    # ... what the client returns holds it masked, in every field and in its repr.
+    info = client.get("orders-feed")
+    assert info.config["sink"]["schema_registry"] == "https://rkey:xxxxx@psrc.example"
+    shown = [repr(info), str(info.config)]
+    # A changed registry key shows up as a difference (masked) and is pushed; a failing update's error too.
+    rekeyed = build_changefeed(_config("shop.orders"), LAB_LIKE_KAFKA,
+                               Registry(url="https://psrc.example", api_key="rkey2", api_secret=SECRET))  # fmt: skip
+    result = reconcile_changefeed(client, rekeyed)
+    assert result.action == "update"
+    assert any("schema_registry" in d and "xxxxx" in d for d in result.differences), result.differences
+    failing = build_changefeed(_config("shop.orders", "shop.nokey"), LAB_LIKE_KAFKA, only_registry)
+    with pytest.raises(TiCDCError) as err:
+        reconcile_changefeed(client, failing)
+    shown += [repr(result), str(result.metadata()), str(err.value), caplog.text]
+    assert all(form not in text for form in SECRET_FORMS for text in shown)
+    assert store.get("orders-feed").replica_config["sink"]["schema_registry"].endswith(  # type: ignore[union-attr]
+        "@psrc.example")  # the real one was sent, not `xxxxx`
+    assert "xxxxx" not in store.get("orders-feed").replica_config["sink"]["schema_registry"]  # type: ignore[union-attr]
 
 
 def test_a_finished_changefeed_is_left_to_a_human(inproc: tuple[TiCDCClient, ChangefeedStore]) -> None:

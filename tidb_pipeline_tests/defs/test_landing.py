@@ -32,6 +32,7 @@ from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.replication.ddl import TableRef, quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.warehouse import Warehouse
 from tidb_pipeline_tests.replication.support import decimal_type, field as avro_field, record, with_extension
 
 KEY = record("t", [avro_field("id", "long", "BIGINT")])
@@ -247,10 +248,10 @@ def test_a_crash_before_commit_leaves_nothing_and_the_rerun_lands_everything_onc
     lab.produce([(i % PARTITIONS, {"id": i}, row(i) if i % 4 else None) for i in range(12)])
     lab.produce(raw=[(1, b"garbage", b"\x00")])
 
-    def crash(connection: Any) -> None:
+    def crash(warehouse: Warehouse) -> None:
         raise RuntimeError("simulated crash after PUT and COPY, before COMMIT")
 
-    monkeypatch.setattr(landing_mod, "_commit", crash)
+    monkeypatch.setattr(Warehouse, "commit", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         lab.load()
     assert lab.landed() == []
@@ -361,13 +362,13 @@ def test_bench_command_loads_and_reports_both_rates(kafka: Any, registry: Any, s
 
 def test_repeat_loads_skip_the_ddl_and_a_dropped_table_is_created_again(lab: Lab, monkeypatch: pytest.MonkeyPatch):
     statements: list[str] = []
-    real_execute = landing_mod._execute
+    real_execute = Warehouse.execute
 
-    def recording_execute(cursor: Any, stmt: Any) -> Any:
+    def recording_execute(warehouse: Warehouse, stmt: Any, params: Any = ()) -> Any:
         statements.append(stmt if isinstance(stmt, str) else stmt.sql)
-        return real_execute(cursor, stmt)
+        return real_execute(warehouse, stmt, params)
 
-    monkeypatch.setattr(landing_mod, "_execute", recording_execute)
+    monkeypatch.setattr(Warehouse, "execute", recording_execute)
     first = lab.produce([(0, {"id": 1}, row(1)), (1, {"id": 2}, row(2))])
     assert lab.load().rows_loaded == 2
     assert any(s.startswith("CREATE TABLE IF NOT EXISTS") for s in statements)

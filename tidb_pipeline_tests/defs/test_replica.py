@@ -1,4 +1,5 @@
-"""merge_replica's per-process DDL cache: DDL once per replica and schema version, re-checked when a merge fails.
+"""merge_replica's per-process DDL memo (the warehouse seam's): DDL once per replica and schema version, re-checked
+when a merge finds an object missing; and the session pins the merge's session sets first.
 
 Runs on in-process fakesnow with a stub registry (the schemas are the merge tests' own).
 """
@@ -13,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from tidb_pipeline.config import SnowflakeSessionConfig
 from tidb_pipeline.defs.replica import forget_ensured, merge_replica
+from tidb_pipeline.lab.snowflake_adapter import session_of
+from tidb_pipeline.resources.warehouse import Warehouse
 from tidb_pipeline_tests.replication.support import NOW, Replica, fake_snowflake
 from tidb_pipeline_tests.replication.test_merge import KEY, VALUE, k, v
 
@@ -107,3 +111,21 @@ def test_a_table_dropped_behind_the_cache_is_recreated_and_the_merge_retried(
     # The rows above the watermark: key 1 was merged into the table that was dropped.
     assert replica.rows() == [(2, "b", Decimal("1.00"))]
     assert replica.watermarks() == [(0, 1)]
+
+
+def test_the_merge_session_sets_the_configured_pins_before_anything_else(replica: Replica) -> None:
+    replica.land([(0, 0, k(1), v(1, "a"))])
+    conn = _Recording(replica.conn)
+    session = SnowflakeSessionConfig(lock_timeout_s=30, statement_timeout_s=120)
+    outcome = _merge(replica, Warehouse(conn, session), _Registry(KEY, VALUE))
+    assert outcome is not None and outcome.counts.inserted == 1
+    assert conn.sql[0] == (
+        "ALTER SESSION SET LOCK_TIMEOUT = 30 STATEMENT_TIMEOUT_IN_SECONDS = 120 TIMEZONE = 'UTC' "
+        "TIMESTAMP_NTZ_OUTPUT_FORMAT = 'YYYY-MM-DD HH24:MI:SS.FF6' DATE_OUTPUT_FORMAT = 'YYYY-MM-DD' "
+        "TIME_OUTPUT_FORMAT = 'HH24:MI:SS.FF6'")
+    assert sum(s.startswith("ALTER SESSION") for s in conn.sql) == 1
+    # The lab's engine received them (its adapter records what it cannot enforce).
+    assert session_of(replica.conn).parameters == {
+        "LOCK_TIMEOUT": "30", "STATEMENT_TIMEOUT_IN_SECONDS": "120", "TIMEZONE": "UTC",
+        "TIMESTAMP_NTZ_OUTPUT_FORMAT": "YYYY-MM-DD HH24:MI:SS.FF6", "DATE_OUTPUT_FORMAT": "YYYY-MM-DD",
+        "TIME_OUTPUT_FORMAT": "HH24:MI:SS.FF6"}

@@ -14,16 +14,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tidb_pipeline.lab.faults import MERGE_STATEMENTS
-from tidb_pipeline.replication import merge as merge_mod
 from tidb_pipeline.replication.cleanup import cleanup_sql
 from tidb_pipeline.replication.merge import run_merge
+from tidb_pipeline.resources.warehouse import Warehouse
 from tidb_pipeline_tests.replication.support import NOW, Replica, fake_snowflake
 from tidb_pipeline_tests.replication.test_merge_property import KEY, PARTITIONS, VALUE, Source
 from tidb_pipeline_tests.replication.test_merge_property import keys as key_ids
 
 
 class Crash(Exception):
-    """Stands in for the process dying: the connection's transaction is rolled back."""
+    """Stands in for the process dying: the session's transaction is rolled back (the seam's ROLLBACK)."""
 
 
 steps = st.lists(
@@ -58,11 +58,12 @@ def merged_state(source: Source, watermarks: dict[int, int]) -> list[tuple]:
 def _crashing_execute(real: Any, at: int) -> Any:
     seen = {"in_txn": False, "n": 0}
 
-    def execute(cursor: Any, stmt: Any) -> Any:
-        if stmt.sql == "BEGIN":
+    def execute(self: Warehouse, stmt: Any, params: Any = ()) -> Any:
+        sql = stmt if isinstance(stmt, str) else stmt.sql
+        if sql == "BEGIN":
             seen["in_txn"] = True
-        out = real(cursor, stmt)
-        if seen["in_txn"] and stmt.sql != "COMMIT":
+        out = real(self, stmt, params)
+        if seen["in_txn"] and sql not in ("COMMIT", "ROLLBACK"):
             seen["n"] += 1
             if seen["n"] == at:
                 raise Crash(f"died after statement {at} of the merge transaction")
@@ -89,7 +90,7 @@ def test_merges_that_crash_capped_merges_and_cleanup_never_lose_a_change(history
             elif op[0] == "crash_merge":
                 before = (replica.rows(), replica.watermarks())
                 with monkeypatch.context() as m:
-                    m.setattr(merge_mod, "_execute", _crashing_execute(merge_mod._execute, op[1]))
+                    m.setattr(Warehouse, "execute", _crashing_execute(Warehouse.execute, op[1]))
                     try:
                         run_merge(conn, replica.plan, NOW)
                     except Crash:

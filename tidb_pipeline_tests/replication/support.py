@@ -12,6 +12,7 @@ import fakesnow
 import fastavro
 import snowflake.connector
 
+from tidb_pipeline.lab import snowflake_adapter
 from tidb_pipeline.replication.avro_types import replica_columns
 from tidb_pipeline.replication.ddl import (
     TableRef,
@@ -62,7 +63,11 @@ def avro_round_trip(schema: dict, value: dict) -> dict:
 
 @contextmanager
 def fake_snowflake() -> Iterator[Any]:
-    """An in-process fakesnow connection (database DB, schema S) that lives for the `with` block."""
+    """An in-process fakesnow connection (database DB, schema S) that lives for the `with` block.
+
+    With the lab's adapter installed, as in the lab's server: the pipeline sends Snowflake's SQL only.
+    """
+    snowflake_adapter.install()
     with fakesnow.patch():
         conn = snowflake.connector.connect(database="DB", schema="S")
         try:

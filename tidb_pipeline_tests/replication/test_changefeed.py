@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidb_pipeline.config import PipelineConfig, SourceConfig, TableConfig
-from tidb_pipeline.lab.ticdc.api import changefeed_info
+from tidb_pipeline.lab.ticdc.api import changefeed_info, created_config
 from tidb_pipeline.lab.ticdc.store import Changefeed
 from tidb_pipeline.replication.changefeed import (
+    REPLICA_SETTINGS,
     DesiredChangefeed,
     KafkaSink,
     Plan,
@@ -28,6 +29,7 @@ from tidb_pipeline.replication.changefeed import (
     replica_config,
     sink_uri,
 )
+from tidb_pipeline.resources.ticdc import ChangefeedInfo, parse_changefeed_info
 
 NASTY = "s/e+c@r:e%t?x&y=z #1"
 NASTY_KEY = "K+/@:%?EY"
@@ -88,7 +90,13 @@ def test_any_credentials_round_trip(key: str, secret: str) -> None:
 
 
 def test_replica_config_is_exactly_this() -> None:
+    # Every changefeed-level setting is stated: a PUT resets whatever the body leaves out to its zero value.
+    assert REPLICA_SETTINGS == {
+        "memory_quota": 1 << 30, "case_sensitive": False, "force_replicate": False, "ignore_ineligible_table": False,
+        "check_gc_safe_point": True, "enable_sync_point": False, "enable_table_monitor": False, "bdr_mode": False,
+    }  # fmt: skip
     assert replica_config(CONFIG, CLOUD_REGISTRY) == {
+        **REPLICA_SETTINGS,
         "filter": {"rules": ["tpcc.orders", "tpcc.order_line"]},
         "sink": {
             "protocol": "avro",
@@ -160,19 +168,25 @@ class Observed:
     config: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _as_lab_reports(desired: DesiredChangefeed, state: str = "normal") -> Observed:
-    """What the lab stand-in's GET returns for this definition (its own masking, not ours)."""
-    cf = Changefeed(id=desired.changefeed_id, sink_uri=desired.sink_uri, replica_config=dict(desired.replica_config),
-                    start_ts=1, state=state, checkpoint_ts=1, binlog_file=None, binlog_pos=None, error=None,
-                    created_at=0.0)  # fmt: skip
-    info = changefeed_info(cf)
-    return Observed(state, info["sink_uri"], info["config"])
+def _as_lab_reports(desired: DesiredChangefeed, state: str = "normal") -> ChangefeedInfo:
+    """What the `ticdc` client makes of the lab stand-in's GET for this definition (created, so with TiCDC's
+    defaults filled in; sink URI masked by the server, the registry URL in the config by the client)."""
+    cf = Changefeed(id=desired.changefeed_id, sink_uri=desired.sink_uri,
+                    replica_config=created_config(desired.replica_config), start_ts=1, state=state, checkpoint_ts=1,
+                    binlog_file=None, binlog_pos=None, error=None, created_at=0.0)  # fmt: skip
+    return parse_changefeed_info(changefeed_info(cf))
 
 
 def test_equal_to_what_ticdc_reports_with_its_masking() -> None:
     desired = build_changefeed(CONFIG, CLOUD_KAFKA, CLOUD_REGISTRY)
+    cf = Changefeed(id="x", sink_uri=desired.sink_uri, replica_config=dict(desired.replica_config), start_ts=1,
+                    state="normal", checkpoint_ts=1, binlog_file=None, binlog_pos=None, error=None, created_at=0.0)
+    # TiCDC's GET (and the lab's) answers with the registry credentials in clear text ...
+    assert "s%2Fe%2Bc" in changefeed_info(cf)["config"]["sink"]["schema_registry"]
     reported = _as_lab_reports(desired)
-    assert NASTY not in reported.sink_uri_masked and "xxxxx" in reported.config["sink"]["schema_registry"]
+    # ... the client masks them as it reads the answer, so nothing downstream ever holds them.
+    assert NASTY not in repr(reported) and "s%2Fe%2Bc" not in repr(reported)
+    assert "xxxxx" in reported.config["sink"]["schema_registry"]
     assert diff(desired, reported) == []
 
 

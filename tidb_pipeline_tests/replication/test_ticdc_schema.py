@@ -14,6 +14,7 @@ from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.replication import ticdc_schema as ts
 from tidb_pipeline.replication.avro_types import replica_columns
 from tidb_pipeline.replication.landing import compile_record_encoder
+from tidb_pipeline_tests import ticdc_golden as golden_vectors
 
 
 def _col(name: str, data_type: str, column_type: str, nullable: bool = False, **extra: object) -> dict:
@@ -56,6 +57,29 @@ def test_table_info_picks_the_handle_key_as_ticdc_does() -> None:
         ts.table_info("shop", "t", COLUMNS, _idx("uq_amount", True, "amount"))
     as_json = ts.table_info("shop", "t", COLUMNS, _idx("PRIMARY", True, "id"), json_columns=["doc"])
     assert [c.tidb_type for c in as_json.columns] == ["INT", "TEXT", "DECIMAL", "DATETIME", "JSON"]
+
+
+def test_virtual_generated_columns_are_not_replicated_stored_ones_are() -> None:
+    golden = next(c for c in golden_vectors.load("derived_from_code.json")["cases"]
+                  if c["id"] == "virtual_generated_column")
+    # information_schema rows of golden["table"] (TiDB and MariaDB both mark generated columns in EXTRA).
+    columns = [_col("id", "int", "int(11)", NUMERIC_PRECISION=10, NUMERIC_SCALE=0, EXTRA=""),
+               _col("a", "int", "int(11)", NUMERIC_PRECISION=10, NUMERIC_SCALE=0, EXTRA=""),
+               _col("v", "int", "int(11)", True, NUMERIC_PRECISION=10, NUMERIC_SCALE=0, EXTRA="VIRTUAL GENERATED"),
+               _col("s", "int", "int(11)", True, NUMERIC_PRECISION=10, NUMERIC_SCALE=0, EXTRA="STORED GENERATED")]
+    info = ts.table_info("d", "g", columns, _idx("PRIMARY", True, "id"))
+    fields = [f["name"] for f in json.loads(ts.value_schema(info, ts.CodecConfig()))["fields"]]
+    assert fields == golden["expected_value_fields"]
+    # "a unique index containing a virtual generated column is never the handle key": without a primary key
+    # the NOT NULL unique index (a, v) does not qualify, only (a, s) ... and the virtual column is no unique column.
+    not_null = [dict(c, IS_NULLABLE="NO") for c in columns]
+    info = ts.table_info("d", "g", not_null, _idx("uq_v", True, "v") + _idx("uq_av", True, "a", "v")
+                         + _idx("uq_as", True, "a", "s"))  # fmt: skip
+    assert info.handle_key == ("a", "s")
+    assert [c.name for c in info.columns] == ["id", "a", "s"] and info.unique_keys == (("a",), ("a", "s"))
+    assert [c.name for c in info.unique_columns] == ["a", "s"]
+    with pytest.raises(ts.TableIneligibleError):
+        ts.table_info("d", "g", not_null, _idx("uq_v", True, "v"))
 
 
 def test_schemas_are_ticdcs_bytes() -> None:

@@ -7,23 +7,26 @@ Shapes, error codes and check order follow tiflow's `cdc/api/v2/changefeed.go`, 
   lists as bad requests (`cdc/api/util.go`) and 500 for every other code, as TiCDC does (so a duplicate id,
   `CDC:ErrChangeFeedAlreadyExists`, is a 500 there and here);
 - `GET` masks `sasl-password` and a `user:password@` in the sink URI as `xxxxx`, re-encoding the query with
-  sorted keys the way Go's `url.Values.Encode` does;
+  sorted keys the way Go's `url.Values.Encode` does; the config comes back as stored, so
+  `config.sink.schema_registry` shows its credentials in clear text, as TiCDC's does;
 - pause only stops a normal/warning/pending changefeed and resume only restarts a stopped/failed/finished
   one; other states make both a no-op answering `{}`, as TiCDC's owner does;
-- update is refused unless the changefeed is stopped or failed, and its `replica_config` replaces the
-  whole config.
+- create fills what the body leaves out from TiCDC's default config (`created_config`); update is refused
+  unless the changefeed is stopped or failed, and its `replica_config` replaces the whole config, settings
+  left out reset to their zero values (`updated_config`);
+- dispatchers: a topic is `{schema}`/`{table}` expression, a static name, or empty (the default topic); a
+  table no dispatcher matches goes to the default topic; partition rules as TiCDC's (`codec.partition_for`).
 
-The lab is deliberately stricter than TiCDC where looseness would break the one-table-per-topic Avro
-contract (spec/ticdc-avro.md): the sink must be `kafka://` with `protocol=avro`, every dispatcher topic
-must contain `{schema}` and `{table}`, and every replicated table must be routed by such a dispatcher.
-Table filters support TiDB's wildcard rules (`db.*`, `!db.t?`, `[a-z]`; the last matching rule decides),
-not quoted names or `/regex/` rules. The namespace is always `default`.
+The lab is stricter than TiCDC only where it cannot do more: the sink must be `kafka://` with
+`protocol=avro`. Table filters support TiDB's wildcard rules (`db.*`, `!db.t?`, `[a-z]`; the last matching
+rule decides), not `/regex/` rules. The namespace is always `default`.
 
 `TiCDCApi.handle` is plain request -> response; the HTTP server is in `server.py`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -41,6 +44,7 @@ from tidb_pipeline.lab.ticdc import capture
 from tidb_pipeline.lab.ticdc.codec import ms_from_tso, tso_from_ms
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
 from tidb_pipeline.replication.changefeed import MASK, mask_netloc
+from tidb_pipeline.replication.ticdc_schema import is_virtual_generated
 
 VERSION = "v8.5.0"
 GIT_HASH = "tidb-pipeline-lab"
@@ -50,6 +54,7 @@ CHANGEFEED_ID_RE = re.compile(r"^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$")
 CHANGEFEED_ID_MAX_LEN = 128
 # tiflow cdc/sink/dmlsink/mq/dispatcher/topic/expression.go: avroTopicNameRE
 AVRO_TOPIC_RE = re.compile(r"^[A-Za-z0-9._\-]*\{schema\}[A-Za-z0-9._\-]*\{table\}[A-Za-z0-9._\-]*$")
+HARD_CODED_TOPIC_RE = re.compile(r"^[A-Za-z0-9._\-]+$")  # expression.go hardCodeTopicNameRe: a static topic
 # Never replicated, whatever the filter says: exactly the schemas capture skips (system + its bookkeeping).
 SYSTEM_SCHEMAS = tuple(sorted(capture.SYSTEM_SCHEMAS | {capture.BOOKKEEPING_SCHEMA}))
 KNOWN_PROTOCOLS = (
@@ -201,7 +206,7 @@ class SinkPlan:
     default_topic: str
     registry_url: str
     filter_rules: tuple[FilterRule, ...]
-    dispatchers: tuple[tuple[tuple[FilterRule, ...], str], ...]  # (matcher, topic expression)
+    dispatchers: tuple[tuple[tuple[FilterRule, ...], str], ...]  # (matcher, topic expression or static topic)
     case_sensitive: bool
     ignore_ineligible: bool
 
@@ -210,12 +215,95 @@ class SinkPlan:
             self.filter_rules, schema, table, case_sensitive=self.case_sensitive
         )
 
-    def topic_rule(self, schema: str, table: str) -> str:
-        """The topic expression of the first dispatcher matching the table ("" = the static default topic)."""
-        for matcher, topic in self.dispatchers:
-            if filter_matches(matcher, schema, table, case_sensitive=self.case_sensitive):
-                return topic
-        return ""
+
+# TiCDC's default replica config as its GET shows it (tiflow pkg/config/replica_config.go defaultReplicaConfig
+# through cdc/api/v2/model.go ToAPIReplicaConfig; durations in nanoseconds). Create fills what a body leaves out
+# from it; update does not (see `updated_config`).
+DEFAULT_REPLICA_CONFIG: dict[str, Any] = {
+    "memory_quota": 1024 * 1024 * 1024,
+    "case_sensitive": False,
+    "force_replicate": False,
+    "ignore_ineligible_table": False,
+    "check_gc_safe_point": True,
+    "enable_sync_point": False,
+    "enable_table_monitor": False,
+    "bdr_mode": False,
+    "sync_point_interval": 10 * 60 * 10**9,
+    "sync_point_retention": 24 * 3600 * 10**9,
+    "filter": {"rules": ["*.*"]},
+    "mounter": {"worker_num": 16},
+    "sink": {
+        "csv": {"delimiter": ",", "quote": '"', "null": "\\N", "include_commit_ts": False,
+                "binary_encoding_method": "base64", "output_old_value": False, "output_handle_key": False,
+                "output_field_header": False},
+        "encoder_concurrency": 32,
+        "terminator": "\r\n",
+        "date_separator": "day",
+        "enable_partition_separator": True,
+        "enable_kafka_sink_v2": False,
+        "only_output_updated_columns": False,
+        "delete_only_output_handle_key_columns": False,
+        "content_compatible": False,
+        "advance_timeout": 150,
+        "send_bootstrap_interval_in_sec": 120,
+        "send_bootstrap_in_msg_count": 10000,
+        "send_bootstrap_to_all_partition": True,
+        "send-all-bootstrap-at-start": False,
+        "debezium_disable_schema": False,
+        "debezium": {"output_old_value": True},
+        "open": {"output_old_value": True},
+    },
+    "consistent": {"level": "none", "max_log_size": 64, "flush_interval": 2000, "meta_flush_interval": 200,
+                   "encoding_worker_num": 16, "flush_worker_num": 8, "storage": "", "use_file_backend": False,
+                   "compression": "", "flush_concurrency": 1, "memory_usage": {"memory_quota_percentage": 50}},
+    "scheduler": {"enable_table_across_nodes": False, "region_threshold": 100000, "write_key_threshold": 0},
+    "integrity": {"integrity_check_level": "none", "corruption_handle_level": "warn"},
+    "changefeed_error_stuck_duration": 30 * 60 * 10**9,
+    "synced_status": {"synced_check_interval": 300, "checkpoint_interval": 15},
+}
+# ReplicaConfig fields that are plain values in TiCDC's API struct: a PUT body without one sets its zero value.
+_PUT_ZEROED = {"memory_quota": 0, "case_sensitive": False, "force_replicate": False, "ignore_ineligible_table": False,
+               "check_gc_safe_point": False}  # fmt: skip
+# Pointer fields a PUT copies as they are (absent = unset, left out of GET like Go's omitempty on nil).
+_PUT_COPIED = ("enable_sync_point", "enable_table_monitor", "bdr_mode")
+
+
+def _merged(base: Any, body: Any) -> Any:
+    """Go's json.Unmarshal of `body` into a struct already holding `base`: objects merge, everything else replaces."""
+    if isinstance(base, dict) and isinstance(body, dict):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in body.items()}}
+    return copy.deepcopy(body)
+
+
+def created_config(body: Mapping[str, Any]) -> dict[str, Any]:
+    """POST: TiCDC decodes the body into its default config, so every setting left out keeps its default."""
+    return _merged(DEFAULT_REPLICA_CONFIG, dict(body))
+
+
+def updated_config(body: Mapping[str, Any]) -> dict[str, Any]:
+    """PUT: the whole config is replaced; nothing of the old one survives.
+
+    tiflow `updateChangefeed` decodes the body into an empty `ChangefeedConfig` and converts it onto the
+    default config (`toInternalReplicaConfigWithOriginConfig`): the plain fields take the body's value or
+    their zero value (`check_gc_safe_point` false, `case_sensitive` false, ...; `memory_quota` 0 is re-defaulted
+    by `FixMemoryQuota`), the pointer switches are copied (absent = unset), and each object the body has
+    replaces the default one whole (its own omitted fields are unset, not defaulted); an object the body lacks
+    is the default one.
+    """
+    res = copy.deepcopy(DEFAULT_REPLICA_CONFIG)
+    for key, zero in _PUT_ZEROED.items():
+        res[key] = copy.deepcopy(body.get(key, zero))
+    if not res["memory_quota"]:
+        res["memory_quota"] = DEFAULT_REPLICA_CONFIG["memory_quota"]
+    for key in _PUT_COPIED:
+        if body.get(key) is None:
+            res.pop(key, None)
+        else:
+            res[key] = body[key]
+    for key, value in body.items():
+        if key not in _PUT_ZEROED and key not in _PUT_COPIED and value is not None:
+            res[key] = copy.deepcopy(value)
+    return res
 
 
 def _object(value: Any, what: str) -> dict:
@@ -285,10 +373,20 @@ def plan_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkPlan:
         if not isinstance(matcher, list):
             raise ApiError("CDC:ErrFilterRuleInvalid", f"filter rule is invalid {matcher!r}: matcher must be a list")
         topic_rule = d.get("topic") or ""
-        if not isinstance(topic_rule, str) or (topic_rule and not AVRO_TOPIC_RE.match(topic_rule)):
+        # tiflow getTopicDispatcher: "" is the default topic and a name without placeholders a static topic,
+        # both accepted before the Avro expression check.
+        if not isinstance(topic_rule, str) or (
+            topic_rule and not HARD_CODED_TOPIC_RE.match(topic_rule) and not AVRO_TOPIC_RE.match(topic_rule)
+        ):
             raise ApiError(
                 "CDC:ErrKafkaTopicExprInvalid",
                 f"invalid topic expression: {topic_rule} topic rule for Avro must contain {{schema}} and {{table}}",
+            )
+        if str(d.get("partition") or "").lower() == "index-value" and d.get("index"):
+            raise ApiError(
+                "CDC:ErrAPIInvalidParam",
+                "invalid api parameter: the lab change feed does not support index-value with an index name; "
+                "leave `index` empty to dispatch by the handle key",
             )
         routes.append((tuple(parse_filter_rules(matcher)), topic_rule))
     return SinkPlan(
@@ -302,7 +400,11 @@ def plan_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkPlan:
 
 
 def check_tables(plan: SinkPlan, tables: Sequence[UpstreamTable]) -> None:
-    """Every replicated table needs a handle key and a `{schema}`/`{table}` topic (TiCDC order: eligibility first)."""
+    """Every replicated table needs a handle key (TiCDC: CDC:ErrTableIneligible unless ignore_ineligible_table).
+
+    A table no dispatcher matches goes to the sink URI's default topic, as in TiCDC (its event router ends
+    with an implicit `*.*` rule: default topic, default partition dispatcher).
+    """
     replicated = [t for t in tables if plan.replicates(t.schema, t.table)]
     ineligible = [f"{t.schema}.{t.table}" for t in replicated if not t.eligible]
     if ineligible and not plan.ignore_ineligible:
@@ -310,13 +412,6 @@ def check_tables(plan: SinkPlan, tables: Sequence[UpstreamTable]) -> None:
             "CDC:ErrTableIneligible",
             f"some tables are not eligible to replicate([{' '.join(ineligible)}]), if you want to ignore these "
             "tables, please set ignore_ineligible_table to true",
-        )
-    unrouted = [f"{t.schema}.{t.table}" for t in replicated if t.eligible and not plan.topic_rule(t.schema, t.table)]
-    if unrouted:
-        raise ApiError(
-            "CDC:ErrKafkaTopicExprInvalid",
-            f"invalid topic expression: tables [{' '.join(unrouted)}] match no dispatcher with a topic; with Avro "
-            "add a dispatcher whose topic contains {schema} and {table}, e.g. tidb_{schema}_{table}",
         )
 
 
@@ -334,22 +429,17 @@ def _shows_error(state: str) -> bool:
     return state not in ("normal", "stopped", "finished", "removed")
 
 
-def _masked_config(config: dict) -> dict:
-    sink = config.get("sink")
-    if isinstance(sink, dict) and isinstance(sink.get("schema_registry"), str):
-        return {**config, "sink": {**sink, "schema_registry": mask_url(sink["schema_registry"])}}
-    return config
-
-
 def changefeed_info(cf: Changefeed) -> dict[str, Any]:
-    """TiCDC's v2 `ChangeFeedInfo` (omitempty fields left out when empty), sink URI masked."""
+    """TiCDC's v2 `ChangeFeedInfo` (omitempty fields left out when empty), sink URI masked, config not."""
     info: dict[str, Any] = {
         "namespace": NAMESPACE,
         "id": cf.id,
         "sink_uri": mask_sink_uri(cf.sink_uri),
         "create_time": go_time(cf.created_at),
         "start_ts": cf.start_ts,
-        "config": _masked_config(cf.replica_config),
+        # As TiCDC (toAPIModel -> ToAPIReplicaConfig): the config as stored, `sink.schema_registry` credentials
+        # included; only `sink_uri` is masked. Clients must never show or keep it.
+        "config": cf.replica_config,
         "state": cf.state,
         "creator_version": VERSION,
         # The lab's capture resolves and checkpoints in one step.
@@ -555,6 +645,7 @@ class TiCDCApi:
                 start_ts = now
             elif start_ts > now:
                 raise ApiError("CDC:ErrAPIInvalidParam", f"invalid start-ts {start_ts}, larger than current tso {now}")
+            replica_config = created_config(replica_config)
             self._verify(sink_uri, replica_config)
             cf = Changefeed(
                 id=cf_id,
@@ -589,7 +680,7 @@ class TiCDCApi:
                 raise ApiError("CDC:ErrAPIInvalidParam", "invalid api parameter: sink_uri must be a string")
             replica_config = old.replica_config
             if cfg.get("replica_config") is not None:
-                replica_config = _object(cfg["replica_config"], "replica_config")
+                replica_config = updated_config(_object(cfg["replica_config"], "replica_config"))
             if sink_uri == old.sink_uri and replica_config == old.replica_config:
                 raise ApiError(
                     "CDC:ErrChangefeedUpdateRefused",
@@ -648,9 +739,10 @@ _TABLES_SQL = (
     "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES "
     "WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ({placeholders})"
 )
-# One row per column of every unique index, with its nullability; a key qualifies if none is nullable.
+# One row per column of every unique index, with its nullability; a key qualifies if none is nullable and
+# none is a virtual generated column (TiCDC's IsIndexUnique).
 _UNIQUE_KEY_COLUMNS_SQL = (
-    "SELECT s.TABLE_SCHEMA, s.TABLE_NAME, s.INDEX_NAME, c.IS_NULLABLE "
+    "SELECT s.TABLE_SCHEMA, s.TABLE_NAME, s.INDEX_NAME, c.IS_NULLABLE, c.EXTRA "
     "FROM information_schema.STATISTICS s JOIN information_schema.COLUMNS c "
     "ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME "
     "WHERE s.NON_UNIQUE = 0 AND s.TABLE_SCHEMA NOT IN ({placeholders})"
@@ -674,9 +766,10 @@ def mysql_table_lister(conn_kwargs: Mapping[str, Any]) -> Callable[[], list[Upst
                 tables = [(s, t) for s, t in cur.fetchall()]
                 cur.execute(_UNIQUE_KEY_COLUMNS_SQL.format(placeholders=placeholders), SYSTEM_SCHEMAS)
                 nullable: dict[tuple[str, str, str], bool] = {}
-                for schema, table, index, is_nullable in cur.fetchall():
+                for schema, table, index, is_nullable, extra in cur.fetchall():
                     key = (schema, table, index)
-                    nullable[key] = nullable.get(key, False) or is_nullable == "YES"
+                    unfit = is_nullable == "YES" or is_virtual_generated(extra)
+                    nullable[key] = nullable.get(key, False) or unfit
         finally:
             conn.close()
         keyed = {(s, t) for (s, t, _), has_null in nullable.items() if not has_null}

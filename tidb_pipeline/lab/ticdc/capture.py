@@ -18,11 +18,14 @@ is replayed rather than risked).
 
 `CaptureManager(store, mysql_conn_kwargs)` runs one capture thread per changefeed in state `normal` (or
 `warning`), stops it when the changefeed leaves those states, and marks the changefeed `failed` with TiCDC's
-error shape when its capture fails for good (registry 409, Kafka errors). A lost upstream connection is
-retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`), capture retries
-from its checkpoint with exponential backoff, returns to `normal` once it reads the binlog again, and only
-fails after retrying for `retry_max_elapsed_s` (TiCDC's default: 30 minutes). Rows of a table without a handle key are skipped with a
-warning, as TiCDC's schema storage skips ineligible tables at run time (the API refuses them at create time).
+error shape when its capture fails for good (a registry refusing a schema, a bad sink config). A lost
+upstream connection and any Kafka failure (a broker down or restarting: "Failed to get metadata", delivery
+errors) are retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`),
+capture retries from its checkpoint with exponential backoff, returns to `normal` once it reads the binlog
+again, and only fails once its checkpoint has not moved for `retry_max_elapsed_s` (TiCDC's
+`changefeed_error_stuck_duration`, default 30 minutes). Rows of a table without a handle key are skipped
+with a warning, as TiCDC's schema storage skips ineligible tables at run time (the API refuses them at
+create time).
 
 TIMESTAMP values are rendered in the *capture server's* time zone, as TiCDC does: its processor builds the
 mounter with `config.GetGlobalServerConfig().TZ` (`cdc server --tz`, default the host's zone), and no
@@ -49,6 +52,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
+from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.changefeed import mask_netloc
 
 log = logging.getLogger(__name__)
@@ -110,8 +114,18 @@ class TableFilter:
 @dataclass(frozen=True)
 class DispatchRule:
     matcher: TableFilter
-    topic: str | None
+    topic: str | None  # a `{schema}`/`{table}` expression, a static topic, or None for the default topic
+    partition: str  # the rule as configured; `codec.partition_kind` says which dispatcher it names
+    columns: tuple[str, ...] = ()  # for the `columns` rule
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a table's rows go: topic and partition dispatcher (TiCDC's EventRouter for one table)."""
+
+    topic: str
     partition: str
+    columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,13 +144,19 @@ class SinkConfig:
     dispatchers: tuple[DispatchRule, ...] = field(default_factory=tuple)
     kafka_extra: tuple[tuple[str, str], ...] = ()
 
-    def route(self, schema: str, table: str) -> tuple[str, str]:
-        """(topic, partition rule) for a table: the first matching dispatcher, else the default topic."""
+    def route(self, schema: str, table: str) -> Route:
+        """The first matching dispatcher's topic and partition rule; a table none matches goes to the default
+        topic with the default (table) dispatcher, as TiCDC's router ends with an implicit `*.*` rule."""
         for rule in self.dispatchers:
             if rule.matcher.matches(schema, table):
-                topic = codec.topic_name(rule.topic, schema, table) if rule.topic else self.default_topic
-                return topic, rule.partition
-        return self.default_topic, "index-value"
+                if not rule.topic:
+                    topic = self.default_topic
+                elif codec.is_static_topic(rule.topic):
+                    topic = rule.topic
+                else:
+                    topic = codec.topic_name(rule.topic, schema, table)
+                return Route(topic, codec.partition_kind(rule.partition), rule.columns)
+        return Route(self.default_topic, codec.partition_kind("default"))
 
 
 def _bool(v: Any) -> bool:
@@ -191,14 +211,14 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any], *, time_zone: s
     dispatchers = []
     for d in sink.get("dispatchers") or []:
         topic = d.get("topic") or None
-        if topic:
+        if topic and not codec.is_static_topic(topic):
             try:
                 codec.validate_topic_expression(topic)
             except ValueError as exc:
                 raise CaptureError("CDC:ErrKafkaTopicExprInvalid", str(exc)) from None
-        dispatchers.append(
-            DispatchRule(TableFilter(d.get("matcher") or ["*.*"]), topic, d.get("partition") or d.get("dispatcher") or "index-value")
-        )
+        # An empty or unknown rule is TiCDC's default dispatcher (the table one), never index-value.
+        dispatchers.append(DispatchRule(TableFilter(d.get("matcher") or ["*.*"]), topic, str(d.get("partition") or ""),
+                                        tuple(d.get("columns") or ())))
     filter_rules = ((replica_config.get("filter") or {}).get("rules")) or ["*.*"]
     cfg = codec.CodecConfig(
         enable_tidb_extension=_bool(opt("enable-tidb-extension", "enable_tidb_extension", False)),
@@ -402,7 +422,7 @@ def _server_id() -> int:
 
 _COLUMNS_SQL = (
     "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, NUMERIC_PRECISION, NUMERIC_SCALE, "
-    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH FROM information_schema.COLUMNS "
+    "DATETIME_PRECISION, CHARACTER_OCTET_LENGTH, EXTRA FROM information_schema.COLUMNS "
     "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION"
 )
 # No ORDER BY: rows come in the server's key order, which is the closest MariaDB offers to TiDB's index ids.
@@ -417,7 +437,15 @@ _JSON_SQL = (
 
 
 def load_table(conn, schema: str, table: str, version: int = 0) -> codec.TableInfo:
-    """A table's current metadata from information_schema (raises TableIneligibleError without a handle key)."""
+    """A table's current metadata from information_schema (raises TableIneligibleError without a handle key).
+
+    Virtual generated columns are left out, as TiCDC leaves them out (`ticdc_schema.table_info`).
+    """
+    return load_table_columns(conn, schema, table, version)[0]
+
+
+def load_table_columns(conn, schema: str, table: str, version: int = 0) -> tuple[codec.TableInfo, tuple[str, ...]]:
+    """`load_table` plus every column name in table order, virtual ones included (MariaDB's binlog has them)."""
     import pymysql.cursors
 
     with conn.cursor(pymysql.cursors.DictCursor) as cur:
@@ -429,20 +457,13 @@ def load_table(conn, schema: str, table: str, version: int = 0) -> codec.TableIn
         checks = {str(r["CHECK_CLAUSE"]) for r in cur.fetchall()}
         cur.execute(_INDEX_SQL, (schema, table))
         index_rows = cur.fetchall()
-    columns = tuple(
-        codec.column_from_information_schema(
-            r, is_json=f"json_valid(`{r['COLUMN_NAME']}`)" in checks and str(r["DATA_TYPE"]).lower() == "longtext"
-        )
-        for r in rows
-    )
-    indexes: dict[str, tuple[bool, dict[int, str]]] = {}
-    for r in index_rows:
-        unique, cols = indexes.setdefault(str(r["INDEX_NAME"]), (int(r["NON_UNIQUE"]) == 0, {}))
-        cols[int(r["SEQ_IN_INDEX"])] = str(r["COLUMN_NAME"])
-    handle = codec.choose_handle_key(
-        columns, [(name, unique, [cols[i] for i in sorted(cols)]) for name, (unique, cols) in indexes.items()]
-    )
-    return codec.TableInfo(schema, table, columns, handle, version)
+    # MariaDB's JSON is a LONGTEXT alias with a json_valid() check; TiDB would report DATA_TYPE json.
+    json_columns = [
+        r["COLUMN_NAME"] for r in rows
+        if f"json_valid(`{r['COLUMN_NAME']}`)" in checks and str(r["DATA_TYPE"]).lower() == "longtext"
+    ]
+    info = ticdc_schema.table_info(schema, table, rows, index_rows, json_columns=json_columns, version=version)
+    return info, tuple(str(r["COLUMN_NAME"]) for r in rows)
 
 
 # --- records ----------------------------------------------------------------------------------------------------
@@ -462,11 +483,64 @@ def _key_of(info: codec.TableInfo, row: Mapping[str, Any]) -> tuple:
     return tuple(row[c.name] for c in info.key_columns)
 
 
+def should_split(info: codec.TableInfo, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """tiflow's `ShouldSplitUpdateEvent`: a column of the handle key or of any unique index changed its value."""
+    return any(
+        codec.value_string(c, old[c.name]) != codec.value_string(c, new[c.name]) for c in info.unique_columns
+    )
+
+
 def split_update(info: codec.TableInfo, old: dict[str, Any], new: dict[str, Any]) -> list[RowChange]:
-    """An UPDATE, or DELETE old key + INSERT new key when the handle key changed (TiCDC splits those)."""
-    if _key_of(info, old) != _key_of(info, new):
+    """An UPDATE as TiCDC emits it: DELETE old + INSERT new when a handle or unique key column changed."""
+    if should_split(info, old, new):
         return [RowChange(info, "d", None, old), RowChange(info, "c", new, None)]
     return [RowChange(info, "u", new, old)]
+
+
+_DML_ORDER = {"d": 0, "u": 1, "c": 2}  # tiflow txnRows.Less: delete < update < insert
+
+
+def transaction_rows(changes: Sequence[RowChange]) -> list[RowChange]:
+    """One transaction's binlog row changes -> the row changes TiCDC emits for it.
+
+    TiKV keeps one mutation per row per transaction, so TiCDC sees each row once, from its value before the
+    transaction to its value after; MariaDB's binlog has every statement's change. So the changes of one row
+    (handle key) are folded into one first (a row inserted and deleted again leaves nothing; a handle-key
+    change is the old row's delete plus the new row's insert, as TiKV writes it), then each UPDATE that
+    changed a unique key column is split into DELETE + INSERT, and if any was split the transaction's rows
+    are sorted delete < update < insert (tiflow `trySplitAndSortUpdateEvent`; Go's sort is not stable, a
+    stable one is one of the orders it may produce).
+    """
+    rows: dict[tuple, list[Any]] = {}  # (schema, table, key) -> [table version, before or None, after or None]
+    for change in changes:
+        info = change.table
+        if change.op == "u" and _key_of(info, change.old) != _key_of(info, change.row):
+            steps = [("d", change.old, None), ("c", None, change.row)]
+        else:
+            steps = [(change.op, change.old, change.row)]
+        for op, old, new in steps:
+            slot_key = (info.schema, info.table, _key_of(info, new if new is not None else old))
+            slot = rows.get(slot_key)
+            if slot is None:
+                rows[slot_key] = [info, None if op == "c" else old, new]
+            else:
+                slot[0], slot[2] = info, new
+    out: list[RowChange] = []
+    split = False
+    for info, before, after in rows.values():
+        if before is None and after is None:
+            continue
+        if before is None:
+            out.append(RowChange(info, "c", after, None))
+        elif after is None:
+            out.append(RowChange(info, "d", None, before))
+        else:
+            parts = split_update(info, before, after)
+            split = split or len(parts) > 1
+            out.extend(parts)
+    if split:
+        out.sort(key=lambda ch: _DML_ORDER[ch.op])
+    return out
 
 
 # --- the capture ----------------------------------------------------------------------------------------------
@@ -532,11 +606,12 @@ class Capture:
         self._stop = threading.Event()
         self._crashed = threading.Event()
         self._tables: dict[tuple[str, str], codec.TableInfo] = {}
+        self._binlog_columns: dict[tuple[str, str], tuple[str, ...]] = {}  # every column, virtual ones included
         self._ineligible: set[tuple[str, str]] = set()
         self._versions: dict[tuple[str, str], int] = {}
         self._schema_ids: dict[tuple[str, str], int] = {}
         self._codecs: dict[int, codec.TableCodec] = {}
-        self._routes: dict[tuple[str, str], tuple[str, str]] = {}
+        self._routes: dict[tuple[str, str], Route] = {}
         self._topics: dict[str, int] = {}
         self._pending = _Pending()
         self._last_ts = changefeed.checkpoint_ts
@@ -603,7 +678,7 @@ class Capture:
             return self._topics[topic]
         from confluent_kafka.admin import NewTopic
 
-        md = admin.list_topics(topic=None, timeout=10)
+        md = self._metadata(admin, None)
         if topic not in md.topics or md.topics[topic].error is not None:
             if not self.sink.auto_create_topic:
                 raise CaptureError("CDC:ErrKafkaTopicNotExists", f"topic {topic} does not exist and auto-create-topic=false")
@@ -614,9 +689,18 @@ class Capture:
             except Exception as exc:  # noqa: BLE001 - another capture may have created it meanwhile
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise CaptureError("CDC:ErrKafkaCreateTopic", f"creating topic {topic} failed: {exc}") from None
-            md = admin.list_topics(topic=topic, timeout=10)
+            md = self._metadata(admin, topic)
         self._topics[topic] = len(md.topics[topic].partitions) or self.sink.partition_num
         return self._topics[topic]
+
+    @staticmethod
+    def _metadata(admin, topic: str | None):
+        from confluent_kafka import KafkaException
+
+        try:
+            return admin.list_topics(topic=topic, timeout=10)
+        except KafkaException as exc:  # the broker is down or restarting: retryable, as in TiCDC
+            raise CaptureError("CDC:ErrKafkaCreateTopic", f"getting Kafka metadata failed: {exc}") from None
 
     def _schema_id(self, registry, subject: str, schema_json: str) -> int:
         key = (subject, schema_json)
@@ -637,11 +721,11 @@ class Capture:
         if key in self._ineligible:
             return None
         info = self._tables.get(key)
-        if info is None or (names is not None and tuple(c.name for c in info.columns) != tuple(names)):
+        if info is None or (names is not None and self._binlog_columns.get(key) != tuple(names)):
             version = self._versions.get(key, 0) + 1
             self._versions[key] = version
             try:
-                info = load_table(conn, schema, table, version)
+                info, self._binlog_columns[key] = load_table_columns(conn, schema, table, version)
             except codec.TableIneligibleError as exc:
                 # TiCDC checks eligibility when a changefeed is created (CDC:ErrTableIneligible unless
                 # ignore_ineligible_table); at run time its schema storage skips such a table with a
@@ -672,6 +756,10 @@ class Capture:
                 "linger.ms": self.linger_ms,
                 "message.max.bytes": self.sink.max_message_bytes,
                 "queue.buffering.max.messages": 500_000,
+                # A broker that stays away fails the deliveries within a minute (librdkafka's default is 5),
+                # so the changefeed shows `warning` and retries from its checkpoint, as TiCDC's sink does
+                # after its write timeout and retries.
+                "message.timeout.ms": 60_000,
             }
         )
         conn = _connect(self.mysql)
@@ -749,7 +837,7 @@ class Capture:
                     else:
                         old = codec.row_internal(info, r["before_values"], r["before_none_sources"], tz=tz)
                         new = codec.row_internal(info, r["after_values"], r["after_none_sources"], tz=tz)
-                        txn.extend(split_update(info, old, new))
+                        txn.append(RowChange(info, "u", new, old))
             elif isinstance(event, XidEvent) or (isinstance(event, QueryEvent) and event.query != "BEGIN"):
                 if isinstance(event, QueryEvent) and event.query != "COMMIT":
                     # DDL: forget the schema's table metadata so the next row reloads it (and re-registers).
@@ -757,7 +845,7 @@ class Capture:
                     self._tables = {k: v for k, v in self._tables.items() if k[0] != schema}
                     self._ineligible = {k for k in self._ineligible if k[0] != schema}  # a key may have been added
                 self._boundary = (stream.log_file, stream.log_pos)
-                self._commit(txn, event.timestamp, *self._boundary, registry, admin, producer)
+                self._commit(transaction_rows(txn), event.timestamp, *self._boundary, registry, admin, producer)
                 txn = []
             elif isinstance(event, HeartbeatLogEvent) and not txn:
                 # Caught up: nothing committed before now is unread, so the checkpoint may move to now.
@@ -782,7 +870,8 @@ class Capture:
         for change in txn:
             info = change.table
             tc = self._codec(info)
-            topic, rule = self._routes.get((info.schema, info.table)) or self._route(info)
+            route = self._routes.get((info.schema, info.table)) or self._route(info)
+            topic = route.topic
             partitions = self._ensure_topic(admin, topic)
             key_subject, value_subject = codec.subject_names(topic)
             source = change.row if change.row is not None else change.old
@@ -791,7 +880,8 @@ class Capture:
             if change.op != "d":
                 value_id = self._schema_id(registry, value_subject, tc.value_schema)
                 value = tc.encode_value(value_id, change.row, op=change.op, commit_ts=commit_ts)
-            partition = codec.partition_for(rule, info, source, partitions, commit_ts=commit_ts)
+            partition = codec.partition_for(route.partition, info, source, partitions, commit_ts=commit_ts,
+                                            columns=route.columns)
             cb = lambda err, _msg, e=entry: self._pending.acked(e, err)  # noqa: E731
             while True:
                 try:
@@ -806,7 +896,7 @@ class Capture:
             tc = self._codecs[id(info)] = codec.TableCodec(info, self.sink.codec)
         return tc
 
-    def _route(self, info: codec.TableInfo) -> tuple[str, str]:
+    def _route(self, info: codec.TableInfo) -> Route:
         route = self._routes[(info.schema, info.table)] = self.sink.route(info.schema, info.table)
         return route
 
@@ -903,33 +993,43 @@ class CaptureManager:
                 thread.start()
 
     def _run_capture(self, cap: Capture) -> None:
+        """Run `cap`; on a retryable failure keep the changefeed `warning` and start again from its checkpoint.
+
+        As TiCDC's owner (`feedStateManager`): the backoff doubles from `retry_initial_s` up to `retry_max_s`
+        and starts over once the checkpoint moved again; an unretryable error fails the changefeed at once, and
+        a retryable one fails it once the checkpoint has not moved for `retry_max_elapsed_s` (TiCDC's
+        `changefeed_error_stuck_duration`, code CDC:ErrChangefeedUnretryable).
+        """
         cf_id = cap.cf.id
-        failing_since: float | None = None
         delay = self.retry_initial_s
+        last_checkpoint: int | None = None
+        stuck_since = time.monotonic()
         while True:
             try:
                 cap.run()
                 return
-            except CaptureError as exc:
-                cap.error = exc
-                if not cap.stopping:
-                    self.store.set_state(cf_id, "failed", running_error(exc.code, str(exc), addr=self.addr))
-                return
-            except Exception as exc:  # noqa: BLE001 - any other failure is retried or fails the changefeed, visibly
+            except Exception as exc:  # noqa: BLE001 - every failure is retried or fails the changefeed, visibly
                 cap.error = exc
                 if cap.stopping:
                     return
+                code = exc.code if isinstance(exc, CaptureError) else "CDC:ErrProcessorUnknown"
+                message = str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}"
+                current = self.store.get(cf_id)
+                checkpoint = current.checkpoint_ts if current is not None else None
                 now = time.monotonic()
-                failing_since = failing_since if failing_since is not None and cap.started is None else now
-                message = f"{type(exc).__name__}: {exc}"
-                if not retryable(exc) or now - failing_since > self.retry_max_elapsed_s:
-                    log.exception("capture %s failed", cf_id)
-                    self.store.set_state(cf_id, "failed", running_error("CDC:ErrProcessorUnknown", message, addr=self.addr))
+                if checkpoint != last_checkpoint:  # progress since the last failure: a fresh start
+                    last_checkpoint, stuck_since, delay = checkpoint, now, self.retry_initial_s
+                if not retryable(exc):
+                    log.error("capture %s failed: %s", cf_id, message)
+                    self.store.set_state(cf_id, "failed", running_error(code, message, addr=self.addr))
                     return
-                if cap.started is not None:
-                    delay = self.retry_initial_s  # it ran since the last failure: back off from the start again
-                log.warning("capture %s: %s; retrying in %.1fs", cf_id, message, delay)
-                self.store.set_state(cf_id, "warning", running_error("CDC:ErrProcessorUnknown", message, addr=self.addr))
+                if now - stuck_since > self.retry_max_elapsed_s:
+                    log.error("capture %s: checkpoint stuck for %.0fs; failing it: %s", cf_id, now - stuck_since, message)
+                    self.store.set_state(cf_id, "failed", running_error("CDC:ErrChangefeedUnretryable", message,
+                                                                        addr=self.addr))
+                    return
+                log.warning("capture %s: %s; retrying from the checkpoint in %.1fs", cf_id, message, delay)
+                self.store.set_state(cf_id, "warning", running_error(code, message, addr=self.addr))
                 if cap.wait_stopped(delay):
                     return
                 delay = min(self.retry_max_s, delay * 2)
@@ -961,11 +1061,26 @@ class CaptureManager:
 _CAPTURED_STATES = ("normal", "warning")
 
 
-def retryable(exc: BaseException) -> bool:
-    """Errors TiCDC retries (with the changefeed in `warning`): the upstream connection went away."""
-    import pymysql
+# Lab codes of Kafka failures (a broker down, restarting or unreachable): TiCDC retries those, never fails
+# the changefeed for them (only tiflow's `changefeedUnRetryableErrors` do that).
+RETRYABLE_CODES = frozenset({
+    "CDC:ErrKafkaAsyncSendMessage", "CDC:ErrKafkaCreateTopic", "CDC:ErrKafkaNewProducer", "CDC:ErrKafkaTopicNotExists",
+})  # fmt: skip
 
-    if isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError, TimeoutError)):
+
+def retryable(exc: BaseException) -> bool:
+    """Errors TiCDC retries with the changefeed in `warning`: a lost upstream connection, any Kafka failure.
+
+    The other lab errors (bad sink config, a registry refusing a schema, an unreadable binlog) fail the
+    changefeed as before.
+    """
+    import pymysql
+    from confluent_kafka import KafkaException
+
+    if isinstance(exc, CaptureError):
+        return exc.code in RETRYABLE_CODES
+    if isinstance(exc, (KafkaException, pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError,
+                        TimeoutError)):  # fmt: skip
         return True
     return isinstance(exc, OSError) and exc.errno is not None
 

@@ -84,6 +84,14 @@ def validate_topic_expression(expr: str) -> None:
         )
 
 
+_STATIC_TOPIC = re.compile(r"^[A-Za-z0-9._\-]+$")
+
+
+def is_static_topic(expr: str) -> bool:
+    """A topic rule without placeholders names one topic for every table it matches (tiflow `IsHardCode`)."""
+    return bool(_STATIC_TOPIC.match(expr))
+
+
 def topic_name(expr: str, schema: str, table: str) -> str:
     """Substitute a topic expression as TiCDC does (forbidden characters -> `_`, 249-char limit)."""
     name = expr.replace("{schema}", _KAFKA_FORBIDDEN.sub("_", schema)).replace(
@@ -312,19 +320,33 @@ def index_value_hash(info: TableInfo, row: Mapping[str, Any]) -> int:
     return h
 
 
+def partition_kind(rule: str) -> str:
+    """The dispatcher a partition rule names (tiflow `getPartitionDispatcher`, case-insensitive): `index-value`
+    (alias `rowid`), `ts`, `table`, `columns`; `default`, an empty rule and any unknown rule are the default
+    dispatcher, which is the table dispatcher (tiflow `partition.NewDefaultDispatcher`)."""
+    kind = (rule or "").lower()
+    if kind == "rowid":
+        return "index-value"
+    return kind if kind in ("index-value", "ts", "table", "columns") else "table"
+
+
 def partition_for(
-    rule: str, info: TableInfo, row: Mapping[str, Any], partitions: int, *, commit_ts: int = 0
+    rule: str, info: TableInfo, row: Mapping[str, Any], partitions: int, *, commit_ts: int = 0,
+    columns: tuple[str, ...] = (),
 ) -> int:
-    """The partition TiCDC's dispatcher `rule` picks (index-value, table, ts; `default` = index-value)."""
+    """The partition TiCDC's dispatcher for `rule` picks (see `partition_kind`); `columns` for the columns rule."""
     if partitions <= 1:
         return 0
-    if rule in ("index-value", "default", "rowid", ""):
+    kind = partition_kind(rule)
+    if kind == "index-value":
         return index_value_hash(info, row) % partitions
-    if rule == "table":
-        return _crc(info.schema.encode(), info.table.encode()) % partitions
-    if rule == "ts":
+    if kind == "ts":
         return commit_ts % partitions
-    raise ValueError(f"partition dispatcher {rule!r} is not supported by the lab change feed; use index-value")
+    h = _crc(info.schema.encode(), info.table.encode())
+    if kind == "columns":
+        for name in columns:
+            h ^= _crc(name.encode(), value_string(info.column(name), row[name]))
+    return h % partitions
 
 
 class TableCodec:

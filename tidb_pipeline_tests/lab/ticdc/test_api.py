@@ -24,9 +24,10 @@ import pytest
 from tidb_pipeline.lab.mariadb import MariaDBService
 from tidb_pipeline.lab.service import Service, down, up
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.lab.ticdc.api import mask_sink_uri
+from tidb_pipeline.lab.ticdc.api import DEFAULT_REPLICA_CONFIG, created_config, mask_sink_uri, updated_config
 from tidb_pipeline.lab.ticdc.server import STORE_FILE, TiCDCService
 from tidb_pipeline.lab.ticdc.store import ChangefeedStore, running_error
+from tidb_pipeline_tests import ticdc_golden as golden_vectors
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +163,7 @@ def test_create_then_list_get_and_status_agree(
         "sink_uri": _sink_uri(lab_settings),
         "create_time": info["create_time"],
         "start_ts": start_ts,
-        "config": config,
+        "config": created_config(config),
         "state": "normal",
         "creator_version": info["creator_version"],
     }
@@ -277,10 +278,22 @@ def test_update_is_refused_while_running(http: httpx.Client, lab_settings: LabSe
     assert http.get("/api/v2/changefeeds/update-running").json()["config"] == original
 
 
+def test_create_fills_in_ticdcs_defaults(http: httpx.Client, lab_settings: LabSettings, db: str) -> None:
+    sent = _replica_config(lab_settings, [f"{db}.orders"])
+    got = _create(http, lab_settings, db, "defaults", replica_config=sent).json()["config"]
+    assert got == created_config(sent)
+    assert (got["check_gc_safe_point"], got["memory_quota"], got["filter"], got["mounter"]) == (
+        True, 1 << 30, sent["filter"], {"worker_num": 16})
+    # Objects merge into the defaults (Go decodes into the default struct); lists are replaced.
+    assert got["sink"]["encoder_concurrency"] == 32 and got["sink"]["dispatchers"] == sent["sink"]["dispatchers"]
+
+
 def test_update_replaces_the_whole_replica_config(http: httpx.Client, lab_settings: LabSettings, db: str) -> None:
-    assert _create(http, lab_settings, db, "update-stopped").status_code == 200
+    created = _create(http, lab_settings, db, "update-stopped").json()["config"]
+    assert (created["check_gc_safe_point"], created["enable_sync_point"]) == (True, False)
     assert http.post("/api/v2/changefeeds/update-stopped/pause").status_code == 200
-    # Fewer keys than the original: nothing of the old config may survive.
+    # Fewer keys than the original: nothing of the old config may survive, and what the body leaves out is
+    # reset to its zero value (tiflow updateChangefeed), not kept and not defaulted.
     new_config = {
         "filter": {"rules": [f"{db}.coded"]},
         "sink": {
@@ -290,12 +303,37 @@ def test_update_replaces_the_whole_replica_config(http: httpx.Client, lab_settin
     }
     updated = http.put("/api/v2/changefeeds/update-stopped", json={"replica_config": new_config})
     assert updated.status_code == 200, updated.text
-    assert updated.json()["config"] == new_config
     got = http.get("/api/v2/changefeeds/update-stopped").json()
-    assert (got["config"], got["state"], got["sink_uri"]) == (new_config, "stopped", _sink_uri(lab_settings))
+    assert updated.json()["config"] == got["config"] == updated_config(new_config)
+    config = got["config"]
+    assert (config["filter"], config["sink"]) == (new_config["filter"], new_config["sink"])
+    assert (config["check_gc_safe_point"], config["case_sensitive"], config["memory_quota"]) == (False, False, 1 << 30)
+    assert "enable_sync_point" not in config and config["mounter"] == {"worker_num": 16}
+    assert (got["state"], got["sink_uri"]) == ("stopped", _sink_uri(lab_settings))
 
     same = http.put("/api/v2/changefeeds/update-stopped", json={"replica_config": new_config})
     assert _error(same)[1]["error_code"] == "CDC:ErrChangefeedUpdateRefused"
+    # The complete config, sent back as a whole, restores the settings the partial one reset.
+    full = {**created, "filter": new_config["filter"]}
+    assert http.put("/api/v2/changefeeds/update-stopped", json={"replica_config": full}).status_code == 200
+    restored = http.get("/api/v2/changefeeds/update-stopped").json()["config"]
+    assert restored == full and restored["check_gc_safe_point"] is True
+
+
+def test_updated_config_follows_tiflow() -> None:
+    # The unit behind the two tests above: golden fact `put_replica_config`.
+    fact = next(c for c in golden_vectors.load("derived_from_code.json")["cases"] if c["id"] == "put_replica_config")
+    assert "check_gc_safe_point false" in fact["fact"]
+    got = updated_config({"filter": {"rules": ["a.*"]}})
+    assert {k: got.get(k) for k in ("check_gc_safe_point", "case_sensitive", "force_replicate",
+                                    "ignore_ineligible_table", "memory_quota")} == {
+        "check_gc_safe_point": False, "case_sensitive": False, "force_replicate": False,
+        "ignore_ineligible_table": False, "memory_quota": 1 << 30}  # fmt: skip
+    assert not {"enable_sync_point", "enable_table_monitor", "bdr_mode"} & got.keys()
+    assert got["sink"] == DEFAULT_REPLICA_CONFIG["sink"] and got["filter"] == {"rules": ["a.*"]}
+    assert updated_config({"sink": {"protocol": "avro"}})["sink"] == {"protocol": "avro"}  # replaced whole
+    explicit = updated_config({"check_gc_safe_point": True, "bdr_mode": False})
+    assert (explicit["check_gc_safe_point"], explicit["bdr_mode"], "enable_sync_point" in explicit) == (True, False, False)
 
 
 def test_failed_changefeed_shows_its_error_and_can_be_fixed(
@@ -318,7 +356,8 @@ def test_failed_changefeed_shows_its_error_and_can_be_fixed(
 
     new_config = _replica_config(lab_settings, [f"{db}.orders"])
     updated = http.put("/api/v2/changefeeds/fails", json={"replica_config": new_config})
-    assert (updated.status_code, updated.json()["config"], updated.json()["state"]) == (200, new_config, "failed")
+    assert (updated.status_code, updated.json()["config"], updated.json()["state"]) == (
+        200, updated_config(new_config), "failed")
     assert http.post("/api/v2/changefeeds/fails/resume", json={}).json() == {}
     resumed = http.get("/api/v2/changefeeds/fails/status").json()
     assert (resumed["state"], "last_error" in resumed) == ("normal", False)
@@ -371,7 +410,9 @@ def test_sink_must_be_kafka_avro_with_a_registry(http: httpx.Client, lab_setting
     assert (status, body["error_code"]) == (500, "CDC:ErrAvroSchemaAPIError")
 
 
-def test_passwords_are_masked(http: httpx.Client, lab_settings: LabSettings, db: str) -> None:
+def test_sink_uri_passwords_are_masked_but_the_registry_in_the_config_is_not(
+    http: httpx.Client, lab_settings: LabSettings, db: str
+) -> None:
     secret = "s3/cr+t@x:y%z?w"
     encoded = quote(secret, safe="")
     sink_uri = _sink_uri(lab_settings, **{"sasl-mechanism": "plain", "sasl-user": "key", "sasl-password": encoded})
@@ -386,16 +427,26 @@ def test_passwords_are_masked(http: httpx.Client, lab_settings: LabSettings, db:
         f"kafka://{lab_settings.kafka_bootstrap}/fallback?protocol=avro&replication-factor=1"
         "&sasl-mechanism=plain&sasl-password=xxxxx&sasl-user=key"
     )
-    masked_registry = f"http://key:xxxxx@{lab_settings.host}:{lab_settings.port('registry')}"
-    assert info["config"]["sink"]["schema_registry"] == masked_registry
+    # As TiCDC (golden mask_sink_uri.json `config_schema_registry`): the config is returned as stored, the
+    # registry's credentials in clear text. Clients must mask it themselves (resources/ticdc.py does).
+    fact = golden_vectors.load("mask_sink_uri.json")["config_schema_registry"]["fact"]
+    assert "NOT masked" in fact
+    assert info["config"]["sink"]["schema_registry"] == registry
     for text in (
-        created.text,
-        http.get("/api/v2/changefeeds/masked").text,
         http.get("/api/v2/changefeeds?state=all").text,
         http.get("/api/v2/changefeeds/masked/status").text,
+        info["sink_uri"],
     ):
         for form in (secret, encoded, quote(secret), "s3/cr", "s3%2Fcr"):
             assert form not in text
+
+
+def test_static_and_default_topics_are_accepted(http: httpx.Client, lab_settings: LabSettings, db: str) -> None:
+    config = _replica_config(lab_settings, [f"{db}.orders", f"{db}.coded"])
+    # orders goes to one static topic; coded matches no dispatcher and goes to the sink URI's topic.
+    config["sink"]["dispatchers"] = [{"matcher": [f"{db}.orders"], "topic": "one_static_topic", "partition": ""}]
+    created = _create(http, lab_settings, db, "static-topic", replica_config=config)
+    assert created.status_code == 200, created.text
 
 
 def test_mask_sink_uri_matches_tiflow() -> None:

@@ -14,6 +14,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.lab.ticdc.codec import CodecConfig, Column, TableInfo
+from tidb_pipeline_tests import ticdc_golden as golden_vectors
 
 SPEC_KEY = '{"type":"record","name":"t","namespace":"default.test","fields":[{"name":"id","type":{"type":"long","connect.parameters":{"tidb_type":"BIGINT"}}}]}'
 SPEC_VALUE = (
@@ -247,6 +248,49 @@ def test_index_value_dispatch_matches_tiflow_vectors() -> None:
         codec.partition_for("index-value", composite, {"a": 11, "b": 33}, 16),
     ]
     assert got == [2, 11, 2, 5, 14, 2]
+
+
+def _golden_info(case: dict) -> TableInfo:
+    columns = case.get("columns", ["id"])
+    return TableInfo(case["schema"], case["table"], tuple(Column(c, "bigint", False) for c in columns),
+                     tuple(case.get("handle", columns[:1])))
+
+
+def test_every_partition_rule_matches_tiflow_vectors() -> None:
+    vectors = golden_vectors.load("dispatch.json")
+    for kind in ("index_value", "table"):
+        n = vectors[kind]["partitions"]
+        for case in vectors[kind]["cases"]:
+            rule = kind.replace("_", "-")
+            row = case.get("row", {"id": 1})
+            assert codec.partition_for(rule, _golden_info(case), row, n) == case["expected"], (kind, case)
+    info = TableInfo("test", "t", (Column("id", "bigint", False),), ("id",))
+    for case in vectors["ts"]["cases"]:
+        assert codec.partition_for("ts", info, {"id": 1}, vectors["ts"]["partitions"],
+                                   commit_ts=case["commit_ts"]) == case["expected"]  # fmt: skip
+    default = vectors["default_rule"]
+    for case in default["cases"]:
+        assert codec.partition_for(case["rule"], _golden_info(case), case["row"], case["partitions"]) == case["expected"]
+    # `default`, an empty rule and an unknown one are the table dispatcher; `rowid` is index-value.
+    assert {rule: codec.partition_kind(rule) for rule in default["rule_kinds"]} == default["rule_kinds"]
+    assert codec.partition_kind("Index-Value") == "index-value"  # tiflow lower-cases the rule
+    # A table's rows all land in one partition under the table rule, whatever the key.
+    t1 = _golden_info({"schema": "test", "table": "t1", "columns": ["a", "b"], "handle": ["a"]})
+    assert {codec.partition_for(r, t1, {"a": a, "b": 0}, 16) for r in ("default", "", "nonsense") for a in range(20)} == {15}
+
+
+def test_columns_rule_hashes_the_named_columns_after_the_table() -> None:
+    info = TableInfo("test", "t1", (Column("a", "bigint", False), Column("b", "bigint", False)), ("a",))
+    # With the handle key as its columns, the columns dispatcher computes the index-value hash.
+    assert [codec.partition_for("columns", info, {"a": a, "b": 5}, 16, columns=("a",)) for a in (11, 22)] == [2, 11]
+    by_b = {codec.partition_for("columns", info, {"a": a, "b": 5}, 16, columns=("b",)) for a in range(30)}
+    assert len(by_b) == 1
+
+
+def test_a_topic_rule_without_placeholders_is_a_static_topic() -> None:
+    (case,) = golden_vectors.load("names.json")["hard_coded_topic_rule"]["cases"]
+    assert codec.is_static_topic(case[0]) and case[1] == "static"
+    assert not codec.is_static_topic("tidb_{schema}_{table}") and not codec.is_static_topic("bad topic")
 
 
 def test_go_float_strings() -> None:
