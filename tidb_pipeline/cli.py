@@ -48,9 +48,12 @@ def _lab(args: argparse.Namespace) -> int:
 def _discover(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import dagster as dg
+    import pymysql
+
     from tidb_pipeline.config import ConfigError, dump_tables, load_config, parse_config
     from tidb_pipeline.defs.resources import tidb_resource
-    from tidb_pipeline.discover import discover_tables
+    from tidb_pipeline.discover import DiscoverError, discover_tables
 
     path = Path(args.output)
     try:
@@ -58,9 +61,25 @@ def _discover(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tables, skipped = discover_tables(tidb_resource(), args.database, include=args.include, existing=existing)
-    for name in skipped:
-        print(f"skipped {name}: no primary key or NOT NULL unique key (TiCDC cannot replicate it)", file=sys.stderr)
+    try:
+        # Outside a run nothing resolves the resource's dg.EnvVar (TIDB_PASSWORD): do it here, as a run would.
+        tidb = tidb_resource().process_config_and_initialize()
+    except dg.DagsterInvalidConfigError as exc:
+        print(f"error: the tidb settings are invalid: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    try:
+        tables, skipped = discover_tables(tidb, args.database, include=args.include, existing=existing)
+    except DiscoverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except pymysql.MySQLError as exc:
+        # One line naming where and as whom (never the password); the driver's reason is enough, no traceback.
+        reason = exc.args[1] if len(exc.args) > 1 else str(exc)
+        print(f"error: cannot read TiDB at {tidb.host}:{tidb.port} as user {tidb.user!r}: {reason}; "
+              "check TIDB_HOST, TIDB_PORT, TIDB_USER and TIDB_PASSWORD", file=sys.stderr)
+        return 1
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
     path.write_text(dump_tables(existing, tables))
     print(f"wrote {len(tables)} tables to {path}")
     return 0

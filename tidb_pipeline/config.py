@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "tidb_pipeline.yaml"
 
 _TOPIC_ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
+_KAFKA_TOPIC_MAX = 249
 _CONNECTOR_TABLE_OK = re.compile(r"^[_a-zA-Z][_$a-zA-Z0-9]+$")
 # Snowflake's reserved keywords (docs.snowflake.com/en/sql-reference/reserved-keywords): not usable unquoted.
 _RESERVED = frozenset("""
@@ -88,6 +89,16 @@ def _unquoted_identifier(value: str) -> str:
     if value.upper() in _RESERVED:
         raise ValueError(f"{value!r} is a Snowflake reserved keyword, so not usable as an unquoted Snowflake identifier "
                          f"(the Snowflake Sink creates its names unquoted); choose another, e.g. {value.upper() + '_1'!r}")
+    return value.upper()
+
+
+def _keyable_identifier(value: str) -> str:
+    """An unquoted Snowflake identifier that is also the last part of a Dagster asset key
+    (`snowflake/<schema>/<name>`), which allows only [A-Za-z0-9_]; upper-cased as Snowflake resolves it."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError(f"{value!r} may hold only letters, digits and '_' and not start with a digit: it must be an "
+                         "unquoted Snowflake identifier (the Snowflake Sink creates unquoted, upper-cased names) and "
+                         f"it names the Dagster asset snowflake/<schema>/<name> too; use e.g. {_plain_name(value)!r}")
     return value.upper()
 
 
@@ -167,6 +178,14 @@ class ScheduleConfig(_Model):
         return value.strip()
 
 
+def _dagster_name(group: str) -> str:
+    # A group names Dagster jobs, schedules and asset groups (`merge_<group>`), which allow only these.
+    if not re.fullmatch(r"[A-Za-z0-9_]+", group):
+        raise ValueError(f"group {group!r} may hold only letters, digits and '_' (it names the Dagster job "
+                         f"merge_<group>); use e.g. {re.sub(r'[^A-Za-z0-9_]', '_', group) or 'default'!r}")
+    return group
+
+
 class TableConfig(_Model):
     """One replicated TiDB table."""
 
@@ -184,7 +203,12 @@ class TableConfig(_Model):
     @field_validator("landing_table", "replica_table")
     @classmethod
     def _snowflake_name(cls, value: str | None) -> str | None:
-        return None if value is None else _unquoted_identifier(value)
+        return None if value is None else _keyable_identifier(value)
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        return _dagster_name(value)
 
 
 _CONNECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -269,13 +293,33 @@ class PipelineConfig(_Model):
     sensor_interval_seconds: int = Field(default=15, ge=5, le=3600)
     tables: tuple[TableConfig, ...] = ()
 
+    @field_validator("merge_schedules")
+    @classmethod
+    def _schedule_groups(cls, value: dict[str, ScheduleConfig]) -> dict[str, ScheduleConfig]:
+        for group in value:
+            _dagster_name(group)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
         seen: set[tuple[str, str]] = set()
+        # Names two tables must not share: TiCDC replaces characters outside [A-Za-z0-9._-] in topics (`数据`
+        # and `资料` are both `__`), and replica names drop the database.
+        owners: dict[tuple[str, str], int] = {}
         for i, t in enumerate(self.tables):
             if (t.db, t.table) in seen:
                 raise ValueError(f"tables.{i}: {t.db}.{t.table} is listed twice")
             seen.add((t.db, t.table))
+            for what, name, fix in (
+                ("topic", self.topic(t), "TiCDC would write both to it; change source.topic_pattern or replicate one"),
+                ("landing table", self.landing_table(t), "set landing_table on one of them"),
+                ("replica table", self.replica_table(t), "set replica_table on one of them"),
+            ):
+                j = owners.setdefault((what, name), i)
+                if j != i:
+                    other = self.tables[j]
+                    raise ValueError(f"tables.{i}: {t.db}.{t.table} and tables.{j} ({other.db}.{other.table}) both "
+                                     f"map to {what} {name!r}; {fix}")
             if t.group not in self.merge_schedules:
                 raise ValueError(
                     f"tables.{i}.group: {t.group!r} has no entry in merge_schedules "
@@ -299,8 +343,8 @@ class PipelineConfig(_Model):
 
     # --- derived names, one place for every module -------------------------------------------
     def topic(self, t: TableConfig) -> str:
-        name = self.source.topic_pattern.replace("{schema}", t.db).replace("{table}", t.table)
-        return _TOPIC_ILLEGAL.sub("_", name)
+        """The topic TiCDC writes the table to (names sanitised for Kafka, as TiCDC does)."""
+        return topic_name(self.source.topic_pattern, t.db, t.table)
 
     def landing_mode_of(self, t: TableConfig) -> str:
         return t.landing_mode or self.landing_mode
@@ -314,16 +358,12 @@ class PipelineConfig(_Model):
         return "string" if any(self.landing_mode_of(t) == "connector" for t in self.tables) else "precise"
 
     def landing_table(self, t: TableConfig) -> str:
-        """The connector's auto-created name: the topic upper-cased (spec/confluent.md)."""
-        if t.landing_table:
-            return t.landing_table
-        topic = self.topic(t)
-        if _CONNECTOR_TABLE_OK.match(topic):
-            return topic.upper()
-        return connector_table_name(topic)
+        """The connector's auto-created name for the table's topic (spec/confluent.md), unless overridden."""
+        return t.landing_table or connector_table_name(self.topic(t))
 
     def replica_table(self, t: TableConfig) -> str:
-        return t.replica_table or t.table.upper()
+        """The replica's name (and its asset key's last part): see `replica_table_name`, unless overridden."""
+        return t.replica_table or replica_table_name(t.table)
 
     @cached_property
     def groups(self) -> dict[str, tuple[TableConfig, ...]]:
@@ -333,21 +373,69 @@ class PipelineConfig(_Model):
         return {g: tuple(ts) for g, ts in out.items()}
 
 
+def topic_name(pattern: str, schema: str, table: str) -> str:
+    """TiCDC's topic for `schema.table` (tiflow `topic.Expression.Substitute`).
+
+    Characters outside `[A-Za-z0-9._-]` in the names become `_` (one per character: `数据` -> `__`), the
+    result is cut at Kafka's 249 characters, and `.` / `..` (invalid topics) become `_` / `__`.
+    """
+    name = pattern.replace("{schema}", _TOPIC_ILLEGAL.sub("_", schema)).replace(
+        "{table}", _TOPIC_ILLEGAL.sub("_", table))
+    if len(name) > _KAFKA_TOPIC_MAX:
+        return name[:_KAFKA_TOPIC_MAX]
+    return {".": "_", "..": "__"}.get(name, name)
+
+
+def replica_table_name(table: str) -> str:
+    """The default replica name of TiDB table `table`: upper-cased when it is a plain identifier
+    (`order_line` -> `ORDER_LINE`, `select` -> `SELECT`); otherwise named the way the Snowflake Sink names a
+    topic that is not one: every character outside `[A-Za-z0-9_]` as `_`, a `_` in front of a digit, then `_`
+    and the absolute Java hashCode of the name, upper-cased (`Order Items` -> `ORDER_ITEMS_1798703150`), so
+    names that differ only in those characters stay apart. Dagster asset keys (`snowflake/<schema>/<name>`)
+    allow nothing else; set `replica_table` for a friendlier name.
+    """
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+        return table.upper()
+    return f"{_plain_name(table)}_{abs(_java_hash(table))}"
+
+
+def _plain_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
+    return cleaned if re.match(r"[A-Z_]", cleaned) else "_" + cleaned
+
+
 def connector_table_name(topic: str) -> str:
-    """Snowflake Sink's name for a topic that is not a valid identifier: `_` for illegal chars + `_<hashCode>`."""
-    cleaned = re.sub(r"[^_$a-zA-Z0-9]", "_", topic)
-    if not re.match(r"[_a-zA-Z]", cleaned[:1]):
-        cleaned = "_" + cleaned
-    return f"{cleaned}_{_java_hash(topic)}".upper()
+    """The table the Snowflake Sink creates for `topic` without a topic2table entry (its `Utils` naming rule).
+
+    A topic matching `^[_a-zA-Z][_$a-zA-Z0-9]+$` is used as is, which Snowflake upper-cases (connector 3.x
+    uses it unquoted; 4.x upper-cases it itself). Any other: `.*` removed, a `_` in front unless it starts
+    with `[_a-zA-Z]`, every UTF-16 code unit outside `[_$a-zA-Z0-9]` replaced by `_`, then `_` and Java's
+    `Math.abs(topic.hashCode())` of the original topic appended, upper-cased the same way.
+    """
+    if _CONNECTOR_TABLE_OK.fullmatch(topic):
+        return topic.upper()
+    suffix = _java_abs(_java_hash(topic))
+    units: list[str] = []
+    for ch in topic.replace(".*", ""):
+        # Java walks UTF-16 code units: a character beyond the BMP is two, each replaced.
+        units += [ch] if ord(ch) < 0x10000 else ["\0", "\0"]
+    out = [] if units and re.fullmatch(r"[_a-zA-Z]", units[0]) else ["_"]
+    out += [u if re.fullmatch(r"[_$a-zA-Z0-9]", u) else "_" for u in units]
+    return f"{''.join(out)}_{suffix}".upper()
 
 
 def _java_hash(s: str) -> int:
-    units = s.encode("utf-16-be")
+    """Java's `String.hashCode()`: a signed 32-bit int over UTF-16 code units."""
+    units = s.encode("utf-16-be", "surrogatepass")
     h = 0
-    for i in range(0, len(units), 2):  # Java hashes UTF-16 code units, not code points
+    for i in range(0, len(units), 2):
         h = (31 * h + int.from_bytes(units[i : i + 2], "big")) & 0xFFFFFFFF
-    # Java's String.hashCode is a signed int; the connector prints its absolute value.
-    return abs(h - (1 << 32) if h >= 1 << 31 else h)
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def _java_abs(n: int) -> int:
+    # Java's Math.abs on an int: Integer.MIN_VALUE has no positive counterpart and stays negative.
+    return n if n == -(1 << 31) else abs(n)
 
 
 def _format_error(path: Path, exc: ValidationError) -> str:

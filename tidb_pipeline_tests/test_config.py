@@ -55,11 +55,20 @@ def test_derived_names() -> None:
 
 
 def test_java_hash_matches_java() -> None:
-    # "hello".hashCode() == 99162322 in Java; "polygenelubricants".hashCode() == Integer.MIN_VALUE.
-    from tidb_pipeline.config import _java_hash
+    # Values printed by Java 17 (`s.hashCode()`, `Math.abs(s.hashCode())`).
+    from tidb_pipeline.config import _java_abs, _java_hash
 
     assert _java_hash("hello") == 99162322
-    assert _java_hash("polygenelubricants") == 2**31
+    assert [(_java_hash(s), _java_abs(_java_hash(s))) for s in ("bc*def", "\U0001F600x", "polygenelubricants")] == [
+        (-1396531364, 1396531364), (54959989, 54959989), (-(2**31), -(2**31))]  # MIN_VALUE stays negative
+
+
+def test_connector_table_names_follow_the_snowflake_sinks_rule() -> None:
+    # The connector's own test cases (UtilsTest.testTableName: "bc*def", "12345", "bird.*"), then the first
+    # character rule (a `_` in front, the character itself still replaced) and UTF-16 units (an emoji is two).
+    assert [connector_table_name(t) for t in ("bc*def", "12345", "bird.*", "-ab", "\U0001F600x")] == [
+        "BC_DEF_1396531364", "_12345_46792755", "BIRD_1388847051", "__AB_46350", "___X_54959989"]
+    assert connector_table_name("tidb_Hostile_DB_Order") == "TIDB_HOSTILE_DB_ORDER"
 
 
 def test_discover_output_round_trips(tmp_path: Path) -> None:
@@ -82,6 +91,39 @@ def test_sensor_interval_is_configurable_with_a_floor() -> None:
         parse_config({"sensor_interval_seconds": 1})
 
 
+def test_a_group_must_be_a_dagster_name() -> None:
+    # A group names the job `merge_<group>`: a bad one fails at load naming the field, not inside Dagster.
+    with pytest.raises(ConfigError, match=r"tables\.0\.group: .*'my-group' may hold only letters.*'my_group'"):
+        parse_config({"tables": [{"db": "d", "table": "t", "group": "my-group"}],
+                      "merge_schedules": {"my-group": {"cron": "* * * * *"}}})
+    with pytest.raises(ConfigError, match=r"merge_schedules: .*'数据'"):
+        parse_config({"merge_schedules": {"数据": {"cron": "* * * * *"}}})
+
+
+def test_tables_that_would_share_a_topic_or_replica_fail_at_load() -> None:
+    with pytest.raises(ConfigError, match=r"tables\.1: 资料\.t and tables\.0 \(数据\.t\) both map to topic 'tidb____t'"):
+        parse_config({"tables": [{"db": "数据", "table": "t"}, {"db": "资料", "table": "t"}]})
+    with pytest.raises(ConfigError, match=r"tables\.1: b\.orders .* replica table 'ORDERS'; set replica_table"):
+        parse_config({"tables": [{"db": "a", "table": "orders"}, {"db": "b", "table": "orders"}]})
+    config = parse_config({"tables": [{"db": "a", "table": "orders"},
+                                      {"db": "b", "table": "orders", "replica_table": "B_ORDERS"}]})
+    assert [config.replica_table(t) for t in config.tables] == ["ORDERS", "B_ORDERS"]
+
+
+def test_replica_names_are_plain_identifiers_and_overrides_are_checked() -> None:
+    config = parse_config({"tables": [{"db": "d", "table": t} for t in ("order_line", "select", "Order Items",
+                                                                        "表 名.v2", "1st", "MixedCase")]})
+    # A plain name is upper-cased; any other gets the Snowflake Sink's treatment (`_` + Java hashCode), since
+    # the name is also the replica asset key's last part, which Dagster allows only [A-Za-z0-9_] in.
+    assert [config.replica_table(t) for t in config.tables] == [
+        "ORDER_LINE", "SELECT", "ORDER_ITEMS_1798703150", "____V2_326813515", "_1ST_50770", "MIXEDCASE"]
+    with pytest.raises(ConfigError, match=r"tables\.0\.replica_table: .*'Order Items' may hold only .*'ORDER_ITEMS'"):
+        parse_config({"tables": [{"db": "d", "table": "t", "replica_table": "Order Items"}]})
+    # An override is an unquoted Snowflake identifier, so Snowflake resolves it upper-cased.
+    config = parse_config({"tables": [{"db": "d", "table": "Order Items", "replica_table": "OrderItems"}]})
+    assert config.replica_table(config.tables[0]) == "ORDERITEMS"
+
+
 @pytest.mark.parametrize(
     ("raw", "field", "value"),
     [
@@ -89,6 +131,9 @@ def test_sensor_interval_is_configurable_with_a_floor() -> None:
         ({"tables": [{"db": "a", "table": "b", "replica_table": "Order Lines"}]}, "tables.0.replica_table",
          "Order Lines"),
         ({"tables": [{"db": "a", "table": "b", "replica_table": "1st"}]}, "tables.0.replica_table", "1st"),
+        # `$` is a legal unquoted Snowflake character, but the name is also a Dagster asset key's last part.
+        ({"tables": [{"db": "a", "table": "b", "replica_table": "b$v2"}]}, "tables.0.replica_table", "b$v2"),
+        ({"tables": [{"db": "a", "table": "b", "landing_table": "raw$b"}]}, "tables.0.landing_table", "raw$b"),
         ({"snowflake": {"database": "tidb.replica"}}, "snowflake.database", "tidb.replica"),
         ({"snowflake": {"landing_schema": 'RAW"'}}, "snowflake.landing_schema", 'RAW"'),
         ({"snowflake": {"control_schema": ""}}, "snowflake.control_schema", ""),
@@ -103,10 +148,10 @@ def test_a_snowflake_name_the_connector_cannot_create_fails_with_field_and_value
 
 def test_overridden_snowflake_names_resolve_upper_case_as_unquoted_identifiers_do() -> None:
     config = parse_config({"snowflake": {"database": "analytics", "replica_schema": "Replica_1"},
-                           "tables": [{"db": "a", "table": "b", "landing_table": "raw_b", "replica_table": "b$v2"}]})
+                           "tables": [{"db": "a", "table": "b", "landing_table": "raw_b", "replica_table": "b_v2"}]})
     t = config.tables[0]
     assert (config.snowflake.database, config.snowflake.replica_schema) == ("ANALYTICS", "REPLICA_1")
-    assert (config.landing_table(t), config.replica_table(t)) == ("RAW_B", "B$V2")
+    assert (config.landing_table(t), config.replica_table(t)) == ("RAW_B", "B_V2")
 
 
 def test_session_pins_have_safe_defaults_and_come_from_config() -> None:

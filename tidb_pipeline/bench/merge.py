@@ -51,10 +51,11 @@ from tidb_pipeline.replication.ddl import (
     TableRef,
     create_landing_sql,
     create_replica_sql,
+    create_unconverted_sql,
     create_watermark_sql,
     quote_ident,
 )
-from tidb_pipeline.replication.merge import MergePlan, json_to_sql, run_merge
+from tidb_pipeline.replication.merge import MergePlan, json_to_sql, run_merge, unconverted_table
 
 TOPIC = "tidb_bench_item"
 PARTITIONS = 3
@@ -350,7 +351,8 @@ def compare_merges(connection: Any, schema: TableRef, batches: Sequence[Sequence
     ref = lambda name: TableRef(schema.schema, name, schema.database)  # noqa: E731
     landing, watermarks = ref("LANDING_ITEM"), ref("MERGE_WATERMARKS")
     ours, recipe, fixed = ref("ITEM_OURS"), ref("ITEM_RECIPE"), ref("ITEM_RECIPE_FIXED_DELETES")
-    for sql in (create_landing_sql(landing), create_watermark_sql(watermarks), create_replica_sql(ours, ITEM_COLUMNS),
+    for sql in (create_landing_sql(landing), create_watermark_sql(watermarks), create_unconverted_sql(
+                    unconverted_table(watermarks)), create_replica_sql(ours, ITEM_COLUMNS),
                 create_recipe_replica_sql(recipe, ITEM_COLUMNS), create_recipe_replica_sql(fixed, ITEM_COLUMNS)):
         _execute(cursor, sql)
     plan = MergePlan(ours, landing, watermarks, ITEM_COLUMNS)
@@ -454,6 +456,7 @@ def merge_scaling(
     ref = lambda name: TableRef(schema.schema, name, schema.database)  # noqa: E731
     watermarks = ref("MERGE_WATERMARKS")
     _execute(cursor, create_watermark_sql(watermarks))
+    _execute(cursor, create_unconverted_sql(unconverted_table(watermarks)))
     points = []
     for size in sizes:
         batch, expected_rows = scaling_batch(size, changes)

@@ -37,6 +37,7 @@ empty = all). It is not part of `build_defs`; add it to the `jobs` there to offe
 """
 
 import contextlib
+import datetime as dt
 import gzip
 import logging
 import os
@@ -58,9 +59,9 @@ from tidb_pipeline.defs.tables import table_names
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.changefeed import RUNNING_STATES, table_rule
-from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident, stage_folder
+from tidb_pipeline.replication.ddl import Statement, TableRef, create_unconverted_sql, quote_ident, stage_folder
 from tidb_pipeline.replication.landing import compile_record_encoder, create_load_table_sql
-from tidb_pipeline.replication.merge import json_to_sql
+from tidb_pipeline.replication.merge import json_to_sql, record_unconverted_from_load_sql, unconverted_table
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError, TiCDCResource
@@ -213,7 +214,7 @@ def schemas_for(info: ticdc_schema.TableInfo, cfg: ticdc_schema.CodecConfig) -> 
 def insert_from_load_sql(replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn]) -> Statement:
     """Typed rows from the load table's JSON objects, cast exactly as the merge casts landing content."""
     names = ", ".join(quote_ident(c.name) for c in columns)
-    values = ", ".join(f'{json_to_sql(c, "l." + quote_ident("V") + ":" + quote_ident(c.name))} AS {quote_ident(c.name)}'
+    values = ", ".join(f'{json_to_sql(c, "l." + quote_ident("V") + ":" + quote_ident(c.field))} AS {quote_ident(c.name)}'
                        for c in columns)  # fmt: skip
     return Statement(f"INSERT INTO {replica.sql} ({names}) SELECT {values} FROM {load.sql} l")
 
@@ -238,7 +239,9 @@ def load_table(
             f"{list(info.handle_key)}; fix the config (or rerun `tidb-pipeline discover`)"
         )
     key_schema, value_schema = schemas_for(info, cfg)
-    columns = replica_columns(value_schema, key_schema)
+    # The replica takes TiDB's column names; the load rows carry TiCDC's (sanitised) Avro field names.
+    columns = replica_columns(value_schema, key_schema,
+                              {ticdc_schema.sanitize_name(c.name): c.name for c in info.columns})
     # The encoder needs no `_tidb_*` fields: they are metadata, and the replica has no columns for them.
     encode = compile_record_encoder(ticdc_schema.value_schema(info, _without_extension(cfg)))
     wh = Warehouse.of(connection)
@@ -249,7 +252,12 @@ def load_table(
     wh.execute(f"CREATE STAGE IF NOT EXISTS {stage}")
     wh.execute(create_load_table_sql(load))
     wh.execute(f"DELETE FROM {replica.sql}")
+    # Values Snowflake cannot hold (e.g. zero dates) become NULL, recorded as the merge records them.
+    unconverted = unconverted_table(control)
+    wh.execute(create_unconverted_sql(unconverted))
+    wh.execute(Statement(f'DELETE FROM {unconverted.sql} WHERE "REPLICA_TABLE" = %s', (replica.label,)))
     insert = insert_from_load_sql(replica, load, columns)
+    record = record_unconverted_from_load_sql(unconverted, replica, load, columns, dt.datetime.now(dt.timezone.utc))
     batch, folder_name = uuid.uuid4().hex, stage_folder(replica.name)
     rows = chunks = 0
     with tempfile.TemporaryDirectory(prefix="backfill-") as folder:
@@ -265,6 +273,7 @@ def load_table(
                 Statement(f"DELETE FROM {load.sql}"),
                 Statement(f"COPY INTO {load.sql} FROM {stage_path} FILE_FORMAT = (TYPE = JSON) FORCE = TRUE"),
                 insert,
+                *([record] if record else []),
                 Statement(f"DELETE FROM {load.sql}"),
             ):
                 wh.execute(stmt)

@@ -12,6 +12,9 @@ On every replica `snowflake/<replica_schema>/<TABLE>`:
   merge back and are ERROR once first seen longer ago than the grace, records deleted from Kafka before
   they landed are ERROR at once. Holes at or below the watermark are cleanup's doing and harmless (the
   merge never passes a hole).
+- `no_unconverted_values`: ERROR while the replica holds NULL in place of a value Snowflake could not convert
+  (TiDB zero dates and the like; `replication.merge`, "Conversions"), naming the column, the key, the raw text
+  and the landing partition/offset of each.
 - `schema_drift`: TiDB columns vs the latest Avro value schema vs the replica's columns (WARN).
 - `replica_freshness`: time since the last merge while records wait (WARN / ERROR over thresholds).
 On `ticdc/<changefeed>`: `changefeed_healthy`, state normal and checkpoint lag under thresholds.
@@ -57,6 +60,8 @@ from tidb_pipeline.replication.checksum import (
 )
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import ABSENT, Gap, OffsetSources, create_offset_gaps_sql
+from tidb_pipeline.replication.merge import unconverted_table
+from tidb_pipeline.replication.ticdc_schema import sanitize_name
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
@@ -290,17 +295,31 @@ class Drift:
 
 
 def schema_differences(tidb: Sequence[str], avro: Sequence[str] | None, replica: Sequence[str]) -> Drift:
-    """Column-name differences between the three (names compared exactly; types are not compared)."""
+    """Column-name differences between the three (types are not compared).
+
+    TiDB and the replica use TiDB's names; `avro` holds TiCDC's field names, which are TiDB's sanitised
+    (`Mixed Case` -> `Mixed_Case`), so a TiDB or replica name is compared with a field through `sanitize_name`.
+    """
     problems: list[str] = []
     notes: list[str] = []
+    by_field = {sanitize_name(c): c for c in tidb}
     if avro is None:
         problems.append("no Avro value schema registered yet: no change record has been written")
         avro = []
     else:
-        problems += [f"column {c!r} is in TiDB but no change record carries it yet" for c in tidb if c not in avro]
-        problems += [f"column {c!r} is in the Avro schema but no longer in TiDB" for c in avro if c not in tidb]
-    problems += [f"replica is missing column {c!r} (the next merge adds it)" for c in avro if c not in replica]
-    notes += [f"replica keeps column {c!r} dropped upstream" for c in replica if c not in avro and c not in tidb]
+        problems += [f"column {c!r} is in TiDB but no change record carries it yet"
+                     for c in tidb if sanitize_name(c) not in avro]
+        problems += [f"column {f!r} is in the Avro schema but no longer in TiDB" for f in avro if f not in by_field]
+    replica_fields = {sanitize_name(c) for c in replica}
+    problems += [f"replica is missing column {by_field.get(f, f)!r} (the next merge adds it)"
+                 for f in avro if f not in replica_fields]
+    for c in replica:
+        source = by_field.get(sanitize_name(c))
+        if source is not None and source != c and source not in replica:
+            problems.append(f"replica column {c!r} holds TiDB column {source!r} under TiCDC's Avro name; "
+                            f"rename it to {source!r} (ALTER TABLE ... RENAME COLUMN)")
+    notes += [f"replica keeps column {c!r} dropped upstream"
+              for c in replica if sanitize_name(c) not in avro and c not in tidb]
     return Drift(problems, notes)
 
 
@@ -438,6 +457,49 @@ def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
+def unconverted_values_sql(unconverted: TableRef, replica: TableRef) -> Statement:
+    """The replica's unconverted-value records: column, key, raw text, partition, offset."""
+    return Statement(
+        f'SELECT "COLUMN_NAME", "KEY", "RAW_VALUE", "PARTITION", "OFFSET" FROM {unconverted.sql} '
+        'WHERE "REPLICA_TABLE" = %s ORDER BY "COLUMN_NAME", "KEY"', (replica.label,))
+
+
+def unconverted_result(rows: Sequence[tuple[Any, ...]], replica: TableRef, table: str) -> dg.AssetCheckResult:
+    """ERROR naming each value the replica holds as NULL because Snowflake could not convert it."""
+
+    def where(p: Any, o: Any) -> str:
+        return "backfill" if p is None else f"p{p}@{o}"
+
+    per_column: dict[str, int] = {}
+    for column, *_ in rows:
+        per_column[column] = per_column.get(column, 0) + 1
+    if not rows:
+        return dg.AssetCheckResult(passed=True, metadata={"unconverted_values": 0})
+    metadata: dict[str, Any] = {
+        "unconverted_values": len(rows),
+        "per_column": ", ".join(f"{c}: {n}" for c, n in per_column.items()),
+        "values": [f"column {c} key {k}: {v!r} ({where(p, o)})" for c, k, v, p, o in rows[:50]],
+    }
+    c, k, v, _p, _o = rows[0]
+    return dg.AssetCheckResult(
+        passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+        description=(f"{len(rows)} value(s) of {table} could not be converted and are NULL in {replica.label}, "
+                     f"e.g. column {c} key {k}: {v!r}; fix them in TiDB (the next change of a row replaces its "
+                     "record) or accept the NULLs"),
+    )
+
+
+def _unconverted(r: Replica, res: Any) -> dg.AssetCheckResult:
+    with res.snowflake.get_connection() as conn:
+        try:
+            rows = _rows(conn.cursor(), unconverted_values_sql(unconverted_table(r.names.watermarks), r.names.replica))
+        except Exception as exc:  # noqa: BLE001 - no merge has created the table yet
+            if not _missing_table(exc):
+                raise
+            rows = []
+    return unconverted_result(rows, r.names.replica, r.source)
+
+
 def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
     tidb_cols = [c.name for c in res.tidb.columns(r.table.db, r.table.table)]
     schemas = latest_schemas(res.schema_registry.get_client(), r.names.topic)
@@ -483,6 +545,9 @@ CHECK_KINDS: tuple[CheckKind, ...] = (
     CheckKind("no_quarantined_records", frozenset({"snowflake"}),
               lambda r: f"No record of topic `{r.names.topic}` sits in the dead-letter table (poison records "
               "are quarantined there with their offsets instead of being skipped).", _quarantine),
+    CheckKind("no_unconverted_values", frozenset({"snowflake"}),
+              lambda r: "No value of the replica is NULL because Snowflake could not convert it (TiDB zero dates "
+              "and the like): each one is listed with its column and key.", _unconverted),
     CheckKind("schema_drift", frozenset({"tidb", "schema_registry", "snowflake"}),
               lambda r: "TiDB columns vs the topic's latest Avro value schema vs the replica's columns.", _drift),
     CheckKind("replica_freshness", frozenset({"snowflake", "kafka"}),
@@ -535,7 +600,7 @@ def build_kind_checks(
 def build_replica_checks(
     *, config: PipelineConfig, tables: Sequence[TableConfig], settings: CheckSettings = CheckSettings(), suffix: str
 ) -> list[dg.AssetChecksDefinition]:
-    """The six checks on each table's replica, one definition per kind (op `<kind>_<suffix>`)."""
+    """The checks of `CHECK_KINDS` on each table's replica, one definition per kind (op `<kind>_<suffix>`)."""
     replicas = [Replica(config, t, table_names(config, t), settings) for t in tables]
     return [build_kind_checks(kind=k, replicas=replicas, name=f"{k.name}_{suffix}") for k in CHECK_KINDS]
 

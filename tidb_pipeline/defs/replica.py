@@ -5,6 +5,12 @@ DDL): the table is created on first use, and columns a newer schema version adds
 merge (`ALTER TABLE ... ADD COLUMN`), so rows landed with the new schema merge into them. The MERGE itself,
 its watermark and its idempotency live in `tidb_pipeline.replication.merge`.
 
+Column names are TiDB's, not the Avro field names TiCDC sanitises (`Mixed Case` arrives as `Mixed_Case`).
+They come from TiDB itself, through the `tidb` resource, and only when a schema brings a field the replica
+does not have yet (its first merge, a new column): a replica column keeps its name once created, so
+steady-state merges read nothing from TiDB, and a column added by `ALTER TABLE` gets its TiDB name without
+re-running `discover` (a name list in the config would be stale from that moment).
+
 The merge never passes a hole in a partition's offsets (`replication.holes`): when one holds a partition
 back and the offset-gaps table is given, the hole is decided with Kafka first (`defs.holes.resolve_holes`),
 so offsets Kafka never had are skipped in this same run, and the outcome names what stays held back.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +28,13 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.defs.holes import resolve_holes
-from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
+from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns, source_names, with_names
 from tidb_pipeline.replication.ddl import (
     TableRef,
     add_columns_sql,
     create_dead_letter_sql,
     create_replica_sql,
+    create_unconverted_sql,
     create_watermark_sql,
     quote_ident,
     table_columns_sql,
@@ -40,8 +48,10 @@ from tidb_pipeline.replication.merge import (
     parse_pending,
     pending_ranges_sql,
     run_merge,
+    unconverted_table,
 )
 from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.replication.ticdc_schema import subject_names
 from tidb_pipeline.resources.warehouse import DDL_MEMO, Warehouse
 
 _SUBJECT_NOT_FOUND = 40401
@@ -63,9 +73,10 @@ class MergeOutcome:
 
 def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
     """(key schema, value schema, value version) of the topic's latest subjects, or None before any data."""
+    key_subject, value_subject = subject_names(topic)  # TiCDC's: dots in the topic become `_`
     try:
-        key = registry.get_latest_version(f"{topic}-key")
-        value = registry.get_latest_version(f"{topic}-value")
+        key = registry.get_latest_version(key_subject)
+        value = registry.get_latest_version(value_subject)
     except SchemaRegistryError as exc:
         if exc.error_code == _SUBJECT_NOT_FOUND:
             return None
@@ -82,15 +93,27 @@ def ensure_schema(warehouse: Warehouse, table: TableRef) -> None:
         warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.schema)}")
 
 
-def ensure_replica(warehouse: Warehouse, replica: TableRef, columns: tuple[ReplicaColumn, ...]) -> tuple[str, ...]:
-    """Create the replica if missing and add the columns a newer schema brings; returns the added names."""
+def ensure_replica(
+    warehouse: Warehouse, replica: TableRef, columns: tuple[ReplicaColumn, ...], *,
+    source_columns: Callable[[], Sequence[str]] | None = None,
+) -> tuple[tuple[ReplicaColumn, ...], tuple[str, ...]]:
+    """Create the replica if missing and add the columns a newer schema brings.
+
+    With `source_columns` (TiDB's column names, asked only for fields the replica does not have yet), the
+    columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`). Returns the columns
+    under their replica names and the names added.
+    """
     ensure_schema(warehouse, replica)
-    warehouse.execute(create_replica_sql(replica, columns))
     existing = [r[0] for r in warehouse.execute(table_columns_sql(replica))]
-    for sql in add_columns_sql(replica, existing, columns):
+    if source_columns is not None:
+        columns = with_names(columns, source_names([c.field for c in columns], replica=existing,
+                                                   source=source_columns))
+    warehouse.execute(create_replica_sql(replica, columns))
+    # A replica always has a column: none listed means the CREATE above made it with every column.
+    for sql in add_columns_sql(replica, existing, columns) if existing else ():
         warehouse.execute(sql)
     have = set(existing)
-    return tuple(c.name for c in columns if c.name not in have)
+    return columns, tuple(c.name for c in columns if c.name not in have)
 
 
 def forget_ensured() -> None:
@@ -108,12 +131,15 @@ def merge_replica(
     watermarks: TableRef,
     now: dt.datetime | None = None,
     log: logging.Logger | None = None,
+    source_columns: Callable[[], Sequence[str]] | None = None,
     dead_letters: TableRef | None = None,
     offset_gaps: TableRef | None = None,
     kafka: KafkaResource | None = None,
 ) -> MergeOutcome | None:
     """Bring the replica up to date with its landing table; None when the topic has no schema yet.
 
+    `source_columns` returns TiDB's column names of the table: the replica takes them instead of TiCDC's
+    sanitised Avro field names. It is called only when the schema brings a field the replica lacks.
     `dead_letters` (the built-in loader's quarantine) and `offset_gaps` (`replication.holes`) name offsets
     that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
     """
@@ -123,23 +149,36 @@ def merge_replica(
         log.info("no schema registered for %s yet: nothing to merge", topic)
         return None
     key_schema, value_schema, version = schemas
-    columns = replica_columns(value_schema, key_schema)
-    plan = MergePlan(replica, landing, watermarks, columns, topic=topic, dead_letters=dead_letters,
-                     offset_gaps=offset_gaps)
+    fields = replica_columns(value_schema, key_schema)
     when = now or dt.datetime.now(dt.timezone.utc)
     wh = Warehouse.of(connection)
+    memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps)
+    ddl_version = (version, fields)
+    # The columns under their replica names: as the DDL found them when it last ran for this schema version
+    # (kept in the memo next to it), or as this run's DDL finds them.
+    known = wh.memo.recall(wh.memo_key(memo_key), ddl_version)
+    if known is None:
+        # Without the names the DDL found, it must run (even if another session remembers it meanwhile).
+        wh.memo.forget(wh.memo_key(memo_key))
+    columns: list[tuple[ReplicaColumn, ...]] = [known or fields]
     added: list[str] = []
 
-    def ensure() -> None:
+    def ensure() -> tuple[ReplicaColumn, ...]:
         ensure_schema(wh, watermarks)
         wh.execute(create_watermark_sql(watermarks))
+        wh.execute(create_unconverted_sql(unconverted_table(watermarks)))
         for ref, ddl in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql)):
             if ref is not None:  # the pending-ranges query reads both
                 ensure_schema(wh, ref)
                 wh.execute(ddl(ref))
-        added[:] = ensure_replica(wh, replica, columns)
+        columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns)
+        added[:] = got
+        return columns[0]
 
-    def merge_once() -> tuple[MergeCounts, tuple[MergeRange, ...], tuple[Held, ...], tuple[Gap, ...]]:
+    def merge() -> tuple[MergeCounts, tuple[MergeRange, ...], tuple[Held, ...], tuple[Gap, ...]]:
+        # Built after the DDL: the plan reads the landing rows by field name into TiDB-named columns.
+        plan = MergePlan(replica, landing, watermarks, columns[0], topic=topic, dead_letters=dead_letters,
+                         offset_gaps=offset_gaps)
         pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
         gaps: tuple[Gap, ...] = ()
         if pending.held and offset_gaps is not None:
@@ -153,10 +192,10 @@ def merge_replica(
         return counts, ranges, pending.held, gaps
 
     # The DDL runs once per process and schema version (columns a new version brings are added then).
-    counts, ranges, held, gaps = wh.ensured(
-        ("replica", replica, watermarks, dead_letters, offset_gaps), ensure, merge_once,
-        version=(version, columns), what=f"merge into {replica.label}", log=log)
+    counts, ranges, held, gaps = wh.ensured(memo_key, ensure, merge, version=ddl_version,
+                                            what=f"merge into {replica.label}", log=log)
     if added:
         log.info("added columns %s to %s (schema version %s)", ", ".join(added), replica.label, version)
     (row_count,) = wh.execute(f"SELECT COUNT(*) FROM {replica.sql}")[0]
-    return MergeOutcome(replica, counts, ranges, columns, tuple(added), int(row_count), version, held=held, gaps=gaps)
+    return MergeOutcome(replica, counts, ranges, columns[0], tuple(added), int(row_count), version, held=held,
+                        gaps=gaps)

@@ -20,6 +20,7 @@ still materialize, and the step then fails naming every failed table.
 """
 
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -37,6 +38,7 @@ from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.holes import ABSENT, OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.tidb import TiDBResource
 from tidb_pipeline.resources.warehouse import Warehouse, parallel_tables, warehouse_session
 
 WATERMARK_TABLE = "MERGE_WATERMARKS"
@@ -100,7 +102,7 @@ def table_names(config: PipelineConfig, t: TableConfig) -> TableNames:
 
 
 def group_name(t: TableConfig) -> str:
-    return re.sub(r"\W", "_", f"replication_{t.group}")
+    return f"replication_{t.group}"  # the config allows only [A-Za-z0-9_] in a group
 
 
 def _offsets_text(offsets: dict[int, int]) -> str:
@@ -176,12 +178,14 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sess
     }
 
 
-def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any) -> dict[str, Any]:
+def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any,
+           source_columns: Callable[[], Sequence[str]]) -> dict[str, Any]:
     with sessions() as wh:
         outcome = merge_replica(
             connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
-            dead_letters=names.dead_letters, offset_gaps=names.offset_gaps, kafka=kafka,
+            source_columns=source_columns, dead_letters=names.dead_letters, offset_gaps=names.offset_gaps,
+            kafka=kafka,
         )
     if outcome is None:
         return {"rows_inserted": 0, "rows_updated": 0, "rows_deleted": 0,
@@ -193,6 +197,9 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
         "rows_deleted": c.deleted,
         "landing_rows_read": c.landing_rows,
         "keys_in_batch": c.source_rows,
+        # Values Snowflake cannot hold (e.g. TiDB zero dates) stored as NULL; check `no_unconverted_values` lists them.
+        "unconverted_values": sum(n for _, n in c.unconverted),
+        "unconverted_per_column": ", ".join(f"{name}: {n}" for name, n in c.unconverted) or "(none)",
         "merged_offsets": ", ".join(
             f"p{r.partition}: {r.after_offset}→{r.through_offset}" for r in outcome.ranges
         ) or "(nothing new)",
@@ -258,6 +265,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
         kafka: KafkaResource,
         schema_registry: SchemaRegistryResource,
         snowflake: SnowflakeResource,
+        tidb: TiDBResource,
     ):  # noqa: ANN202 - a generator of MaterializeResults
         selected = context.selected_asset_keys
         work = [(t, table_keys(config, t)) for t in tables]
@@ -283,7 +291,9 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
                 merge=k.replica in selected,
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
-                merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log),
+                # TiDB's column names, read only when the replica lacks a field (defs/replica.py).
+                merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log,
+                                               lambda: [c.name for c in tidb.columns(t.db, t.table)]),
             )
 
         if parallel <= 1 or len(work) <= 1:
@@ -306,7 +316,12 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
 
 
 def _asset_name(text: str) -> str:
-    return "land_and_merge_" + re.sub(r"\W", "_", text)
+    """A Dagster op name (ASCII letters, digits, `_`) for `text`; a short hash keeps apart names that differ
+    only in other characters (`a-b` / `a.b`, unicode)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text)
+    if name != text:
+        name += "_" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return "land_and_merge_" + name
 
 
 def _external_specs(*, config: PipelineConfig, table: TableConfig) -> list[dg.AssetSpec]:

@@ -2,8 +2,9 @@
 
 Every row of both sides is read and compared value by value after mapping each side to one canonical
 Python value per column type (decimals compared exactly as Decimal, datetimes exactly, JSON as parsed
-objects, TIME as its TiDB text). This is the lab's proof; the production content check uses chunked
-checksums instead of moving whole tables.
+objects, TIME as its TiDB text). A TiDB zero date (`0000-00-00`, which PyMySQL returns as text) compares as
+NULL: the replica's documented mapping (README, "Values Snowflake cannot hold"). This is the lab's proof; the
+production content check uses chunked checksums instead of moving whole tables.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 
 from tidb_pipeline.replication.ddl import TableRef, quote_ident
 from tidb_pipeline.resources.tidb import quote_mysql
+
+
+ZERO_DATE = "0000-00-00"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ def canonical(data_type: str, value: Any) -> Any:
         return int.from_bytes(bytes(value), "big") if isinstance(value, (bytes, bytearray)) else int(value)
     if t in ("binary", "varbinary", "blob", "tinyblob", "mediumblob", "longblob"):
         return bytes(value)
+    if t in ("datetime", "timestamp", "date") and str(value).startswith(ZERO_DATE):
+        return None  # stored as NULL in the replica (and listed by the no_unconverted_values check)
     if t in ("datetime", "timestamp"):
         return value.replace(tzinfo=None) if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
     if t == "date":
@@ -132,18 +138,8 @@ def compare_table(
                (replica.schema, replica.name))
     variant = {r[0] for r in sf.fetchall() if str(r[1]).upper() == "VARIANT"}
     columns = [(c, "json" if c in variant else t) for c, t in columns]
-    # fakesnow's server sends a NULL TIMESTAMP_NTZ as 1970-01-01 (it stores NULL), so temporal columns
-    # carry an IS NULL flag alongside and the flag wins.
-    temporal = [i for i, (_, t) in enumerate(columns) if t.lower() in ("datetime", "timestamp")]
-    select = [quote_ident(c) for c in names] + [f"{quote_ident(names[i])} IS NULL" for i in temporal]
-    sf.execute(f"SELECT {', '.join(select)} FROM {replica.sql}")
-    replica_rows = []
-    for row in sf.fetchall():
-        values = list(row[: len(names)])
-        for i, is_null in zip(temporal, row[len(names):]):
-            if is_null:
-                values[i] = None
-        replica_rows.append(values)
+    sf.execute(f"SELECT {', '.join(quote_ident(c) for c in names)} FROM {replica.sql}")
+    replica_rows = [list(row) for row in sf.fetchall()]
 
     return _diff(f"{db}.{table}", replica.label, columns, key, source_rows, replica_rows)
 

@@ -61,7 +61,6 @@ from tidb_pipeline.resources.kafka import KafkaResource
 
 _COORDINATOR_ERRORS = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                                  KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT})
-_PLAIN_TABLE = re.compile(r"^[_a-zA-Z][_$a-zA-Z0-9]+$")
 _TIMESTAMP_KEYS = {1: "CreateTime", 2: "LogAppendTime"}
 MAX_NUMBER_PRECISION = 38  # RecordService.MAX_SNOWFLAKE_NUMBER_PRECISION
 
@@ -112,7 +111,7 @@ class SinkSpec:
         database, schema = config["snowflake.database.name"], config["snowflake.schema.name"]
         routes = []
         for topic in filter(None, (t.strip() for t in config["topics"].split(","))):
-            table = mapping.get(topic) or (topic.upper() if _PLAIN_TABLE.match(topic) else connector_table_name(topic))
+            table = mapping.get(topic) or connector_table_name(topic)
             routes.append(Route(topic, TableRef(schema, table, database)))
         metadata = frozenset(g for g in ("all", "topic", "offset.and.partition", "createtime")
                              if config.get(f"snowflake.metadata.{g}", "true").lower() == "true")

@@ -21,6 +21,13 @@ Type decisions (TiDB -> Snowflake), chosen to keep every value exact:
 - A tidb_type this module does not know falls back on the Avro type (long -> NUMBER(19,0), string -> VARCHAR,
   bytes -> BINARY, ...), so a new TiDB type degrades to an exact untyped column instead of failing the merge.
 
+Names: the replica carries TiDB's column names, but TiCDC writes Avro field names, which it sanitises
+(tiflow `common.SanitizeName`: every character outside `[A-Za-z0-9_]` becomes `_`, a leading non-letter gets a
+`_` prefix, so `Mixed Case` arrives as `Mixed_Case`). `ReplicaColumn.field` keeps the Avro name (the JSON
+path into the landing row), `name` the replica's. `source_names` maps fields back to TiDB's names; TiCDC
+adds no suffix when two columns sanitise alike (goavro then refuses the schema and the changefeed stops), so
+a field always comes from exactly one column of its table version.
+
 Only key columns are NOT NULL in the replica: a later schema may relax a column's nullability, and an
 `ADD COLUMN ... NOT NULL` on a populated table fails. `ReplicaColumn.nullable` still records the source's.
 """
@@ -28,9 +35,11 @@ Only key columns are NOT NULL in the replica: a later schema may relax a column'
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
+
+from tidb_pipeline.replication.ticdc_schema import sanitize_name
 
 # Fields TiCDC appends with enable-tidb-extension=true; metadata, not table columns.
 EXTENSION_FIELDS = frozenset({"_tidb_op", "_tidb_commit_ts", "_tidb_commit_physical_time"})
@@ -76,6 +85,11 @@ class ReplicaColumn:
     avro_type: str  # primitive Avro type of the (non-null branch of the) field: int, long, string, bytes, ...
     precision: int | None = None
     scale: int | None = None
+    field: str = ""  # the Avro field name TiCDC writes (TiDB's name sanitised); "" = the same as `name`
+
+    def __post_init__(self) -> None:
+        if not self.field:
+            object.__setattr__(self, "field", self.name)
 
     @property
     def wraps_unsigned(self) -> bool:
@@ -147,9 +161,14 @@ def key_names(key_schema: str | Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def replica_columns(
-    value_schema: str | Mapping[str, Any], key_schema: str | Mapping[str, Any]
+    value_schema: str | Mapping[str, Any], key_schema: str | Mapping[str, Any],
+    names: Mapping[str, str] | None = None,
 ) -> tuple[ReplicaColumn, ...]:
-    """Replica columns in table order; `_tidb_*` extension fields are left out."""
+    """Replica columns in table order; `_tidb_*` extension fields are left out.
+
+    `names` maps Avro field names to replica column names (TiDB's, see `source_names`); a field it does
+    not list keeps its Avro name.
+    """
     keys = key_names(key_schema)
     fields = [f for f in load_schema(value_schema)["fields"] if f["name"] not in EXTENSION_FIELDS]
     columns = tuple(_column(f, set(keys)) for f in fields)
@@ -159,7 +178,64 @@ def replica_columns(
             f"key field(s) {sorted(missing)} are not in the value schema; the key and value schemas must "
             "belong to the same table version"
         )
-    return columns
+    return with_names(columns, names) if names else columns
+
+
+def with_names(columns: Sequence[ReplicaColumn], names: Mapping[str, str]) -> tuple[ReplicaColumn, ...]:
+    """`columns` renamed by Avro field name (`names`: field -> replica name); unlisted fields keep theirs."""
+    out = tuple(replace(c, name=names.get(c.field, c.name)) for c in columns)
+    seen: dict[str, str] = {}
+    for c in out:
+        if c.name in seen:
+            raise ValueError(f"fields {seen[c.name]!r} and {c.field!r} both map to replica column {c.name!r}")
+        seen[c.name] = c.field
+    return out
+
+
+class ColumnNameError(ValueError):
+    """An Avro field cannot be traced back to exactly one TiDB column."""
+
+
+def source_names(
+    fields: Sequence[str], *, replica: Sequence[str] = (), source: Callable[[], Sequence[str]] | None = None,
+) -> dict[str, str]:
+    """TiDB's column name for each Avro field name: TiCDC's `SanitizeName` reversed.
+
+    A field takes the name of the replica column that sanitises to it, when there is exactly one: a column
+    keeps its name once created, and steady-state merges need nothing from TiDB. Otherwise `source()`
+    (TiDB's current column names, asked at most once) decides. A field that no current TiDB column
+    sanitises to (dropped since this schema version) keeps its Avro name; without `source` every field
+    not in the replica does.
+    """
+    asked: list[Sequence[str]] = []
+
+    def tidb() -> Sequence[str]:
+        if not asked:
+            asked.append(tuple(source()) if source is not None else ())
+        return asked[0]
+
+    out: dict[str, str] = {}
+    for f in fields:
+        known = [n for n in replica if sanitize_name(n) == f]
+        if len(known) == 1:
+            out[f] = known[0]
+            continue
+        found = [n for n in tidb() if sanitize_name(n) == f]
+        if len(found) > 1:
+            raise ColumnNameError(
+                f"TiDB columns {', '.join(repr(n) for n in found)} all become Avro field {f!r}; TiCDC cannot "
+                "replicate this table with Avro (the schema would repeat a field): rename all but one of them"
+            )
+        if found:
+            out[f] = found[0]
+        elif len(known) > 1:
+            raise ColumnNameError(
+                f"replica columns {', '.join(repr(n) for n in known)} all match Avro field {f!r} and TiDB has "
+                "none of them now: drop or rename the stale replica columns"
+            )
+        else:
+            out[f] = f
+    return out
 
 
 def key_columns(columns: Sequence[ReplicaColumn]) -> tuple[ReplicaColumn, ...]:

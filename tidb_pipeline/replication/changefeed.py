@@ -106,7 +106,13 @@ class Plan:
 
 
 def filter_name(name: str) -> str:
-    """A schema or table name as a literal in TiDB's table-filter syntax (reserved chars backslash-escaped)."""
+    """A schema or table name as a literal in TiDB's table-filter syntax (reserved chars backslash-escaped).
+
+    A name ending in a space or tab is backquoted instead: TiDB trims a rule's trailing blanks before
+    parsing, which would cut an escaped one off.
+    """
+    if name.endswith((" ", "\t")):
+        return "`" + name.replace("`", "``") + "`"
     return "".join(c if _FILTER_PLAIN.fullmatch(c) else "\\" + c for c in name)
 
 

@@ -19,13 +19,16 @@ Canonical text per column kind (measured on MariaDB 10/11 and the lab's Snowflak
 - int, year: the decimal digits. decimal: the digits with the column's scale (`-0.50`); a decimal wider than
   Snowflake's 38 digits is a VARCHAR in the replica holding the same text.
 - double: 15 significant digits as `[-]<mantissa digits>e<exponent>` computed with the same arithmetic on
-  both sides (`FLOOR(|v| / 10^e * 10^14 + 0.5)`, e = FLOOR(LOG10(|v|))); zero is `0`.
+  both sides (`FLOOR(|v| / 10^e * 10^14 + 0.5)`, e the exponent with 10^e <= |v| < 10^(e+1): `FLOOR(LOG(10,
+  |v|))` corrected against POWER(10, e) and POWER(10, e + 1) on both sides, as a logarithm may miss an exact
+  power of ten by one ulp); zero is `0`.
   float: the same at 6 significant digits, from the value's *text* on the MySQL side (TiDB prints a FLOAT's
   shortest float32 text, MariaDB 6 digits; the replica holds the double of the text TiCDC sent). Limit: a
   FLOAT whose text has 7+ digits ending exactly at a rounding tie may round apart (rare; it shows as a
   differing chunk, never as a false pass). Subnormal doubles (< 1e-308) are not supported.
 - date `YYYY-MM-DD`; datetime/timestamp `YYYY-MM-DD HH:MM:SS.ffffff` (TIMESTAMP as the TiDB session's time
-  zone shows it, which must be the changefeed's time zone, as TiCDC writes it).
+  zone shows it, which must be the changefeed's time zone, as TiCDC writes it). A TiDB zero date (zero month
+  or day) is NULL, as the merge stores it.
 - time: TiDB's text `[-]HH:MM:SS` padded to six fraction digits (the replica keeps TiCDC's text verbatim).
 - binary/blob: upper-case hex. bit(M): the hex of ceil(M/8) big-endian bytes, as TiCDC sends BIT.
 - json: the JSON text with all whitespace removed. Limits: object key order must agree (TiDB and TiCDC sort
@@ -219,10 +222,36 @@ def _int_text(dialect: Dialect, expr: str) -> str:
     return f"CAST(CAST({expr} AS NUMBER(38,0)) AS VARCHAR)"
 
 
+def _log10(dialect: Dialect, a: str) -> str:
+    """Base-10 logarithm in each dialect: `LOG(10, x)` in Snowflake and MySQL (Snowflake has no LOG10),
+    PostgreSQL's one-argument LOG is base 10, T-SQL's LOG10."""
+    if dialect == "postgresql":
+        return f"LOG({a})"
+    return f"LOG10({a})" if dialect == "mssql" else f"LOG(10, {a})"
+
+
+def exponent_sql(dialect: Dialect, a: str) -> str:
+    """The decimal exponent e of a positive double `a`: the integer with POWER(10, e) <= a < POWER(10, e + 1).
+
+    A logarithm can land just below an exact power of ten (LOG(10, 1000) = 2.9999999999999996 on some engines)
+    or just above one, and engines' logarithms differ; FLOOR of it is corrected by comparing `a` with the powers
+    themselves, so the result depends only on POWER(10, k), which both sides compute alike (libm's pow in the
+    lab's engines; measured for 1e-30..1e30, their neighbours and the extreme doubles, test_checksum), not on
+    where the logarithm landed. 10^309 is out of range (an error in MySQL), so the upper power stops at 10^308: no double
+    reaches 10^309. Where two engines' POWER differ (10^23 is a rounding tie), a value at that power may differ
+    by one exponent: a differing chunk, never a false pass.
+    """
+    ten = "CAST(10 AS float)" if dialect == "mssql" else "10"
+    e = f"FLOOR({_log10(dialect, a)})"
+    up = f"CASE WHEN {e} < 308 THEN {e} + 1 ELSE 308 END"
+    return (f"({e} + CASE WHEN {a} < POWER({ten}, {e}) THEN -1 "
+            f"WHEN {e} < 308 AND {a} >= POWER({ten}, {up}) THEN 1 ELSE 0 END)")
+
+
 def _significant(dialect: Dialect, v: str, digits: int) -> str:
     """`[-]<digits>e<exp>` of a double, identical arithmetic on every side; zero -> '0'."""
-    # PostgreSQL's LOG is base 10; SQL Server's POWER returns its first argument's type (int 10 -> 0 for 10^-3).
-    exp = f"FLOOR({'LOG' if dialect == 'postgresql' else 'LOG10'}(ABS({v})))"
+    # SQL Server's POWER returns its first argument's type (int 10 -> 0 for 10^-3).
+    exp = exponent_sql(dialect, f"ABS({v})")
     ten = "CAST(10 AS float)" if dialect == "mssql" else "10"
     mantissa = f"FLOOR(ABS({v}) / POWER({ten}, {exp}) * {10 ** (digits - 1)} + 0.5)"
     if dialect == "mysql":
@@ -339,10 +368,12 @@ def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = N
         return _significant(dialect, c, 15)
     if k == "float":
         return _significant(dialect, f"CAST(CAST({c} AS CHAR) AS DOUBLE)" if my else c, 6)
+    # A TiDB date with a zero month or day (`0000-00-00`) is NULL in the replica (replication.merge, "Conversions").
+    zero = f"MONTH({c}) = 0 OR DAYOFMONTH({c}) = 0"
     if k == "date":
-        return f"DATE_FORMAT({c}, '%Y-%m-%d')" if my else f"TO_CHAR({c}, 'YYYY-MM-DD')"
+        return f"IF({zero}, NULL, DATE_FORMAT({c}, '%Y-%m-%d'))" if my else f"TO_CHAR({c}, 'YYYY-MM-DD')"
     if k == "datetime":
-        return f"DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s.%f')" if my else _snowflake_datetime(c)
+        return f"IF({zero}, NULL, DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s.%f'))" if my else _snowflake_datetime(c)
     if k == "time":
         return _time_text(f"CAST({c} AS CHAR)" if my else c)
     if k == "binary":

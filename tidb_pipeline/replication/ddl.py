@@ -94,6 +94,25 @@ def create_watermark_sql(table: TableRef) -> str:
     )
 
 
+def create_unconverted_sql(table: TableRef) -> str:
+    """Values the merge or backfill could not convert (stored NULL instead): one row per replica, column and key.
+
+    `KEY` is the key as JSON text (`merge.key_text_sql`); PARTITION/OFFSET locate the landing row (NULL for a
+    backfilled row); `RAW_VALUE` is the text TiCDC sent.
+    """
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table.sql} (\n"
+        '  "REPLICA_TABLE" VARCHAR NOT NULL,\n'
+        '  "COLUMN_NAME" VARCHAR NOT NULL,\n'
+        '  "KEY" VARCHAR NOT NULL,\n'
+        '  "RAW_VALUE" VARCHAR,\n'
+        '  "PARTITION" NUMBER(10,0),\n'
+        '  "OFFSET" NUMBER(19,0),\n'
+        '  "FOUND_AT" TIMESTAMP_NTZ(6)\n'
+        ")"
+    )
+
+
 def create_dead_letter_sql(table: TableRef) -> str:
     """Records that could not be decoded or loaded, kept raw with the reason, so the stream can move on."""
     return (

@@ -11,7 +11,8 @@ One merge, step by step:
    (present on tombstones too), `ROW_NUMBER() ... ORDER BY offset DESC` per key. Every version of one key
    sits in one partition (TiCDC's index-value dispatcher), so offset order is change order; a primary-key
    change is a delete of the old key plus an insert of the new one, two different keys. A row whose content
-   has no key field (`{}` tombstone or NULL) is a delete. Casts from JSON to the column types happen here.
+   has no key field (`{}` tombstone or NULL) is a delete. Casts from JSON to the column types happen here
+   (`json_to_sql`, see "Conversions" below).
 3. One MERGE applies delete / update / insert from that source, which has exactly one row per key
    (`max_rows_per_key_sql` lets callers and tests prove it), and the watermark rows are rewritten to
    `through_offset` in the same transaction. Re-running finds no rows above the watermark and changes
@@ -20,6 +21,18 @@ One merge, step by step:
    overlap, the later commit can only move it back, and the next merge re-applies the newer rows.
 4. Optionally the ON clause bounds the target by the batch's first-key-column range (`key_range_sql`), so
    Snowflake prunes micro-partitions and the cost follows the batch, not the table.
+
+Conversions (`json_to_sql`): every value first goes through `STRIP_NULL_VALUE`, so a JSON `null` is SQL NULL
+before any cast, never a text `'null'` or an epoch. Text that TiCDC writes in a fixed format is parsed with that
+format, never with the session's `DATE_INPUT_FORMAT` / `TIMESTAMP_INPUT_FORMAT`: DATE `YYYY-MM-DD`, DATETIME and
+TIMESTAMP `YYYY-MM-DD HH24:MI:SS[.FF]` (spec/ticdc-avro.md), JSON by `TRY_PARSE_JSON`. These are the
+conversions that can meet a value Snowflake cannot hold (TiDB's zero dates `0000-00-00`, `2024-00-10`, ...);
+they use the `TRY_` functions, so such a value becomes NULL instead of failing the MERGE on every retry.
+The merge counts them per column (`BatchStats.unconverted`) and, in its transaction, records each one (replica,
+column, key, raw text, partition, offset) in `UNCONVERTED_VALUES` next to the watermarks; a key's records are
+replaced whenever a later batch touches that key, so the table lists exactly the replica rows that hold such a
+NULL, and the `no_unconverted_values` check fails while it lists any. Numbers, binaries and text come from
+typed Avro fields whose Snowflake type is chosen to hold every value (`avro_types`), so their casts cannot fail.
 
 The statements are Snowflake's own. Where the lab's stand-in runs one differently, the lab adapts
 (`tidb_pipeline/lab/snowflake_adapter.py`, which also lists the differences the SQL here is written around:
@@ -41,12 +54,25 @@ from tidb_pipeline.replication.holes import OffsetSources, reach_sql
 from tidb_pipeline.resources.warehouse import Warehouse
 
 # Internal column names of the source subquery (letters and `_` only: `$name` reads as a session variable).
-_INTERNAL = ("__TP_CONTENT", "__TP_PARTITION", "__TP_OFFSET", "__TP_DELETE", "__TP_VERSIONS")
-_C, _P, _O, _DEL, _N = (quote_ident(n) for n in _INTERNAL)
+_INTERNAL = ("__TP_CONTENT", "__TP_PARTITION", "__TP_OFFSET", "__TP_DELETE", "__TP_VERSIONS", "__TP_KEY")
+_C, _P, _O, _DEL, _N, _K = (quote_ident(n) for n in _INTERNAL)
+_RESERVED_PREFIX = "__TP_"  # also the per-column unconverted flags and raw texts (`__TP_UNCONVERTED_<i>`, ...)
 _MD_PARTITION = 'l."RECORD_METADATA":"partition"::int'
 _MD_OFFSET = 'l."RECORD_METADATA":"offset"::int'
 # Types whose MIN/MAX order matches the target's, so an ON-clause range prune is exact.
 _PRUNABLE = ("NUMBER", "VARCHAR", "DATE", "TIMESTAMP_NTZ")
+
+# The formats TiCDC writes (spec/ticdc-avro.md). `FF` reads 1 to 9 fraction digits; TiDB's fsp is at most 6.
+DATE_FORMAT = "YYYY-MM-DD"
+DATETIME_FORMAT = "YYYY-MM-DD HH24:MI:SS"
+DATETIME_FRACTION_FORMAT = "YYYY-MM-DD HH24:MI:SS.FF"
+# Values that did not convert, next to the watermark table (same schema); see "Conversions" above.
+UNCONVERTED_TABLE = "UNCONVERTED_VALUES"
+
+
+def unconverted_table(control: TableRef) -> TableRef:
+    """The unconverted-values table of the control schema `control` lives in (its `name` is not used)."""
+    return TableRef(control.schema, UNCONVERTED_TABLE, control.database)
 
 
 @dataclass(frozen=True)
@@ -65,8 +91,9 @@ class MergePlan:
     def __post_init__(self) -> None:
         if not key_columns(self.columns):
             raise ValueError(f"replica {self.replica.label} has no key columns; pass columns from replica_columns()")
-        if clash := {c.name for c in self.columns} & set(_INTERNAL):
-            raise ValueError(f"replica {self.replica.label} has column(s) {sorted(clash)} reserved by the merge")
+        if clash := {c.name for c in self.columns if c.name.upper().startswith(_RESERVED_PREFIX)}:
+            raise ValueError(f"replica {self.replica.label} has column(s) {sorted(clash)} reserved by the merge "
+                             f"(names starting with {_RESERVED_PREFIX})")
 
     @property
     def keys(self) -> tuple[ReplicaColumn, ...]:
@@ -80,6 +107,15 @@ class MergePlan:
     def offsets(self) -> OffsetSources:
         return OffsetSources(self.landing, self.watermarks, self.replica, self.topic, self.dead_letters,
                              self.offset_gaps)
+
+    @property
+    def checked(self) -> tuple[ReplicaColumn, ...]:
+        """Value columns whose conversion may meet a value Snowflake cannot hold (`may_not_convert`)."""
+        return tuple(c for c in self.values if may_not_convert(c))
+
+    @property
+    def unconverted(self) -> TableRef:
+        return unconverted_table(self.watermarks)
 
 
 @dataclass(frozen=True)
@@ -98,28 +134,53 @@ class MergeCounts:
     deleted: int
     source_rows: int  # keys in the batch (after keeping the latest version of each)
     landing_rows: int  # landing rows read (all versions, duplicates included)
+    unconverted: tuple[tuple[str, int], ...] = ()  # (column, values that became NULL) for columns with any
 
 
 def json_to_sql(column: ReplicaColumn, v: str) -> str:
-    """SQL converting the VARIANT expression `v` (the column's JSON value) to the column's type."""
+    """SQL converting the VARIANT expression `v` (the column's JSON value) to the column's type.
+
+    JSON `null` becomes SQL NULL first (`STRIP_NULL_VALUE`); text is parsed in TiCDC's own formats with the
+    `TRY_` functions, so a value Snowflake cannot hold becomes NULL (see `unconverted_sql`).
+    """
     t = column.sql_type
+    x = f"STRIP_NULL_VALUE({v})"
+    text = f"{x}::VARCHAR"
     if column.wraps_unsigned:
-        n = f"{v}::NUMBER(20,0)"
+        n = f"{x}::NUMBER(20,0)"
         return f"IFF({n} < 0, {n} + {UNSIGNED_WRAP}, {n})::NUMBER(20,0)"
     if t.startswith("NUMBER") or t == "FLOAT" or t == "BOOLEAN":
-        return f"{v}::{t}"
+        return f"{x}::{t}"
     if t == "VARCHAR":
-        return f"{v}::VARCHAR"
+        return text
     if t == "BINARY":
-        return f"BASE64_DECODE_BINARY({v}::VARCHAR)"
+        return f"BASE64_DECODE_BINARY({text})"
     if t == "VARIANT":
         # TiDB JSON arrives as JSON text inside a JSON string; parse it into a real VARIANT.
-        return f"PARSE_JSON({v}::VARCHAR)" if column.tidb_type == "JSON" else v
+        return f"TRY_PARSE_JSON({text})" if column.tidb_type == "JSON" else x
     if t == "DATE":
-        return f"TO_DATE({v}::VARCHAR)"
+        return f"TRY_TO_DATE({text}, '{DATE_FORMAT}')"
     if t.startswith("TIMESTAMP_NTZ"):
-        return f"TO_TIMESTAMP_NTZ({v}::VARCHAR)"
+        # TiCDC writes the fraction only for a column with fsp > 0; each shape gets its exact format.
+        return (f"IFF(CONTAINS({text}, '.'), TRY_TO_TIMESTAMP_NTZ({text}, '{DATETIME_FRACTION_FORMAT}'), "
+                f"TRY_TO_TIMESTAMP_NTZ({text}, '{DATETIME_FORMAT}'))")
     raise ValueError(f"column {column.name!r}: no JSON conversion for Snowflake type {t}")
+
+
+def may_not_convert(column: ReplicaColumn) -> bool:
+    """True for conversions from text that a value can fail (dates, datetimes, JSON): see `unconverted_sql`."""
+    t = column.sql_type
+    return t == "DATE" or t.startswith("TIMESTAMP_NTZ") or (t == "VARIANT" and column.tidb_type == "JSON")
+
+
+def raw_text_sql(v: str) -> str:
+    """The JSON value `v` as text, as it arrived (NULL for JSON null): what an unconverted value is shown as."""
+    return f"STRIP_NULL_VALUE({v})::VARCHAR"
+
+
+def unconverted_sql(column: ReplicaColumn, v: str) -> str:
+    """TRUE when `v` holds a value (not NULL, not JSON null) that `json_to_sql` turned into NULL."""
+    return f"({raw_text_sql(v)} IS NOT NULL AND {json_to_sql(column, v)} IS NULL)"
 
 
 def _ranges_table(ranges: Sequence[MergeRange]) -> Statement:
@@ -188,34 +249,64 @@ def parse_ranges(rows: Iterable[Sequence[Any]]) -> tuple[MergeRange, ...]:
     return parse_pending(rows).ranges
 
 
+def key_text_sql(keys: Sequence[ReplicaColumn], key_json: str) -> Statement:
+    """The key as JSON text (`{"id":4}`), from a VARIANT object `key_json` holding the key fields.
+
+    Built field by field with `OBJECT_CONSTRUCT` (names bound as parameters), so the landing's key object and
+    a backfill's value object give the same text for the same key.
+    """
+    pairs = ", ".join(f"%s, {key_json}:{quote_ident(k.field)}" for k in keys)
+    return Statement(f"TO_JSON(OBJECT_CONSTRUCT({pairs}))", tuple(k.name for k in keys))
+
+
 def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
-    """Latest landing row per key within the ranges: typed keys + raw content, one row per key."""
+    """Latest landing row per key within the ranges: typed keys, key text + raw content, one row per key."""
     r = _ranges_table(ranges)
     keys = plan.keys
     key_json = 'l."RECORD_METADATA":"key":'
-    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.name))} AS {quote_ident(k.name)}" for k in keys)
+    # JSON paths use the Avro field name TiCDC wrote; the typed columns take the replica's (TiDB's) name.
+    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.field))} AS {quote_ident(k.name)}" for k in keys)
+    key_text = key_text_sql(keys, 'l."RECORD_METADATA":"key"')
     partition_by = ", ".join(quote_ident(k.name) for k in keys)
     sql = (
         f"SELECT * FROM (\n"
-        f'  SELECT {typed_keys}, l."RECORD_CONTENT" AS {_C}, {_MD_PARTITION} AS {_P}, {_MD_OFFSET} AS {_O}\n'
+        f'  SELECT {typed_keys}, {key_text.sql} AS {_K}, l."RECORD_CONTENT" AS {_C}, {_MD_PARTITION} AS {_P}, '
+        f"{_MD_OFFSET} AS {_O}\n"
         f"  FROM {plan.landing.sql} l\n"
         f"  JOIN ({r.sql}) r\n"
         f'    ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI"\n'
         f") b\n"
         f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition_by} ORDER BY b.{_O} DESC, b.{_P} DESC) = 1"
     )
-    return Statement(sql, r.params)
+    return Statement(sql, key_text.params + r.params)
 
 
-def source_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
-    """The MERGE source: one typed row per key plus a delete flag; every cast is done here."""
+def _flag(i: int) -> str:
+    return quote_ident(f"{_RESERVED_PREFIX}UNCONVERTED_{i}")
+
+
+def _raw(i: int) -> str:
+    return quote_ident(f"{_RESERVED_PREFIX}RAW_{i}")
+
+
+def source_sql(plan: MergePlan, ranges: Sequence[MergeRange], *, unconverted: bool = False) -> Statement:
+    """The MERGE source: one typed row per key plus a delete flag; every cast is done here.
+
+    `unconverted` adds, per `plan.checked` column i, a flag `__TP_UNCONVERTED_<i>` (the value became NULL)
+    and its raw text `__TP_RAW_<i>`; the MERGE itself does not need them.
+    """
     batch = _batch_sql(plan, ranges)
-    first_key = quote_ident(plan.keys[0].name)
+    first_key = quote_ident(plan.keys[0].field)
     cols = [f"x.{quote_ident(k.name)}" for k in plan.keys]
-    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.name)}')} AS {quote_ident(c.name)}" for c in plan.values]
+    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.field)}')} AS {quote_ident(c.name)}" for c in plan.values]
     # A value record always carries its NOT NULL key columns; `{}` (tombstone) and NULL content do not.
     # Testing the key field avoids comparing VARIANT objects, which engines treat differently.
     cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL) AS {_DEL}")
+    cols += [f"x.{_K}", f"x.{_P}", f"x.{_O}"]
+    if unconverted:
+        for i, c in enumerate(plan.checked):
+            value = f"x.{_C}:{quote_ident(c.field)}"
+            cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
     return Statement(f"SELECT {', '.join(cols)}\nFROM (\n{batch.sql}\n) x", batch.params)
 
 
@@ -258,7 +349,7 @@ def counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
         f"SELECT COUNT_IF(NOT s.{_DEL} AND NOT ({found})), COUNT_IF(NOT s.{_DEL} AND {found}), "
         f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}\n"
         f"FROM ({src.sql}) s LEFT JOIN {plan.replica.sql} t ON {on}",
-        src.params + r.params,
+        r.params + src.params,  # text order: the landing-rows subquery comes before FROM
     )
 
 
@@ -266,17 +357,19 @@ def counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
 class BatchStats:
     """What `batch_stats_sql` reads in one pass over the source, inside the merge's transaction."""
 
-    counts: MergeCounts
+    counts: MergeCounts  # `counts.unconverted`: per checked column, the batch's values that became NULL
     max_rows_per_key: int | None  # must be 1 (None: no rows)
     key_range: tuple[Any, Any] | None  # MIN/MAX of the first key column; None when not prunable
+    recorded_unconverted: int = 0  # rows of this replica in the unconverted-values table before the merge
 
 
 def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     """`counts_sql`, `max_rows_per_key_sql` and `key_range_sql` in one statement (one evaluation of the source).
 
-    Columns: inserted, updated, deleted, source rows, landing rows, max rows per key, min key, max key.
+    Columns: inserted, updated, deleted, source rows, landing rows, max rows per key, min key, max key, rows of
+    the replica in the unconverted-values table, then per `plan.checked` column the values that became NULL.
     """
-    src = source_sql(plan, ranges)
+    src = source_sql(plan, ranges, unconverted=True)
     keys = [quote_ident(k.name) for k in plan.keys]
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     found = f"t.{keys[0]} IS NOT NULL"
@@ -285,24 +378,93 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
         f"(SELECT COUNT(*) FROM {plan.landing.sql} l JOIN ({r.sql}) r "
         f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI")'
     )
+    recorded = f'(SELECT COUNT(*) FROM {plan.unconverted.sql} WHERE "REPLICA_TABLE" = %s)'
     # Same min/max as key_range_sql: the source has the batch's keys, typed the same way.
     key_range = f"MIN(s.{keys[0]}), MAX(s.{keys[0]})" if plan.keys[0].sql_type.startswith(_PRUNABLE) \
         else "NULL, NULL"
+    flags = "".join(f", COUNT_IF(NOT s.{_DEL} AND s.{_flag(i)})" for i in range(len(plan.checked)))
     partition_by = ", ".join(f"x.{k}" for k in keys)
     return Statement(
         f"SELECT COUNT_IF(NOT s.{_DEL} AND NOT ({found})), COUNT_IF(NOT s.{_DEL} AND {found}), "
-        f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}, MAX(s.{_N}), {key_range}\n"
+        f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}, MAX(s.{_N}), {key_range}, {recorded}{flags}\n"
         f"FROM (SELECT x.*, COUNT(*) OVER (PARTITION BY {partition_by}) AS {_N} "
         f"FROM ({src.sql}) x) s LEFT JOIN {plan.replica.sql} t ON {on}",
-        src.params + r.params,
+        r.params + (plan.replica.label,) + src.params,  # text order: the SELECT list's subqueries, then FROM
     )
 
 
 def parse_batch_stats(row: Sequence[Any], plan: MergePlan) -> BatchStats:
-    counts = MergeCounts(*(int(x) for x in row[:5]))
+    unconverted = tuple((c.name, int(n or 0)) for c, n in zip(plan.checked, row[9:]) if n)
+    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted)
     dupes = None if row[5] is None else int(row[5])
     prunable = plan.keys[0].sql_type.startswith(_PRUNABLE)
-    return BatchStats(counts, dupes, (row[6], row[7]) if prunable else None)
+    return BatchStats(counts, dupes, (row[6], row[7]) if prunable else None, int(row[8] or 0))
+
+
+def unconverted_statements(
+    plan: MergePlan, ranges: Sequence[MergeRange], now: dt.datetime, stats: BatchStats
+) -> list[Statement]:
+    """Replace the unconverted-value records of the batch's keys (run in the merge's transaction).
+
+    The batch rewrites every key it holds, so their old records go; its values that became NULL are recorded.
+    Nothing runs when there is nothing to forget and nothing to record (the usual case).
+    """
+    out: list[Statement] = []
+    table, label = plan.unconverted.sql, plan.replica.label
+    if stats.recorded_unconverted:
+        batch = _batch_sql(plan, ranges)
+        out.append(Statement(
+            f'DELETE FROM {table} WHERE "REPLICA_TABLE" = %s AND "KEY" IN (SELECT b.{_K} FROM ({batch.sql}) b)',
+            (label, *batch.params),
+        ))
+    if stats.counts.unconverted:
+        src = source_sql(plan, ranges, unconverted=True)
+        out.append(_record_unconverted_sql(
+            plan.unconverted, label, plan.checked, f"({src.sql}) s", src.params, "s.", now,
+            where=f"NOT s.{_DEL}",
+        ))
+    return out
+
+
+def record_unconverted_from_load_sql(
+    unconverted: TableRef, replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn], now: dt.datetime,
+) -> Statement | None:
+    """The backfill's records of values that did not convert, from its load table (one VARIANT `V` per row).
+
+    The same flags as the merge's, over the same conversions (`json_to_sql`); a backfilled row has no landing
+    partition/offset (NULL). None when no column can fail to convert.
+    """
+    checked = [c for c in columns if not c.is_key and may_not_convert(c)]
+    if not checked:
+        return None
+    keys = [c for c in columns if c.is_key]
+    key_text = key_text_sql(keys, 'l."V"')
+    cols = [f"{key_text.sql} AS {_K}", f"NULL AS {_P}", f"NULL AS {_O}"]
+    for i, c in enumerate(checked):
+        value = f'l."V":{quote_ident(c.field)}'
+        cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
+    source = f"(SELECT {', '.join(cols)} FROM {load.sql} l) s"
+    return _record_unconverted_sql(unconverted, replica.label, checked, source, key_text.params, "s.", now)
+
+
+def _record_unconverted_sql(
+    table: TableRef, replica_label: str, checked: Sequence[ReplicaColumn], source: str, source_params: tuple[Any, ...],
+    prefix: str, now: dt.datetime, *, where: str = "TRUE",
+) -> Statement:
+    """INSERT one record per (row, checked column) flagged in `source` (a FROM item exposing the key text,
+    partition, offset and the `unconverted=True` flag/raw columns, referenced through `prefix`)."""
+    columns = ", ".join(f"(%s, {i})" for i in range(len(checked)))
+    flag = " ".join(f"WHEN {i} THEN {prefix}{_flag(i)}" for i in range(len(checked)))
+    raw = " ".join(f"WHEN {i} THEN {prefix}{_raw(i)}" for i in range(len(checked)))
+    return Statement(
+        f'INSERT INTO {table.sql} ("REPLICA_TABLE", "COLUMN_NAME", "KEY", "RAW_VALUE", "PARTITION", "OFFSET", '
+        f'"FOUND_AT")\n'
+        f'SELECT %s, n."N", {prefix}{_K}, CASE n."I" {raw} END, {prefix}{_P}, {prefix}{_O}, %s\n'
+        f"FROM {source}\n"
+        f'JOIN (SELECT column1 AS "N", column2 AS "I" FROM VALUES {columns}) n ON CASE n."I" {flag} END\n'
+        f"WHERE {where}",
+        (replica_label, now.replace(tzinfo=None), *source_params, *(c.name for c in checked)),
+    )
 
 
 def merge_sql(plan: MergePlan, ranges: Sequence[MergeRange], key_range: tuple[Any, Any] | None = None) -> Statement:
@@ -387,8 +549,9 @@ def run_merge(
     `ranges` are the ones to merge when the caller has read them already (`pending_ranges_sql`).
     Returns the counts and the ranges merged (empty when nothing was pending). Raises, after rolling back,
     when the source has more than one row for a key, which would make the MERGE nondeterministic.
-    Round trips: the pending ranges, then BEGIN, one statistics query (counts, the one-row-per-key proof and
-    the prune's key range together), the MERGE, the watermark and COMMIT.
+    Round trips: the pending ranges, then BEGIN, one statistics query (counts, the one-row-per-key proof, the
+    prune's key range and the unconverted values together), the MERGE, the unconverted-value records (only
+    when there are any), the watermark and COMMIT.
     """
     wh = Warehouse.of(session)
     if ranges is None:
@@ -404,6 +567,6 @@ def run_merge(
                 "rows or the key schema are inconsistent, so the merge was rolled back"
             )
         wh.execute(merge_sql(plan, ranges, stats.key_range if prune else None))
-        for stmt in watermark_statements(plan, ranges, now):
+        for stmt in (*unconverted_statements(plan, ranges, now, stats), *watermark_statements(plan, ranges, now)):
             wh.execute(stmt)
     return stats.counts, ranges

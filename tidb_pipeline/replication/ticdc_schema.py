@@ -23,7 +23,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -101,6 +101,15 @@ _TEMPORAL = {"date": "DATE", "datetime": "DATETIME", "timestamp": "TIMESTAMP", "
 
 class TableIneligibleError(ValueError):
     """A table has neither a primary key nor a NOT NULL unique index (TiCDC: CDC:ErrTableIneligible)."""
+
+
+class FieldNameCollisionError(ValueError):
+    """Two columns of a table sanitise to one Avro field name: TiCDC cannot encode the table with Avro.
+
+    tiflow's `SanitizeName` adds no suffix to tell them apart, and goavro refuses a record whose fields
+    repeat a name ("ought to have unique name"), so TiCDC fails on the table's first row
+    (CDC:ErrAvroSchemaAPIError) instead of writing it.
+    """
 
 
 @dataclass(frozen=True)
@@ -285,6 +294,13 @@ def sanitize_name(name: str) -> str:
     return "".join(out)
 
 
+def subject_names(topic: str) -> tuple[str, str]:
+    """The registry subjects TiCDC registers a topic's schemas under: TopicNameStrategy after it replaces the
+    topic's dots by `_` (tiflow avro.go `sanitizeTopic`), so `tidb_my.db_t` -> `tidb_my_db_t-key` / `-value`."""
+    t = topic.replace(".", "_")
+    return f"{t}-key", f"{t}-value"
+
+
 def avro_namespace(namespace: str, schema: str) -> str:
     ns, s = sanitize_name(namespace), sanitize_name(schema)
     return f"{ns}.{s}" if s else ns
@@ -421,7 +437,22 @@ _EXTENSION_FIELDS = [
 ]
 
 
+def check_field_names(info: TableInfo) -> None:
+    """Raise FieldNameCollisionError when two columns of `info` become the same Avro field name."""
+    seen: dict[str, str] = {}
+    for col in info.columns:
+        name = sanitize_name(col.name)
+        if name in seen:
+            raise FieldNameCollisionError(
+                f"TiCDC cannot encode {info.schema}.{info.table} with Avro: columns {seen[name]!r} and "
+                f"{col.name!r} both become field {name!r} (Avro names allow only [A-Za-z0-9_]; goavro: "
+                "field ought to have unique name); rename one of them"
+            )
+        seen[name] = col.name
+
+
 def _record(info: TableInfo, fields: list[dict[str, Any]], cfg: CodecConfig) -> dict[str, Any]:
+    check_field_names(info)
     return {
         "type": "record",
         "name": sanitize_name(info.table),
@@ -506,6 +537,10 @@ def format_datetime(value: dt.datetime, fsp: int) -> str:
 
 
 
+# TiDB's DECIMAL holds up to 65 digits; Python's default context (28 digits) cannot quantize those.
+_DECIMAL_CONTEXT = Context(prec=65 + 30)
+
+
 def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     """The Avro datum TiCDC writes for `value`, a column value as PyMySQL returns it from TiDB.
 
@@ -530,7 +565,7 @@ def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     if tt == "DECIMAL":
         d = value if isinstance(value, Decimal) else Decimal(str(value))
         if col.scale is not None:
-            d = d.quantize(Decimal(1).scaleb(-col.scale))
+            d = d.quantize(Decimal(1).scaleb(-col.scale), context=_DECIMAL_CONTEXT)
         return d if cfg.decimal_handling_mode == DECIMAL_PRECISE else format(d, "f")
     if tt == "BIT":
         return bit_bytes(int.from_bytes(value, "big") if isinstance(value, (bytes, bytearray)) else int(value))

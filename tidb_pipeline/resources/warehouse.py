@@ -87,19 +87,27 @@ def parallel_tables(env: Mapping[str, str] | None = None) -> int:
 
 
 class DdlMemo:
-    """What DDL this process has already run: memo key -> the version of the definitions it ran for."""
+    """What DDL this process has already run: memo key -> the version of the definitions it ran for, and
+    what that DDL found (a note, such as the columns a table ended up with)."""
 
     def __init__(self) -> None:
-        self._done: dict[Hashable, Hashable] = {}
+        self._done: dict[Hashable, tuple[Hashable, Any]] = {}
         self._lock = threading.Lock()
 
     def holds(self, key: Hashable, version: Hashable = None) -> bool:
         with self._lock:
-            return key in self._done and self._done[key] == version
+            entry = self._done.get(key)
+            return entry is not None and entry[0] == version
 
-    def remember(self, key: Hashable, version: Hashable = None) -> None:
+    def remember(self, key: Hashable, version: Hashable = None, note: Any = None) -> None:
         with self._lock:
-            self._done[key] = version
+            self._done[key] = (version, note)
+
+    def recall(self, key: Hashable, version: Hashable = None) -> Any:
+        """The note the DDL of `key` left when it last ran for `version`; None when it has not."""
+        with self._lock:
+            entry = self._done.get(key)
+            return entry[1] if entry is not None and entry[0] == version else None
 
     def forget(self, key: Hashable | None = None) -> None:
         """Drop one entry, or every entry when `key` is None."""
@@ -199,12 +207,12 @@ class Warehouse:
                 version: Hashable = None, what: str = "", log: logging.Logger | Any = _log) -> T:
         """`ensure()` (the IF NOT EXISTS DDL of `key`) unless this process already ran it for `version`, then
         `work()`. When `work` fails on a missing object after the DDL was skipped, forget, ensure, and run
-        `work` once more: `work` must be safe to repeat after a failure (it rolls back what it began)."""
+        `work` once more: `work` must be safe to repeat after a failure (it rolls back what it began).
+        What `ensure()` returns is kept next to `version` (`DdlMemo.recall`), for runs that skip it."""
         full = self.memo_key(key)
         skipped = self.memo.holds(full, version)
         if not skipped:
-            ensure()
-            self.memo.remember(full, version)
+            self.memo.remember(full, version, ensure())
         try:
             return work()
         except Exception as exc:
@@ -215,8 +223,7 @@ class Warehouse:
                 raise
             log.warning("%s failed with its DDL skipped (%s: %s); creating its objects again and retrying once",
                         what or str(key), type(exc).__name__, exc)
-            ensure()
-            self.memo.remember(full, version)
+            self.memo.remember(full, version, ensure())
             return work()
 
     # --- private temporary tables ------------------------------------------------------------------------

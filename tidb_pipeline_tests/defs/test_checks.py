@@ -27,6 +27,7 @@ from confluent_kafka.schema_registry import Schema
 
 from tidb_pipeline.config import PipelineConfig, SnowflakeConfig, TableConfig
 from tidb_pipeline.defs.checks import (
+    unconverted_result,
     CHECK_KINDS,
     CheckSettings,
     Lag,
@@ -115,6 +116,20 @@ def test_schema_differences() -> None:
     assert drift.notes == ["replica keeps column 'old' dropped upstream"]
     assert schema_differences(["id"], ["id"], ["id"]).problems == []
     assert schema_differences(["id"], None, [])  .problems[0].startswith("no Avro value schema registered")
+
+
+def test_unconverted_values_verdict_names_column_and_key() -> None:
+    replica = TableRef("REPLICA", "T", "DB")
+    assert unconverted_result([], replica, "db.t").passed
+    rows = [("c_date", '{"id":4}', "0000-00-00", 0, 12), ("c_datetime", '{"id":4}', "0000-00-00 00:00:00", None, None)]
+    result = unconverted_result(rows, replica, "db.t")
+    assert (result.passed, result.severity) == (False, ERROR)
+    assert result.description.startswith(
+        "2 value(s) of db.t could not be converted and are NULL in DB.REPLICA.T, e.g. column c_date key {\"id\":4}: "
+        "'0000-00-00'")
+    assert _md(result)["values"] == ["column c_date key {\"id\":4}: '0000-00-00' (p0@12)",
+                                     "column c_datetime key {\"id\":4}: '0000-00-00 00:00:00' (backfill)"]
+    assert _md(result)["per_column"] == "c_date: 1, c_datetime: 1"
 
 
 def test_freshness_and_changefeed_verdicts() -> None:
@@ -292,7 +307,7 @@ def test_reconcile_job_and_schedule_cover_every_check() -> None:
         ("ticdc/tidb-pipeline", "changefeed_healthy"),
         *((f"snowflake/REPLICA/{t}", n) for t in ("B", "C") for n in (
             "row_count_matches_source", "content_matches_source", "landing_continuity", "no_quarantined_records",
-            "schema_drift", "replica_freshness")),
+            "no_unconverted_values", "schema_drift", "replica_freshness")),
     }  # fmt: skip
     schedule = build_reconcile_schedule(config=config)
     assert (schedule.cron_schedule, schedule.job_name) == ("0 * * * *", "reconcile")
@@ -323,6 +338,9 @@ def test_one_definition_per_check_kind_and_group_with_per_replica_specs() -> Non
         ("snowflake/REPLICA/C", "no_quarantined_records"):
             ("No record of topic `tidb_a_c` sits in the dead-letter table (poison records are quarantined "
              "there with their offsets instead of being skipped).", False),
+        ("snowflake/REPLICA/C", "no_unconverted_values"):
+            ("No value of the replica is NULL because Snowflake could not convert it (TiDB zero dates and the like): "
+             "each one is listed with its column and key.", False),
         ("snowflake/REPLICA/C", "schema_drift"):
             ("TiDB columns vs the topic's latest Avro value schema vs the replica's columns.", False),
         ("snowflake/REPLICA/C", "replica_freshness"): ("Time since the last merge while records wait in Kafka.", False),
@@ -335,7 +353,8 @@ def test_checks_on_the_lab(lab: Lab) -> None:
     ev = lab.run()
     assert {n: e.passed for n, e in ev.items()} == {
         "changefeed_healthy": True, "row_count_matches_source": True, "content_matches_source": True,
-        "landing_continuity": True, "no_quarantined_records": True, "schema_drift": True, "replica_freshness": True,
+        "landing_continuity": True, "no_quarantined_records": True, "no_unconverted_values": True,
+        "schema_drift": True, "replica_freshness": True,
     }  # fmt: skip
     assert _md(ev["row_count_matches_source"])["source_rows"] == 40
     content = _md(ev["content_matches_source"])

@@ -17,8 +17,9 @@ import pytest
 from tidb_pipeline.config import SnowflakeSessionConfig
 from tidb_pipeline.defs.replica import forget_ensured, merge_replica
 from tidb_pipeline.lab.snowflake_adapter import session_of
+from tidb_pipeline.replication.ddl import table_columns_sql
 from tidb_pipeline.resources.warehouse import Warehouse
-from tidb_pipeline_tests.replication.support import NOW, Replica, fake_snowflake
+from tidb_pipeline_tests.replication.support import NOW, Replica, fake_snowflake, field, record, with_extension
 from tidb_pipeline_tests.replication.test_merge import KEY, VALUE, k, v
 
 
@@ -129,3 +130,51 @@ def test_the_merge_session_sets_the_configured_pins_before_anything_else(replica
         "LOCK_TIMEOUT": "30", "STATEMENT_TIMEOUT_IN_SECONDS": "120", "TIMEZONE": "UTC",
         "TIMESTAMP_NTZ_OUTPUT_FORMAT": "YYYY-MM-DD HH24:MI:SS.FF6", "DATE_OUTPUT_FORMAT": "YYYY-MM-DD",
         "TIME_OUTPUT_FORMAT": "HH24:MI:SS.FF6"}
+
+
+# TiDB column `Mixed Case` arrives as TiCDC's sanitised Avro field `Mixed_Case`.
+NAMED_VALUE = with_extension(record("t", [field("id", "long", "BIGINT"),
+                                          field("Mixed_Case", "string", "TEXT", nullable=True)]))
+
+
+def _named(i: int, text: str) -> dict:
+    return {"id": i, "Mixed_Case": text, "_tidb_op": "c", "_tidb_commit_ts": 1, "_tidb_commit_physical_time": 1}
+
+
+def test_tidb_names_are_asked_only_by_the_ddl_and_kept_in_the_memo_next_to_the_schema_version() -> None:
+    forget_ensured()
+    asked: list[int] = []
+
+    def tidb_columns() -> list[str]:
+        asked.append(1)
+        return ["id", "Mixed Case"]
+
+    with fake_snowflake() as conn:
+        r = Replica(conn, KEY, NAMED_VALUE, names={"Mixed_Case": "Mixed Case"})
+        conn.cursor().execute(f"DROP TABLE {r.plan.replica.sql}")  # merge_replica creates it
+        registry = _Registry(KEY, NAMED_VALUE)
+
+        def merge() -> Any:
+            return merge_replica(connection=conn, registry=registry, topic="tidb_test_t", landing=r.plan.landing,
+                                 replica=r.plan.replica, watermarks=r.plan.watermarks, now=NOW,
+                                 source_columns=tidb_columns)
+
+        def replica_columns_now() -> list[str]:
+            return [row[0] for row in Warehouse.of(conn).execute(table_columns_sql(r.plan.replica))]
+
+        r.land([(0, 0, k(1), _named(1, "a"))])
+        first = merge()
+        assert first is not None and [c.name for c in first.columns] == ["id", "Mixed Case"] and asked == [1]
+        assert first.added_columns == ("id", "Mixed Case") and replica_columns_now() == ["id", "Mixed Case"]
+        # The DDL is skipped: the columns' TiDB names come from the memo, and TiDB is not asked again.
+        r.land([(0, 1, k(2), _named(2, "b"))])
+        second = merge()
+        assert second is not None and [c.name for c in second.columns] == ["id", "Mixed Case"] and asked == [1]
+        assert r.rows() == [(1, "a"), (2, "b")]
+        # The replica dropped behind the memo: recreated under TiDB's names on the retry, and merged into.
+        conn.cursor().execute(f"DROP TABLE {r.plan.replica.sql}")
+        r.land([(0, 2, k(3), _named(3, "c"))])
+        third = merge()
+        assert third is not None and [c.name for c in third.columns] == ["id", "Mixed Case"] and asked == [1, 1]
+        assert replica_columns_now() == ["id", "Mixed Case"] and r.rows() == [(3, "c")]
+    forget_ensured()

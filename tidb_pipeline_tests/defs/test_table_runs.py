@@ -19,11 +19,13 @@ from tidb_pipeline.defs.jobs import build_merge_jobs
 from tidb_pipeline.defs.tables import build_all_table_assets, table_keys
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.tidb import TiDBResource
 
 # Never connected to: the fakes below stand in for everything that would use them.
 RESOURCES = {"kafka": KafkaResource(bootstrap_servers="127.0.0.1:1"),
              "schema_registry": SchemaRegistryResource(url="http://127.0.0.1:1"),
-             "snowflake": SnowflakeResource(account="none", user="none", password="none")}
+             "snowflake": SnowflakeResource(account="none", user="none", password="none"),
+             "tidb": TiDBResource(host="127.0.0.1", port=1)}
 
 CONFIG = parse_config({
     "merge_schedules": {"default": {"cron": "* * * * *"}, "bulk": {"cron": "0 * * * *"}},
@@ -48,7 +50,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
         log.info("landed %s", names.topic)
         return {"rows_loaded": 1}
 
-    def merge(names: Any, kafka: Any, registry: Any, snowflake: Any, log: Any) -> dict[str, Any]:
+    def merge(names: Any, kafka: Any, registry: Any, snowflake: Any, log: Any, source_columns: Any) -> dict[str, Any]:
         with lock:
             made.append(("merge", names.topic, threading.current_thread().name))
         return {"rows_inserted": 1}

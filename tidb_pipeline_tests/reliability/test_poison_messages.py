@@ -28,7 +28,7 @@ from tidb_pipeline.lab.snowflake import lab_env
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.snowflake import snowflake_resource
-from tidb_pipeline.resources.tidb import quote_mysql
+from tidb_pipeline.resources.tidb import TiDBResource, quote_mysql
 from tidb_pipeline_tests.reliability.support import (
     Feed,
     Target,
@@ -38,6 +38,7 @@ from tidb_pipeline_tests.reliability.support import (
     kafka_of,
     land,
     merge,
+    mysql_kwargs,
     private_services,
     registry_of,
     table_feed,
@@ -126,6 +127,7 @@ def test_poison_is_quarantined_the_load_moves_on_and_the_replica_equals_the_sour
         "kafka": KafkaResource(bootstrap_servers=lab_settings.kafka_bootstrap),
         "schema_registry": SchemaRegistryResource(url=f"http://127.0.0.1:{free_port()}", timeout_s=2),
         "snowflake": snowflake_resource(),
+        "tidb": TiDBResource(**mysql_kwargs(lab_settings)),
     }
     keys = table_keys(config, config.tables[0])
     result = dg.materialize(_landing_assets(config), selection=[keys.landing], resources=resources,

@@ -18,6 +18,7 @@ from tidb_pipeline.replication.ddl import (
     TableRef,
     create_landing_sql,
     create_replica_sql,
+    create_unconverted_sql,
     create_watermark_sql,
     quote_ident,
 )
@@ -79,7 +80,8 @@ def fake_snowflake() -> Iterator[Any]:
 class Replica:
     """A replica under test: its plan, the encoder for its landing rows and the fakesnow connection."""
 
-    def __init__(self, conn: Any, key_schema: dict, value_schema: dict, name: str = "T") -> None:
+    def __init__(self, conn: Any, key_schema: dict, value_schema: dict, name: str = "T",
+                 names: dict[str, str] | None = None) -> None:
         self.conn = conn
         self.key_schema = key_schema
         self.value_schema = value_schema
@@ -87,13 +89,14 @@ class Replica:
             replica=TableRef("S", name),
             landing=TableRef("S", f"LANDING_{name}"),
             watermarks=TableRef("S", "MERGE_WATERMARKS"),
-            columns=replica_columns(value_schema, key_schema),
+            columns=replica_columns(value_schema, key_schema, names),
         )
         self.encoder = RecordEncoder(key_schema, value_schema)
         cur = conn.cursor()
         for sql in (
             create_landing_sql(self.plan.landing),
             create_watermark_sql(self.plan.watermarks),
+            create_unconverted_sql(self.plan.unconverted),
             create_replica_sql(self.plan.replica, self.plan.columns),
         ):
             cur.execute(sql)

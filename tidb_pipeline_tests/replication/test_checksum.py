@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -69,8 +70,9 @@ def test_field_encoding_is_length_prefixed_with_a_null_marker_on_both_sides() ->
     two = [ChecksumColumn("a", "int"), ChecksumColumn("b", "date")]
     assert row_text_sql("mysql", two) == (
         "CONCAT(COALESCE(CONCAT(CHAR_LENGTH(CAST(`a` AS CHAR)), ':', CAST(`a` AS CHAR)), '~'), "
-        "COALESCE(CONCAT(CHAR_LENGTH(DATE_FORMAT(`b`, '%Y-%m-%d')), ':', DATE_FORMAT(`b`, '%Y-%m-%d')), '~'))"
-    )
+        "COALESCE(CONCAT(CHAR_LENGTH(IF(MONTH(`b`) = 0 OR DAYOFMONTH(`b`) = 0, NULL, DATE_FORMAT(`b`, '%Y-%m-%d'))), "
+        "':', IF(MONTH(`b`) = 0 OR DAYOFMONTH(`b`) = 0, NULL, DATE_FORMAT(`b`, '%Y-%m-%d'))), '~'))"
+    )  # a zero date is NULL, as the replica stores it
     with pytest.raises(ValueError, match="no columns"):
         row_text_sql("mysql", [])
 
@@ -272,6 +274,59 @@ def test_every_row_has_the_same_canonical_text_and_md5_on_both_engines(tables) -
     assert int(got) == int(hashlib.md5(text.encode()).hexdigest()[:15], 16)
 
 
+def _powers_of_ten() -> list[float]:
+    """Exact powers of ten 1e-30..1e30 (the nearest doubles), their neighbours either side, and negatives."""
+    values = []
+    for k in range(-30, 31):
+        p = float(f"1e{k}")
+        values += [p, math.nextafter(p, 0.0), math.nextafter(p, math.inf)]
+    extremes = [1.7976931348623157e308, 2.2250738585072014e-308, 1e308, 9.999999999999999e307]
+    return values + [-v for v in values[::7]] + extremes
+
+
+def _python_text(v: float) -> str:
+    """The canonical double text computed in Python with the same IEEE arithmetic (`_significant`, 15 digits);
+    powers of ten from libm's pow, as both engines here compute POWER (10^23, a tie, is 1.0000000000000001e23)."""
+    a = abs(v)
+    e = math.floor(math.log10(a))
+    e += -1 if a < math.pow(10.0, e) else 1 if e < 308 and a >= math.pow(10.0, e + 1) else 0
+    return f"{'-' if v < 0 else ''}{math.floor(a / math.pow(10.0, e) * 10**14 + 0.5)}e{e}"
+
+
+def test_exponents_of_powers_of_ten_and_neighbours_agree_on_both_engines(
+    mariadb: Service, snowflake: Service, lab_settings: LabSettings,
+) -> None:
+    """`LOG(10, x)` may miss an exact power of ten by an ulp; the corrected exponent is exact on both sides,
+    up to the largest double (whose next power of ten is out of range)."""
+    values = _powers_of_ten()
+    column = ChecksumColumn("v", "double")
+    with pymysql.connect(**mariadb.connect_kwargs(), autocommit=True) as src, src.cursor() as cur:  # type: ignore[attr-defined]
+        db = f"ck_pow_{uuid.uuid4().hex[:10]}"
+        cur.execute(f"CREATE DATABASE {db}")
+        try:
+            cur.execute(f"CREATE TABLE {db}.p (i INT PRIMARY KEY, v DOUBLE)")
+            cur.executemany(f"INSERT INTO {db}.p VALUES (%s, %s)", list(enumerate(values)))
+            cur.execute(f"SELECT v FROM {db}.p ORDER BY i")
+            assert [r[0] for r in cur.fetchall()] == values  # stored exactly
+            cur.execute(f"SELECT {value_text_sql('mysql', column)} FROM {db}.p ORDER BY i")
+            mysql_texts = [r[0] for r in cur.fetchall()]
+        finally:
+            cur.execute(f"DROP DATABASE {db}")
+    with sf_connector.connect(**connection_args(lab_settings)) as sf:
+        cur = sf.cursor()
+        rows = " UNION ALL ".join(f"SELECT {i} AS i, %s::FLOAT AS \"v\"" for i in range(len(values)))
+        cur.execute(f"SELECT {value_text_sql('snowflake', column)} FROM ({rows}) ORDER BY i", tuple(values))
+        snowflake_texts = [r[0] for r in cur.fetchall()]
+    expected = [_python_text(v) for v in values]
+    diffs = [(repr(v), e, m, f) for v, e, m, f in zip(values, expected, mysql_texts, snowflake_texts) if not e == m == f]
+    assert not diffs, diffs
+    assert expected[30 * 3:30 * 3 + 3] == ["100000000000000e0", "1000000000000000e-1", "100000000000000e0"]
+    # Each exact power keeps its own exponent (never one less with a 16-digit mantissa), except 1e23: the double
+    # nearest 10^23 is below POWER(10, 23) on both engines, so both write it one exponent down, alike.
+    powers = {k: expected[(k + 30) * 3] for k in range(-30, 31)}
+    assert {k: t for k, t in powers.items() if t != f"100000000000000e{k}"} == {23: "1000000000000000e22"}
+
+
 def test_chunk_checksums_agree_then_name_the_changed_chunk(tables) -> None:
     src, sf, db, replica = tables
     columns = _checksum_columns(src, db)
@@ -381,7 +436,7 @@ def test_mssql_checksums_parse_as_tsql_group_by_expressions_and_sum_as_decimal()
         assert "HASHBYTES('MD5', CAST((" in stmt.sql and "COLLATE Latin1_General_100_CI_AS_SC_UTF8 AS varchar(max)))" in stmt.sql
         assert "SUM(CAST((CAST(0x00 + SUBSTRING(r.m, 1, 7) AS bigint) * 16 + CAST(SUBSTRING(r.m, 8, 1) AS int) / 16) AS decimal(38,0)))" in stmt.sql
         assert "MD5(" not in stmt.sql.replace("'MD5'", "") and "CONCAT(" not in stmt.sql and "MOD(" not in stmt.sql
-        assert "POWER(CAST(10 AS float), FLOOR(LOG10(ABS(CAST([g] AS float)))))" in stmt.sql
+        assert "POWER(CAST(10 AS float), (FLOOR(LOG10(ABS(CAST([g] AS float)))) + CASE WHEN ABS(CAST([g] AS float)) < " in stmt.sql
     assert ranged.params == (10, 20) and "CASE WHEN [id] < %s THEN 0 WHEN [id] < %s THEN 1 ELSE 2 END AS chunk" in ranged.sql
     assert ranged.sql.endswith(") r GROUP BY r.chunk ORDER BY 1")
     bucket = "(CAST(0x00 + SUBSTRING(r.km, 1, 4) AS bigint) - (CAST(0x00 + SUBSTRING(r.km, 1, 4) AS bigint) / 7) * 7)"

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
-from tidb_pipeline.replication.ddl import add_columns_sql
+from tidb_pipeline.replication.ddl import add_columns_sql, quote_ident
 from tidb_pipeline.replication.merge import (
     MergePlan,
     MergeRange,
@@ -113,7 +113,7 @@ def test_merge_casts_only_inside_using_and_keeps_latest_per_key():
         'VALUES (s."id", s."name", s."price")',
     ]
     assert 'QUALIFY ROW_NUMBER() OVER (PARTITION BY "id" ORDER BY b."__TP_OFFSET" DESC' in using
-    assert 'l."RECORD_METADATA":"key":"id"::NUMBER(19,0) AS "id"' in using
+    assert 'STRIP_NULL_VALUE(l."RECORD_METADATA":"key":"id")::NUMBER(19,0) AS "id"' in using
 
 
 def test_key_only_table_has_no_update_clause():
@@ -126,30 +126,33 @@ def test_key_only_table_has_no_update_clause():
 
 def test_json_conversions_per_type():
     got = {c.name: json_to_sql(c, "v") for c in replica_columns(ALL_TYPES_VALUE, ALL_TYPES_KEY)}
+    x = "STRIP_NULL_VALUE(v)"  # JSON null -> SQL NULL before every cast
+    ts = (f"IFF(CONTAINS({x}::VARCHAR, '.'), TRY_TO_TIMESTAMP_NTZ({x}::VARCHAR, 'YYYY-MM-DD HH24:MI:SS.FF'), "
+          f"TRY_TO_TIMESTAMP_NTZ({x}::VARCHAR, 'YYYY-MM-DD HH24:MI:SS'))")
     assert got == {
-        "id": "v::NUMBER(19,0)",
-        "c_int": "v::NUMBER(10,0)",
-        "c_int_unsigned": "v::NUMBER(10,0)",
-        "c_int_unsigned_long": "v::NUMBER(10,0)",
-        "c_bigint": "v::NUMBER(19,0)",
-        "c_bigint_unsigned": "IFF(v::NUMBER(20,0) < 0, v::NUMBER(20,0) + 18446744073709551616, v::NUMBER(20,0))::NUMBER(20,0)",
-        "c_bigint_unsigned_str": "v::NUMBER(20,0)",
-        "c_float": "v::FLOAT",
-        "c_double": "v::FLOAT",
-        "c_decimal": "v::NUMBER(10,2)",
-        "c_decimal_wide": "v::VARCHAR",
-        "c_decimal_str": "v::VARCHAR",
-        "c_text": "v::VARCHAR",
-        "c_blob": "BASE64_DECODE_BINARY(v::VARCHAR)",
-        "c_bit": "BASE64_DECODE_BINARY(v::VARCHAR)",
-        "c_enum": "v::VARCHAR",
-        "c_set": "v::VARCHAR",
-        "c_json": "PARSE_JSON(v::VARCHAR)",
-        "c_date": "TO_DATE(v::VARCHAR)",
-        "c_datetime": "TO_TIMESTAMP_NTZ(v::VARCHAR)",
-        "c_timestamp": "TO_TIMESTAMP_NTZ(v::VARCHAR)",
-        "c_time": "v::VARCHAR",
-        "c_year": "v::NUMBER(4,0)",
+        "id": f"{x}::NUMBER(19,0)",
+        "c_int": f"{x}::NUMBER(10,0)",
+        "c_int_unsigned": f"{x}::NUMBER(10,0)",
+        "c_int_unsigned_long": f"{x}::NUMBER(10,0)",
+        "c_bigint": f"{x}::NUMBER(19,0)",
+        "c_bigint_unsigned": f"IFF({x}::NUMBER(20,0) < 0, {x}::NUMBER(20,0) + 18446744073709551616, {x}::NUMBER(20,0))::NUMBER(20,0)",
+        "c_bigint_unsigned_str": f"{x}::NUMBER(20,0)",
+        "c_float": f"{x}::FLOAT",
+        "c_double": f"{x}::FLOAT",
+        "c_decimal": f"{x}::NUMBER(10,2)",
+        "c_decimal_wide": f"{x}::VARCHAR",
+        "c_decimal_str": f"{x}::VARCHAR",
+        "c_text": f"{x}::VARCHAR",
+        "c_blob": f"BASE64_DECODE_BINARY({x}::VARCHAR)",
+        "c_bit": f"BASE64_DECODE_BINARY({x}::VARCHAR)",
+        "c_enum": f"{x}::VARCHAR",
+        "c_set": f"{x}::VARCHAR",
+        "c_json": f"TRY_PARSE_JSON({x}::VARCHAR)",
+        "c_date": f"TRY_TO_DATE({x}::VARCHAR, 'YYYY-MM-DD')",
+        "c_datetime": ts,
+        "c_timestamp": ts,
+        "c_time": f"{x}::VARCHAR",
+        "c_year": f"{x}::NUMBER(4,0)",
     }
 
 
@@ -233,8 +236,9 @@ def test_merge_source_has_exactly_one_row_per_key(replica):
     stmt = source_sql(replica.plan, ranges)
     cur.execute(stmt.sql, stmt.params)
     rows = sorted(tuple(r) for r in cur.fetchall())
-    # Latest per key: key 0 at offset 9 (a delete), key 1 at 10, key 2 at 11.
-    assert rows == [(0, None, None, True), (1, "n10", Decimal("1.00"), False), (2, "n11", Decimal("1.00"), False)]
+    # Latest per key: key 0 at offset 9 (a delete), key 1 at 10, key 2 at 11 (with key text, partition, offset).
+    assert rows == [(0, None, None, True, '{"id":0}', 0, 9), (1, "n10", Decimal("1.00"), False, '{"id":1}', 0, 10),
+                    (2, "n11", Decimal("1.00"), False, '{"id":2}', 0, 11)]
     stmt = max_rows_per_key_sql(replica.plan, ranges)
     cur.execute(stmt.sql, stmt.params)
     assert cur.fetchall() == [(1,)]
@@ -257,7 +261,9 @@ def test_batch_stats_equal_the_separate_queries(replica):
     separate = (*one(counts_sql(replica.plan, ranges)), *one(max_rows_per_key_sql(replica.plan, ranges)),
                 *one(key_range_sql(replica.plan, ranges)))
     # Inserted 3, updated 7, deleted 5; keys 3, 5, 7, 9 from 7 landing rows (one a duplicate delivery).
-    assert stats == separate == (1, 1, 1, 4, 7, 1, 3, 9)
+    # Then: no unconverted-value records for the replica (this table has no column that can fail).
+    assert stats[:8] == separate == (1, 1, 1, 4, 7, 1, 3, 9)
+    assert stats[8:] == (0,)
 
 
 def test_rows_landing_during_a_merge_are_left_for_the_next_one(replica):
@@ -371,3 +377,71 @@ def test_sql_injection_shaped_text_is_data(replica):
     merge(replica)
     assert replica.rows() == [(1, evil, Decimal("1.00"))]
     assert re.search(r"DROP", merge_sql(replica.plan, RANGES).sql) is None
+
+
+def _unconverted(conn, plan) -> list[tuple]:
+    cur = conn.cursor()
+    cur.execute(f'SELECT "COLUMN_NAME", "KEY", "RAW_VALUE", "PARTITION", "OFFSET" FROM {plan.unconverted.sql} '
+                'WHERE "REPLICA_TABLE" = %s ORDER BY 1, 2', (plan.replica.label,))
+    return [tuple(r) for r in cur.fetchall()]
+
+
+def test_values_that_do_not_convert_become_null_and_are_recorded_per_key():
+    """TiDB zero dates (and any text that does not convert) never fail the MERGE: NULL, counted and recorded."""
+    ext = {"_tidb_op": "c", "_tidb_commit_ts": 1, "_tidb_commit_physical_time": 1}
+    nulls = {f["name"]: None for f in ALL_TYPES_VALUE["fields"] if f["name"] not in ext}
+
+    def row(i: int, **values) -> dict:
+        return avro_round_trip(ALL_TYPES_VALUE, {**nulls, "id": i, **values, **ext})
+
+    zero = {"c_date": "0000-00-00", "c_datetime": "0000-00-00 00:00:00", "c_timestamp": "2024-00-10 00:00:00.123",
+            "c_json": "{not json"}
+    good = {"c_date": "2024-02-29", "c_datetime": "2024-02-29 23:59:59.5", "c_timestamp": "9999-12-31 23:59:59",
+            "c_json": "null"}
+    with fake_snowflake() as conn:
+        r = Replica(conn, ALL_TYPES_KEY, ALL_TYPES_VALUE)
+        r.land([(0, 0, {"id": 1}, row(1, **zero)), (0, 1, {"id": 2}, row(2, **good))])
+        counts, _ = run_merge(conn, r.plan, NOW)
+        assert counts.unconverted == (("c_json", 1), ("c_date", 1), ("c_datetime", 1), ("c_timestamp", 1))
+        cur = conn.cursor()
+        cur.execute(f'SELECT "id", "c_date", "c_datetime", "c_timestamp", "c_json" FROM {r.plan.replica.sql} ORDER BY 1')
+        assert [tuple(x) for x in cur.fetchall()] == [
+            (1, None, None, None, None),
+            # JSON text `null` is a VARIANT null (read back as the text 'null', as Snowflake does), not unconverted.
+            (2, dt.date(2024, 2, 29), dt.datetime(2024, 2, 29, 23, 59, 59, 500000), dt.datetime(9999, 12, 31, 23, 59, 59),
+             "null"),
+        ]
+        assert _unconverted(conn, r.plan) == [
+            ("c_date", '{"id":1}', "0000-00-00", 0, 0),
+            ("c_datetime", '{"id":1}', "0000-00-00 00:00:00", 0, 0),
+            ("c_json", '{"id":1}', "{not json", 0, 0),
+            ("c_timestamp", '{"id":1}', "2024-00-10 00:00:00.123", 0, 0),
+        ]
+        # A later version of the key replaces its records: only what still does not convert stays listed.
+        r.land([(0, 2, {"id": 1}, row(1, **{**good, "c_datetime": zero["c_datetime"]})),
+                (0, 3, {"id": 2}, row(2, **good))])
+        counts, _ = run_merge(conn, r.plan, NOW)
+        assert counts.unconverted == (("c_datetime", 1),)
+        assert _unconverted(conn, r.plan) == [("c_datetime", '{"id":1}', "0000-00-00 00:00:00", 0, 2)]
+        # A batch that does not touch the key leaves its record; deleting the key forgets it.
+        r.land([(0, 4, {"id": 3}, row(3, **good))])
+        assert run_merge(conn, r.plan, NOW)[0].unconverted == ()
+        assert len(_unconverted(conn, r.plan)) == 1
+        r.land([(0, 5, {"id": 1}, None)])
+        run_merge(conn, r.plan, NOW)
+        assert _unconverted(conn, r.plan) == []
+        assert [x[0] for x in r.rows()] == [2, 3]
+
+
+def test_json_null_is_sql_null_in_every_type():
+    """A JSON `null` in the landing content becomes SQL NULL in every column type (no epoch, no text 'null')."""
+    ext = {"_tidb_op": "c", "_tidb_commit_ts": 1, "_tidb_commit_physical_time": 1}
+    names = [f["name"] for f in ALL_TYPES_VALUE["fields"] if f["name"] not in ext and f["name"] != "id"]
+    with fake_snowflake() as conn:
+        r = Replica(conn, ALL_TYPES_KEY, ALL_TYPES_VALUE)
+        r.land([(0, 0, {"id": 1}, avro_round_trip(ALL_TYPES_VALUE, {**{n: None for n in names}, "id": 1, **ext}))])
+        assert run_merge(conn, r.plan, NOW)[0].unconverted == ()
+        cur = conn.cursor()
+        cur.execute(f"SELECT {', '.join(f'{quote_ident(n)} IS NULL' for n in names)} FROM {r.plan.replica.sql}")
+        assert dict(zip(names, cur.fetchone())) == {n: True for n in names}
+        assert _unconverted(conn, r.plan) == []

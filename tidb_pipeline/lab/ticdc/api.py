@@ -18,8 +18,9 @@ Shapes, error codes and check order follow tiflow's `cdc/api/v2/changefeed.go`, 
   table no dispatcher matches goes to the default topic; partition rules as TiCDC's (`codec.partition_for`).
 
 The lab is stricter than TiCDC only where it cannot do more: the sink must be `kafka://` with
-`protocol=avro`. Table filters support TiDB's wildcard rules (`db.*`, `!db.t?`, `[a-z]`; the last matching
-rule decides), not `/regex/` rules. The namespace is always `default`.
+`protocol=avro`. Table filters and dispatcher matchers follow TiDB's table-filter syntax (`table_filter.py`:
+wildcards, `!`, backslash escapes, quoted names, `/regexp/`; the last matching rule decides),
+case-insensitive unless `case_sensitive` is set, as in TiCDC. The namespace is always `default`.
 
 `TiCDCApi.handle` is plain request -> response; the HTTP server is in `server.py`.
 """
@@ -36,13 +37,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, unquote, urlsplit, urlunsplit
 
 from tidb_pipeline.lab.ticdc import capture
 from tidb_pipeline.lab.ticdc.codec import ms_from_tso, tso_from_ms
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
+from tidb_pipeline.lab.ticdc.table_filter import FilterSyntaxError, TableFilter
 from tidb_pipeline.replication.changefeed import MASK, mask_netloc
 from tidb_pipeline.replication.ticdc_schema import is_virtual_generated
 
@@ -149,54 +150,12 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, mask_netloc(parts.netloc), parts.path, parts.query, parts.fragment))
 
 
-@dataclass(frozen=True)
-class FilterRule:
-    negated: bool
-    schema: str
-    table: str
-
-
-def parse_filter_rules(rules: Sequence[Any]) -> list[FilterRule]:
-    """TiDB table-filter wildcard rules (`db.tbl`, `!db.tbl`, `*`, `?`, `[...]`)."""
-    parsed = []
-    for rule in rules:
-        if not isinstance(rule, str):
-            raise ApiError("CDC:ErrFilterRuleInvalid", f"filter rule is invalid {rule!r}: rules are strings")
-        text = rule.strip()
-        negated = text.startswith("!")
-        body = text[1:] if negated else text
-        dot = _unbracketed_dot(body)
-        if not body or body.startswith("/") or any(c in body for c in "`\"'\\") or dot < 0:
-            raise ApiError(
-                "CDC:ErrFilterRuleInvalid",
-                f"filter rule is invalid {rule!r}: the lab change feed supports wildcard rules `schema.table` "
-                "with *, ? and [...], optionally negated with !",
-            )
-        parsed.append(FilterRule(negated, body[:dot], body[dot + 1 :]))
-    return parsed
-
-
-def _unbracketed_dot(text: str) -> int:
-    depth = 0
-    for i, c in enumerate(text):
-        if c == "[":
-            depth += 1
-        elif c == "]":
-            depth = max(0, depth - 1)
-        elif c == "." and depth == 0:
-            return i
-    return -1
-
-
-def filter_matches(rules: Sequence[FilterRule], schema: str, table: str, *, case_sensitive: bool) -> bool:
-    """True if the last rule matching `schema.table` is a positive one (TiDB table-filter semantics)."""
-    if not case_sensitive:
-        schema, table = schema.lower(), table.lower()
-    for rule in reversed(rules):
-        s, t = (rule.schema, rule.table) if case_sensitive else (rule.schema.lower(), rule.table.lower())
-        if fnmatchcase(schema, s) and fnmatchcase(table, t):
-            return not rule.negated
-    return False
+def parse_filter_rules(rules: Sequence[Any], *, case_sensitive: bool) -> TableFilter:
+    """TiDB table-filter rules (`table_filter`: wildcards, `!`, `\\` escapes, quoted names, `/regexp/`)."""
+    try:
+        return TableFilter(rules, case_sensitive=case_sensitive)
+    except FilterSyntaxError as exc:
+        raise ApiError("CDC:ErrFilterRuleInvalid", f"filter rule is invalid {list(rules)!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -205,15 +164,13 @@ class SinkPlan:
 
     default_topic: str
     registry_url: str
-    filter_rules: tuple[FilterRule, ...]
-    dispatchers: tuple[tuple[tuple[FilterRule, ...], str], ...]  # (matcher, topic expression or static topic)
+    filter_rules: TableFilter
+    dispatchers: tuple[tuple[TableFilter, str], ...]  # (matcher, topic expression or static topic)
     case_sensitive: bool
     ignore_ineligible: bool
 
     def replicates(self, schema: str, table: str) -> bool:
-        return schema.lower() not in SYSTEM_SCHEMAS and filter_matches(
-            self.filter_rules, schema, table, case_sensitive=self.case_sensitive
-        )
+        return schema.lower() not in SYSTEM_SCHEMAS and self.filter_rules.matches(schema, table)
 
 
 # TiCDC's default replica config as its GET shows it (tiflow pkg/config/replica_config.go defaultReplicaConfig
@@ -356,6 +313,7 @@ def plan_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkPlan:
             "registry; set replica_config.sink.schema_registry",
         )
 
+    case_sensitive = bool(replica_config.get("case_sensitive", False))
     filt = _object(replica_config.get("filter"), "replica_config.filter")
     # An absent or empty list means every table, as capture reads it.
     rules = filt.get("rules") or ["*.*"]
@@ -388,13 +346,13 @@ def plan_sink(sink_uri: str, replica_config: Mapping[str, Any]) -> SinkPlan:
                 "invalid api parameter: the lab change feed does not support index-value with an index name; "
                 "leave `index` empty to dispatch by the handle key",
             )
-        routes.append((tuple(parse_filter_rules(matcher)), topic_rule))
+        routes.append((parse_filter_rules(matcher, case_sensitive=case_sensitive), topic_rule))
     return SinkPlan(
         default_topic=topic,
         registry_url=registry,
-        filter_rules=tuple(parse_filter_rules(rules)),
+        filter_rules=parse_filter_rules(rules, case_sensitive=case_sensitive),
         dispatchers=tuple(routes),
-        case_sensitive=bool(replica_config.get("case_sensitive", False)),
+        case_sensitive=case_sensitive,
         ignore_ineligible=bool(replica_config.get("ignore_ineligible_table", False)),
     )
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import fnmatch
 import logging
 import random
 import threading
@@ -50,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from tidb_pipeline.lab.ticdc import codec
+from tidb_pipeline.lab.ticdc import codec, table_filter
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.changefeed import mask_netloc
@@ -76,39 +75,18 @@ class CaptureError(RuntimeError):
 # --- configuration -----------------------------------------------------------------------------------------
 
 
-class TableFilter:
-    """TiDB table-filter rules (`db.table` globs, `!` negates, the last matching rule wins), case-insensitive.
+class TableFilter(table_filter.TableFilter):
+    """TiDB table-filter rules (`table_filter`; the last matching rule wins), case-insensitive unless the
+    changefeed sets `case_sensitive`; no rules means `*.*`.
 
     System schemas are never replicated, whatever the rules say.
     """
 
-    def __init__(self, rules: Sequence[str] | None = None) -> None:
-        self._rules: list[tuple[bool, str, str]] = []
-        for rule in rules or ["*.*"]:
-            rule = rule.strip()
-            negate = rule.startswith("!")
-            body = rule[1:] if negate else rule
-            if "." not in body:
-                raise ValueError(f"filter rule {rule!r} is not of the form schema.table; write e.g. 'tpcc.*'")
-            schema, table = body.split(".", 1)
-            self._rules.append((negate, schema.lower(), table.lower()))
-
-    def literal_schemas(self) -> set[str] | None:
-        """Lower-cased schema names when every including rule names its schema literally, else None."""
-        names = {sp for negate, sp, _ in self._rules if not negate}
-        if any(ch in name for name in names for ch in "*?[]"):
-            return None
-        return names
+    def __init__(self, rules: Sequence[str] | None = None, *, case_sensitive: bool = False) -> None:
+        super().__init__(list(rules or ["*.*"]), case_sensitive=case_sensitive)
 
     def matches(self, schema: str, table: str) -> bool:
-        if schema.lower() in _EXCLUDED_SCHEMAS:
-            return False
-        result = False
-        s, t = schema.lower(), table.lower()
-        for negate, sp, tp in self._rules:
-            if fnmatch.fnmatchcase(s, sp) and fnmatch.fnmatchcase(t, tp):
-                result = not negate
-        return result
+        return schema.lower() not in _EXCLUDED_SCHEMAS and super().matches(schema, table)
 
 
 @dataclass(frozen=True)
@@ -157,6 +135,13 @@ class SinkConfig:
                     topic = codec.topic_name(rule.topic, schema, table)
                 return Route(topic, codec.partition_kind(rule.partition), rule.columns)
         return Route(self.default_topic, codec.partition_kind("default"))
+
+
+def _filter(rules: Sequence[str] | None, case_sensitive: bool) -> TableFilter:
+    try:
+        return TableFilter(rules, case_sensitive=case_sensitive)
+    except table_filter.FilterSyntaxError as exc:
+        raise CaptureError("CDC:ErrFilterRuleInvalid", f"filter rule is invalid: {exc}") from None
 
 
 def _bool(v: Any) -> bool:
@@ -208,6 +193,7 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any], *, time_zone: s
             'Avro protocol requires parameter "schema-registry" or "glue-schema-registry" to specify the schema '
             "registry; add schema-registry=<url> to the sink URI or set replica_config.sink.schema_registry",
         )
+    case_sensitive = _bool(replica_config.get("case_sensitive", False))
     dispatchers = []
     for d in sink.get("dispatchers") or []:
         topic = d.get("topic") or None
@@ -217,7 +203,7 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any], *, time_zone: s
             except ValueError as exc:
                 raise CaptureError("CDC:ErrKafkaTopicExprInvalid", str(exc)) from None
         # An empty or unknown rule is TiCDC's default dispatcher (the table one), never index-value.
-        dispatchers.append(DispatchRule(TableFilter(d.get("matcher") or ["*.*"]), topic, str(d.get("partition") or ""),
+        dispatchers.append(DispatchRule(_filter(d.get("matcher"), case_sensitive), topic, str(d.get("partition") or ""),
                                         tuple(d.get("columns") or ())))
     filter_rules = ((replica_config.get("filter") or {}).get("rules")) or ["*.*"]
     cfg = codec.CodecConfig(
@@ -248,7 +234,7 @@ def parse_sink(sink_uri: str, replica_config: Mapping[str, Any], *, time_zone: s
         max_message_bytes=int(params.get("max-message-bytes", 10 * 1024 * 1024)),
         codec=cfg,
         registry_url=registry,
-        filter=TableFilter(filter_rules),
+        filter=_filter(filter_rules, case_sensitive),
         dispatchers=tuple(dispatchers),
         kafka_extra=tuple(extra),
     )
@@ -893,7 +879,10 @@ class Capture:
     def _codec(self, info: codec.TableInfo) -> codec.TableCodec:
         tc = self._codecs.get(id(info))
         if tc is None or tc.info is not info:
-            tc = self._codecs[id(info)] = codec.TableCodec(info, self.sink.codec)
+            try:
+                tc = self._codecs[id(info)] = codec.TableCodec(info, self.sink.codec)
+            except codec.FieldNameCollisionError as exc:  # TiCDC: goavro refuses the schema
+                raise CaptureError("CDC:ErrAvroSchemaAPIError", str(exc)) from None
         return tc
 
     def _route(self, info: codec.TableInfo) -> Route:

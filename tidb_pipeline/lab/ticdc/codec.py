@@ -40,6 +40,7 @@ from tidb_pipeline.replication.ticdc_schema import (  # noqa: F401 - re-exported
     DECIMAL_STRING,
     CodecConfig,
     Column,
+    FieldNameCollisionError,
     TableIneligibleError,
     TableInfo,
     _avro_type,
@@ -59,10 +60,12 @@ from tidb_pipeline.replication.ticdc_schema import (  # noqa: F401 - re-exported
     parse_default,
     parse_members,
     sanitize_name,
+    subject_names,
     tso_from_ms,
     value_schema,
     zone,
 )
+from tidb_pipeline.config import topic_name  # noqa: F401 - TiCDC's topic substitution, one implementation
 from tidb_pipeline.replication.ticdc_schema import bit_bytes as _bit_bytes
 from tidb_pipeline.replication.ticdc_schema import float32 as _float32
 from tidb_pipeline.replication.ticdc_schema import fraction as _frac
@@ -71,7 +74,6 @@ _DECIMAL_CONTEXT = Context(prec=100)  # TiDB's DECIMAL holds at most 65 digits
 
 # --- topics ----------------------------------------------------------------------------------------------------
 
-_KAFKA_FORBIDDEN = re.compile(r"[^a-zA-Z0-9._\-]")
 _AVRO_TOPIC_EXPR = re.compile(r"^[A-Za-z0-9._\-]*\{schema\}[A-Za-z0-9._\-]*\{table\}[A-Za-z0-9._\-]*$")
 
 
@@ -92,25 +94,10 @@ def is_static_topic(expr: str) -> bool:
     return bool(_STATIC_TOPIC.match(expr))
 
 
-def topic_name(expr: str, schema: str, table: str) -> str:
-    """Substitute a topic expression as TiCDC does (forbidden characters -> `_`, 249-char limit)."""
-    name = expr.replace("{schema}", _KAFKA_FORBIDDEN.sub("_", schema)).replace(
-        "{table}", _KAFKA_FORBIDDEN.sub("_", table)
-    )
-    if len(name) > 249:
-        return name[:249]
-    return {".": "_", "..": "__"}.get(name, name)
-
-
-def subject_names(topic: str) -> tuple[str, str]:
-    """TopicNameStrategy subjects (`<topic>-key`, `<topic>-value`) after TiCDC's dot escaping."""
-    t = topic.replace(".", "_")
-    return f"{t}-key", f"{t}-value"
-
-
 # --- values ----------------------------------------------------------------------------------------------------
 
 EMPTY_SET = "empty set"  # mysql-replication's NONE_SOURCE for a SET holding no members
+_EPOCH = dt.datetime(1970, 1, 1)
 _ZERO_DATE_SOURCES = {"out of date range", "out of datetime range", "out of datetime2 range"}
 
 
@@ -193,6 +180,10 @@ def internal_value(col: Column, value: Any, *, none_source: str | None = None, t
     if tt == "TIMESTAMP":
         if isinstance(value, str):
             return value
+        if value == _EPOCH:
+            # The zero TIMESTAMP is stored as 0 seconds (the type starts at 1970-01-01 00:00:01 UTC), and
+            # mysql-replication reads it as the epoch; TiDB prints it, and TiCDC sends it, as the zero datetime.
+            return "0000-00-00 00:00:00" + _frac(0, col.scale or 0)
         # mysql-replication gives naive UTC; TiCDC renders TIMESTAMP in the changefeed's zone.
         local = value.replace(tzinfo=dt.timezone.utc).astimezone(zone(tz))
         return format_datetime(local.replace(tzinfo=None), col.scale or 0)
