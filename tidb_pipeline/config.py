@@ -99,7 +99,7 @@ def _keyable_identifier(value: str) -> str:
         raise ValueError(f"{value!r} may hold only letters, digits and '_' and not start with a digit: it must be an "
                          "unquoted Snowflake identifier (the Snowflake Sink creates unquoted, upper-cased names) and "
                          f"it names the Dagster asset snowflake/<schema>/<name> too; use e.g. {_plain_name(value)!r}")
-    return value.upper()
+    return _unquoted_identifier(value)  # reserved keywords are refused there
 
 
 class SnowflakeSessionConfig(_Model):
