@@ -4,11 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 PYTEST_ARGS ?=
+# go-tpc, the workload (PingCAP's `tiup bench tpcc`), pinned: the module proxy's "latest" is an older 2021 release.
+GO_TPC_VERSION := v1.0.12
 
-.PHONY: install demo test lab-up lab-down lab-status dev clean
+.PHONY: install demo test check lab-up lab-down lab-status dev clean
 
-install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+install: $(VENV)/.installed $(VENV)/bin/go-tpc $(DAGSTER_HOME)/dagster.yaml
 
+# [test] is everything: the lab, dg and the UI, the deploy extra and the test tools (pyproject.toml).
 $(VENV)/.installed: pyproject.toml scripts/bootstrap-system.sh
 	bash scripts/bootstrap-system.sh
 	python3 -m venv $(VENV)
@@ -16,15 +19,20 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap-system.sh
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# Built from the Go module proxy into the virtualenv's bin, where tidb_pipeline.workload.gotpc looks for it.
+$(VENV)/bin/go-tpc: | $(VENV)/.installed
+	GOBIN=$(abspath $(VENV))/bin go install github.com/pingcap/go-tpc/cmd/go-tpc@$(GO_TPC_VERSION)
+
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
+# The demo starts the lab itself, on fresh data (a progress bar per phase).
 demo: install
-	$(VENV)/bin/tidb-pipeline lab up
 	$(VENV)/bin/tidb-pipeline demo
 
-# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass. `dg check yaml` and
+# `dg check defs` run inside it (tidb_pipeline_tests/test_dg.py).
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
@@ -36,8 +44,15 @@ lab-down:
 lab-status:
 	$(VENV)/bin/tidb-pipeline lab status
 
+# dg runs in the project's .venv; VIRTUAL_ENV says it is the active one.
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg
+
+check: install
+	$(DG) check yaml
+	$(DG) check defs
+
 dev: install
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	$(DG) dev
 
 clean: lab-down
 	rm -rf .lab .dagster_home artifacts

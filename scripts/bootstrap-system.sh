@@ -12,6 +12,8 @@ command -v mvn >/dev/null || need+=(maven)
 command -v mariadb-install-db >/dev/null || [ -x /usr/bin/mariadb-install-db ] || need+=(mariadb-server)
 # PostgreSQL stands in for SQL Server (the built-in SQL applier); the lab runs a private cluster.
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
+# go-tpc (the workload) is built from source by `make install`.
+command -v go >/dev/null || need+=(golang-go)
 # The UI test drives Debian's Chromium through Playwright; browsers are never downloaded.
 command -v chromium >/dev/null || need+=(chromium)
 

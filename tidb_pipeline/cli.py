@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from tidb_pipeline.lab.settings import LabSettings
 
@@ -22,6 +22,7 @@ def _lab(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.action == "up":
+        _require_lab_extra(p.name for p in parts)
         started = time.monotonic()
         try:
             up(parts)
@@ -43,6 +44,21 @@ def _lab(args: argparse.Namespace) -> int:
             pid = f"pid {status.pid}" if status.pid else ""
             print(f"{status.name:<{width}}  {state:<8}  {status.address:<40}  {pid}")
     return 0
+
+
+# The module each lab part's process or readiness check imports, from the [lab] extra.
+_LAB_PART_NEEDS = {"snowflake": "fakesnow", "ticdc": "pymysqlreplication", "postgres": "pg8000"}
+
+
+def _require_lab_extra(parts: Iterable[str]) -> None:
+    """Raise ModuleNotFoundError before starting anything when a part's module is not installed (`main`
+    turns it into "install the [lab] extra")."""
+    import importlib.util
+
+    for part in parts:
+        module = _LAB_PART_NEEDS.get(part)
+        if module and importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
 
 
 def _discover(args: argparse.Namespace) -> int:
@@ -88,7 +104,8 @@ def _discover(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from tidb_pipeline.lab.demo import run_demo
 
-    return run_demo(LabSettings(), duration_s=args.duration, threads=args.threads, fresh=not args.keep_data)
+    return run_demo(LabSettings(), duration_s=args.duration, threads=args.threads, fresh=not args.keep_data,
+                    warehouses=args.warehouses)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     discover.set_defaults(func=_discover)
 
     demo = sub.add_parser("demo", help="run the main job end to end on the lab and print what it did")
-    demo.add_argument("--duration", type=float, default=30.0, help="seconds of TPC-C workload (default 30)")
-    demo.add_argument("--threads", type=int, default=2, help="workload threads (default 2)")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds of go-tpc tpcc run (default 30)")
+    demo.add_argument("--threads", type=int, default=4, help="go-tpc threads (default 4)")
+    demo.add_argument("--warehouses", type=int, default=1, help="go-tpc warehouses (default 1, ~600k rows)")
     demo.add_argument("--keep-data", action="store_true", help="do not reset the lab's data first")
     demo.set_defaults(func=_demo)
 
@@ -121,9 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Top-level modules of the packages that only an extra installs (pyproject.toml), by extra.
+_EXTRA_OF = {"fakesnow": "lab", "pymysqlreplication": "lab", "pandas": "lab", "pg8000": "lab", "matplotlib": "lab",
+             "dagster_webserver": "dev"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: `tidb-pipeline {args.command}` needs {exc.name}, which only the [{extra}] extra installs: "
+              f"pip install 'tidb_pipeline[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

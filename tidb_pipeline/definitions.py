@@ -1,6 +1,18 @@
-"""Wiring only: the project's Dagster definitions, from the checked-in table list."""
+"""Wiring only: the project's Dagster definitions, the component instances of its `dg` defs folder."""
 
-from tidb_pipeline.config import load_config
-from tidb_pipeline.defs import build_defs
+import warnings
+from pathlib import Path
 
-defs = build_defs(config=load_config())
+import dagster as dg
+
+import tidb_pipeline.location
+
+with warnings.catch_warnings():
+    # dagster's defs-folder loader calls its own preview/beta APIs and would warn once per asset.
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    # The project root holds pyproject.toml and tidb_pipeline.yaml; in a wheel install it is site-packages,
+    # and TIDB_PIPELINE_CONFIG names the config instead (the Docker image sets it).
+    defs = dg.ComponentTree.from_module(
+        defs_module=tidb_pipeline.location, project_root=Path(__file__).resolve().parents[1]
+    ).build_defs()

@@ -35,6 +35,9 @@ class Sizes:
     topics: int
     tables: int
     freshness_rate_tps: float | None  # TPC-C transactions/s during the freshness figure; None: flat out
+    changefeed_rows: int = 50_000  # the lab change feed's sustained measure
+    changefeed_rates: tuple[float, ...] = (1_000, 5_000, 10_000)  # its paced measures, row changes/s
+    changefeed_s: float = 20.0
 
 
 # Freshness is measured at a steady TPC-C rate the lab's Python change feed sustains next to the pipeline
@@ -42,7 +45,15 @@ class Sizes:
 # without bound and says nothing about the pipeline (`--freshness-rate 0` measures that too). The 5 s tick
 # is Dagster's floor for a sensor (`sensor_interval_seconds`).
 FULL = Sizes(1_000_000, (10_000, 100_000, 1_000_000), 10_000, 10_000, 5, 10_000, 180.0, 0.05, 5.0, 500, 500, 20.0)
-QUICK = Sizes(20_000, (1_000, 10_000), 1_000, 300, 2, 300, 20.0, 0.01, 5.0, 20, 20, 10.0)
+QUICK = Sizes(20_000, (1_000, 10_000), 1_000, 300, 2, 300, 20.0, 0.01, 5.0, 20, 20, 10.0,
+              changefeed_rows=5_000, changefeed_rates=(500,), changefeed_s=5.0)
+
+
+def profiler_available() -> bool:
+    """Whether pyinstrument (optional: only the freshness profile uses it) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyinstrument") is not None
 
 
 # --- figures ------------------------------------------------------------------------------------------
@@ -165,6 +176,28 @@ def control_figure(topics: int, tables: int, bootstrap: str) -> tuple[list[Measu
     ], {}
 
 
+def changefeed_figure(rows: int, rates: tuple[float, ...], seconds: float) -> tuple[list[Measure], dict[str, Any]]:
+    """The lab change feed alone (`tidb_pipeline.bench.changefeed`): sustained rate, and p95 at fixed rates."""
+    from tidb_pipeline.bench.changefeed import run as run_changefeed
+
+    r = run_changefeed(rows, rates, seconds)
+    for line in r.lines():
+        print(f"[bench] change feed: {line}", flush=True)
+    load = f"load average {r.load_before[0]:.1f} -> {r.load_after[0]:.1f}"
+    out = []
+    if r.sustained is not None:
+        out.append(Measure("lab change feed", f"sustained, {r.sustained.rows:,} row changes from the binlog",
+                           r.sustained.rate, "changes/s", f"MariaDB committing them ({r.sustained.txn_rows} rows/txn)",
+                           r.sustained.write_rate, target=">= 10,000/s", met=r.sustained.rate >= 10_000,
+                           note=load))
+    for p in r.paced:
+        out.append(Measure("lab change feed", f"commit -> Kafka p95 at {p.target_rate:,.0f} changes/s "
+                           f"(written {p.written_rate:,.0f}/s)", p.p95, "s", target="<= 2 s",
+                           met=p.p95 <= 2 and not p.missing,
+                           note=f"p50 {p.p50:.2f}s, max {p.max:.2f}s; {load}"))
+    return out, {"changefeed": r}
+
+
 def lab_up_figure(env: dict[str, str], parts: list[str] | None) -> tuple[list[Measure], dict[str, Any]]:
     from tidb_pipeline.bench.control import lab_up
 
@@ -185,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     from tidb_pipeline.lab.snowflake import connection_args
 
     sizes = QUICK if args.quick else FULL
-    only = set(args.only or ["lab", "landing", "merge", "recipe", "freshness", "control"])
+    only = set(args.only or ["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed"])
     command = "tidb-pipeline bench" + (" --quick" if args.quick else "") + \
         (f" --only {' '.join(args.only)}" if args.only else "") + \
         (f" --freshness-rate {args.freshness_rate:g}" if args.freshness_rate is not None else "")
@@ -220,9 +253,21 @@ def run(args: argparse.Namespace) -> int:
                         conn, sizes.recipe_initial, sizes.recipe_rounds, sizes.recipe_changes))
         if "freshness" in only:
             profile = None if args.no_profile else Path(args.charts_dir) / "profile_freshness_run.txt"
+            if profile is not None and not profiler_available():
+                # Optional: the figure itself needs no profiler, and no install extra provides one.
+                print("bench: pyinstrument is not installed, so no freshness-run profile is written "
+                      "(pip install pyinstrument to get one, or pass --no-profile)", flush=True)
+                profile = None
             rate = sizes.freshness_rate_tps if args.freshness_rate is None else (args.freshness_rate or None)
             step("end-to-end freshness", lambda: freshness_figure(sizes.freshness_s, sizes.freshness_scale,
                                                                   sizes.tick_s, profile, rate))
+        if "changefeed" in only:
+            from tidb_pipeline.lab import stack
+            from tidb_pipeline.lab.service import up
+
+            up(stack.services(LabSettings(), ["ticdc"]), log=lambda _m: None)
+            step("lab change feed", lambda: changefeed_figure(sizes.changefeed_rows, sizes.changefeed_rates,
+                                                               sizes.changefeed_s))
         if "control" in only:
             from tidb_pipeline.lab import stack
             from tidb_pipeline.lab.service import up
@@ -256,7 +301,8 @@ def register(subparsers: Any) -> None:
     """Add `bench` to the `tidb-pipeline` command."""
     p = subparsers.add_parser("bench", help="measure throughput, merge scaling, the recipe, freshness, control plane")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run; minutes, not tens of minutes)")
-    p.add_argument("--only", nargs="+", choices=["lab", "landing", "merge", "recipe", "freshness", "control"],
+    p.add_argument("--only", nargs="+",
+                   choices=["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed"],
                    help="run only these figures")
     p.add_argument("--output", help="markdown file to write (default: BENCHMARKS.md for a full run, none for --quick)")
     p.add_argument("--charts-dir", default=str(_REPO / "benchmarks"), help="folder for the PNG charts")

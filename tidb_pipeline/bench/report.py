@@ -21,6 +21,7 @@ FIGURES = (
     "sensor tick",
     "definitions load",
     "lab up",
+    "lab change feed",
 )
 BEGIN, END = "<!-- bench:begin (written by `tidb-pipeline bench`) -->", "<!-- bench:end -->"
 

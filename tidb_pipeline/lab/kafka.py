@@ -111,7 +111,8 @@ class KafkaService(Service):
         cluster_id = _cluster_id()
         result = subprocess.run(
             java_command(self.settings, "kafka-format", "kafka.tools.StorageTool",
-                         "format", "-t", cluster_id, "-c", str(self.properties_file)),
+                         # One `=` argument: an id starting with "-" (1 in 64) would otherwise read as an option.
+                         "format", f"--cluster-id={cluster_id}", "-c", str(self.properties_file)),
             capture_output=True, text=True,
         )
         if result.returncode != 0:

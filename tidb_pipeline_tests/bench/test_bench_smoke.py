@@ -48,6 +48,7 @@ def measures(
         add(cli.recipe_figure(conn, 60, 2, 60))
     add(cli.freshness_figure(6.0, 0.01, 2.0))
     add(cli.control_figure(5, 5, lab_settings.kafka_bootstrap))
+    add(cli.changefeed_figure(1_000, (200,), 2.0))
     yield out, extra
 
 
@@ -78,6 +79,10 @@ def test_correctness_carried_by_the_figures(measures: tuple[list[report.Measure]
     fresh = extra["freshness"]
     assert fresh.rows == len(fresh.latencies) > 0
     assert fresh.p50 <= fresh.p95 <= fresh.max
+    feed = extra["changefeed"]
+    assert feed.sustained.rows == 1_000 and feed.sustained.rate > 0
+    (paced,) = feed.paced
+    assert paced.rows > 0 and not paced.missing and 0 <= paced.p50 <= paced.p95 <= paced.max
     assert fresh.runs >= 1
 
 

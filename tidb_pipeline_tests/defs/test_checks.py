@@ -116,6 +116,10 @@ def test_schema_differences() -> None:
     assert drift.notes == ["replica keeps column 'old' dropped upstream"]
     assert schema_differences(["id"], ["id"], ["id"]).problems == []
     assert schema_differences(["id"], None, [])  .problems[0].startswith("no Avro value schema registered")
+    # Backfilled and never changed since: no schema in the registry yet, the replica is compared with TiDB.
+    quiet = schema_differences(["id", "a"], None, ["id", "a"])
+    assert quiet.problems == [] and quiet.notes[0].startswith("no Avro value schema registered")
+    assert schema_differences(["id", "a"], None, ["id"]).problems == ["column 'a' is in TiDB but not in the replica"]
 
 
 def test_unconverted_values_verdict_names_column_and_key() -> None:

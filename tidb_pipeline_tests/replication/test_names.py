@@ -100,8 +100,9 @@ def test_replica_columns_take_tidb_names_and_keep_the_field_for_json_paths() -> 
     assert [(c.name, c.field, c.is_key) for c in columns] == [("Order Id", "Order_Id", True),
                                                               ("Mixed Case", "Mixed_Case", False)]
     sql = source_sql(_plan(columns), [MergeRange(0, -1, 9)]).sql
-    assert 'l."RECORD_METADATA":"key":"Order_Id"::NUMBER(19,0) AS "Order Id"' in sql
-    assert 'x."__TP_CONTENT":"Mixed_Case"::VARCHAR AS "Mixed Case"' in sql
+    assert 'STRIP_NULL_VALUE(l."RECORD_METADATA":"key":"Order_Id")::NUMBER(19,0) AS "Order Id"' in sql
+    assert 'STRIP_NULL_VALUE(x."__TP_CONTENT":"Mixed_Case")::VARCHAR AS "Mixed Case"' in sql
+    assert '"Order Id"' not in sql.split("OBJECT_CONSTRUCT(")[1].split(")")[0]  # key text reads the field
 
 
 def _plan(columns: tuple[ReplicaColumn, ...]) -> MergePlan:

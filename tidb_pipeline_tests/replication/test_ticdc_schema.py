@@ -124,6 +124,9 @@ CASES = [
     (C("f", "float"), 1.1, codec._float32(1.1), codec._float32(1.1)),
     (C("d", "double"), 2.5e-300, 2.5e-300, 2.5e-300),
     (C("dec", "decimal", precision=10, scale=3), Decimal("-1.5"), Decimal("-1.500"), "-1.500"),
+    # 65 digits: more than Python's default decimal context holds (the demo's backfill failed on it).
+    (C("wide", "decimal", precision=65, scale=30), Decimal("-" + "9" * 35 + "." + "9" * 30),
+     Decimal("-" + "9" * 35 + "." + "9" * 30), "-" + "9" * 35 + "." + "9" * 30),
     (C("bit", "bit", precision=12), b"\x00\x05", b"\x05", b"\x05"),
     (C("bin", "binary", precision=4), b"ab\x00\x00", b"ab\x00\x00", b"ab\x00\x00"),
     (C("e", "enum", members=("x", "y")), "y", "y", "y"),

@@ -836,6 +836,9 @@ class Capture:
             elif isinstance(event, HeartbeatLogEvent) and not txn:
                 # Caught up: nothing committed before now is unread, so the checkpoint may move to now.
                 self._commit([], time.time(), *self._boundary, registry, admin, producer)
+            else:
+                continue  # delivery reports and the checkpoint are served at transaction boundaries only
+            # Once per transaction, not per row event: poll() was ~8% of the feed's time (py-spy).
             producer.poll(0)
             if self._pending.error:
                 raise CaptureError("CDC:ErrKafkaAsyncSendMessage", f"Kafka rejected a record: {self._pending.error}")

@@ -149,6 +149,25 @@ def test_each_type_encodes_and_decodes(registry, column, value, none_source, exp
     assert field["type"] == expected_type
 
 
+@pytest.mark.parametrize("cfg", [CodecConfig(enable_tidb_extension=True),
+                                 CodecConfig(decimal_handling_mode="string", bigint_unsigned_handling_mode="string")],
+                         ids=["precise-extension", "strings"])
+def test_table_codecs_planned_encoders_write_the_reference_bytes(cfg: CodecConfig) -> None:
+    """TableCodec's per-table plan (names, converters, headers) writes exactly what the reference functions do."""
+    columns = tuple(Column(f"c{i}", c.data_type, c.nullable, c.default, c.unsigned, c.precision, c.scale, c.members)
+                    for i, (c, *_rest) in enumerate(TYPE_CASES))
+    info = TableInfo("db", "t", (Column("id", "int", False), *columns), ("id",))
+    tc = codec.TableCodec(info, cfg)
+    ts = codec.tso_from_ms(1_700_000_000_123, 5)
+    values = {"id": 3, **{f"c{i}": value for i, (_c, value, *_rest) in enumerate(TYPE_CASES)}}
+    sources = {f"c{i}": none_source for i, (_c, _v, none_source, *_rest) in enumerate(TYPE_CASES) if none_source}
+    row = codec.row_internal(info, values, sources)
+    for op in ("c", "u", "d"):
+        assert tc.encode_value(7, row, op=op, commit_ts=ts) == codec.confluent_frame(
+            7, tc.value_parsed, codec.value_datum(info, row, cfg, op=op, commit_ts=ts)), op
+    assert tc.encode_key(9, row) == codec.confluent_frame(9, tc.key_parsed, codec.key_datum(info, row, cfg))
+
+
 def test_null_values_decode_as_none(registry) -> None:
     cols = tuple(case[0] for case in TYPE_CASES if case[0].nullable)
     renamed = tuple(Column(f"c{i}", c.data_type, True, None, c.unsigned, c.precision, c.scale, c.members)
