@@ -24,6 +24,16 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "tidb_pipeline.yaml"
 _TOPIC_ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
 _KAFKA_TOPIC_MAX = 249
 _CONNECTOR_TABLE_OK = re.compile(r"^[_a-zA-Z][_$a-zA-Z0-9]+$")
+# Snowflake's reserved keywords (docs.snowflake.com/en/sql-reference/reserved-keywords): not usable unquoted.
+_RESERVED = frozenset("""
+ALL ALTER AND ANY AS BETWEEN BY CASE CAST CHECK COLUMN CONNECT CONSTRAINT CREATE CROSS CURRENT CURRENT_DATE
+CURRENT_TIME CURRENT_TIMESTAMP CURRENT_USER DELETE DISTINCT DROP ELSE EXISTS FALSE FOLLOWING FOR FROM FULL GRANT
+GROUP GSCLUSTER HAVING ILIKE IN INCREMENT INNER INSERT INTERSECT INTO IS ISSUE JOIN LATERAL LEFT LIKE LOCALTIME
+LOCALTIMESTAMP MINUS NATURAL NOT NULL OF ON OR ORDER ORGANIZATION QUALIFY REGEXP REVOKE RIGHT RLIKE ROW ROWS
+SAMPLE SCHEMA SELECT SET SOME START TABLE TABLESAMPLE THEN TO TRIGGER TRUE TRY_CAST UNION UNIQUE UPDATE USING
+VALUES VIEW WHEN WHENEVER WHERE WINDOW WITH""".split())
+# Decimal digits a double holds exactly: a wider DECIMAL loses digits as a JSON number in Snowflake.
+DOUBLE_EXACT_DIGITS = 15
 # Five-field cron, the only form Dagster schedules accept.
 _CRON = re.compile(r"^\S+\s+\S+\s+\S+\s+\S+\s+\S+$")
 # An unquoted Snowflake identifier: what the Snowflake Sink creates (upper-cased) and what a user types.
@@ -48,8 +58,11 @@ class SourceConfig(_Model):
     topic_pattern: str = "tidb_{schema}_{table}"
     partitions: int = Field(default=3, ge=1, le=1024)
     enable_tidb_extension: bool = True
-    # TiCDC's Avro options; the replica's types depend on them.
-    decimal_handling: Literal["precise", "string"] = "precise"
+    # TiCDC's Avro options; the replica's types depend on them. Unset, decimals are `precise` (typed
+    # NUMBER(p,s) replica columns) unless a table is in connector landing mode: the Snowflake Sink writes an
+    # Avro decimal as a JSON number, which Snowflake stores as a double, so there the project sends `string`
+    # (exact digits in VARCHAR replica columns); read it as `PipelineConfig.decimal_handling`.
+    decimal_handling: Literal["precise", "string"] | None = None
     bigint_unsigned_handling: Literal["long", "string"] = "long"
 
     @field_validator("changefeed_id")
@@ -73,6 +86,9 @@ def _unquoted_identifier(value: str) -> str:
     if not _UNQUOTED_IDENT.match(value):
         raise ValueError(f"{value!r} is not an unquoted Snowflake identifier (^[A-Za-z_][A-Za-z0-9_$]*$): the "
                          "Snowflake Sink creates unquoted, upper-cased names; use letters, digits, '_' and '$'")
+    if value.upper() in _RESERVED:
+        raise ValueError(f"{value!r} is a Snowflake reserved keyword, so not usable as an unquoted Snowflake identifier "
+                         f"(the Snowflake Sink creates its names unquoted); choose another, e.g. {value.upper() + '_1'!r}")
     return value.upper()
 
 
@@ -83,7 +99,7 @@ def _keyable_identifier(value: str) -> str:
         raise ValueError(f"{value!r} may hold only letters, digits and '_' and not start with a digit: it must be an "
                          "unquoted Snowflake identifier (the Snowflake Sink creates unquoted, upper-cased names) and "
                          f"it names the Dagster asset snowflake/<schema>/<name> too; use e.g. {_plain_name(value)!r}")
-    return value.upper()
+    return _unquoted_identifier(value)  # reserved keywords are refused there
 
 
 class SnowflakeSessionConfig(_Model):
@@ -347,7 +363,9 @@ class ConnectorsConfig(_Model):
 
     snowflake_sink_name: str = "tidb-pipeline-snowflake-sink"
     sqlserver_sink_name: str = "tidb-pipeline-sqlserver-sink"
-    snowflake_ingestion_method: Literal["SNOWPIPE", "SNOWPIPE_STREAMING"] = "SNOWPIPE"
+    # Streaming is exactly-once and in order per partition (needs SNOWFLAKE_ROLE); SNOWPIPE loads files in any
+    # order, which the merge's hole rule keeps correct (`replication.holes`).
+    snowflake_ingestion_method: Literal["SNOWPIPE", "SNOWPIPE_STREAMING"] = "SNOWPIPE_STREAMING"
     buffer_flush_time_s: int = Field(default=120, ge=1)
     buffer_count_records: int = Field(default=10_000, ge=1)
     buffer_size_bytes: int = Field(default=20_000_000, ge=1)
@@ -389,6 +407,9 @@ class PipelineConfig(_Model):
     cleanup_schedule: ScheduleConfig = ScheduleConfig(cron="0 */2 * * *")
     reconcile_schedule: ScheduleConfig = ScheduleConfig(cron="0 * * * *")
     retention_hours: float = Field(default=24.0, ge=0)
+    # How long a hole in a landing table's offsets may hold a merge back before `landing_continuity` is
+    # ERROR: longer than the connector takes to flush and Snowpipe to load a file (`buffer_flush_time_s`).
+    hole_grace_seconds: float = Field(default=300.0, ge=0)
     # The offsets sensor's minimum interval: a commit waits up to this long before a merge run is even
     # requested. Dagster's sensor daemon evaluates sensors at most every 5 s, so lower values buy nothing.
     sensor_interval_seconds: int = Field(default=15, ge=5, le=3600)
@@ -429,6 +450,20 @@ class PipelineConfig(_Model):
                     f"tables.{i}.group: {t.group!r} has no entry in merge_schedules "
                     f"(known: {', '.join(sorted(self.merge_schedules))})"
                 )
+        connector = [f"{t.db}.{t.table}" for t in self.tables if self.landing_mode_of(t) == "connector"]
+        if connector and self.hole_grace_seconds <= self.connectors.buffer_flush_time_s:
+            raise ValueError(
+                f"hole_grace_seconds: {self.hole_grace_seconds:g} must exceed connectors.buffer_flush_time_s "
+                f"({self.connectors.buffer_flush_time_s}): the Snowflake Sink may hold records that long before "
+                "they land, so a shorter grace reports holes that are only late")
+        if self.source.decimal_handling == "precise" and connector:
+            raise ValueError(
+                f"source.decimal_handling: 'precise' is not exact for the tables in connector landing mode "
+                f"({', '.join(connector[:5])}{', ...' if len(connector) > 5 else ''}): the Snowflake Sink writes "
+                "an Avro decimal as a JSON number, which Snowflake stores as a double, so a DECIMAL wider than "
+                f"{DOUBLE_EXACT_DIGITS} digits (such as DECIMAL(65,30)) loses digits. Use 'string' (or leave it "
+                "unset: connector mode then sends string decimals, replicated exactly as VARCHAR), or land those "
+                "tables with landing_mode: builtin")
         return self
 
     # --- derived names, one place for every module -------------------------------------------
@@ -438,6 +473,14 @@ class PipelineConfig(_Model):
 
     def landing_mode_of(self, t: TableConfig) -> str:
         return t.landing_mode or self.landing_mode
+
+    @property
+    def decimal_handling(self) -> Literal["precise", "string"]:
+        """TiCDC's `avro-decimal-handling-mode`: as set, else `string` when a table is in connector landing mode
+        (the Snowflake Sink's JSON numbers become doubles in Snowflake) and `precise` otherwise."""
+        if self.source.decimal_handling is not None:
+            return self.source.decimal_handling
+        return "string" if any(self.landing_mode_of(t) == "connector" for t in self.tables) else "precise"
 
     def landing_table(self, t: TableConfig) -> str:
         """The connector's auto-created name for the table's topic (spec/confluent.md), unless overridden."""

@@ -162,3 +162,50 @@ def test_session_pins_have_safe_defaults_and_come_from_config() -> None:
     }
     session = parse_config({"snowflake": {"session": {"lock_timeout_s": 30, "timezone": "Europe/Berlin"}}}).snowflake.session
     assert (session.parameters()["LOCK_TIMEOUT"], session.parameters()["TIMEZONE"]) == (30, "Europe/Berlin")
+
+
+CONNECTOR_TABLES = [{"db": "shop", "table": "orders"}, {"db": "shop", "table": "items", "landing_mode": "builtin"}]
+
+
+@pytest.mark.parametrize("name", ["TABLE", "select", "Order"])
+def test_a_reserved_keyword_is_no_landing_or_replica_name(name: str) -> None:
+    for field in ("landing_table", "replica_table"):
+        with pytest.raises(ConfigError) as err:
+            parse_config({"landing_mode": "connector", "tables": [{"db": "a", "table": "b", field: name}]})
+        assert f"tables.0.{field}" in str(err.value) and "reserved keyword" in str(err.value)
+
+
+def test_hole_grace_must_outlast_the_connector_flush() -> None:
+    assert parse_config({"tables": CONNECTOR_TABLES}).hole_grace_seconds == 300  # a few minutes by default
+    with pytest.raises(ConfigError, match=r"hole_grace_seconds: 100 must exceed connectors.buffer_flush_time_s \(120\)"):
+        parse_config({"landing_mode": "connector", "hole_grace_seconds": 100, "tables": CONNECTOR_TABLES})
+    tuned = parse_config({"landing_mode": "connector", "hole_grace_seconds": 100,
+                          "connectors": {"buffer_flush_time_s": 30}, "tables": CONNECTOR_TABLES})
+    assert tuned.hole_grace_seconds == 100
+    # Builtin mode loads in order: no connector flush to wait for, any grace goes.
+    assert parse_config({"hole_grace_seconds": 0, "tables": CONNECTOR_TABLES[1:]}).hole_grace_seconds == 0
+    with pytest.raises(ConfigError, match="hole_grace_seconds"):
+        parse_config({"hole_grace_seconds": -1})
+
+
+def test_connector_mode_sends_string_decimals_and_refuses_precise() -> None:
+    """DECIMAL(65,30) is exact in both modes: builtin lands precise decimals exactly; the Snowflake Sink would
+    turn them into doubles, so connector mode sends TiCDC's string decimals."""
+    assert parse_config({"tables": CONNECTOR_TABLES}).decimal_handling == "precise"
+    assert parse_config({"landing_mode": "connector", "tables": CONNECTOR_TABLES}).decimal_handling == "string"
+    one = parse_config({"tables": [{**CONNECTOR_TABLES[0], "landing_mode": "connector"}]})
+    assert one.decimal_handling == "string"
+    explicit = parse_config({"source": {"decimal_handling": "string"}, "tables": CONNECTOR_TABLES})
+    assert explicit.decimal_handling == "string"
+    with pytest.raises(ConfigError) as err:
+        parse_config({"source": {"decimal_handling": "precise"}, "landing_mode": "connector",
+                      "tables": CONNECTOR_TABLES})
+    text = str(err.value)
+    assert "source.decimal_handling: 'precise' is not exact" in text and "(shop.orders)" in text
+    assert "DECIMAL(65,30)" in text and "shop.items" not in text  # the builtin table is fine
+
+
+def test_snowflake_sink_streams_by_default() -> None:
+    assert parse_config({}).connectors.snowflake_ingestion_method == "SNOWPIPE_STREAMING"
+    snowpipe = parse_config({"connectors": {"snowflake_ingestion_method": "SNOWPIPE"}})
+    assert snowpipe.connectors.snowflake_ingestion_method == "SNOWPIPE"

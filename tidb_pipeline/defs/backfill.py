@@ -201,7 +201,7 @@ def codec_config(config: PipelineConfig) -> ticdc_schema.CodecConfig:
     src = config.source
     return ticdc_schema.CodecConfig(
         enable_tidb_extension=src.enable_tidb_extension,
-        decimal_handling_mode=src.decimal_handling,
+        decimal_handling_mode=config.decimal_handling,  # resolved: string in connector mode
         bigint_unsigned_handling_mode=src.bigint_unsigned_handling,
     )
 

@@ -6,9 +6,12 @@ On every replica `snowflake/<replica_schema>/<TABLE>`:
   few seconds behind now, or the checkpoint unknown), ERROR when it is caught up and still differs.
 - `content_matches_source`: chunked checksums over primary-key ranges on both sides
   (`tidb_pipeline.replication.checksum`), naming the differing ranges; lag-aware like the row count.
-- `landing_continuity`: no offset holes per partition in the landing table (dead-lettered offsets count as
-  present). Cleanup deletes merged rows oldest first, so the rows left start at a floor; a hole above that
-  floor, or between the merged watermark and the first landed offset above it, is ERROR.
+- `landing_continuity`: no offset hole above the merged watermark outlasts the grace period
+  (`hole_grace_seconds`). Dead-lettered offsets count as present; each hole is decided with Kafka
+  (`defs.holes`): offsets Kafka never had are skipped, records Kafka has but that have not landed hold the
+  merge back and are ERROR once first seen longer ago than the grace, records deleted from Kafka before
+  they landed are ERROR at once. Holes at or below the watermark are cleanup's doing and harmless (the
+  merge never passes a hole).
 - `no_unconverted_values`: ERROR while the replica holds NULL in place of a value Snowflake could not convert
   (TiDB zero dates and the like; `replication.merge`, "Conversions"), naming the column, the key, the raw text
   and the landing partition/offset of each.
@@ -37,8 +40,9 @@ import dagster as dg
 from tidb_pipeline.config import FreshnessConfig, PipelineConfig, TableConfig
 from tidb_pipeline.defs.changefeed import lag_seconds as checkpoint_lag_s  # one TSO-lag rule for asset and check
 from tidb_pipeline.defs.freshness import freshness_state
+from tidb_pipeline.defs.holes import overdue, resolve_holes, utc_now
 from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
-from tidb_pipeline.defs.replica import latest_schemas
+from tidb_pipeline.defs.replica import ensure_schema, latest_schemas
 from tidb_pipeline.defs.tables import TableNames, changefeed_key, group_name, table_keys, table_names
 from tidb_pipeline.replication.avro_types import EXTENSION_FIELDS, load_schema
 from tidb_pipeline.replication.checksum import (
@@ -56,6 +60,7 @@ from tidb_pipeline.replication.checksum import (
     range_chunks,
 )
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
+from tidb_pipeline.replication.holes import ABSENT, Gap, OffsetSources, create_offset_gaps_sql
 from tidb_pipeline.replication.merge import unconverted_table
 from tidb_pipeline.replication.ticdc_schema import sanitize_name
 from tidb_pipeline.resources.kafka import KafkaResource
@@ -237,46 +242,38 @@ def compare_content(
 # --- landing continuity ----------------------------------------------------------------------------------
 
 
-def continuity_sql(landing: TableRef, dead_letters: TableRef | None, topic: str) -> tuple[Statement, Statement]:
-    """(holes: partition, first and last missing offset; spans: partition, first, last, distinct offsets)."""
-    offsets = (
-        f'SELECT "RECORD_METADATA":"partition"::int AS p, "RECORD_METADATA":"offset"::int AS o FROM {landing.sql}'
-    )
-    params: tuple[Any, ...] = ()
-    if dead_letters is not None:
-        offsets += f' UNION SELECT "PARTITION"::int, "OFFSET"::int FROM {dead_letters.sql} WHERE "TOPIC" = %s'
-        params = (topic,)
+def spans_sql(landing: TableRef) -> Statement:
+    """Per partition: first and last landed offset, and how many distinct offsets (metadata only)."""
     return Statement(
-        f"SELECT x.p, x.prev + 1, x.o - 1 FROM (\n"
-        f"  SELECT d.p, d.o, LAG(d.o) OVER (PARTITION BY d.p ORDER BY d.o) AS prev FROM ({offsets}) d\n"
-        f") x WHERE x.o > x.prev + 1 ORDER BY 1, 2",
-        params,
-    ), Statement(
-        f"SELECT d.p, MIN(d.o), MAX(d.o), COUNT(DISTINCT d.o) FROM ({offsets}) d GROUP BY d.p ORDER BY 1",
-        params,
+        'SELECT "RECORD_METADATA":"partition"::int AS p, MIN("RECORD_METADATA":"offset"::int), '
+        'MAX("RECORD_METADATA":"offset"::int), COUNT(DISTINCT "RECORD_METADATA":"offset"::int) '
+        f"FROM {landing.sql} GROUP BY 1 ORDER BY 1"
     )
 
 
-@dataclass(frozen=True)
-class Gap:
-    partition: int
-    first: int
-    last: int
-
-    def __str__(self) -> str:
-        return f"partition {self.partition}: offsets {self.first}..{self.last} missing"
-
-
-def find_gaps(
-    holes: Sequence[tuple[int, int, int]], spans: Mapping[int, tuple[int, int]], watermarks: Mapping[int, Watermark]
-) -> list[Gap]:
-    """Holes between present offsets, plus a hole between the watermark and the first offset above it."""
-    gaps = [Gap(int(p), int(a), int(b)) for p, a, b in holes]
-    for p, (first, _last) in spans.items():
-        wm = watermarks.get(p)
-        if wm is not None and first > wm.offset + 1:
-            gaps.append(Gap(p, wm.offset + 1, first - 1))
-    return sorted(gaps, key=lambda g: (g.partition, g.first))
+def continuity_result(topic: str, gaps: Sequence[Gap], now: dt.datetime, grace_s: float,
+                      metadata: dict[str, Any]) -> dg.AssetCheckResult:
+    """ERROR when a hole above the watermark is LOST or has waited longer than the grace period; else pass."""
+    late = overdue(gaps, now, grace_s)
+    open_gaps = [g for g in gaps if g.status != ABSENT]
+    metadata = {
+        **metadata,
+        "hole_grace_seconds": grace_s,
+        "holes": [g.describe(topic) for g in open_gaps[:50]] or "(none)",
+        "offsets_not_in_kafka": [g.describe(topic) for g in gaps if g.status == ABSENT][:50] or "(none)",
+    }
+    if late:
+        first = late[0]
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata={**metadata, "overdue": [
+                g.describe(topic) for g in late[:50]]},
+            description=(f"{len(late)} hole(s) hold the merge back past the {grace_s:g} s grace period, first: "
+                         f"topic {topic} partition {first.partition} offsets {first.first}..{first.last} "
+                         "missing; nothing above them is merged. Re-deliver them (reset the sink's consumer "
+                         "group to the first missing offset; the merge dedupes) or resnapshot with the backfill "
+                         "job")[:1000],
+        )
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
 def _dead_letters(warehouse: Warehouse, names: TableNames, settings: CheckSettings) -> TableRef | None:
@@ -436,25 +433,24 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
 
 def _continuity(r: Replica, res: Any) -> dg.AssetCheckResult:
     names = r.names
+    now = utc_now()
     with _session(r, res) as wh:
         watermarks = read_watermarks(wh, names)
-        holes_stmt, spans_stmt = continuity_sql(names.landing, _dead_letters(wh, names, r.settings), names.topic)
         try:
-            holes = wh.execute(holes_stmt)
-            spans = {int(p): (int(a), int(b)) for p, a, b, _n in wh.execute(spans_stmt)}
+            spans = {int(p): (int(a), int(b)) for p, a, b, _n in wh.execute(spans_sql(names.landing))}
         except Exception as exc:  # noqa: BLE001 - nothing landed yet
             if not is_missing_object(exc):
                 raise
             return dg.AssetCheckResult(passed=True, metadata={"note": f"{names.landing.label} does not exist yet"})
-    gaps = find_gaps(holes, spans, watermarks)
-    metadata = {
+        ensure_schema(wh, names.offset_gaps)  # the check may run before any merge made the control schema
+        wh.execute(create_offset_gaps_sql(names.offset_gaps))
+        src = OffsetSources(names.landing, names.watermarks, names.replica, names.topic,
+                            _dead_letters(wh, names, r.settings), names.offset_gaps)
+        gaps = resolve_holes(wh, res.kafka, src, now)
+    return continuity_result(names.topic, gaps, now, r.config.hole_grace_seconds, {
         "landed_offsets": _partitions_text({p: f"{a}..{b}" for p, (a, b) in spans.items()}),
         "merged_watermarks": _partitions_text({p: w.offset for p, w in watermarks.items()}),
-        "gaps": [str(g) for g in gaps[:50]],
-    }
-    if gaps:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
-    return dg.AssetCheckResult(passed=True, metadata=metadata)
+    })
 
 
 def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
@@ -562,8 +558,9 @@ CHECK_KINDS: tuple[CheckKind, ...] = (
               lambda r: f"Replica row count equals `SELECT COUNT(*)` of TiDB `{r.source}` (lag-aware).", _row_count),
     CheckKind("content_matches_source", frozenset({"tidb", "snowflake", "kafka", "ticdc"}),
               lambda r: "Chunked checksums over primary-key ranges equal on TiDB and the replica (lag-aware).", _content),
-    CheckKind("landing_continuity", frozenset({"snowflake"}),
-              lambda r: f"No offset gaps per partition in landing table {r.names.landing.label}.", _continuity),
+    CheckKind("landing_continuity", frozenset({"snowflake", "kafka"}),
+              lambda r: f"No offset hole above the merged watermark of landing table {r.names.landing.label} "
+              f"outlasts {r.config.hole_grace_seconds:g} s (offsets Kafka never had are skipped).", _continuity),
     CheckKind("no_quarantined_records", frozenset({"snowflake"}),
               lambda r: f"No record of topic `{r.names.topic}` sits in the dead-letter table (poison records "
               "are quarantined there with their offsets instead of being skipped).", _quarantine),

@@ -103,6 +103,10 @@ def snowflake_sink_settings(config: PipelineConfig, kafka: KafkaResource, snowfl
             "(and SNOWFLAKE_PRIVATE_KEY_PASSWORD if it is encrypted) for SNOWFLAKE_USER"
         )
     c = config.connectors
+    if c.snowflake_ingestion_method == "SNOWPIPE_STREAMING" and not snowflake.role:
+        raise ConnectorSettingsError(
+            f"connector {name!r} ingests with SNOWPIPE_STREAMING, which needs a Snowflake role "
+            "(snowflake.role.name); set SNOWFLAKE_ROLE, or set connectors.snowflake_ingestion_method: SNOWPIPE")
     return SnowflakeSinkSettings(
         name=name,
         kafka=kafka_credentials(kafka, name),

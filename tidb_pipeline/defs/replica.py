@@ -10,6 +10,10 @@ They come from TiDB itself, through the `tidb` resource, and only when a schema 
 does not have yet (its first merge, a new column): a replica column keeps its name once created, so
 steady-state merges read nothing from TiDB, and a column added by `ALTER TABLE` gets its TiDB name without
 re-running `discover` (a name list in the config would be stale from that moment).
+
+The merge never passes a hole in a partition's offsets (`replication.holes`): when one holds a partition
+back and the offset-gaps table is given, the hole is decided with Kafka first (`defs.holes.resolve_holes`),
+so offsets Kafka never had are skipped in this same run, and the outcome names what stays held back.
 """
 
 from __future__ import annotations
@@ -23,17 +27,30 @@ from typing import Any
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from tidb_pipeline.defs.holes import resolve_holes
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns, source_names, with_names
 from tidb_pipeline.replication.ddl import (
     TableRef,
     add_columns_sql,
+    create_dead_letter_sql,
     create_replica_sql,
     create_unconverted_sql,
     create_watermark_sql,
     quote_ident,
     table_columns_sql,
 )
-from tidb_pipeline.replication.merge import MergeCounts, MergePlan, MergeRange, run_merge, unconverted_table
+from tidb_pipeline.replication.holes import ABSENT, Gap, create_offset_gaps_sql
+from tidb_pipeline.replication.merge import (
+    Held,
+    MergeCounts,
+    MergePlan,
+    MergeRange,
+    parse_pending,
+    pending_ranges_sql,
+    run_merge,
+    unconverted_table,
+)
+from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.replication.ticdc_schema import subject_names
 from tidb_pipeline.resources.warehouse import DDL_MEMO, Warehouse
 
@@ -50,6 +67,8 @@ class MergeOutcome:
     row_count: int | None = None
     schema_version: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    held: tuple[Held, ...] = ()  # partitions a hole holds back after this merge
+    gaps: tuple[Gap, ...] = ()  # how this run decided the holes it met (ABSENT ones were skipped)
 
 
 def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
@@ -113,11 +132,16 @@ def merge_replica(
     now: dt.datetime | None = None,
     log: logging.Logger | None = None,
     source_columns: Callable[[], Sequence[str]] | None = None,
+    dead_letters: TableRef | None = None,
+    offset_gaps: TableRef | None = None,
+    kafka: KafkaResource | None = None,
 ) -> MergeOutcome | None:
     """Bring the replica up to date with its landing table; None when the topic has no schema yet.
 
     `source_columns` returns TiDB's column names of the table: the replica takes them instead of TiCDC's
     sanitised Avro field names. It is called only when the schema brings a field the replica lacks.
+    `dead_letters` (the built-in loader's quarantine) and `offset_gaps` (`replication.holes`) name offsets
+    that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
     """
     log = log or logging.getLogger(__name__)
     schemas = latest_schemas(registry, topic)
@@ -128,7 +152,7 @@ def merge_replica(
     fields = replica_columns(value_schema, key_schema)
     when = now or dt.datetime.now(dt.timezone.utc)
     wh = Warehouse.of(connection)
-    memo_key = ("replica", replica, watermarks)
+    memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps)
     ddl_version = (version, fields)
     # The columns under their replica names: as the DDL found them when it last ran for this schema version
     # (kept in the memo next to it), or as this run's DDL finds them.
@@ -143,18 +167,35 @@ def merge_replica(
         ensure_schema(wh, watermarks)
         wh.execute(create_watermark_sql(watermarks))
         wh.execute(create_unconverted_sql(unconverted_table(watermarks)))
+        for ref, ddl in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql)):
+            if ref is not None:  # the pending-ranges query reads both
+                ensure_schema(wh, ref)
+                wh.execute(ddl(ref))
         columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns)
         added[:] = got
         return columns[0]
 
-    def merge() -> tuple[MergeCounts, tuple[MergeRange, ...]]:
+    def merge() -> tuple[MergeCounts, tuple[MergeRange, ...], tuple[Held, ...], tuple[Gap, ...]]:
         # Built after the DDL: the plan reads the landing rows by field name into TiDB-named columns.
-        return run_merge(wh, MergePlan(replica, landing, watermarks, columns[0]), when)
+        plan = MergePlan(replica, landing, watermarks, columns[0], topic=topic, dead_letters=dead_letters,
+                         offset_gaps=offset_gaps)
+        pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+        gaps: tuple[Gap, ...] = ()
+        if pending.held and offset_gaps is not None:
+            gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when))
+            if any(g.status == ABSENT for g in gaps):  # offsets Kafka never had: pass them now
+                pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+        counts, ranges = run_merge(wh, plan, when, ranges=pending.ranges)
+        for h in pending.held:
+            log.warning("merge of %s holds partition %s at offset %s: %s", replica.label, h.partition,
+                        h.merged_through, h)
+        return counts, ranges, pending.held, gaps
 
     # The DDL runs once per process and schema version (columns a new version brings are added then).
-    counts, ranges = wh.ensured(memo_key, ensure, merge, version=ddl_version,
-                                what=f"merge into {replica.label}", log=log)
+    counts, ranges, held, gaps = wh.ensured(memo_key, ensure, merge, version=ddl_version,
+                                            what=f"merge into {replica.label}", log=log)
     if added:
         log.info("added columns %s to %s (schema version %s)", ", ".join(added), replica.label, version)
     (row_count,) = wh.execute(f"SELECT COUNT(*) FROM {replica.sql}")[0]
-    return MergeOutcome(replica, counts, ranges, columns[0], tuple(added), int(row_count), version)
+    return MergeOutcome(replica, counts, ranges, columns[0], tuple(added), int(row_count), version, held=held,
+                        gaps=gaps)

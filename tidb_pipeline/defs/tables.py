@@ -33,10 +33,12 @@ from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.freshness import replica_freshness_policy
+from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE
 from tidb_pipeline.defs.replica import merge_replica
 from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.progress import merged_through_sql
+from tidb_pipeline.replication.holes import ABSENT, OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.tidb import TiDBResource
@@ -66,6 +68,15 @@ class TableNames:
     replica: TableRef
     watermarks: TableRef
     control: TableRef  # schema holding the stage, load table and dead-letter table
+
+    @property
+    def dead_letters(self) -> TableRef:
+        return TableRef(self.control.schema, DEAD_LETTER_TABLE, self.control.database)
+
+    @property
+    def offset_gaps(self) -> TableRef:
+        """Holes decided against Kafka (`replication.holes`)."""
+        return TableRef(self.control.schema, OFFSET_GAPS_TABLE, self.control.database)
 
 
 def changefeed_key(config: PipelineConfig) -> dg.AssetKey:
@@ -171,13 +182,14 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sess
     }
 
 
-def _merge(names: TableNames, registry: Any, sessions: Sessions, log: Any,
+def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any,
            source_columns: Callable[[], Sequence[str]]) -> dict[str, Any]:
     with sessions() as wh:
         outcome = merge_replica(
             connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
-            source_columns=source_columns,
+            source_columns=source_columns, dead_letters=names.dead_letters, offset_gaps=names.offset_gaps,
+            kafka=kafka,
         )
         # Recorded so the idle gate (defs/idle.py) learns what is merged without a statement of its own.
         merged = None if outcome is None else {
@@ -199,6 +211,10 @@ def _merge(names: TableNames, registry: Any, sessions: Sessions, log: Any,
         "merged_offsets": ", ".join(
             f"p{r.partition}: {r.after_offset}→{r.through_offset}" for r in outcome.ranges
         ) or "(nothing new)",
+        # The merge never passes a hole: what waits above one, and the offsets Kafka never had that it skipped.
+        "held_back": [str(h) for h in outcome.held] or "(none)",
+        "offsets_not_in_kafka_skipped": [g.describe(names.topic) for g in outcome.gaps if g.status == ABSENT]
+        or "(none)",
         "columns_added": ", ".join(outcome.added_columns) or "(none)",
         "schema_version": outcome.schema_version,
         "dagster/row_count": outcome.row_count,
@@ -285,7 +301,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 merge=k.replica in selected,
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
                 # TiDB's column names, read only when the replica lacks a field (defs/replica.py).
-                merge_fn=lambda n, log: _merge(n, replica_registry, sessions, log,
+                merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log,
                                                lambda: [c.name for c in tidb.columns(t.db, t.table)]),
             )
 

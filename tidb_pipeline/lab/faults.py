@@ -253,11 +253,17 @@ def _child(run: CrashRun) -> None:
             connection=conn, topic=run.topic, landing=run.landing, control=run.control, max_records=run.max_records,
         )
     else:
+        from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE
         from tidb_pipeline.defs.replica import merge_replica
+        from tidb_pipeline.replication.holes import OFFSET_GAPS_TABLE
 
         assert run.replica is not None and run.watermarks is not None
+        control = run.control
         merge_replica(connection=conn, registry=registry, topic=run.topic, landing=run.landing,
-                      replica=run.replica, watermarks=run.watermarks)
+                      replica=run.replica, watermarks=run.watermarks,
+                      dead_letters=TableRef(control.schema, DEAD_LETTER_TABLE, control.database),
+                      offset_gaps=TableRef(control.schema, OFFSET_GAPS_TABLE, control.database),
+                      kafka=KafkaResource(bootstrap_servers=run.settings.kafka_bootstrap))
     conn.close()
 
 

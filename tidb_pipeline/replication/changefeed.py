@@ -134,7 +134,7 @@ def sink_uri(config: PipelineConfig, kafka: KafkaSink) -> str:
         ("partition-num", str(src.partitions)),
         ("replication-factor", str(kafka.replication_factor)),
         ("enable-tidb-extension", "true" if src.enable_tidb_extension else "false"),
-        ("avro-decimal-handling-mode", src.decimal_handling),
+        ("avro-decimal-handling-mode", config.decimal_handling),
         ("avro-bigint-unsigned-handling-mode", src.bigint_unsigned_handling),
     ]
     if kafka.tls:
@@ -195,7 +195,7 @@ def replica_config(config: PipelineConfig, registry: Registry) -> dict[str, Any]
             "kafka_config": {
                 "codec_config": {
                     "enable_tidb_extension": src.enable_tidb_extension,
-                    "avro_decimal_handling_mode": src.decimal_handling,
+                    "avro_decimal_handling_mode": config.decimal_handling,
                     "avro_bigint_unsigned_handling_mode": src.bigint_unsigned_handling,
                 }
             },

@@ -3,12 +3,16 @@
 The recipe this project replaces TRUNCATEs the landing table on a timer, which loses rows that landed after
 the last merge. Here a row is deleted only when all of these hold:
 - its offset is at or below its partition's merged watermark for the replica (it is in the replica);
-- its Kafka timestamp (`CreateTime`, or `LogAppendTime` on such topics) is older than the retention window
-  (recent rows stay for debugging and for the landing continuity check);
+- its timestamp is older than the retention window (recent rows stay for debugging): the Kafka timestamp
+  (`CreateTime`, or `LogAppendTime` on such topics), else the connector's `SnowflakeConnectorPushTime`
+  (Snowpipe Streaming, connector 4.x). A row with none of them (metadata groups switched off, another
+  writer) has no age to wait for and goes as soon as it is merged: a missing timestamp must not keep a row
+  forever;
 - it is not the highest landed offset of its partition: the built-in landing resumes each partition from
   the landing table's own max offset, so that row must survive or the partition would be re-read from the
   start.
-Rows without a timestamp are kept (NULL comparisons are false).
+Both connector generations' layouts qualify alike (3.x `RECORD_CONTENT = {}` tombstones and `schema_id`
+fields, 4.x NULL tombstones): only partition, offset and the timestamps are read.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from tidb_pipeline.replication.ddl import Statement, TableRef
 
 _PARTITION = '"RECORD_METADATA":"partition"::int'
 _OFFSET = '"RECORD_METADATA":"offset"::int'
-_TIMESTAMP = 'COALESCE(l."RECORD_METADATA":"CreateTime"::int, l."RECORD_METADATA":"LogAppendTime"::int)'
+# No timestamp at all counts as 0 (older than any cutoff), so such rows go once merged.
+_TIMESTAMP = ('COALESCE(l."RECORD_METADATA":"CreateTime"::int, l."RECORD_METADATA":"LogAppendTime"::int, '
+              'l."RECORD_METADATA":"SnowflakeConnectorPushTime"::int, 0)')
 
 
 def cleanup_sql(

@@ -5,6 +5,14 @@ layout under the names `PipelineConfig.landing_table` gives (so `snowflake.topic
 never left to the connector's own naming), and the managed SQL Server Sink upserts by record key with
 deletes on tombstones. Every value is a string, as both Connect APIs require.
 
+The Snowflake Sink's behaviour the merge depends on is pinned, never left to a default that differs between
+connector versions (`PINNED_SNOWFLAKE_SINK`): deletes arrive as tombstone rows (`behavior.on.null.values=
+DEFAULT`; IGNORE drops them, so deletes would be lost), the table keeps the two-VARIANT layout
+(`snowflake.enable.schematization=false`; 4.x defaults to true, which has no RECORD_CONTENT), and every
+metadata group is written (the merge reads topic, partition, offset and key; cleanup the timestamp).
+Ingestion is `SNOWPIPE_STREAMING` by default (exactly-once, in order per partition; needs a role);
+`SNOWPIPE` is allowed, and then the merge's hole rule keeps the replica right (`replication.holes`).
+
 Comparing with what a Connect API returns differs by flavor: Confluent Cloud masks secrets on read and adds
 keys of its own, so there a masked value matches anything and extra keys are ignored; a self-managed worker
 returns exactly what was stored, so there the comparison is exact. A consequence worth knowing: on
@@ -27,6 +35,16 @@ Step = Literal["create", "update", "resume"]
 
 _PEM_LINE = re.compile(r"-----(BEGIN|END)[A-Z ]*-----")
 
+# Snowflake Sink properties the landing layout depends on (module docstring); always sent as here.
+PINNED_SNOWFLAKE_SINK: dict[str, str] = {
+    "behavior.on.null.values": "DEFAULT",
+    "snowflake.enable.schematization": "false",
+    "snowflake.metadata.all": "true",
+    "snowflake.metadata.topic": "true",
+    "snowflake.metadata.offset.and.partition": "true",
+    "snowflake.metadata.createtime": "true",
+}
+
 
 @dataclass(frozen=True)
 class KafkaCredentials:
@@ -46,7 +64,7 @@ class SnowflakeSinkSettings:
     user: str
     private_key: str  # PEM or bare body; normalised to the bare body
     private_key_passphrase: str | None = None
-    ingestion_method: Literal["SNOWPIPE", "SNOWPIPE_STREAMING"] = "SNOWPIPE"
+    ingestion_method: Literal["SNOWPIPE", "SNOWPIPE_STREAMING"] = "SNOWPIPE_STREAMING"
     role: str | None = None  # required with SNOWPIPE_STREAMING
     buffer_flush_time_s: int = 120
     buffer_count_records: int = 10000
@@ -86,7 +104,8 @@ def snowflake_sink_config(config: PipelineConfig, settings: SnowflakeSinkSetting
         raise ValueError(f"connector {settings.name!r}: no tables to sink; set landing_mode: connector on at "
                          "least one table in the config")
     if settings.ingestion_method == "SNOWPIPE_STREAMING" and not settings.role:
-        raise ValueError(f"connector {settings.name!r}: SNOWPIPE_STREAMING needs a Snowflake role; set one")
+        raise ValueError(f"connector {settings.name!r}: SNOWPIPE_STREAMING needs a Snowflake role "
+                         "(snowflake.role.name); set SNOWFLAKE_ROLE, or connectors.snowflake_ingestion_method: SNOWPIPE")
     topics = [config.topic(t) for t in chosen]
     out = {
         "connector.class": "SnowflakeSink",
@@ -102,6 +121,7 @@ def snowflake_sink_config(config: PipelineConfig, settings: SnowflakeSinkSetting
         "snowflake.schema.name": config.snowflake.landing_schema,
         "snowflake.topic2table.map": ",".join(f"{config.topic(t)}:{config.landing_table(t)}" for t in chosen),
         "snowflake.ingestion.method": settings.ingestion_method,
+        **PINNED_SNOWFLAKE_SINK,
         "buffer.flush.time": str(settings.buffer_flush_time_s),
         "buffer.count.records": str(settings.buffer_count_records),
         "buffer.size.bytes": str(settings.buffer_size_bytes),

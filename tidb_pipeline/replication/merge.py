@@ -1,9 +1,12 @@
 """The MERGE from a landing table into its typed replica (DESIGN.md, "The merge contract").
 
 One merge, step by step:
-1. `pending_ranges_sql` reads, per partition, the merged watermark and the highest landed offset above it.
-   These become fixed `MergeRange`s (bound values), so rows that land while the merge runs are left for the
-   next one instead of being skipped: every later statement reads exactly `(after_offset, through_offset]`.
+1. `pending_ranges_sql` reads, per partition, the merged watermark and the last offset before the first
+   hole above it (never past a hole: the connector's Snowpipe lands files in any order, see
+   `replication.holes`; dead-lettered offsets and offsets Kafka never had count as present). These become
+   fixed `MergeRange`s (bound values), so rows that land while the merge runs are left for the next one
+   instead of being skipped: every later statement reads exactly `(after_offset, through_offset]`. A
+   partition held at a hole comes back as a `Held` with the missing offsets, for the run's metadata.
 2. `source_sql` picks from those rows the latest version of each key: key from `RECORD_METADATA:key`
    (present on tombstones too), `ROW_NUMBER() ... ORDER BY offset DESC` per key. Every version of one key
    sits in one partition (TiCDC's index-value dispatcher), so offset order is change order; a primary-key
@@ -47,6 +50,7 @@ from typing import Any
 
 from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
+from tidb_pipeline.replication.holes import OffsetSources, reach_sql
 from tidb_pipeline.resources.warehouse import Warehouse
 
 # Internal column names of the source subquery (letters and `_` only: `$name` reads as a session variable).
@@ -79,6 +83,10 @@ class MergePlan:
     landing: TableRef
     watermarks: TableRef
     columns: tuple[ReplicaColumn, ...]
+    # Offsets that count as present besides landing rows (see `replication.holes`); none when unset.
+    topic: str = ""
+    dead_letters: TableRef | None = None
+    offset_gaps: TableRef | None = None
 
     def __post_init__(self) -> None:
         if not key_columns(self.columns):
@@ -94,6 +102,11 @@ class MergePlan:
     @property
     def values(self) -> tuple[ReplicaColumn, ...]:
         return tuple(c for c in self.columns if not c.is_key)
+
+    @property
+    def offsets(self) -> OffsetSources:
+        return OffsetSources(self.landing, self.watermarks, self.replica, self.topic, self.dead_letters,
+                             self.offset_gaps)
 
     @property
     def checked(self) -> tuple[ReplicaColumn, ...]:
@@ -178,30 +191,62 @@ def _ranges_table(ranges: Sequence[MergeRange]) -> Statement:
     return Statement(f'SELECT column1 AS "P", column2 AS "LO", column3 AS "HI" FROM VALUES {rows}', params)
 
 
-def pending_ranges_sql(plan: MergePlan, max_offsets_per_partition: int | None = None) -> Statement:
-    """Per partition with unmerged rows: (partition, merged watermark or -1, highest landed offset to merge).
+@dataclass(frozen=True)
+class Held:
+    """A partition whose merge stops before a hole: offsets `first_missing..last_missing` have not landed,
+    while landed offsets up to `highest_landed` wait above them."""
 
-    `max_offsets_per_partition` caps a batch (e.g. for a backfill); the upper bound is always an offset
-    that exists, so the watermark never claims rows that have not landed.
+    partition: int
+    merged_through: int  # the watermark after this merge
+    first_missing: int
+    last_missing: int
+    highest_landed: int
+
+    def __str__(self) -> str:
+        return (f"partition {self.partition}: offsets {self.first_missing}..{self.last_missing} missing; "
+                f"offsets up to {self.highest_landed} held back above them")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What the next merge may take (`ranges`) and which partitions a hole holds back (`held`)."""
+
+    ranges: tuple[MergeRange, ...]
+    held: tuple[Held, ...] = ()
+
+
+def pending_ranges_sql(plan: MergePlan, max_offsets_per_partition: int | None = None) -> Statement:
+    """Per partition with unmerged rows: partition, merged watermark or -1, last offset to merge, then the
+    first hole's first and last missing offset (NULL without a hole) and the highest present offset.
+
+    The range ends just before the first missing offset above the watermark (equal to the watermark when
+    the hole is right above it), so the watermark never claims an offset that has not landed.
+    `max_offsets_per_partition` caps a batch (e.g. for a backfill).
     """
-    cap = "" if max_offsets_per_partition is None else f" AND {_MD_OFFSET} <= COALESCE(w.\"MERGED_OFFSET\", -1) + %s"
-    params: tuple[Any, ...] = (plan.replica.label,)
-    if max_offsets_per_partition is not None:
-        if max_offsets_per_partition < 1:
-            raise ValueError("max_offsets_per_partition must be at least 1")
-        params += (max_offsets_per_partition,)
+    reach = reach_sql(plan.offsets, max_offsets_per_partition)
+    hole = 'r."A" > r."PREV" + 1'
     return Statement(
-        f'SELECT {_MD_PARTITION} AS "P", MAX(COALESCE(w."MERGED_OFFSET", -1)) AS "LO", MAX({_MD_OFFSET}) AS "HI"\n'
-        f"FROM {plan.landing.sql} l\n"
-        f'LEFT JOIN {plan.watermarks.sql} w ON w."REPLICA_TABLE" = %s AND w."PARTITION" = {_MD_PARTITION}\n'
-        f'WHERE {_MD_OFFSET} > COALESCE(w."MERGED_OFFSET", -1){cap}\n'
+        f'SELECT r."P", MAX(r."W") AS "LO", COALESCE(MIN(IFF({hole}, r."PREV", NULL)), MAX(r."B")) AS "HI", '
+        f'MIN(IFF({hole}, r."PREV" + 1, NULL)) AS "HOLE_FIRST", MIN(IFF({hole}, r."A" - 1, NULL)) AS "HOLE_LAST", '
+        f'MAX(r."B") AS "TOP"\n'
+        f"FROM ({reach.sql}) r\n"
         "GROUP BY 1 ORDER BY 1",
-        params,
+        reach.params,
     )
 
 
+def parse_pending(rows: Iterable[Sequence[Any]]) -> Pending:
+    ranges, held = [], []
+    for p, lo, hi, hole_first, hole_last, top in rows:
+        if int(hi) > int(lo):
+            ranges.append(MergeRange(int(p), int(lo), int(hi)))
+        if hole_first is not None:
+            held.append(Held(int(p), int(hi), int(hole_first), int(hole_last), int(top)))
+    return Pending(tuple(ranges), tuple(held))
+
+
 def parse_ranges(rows: Iterable[Sequence[Any]]) -> tuple[MergeRange, ...]:
-    return tuple(MergeRange(int(p), int(lo), int(hi)) for p, lo, hi in rows)
+    return parse_pending(rows).ranges
 
 
 def key_text_sql(keys: Sequence[ReplicaColumn], key_json: str) -> Statement:
@@ -497,9 +542,11 @@ def run_merge(
     *,
     max_offsets_per_partition: int | None = None,
     prune: bool = True,
+    ranges: Sequence[MergeRange] | None = None,
 ) -> tuple[MergeCounts, tuple[MergeRange, ...]]:
     """Run one merge in a warehouse session (a `Warehouse`, or a connection it wraps); idempotent.
 
+    `ranges` are the ones to merge when the caller has read them already (`pending_ranges_sql`).
     Returns the counts and the ranges merged (empty when nothing was pending). Raises, after rolling back,
     when the source has more than one row for a key, which would make the MERGE nondeterministic.
     Round trips: the pending ranges, then BEGIN, one statistics query (counts, the one-row-per-key proof, the
@@ -507,7 +554,9 @@ def run_merge(
     when there are any), the watermark and COMMIT.
     """
     wh = Warehouse.of(session)
-    ranges = parse_ranges(wh.execute(pending_ranges_sql(plan, max_offsets_per_partition)))
+    if ranges is None:
+        ranges = parse_ranges(wh.execute(pending_ranges_sql(plan, max_offsets_per_partition)))
+    ranges = tuple(ranges)
     if not ranges:
         return MergeCounts(0, 0, 0, 0, 0), ()
     with wh.transaction():

@@ -7,11 +7,12 @@ Works the same against Confluent Cloud (SASL_SSL / PLAIN with a Kafka API key) a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from pydantic import Field
 
@@ -71,6 +72,48 @@ class KafkaResource(dg.ConfigurableResource):
         futures = admin.list_offsets(request, request_timeout=self.request_timeout_s)
         for tp, future in futures.items():
             out[tp.topic][tp.partition] = future.result(timeout=self.request_timeout_s + 5).offset
+        return out
+
+    def first_offsets(self, topic: str, starts: Sequence[tuple[int, int]],
+                      timeout_s: float | None = None) -> list[tuple[int, int | None]]:
+        """For each (partition, offset): (log start offset, first offset Kafka returns reading from there).
+
+        Reads one record per start as a read_committed consumer, from `max(offset, log start)`, so offsets
+        that hold no record (transaction markers, aborted or compacted records) are skipped as any consumer
+        skips them. The second value is None when the read reached the partition's end (or the timeout)
+        without a record: nothing is known above that point.
+        """
+        timeout = self.request_timeout_s if timeout_s is None else timeout_s
+        consumer = self.consumer("tidb-pipeline-offset-probe", **{"enable.partition.eof": True,
+                                                                  "isolation.level": "read_committed"})
+        out: list[tuple[int, int | None]] = []
+        try:
+            for partition, offset in starts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout,
+                                                           cached=False)
+                start = max(offset, low)
+                if start >= high:
+                    out.append((int(low), None))
+                    continue
+                consumer.assign([TopicPartition(topic, partition, start)])
+                found: int | None = None
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    msg = consumer.poll(0.5)
+                    if msg is None or msg.partition() != partition:
+                        continue
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            break
+                        raise KafkaException(err)
+                    if msg.offset() < start:  # left over from an earlier assignment of this partition
+                        continue
+                    found = msg.offset()
+                    break
+                out.append((int(low), found))
+        finally:
+            consumer.close()
         return out
 
 

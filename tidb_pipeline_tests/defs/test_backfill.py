@@ -509,3 +509,12 @@ def test_backfill_job_runs_in_dagster_against_the_lab(lab_env: dict) -> None:
     with pymysql.connect(**kw) as check:
         cmp = compare_table(check, db, "items", sf, table_names(config, config.tables[0]).replica, ["id"])
     assert cmp.equal and cmp.replica_rows == 1200, cmp
+
+
+def test_backfill_schemas_use_the_changefeeds_decimal_mode() -> None:
+    """The snapshot's Avro schemas are the changefeed's: string decimals in connector mode, precise otherwise."""
+    from tidb_pipeline.defs.backfill import codec_config
+
+    tables = (TableConfig(db="a", table="b"),)
+    assert codec_config(PipelineConfig(tables=tables)).decimal_handling_mode == "precise"
+    assert codec_config(PipelineConfig(tables=tables, landing_mode="connector")).decimal_handling_mode == "string"

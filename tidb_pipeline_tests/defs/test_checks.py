@@ -39,7 +39,7 @@ from tidb_pipeline.defs.checks import (
     build_reconcile_job,
     changefeed_result,
     checkpoint_lag_s,
-    find_gaps,
+    continuity_result,
     freshness_result,
     lag_aware_result,
     schema_differences,
@@ -50,6 +50,7 @@ from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args, lab_env
 from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
+from tidb_pipeline.replication.holes import Gap
 from tidb_pipeline.replication.landing import RecordEncoder
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
@@ -86,10 +87,23 @@ def test_lag_aware_verdict(equal: bool, backlog: dict[int, int], lag: float | No
     assert result.metadata["checkpoint_lag_s"].value == (lag if lag is not None else "unknown (down)")
 
 
-def test_gaps_inside_and_between_watermark_and_first_landed_offset() -> None:
-    spans = {0: (0, 9), 1: (6, 8), 2: (3, 4)}
-    gaps = find_gaps([(0, 4, 5)], spans, {1: Watermark(2, None), 2: Watermark(2, None)})
-    assert [str(g) for g in gaps] == ["partition 0: offsets 4..5 missing", "partition 1: offsets 3..5 missing"]
+def test_continuity_verdict_errors_only_past_the_grace_or_on_lost_offsets() -> None:
+    now = dt.datetime(2026, 1, 1, 12, 0)
+    fresh = Gap(0, 5, 7, "WAITING", "Kafka has offset 5", now - dt.timedelta(seconds=100))
+    stale = Gap(1, 3, 3, "WAITING", "Kafka has offset 3", now - dt.timedelta(seconds=301))
+    skipped = Gap(2, 9, 9, "ABSENT", "no record at these offsets", now)
+    ok = continuity_result("t", [fresh, skipped], now, 300, {})
+    assert ok.passed and ok.metadata["holes"].value == [
+        "topic t partition 0: offsets 5..7 are in Kafka but have not landed since 2026-01-01 11:58:20"]
+    assert ok.metadata["offsets_not_in_kafka"].value == [
+        "topic t partition 2: offsets 9..9 are not in Kafka (no record at these offsets); skipped"]
+    late = continuity_result("t", [fresh, stale], now, 300, {})
+    assert (late.passed, late.severity) == (False, ERROR)
+    assert late.description.startswith("1 hole(s) hold the merge back past the 300 s grace period, first: topic t "
+                                       "partition 1 offsets 3..3 missing")
+    lost = continuity_result("t", [Gap(0, 0, 4, "LOST", "log start offset is now 5", now)], now, 300, {})
+    assert (lost.passed, lost.severity) == (False, ERROR)
+    assert continuity_result("t", [], now, 300, {}).metadata["holes"].value == "(none)"
 
 
 def test_schema_differences() -> None:
@@ -176,8 +190,9 @@ class Lab:
         suffix = uuid.uuid4().hex[:8]
         self.db = f"chk_{suffix}"
         self.table = TableConfig(db=self.db, table="t", key=("id",))
+        # No grace: a hole is overdue as soon as a merge has seen it (builtin mode has no flush to wait for).
         self.config = PipelineConfig(
-            snowflake=SnowflakeConfig(database=f"CHK_{suffix.upper()}"), tables=(self.table,),
+            snowflake=SnowflakeConfig(database=f"CHK_{suffix.upper()}"), tables=(self.table,), hole_grace_seconds=0,
         )
         self.names = table_names(self.config, self.table)
         self.keys = table_keys(self.config, self.table)
@@ -240,7 +255,9 @@ class Lab:
 
     def merge(self) -> None:
         outcome = merge_replica(connection=self.sf, registry=self.registry.get_client(), topic=self.names.topic,
-                                landing=self.names.landing, replica=self.names.replica, watermarks=self.names.watermarks)  # fmt: skip
+                                landing=self.names.landing, replica=self.names.replica, watermarks=self.names.watermarks,
+                                dead_letters=self.names.dead_letters, offset_gaps=self.names.offset_gaps,
+                                kafka=self.kafka)  # fmt: skip
         assert outcome is not None
 
     def run(self, ticdc: TiCDCResource | None = None) -> dict[str, dg.AssetCheckEvaluation]:
@@ -324,7 +341,8 @@ def test_one_definition_per_check_kind_and_group_with_per_replica_specs() -> Non
         ("snowflake/REPLICA/C", "content_matches_source"):
             ("Chunked checksums over primary-key ranges equal on TiDB and the replica (lag-aware).", False),
         ("snowflake/REPLICA/C", "landing_continuity"):
-            ("No offset gaps per partition in landing table TIDB_REPLICA.LANDING.TIDB_A_C.", False),
+            ("No offset hole above the merged watermark of landing table TIDB_REPLICA.LANDING.TIDB_A_C outlasts "
+             "300 s (offsets Kafka never had are skipped).", False),
         ("snowflake/REPLICA/C", "no_quarantined_records"):
             ("No record of topic `tidb_a_c` sits in the dead-letter table (poison records are quarantined "
              "there with their offsets instead of being skipped).", False),
@@ -382,12 +400,15 @@ def test_checks_on_the_lab(lab: Lab) -> None:
     lab.land([ROWS[24]])
     lab.merge()
 
-    # 4. two records lost between Kafka and the landing table: continuity ERROR naming the offsets
+    # 4. two records lost between Kafka and the landing table: the merge holds before them, and continuity is
+    # ERROR naming the offsets (the lab's grace is 0)
     lab.land([ROWS[9]], skip=2)
     lab.merge()
     ev = lab.run()
-    assert (ev["landing_continuity"].passed, ev["landing_continuity"].severity) == (False, ERROR)
-    assert _md(ev["landing_continuity"])["gaps"] == ["partition 0: offsets 43..44 missing"]
+    continuity = ev["landing_continuity"]
+    assert (continuity.passed, continuity.severity) == (False, ERROR)
+    assert f"topic {lab.names.topic} partition 0 offsets 43..44 missing" in continuity.description
+    assert _md(continuity)["merged_watermarks"] == "p0: 42"  # nothing merged past the hole
     assert ev["row_count_matches_source"].passed and ev["content_matches_source"].passed
     # dead-lettered offsets count as present
     dead = TableRef(lab.names.control.schema, SETTINGS.dead_letter_table, lab.names.control.database)

@@ -1,15 +1,20 @@
 """The pipeline on the lab in `connector` landing mode: the Snowflake Sink fills the landing tables, Dagster merges.
 
-Acceptance of issue 6: TPC-C through the TiCDC stand-in and Kafka; `confluent/<snowflake sink>` reconciles
-the sink's config (against the Confluent Cloud stand-in: no managed connector runs here); the sink stand-in
-(`lab.connector_landing`) runs *that* config, writing the landing tables in the connector's layout with
-duplicate deliveries injected (a crash between write and offset commit, as SNOWPIPE can); the replica
-assets merge. Every replica then equals its source row for row, as in builtin mode.
+Acceptance of issues 6 and 13: TPC-C and the type-coverage table through the TiCDC stand-in and Kafka;
+`confluent/<snowflake sink>` reconciles the sink's config (against the Confluent Cloud stand-in: no managed
+connector runs here); the sink stand-in (`lab.connector_landing`) runs *that* config and writes what the
+connector writes. First as 3.x with SNOWPIPE: a crashed delivery (duplicates), then files ingested out of
+order, some twice, and some left on the stage while later files of their partition land (holes). The merge
+holds each partition before its hole and says so; once the late files land, every replica equals its source
+row for row. Then as 4.x after an upgrade (Snowpipe Streaming, NULL tombstones, SnowflakeConnectorPushTime):
+every replica equals its source again. Connector mode sends string decimals, so DECIMAL(65,30) is exact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +29,13 @@ from tidb_pipeline.defs.connector_assets import confluent_key
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.confluent_cloud import ConfluentCloudConnect
-from tidb_pipeline.lab.connector_landing import SimulatedCrash, SinkSpec, deliver, landing_duplicates
+from tidb_pipeline.lab.connector_landing import (
+    SimulatedCrash,
+    SinkSpec,
+    deliver,
+    ingest_withheld,
+    landing_duplicates,
+)
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
@@ -32,7 +43,7 @@ from tidb_pipeline.replication.ddl import quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.kafka_connect import KafkaConnectResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
-from tidb_pipeline.workload import tpcc
+from tidb_pipeline.workload import tpcc, types_table
 from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables, wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -61,11 +72,12 @@ def pipeline(
             "source": {"changefeed_id": f"cm-{suffix}"},
             "snowflake": {"database": f"CM_{suffix.upper()}"},
             "landing_mode": "connector",
-            "connectors": {"snowflake_sink_name": f"snowflake-sink-{suffix}"},
-            "tables": tpcc_tables(tpcc_db),
+            # The 3.x line as Confluent Cloud runs it: SNOWPIPE files, in any order.
+            "connectors": {"snowflake_sink_name": f"snowflake-sink-{suffix}", "snowflake_ingestion_method": "SNOWPIPE"},
+            "tables": [*tpcc_tables(tpcc_db), {"db": f"cm_types_{suffix}", "table": types_table.TABLE, "key": ["id"]}],
         }
 
-    with lab_pipeline(lab_settings, mariadb, prefix="cm", config=config) as p:
+    with lab_pipeline(lab_settings, mariadb, prefix="cm", config=config, more_databases=("cm_types_{suffix}",)) as p:
         cfg = p["config"]
         # The connector expects its database and schema to exist (an operator creates them, not the sink).
         with sf_connector.connect(**connection_args(lab_settings)) as sf:
@@ -73,7 +85,7 @@ def pipeline(
             cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(cfg.snowflake.database)}")
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(cfg.snowflake.database)}."
                         f"{quote_ident(cfg.snowflake.landing_schema)}")
-        yield p
+        yield {**p, "types_db": p["databases"][0]}
 
 
 def _reconcile_sink(defs: dg.Definitions, config: PipelineConfig, cloud: ConfluentCloudConnect) -> dict[str, Any]:
@@ -95,18 +107,9 @@ def _reconcile_sink(defs: dg.Definitions, config: PipelineConfig, cloud: Conflue
     return meta
 
 
-def _deliver_with_duplicates(spec: SinkSpec, settings: LabSettings, per_partition: int | None) -> int:
-    """One crashed delivery (written, not committed) then a clean one: the crashed records land twice."""
-    kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
-    registry = SchemaRegistryResource(url=settings.registry_url).get_client()
-    with sf_connector.connect(**connection_args(settings)) as sf:
-        with pytest.raises(SimulatedCrash):
-            deliver(spec, kafka=kafka, registry=registry, connection=sf, max_records_per_partition=per_partition,
-                    crash_before_commit=True)
-        first = deliver(spec, kafka=kafka, registry=registry, connection=sf)
-        again = deliver(spec, kafka=kafka, registry=registry, connection=sf)
-    assert again.records == 0, "a delivery after the commit must start where the last one ended"
-    return first.records
+def _clients(settings: LabSettings) -> tuple[KafkaResource, Any]:
+    return (KafkaResource(bootstrap_servers=settings.kafka_bootstrap),
+            SchemaRegistryResource(url=settings.registry_url).get_client())
 
 
 def _landing_counts(config: PipelineConfig, settings: LabSettings) -> dict[str, tuple[int, int]]:
@@ -114,9 +117,41 @@ def _landing_counts(config: PipelineConfig, settings: LabSettings) -> dict[str, 
         return {t.table: landing_duplicates(sf, table_names(config, t).landing) for t in config.tables}
 
 
+def _merge(defs: dg.Definitions, config: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """Materialise every replica; the merge metadata per table."""
+    result = materialize(defs, {table_keys(config, t).replica for t in config.tables})
+    by_key = {e.materialization.asset_key: {k: v.value for k, v in e.materialization.metadata.items()}
+              for e in result.get_asset_materialization_events()}
+    return {t.table: by_key[table_keys(config, t).replica] for t in config.tables}
+
+
+def _watermarks(config: PipelineConfig, settings: LabSettings) -> dict[str, dict[int, int]]:
+    with sf_connector.connect(**connection_args(settings)) as sf:
+        cur = sf.cursor()
+        out = {}
+        for t in config.tables:
+            names = table_names(config, t)
+            cur.execute(f'SELECT "PARTITION", "MERGED_OFFSET" FROM {names.watermarks.sql} WHERE "REPLICA_TABLE" = %s',
+                        (names.replica.label,))
+            out[t.table] = {int(p): int(o) for p, o in cur.fetchall()}
+        return out
+
+
+def _assert_replicas_equal(pipeline: dict[str, Any], settings: LabSettings) -> None:
+    config = pipeline["config"]
+    mismatches = []
+    with pymysql.connect(**pipeline["conn_kwargs"]) as src, sf_connector.connect(**connection_args(settings)) as sf:
+        for t in config.tables:
+            cmp = compare_table(src, t.db, t.table, sf, table_names(config, t).replica, t.key)
+            assert cmp.source_rows > 0, f"{cmp.source} is empty: the test would prove nothing"
+            if not cmp.equal:
+                mismatches.append(f"{cmp.source}: {cmp}")
+    assert not mismatches, "\n".join(mismatches)
+
+
 def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_settings: LabSettings) -> None:
     config, defs, conn_kwargs = pipeline["config"], pipeline["defs"], pipeline["conn_kwargs"]
-    replicas = {table_keys(config, t).replica for t in config.tables}
+    assert config.decimal_handling == "string", "connector mode must send string decimals (DECIMAL(65,30) exact)"
     assert {table_keys(config, t).landing for t in config.tables}.isdisjoint(
         {k for a in defs.assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     ), "in connector mode the landing tables are external (the sink writes them)"
@@ -125,39 +160,77 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
     cloud = ConfluentCloudConnect(settle_polls=0)
     meta = _reconcile_sink(defs, config, cloud)
     assert (meta["action"], meta["topics"]) == ("create", len(config.tables))
-    # The stand-in sink runs the very config Dagster reconciled.
-    spec = SinkSpec.from_connector_config(cloud.stored_config(config.connectors.snowflake_sink_name))
-    assert spec.group_id == f"connect-{config.connectors.snowflake_sink_name}"
+    # The stand-in sink runs the very config Dagster reconciled, pins included.
+    stored = cloud.stored_config(config.connectors.snowflake_sink_name)
+    assert {k: stored[k] for k in ("snowflake.ingestion.method", "behavior.on.null.values",
+                                   "snowflake.enable.schematization", "snowflake.metadata.all")} == {
+        "snowflake.ingestion.method": "SNOWPIPE", "behavior.on.null.values": "DEFAULT",
+        "snowflake.enable.schematization": "false", "snowflake.metadata.all": "true"}
+    spec = SinkSpec.from_connector_config(stored)
+    assert (spec.group_id, spec.ingestion_method, spec.drop_tombstones) == (
+        f"connect-{config.connectors.snowflake_sink_name}", "SNOWPIPE", False)
     assert {r.topic: r.table for r in spec.routes} == {config.topic(t): table_names(config, t).landing
                                                        for t in config.tables}
 
     tpcc.prepare(conn_kwargs, database=pipeline["tpcc_db"], warehouses=1, scale=0.02)
+    with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
+        types_table.create_types_table(conn, pipeline["types_db"])
+        types_table.insert_types_rows(conn, database=pipeline["types_db"])
     summary = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=10, threads=2, seed=11)
+    with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
+        types_table.update_types_rows(conn, database=pipeline["types_db"])
     wait_for_checkpoint(defs, config)
-    # Every record of the first delivery lands twice.
-    delivered = _deliver_with_duplicates(spec, lab_settings, per_partition=None)
-    counts = _landing_counts(config, lab_settings)
-    assert all(rows == 2 * distinct > 0 for rows, distinct in counts.values()), counts
-    assert sum(distinct for _, distinct in counts.values()) == delivered
-    materialize(defs, replicas)
 
+    # --- connector 3.x, SNOWPIPE ---------------------------------------------------------------------
+    kafka, registry = _clients(lab_settings)
+    with sf_connector.connect(**connection_args(lab_settings)) as sf:
+        # A crash between writing and committing: the first records of each partition land twice.
+        with pytest.raises(SimulatedCrash):
+            deliver(spec, kafka=kafka, registry=registry, connection=sf, max_records_per_partition=5,
+                    crash_before_commit=True)
+        # Then files of 40 records, ingested in a random order, four of them twice, three left on the stage
+        # while later files of their partition land.
+        first = deliver(spec, kafka=kafka, registry=registry, connection=sf, file_records=40,
+                        shuffle=random.Random(13), duplicate_files=4, withhold_files=3)
+        assert deliver(spec, kafka=kafka, registry=registry, connection=sf).records == 0, "offsets were committed"
+    assert first.records > 0 and len(first.withheld) == 3
+    counts = _landing_counts(config, lab_settings)
+    assert any(rows > distinct for rows, distinct in counts.values()), counts
+
+    merged = _merge(defs, config)
+    watermarks = _watermarks(config, lab_settings)
+    for f in first.withheld:
+        table = next(t for t in config.tables if table_names(config, t).landing == f.table)
+        # Nothing merged past the hole, and the run's metadata says what waits (the partition's first hole).
+        assert watermarks[table.table].get(f.partition, -1) < f.offsets[0], (table.table, f)
+        first_hole = min(w.offsets[0] for w in first.withheld if (w.table, w.partition) == (f.table, f.partition))
+        held = merged[table.table]["held_back"]
+        assert any(h.startswith(f"partition {f.partition}: offsets {first_hole}..") for h in held), (held, f)
+
+    with sf_connector.connect(**connection_args(lab_settings)) as sf:
+        assert ingest_withheld(spec, first.withheld, sf) > 0  # the pipe gets to them at last
+    merged = _merge(defs, config)
+    assert all(m["held_back"] == "(none)" for m in merged.values()), {t: m["held_back"] for t, m in merged.items()}
+    _assert_replicas_equal(pipeline, lab_settings)
+
+    # --- upgraded to connector 4.x: Snowpipe Streaming, NULL tombstones, push times -------------------
     summary2 = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=15, threads=2, seed=12)
     assert summary.completed + summary2.completed > 0
+    with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
+        types_table.update_types_rows(conn, database=pipeline["types_db"])
     wait_for_checkpoint(defs, config)
-    # A partial crash this time: only the first records of each partition are written twice.
-    _deliver_with_duplicates(spec, lab_settings, per_partition=5)
-    after = _landing_counts(config, lab_settings)
-    assert any(after[t][0] - after[t][1] > counts[t][0] - counts[t][1] for t in after), "no new duplicates"
-    materialize(defs, replicas)
-
-    mismatches = []
-    with pymysql.connect(**conn_kwargs) as src, sf_connector.connect(**connection_args(lab_settings)) as sf:
-        for t in config.tables:
-            cmp = compare_table(src, t.db, t.table, sf, table_names(config, t).replica, t.key)
-            assert cmp.source_rows > 0, f"{cmp.source} is empty: the test would prove nothing"
-            if not cmp.equal:
-                mismatches.append(f"{cmp.source}: {cmp}")
-    assert not mismatches, "\n".join(mismatches)
+    streaming = dataclasses.replace(spec, ingestion_method="SNOWPIPE_STREAMING")
+    with sf_connector.connect(**connection_args(lab_settings)) as sf:
+        second = deliver(streaming, kafka=kafka, registry=registry, connection=sf, layout="4.x")
+        assert second.records > 0
+        cur = sf.cursor()
+        new_order = table_names(config, next(t for t in config.tables if t.table == "new_order")).landing
+        cur.execute(f'SELECT COUNT(*), COUNT_IF("RECORD_CONTENT" IS NULL) FROM {new_order.sql} '
+                    'WHERE "RECORD_METADATA":"SnowflakeConnectorPushTime" IS NOT NULL')
+        rows_4x, tombstones_4x = cur.fetchone()
+        assert rows_4x > 0 and tombstones_4x > 0, "4.x rows with NULL tombstones (TPC-C deliveries delete new orders)"
+    _merge(defs, config)
+    _assert_replicas_equal(pipeline, lab_settings)
 
     # Reconciling again with the same config changes nothing.
     puts = len([r for r in cloud.requests if r.method == "PUT"])

@@ -142,7 +142,7 @@ def _resources(cloud: ConfluentCloudConnect, **overrides: Any) -> dict[str, Any]
                                        api_secret=cloud.api_secret),
         "kafka": KafkaResource(bootstrap_servers="pkc-x.confluent.cloud:9092", security_protocol="SASL_SSL",
                                sasl_username="KAFKAKEY01", sasl_password=KAFKA_SECRET),
-        "snowflake": SnowflakeResource(account="xy12345.us-east-1", user="PIPELINE", private_key=PEM),
+        "snowflake": SnowflakeResource(account="xy12345.us-east-1", user="PIPELINE", private_key=PEM, role="LOADER"),
         "sqlserver": SqlServerResource(host="sql.example", port=1433, username="sink", password=SQL_PASSWORD,
                                        database="tidb_replica"),
         **overrides,
@@ -187,7 +187,11 @@ def test_snowflake_sink_asset_creates_noops_updates_and_resumes(cloud: Confluent
         "kafka.api.key": "KAFKAKEY01", "kafka.api.secret": KAFKA_SECRET,
         "snowflake.url.name": "xy12345.us-east-1.snowflakecomputing.com:443", "snowflake.user.name": "PIPELINE",
         "snowflake.private.key": body, "snowflake.database.name": "TIDB_REPLICA", "snowflake.schema.name": "LANDING",
-        "snowflake.topic2table.map": "tidb_crm_people:TIDB_CRM_PEOPLE", "snowflake.ingestion.method": "SNOWPIPE",
+        "snowflake.topic2table.map": "tidb_crm_people:TIDB_CRM_PEOPLE",
+        "snowflake.ingestion.method": "SNOWPIPE_STREAMING", "snowflake.role.name": "LOADER",
+        "behavior.on.null.values": "DEFAULT", "snowflake.enable.schematization": "false",
+        "snowflake.metadata.all": "true", "snowflake.metadata.topic": "true",
+        "snowflake.metadata.offset.and.partition": "true", "snowflake.metadata.createtime": "true",
         "buffer.flush.time": "120", "buffer.count.records": "10000", "buffer.size.bytes": "20000000",
         "tasks.max": "1",
     }
@@ -200,7 +204,7 @@ def test_snowflake_sink_asset_creates_noops_updates_and_resumes(cloud: Confluent
 
     # A base64-encoded PEM (accepted by dagster-snowflake) gives the same key body; a changed setting updates.
     tuned = parse_config({"connectors": {"snowflake_sink_name": "sf-sink", "tasks_max": 2}, "tables": TABLES})
-    b64 = SnowflakeResource(account="xy12345.us-east-1", user="PIPELINE",
+    b64 = SnowflakeResource(account="xy12345.us-east-1", user="PIPELINE", role="LOADER",
                             private_key=base64.b64encode(PEM.encode()).decode())
     meta = _meta(_run(tuned, key, _resources(cloud, snowflake=b64)))
     assert (meta["action"], meta["changed_keys"]) == ("update", "tasks.max")
@@ -249,6 +253,7 @@ def test_sqlserver_sink_asset_reconciles_the_declared_config(cloud: ConfluentClo
     [
         ({"snowflake": SnowflakeResource(account="a", user="u", password="pw")}, "SNOWFLAKE_PRIVATE_KEY"),
         ({"kafka": KafkaResource(bootstrap_servers="x:9092")}, "KAFKA_API_KEY and KAFKA_API_SECRET"),
+        ({"snowflake": SnowflakeResource(account="a", user="u", private_key=PEM)}, "set SNOWFLAKE_ROLE"),
     ],
 )
 def test_snowflake_sink_without_credentials_names_what_to_set(

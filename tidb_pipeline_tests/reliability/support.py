@@ -33,6 +33,7 @@ from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.replication.ddl import TableRef
+from tidb_pipeline.replication.holes import OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCResource
@@ -241,7 +242,10 @@ def merge(settings: LabSettings, conn: Any, target: Target, *, source: tuple[str
     """Merge `target`; with `source` (db, table) its replica takes TiDB's column names, as the asset's does."""
     columns = None if source is None else (lambda: source_columns(settings, *source))
     return merge_replica(connection=conn, registry=registry_of(settings), topic=target.topic, landing=target.landing,
-                         replica=target.replica, watermarks=target.watermarks, source_columns=columns)
+                         replica=target.replica, watermarks=target.watermarks, source_columns=columns,
+                         dead_letters=target.dead_letter,
+                         offset_gaps=TableRef(target.control.schema, OFFSET_GAPS_TABLE, target.control.database),
+                         kafka=kafka_of(settings))
 
 
 def source_columns(settings: LabSettings, db: str, table: str) -> list[str]:

@@ -268,3 +268,14 @@ def test_plan_differences_and_reason() -> None:
         "config differs"
     )
     assert "delete it" in plan(DESIRED, _as_lab_reports(DESIRED, "finished")).reason
+
+
+def test_connector_mode_changefeed_sends_string_decimals() -> None:
+    """The Snowflake Sink writes Avro decimals as JSON numbers (doubles in Snowflake): connector mode asks
+    TiCDC for string decimals, so DECIMAL(65,30) stays exact; builtin mode keeps typed precise decimals."""
+    connector = CONFIG.model_copy(update={"landing_mode": "connector"})
+    for config, mode in ((CONFIG, "precise"), (connector, "string")):
+        query = dict(parse_qsl(urlsplit(sink_uri(config, LAB_KAFKA)).query))
+        assert query["avro-decimal-handling-mode"] == mode
+        codec = replica_config(config, LAB_REGISTRY)["sink"]["kafka_config"]["codec_config"]
+        assert codec["avro_decimal_handling_mode"] == mode

@@ -67,3 +67,45 @@ def test_cleanup_sql_never_truncates_and_needs_an_aware_time():
     assert stmt.params == ("S.T", CREATE_TIME_MS - 2 * HOUR_MS)
     with pytest.raises(ValueError, match="timezone-aware"):
         cleanup_sql(*plan_tables, NOW.replace(tzinfo=None), dt.timedelta(hours=2))
+
+
+def land_raw(r: Replica, rows: list[tuple[dict, dict | None]]) -> None:
+    """Landing rows with exactly this RECORD_METADATA and RECORD_CONTENT (None = SQL NULL, as 4.x writes)."""
+    import json
+
+    values = ", ".join("(%s, %s)" for _ in rows)
+    r.conn.cursor().execute(
+        f"INSERT INTO {r.plan.landing.sql} SELECT PARSE_JSON(column1), PARSE_JSON(column2) FROM VALUES {values}",
+        tuple(x for meta, content in rows for x in (json.dumps(meta), None if content is None else json.dumps(content))),
+    )
+
+
+def test_both_connector_generations_merge_and_clean_up_whatever_timestamp_they_carry():
+    """3.x rows (CreateTime, schema_id, `{}` tombstones), 4.x rows (SnowflakeConnectorPushTime, headers, NULL
+    tombstones), LogAppendTime topics, and rows with no timestamp at all: merged alike, and none kept forever."""
+    old = CREATE_TIME_MS - 10 * HOUR_MS
+    with fake_snowflake() as conn:
+        r = Replica(conn, KEY, VALUE)
+        meta = {"topic": "tidb_test_t", "partition": 0}
+        land_raw(r, [
+            ({**meta, "offset": 0, "CreateTime": old, "schema_id": 3, "key": {"id": 1}, "key_schema_id": 2},
+             {"id": 1, "name": "3.x"}),
+            ({**meta, "offset": 1, "CreateTime": old, "schema_id": 0, "key": {"id": 2}}, {}),  # 3.x tombstone
+            ({**meta, "offset": 2, "key": {"id": 3}, "LogAppendTime": old}, {"id": 3, "name": "log append"}),
+            ({**meta, "offset": 3, "key": {"id": 4}, "SnowflakeConnectorPushTime": old, "headers": {}},
+             {"id": 4, "name": "4.x"}),
+            ({**meta, "offset": 4, "key": {"id": 1}, "SnowflakeConnectorPushTime": old, "headers": {}}, None),
+            ({**meta, "offset": 5, "key": {"id": 5}}, {"id": 5, "name": "no timestamp"}),
+            ({**meta, "offset": 6, "key": {"id": 6}, "CreateTime": CREATE_TIME_MS}, {"id": 6, "name": "recent"}),
+            ({**meta, "offset": 7, "key": {"id": 7}, "CreateTime": old}, {"id": 7, "name": "last"}),
+        ])  # fmt: skip
+        land_raw(r, [({**meta, "offset": 8, "key": {"id": 2}, "CreateTime": old}, {"id": 2, "name": "back"})])
+        land_raw(r, [({**meta, "offset": 9, "key": {"id": 2}, "SnowflakeConnectorPushTime": old}, None)])
+        run_merge(conn, r.plan, NOW)
+        # Key 1 deleted by the 4.x NULL tombstone, key 2 re-inserted and deleted again by a 4.x tombstone.
+        assert [row[:2] for row in r.rows()] == [(3, "log append"), (4, "4.x"), (5, "no timestamp"),
+                                                 (6, "recent"), (7, "last")]
+        cleanup(r, NOW, dt.timedelta(hours=1))
+        # Every old merged row goes, whichever timestamp it has or lacks; the recent one and the partition's
+        # last row stay.
+        assert r.landing_offsets() == [(0, 6), (0, 9)]

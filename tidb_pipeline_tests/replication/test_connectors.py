@@ -7,6 +7,7 @@ import pytest
 from tidb_pipeline.config import parse_config
 from tidb_pipeline.replication.connectors import (
     MASK,
+    PINNED_SNOWFLAKE_SINK,
     ConfigDiff,
     KafkaCredentials,
     Plan,
@@ -44,7 +45,8 @@ def test_private_key_body_strips_pem_armour_and_line_breaks() -> None:
 
 def test_snowflake_sink_config_whole() -> None:
     settings = SnowflakeSinkSettings(name="snowflake-sink", kafka=KAFKA, url="acct.snowflakecomputing.com:443",
-                                     user="TIDB_PIPELINE", private_key=PEM, private_key_passphrase="pass phrase")
+                                     user="TIDB_PIPELINE", private_key=PEM, private_key_passphrase="pass phrase",
+                                     role="LOADER")
     assert snowflake_sink_config(CONFIG, settings) == {
         "connector.class": "SnowflakeSink",
         "name": "snowflake-sink",
@@ -63,7 +65,15 @@ def test_snowflake_sink_config_whole() -> None:
         # The builtin-mode table is left out; the dashed topic maps to the connector's hashed name.
         "snowflake.topic2table.map": "tidb_tpcc_item:TIDB_TPCC_ITEM,"
                                      f"tidb_tpcc_order-line:{CONFIG.landing_table(CONFIG.tables[1])}",
-        "snowflake.ingestion.method": "SNOWPIPE",
+        # Streaming by default (exactly-once, in order), with its role; the layout the merge reads, pinned.
+        "snowflake.ingestion.method": "SNOWPIPE_STREAMING",
+        "snowflake.role.name": "LOADER",
+        "behavior.on.null.values": "DEFAULT",
+        "snowflake.enable.schematization": "false",
+        "snowflake.metadata.all": "true",
+        "snowflake.metadata.topic": "true",
+        "snowflake.metadata.offset.and.partition": "true",
+        "snowflake.metadata.createtime": "true",
         "buffer.flush.time": "120",
         "buffer.count.records": "10000",
         "buffer.size.bytes": "20000000",
@@ -74,8 +84,8 @@ def test_snowflake_sink_config_whole() -> None:
 
 def test_snowflake_sink_streaming_needs_role_and_sets_it() -> None:
     base = dict(name="s", kafka=KAFKA, url="u", user="u", private_key="K")
-    with pytest.raises(ValueError, match="SNOWPIPE_STREAMING needs a Snowflake role"):
-        snowflake_sink_config(CONFIG, SnowflakeSinkSettings(**base, ingestion_method="SNOWPIPE_STREAMING"))
+    with pytest.raises(ValueError, match="SNOWPIPE_STREAMING needs a Snowflake role.*SNOWFLAKE_ROLE"):
+        snowflake_sink_config(CONFIG, SnowflakeSinkSettings(**base))  # streaming is the default
     out = snowflake_sink_config(CONFIG, SnowflakeSinkSettings(**base, ingestion_method="SNOWPIPE_STREAMING",
                                                               role="LOADER", tasks_max=3))
     assert (out["snowflake.ingestion.method"], out["snowflake.role.name"], out["tasks.max"]) == (
@@ -83,9 +93,28 @@ def test_snowflake_sink_streaming_needs_role_and_sets_it() -> None:
     assert "snowflake.private.key.passphrase" not in out
 
 
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("behavior.on.null.values", "DEFAULT", "IGNORE writes no row for a tombstone: deletes would be lost"),
+    ("snowflake.enable.schematization", "false", "4.x defaults to true: no RECORD_CONTENT column"),
+    ("snowflake.metadata.all", "true", "no RECORD_METADATA at all otherwise"),
+    ("snowflake.metadata.topic", "true", "the continuity check names the topic"),
+    ("snowflake.metadata.offset.and.partition", "true", "the merge's watermark and hole rule"),
+    ("snowflake.metadata.createtime", "true", "cleanup's retention"),
+])  # fmt: skip
+@pytest.mark.parametrize("method", ["SNOWPIPE", "SNOWPIPE_STREAMING"])
+def test_every_pinned_snowflake_sink_property_is_sent_with_either_ingestion(key: str, value: str, why: str,
+                                                                             method: str) -> None:
+    settings = SnowflakeSinkSettings(name="s", kafka=KAFKA, url="u", user="u", private_key="K",
+                                     ingestion_method=method, role="LOADER")  # type: ignore[arg-type]
+    out = snowflake_sink_config(CONFIG, settings)
+    assert out[key] == value, why
+    assert PINNED_SNOWFLAKE_SINK[key] == value
+    assert out["snowflake.ingestion.method"] == method  # SNOWPIPE stays allowed: the hole rule keeps it right
+
+
 def test_snowflake_sink_without_connector_tables_is_an_error() -> None:
     builtin = parse_config({"tables": [{"db": "a", "table": "b"}]})
-    settings = SnowflakeSinkSettings(name="s", kafka=KAFKA, url="u", user="u", private_key="K")
+    settings = SnowflakeSinkSettings(name="s", kafka=KAFKA, url="u", user="u", private_key="K", role="R")
     with pytest.raises(ValueError, match="no tables to sink"):
         snowflake_sink_config(builtin, settings)
     # Explicit tables override the landing-mode filter.
