@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 RICH: dict[str, Any] = {
     "source": {"changefeed_id": "shop-feed", "topic_pattern": "cdc.{schema}.{table}", "partitions": 6,
                "decimal_handling": "string"},
-    "snowflake": {"database": "SHOP_REPLICA", "landing_schema": "RAW", "replica_schema": "CURRENT",
+    "snowflake": {"database": "SHOP_REPLICA", "landing_schema": "RAW", "replica_schema": "CURRENT_STATE",
                   "control_schema": "CTL"},
     "sqlserver": {"enabled": True, "database": "shop", "schema": "dbo"},
     "ksqldb": {"enabled": True},

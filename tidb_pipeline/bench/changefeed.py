@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidb_pipeline.resources.tidb import quote_mysql
+
 _TABLE_SQL = (
     "CREATE TABLE `{db}`.`{table}` (id BIGINT NOT NULL PRIMARY KEY, w_id INT NOT NULL, d_id TINYINT NOT NULL, "
     "i_id INT NOT NULL, quantity TINYINT NOT NULL, amount DECIMAL(6,2) NOT NULL, delivery_d DATETIME NULL, "
@@ -139,7 +141,7 @@ class _Lab:
         from confluent_kafka.admin import AdminClient, NewTopic
 
         with self.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self.db}`")
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_mysql(self.db)}")
             cur.execute(_TABLE_SQL.format(db=self.db, table=table))
         topic = f"tidb_{self.db}_{table}"
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
@@ -169,7 +171,7 @@ class _Lab:
                 except Exception:  # noqa: BLE001 - cleanup of a bench changefeed is best effort
                     pass
         with self.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{self.db}`")
+            cur.execute(f"DROP DATABASE IF EXISTS {quote_mysql(self.db)}")
 
 
 def _rows(start: int, n: int) -> list[tuple]:

@@ -196,7 +196,7 @@ def changefeed_state(ticdc: TiCDCResource, config: PipelineConfig, ui: str) -> O
         with ticdc.get_client() as client:
             status = client.get_status(changefeed)
     except TiCDCError as exc:
-        if exc.status == 404 or "NotExist" in exc.code:
+        if exc.status == 404 or exc.code == "CDC:ErrChangeFeedNotExists":
             return Observed(subject, None, what)  # not created yet: the ticdc asset creates it
         return Observed(subject, "warning", what, (("problem", f"TiCDC API unreachable or failing: {exc}"[:300]),), link)
     facts: list[tuple[str, str]] = [("state", status.state), ("checkpoint_ts", str(status.checkpoint_ts))]

@@ -58,7 +58,7 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, _SNOWFLAKE_TRANSIENT):
         return True
     if isinstance(exc, sf_errors.Error):
-        return exc.errno in _SNOWFLAKE_TRANSIENT_ERRNO or str(exc.sqlstate or "").startswith("08")
+        return exc.errno in _SNOWFLAKE_TRANSIENT_ERRNO or str(exc.sqlstate or "")[:2] == "08"  # SQLSTATE class 08: connection exception
     if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
         return True  # includes the loader's SchemaRegistryUnavailable (a ConnectionError)
     return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _TRANSIENT_TEXT)

@@ -76,6 +76,13 @@ def error_text_branches(tree: ast.AST) -> list[int]:
     return sorted(set(lines))
 
 
+# Text tests that are not about the warehouse engine, each with why it is sound (file, code on the line).
+REVIEWED: dict[tuple[str, str], str] = {
+    ("defs/retries.py", "marker in str(exc) for marker in _TRANSIENT_TEXT"):
+        "a landing reader subprocess reports its failure as text; the markers are librdkafka's own error names",
+}
+
+
 def offences(root: Path = ROOT) -> list[str]:
     found = []
     for path in production_files(root):
@@ -84,7 +91,10 @@ def offences(root: Path = ROOT) -> list[str]:
         for i, line in enumerate(text.splitlines(), 1):
             if m := FORBIDDEN_TEXT.search(line):
                 found.append(f"tidb_pipeline/{rel}:{i}: names the lab's engine ({m.group(0)!r})")
+        lines = text.splitlines()
         for line_no in error_text_branches(ast.parse(text, str(path))):
+            if any(f == rel and code in lines[line_no - 1] for f, code in REVIEWED):
+                continue
             found.append(f"tidb_pipeline/{rel}:{line_no}: branches on an error's message text")
     return found
 

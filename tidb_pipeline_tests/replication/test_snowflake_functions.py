@@ -21,7 +21,8 @@ from sqlglot.tokens import TokenType
 
 from tidb_pipeline.config import SnowflakeSessionConfig
 from tidb_pipeline.defs.backfill import insert_from_load_sql
-from tidb_pipeline.defs.checks import continuity_sql, unconverted_values_sql
+from tidb_pipeline.defs.checks import unconverted_values_sql
+from tidb_pipeline.replication import holes, progress
 from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef
@@ -114,8 +115,17 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         TableRef("PIPELINE", "DEAD_LETTERS", DB),
         [landing.DeadLetter("t", 0, 1, "{}", b"k", None, "bad")], NOW.replace(tzinfo=None))
     yield "cleanup", cleanup.cleanup_sql(LANDING, WATERMARKS, REPLICA, NOW, dt.timedelta(hours=1))
-    for s in continuity_sql(LANDING, TableRef("PIPELINE", "DEAD_LETTERS", DB), "t"):
-        yield "continuity check", s
+    gaps_table = TableRef("PIPELINE", holes.OFFSET_GAPS_TABLE, DB)
+    src = holes.OffsetSources(LANDING, WATERMARKS, REPLICA, "t", TableRef("PIPELINE", "DEAD_LETTERS", DB), gaps_table)
+    yield "offset gaps DDL", Statement(holes.create_offset_gaps_sql(gaps_table))
+    yield "present offsets", holes.present_offsets_sql(src)
+    yield "merge reach", holes.reach_sql(src)
+    yield "merge reach, capped", holes.reach_sql(src, 1000)
+    yield "holes", holes.holes_sql(src)
+    yield "read gaps", holes.read_gaps_sql(gaps_table, "t")
+    for s in holes.replace_gaps_statements(gaps_table, "t", [holes.Gap(0, 5, 7, holes.WAITING, "x", NOW)], {0: 4}):
+        yield "replace gaps", s
+    yield "merged through", progress.merged_through_sql(WATERMARKS, REPLICA)
     yield "unconverted check", unconverted_values_sql(merge.unconverted_table(WATERMARKS), REPLICA)
     for table, columns, checks in _tables():
         yield f"{table}: replica DDL", Statement(ddl.create_replica_sql(REPLICA, columns))
