@@ -81,7 +81,7 @@ PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAg
 def _sink(**overrides: object) -> dict[str, str]:
     settings = SnowflakeSinkSettings(name="snowflake-sink", kafka=KafkaCredentials("KAFKAKEY", "kafka/sec+ret@1"),
                                      url="acct.snowflakecomputing.com", user="TIDB_PIPELINE", private_key=PEM,
-                                     **overrides)  # type: ignore[arg-type]
+                                     role="TIDB_PIPELINE_ROLE", **overrides)  # type: ignore[arg-type]
     return snowflake_sink_config(CONFIG, settings)
 
 
