@@ -63,9 +63,17 @@ def warehouse(settings: LabSettings) -> Iterator[Any]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range (32768+ on Linux): a part restarted on it must find it free
+    again, and an ephemeral port can meanwhile be taken as the local end of any client connection."""
+    for _ in range(500):
+        port = random.randint(21000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 21000-32000 for a private lab part")
 
 
 @contextmanager
