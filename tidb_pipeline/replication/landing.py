@@ -138,7 +138,18 @@ def compile_record_encoder(schema: str | Mapping[str, Any]) -> Encoder:
         namespace[f"_k{i}"] = ("{" if i == 0 else ",") + json.dumps(field["name"], ensure_ascii=False) + ":"
         namespace[f"_n{i}"] = field["name"]
         get = f"v[_n{i}]"
-        value = f'("null" if (x{i} := {get}) is None else {helper}(x{i}))' if nullable else f"{helper}({get})"
+        # Ints and decimals are formatted by the f-string itself (`{x}` is int.__repr__ for an int, `{x:f}`
+        # is format(x, "f")): no helper call, which was a tenth of a TiCDC row's encoding time.
+        inline = {"_int": "{}", "_dec": "{:f}"}.get(helper)
+        if inline is not None and not nullable:
+            parts.append(f"{{_k{i}}}" + inline.replace("{", "{" + get, 1))
+            continue
+        if helper == "_int":
+            value = f'("null" if (x{i} := {get}) is None else x{i})'
+        elif helper == "_dec":
+            value = f'("null" if (x{i} := {get}) is None else format(x{i}, "f"))'
+        else:
+            value = f'("null" if (x{i} := {get}) is None else {helper}(x{i}))' if nullable else f"{helper}({get})"
         parts.append(f"{{_k{i}}}{{{value}}}")
     source = "def encode(v):\n    return f'" + "".join(parts) + "}}'\n"
     exec(compile(source, f"<landing encoder {load_schema(schema).get('name')}>", "exec"), namespace)  # noqa: S102

@@ -151,3 +151,42 @@ def test_parquet_files_split_by_rows_and_hold_the_two_json_texts(tmp_path):
     assert all(p.endswith(".parquet") for p in files.paths)
     read = [row for p in files.paths for row in pq.read_table(p).to_pylist()]
     assert read == [{"RECORD_METADATA": m, "RECORD_CONTENT": c} for m, c in rows]
+
+
+def test_row_texts_equal_the_record_encoders_for_every_record_shape():
+    # `LineBuilder.row` resolves everything per (key, value) schema pair once and inlines the metadata text;
+    # it must write exactly what `RecordEncoder.metadata` / `content` write, on the first record of a pair
+    # and on the cached path after it. Nullable ints and decimals take the encoder's inlined formatting.
+    from tidb_pipeline.replication.landing import RecordEncoder
+
+    value_schema = with_extension(record("t", [
+        field("id", "long", "BIGINT"), field("n", "long", "BIGINT", nullable=True),
+        field("d", decimal_type(12, 3), "DECIMAL", nullable=True), field("price", decimal_type(10, 2), "DECIMAL"),
+        field("s", "string", "TEXT", nullable=True),
+    ]))
+    builder = LineBuilder("tidb_x.t", {1: json.dumps(KEY), 2: json.dumps(value_schema)})
+    reference = RecordEncoder(json.dumps(KEY), json.dumps(value_schema))
+    ext = {"_tidb_op": "u", "_tidb_commit_ts": 2**62, "_tidb_commit_physical_time": 1_764_072_000_000}
+    values = [
+        {"id": -7, "n": None, "d": None, "price": Decimal("0.00"), "s": None, **ext},
+        {"id": 2**40, "n": -3, "d": Decimal("-12.500"), "price": Decimal("99999999.99"), "s": 'é "\n', **ext},
+    ]
+    for _ in range(2):  # the second round runs on the cached row function
+        for ts_type, ts in ((0, -1), (1, 1_764_072_000_123), (2, 5)):
+            for v in [*values, None]:
+                key = wire(1, KEY, {"id": v["id"] if v else 9})
+                got = builder.row(4, 10**12, ts_type, ts, key, None if v is None else wire(2, value_schema, v))
+                ts_key = {1: "CreateTime", 2: "LogAppendTime"}.get(ts_type)
+                expected = (reference.metadata("tidb_x.t", 4, 10**12, ts if ts_key else None,
+                                               {"id": v["id"] if v else 9}, ts_key or ""), reference.content(v))
+                assert got == expected
+    no_key = builder.row(0, 1, 1, 3, None, wire(2, value_schema, values[0]))
+    assert no_key[0] == '{"topic":"tidb_x.t","partition":0,"offset":1,"CreateTime":3}'
+
+
+def test_a_pair_without_the_key_columns_stays_poison_on_every_record():
+    other = record("t", [field("other", "long", "BIGINT")])
+    builder = LineBuilder("t", {1: json.dumps(KEY), 3: json.dumps(other)})
+    for offset in range(2):
+        with pytest.raises(PoisonRecord, match="lacks key column"):
+            builder.row(0, offset, 1, 0, wire(1, KEY, {"id": 1}), wire(3, other, {"other": 1}))
