@@ -1,10 +1,13 @@
-"""`python -m tidb_pipeline.lab.load_test`: TPC-C at the lab's maximum for N minutes with the pipeline's
-automation running, then proof that every replica converges to its source.
+"""`python -m tidb_pipeline.lab.load_test`: go-tpc's TPC-C at the lab's maximum for N minutes with the
+pipeline's automation running, then proof that every replica converges to its source.
 
 What runs, all in this process against a private lab (own MariaDB, Kafka, registry, Snowflake and change
 feed on free ports under `--root`, so other users of the shared lab neither disturb the figures nor are
 disturbed):
-- the TPC-C mix (`workload.tpcc.run`) unthrottled, `--threads` connections, for `--minutes`;
+- PingCAP's go-tpc (`workload.gotpc`, the workload `tiup bench tpcc` runs): `go-tpc tpcc prepare` of one
+  warehouse (~600k rows), then the production path for tables that already hold data: the `backfill` job
+  snapshots them at one consistent point, loads the replicas and creates the changefeed from that point;
+  then `go-tpc tpcc run`, unthrottled, `--threads` connections, for `--minutes`;
 - the offsets sensor evaluated every 15 s (its `minimum_interval_seconds`); each run request runs the
   group's merge job (landing load + MERGE) in process, as the daemon would launch it;
 - the merge schedule's tick every 60 s and the landing cleanup job every 5 minutes (retention 3 minutes,
@@ -78,22 +81,24 @@ def private_lab(root: Path) -> tuple[LabSettings, list[Any]]:
     return settings, stack.services(settings, ["mariadb", "kafka", "registry", "snowflake", "ticdc"])
 
 
-def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale: float, out: Path) -> int:
+def run_load_test(settings: LabSettings, *, minutes: float, threads: int, out: Path) -> int:
     import dagster as dg
     import pymysql
     import snowflake.connector
 
     from tidb_pipeline.config import parse_config
     from tidb_pipeline.defs import build_defs
+    from tidb_pipeline.defs.backfill import build_backfill_job
     from tidb_pipeline.defs.checks import backlog_per_partition, checkpoint_lag_s, read_watermarks
     from tidb_pipeline.defs.jobs import merge_job_name
     from tidb_pipeline.defs.sensors import SENSOR_NAME
-    from tidb_pipeline.defs.tables import changefeed_key, table_names
+    from tidb_pipeline.defs.tables import table_names
     from tidb_pipeline.lab.compare import compare_table
     from tidb_pipeline.lab.env import pipeline_env
+    from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
     from tidb_pipeline.lab.snowflake import connection_args
     from tidb_pipeline.lab.ticdc.codec import tso_from_ms
-    from tidb_pipeline.workload import tpcc
+    from tidb_pipeline.workload import gotpc
     from tidb_pipeline.workload.schema import CDC_KEYS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -117,13 +122,15 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
     conn_kwargs = {"host": os.environ["TIDB_HOST"], "port": int(os.environ["TIDB_PORT"]),
                    "user": os.environ["TIDB_USER"], "password": os.environ["TIDB_PASSWORD"]}
 
-    _say("creating the changefeed (materialising its asset), then TPC-C prepare through it")
-    cf = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and changefeed_key(config) in a.keys]
-    if not dg.materialize(cf, instance=instance, resources=resources).success:
-        _say("changefeed materialisation failed")
+    gotpc.binary()  # before anything starts: a missing go-tpc names the command that installs it
+    _say("go-tpc tpcc prepare: 1 warehouse")
+    prep = gotpc.prepare(conn_kwargs, database=db, warehouses=1, threads=threads)
+    _say(f"prepared in {prep.seconds:.0f}s; the backfill job snapshots, loads the replicas, starts the changefeed")
+    backfill = build_backfill_job(config=config, snapshot_source=MariaDBSnapshotSource.from_tidb)
+    run = backfill.execute_in_process(instance=instance, resources=resources, raise_on_error=False)
+    if not run.success:
+        _say(f"the backfill job failed (run {run.run_id})")
         return 1
-    prep = tpcc.prepare(conn_kwargs, database=db, warehouses=1, scale=scale)
-    _say(f"loaded {prep.total_rows:,} rows in {prep.seconds:.0f}s; initial sync of the replicas")
 
     def catch_up(tick: Callable[[], None] = lambda: time.sleep(5)) -> None:
         """Until the change feed's checkpoint passes now; `tick` runs meanwhile (the automation keeps going)."""
@@ -133,16 +140,12 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
                 _say(f"change feed checkpoint {((target - checkpoint) >> 18) / 1000:.0f}s behind the workload's stop")
                 tick()
 
-    catch_up()
-    for g in config.groups:
-        if not repo.get_job(merge_job_name(g)).execute_in_process(instance=instance, resources=resources).success:
-            _say(f"initial merge of group {g} failed")
-            return 1
 
     summary_box: dict[str, Any] = {}
 
     def workload() -> None:
-        summary_box["tpcc"] = tpcc.run(conn_kwargs, database=db, duration_s=minutes * 60, threads=threads, seed=11)
+        summary_box["tpcc"] = gotpc.run(conn_kwargs, database=db, warehouses=1, threads=threads,
+                                        duration_s=minutes * 60)
 
     sensor_def = repo.get_sensor_def(SENSOR_NAME)
     cursor: str | None = None
@@ -225,7 +228,8 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
         time.sleep(0.2)
     load_stopped = time.monotonic()
     tpcc_summary = summary_box.get("tpcc")
-    _say(f"workload stopped: {tpcc.format_summary(tpcc_summary) if tpcc_summary else 'no summary'}")
+    _say("workload stopped: " + (f"go-tpc {tpcc_summary.tpmc:,.0f} tpmC (tpmTotal {tpcc_summary.tpm_total:,.0f})"
+                                 if tpcc_summary else "no summary (go-tpc failed; see above)"))
 
     # Convergence: the change feed catches up (the sensor keeps running merges meanwhile), then merge
     # runs until nothing is left.
@@ -248,9 +252,9 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, scale:
 
     rates = _per_minute_rates(samples)
     summary = {
-        "minutes": minutes, "threads": threads, "scale": scale,
+        "minutes": minutes, "threads": threads, "workload": f"go-tpc {gotpc.GO_TPC_VERSION}, 1 warehouse",
         "tpcc": None if tpcc_summary is None else {
-            "transactions": tpcc_summary.completed, "tpmC": round(tpcc_summary.tpmc),
+            "tpmC": round(tpcc_summary.tpmc), "tpmTotal": round(tpcc_summary.tpm_total),
             "seconds": round(tpcc_summary.seconds, 1)},
         "change_records_on_kafka": final.kafka_records,
         "change_records_per_s_by_minute": rates,
@@ -321,7 +325,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="TPC-C at the lab's maximum with the pipeline running, then a convergence proof")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=4, help="TPC-C connections (the lab's maximum on 2 cores)")
-    parser.add_argument("--scale", type=float, default=0.1, help="TPC-C data scale of the one warehouse")
     parser.add_argument("--root", type=Path, default=None, help="folder of the private lab (default: a tmp folder)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default <root>/results)")
     parser.add_argument("--keep", action="store_true", help="leave the private lab running afterwards")
@@ -333,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"private lab under {root}")
     up(services, log=_say)
     try:
-        return run_load_test(settings, minutes=args.minutes, threads=args.threads, scale=args.scale,
-                             out=args.out or root / "results")
+        return run_load_test(settings, minutes=args.minutes, threads=args.threads, out=args.out or root / "results")
     finally:
         if not args.keep:
             down(list(reversed(services)), log=_say)

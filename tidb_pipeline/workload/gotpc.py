@@ -17,11 +17,14 @@ demo's progress bar counts them).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sysconfig
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,10 +72,23 @@ def _common(conn_kwargs: Mapping[str, Any], database: str) -> list[str]:
     return args
 
 
-def _run(argv: list[str], on_line: Callable[[str], None] | None, timeout_s: float) -> list[str]:
+def _duty_cycle(proc: subprocess.Popen[str], duty: float, period_s: float = 1.0) -> None:
+    """Let `proc` run `duty` of every `period_s` and stop it (SIGSTOP) for the rest, until it exits."""
+    while proc.poll() is None:
+        time.sleep(period_s * duty)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGSTOP)
+        time.sleep(period_s * (1 - duty))
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+
+
+def _run(argv: list[str], on_line: Callable[[str], None] | None, timeout_s: float, duty: float = 1.0) -> list[str]:
     """Run go-tpc, feeding `on_line` each output line; raise with the output's tail (never the password)."""
     lines: list[str] = []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    if duty < 1:
+        threading.Thread(target=_duty_cycle, args=(proc, duty), name="go-tpc duty cycle", daemon=True).start()
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
     try:
@@ -86,6 +102,7 @@ def _run(argv: list[str], on_line: Callable[[str], None] | None, timeout_s: floa
         rc = proc.wait()
     finally:
         if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
             proc.kill()
             proc.wait()
     if rc != 0:
@@ -118,12 +135,18 @@ class RunResult:
 
 
 def run(conn_kwargs: Mapping[str, Any], *, database: str = "tpcc", warehouses: int = 1, threads: int = 4,
-        duration_s: float = 30.0, on_line: Callable[[str], None] | None = None) -> RunResult:
-    """`go-tpc tpcc run` for `duration_s` seconds; tpmC from its summary."""
+        duration_s: float = 30.0, on_line: Callable[[str], None] | None = None, duty: float = 1.0) -> RunResult:
+    """`go-tpc tpcc run` for `duration_s` seconds; tpmC from its summary.
+
+    go-tpc has no rate option: `duty` < 1 runs it at about that fraction of its full rate by stopping the
+    process (SIGSTOP / SIGCONT) for 1 - `duty` of every second; tpmC is then over the whole wall time.
+    """
+    if not 0 < duty <= 1:
+        raise ValueError(f"duty={duty} must be in (0, 1]: the fraction of every second go-tpc runs")
     started = time.monotonic()
     lines = _run([str(binary()), "tpcc", "run", *_common(conn_kwargs, database), "--warehouses", str(warehouses),
                   "-T", str(threads), "--time", f"{max(1, round(duration_s))}s", "--interval", "5s"],
-                 on_line, timeout_s=duration_s + 600)
+                 on_line, timeout_s=duration_s + 600, duty=duty)
     tpmc = tpm_total = None
     for line in lines:
         if (m := _TPMC.search(line)) is not None:
