@@ -7,7 +7,7 @@
 
 Materialising one reads the connector's stored config and state, then creates it, updates it with the
 full desired config (never with what was read back: Confluent Cloud masks secrets), resumes it if paused,
-or does nothing (`defs.connectors.reconcile_connector`). The desired config is built inside the run from
+or does nothing (`engine.connectors.reconcile_connector`). The desired config is built inside the run from
 the resources, so credentials are resolved only there: the Kafka API key from `kafka`, the Snowflake
 account, user and key pair from `snowflake` (the managed sink authenticates with a key pair only), the
 SQL Server login from `sqlserver`. Metadata carries key names, states and counts, never a config value
@@ -25,7 +25,7 @@ import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig
-from tidb_pipeline.defs.connectors import ReconcileResult, reconcile_connector
+from tidb_pipeline.engine.connectors import ReconcileResult, reconcile_connector
 from tidb_pipeline.defs.tables import group_name, table_keys
 from tidb_pipeline.replication.connectors import (
     KafkaCredentials,

@@ -312,7 +312,7 @@ def landing_rows(
 
 
 
-# --- the built-in loader's exactly-once load (tidb_pipeline.defs.landing) ---------------------------------
+# --- the built-in loader's exactly-once load (tidb_pipeline.engine.landing) ---------------------------------
 
 
 @dataclass(frozen=True)

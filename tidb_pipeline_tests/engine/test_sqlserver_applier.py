@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs import sqlserver as applier
+from tidb_pipeline.engine import sqlserver as applier
 from tidb_pipeline.lab.postgres import LAB_DATABASE
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings

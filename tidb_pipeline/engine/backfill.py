@@ -53,8 +53,8 @@ import pymysql.cursors
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.changefeed import NOT_EXISTS, ReconcileResult, desired_changefeed, reconcile_changefeed
-from tidb_pipeline.defs.replica import ensure_replica, ensure_schema
+from tidb_pipeline.engine.changefeed import NOT_EXISTS, ReconcileResult, desired_changefeed, reconcile_changefeed
+from tidb_pipeline.engine.replica import ensure_replica, ensure_schema
 from tidb_pipeline.defs.tables import table_names
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns

@@ -53,7 +53,7 @@ splitting INSERT (a whole extra pass over every row). Staged files are removed a
 Every statement goes through the warehouse seam (`tidb_pipeline.resources.warehouse`) and names its database
 and schema, so the session's current schema does not matter.
 
-`python -m tidb_pipeline.defs.landing --bench N` measures the loader on the lab (see `bench`).
+`python -m tidb_pipeline.engine.landing --bench N` measures the loader on the lab (see `bench`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 import tidb_pipeline
-from tidb_pipeline.defs.replica import ensure_schema
+from tidb_pipeline.engine.replica import ensure_schema
 from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
 from tidb_pipeline.replication.landing import (
     DeadLetter,
