@@ -26,12 +26,11 @@ from tidb_pipeline.engine.backfill import (
     BackfillError,
     MySQLSnapshot,
     backfill,
-    build_backfill_job,
     check_selection,
     insert_from_load_sql,
-    select_tables,
     tidb_snapshot,
 )
+from tidb_pipeline.defs.backfill_job import build_backfill_job, select_tables
 from tidb_pipeline.lab.service import Service, wait_until
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.replication.avro_types import ReplicaColumn
