@@ -287,7 +287,7 @@ def end_to_end(settings: LabSettings, work: Path, fractions: list[float], second
     import pymysql
 
     from tidb_pipeline.defs import build_defs
-    from tidb_pipeline.defs.backfill import build_backfill_job
+    from tidb_pipeline.defs.backfill_job import build_backfill_job
     from tidb_pipeline.defs.tables import table_names
     from tidb_pipeline.lab.env import applied, pipeline_env
     from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
