@@ -198,6 +198,15 @@ def changefeed_figure(rows: int, rates: tuple[float, ...], seconds: float) -> tu
     return out, {"changefeed": r}
 
 
+def production_figure(seconds: float, replay_seconds: float) -> tuple[list[Measure], dict[str, Any]]:
+    """Freshness at production rates (`tidb_pipeline.bench.production`): go-tpc at 25/50/100% under the real
+    daemon, then the pipeline alone by replay at 1k, 5k, 20k, 50k, 100k changes/s until it falls behind."""
+    from tidb_pipeline.bench import production
+
+    windows = production.run(seconds, [0.25, 0.5, 1.0], 4, [1_000, 5_000, 20_000, 50_000, 100_000], replay_seconds)
+    return production.measures(windows), {"production": windows}
+
+
 def lab_up_figure(env: dict[str, str], parts: list[str] | None) -> tuple[list[Measure], dict[str, Any]]:
     from tidb_pipeline.bench.control import lab_up
 
@@ -268,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
             up(stack.services(LabSettings(), ["ticdc"]), log=lambda _m: None)
             step("lab change feed", lambda: changefeed_figure(sizes.changefeed_rows, sizes.changefeed_rates,
                                                                sizes.changefeed_s))
+        if "production" in only:  # only when asked: about 15 minutes, and it uses this checkout's lab
+            step("freshness at production rates", lambda: production_figure(120.0, 60.0))
         if "control" in only:
             from tidb_pipeline.lab import stack
             from tidb_pipeline.lab.service import up
@@ -302,7 +313,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="measure throughput, merge scaling, the recipe, freshness, control plane")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run; minutes, not tens of minutes)")
     p.add_argument("--only", nargs="+",
-                   choices=["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed"],
+                   choices=["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed", "production"],
                    help="run only these figures")
     p.add_argument("--output", help="markdown file to write (default: BENCHMARKS.md for a full run, none for --quick)")
     p.add_argument("--charts-dir", default=str(_REPO / "benchmarks"), help="folder for the PNG charts")

@@ -22,6 +22,7 @@ FIGURES = (
     "definitions load",
     "lab up",
     "lab change feed",
+    "freshness at production rates",
 )
 BEGIN, END = "<!-- bench:begin (written by `tidb-pipeline bench`) -->", "<!-- bench:end -->"
 
@@ -235,6 +236,11 @@ def charts(measures: Sequence[Measure], folder: Path, extra: dict[str, Any]) -> 
         ax.set_title("End-to-end freshness under TPC-C")
         ax.legend()
         save(fig, "freshness")
+
+    if windows := extra.get("production"):
+        from tidb_pipeline.bench.production import charts as production_charts
+
+        out.append(production_charts(windows, folder))
 
     control = [m for f in ("sensor tick", "definitions load", "lab up") for m in by.get(f, [])]
     if control:
