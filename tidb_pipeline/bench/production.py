@@ -33,7 +33,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +88,7 @@ class Window:
     tpmc: float = 0.0
     runs: int = 0
     run_seconds_median: float = 0.0
+    launch_seconds_median: float = 0.0  # run request -> run process started (queue + launch + imports)
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     latencies: list[float] = field(default_factory=list, repr=False)
@@ -129,17 +129,20 @@ class Poller:
                     rows = []
                 seen = time.time()
                 for label, p, offset, merged_at in rows:
-                    k, offset = (label, int(p)), int(offset)
-                    before = self.last.get(k, -1)
-                    if offset > before:
-                        at = merged_at.replace(tzinfo=dt.timezone.utc).timestamp()
-                        step = Step(label, int(p), before, offset, at, seen)
-                        self.steps.append(step)
-                        throughs, steps = self._by.setdefault(k, ([], []))
-                        throughs.append(offset)
-                        steps.append(step)
-                        self.last[k] = offset
+                    self.record(label, int(p), int(offset), merged_at.replace(tzinfo=dt.timezone.utc).timestamp(), seen)
                 self._stop.wait(max(0.0, POLL_S - (time.time() - t)))
+
+    def record(self, replica: str, partition: int, offset: int, merged_at: float, seen: float) -> None:
+        """Note a watermark read at `seen`; a move past the last one read is a Step."""
+        k = (replica, partition)
+        before = self.last.get(k, -1)
+        if offset > before:
+            step = Step(replica, partition, before, offset, merged_at, seen)
+            self.steps.append(step)
+            throughs, steps = self._by.setdefault(k, ([], []))
+            throughs.append(offset)
+            steps.append(step)
+            self.last[k] = offset
 
     def visible(self, replica: str, partition: int, offset: int) -> Step | None:
         """The first watermark move that covered (partition, offset) of `replica`."""
@@ -157,7 +160,10 @@ class Daemon:
         from tidb_pipeline.lab.env import pipeline_env
 
         home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(_REPO / "dagster.yaml", home / "dagster.yaml")
+        # The project's instance config with this home written in (it names $DAGSTER_HOME, which in this
+        # process may name another instance).
+        (home / "dagster.yaml").write_text(
+            (_REPO / "dagster.yaml").read_text().replace("env: DAGSTER_HOME", json.dumps(str(home))))
         self.home = home
         env = {**os.environ, **pipeline_env(settings), "DAGSTER_HOME": str(home),
                "TIDB_PIPELINE_CONFIG": str(config_path)}
@@ -171,10 +177,18 @@ class Daemon:
 
         return dg.DagsterInstance.from_config(str(self.home))
 
+    def ticks(self) -> int:
+        """The offsets sensor's ticks so far, from the instance's tick storage."""
+        from dagster._core.scheduler.instigation import InstigatorType
+
+        instance = self.instance()
+        return sum(len(instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=1))
+                   for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR))
+
     def wait_ready(self, timeout_s: float = 600) -> float:
-        """Until the offsets sensor has ticked once (its first log line); returns the seconds it took."""
+        """Until the offsets sensor has ticked once; returns the seconds it took."""
         started = time.monotonic()
-        while "kafka_offsets_sensor" not in self.log.read_text(errors="replace"):
+        while not self.ticks():
             self.check()
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"the daemon's offsets sensor did not tick within {timeout_s:.0f}s; see {self.log}")
@@ -194,16 +208,18 @@ class Daemon:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def _runs(instance: Any, since: float, until: float) -> list[float]:
-    """Durations of the runs that started in [since, until]."""
+def _runs(instance: Any, since: float, until: float) -> tuple[list[float], list[float]]:
+    """(durations, launch delays) of the runs created in [since, until]: start -> end, and the time from the
+    sensor's run request to the run process starting (queue, launch, imports)."""
     import dagster as dg
 
-    out = []
+    durations, delays = [], []
     for r in instance.get_run_records(dg.RunsFilter(created_after=dt.datetime.fromtimestamp(since, dt.timezone.utc)),
                                       limit=10_000):
-        if r.start_time and r.end_time and r.start_time <= until:
-            out.append(r.end_time - r.start_time)
-    return out
+        if r.start_time and r.end_time and r.create_timestamp.timestamp() <= until:
+            durations.append(r.end_time - r.start_time)
+            delays.append(r.start_time - r.create_timestamp.timestamp())
+    return durations, delays
 
 
 def _write_config(path: Path, tables: list[dict[str, Any]], suffix: str, changefeed: str) -> Any:
@@ -359,11 +375,12 @@ def end_to_end(settings: LabSettings, work: Path, fractions: list[float], second
                 after = _end_offsets(kafka, topics)
                 changes = sum(o - before.get(t, {}).get(p, 0) for t, parts in after.items() for p, o in parts.items())
                 total, feed, pipe = _measure(settings, poller, config, start, end, by_commit=True)
-                runs = _runs(instance, start, end)
+                runs, delays = _runs(instance, start, end)
                 w = Window(f"go-tpc {fraction:.0%}", "end to end", f"{fraction:.0%} of go-tpc's full rate",
                            end - start, changes, changes / (end - start), len(total), *_stats(total),
                            feed=_stats(feed), pipeline=_stats(pipe), tpmc=result.tpmc, runs=len(runs),
-                           run_seconds_median=percentile(runs, 50) if runs else 0.0, load_before=load_before,
+                           run_seconds_median=percentile(runs, 50) if runs else 0.0,
+                           launch_seconds_median=percentile(delays, 50) if delays else 0.0, load_before=load_before,
                            load_after=load_after, latencies=total)
                 _say(_line(w))
                 windows.append(w)
@@ -381,8 +398,8 @@ def _line(w: Window) -> str:
     if w.kind == "end to end":
         text += (f" = feed {w.feed[0]:.1f}/{w.feed[1]:.1f}/{w.feed[2]:.1f}s + pipeline "
                  f"{w.pipeline[0]:.1f}/{w.pipeline[1]:.1f}/{w.pipeline[2]:.1f}s; tpmC {w.tpmc:,.0f}")
-    return text + (f"; {w.runs} runs (median {w.run_seconds_median:.1f}s); load {w.load_before[0]:.1f} -> "
-                   f"{w.load_after[0]:.1f}")
+    return text + (f"; {w.runs} runs (median {w.run_seconds_median:.1f}s, launched {w.launch_seconds_median:.1f}s "
+                   f"after the request); load {w.load_before[0]:.1f} -> {w.load_after[0]:.1f}")
 
 
 def _recorded(settings: LabSettings, topics: list[str]) -> list[tuple[str, int, bytes | None, bytes | None]]:
@@ -509,10 +526,11 @@ def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str]
             _wait_merged(poller, sub_config, kafka, daemon)
             load_after = os.getloadavg()
             total, _, _ = _measure(settings, poller, sub_config, start - 1, end + 1, by_commit=False)
-            runs = _runs(instance, start, end)
+            runs, delays = _runs(instance, start, end)
             w = Window(f"replay {rate:,.0f}/s", "pipeline alone", f"{rate:,.0f} changes/s", took, sent, sent / took,
                        len(total), *_stats(total), runs=len(runs),
-                       run_seconds_median=percentile(runs, 50) if runs else 0.0, load_before=load_before,
+                       run_seconds_median=percentile(runs, 50) if runs else 0.0,
+                       launch_seconds_median=percentile(delays, 50) if delays else 0.0, load_before=load_before,
                        load_after=load_after, latencies=total)
             _say(_line(w))
             windows.append(w)
@@ -549,7 +567,8 @@ def measures(windows: list[Window]) -> list[Any]:
     for w in windows:
         load = f"load average {w.load_before[0]:.1f} -> {w.load_after[0]:.1f}"
         note = (f"{w.changes:,} changes at {w.rate:,.0f}/s; p50 {w.p50:.1f}s, max {w.max:.1f}s; {w.runs} runs "
-                f"(median {w.run_seconds_median:.1f}s); {w.rows:,} rows measured; {load}")
+                f"(median {w.run_seconds_median:.1f}s, launched {w.launch_seconds_median:.1f}s after the request); "
+                f"{w.rows:,} rows measured; {load}")
         if w.kind == "end to end":
             note += (f"; tpmC {w.tpmc:,.0f}; feed p50/p95/max {w.feed[0]:.1f}/{w.feed[1]:.1f}/{w.feed[2]:.1f}s, "
                      f"pipeline {w.pipeline[0]:.1f}/{w.pipeline[1]:.1f}/{w.pipeline[2]:.1f}s")
@@ -567,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-seconds", type=float, default=60)
     parser.add_argument("--out", type=Path, default=_REPO / "benchmarks" / "production.json")
     args = parser.parse_args(argv)
+    # A SIGTERM (timeout, kill) unwinds like Ctrl-C, so the daemon this started is stopped with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     windows = run(args.seconds, args.fractions, args.threads, args.replay_rates, args.replay_seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
