@@ -209,14 +209,11 @@ class Daemon:
 
 
 def _runs(instance: Any, since: float, until: float) -> tuple[list[float], list[float]]:
-    """(durations, launch delays) of the runs created in [since, until]: start -> end, and the time from the
-    sensor's run request to the run process starting (queue, launch, imports)."""
-    import dagster as dg
-
+    """(durations, launch delays) of the runs that ran during [since, until]: start -> end, and the time from
+    the sensor's run request to the run process starting (queue, launch, imports)."""
     durations, delays = [], []
-    for r in instance.get_run_records(dg.RunsFilter(created_after=dt.datetime.fromtimestamp(since, dt.timezone.utc)),
-                                      limit=10_000):
-        if r.start_time and r.end_time and r.create_timestamp.timestamp() <= until:
+    for r in instance.get_run_records(limit=10_000):
+        if r.start_time and r.end_time and r.create_timestamp.timestamp() <= until and r.end_time >= since:
             durations.append(r.end_time - r.start_time)
             delays.append(r.start_time - r.create_timestamp.timestamp())
     return durations, delays
