@@ -14,6 +14,13 @@ re-running `discover` (a name list in the config would be stale from that moment
 The merge never passes a hole in a partition's offsets (`replication.holes`): when one holds a partition
 back and the offset-gaps table is given, the hole is decided with Kafka first (`defs.holes.resolve_holes`),
 so offsets Kafka never had are skipped in this same run, and the outcome names what stays held back.
+
+Schema changes follow the table's `SchemaChangePolicy` (config.py) when a `DdlSource` is given
+(`follow_schema_changes`, `replication.schema_changes`): with each new schema version, renames from TiDB's DDL
+history, then type changes, added and dropped columns; in every merge, after its offset ranges are fixed, a
+TRUNCATE from the history empties the replica (once, recorded) and the merge treats changes committed before it
+as deletes. Every change applied is a row of the control schema's `SCHEMA_CHANGES` table and in the run's
+metadata, with the schema version before and after.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from tidb_pipeline.config import SchemaChangePolicy
 from tidb_pipeline.defs.holes import resolve_holes
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns, source_names, with_names
 from tidb_pipeline.replication.ddl import (
@@ -51,7 +59,8 @@ from tidb_pipeline.replication.merge import (
     unconverted_table,
 )
 from tidb_pipeline.resources.kafka import KafkaResource
-from tidb_pipeline.replication.ticdc_schema import subject_names
+from tidb_pipeline.replication import schema_changes as sc
+from tidb_pipeline.replication.ticdc_schema import sanitize_name, subject_names
 from tidb_pipeline.resources.warehouse import DDL_MEMO, Warehouse
 
 _SUBJECT_NOT_FOUND = 40401
@@ -69,6 +78,8 @@ class MergeOutcome:
     notes: tuple[str, ...] = field(default_factory=tuple)
     held: tuple[Held, ...] = ()  # partitions a hole holds back after this merge
     gaps: tuple[Gap, ...] = ()  # how this run decided the holes it met (ABSENT ones were skipped)
+    schema_changes: tuple[sc.ColumnChange, ...] = ()  # applied (or first seen) in this run
+    schema_version_before: int | None = None  # the version the replica followed before this run's changes
 
 
 def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
@@ -116,6 +127,122 @@ def ensure_replica(
     return columns, tuple(c.name for c in columns if c.name not in have)
 
 
+@dataclass(frozen=True)
+class DdlSource:
+    """TiDB's DDL job history for one table (`TiDBResource.ddl_jobs` / `last_ddl_job_id`) and its policy."""
+
+    db: str
+    table: str
+    jobs: Callable[[int], Sequence[tuple[int, Any]]]  # (job_id, job_meta) after a job id
+    last_job_id: Callable[[], int]
+    policy: SchemaChangePolicy = SchemaChangePolicy()
+
+    def table_jobs(self, after: int) -> list[sc.DdlJob]:
+        jobs = (sc.parse_ddl_job(i, meta) for i, meta in self.jobs(after))
+        return [j for j in jobs if (j.db.lower(), j.table.lower()) == (self.db.lower(), self.table.lower())]
+
+
+def _record(wh: Warehouse, log_table: TableRef, replica: TableRef, changes: Sequence[sc.ColumnChange], *,
+            before: int | None, after: int | None, when: dt.datetime) -> None:
+    for change in changes:
+        wh.execute(sc.record_change_sql(log_table, replica, change, before=before, after=after, now=when))
+
+
+def follow_schema_changes(
+    wh: Warehouse, replica: TableRef, fields: tuple[ReplicaColumn, ...], version: int, ddl: DdlSource,
+    log_table: TableRef, when: dt.datetime, source_columns: Callable[[], Sequence[str]] | None,
+) -> tuple[tuple[sc.ColumnChange, ...], int | None]:
+    """Apply renames, type changes and drops a new schema version brings, per `ddl.policy`; record them.
+
+    Runs before `ensure_replica` (which creates the table or adds the new columns). Returns the changes and
+    the schema version the replica followed before them. A change the policy refuses raises
+    `SchemaChangeError` naming table, column, types and what to do.
+    """
+    policy, label = ddl.policy, f"{ddl.db}.{ddl.table}"
+    existing = {str(r[0]): sc.snowflake_type(r[1], r[2], r[3]) for r in wh.execute(sc.replica_types_sql(replica))}
+    recorded = sc.parse_recorded(wh.execute(sc.read_changes_sql(log_table, replica)))
+    if not existing or recorded.last_job_id is None:
+        # A new replica (or one older than this record): DDL before now is already in its rows or not its own.
+        base = sc.ColumnChange(sc.BASELINE, "", job_id=ddl.last_job_id(), detail="DDL history followed from here")
+        _record(wh, log_table, replica, [base], before=None, after=version, when=when)
+        return ((base,) if existing else ()), None
+    before = recorded.version
+    changes: list[sc.ColumnChange] = []
+    wanted_fields = {c.field for c in fields}
+    for job, old, new in sc.renames_from(ddl.table_jobs(recorded.baseline_job_id or 0), ddl.db, ddl.table):
+        if old in existing and new not in existing and sanitize_name(new) in wanted_fields:
+            if policy.rename_column == "fail":
+                raise sc.SchemaChangeError(
+                    f"{label}: column {old!r} was renamed to {new!r} (DDL job {job.job_id}) and "
+                    f"schema_changes.rename_column is 'fail'; rename replica column {replica.label}.{old} yourself "
+                    f"(ALTER TABLE ... RENAME COLUMN) or set rename_column: follow")
+            wh.execute(sc.rename_column_sql(replica, old, new))
+            existing = {(new if n == old else n): t for n, t in existing.items()}
+            changes.append(sc.ColumnChange(sc.RENAME, old, new_name=new, job_id=job.job_id, ddl_tso=job.finished_ts))
+    names = source_names([c.field for c in fields], replica=list(existing), source=source_columns)
+    wanted = with_names(fields, names)
+    for c in wanted:
+        if c.name not in existing:
+            if policy.add_column == "fail":
+                raise sc.SchemaChangeError(f"{label}: column {c.name!r} ({c.sql_type}) was added and "
+                                           "schema_changes.add_column is 'fail'; set add_column: follow")
+            changes.append(sc.ColumnChange(sc.ADD, c.name, new_type=c.sql_type))
+            continue
+        old_type = existing[c.name]
+        how = sc.type_change(old_type, c.sql_type)
+        if how == "same":
+            continue
+        if how == "widen" and policy.widen_type == "alter":
+            wh.execute(sc.alter_type_sql(replica, c.name, c.sql_type))
+            changes.append(sc.ColumnChange(sc.WIDEN, c.name, old_type, c.sql_type))
+            continue
+        reason = ("widening, and schema_changes.widen_type is 'fail'" if how == "widen" else
+                  f"{how}: Snowflake cannot change it in place; schema_changes.incompatible_type is 'fail'")
+        raise sc.SchemaChangeError(sc.type_refusal(replica, ddl.db, ddl.table, c.name, old_type, c.sql_type, reason))
+    kept = {c.name for c in wanted}
+    for name in existing:
+        if name in kept or name in recorded.dropped:
+            continue
+        first_seen = recorded.drops.get(name)
+        if first_seen is None:
+            first_seen = when.replace(tzinfo=None)
+            detail = ("kept, no longer filled" if policy.drop_column == "keep"
+                      else f"kept, no longer filled; dropped {policy.drop_after_hours:g} h after first seen")
+            changes.append(sc.ColumnChange(sc.DROP_KEPT, name, existing[name], detail=detail))
+        if policy.drop_column == "drop" and \
+                when.replace(tzinfo=None) - first_seen >= dt.timedelta(hours=policy.drop_after_hours):
+            wh.execute(sc.drop_column_sql(replica, name))
+            changes.append(sc.ColumnChange(sc.DROP, name, existing[name],
+                                           detail=f"dropped {policy.drop_after_hours:g} h after it left TiDB"))
+    _record(wh, log_table, replica, changes, before=before, after=version, when=when)
+    return tuple(changes), before
+
+
+def apply_truncates(wh: Warehouse, replica: TableRef, ddl: DdlSource, log_table: TableRef, version: int | None,
+                    when: dt.datetime) -> tuple[int | None, tuple[sc.ColumnChange, ...]]:
+    """Empty the replica for a TRUNCATE in TiDB's history not applied yet (module docstring of
+    `replication.schema_changes`); returns the latest truncate TSO (for `MergePlan.truncated_at`) and what ran.
+
+    Call it after the merge's offset ranges are fixed: every row merged before then was committed before any
+    truncate this reads.
+    """
+    recorded = sc.parse_recorded(wh.execute(sc.read_changes_sql(log_table, replica)))
+    if ddl.policy.truncate != "follow" or recorded.baseline_job_id is None:
+        return recorded.truncated_at, ()
+    jobs = [j for j in ddl.table_jobs(recorded.last_truncate_job_id or recorded.baseline_job_id) if j.is_truncate
+            and j.job_id not in recorded.job_ids and j.finished_ts > (recorded.truncated_at or 0)]
+    if not jobs:
+        return recorded.truncated_at, ()
+    latest = max(jobs, key=lambda j: j.finished_ts)
+    done = tuple(sc.ColumnChange(sc.TRUNCATE, "", job_id=j.job_id, ddl_tso=j.finished_ts,
+                                 detail="replica emptied; changes committed at or before it are deletes")
+                 for j in jobs)
+    with wh.transaction():
+        wh.execute(sc.truncate_replica_sql(replica))
+        _record(wh, log_table, replica, done, before=recorded.version, after=version, when=when)
+    return latest.finished_ts, done
+
+
 def forget_ensured() -> None:
     """Drop the per-process DDL memo (the next merge or load of every table re-checks its objects)."""
     DDL_MEMO.forget()
@@ -135,6 +262,7 @@ def merge_replica(
     dead_letters: TableRef | None = None,
     offset_gaps: TableRef | None = None,
     kafka: KafkaResource | None = None,
+    ddl: DdlSource | None = None,
 ) -> MergeOutcome | None:
     """Bring the replica up to date with its landing table; None when the topic has no schema yet.
 
@@ -142,6 +270,7 @@ def merge_replica(
     sanitised Avro field names. It is called only when the schema brings a field the replica lacks.
     `dead_letters` (the built-in loader's quarantine) and `offset_gaps` (`replication.holes`) name offsets
     that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
+    With `ddl`, schema changes follow its policy and TiDB's DDL history (`follow_schema_changes`, `apply_truncates`).
     """
     log = log or logging.getLogger(__name__)
     schemas = latest_schemas(registry, topic)
@@ -162,6 +291,9 @@ def merge_replica(
         wh.memo.forget(wh.memo_key(memo_key))
     columns: list[tuple[ReplicaColumn, ...]] = [known or fields]
     added: list[str] = []
+    changes: list[sc.ColumnChange] = []
+    before: list[int | None] = [None]
+    log_table = sc.schema_changes_table(watermarks)
 
     def ensure() -> tuple[ReplicaColumn, ...]:
         ensure_schema(wh, watermarks)
@@ -171,8 +303,16 @@ def merge_replica(
             if ref is not None:  # the pending-ranges query reads both
                 ensure_schema(wh, ref)
                 wh.execute(ddl(ref))
+        if ddl is not None:
+            wh.execute(sc.create_schema_changes_sql(log_table))
+            got_changes, before[0] = follow_schema_changes(wh, replica, fields, version, ddl, log_table, when,
+                                                           source_columns)
+            changes.extend(got_changes)
         columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns)
         added[:] = got
+        if ddl is not None:
+            renames = sc.parse_recorded(wh.execute(sc.read_changes_sql(log_table, replica))).renames
+            columns[0] = sc.with_previous_fields(columns[0], renames, sanitize_name)
         return columns[0]
 
     def merge() -> tuple[MergeCounts, tuple[MergeRange, ...], tuple[Held, ...], tuple[Gap, ...]]:
@@ -180,6 +320,10 @@ def merge_replica(
         plan = MergePlan(replica, landing, watermarks, columns[0], topic=topic, dead_letters=dead_letters,
                          offset_gaps=offset_gaps)
         pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+        if ddl is not None:  # after the ranges are fixed (see apply_truncates)
+            truncated_at, done = apply_truncates(wh, replica, ddl, log_table, version, when)
+            changes.extend(done)
+            plan = replace(plan, truncated_at=truncated_at)
         gaps: tuple[Gap, ...] = ()
         if pending.held and offset_gaps is not None:
             gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when))
@@ -197,5 +341,7 @@ def merge_replica(
     if added:
         log.info("added columns %s to %s (schema version %s)", ", ".join(added), replica.label, version)
     (row_count,) = wh.execute(f"SELECT COUNT(*) FROM {replica.sql}")[0]
+    for change in changes:
+        log.info("schema change on %s: %s", replica.label, change.describe())
     return MergeOutcome(replica, counts, ranges, columns[0], tuple(added), int(row_count), version, held=held,
-                        gaps=gaps)
+                        gaps=gaps, schema_changes=tuple(changes), schema_version_before=before[0])

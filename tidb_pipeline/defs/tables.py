@@ -34,7 +34,7 @@ from dagster_snowflake import SnowflakeResource
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.freshness import replica_freshness_policy
 from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE
-from tidb_pipeline.defs.replica import merge_replica
+from tidb_pipeline.defs.replica import DdlSource, merge_replica
 from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.progress import merged_through_sql
@@ -183,13 +183,13 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sess
 
 
 def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any,
-           source_columns: Callable[[], Sequence[str]]) -> dict[str, Any]:
+           source_columns: Callable[[], Sequence[str]], ddl: DdlSource | None = None) -> dict[str, Any]:
     with sessions() as wh:
         outcome = merge_replica(
             connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
             source_columns=source_columns, dead_letters=names.dead_letters, offset_gaps=names.offset_gaps,
-            kafka=kafka,
+            kafka=kafka, ddl=ddl,
         )
         # Recorded so the idle gate (defs/idle.py) learns what is merged without a statement of its own.
         merged = None if outcome is None else {
@@ -217,6 +217,9 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
         or "(none)",
         "columns_added": ", ".join(outcome.added_columns) or "(none)",
         "schema_version": outcome.schema_version,
+        # Schema changes this run applied (policy: config `schema_changes`); all of them: SCHEMA_CHANGES table.
+        "schema_changes": [c.describe() for c in outcome.schema_changes] or "(none)",
+        "schema_version_before": outcome.schema_version_before if outcome.schema_changes else outcome.schema_version,
         "dagster/row_count": outcome.row_count,
         "dagster/table_name": names.replica.label,
         "dagster/column_schema": dg.TableSchema(columns=[
@@ -302,7 +305,9 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
                 # TiDB's column names, read only when the replica lacks a field (defs/replica.py).
                 merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log,
-                                               lambda: [c.name for c in tidb.columns(t.db, t.table)]),
+                                               lambda: [c.name for c in tidb.columns(t.db, t.table)],
+                                               DdlSource(t.db, t.table, tidb.ddl_jobs, tidb.last_ddl_job_id,
+                                                         config.schema_changes_of(t))),
             )
 
         if parallel <= 1 or len(work) <= 1:

@@ -86,6 +86,8 @@ class ReplicaColumn:
     precision: int | None = None
     scale: int | None = None
     field: str = ""  # the Avro field name TiCDC writes (TiDB's name sanitised); "" = the same as `name`
+    # Field names the column had before a rename (replication.schema_changes): rows landed earlier carry those.
+    previous_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.field:

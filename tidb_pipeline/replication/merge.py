@@ -87,6 +87,9 @@ class MergePlan:
     topic: str = ""
     dead_letters: TableRef | None = None
     offset_gaps: TableRef | None = None
+    # TSO of the latest TRUNCATE applied to the replica (replication.schema_changes): a landing row committed
+    # at or before it is a delete, so a change from before the truncate that lands late brings nothing back.
+    truncated_at: int | None = None
 
     def __post_init__(self) -> None:
         if not key_columns(self.columns):
@@ -298,16 +301,25 @@ def source_sql(plan: MergePlan, ranges: Sequence[MergeRange], *, unconverted: bo
     batch = _batch_sql(plan, ranges)
     first_key = quote_ident(plan.keys[0].field)
     cols = [f"x.{quote_ident(k.name)}" for k in plan.keys]
-    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.field)}')} AS {quote_ident(c.name)}" for c in plan.values]
+    cols += [f"{json_to_sql(c, _value_path(c))} AS {quote_ident(c.name)}" for c in plan.values]
     # A value record always carries its NOT NULL key columns; `{}` (tombstone) and NULL content do not.
     # Testing the key field avoids comparing VARIANT objects, which engines treat differently.
-    cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL) AS {_DEL}")
+    truncated = ("" if plan.truncated_at is None else
+                 f' OR x.{_C}:"_tidb_commit_ts"::NUMBER(20,0) <= {int(plan.truncated_at)}')
+    cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL{truncated}) AS {_DEL}")
     cols += [f"x.{_K}", f"x.{_P}", f"x.{_O}"]
     if unconverted:
         for i, c in enumerate(plan.checked):
-            value = f"x.{_C}:{quote_ident(c.field)}"
+            value = _value_path(c)
             cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
     return Statement(f"SELECT {', '.join(cols)}\nFROM (\n{batch.sql}\n) x", batch.params)
+
+
+def _value_path(c: ReplicaColumn) -> str:
+    """The column's JSON value in a batch row; after a rename, the old field for rows landed before it."""
+    paths = [f"x.{_C}:{quote_ident(f)}" for f in (c.field, *c.previous_fields)]
+    # A missing field is SQL NULL, a JSON null is a VARIANT null: COALESCE falls back only on a missing one.
+    return paths[0] if len(paths) == 1 else f"COALESCE({', '.join(paths)})"
 
 
 def max_rows_per_key_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:

@@ -32,6 +32,8 @@ class TiDBResource(dg.ConfigurableResource):
     password: str | None = Field(default=None, description="from TIDB_PASSWORD")
     connect_timeout_s: int = 10
     read_timeout_s: int = 300
+    # Where finished DDL jobs are (replication.schema_changes): TiDB's own table; the lab names its stand-in.
+    ddl_history_table: str = "mysql.tidb_ddl_history"
 
     @contextmanager
     def get_connection(self, database: str | None = None) -> Iterator[pymysql.connections.Connection]:
@@ -59,6 +61,24 @@ class TiDBResource(dg.ConfigurableResource):
                 (db, table),
             )
             return [SourceColumn(r[0], r[1].lower(), r[2].lower(), r[3] == "YES") for r in cur.fetchall()]
+
+    def ddl_jobs(self, after_job_id: int) -> list[tuple[int, bytes | str]]:
+        """(job_id, job_meta) of the finished DDL jobs after `after_job_id`, oldest first."""
+        from tidb_pipeline.replication.schema_changes import ddl_history_sql
+
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(ddl_history_sql(self.ddl_history_table), (after_job_id,))
+            return [(int(r[0]), r[1]) for r in cur.fetchall()]
+
+    def last_ddl_job_id(self) -> int:
+        """The newest finished DDL job's id (0 when there is none)."""
+        from tidb_pipeline.replication.schema_changes import ddl_history_sql
+
+        sql = ddl_history_sql(self.ddl_history_table).replace("SELECT job_id, job_meta", "SELECT MAX(job_id)", 1)
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(sql.split(" ORDER BY")[0], (0,))
+            row = cur.fetchone()
+        return int(row[0] or 0) if row else 0
 
     def handle_key(self, db: str, table: str) -> tuple[str, ...]:
         """TiCDC's handle key: the primary key, else the NOT NULL unique index with the fewest columns.
