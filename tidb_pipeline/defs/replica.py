@@ -299,10 +299,10 @@ def merge_replica(
         ensure_schema(wh, watermarks)
         wh.execute(create_watermark_sql(watermarks))
         wh.execute(create_unconverted_sql(unconverted_table(watermarks)))
-        for ref, ddl in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql)):
+        for ref, create in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql)):
             if ref is not None:  # the pending-ranges query reads both
                 ensure_schema(wh, ref)
-                wh.execute(ddl(ref))
+                wh.execute(create(ref))
         if ddl is not None:
             wh.execute(sc.create_schema_changes_sql(log_table))
             got_changes, before[0] = follow_schema_changes(wh, replica, fields, version, ddl, log_table, when,

@@ -184,6 +184,51 @@ def strip_null_value_as_varchar(sql: str, _session: LabSession) -> str:
     return "".join(out)
 
 
+_COALESCE = re.compile(r"\bCOALESCE\(", re.IGNORECASE)
+
+
+def _top_level_args(text: str) -> list[str]:
+    """`text` split at the commas outside parentheses and quotes."""
+    quoted, depth, start, out = _in_quotes(text), 0, 0, []
+    for i, ch in enumerate(text):
+        if quoted[i]:
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(text[start:i].strip())
+            start = i + 1
+    out.append(text[start:].strip())
+    return out
+
+
+def coalesce_as_varchar(sql: str, _session: LabSession) -> str:
+    """`COALESCE(a, b)::VARCHAR` -> `CASE WHEN a IS NOT NULL THEN a::VARCHAR WHEN b IS NOT NULL THEN b::VARCHAR END`.
+
+    fakesnow casts a VARIANT that is not a plain path to its JSON text (quotes kept), as with STRIP_NULL_VALUE
+    above; the merge reads a renamed column as `COALESCE(new path, old path)`. Same meaning: COALESCE returns
+    its first argument that is not SQL NULL, and that one is cast.
+    """
+    out, pos, quoted = [], 0, _in_quotes(sql)
+    for m in _COALESCE.finditer(sql):
+        if m.start() < pos or quoted[m.start()]:
+            continue
+        close = _closing_paren(sql, m.end() - 1)
+        if close is None:
+            break
+        cast = _TO_VARCHAR.match(sql, close + 1)
+        if cast is None:
+            continue
+        args = _top_level_args(sql[m.end():close])
+        out.append(sql[pos:m.start()])
+        out.append("CASE " + " ".join(f"WHEN {a} IS NOT NULL THEN {a}::VARCHAR" for a in args) + " END")
+        pos = cast.end()
+    out.append(sql[pos:])
+    return "".join(out)
+
+
 _TRY_PARSE_JSON = re.compile(r"\bTRY_PARSE_JSON\(", re.IGNORECASE)
 
 
@@ -262,7 +307,8 @@ def try_temporal_as_try_strptime(sql: str, _session: LabSession) -> str:
 
 
 # Applied in order to every statement a client sends.
-REWRITES: list[Rewrite] = [strip_null_value_as_varchar, try_parse_json_as_try_cast, try_temporal_as_try_strptime]
+REWRITES: list[Rewrite] = [strip_null_value_as_varchar, coalesce_as_varchar, try_parse_json_as_try_cast,
+                           try_temporal_as_try_strptime]
 
 _SESSION_ATTR = "_tidb_pipeline_lab_session"
 

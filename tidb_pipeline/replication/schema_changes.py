@@ -165,7 +165,9 @@ class ColumnChange:
             return f"{self.kind} {self.column!r} -> {self.new_name!r} (DDL job {self.job_id})"
         if self.kind == TRUNCATE:
             return f"truncate at TSO {self.ddl_tso} (DDL job {self.job_id}): {self.detail}"
-        types = f" {self.old_type} -> {self.new_type}" if self.old_type or self.new_type else ""
+        types = " ".join(t for t in (self.old_type, self.new_type) if t)
+        types = f" {self.old_type} -> {self.new_type}" if self.old_type and self.new_type else \
+            (f" {types}" if types else "")
         return f"{self.kind} {self.column!r}{types}" + (f": {self.detail}" if self.detail else "")
 
 

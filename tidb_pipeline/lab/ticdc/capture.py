@@ -830,9 +830,11 @@ class Capture:
                 if isinstance(event, QueryEvent) and event.query != "COMMIT":
                     # DDL: forget the schema's table metadata so the next row reloads it (and re-registers).
                     schema = event.schema.decode() if isinstance(event.schema, bytes) else event.schema
-                    self._tables = {k: v for k, v in self._tables.items() if k[0] != schema}
-                    self._ineligible = {k for k in self._ineligible if k[0] != schema}  # a key may have been added
                     ddl_target = ddl_history.target(event.query, schema)
+                    # The session's schema, and the one a qualified name (`ALTER TABLE db.t`) names.
+                    stale = {schema, ddl_target[0] if ddl_target else schema}
+                    self._tables = {k: v for k, v in self._tables.items() if k[0] not in stale}
+                    self._ineligible = {k for k in self._ineligible if k[0] not in stale}  # a key may have been added
                 self._boundary = (stream.log_file, stream.log_pos)
                 self._commit(transaction_rows(txn), event.timestamp, *self._boundary, registry, admin, producer)
                 txn = []
