@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
+from dataclasses import replace as dc_replace
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from tidb_pipeline.config import SnowflakeSessionConfig
 from tidb_pipeline.engine.backfill import insert_from_load_sql
 from tidb_pipeline.defs.checks import unconverted_values_sql
 from tidb_pipeline.replication import holes, progress
-from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge
+from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge, schema_changes
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef
 from tidb_pipeline.resources.warehouse import alter_session_sql
@@ -127,6 +128,17 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         yield "replace gaps", s
     yield "merged through", progress.merged_through_sql(WATERMARKS, REPLICA)
     yield "unconverted check", unconverted_values_sql(merge.unconverted_table(WATERMARKS), REPLICA)
+    changes = schema_changes.schema_changes_table(WATERMARKS)
+    yield "schema changes DDL", Statement(schema_changes.create_schema_changes_sql(changes))
+    yield "schema changes read", schema_changes.read_changes_sql(changes, REPLICA)
+    yield "schema change record", schema_changes.record_change_sql(
+        changes, REPLICA, schema_changes.ColumnChange("widen_type", "c", "NUMBER(10,0)", "NUMBER(19,0)"), before=1,
+        after=2, now=NOW)
+    yield "replica column types", schema_changes.replica_types_sql(REPLICA)
+    yield "widen column", Statement(schema_changes.alter_type_sql(REPLICA, "c", "NUMBER(19,0)"))
+    yield "rename column", Statement(schema_changes.rename_column_sql(REPLICA, "a", "b"))
+    yield "drop column", Statement(schema_changes.drop_column_sql(REPLICA, "c"))
+    yield "truncate replica", Statement(schema_changes.truncate_replica_sql(REPLICA))
     for table, columns, checks in _tables():
         yield f"{table}: replica DDL", Statement(ddl.create_replica_sql(REPLICA, columns))
         for s in ddl.add_columns_sql(REPLICA, [], columns):
@@ -137,6 +149,12 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         yield f"{table}: batch stats", merge.batch_stats_sql(plan, RANGES)
         for s in merge.merge_transaction(plan, RANGES, NOW, (1, 9)).statements:
             yield f"{table}: merge transaction", s
+        # After a TRUNCATE and a rename (replication.schema_changes): commit-ts deletes, the old field read too.
+        renamed = tuple(dc_replace(c, previous_fields=("old_" + c.field,)) if not c.is_key else c for c in columns)
+        after = merge.MergePlan(REPLICA, LANDING, WATERMARKS, renamed, truncated_at=(1 << 62) + 5)
+        yield f"{table}: batch stats after truncate and rename", merge.batch_stats_sql(after, RANGES)
+        for s in merge.merge_transaction(after, RANGES, NOW, (1, 9)).statements:
+            yield f"{table}: merge after truncate and rename", s
         yield f"{table}: key range", merge.key_range_sql(plan, RANGES) or Statement("SELECT 1")
         yield f"{table}: rows per key", merge.max_rows_per_key_sql(plan, RANGES)
         stats = merge.BatchStats(merge.MergeCounts(1, 0, 0, 1, 1, tuple((c.name, 1) for c in plan.checked)), 1, None, 1)
