@@ -12,6 +12,7 @@ from pydantic import Field
 
 
 # TiCDC never replicates a virtual generated column (TiDB and MariaDB both mark one so in EXTRA).
+_NO_SUCH_TABLE = 1146  # MySQL's ER_NO_SUCH_TABLE, which TiDB returns too
 _NOT_VIRTUAL = "UPPER(EXTRA) NOT LIKE '%%VIRTUAL GENERATED%%'"
 
 
@@ -67,7 +68,7 @@ class TiDBResource(dg.ConfigurableResource):
         from tidb_pipeline.replication.schema_changes import ddl_history_sql
 
         with self.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(ddl_history_sql(self.ddl_history_table), (after_job_id,))
+            self._read_history(cur, ddl_history_sql(self.ddl_history_table), after_job_id)
             return [(int(r[0]), r[1]) for r in cur.fetchall()]
 
     def last_ddl_job_id(self) -> int:
@@ -76,9 +77,19 @@ class TiDBResource(dg.ConfigurableResource):
 
         sql = ddl_history_sql(self.ddl_history_table).replace("SELECT job_id, job_meta", "SELECT MAX(job_id)", 1)
         with self.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(sql.split(" ORDER BY")[0], (0,))
+            self._read_history(cur, sql.split(" ORDER BY")[0], 0)
             row = cur.fetchone()
         return int(row[0] or 0) if row else 0
+
+    def _read_history(self, cur: pymysql.cursors.Cursor, sql: str, after: int) -> None:
+        try:
+            cur.execute(sql, (after,))
+        except pymysql.err.ProgrammingError as exc:
+            if exc.args and exc.args[0] == _NO_SUCH_TABLE:
+                raise RuntimeError(
+                    f"TiDB's DDL job history {self.ddl_history_table} does not exist (TiDB keeps it in "
+                    "mysql.tidb_ddl_history since v6.2): set TIDB_DDL_HISTORY_TABLE to where it is") from None
+            raise
 
     def handle_key(self, db: str, table: str) -> tuple[str, ...]:
         """TiCDC's handle key: the primary key, else the NOT NULL unique index with the fewest columns.

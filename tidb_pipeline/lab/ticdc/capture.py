@@ -750,6 +750,8 @@ class Capture:
         )
         conn = _connect(self.mysql)
         try:
+            ddl_history.ensure(conn)  # also made by the lab MariaDB's init file; a server started before has none
+            self._history_ready = True
             file, pos = self._start_position(conn)
             self._boundary = (file, pos)
             stream = BinLogStreamReader(
