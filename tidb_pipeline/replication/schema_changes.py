@@ -89,8 +89,11 @@ def parse_ddl_job(job_id: int, job_meta: bytes | str) -> DdlJob:
     """Decode a history row's `job_meta` (TiDB's `model.Job` as JSON)."""
     meta = json.loads(job_meta.decode() if isinstance(job_meta, (bytes, bytearray)) else job_meta)
     binlog = meta.get("binlog") or {}
-    return DdlJob(int(meta.get("id") or job_id), str(meta.get("schema_name") or ""), str(meta.get("table_name") or ""),
-                  int(meta.get("type") or 0), str(meta.get("query") or ""), int(binlog.get("FinishedTS") or 0))
+    # Older TiDB versions leave the job's names empty; the table info the job finished with has them.
+    table = meta.get("table_name") or ((binlog.get("TableInfo") or {}).get("name") or {}).get("O") or ""
+    db = meta.get("schema_name") or ((binlog.get("DBInfo") or {}).get("db_name") or {}).get("O") or ""
+    return DdlJob(int(meta.get("id") or job_id), str(db), str(table), int(meta.get("type") or 0),
+                  str(meta.get("query") or ""), int(binlog.get("FinishedTS") or 0))
 
 
 def ddl_history_sql(history_table: str) -> str:

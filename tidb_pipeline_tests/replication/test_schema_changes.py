@@ -58,6 +58,9 @@ def test_a_history_row_decodes_to_its_job_with_the_finish_tso() -> None:
     rename = sc.parse_ddl_job(8, _meta(query="ALTER TABLE `shop`.`orders` RENAME COLUMN `a b` TO c, CHANGE d e INT"))
     assert rename.column_renames() == [("a b", "c"), ("d", "e")]
     assert sc.parse_ddl_job(9, _meta(query="ALTER TABLE orders CHANGE c c BIGINT")).column_renames() == []
+    older = json.loads(_meta(type=11, query="truncate table orders", table=""))
+    older["binlog"]["TableInfo"] = {"id": 91, "name": {"O": "Orders", "L": "orders"}}
+    assert sc.parse_ddl_job(10, json.dumps(older)).table == "Orders"  # names from the finished table info
 
 
 def test_the_history_query_names_its_configured_table() -> None:
