@@ -16,8 +16,9 @@ TiDB's DDL history (researched in pingcap/tidb, pingcap/tiflow):
   of `mysql.tidb_ddl_history (job_id, job_meta, ...)`; `job_meta` is the job encoded as JSON: `id`, `type`
   (an ActionType number: 11 = TruncateTable), `schema_name`, `table_name`, `query`, `state`, and
   `binlog.FinishedTS`. Older versions keep history in TiDB's meta keys only (no SQL access to the TSO).
-So the pipeline reads `job_id, job_meta` from the history table (`TiDBResource.ddl_history_table`, default
-`mysql.tidb_ddl_history`) after the last job it has seen, and decodes `job_meta` here. The lab's MariaDB has
+So the pipeline reads `job_id, job_meta` from the history table (`TiDBResource.ddl_jobs`, its
+`ddl_history_table` setting defaults to `mysql.tidb_ddl_history`) after the last job it has seen, and decodes
+`job_meta` here. The lab's MariaDB has
 no such table; its change feed keeps a stand-in with the same columns and JSON (lab/ticdc/ddl_history.py).
 
 TRUNCATE at TSO t: every replica row merged before the truncate came from a change committed at or before t
@@ -35,8 +36,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tidb_pipeline.replication.avro_types import ReplicaColumn
@@ -94,15 +95,6 @@ def parse_ddl_job(job_id: int, job_meta: bytes | str) -> DdlJob:
     db = meta.get("schema_name") or ((binlog.get("DBInfo") or {}).get("db_name") or {}).get("O") or ""
     return DdlJob(int(meta.get("id") or job_id), str(db), str(table), int(meta.get("type") or 0),
                   str(meta.get("query") or ""), int(binlog.get("FinishedTS") or 0))
-
-
-def ddl_history_sql(history_table: str) -> str:
-    """Jobs after a job id, oldest first (`history_table` is `db.table`, quoted here for MySQL)."""
-    db, _, table = history_table.partition(".")
-    if not db or not table:
-        raise ValueError(f"ddl_history_table {history_table!r} must be <database>.<table>")
-    name = ".".join("`" + p.replace("`", "``") + "`" for p in (db, table))
-    return f"SELECT job_id, job_meta FROM {name} WHERE job_id > %s ORDER BY job_id"
 
 
 # --- types --------------------------------------------------------------------------------------------------
@@ -299,10 +291,8 @@ def replica_types_sql(replica: TableRef) -> Statement:
 
 
 def with_previous_fields(columns: Sequence[ReplicaColumn], renames: Sequence[tuple[str, str]],
-                         sanitize: Any) -> tuple[ReplicaColumn, ...]:
+                         sanitize: Callable[[str], str]) -> tuple[ReplicaColumn, ...]:
     """Columns whose Avro field was renamed read the old field too, for rows landed before the rename."""
-    from dataclasses import replace
-
     previous: dict[str, list[str]] = {}
     for old, new in renames:
         previous.setdefault(new, []).extend([sanitize(old), *previous.get(old, [])])

@@ -65,19 +65,14 @@ class TiDBResource(dg.ConfigurableResource):
 
     def ddl_jobs(self, after_job_id: int) -> list[tuple[int, bytes | str]]:
         """(job_id, job_meta) of the finished DDL jobs after `after_job_id`, oldest first."""
-        from tidb_pipeline.replication.schema_changes import ddl_history_sql
-
         with self.get_connection() as conn, conn.cursor() as cur:
             self._read_history(cur, ddl_history_sql(self.ddl_history_table), after_job_id)
             return [(int(r[0]), r[1]) for r in cur.fetchall()]
 
     def last_ddl_job_id(self) -> int:
         """The newest finished DDL job's id (0 when there is none)."""
-        from tidb_pipeline.replication.schema_changes import ddl_history_sql
-
-        sql = ddl_history_sql(self.ddl_history_table).replace("SELECT job_id, job_meta", "SELECT MAX(job_id)", 1)
         with self.get_connection() as conn, conn.cursor() as cur:
-            self._read_history(cur, sql.split(" ORDER BY")[0], 0)
+            self._read_history(cur, ddl_history_sql(self.ddl_history_table, newest=True), 0)
             row = cur.fetchone()
         return int(row[0] or 0) if row else 0
 
@@ -120,6 +115,18 @@ def pick_handle_key(indexes: dict[str, Sequence[tuple[str, bool]]]) -> tuple[str
         return ()
     best = min(candidates, key=len)
     return tuple(c for c, _ in best)
+
+
+def ddl_history_sql(history_table: str, *, newest: bool = False) -> str:
+    """TiDB's finished DDL jobs after a job id, oldest first (`history_table` is `db.table`; see
+    `replication.schema_changes` for what the rows hold); `newest`: the highest job id after it instead."""
+    db, _, table = history_table.partition(".")
+    if not db or not table:
+        raise ValueError(f"ddl_history_table {history_table!r} must be <database>.<table>")
+    name = ".".join("`" + p.replace("`", "``") + "`" for p in (db, table))
+    if newest:
+        return f"SELECT MAX(job_id) FROM {name} WHERE job_id > %s"
+    return f"SELECT job_id, job_meta FROM {name} WHERE job_id > %s ORDER BY job_id"
 
 
 def quote_mysql(name: str) -> str:

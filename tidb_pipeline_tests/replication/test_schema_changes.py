@@ -14,6 +14,7 @@ from tidb_pipeline.replication import schema_changes as sc
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 from tidb_pipeline.replication.ddl import Statement, TableRef
 from tidb_pipeline.replication.ticdc_schema import sanitize_name
+from tidb_pipeline.resources.tidb import ddl_history_sql
 
 REPLICA = TableRef("REPLICA", "T", "DB")
 LOG = sc.schema_changes_table(TableRef("PIPELINE", "MERGE_WATERMARKS", "DB"))
@@ -64,10 +65,10 @@ def test_a_history_row_decodes_to_its_job_with_the_finish_tso() -> None:
 
 
 def test_the_history_query_names_its_configured_table() -> None:
-    assert sc.ddl_history_sql("mysql.tidb_ddl_history") == (
+    assert ddl_history_sql("mysql.tidb_ddl_history") == (
         "SELECT job_id, job_meta FROM `mysql`.`tidb_ddl_history` WHERE job_id > %s ORDER BY job_id")
     with pytest.raises(ValueError, match="must be <database>.<table>"):
-        sc.ddl_history_sql("tidb_ddl_history")
+        ddl_history_sql("tidb_ddl_history")
 
 
 def _col(name: str, sql_type: str, key: bool = False) -> ReplicaColumn:
