@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from tidb_pipeline.lab.ticdc import codec, table_filter
+from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
-from tidb_pipeline.replication import ticdc_schema
+from tidb_pipeline.replication import table_filter, ticdc_schema
 from tidb_pipeline.replication.changefeed import mask_netloc
 
 log = logging.getLogger(__name__)
