@@ -168,14 +168,26 @@ def set_compatibility_command(url: str, subject: str, level: str, *, with_auth: 
 
 @dataclass(frozen=True)
 class SubjectVerdict:
-    """One subject whose next schema the registry will refuse (or already refused)."""
+    """One subject whose next schema the registry will refuse (or already refused), and the fixes."""
 
     table: str  # db.table
     subject: str
     level: str
     latest_version: int
     changes: tuple[ColumnChange, ...]
-    fixes: tuple[str, ...]
+    let_in: str  # the curl that lets TiCDC register the schema (level NONE for the subject)
+    restore: str  # the curl that puts the level back once it has
+
+    @property
+    def ddl_fixes(self) -> tuple[str, ...]:
+        return tuple(c.ddl for c in self.changes if c.ddl)
+
+    @property
+    def fixes(self) -> tuple[str, ...]:
+        return (f"let TiCDC register the new schema: {self.let_in} ; once the changefeed is normal again, restore "
+                f"the level: {self.restore}",
+                *(f"before any row is written with the new columns (TiCDC encodes each row with the table version "
+                  f"it was written under): {d}" for d in self.ddl_fixes))
 
     def text(self) -> str:
         changes = "; ".join(c.change for c in self.changes)
@@ -200,13 +212,9 @@ def verdict(
     changes = explain(db=db, table=table, subject=subject, level=level, latest_version=latest_version,
                       latest=latest, new=new, problems=problems, columns=columns,
                       column_types=column_types)
-    let_in = set_compatibility_command(registry_url, subject, "NONE", with_auth=with_auth)
-    restore = set_compatibility_command(registry_url, subject, level, with_auth=with_auth)
-    fixes = [f"let TiCDC register the new schema: {let_in} ; once the changefeed is normal again, restore the "
-             f"level: {restore}"]
-    fixes += [f"before any row is written with the new columns (TiCDC encodes each row with the table version it "
-              f"was written under): {c.ddl}" for c in changes if c.ddl]
-    return SubjectVerdict(f"{db}.{table}", subject, level, latest_version, tuple(changes), tuple(fixes))
+    return SubjectVerdict(f"{db}.{table}", subject, level, latest_version, tuple(changes),
+                          set_compatibility_command(registry_url, subject, "NONE", with_auth=with_auth),
+                          set_compatibility_command(registry_url, subject, level, with_auth=with_auth))
 
 
 def is_registry_error(code: str | None, message: str | None) -> bool:
