@@ -154,6 +154,11 @@ def _assert_checks_pass(p: dict[str, Any]) -> None:
             assert e.passed, f"{t.db}.{t.table} {check}: {md}"
         md = {k: v.value for k, v in evaluations[(replica, "content_matches_source")].metadata.items()}
         assert md["columns_not_in_replica"] == [] and md["columns_compared"] >= 3, md
+    # The changefeed's filter matches the hostile names back to exactly the configured tables, and each table's
+    # next schema is the registered one.
+    for check in ("changefeed_tables", "registry_compatibility"):
+        e = evaluations[(changefeed_key(config), check)]
+        assert e.passed, f"{check}: {e.description} {({k: v.value for k, v in e.metadata.items()})}"
 
 
 @pytest.mark.integration
