@@ -110,7 +110,7 @@ def subject_versions(client: SchemaRegistryClient, subject: str, transitive: boo
 
 @dataclass(frozen=True)
 class RegistryVerdicts:
-    """Per subject whose next schema the registry refuses, the verdict; and every level that differs from global."""
+    """Per subject whose next schema the registry refuses, the verdict; the global level and every subject's own."""
 
     verdicts: tuple[schema_compat.SubjectVerdict, ...]
     levels: dict[str, str]
@@ -132,13 +132,15 @@ def registry_verdicts(config: PipelineConfig, tidb: TiDBResource, registry: Sche
         names = schema_compat.field_to_column([c.name for c in info.columns])
         for subject, schema in zip(ticdc_schema.subject_names(config.topic(t)),
                                    (ticdc_schema.key_schema(info, cfg), ticdc_schema.value_schema(info, cfg))):
-            level = _level(client, subject) or global_level
-            if level != global_level:
-                levels[subject] = level
+            own = _level(client, subject)
+            level = own or global_level
+            if own is not None:
+                levels[subject] = own
             versions = subject_versions(client, subject, level.endswith("_TRANSITIVE")) if level != "NONE" else []
             v = schema_compat.verdict(db=t.db, table=t.table, subject=subject, level=level, versions=versions,
                                       new=schema, columns=names, registry_url=registry.url,
-                                      with_auth=bool(registry.api_key), column_types=column_types)
+                                      with_auth=bool(registry.api_key), column_types=column_types,
+                                      subject_level=own is not None)
             if v is not None:
                 verdicts.append(v)
     return RegistryVerdicts(tuple(verdicts), levels)

@@ -326,6 +326,15 @@ class RegistryStore:
                 (GLOBAL_SCOPE if subject is None else subject, level),
             )
 
+    def delete_config(self, subject: str) -> str:
+        """Drop the subject's own level (it follows the global one again); the level it had, as Confluent answers."""
+        with self._tx(write=True) as db:
+            level = self._compatibility(db, subject)
+            if level is None:
+                raise RegistryError(404, SUBJECT_NOT_FOUND, f"Subject '{subject}' not found.")
+            db.execute("DELETE FROM config WHERE scope = ?", (subject,))
+            return level
+
 
 # --- HTTP ---------------------------------------------------------------------------------------------
 
@@ -404,6 +413,8 @@ def handle(store: RegistryStore, req: Request) -> Any:
             level = _compatibility_from_body(req.body)
             store.set_config(subject, level)
             return {"compatibility": level}
+        case ("config", subject) if m == "DELETE":
+            return {"compatibilityLevel": store.delete_config(subject)}
         case ("associations", "resources", _namespace, _resource):
             # No associations here: confluent-kafka's serializers treat 404 as "use the fallback strategy".
             raise RegistryError(404, 404, "HTTP 404 Not Found")

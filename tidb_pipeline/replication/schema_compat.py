@@ -166,6 +166,13 @@ def set_compatibility_command(url: str, subject: str, level: str, *, with_auth: 
             f"--data {body} {target}")
 
 
+def clear_compatibility_command(url: str, subject: str, *, with_auth: bool) -> str:
+    """The exact `curl` that drops `subject`'s own level, so it follows the global one (`DELETE /config/{subject}`)."""
+    auth = ' -u "$SCHEMA_REGISTRY_API_KEY:$SCHEMA_REGISTRY_API_SECRET"' if with_auth else ""
+    target = shlex.quote(f"{registry_base(url)}/config/{quote(subject, safe='')}")
+    return f"curl -sS -X DELETE{auth} {target}"
+
+
 @dataclass(frozen=True)
 class SubjectVerdict:
     """One subject whose next schema the registry will refuse (or already refused), and the fixes."""
@@ -197,8 +204,13 @@ class SubjectVerdict:
 def verdict(
     *, db: str, table: str, subject: str, level: str, versions: Sequence[tuple[int, str]], new: str,
     columns: Mapping[str, str], registry_url: str, with_auth: bool, column_types: Mapping[str, str] | None = None,
+    subject_level: bool = False,
 ) -> SubjectVerdict | None:
-    """None when `new` may follow `versions` ((version, schema) oldest first) under `level`, else the verdict."""
+    """None when `new` may follow `versions` ((version, schema) oldest first) under `level`, else the verdict.
+
+    `subject_level`: the subject sets `level` itself; otherwise it follows the global level, and the restore
+    command drops the subject's temporary level rather than pinning the global one on it.
+    """
     if not versions or level == "NONE":
         return None
     latest_version, latest = versions[-1]
@@ -214,7 +226,8 @@ def verdict(
                       column_types=column_types)
     return SubjectVerdict(f"{db}.{table}", subject, level, latest_version, tuple(changes),
                           set_compatibility_command(registry_url, subject, "NONE", with_auth=with_auth),
-                          set_compatibility_command(registry_url, subject, level, with_auth=with_auth))
+                          set_compatibility_command(registry_url, subject, level, with_auth=with_auth) if subject_level
+                          else clear_compatibility_command(registry_url, subject, with_auth=with_auth))
 
 
 def is_registry_error(code: str | None, message: str | None) -> bool:

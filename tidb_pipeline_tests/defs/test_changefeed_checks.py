@@ -4,7 +4,7 @@ TiCDC stand-in -> registry stand-in), and the alerts they raise through the aler
 - a column added NOT NULL without a default under BACKWARD: WARN before any row carries it (naming the table, the
   change and the fix), ERROR once the stand-in TiCDC is stuck on the registry's 409 with TiCDC's bare
   `CDC:ErrAvroSchemaAPIError`; the check's own `fix` command (curl) lets the changefeed through, the restore
-  command puts BACKWARD back, and the alert resolves;
+  command drops the subject's temporary level (back to the global BACKWARD), and the alert resolves;
 - a table created in a replicated database is reported with the `tidb-pipeline discover` command, which (run as
   given) writes it into the table list; a listed table dropped from TiDB is an ERROR.
 """
@@ -24,6 +24,7 @@ import dagster as dg
 import pymysql
 import pytest
 import yaml
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.alerts import evaluate
@@ -172,8 +173,12 @@ def test_incompatible_column_and_new_table_are_named_with_their_fixes(
         assert registry_client.get_versions(subject) == [1, 2]
         _wait("the changefeed back to normal", lambda: ticdc_client.get_status(config.source.changefeed_id).state
               == "normal")
+        # The subject followed the global level, so restoring drops its own level again.
+        assert md["then restore"] == f"curl -sS -X DELETE {registry_url}/config/{subject}"
         _shell(md["then restore"])
-        assert registry_client.get_compatibility(subject) == "BACKWARD"
+        with pytest.raises(SchemaRegistryError) as no_own_level:
+            registry_client.get_compatibility(subject)
+        assert no_own_level.value.error_code == 40408 and registry_client.get_compatibility() == "BACKWARD"
         ev = _run_checks(defs, config, instance)
         assert ev[REGISTRY_CHECK].passed
         cursor = _alerts(instance, defs, config, cursor, outbox)

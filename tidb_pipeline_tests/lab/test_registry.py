@@ -327,6 +327,14 @@ def test_compatibility_config(service: RegistryService, client: SchemaRegistryCl
     with pytest.raises(SchemaRegistryError) as exc_info:
         client.set_compatibility("cfg-value", "SIDEWAYS")
     assert _error(exc_info) == (422, 42203)
+    # DELETE /config/{subject}: back to the global level; answers the level it dropped, 40401 when there is none.
+    dropped = httpx.delete(f"{service.address()}/config/cfg-value")
+    assert (dropped.status_code, dropped.json()) == (200, {"compatibilityLevel": "FULL"})
+    with pytest.raises(SchemaRegistryError) as exc_info:
+        client.get_compatibility("cfg-value")
+    assert _error(exc_info) == (404, 40408)
+    again = httpx.delete(f"{service.address()}/config/cfg-value")
+    assert (again.status_code, again.json()["error_code"]) == (404, 40401)
 
 
 def test_backward_rejects_a_field_without_default_and_accepts_one_with(client: SchemaRegistryClient) -> None:

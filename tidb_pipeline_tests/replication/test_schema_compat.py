@@ -46,7 +46,15 @@ def test_not_null_column_without_default_names_table_change_and_both_fixes() -> 
     assert ("curl -sS -X PUT -u \"$SCHEMA_REGISTRY_API_KEY:$SCHEMA_REGISTRY_API_SECRET\" -H 'Content-Type: "
             "application/vnd.schemaregistry.v1+json' --data '{\"compatibility\": \"NONE\"}' "
             "https://psrc-1.example.com/config/tidb_shop_orders-value") in let_in
-    assert "'{\"compatibility\": \"BACKWARD\"}'" in let_in
+    # The subject followed the global level: restoring drops its own level instead of pinning BACKWARD on it.
+    assert "restore the level: curl -sS -X DELETE -u \"$SCHEMA_REGISTRY_API_KEY:$SCHEMA_REGISTRY_API_SECRET\" " \
+           "https://psrc-1.example.com/config/tidb_shop_orders-value" in let_in
+    pinned = sc.verdict(db="shop", table="orders", subject="tidb_shop_orders-value", level="BACKWARD",
+                        versions=[(3, _value(*BASE))], new=_value(*BASE, ts.Column("weight", "int", False)),
+                        columns={}, registry_url=URL, with_auth=False, subject_level=True)
+    assert pinned is not None and pinned.restore == (
+        "curl -sS -X PUT -H 'Content-Type: application/vnd.schemaregistry.v1+json' --data "
+        "'{\"compatibility\": \"BACKWARD\"}' https://psrc-1.example.com/config/tidb_shop_orders-value")
     assert "s3cret" not in " ".join(v.fixes)  # credentials come from the environment, never the message
     assert ddl.endswith(change.ddl)
 
