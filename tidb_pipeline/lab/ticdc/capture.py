@@ -18,11 +18,12 @@ is replayed rather than risked).
 
 `CaptureManager(store, mysql_conn_kwargs)` runs one capture thread per changefeed in state `normal` (or
 `warning`), stops it when the changefeed leaves those states, and marks the changefeed `failed` with TiCDC's
-error shape when its capture fails for good (a registry refusing a schema, a bad sink config). A lost
-upstream connection and any Kafka failure (a broker down or restarting: "Failed to get metadata", delivery
-errors) are retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`),
-capture retries from its checkpoint with exponential backoff, returns to `normal` once it reads the binlog
-again, and only fails once its checkpoint has not moved for `retry_max_elapsed_s` (TiCDC's
+error shape when its capture fails for good (a bad sink config, an unreachable registry at start). A lost
+upstream connection, any Kafka failure (a broker down or restarting: "Failed to get metadata", delivery
+errors) and a registry refusing a schema (TiCDC's bare `[CDC:ErrAvroSchemaAPIError]schema manager API error, %s`)
+are retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`), capture
+retries from its checkpoint with exponential backoff, returns to `normal` once its checkpoint passes the one it
+restarted from, and only fails once its checkpoint has not moved for `retry_max_elapsed_s` (TiCDC's
 `changefeed_error_stuck_duration`, default 30 minutes). Rows of a table without a handle key are skipped
 with a warning, as TiCDC's schema storage skips ineligible tables at run time (the API refuses them at
 create time).
