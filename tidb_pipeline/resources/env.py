@@ -29,3 +29,13 @@ def int_setting(name: str, default: int, env: Mapping[str, str] | None = None) -
 def secret(name: str, env: Mapping[str, str] | None = None) -> dg.EnvVar | None:
     env = os.environ if env is None else env
     return dg.EnvVar(name) if env.get(name) else None
+
+
+def resolve_secret(name: str, what: str) -> str:
+    """The value of the secret `dg.EnvVar(name)`, read now (inside a run); an error naming the variable,
+    never showing a value, when it is unset or empty. `what` says what needs it."""
+    value = dg.EnvVar(name).get_value()
+    if not value:
+        raise ValueError(f"environment variable {name} is not set (or empty): {what} needs it; set it in the "
+                         "environment of the Dagster code location and of the runs")
+    return value

@@ -1,0 +1,143 @@
+"""The column policy of a replica: which TiDB columns it holds, and which it holds hashed or masked.
+
+Per table (`TableConfig.columns`): `include` (only these columns) or `exclude` (every column but these), and per
+kept column `hash` or `mask`:
+- hash: `SHA2(salt || text, 256)`, the lower-case hex SHA-256 of the salt followed by the value's text, stored as
+  VARCHAR (NULL stays NULL). The text is the value as MySQL/TiDB prints it (`CAST(c AS CHAR)`), which for the
+  hashable types is also TiCDC's text (spec/ticdc-avro.md): integers and YEAR as digits (a BIGINT UNSIGNED that
+  TiCDC wrapped negative is unwrapped first), DECIMAL with its scale's digits (`12.50`), strings, ENUM and SET
+  members as written, DATE `YYYY-MM-DD`, DATETIME/TIMESTAMP `YYYY-MM-DD HH:MM:SS[.fff]` with the column's
+  fraction digits, TIME `[-]HH:MM:SS[.fff]`. So the content check can compute the same hash on the TiDB side
+  (`SHA2(CONCAT(salt, value), 256)`) and still verify the column. FLOAT/DOUBLE (engines print them
+  differently), binaries, BIT and JSON (no agreed text) cannot be hashed: mask or exclude them.
+- mask: the column stays (same type) and is always NULL.
+
+The salt is a secret named by `hash_salt_env` and read only by the run that hashes (`dg.EnvVar` semantics). It
+never enters SQL text built here: in Snowflake it is a session variable set with a bound parameter
+(`set_salt_statement`) and read as `$TP_HASH_SALT` by the MERGE and the backfill; on the TiDB side the check
+binds it. It is never logged, put in metadata or in an error.
+
+Key columns are never excluded, hashed or masked: the merge, the checks and the SQL Server copy find rows by them.
+Column names are only known from the schema, so `apply_policy` (at the first merge, backfill or check) refuses a
+name the table does not have, naming the table and the column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from tidb_pipeline.replication.avro_types import ReplicaColumn
+from tidb_pipeline.replication.ddl import Statement
+
+# The Snowflake session variable the hash expressions read (`$TP_HASH_SALT`).
+SALT_VARIABLE = "TP_HASH_SALT"
+HASH_SQL_TYPE = "VARCHAR"
+# tidb_types whose TiCDC text equals MySQL's `CAST(c AS CHAR)` (see the module docstring).
+HASHABLE_TIDB_TYPES = frozenset({
+    "INT", "INT UNSIGNED", "BIGINT", "BIGINT UNSIGNED", "YEAR", "DECIMAL", "TEXT", "ENUM", "SET", "DATE",
+    "DATETIME", "TIMESTAMP", "TIME",
+})  # fmt: skip
+
+
+class ColumnPolicyError(ValueError):
+    """The column policy names a column the table lacks, or treats one in a way it cannot be."""
+
+
+class Policy(Protocol):
+    """`config.ColumnsConfig`, as this module reads it."""
+
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    hash: tuple[str, ...]
+    mask: tuple[str, ...]
+
+
+def check_names(policy: Policy, table: str, names: Sequence[str], keys: Sequence[str]) -> None:
+    """Raise ColumnPolicyError when the policy names a column `table` does not have, or touches a key column."""
+    have = set(names)
+    for field in ("include", "exclude", "hash", "mask"):
+        if unknown := [n for n in getattr(policy, field) if n not in have]:
+            raise ColumnPolicyError(
+                f"{table}: columns.{field} names {', '.join(map(repr, unknown))}, which the table does not have "
+                f"(its columns: {', '.join(names)}); fix the name in tidb_pipeline.yaml")
+    if touched := [k for k in keys if k in policy.exclude or k in policy.hash or k in policy.mask
+                   or (policy.include and k not in policy.include)]:
+        raise ColumnPolicyError(
+            f"{table}: key column(s) {', '.join(map(repr, touched))} cannot be excluded, hashed or masked (rows are "
+            "found by the key); remove them from columns in tidb_pipeline.yaml")
+
+
+def kept(policy: Policy, name: str) -> bool:
+    return name in policy.include if policy.include else name not in policy.exclude
+
+
+def treatment(policy: Policy, name: str) -> str:
+    """"hash", "mask" or "" (as replicated)."""
+    return "hash" if name in policy.hash else "mask" if name in policy.mask else ""
+
+
+def apply_policy(columns: Sequence[ReplicaColumn], policy: Policy | None, table: str) -> tuple[ReplicaColumn, ...]:
+    """The replica's columns under the policy: left-out columns gone, hashed ones VARCHAR, each marked.
+
+    `columns` carry TiDB's names (`with_names`); `table` names the source in errors.
+    """
+    if policy is None:
+        return tuple(columns)
+    check_names(policy, table, [c.name for c in columns], [c.name for c in columns if c.is_key])
+    out = []
+    for c in columns:
+        if not kept(policy, c.name):
+            continue
+        how = treatment(policy, c.name)
+        if how == "hash":
+            if c.tidb_type not in HASHABLE_TIDB_TYPES:
+                raise ColumnPolicyError(
+                    f"{table}: column {c.name!r} ({c.tidb_type or c.avro_type}) cannot be hashed: its text differs "
+                    "between TiDB and TiCDC, so the check could not verify it; mask or exclude it instead")
+            c = replace(c, sql_type=HASH_SQL_TYPE, policy="hash")
+        elif how == "mask":
+            c = replace(c, policy="mask")
+        out.append(c)
+    return tuple(out)
+
+
+def kept_names(policy: Policy | None, names: Sequence[str]) -> tuple[str, ...]:
+    """`names` the policy keeps (for readers that see TiDB's columns, e.g. a check or the SQL Server copy)."""
+    return tuple(names) if policy is None else tuple(n for n in names if kept(policy, n))
+
+
+def hash_sql(text: str) -> str:
+    """Snowflake: the hex SHA-256 of the salt (session variable) and `text`; NULL stays NULL."""
+    return f"SHA2(${SALT_VARIABLE} || {text}, 256)"
+
+
+def mysql_hash_sql(text: str) -> str:
+    """MySQL/TiDB: the same hash, the salt bound as the one `%s` parameter."""
+    return f"SHA2(CONCAT(%s, {text}), 256)"
+
+
+def set_salt_statement(salt: str) -> Statement:
+    """Sets the salt for this Snowflake session, bound (never in the SQL text); run before the MERGE/backfill."""
+    return Statement(f"SET {SALT_VARIABLE} = %s", (salt,))
+
+
+def needs_salt(columns: Sequence[ReplicaColumn]) -> bool:
+    return any(c.policy == "hash" for c in columns)
+
+
+def describe(policy: Policy | None) -> str:
+    """One line for the UI: what the replica leaves out, hashes and masks (no salt)."""
+    if policy is None or not (policy.include or policy.exclude or policy.hash or policy.mask):
+        return "every column as in TiDB"
+    parts = []
+    if policy.include:
+        parts.append(f"only {', '.join(policy.include)}")
+    if policy.exclude:
+        parts.append(f"excluded: {', '.join(policy.exclude)}")
+    if policy.hash:
+        parts.append(f"hashed (SHA-256, salted): {', '.join(policy.hash)}")
+    if policy.mask:
+        parts.append(f"masked (NULL): {', '.join(policy.mask)}")
+    return "; ".join(parts)
