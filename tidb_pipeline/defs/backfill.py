@@ -55,12 +55,13 @@ from dagster_snowflake import SnowflakeResource
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.changefeed import NOT_EXISTS, ReconcileResult, desired_changefeed, reconcile_changefeed
 from tidb_pipeline.defs.replica import ensure_replica, ensure_schema
-from tidb_pipeline.defs.tables import table_names
+from tidb_pipeline.defs.tables import column_policy, hash_salt, table_names
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.changefeed import RUNNING_STATES, table_rule
 from tidb_pipeline.replication.ddl import Statement, TableRef, create_unconverted_sql, quote_ident, stage_folder
 from tidb_pipeline.replication.landing import compile_record_encoder, create_load_table_sql
+from tidb_pipeline.replication.columns import needs_salt, set_salt_statement
 from tidb_pipeline.replication.merge import json_to_sql, record_unconverted_from_load_sql, unconverted_table
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
@@ -245,7 +246,10 @@ def load_table(
     # The encoder needs no `_tidb_*` fields: they are metadata, and the replica has no columns for them.
     encode = compile_record_encoder(ticdc_schema.value_schema(info, _without_extension(cfg)))
     wh = Warehouse.of(connection)
-    ensure_replica(wh, replica, columns)
+    # The column policy (`replication.columns`) as the merge applies it; the salt is read only when needed.
+    columns, _ = ensure_replica(wh, replica, columns, policy=column_policy(table), source=f"{table.db}.{table.table}")
+    if needs_salt(columns):
+        wh.execute(set_salt_statement(hash_salt(table)()))
     ensure_schema(wh, control)
     stage = TableRef(control.schema, STAGE, control.database).sql
     load = TableRef(control.schema, f"BACKFILL_LOAD_{replica.name}", control.database)
