@@ -249,7 +249,7 @@ def load_table(
     # The column policy (`replication.columns`) as the merge applies it; the salt is read only when needed.
     columns, _ = ensure_replica(wh, replica, columns, policy=column_policy(table), source=f"{table.db}.{table.table}")
     if needs_salt(columns):
-        wh.execute(set_salt_statement(hash_salt(table)()))
+        wh.execute_secret(set_salt_statement(hash_salt(table)()))
     ensure_schema(wh, control)
     stage = TableRef(control.schema, STAGE, control.database).sql
     load = TableRef(control.schema, f"BACKFILL_LOAD_{replica.name}", control.database)

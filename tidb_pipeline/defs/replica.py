@@ -198,7 +198,7 @@ def merge_replica(
         if pending.ranges and needs_salt(plan.columns):
             if hash_salt is None:
                 raise ValueError(f"{replica.label} hashes columns but no salt was given (hash_salt_env)")
-            wh.execute(set_salt_statement(hash_salt()))
+            wh.execute_secret(set_salt_statement(hash_salt()))
         counts, ranges = run_merge(wh, plan, when, ranges=pending.ranges)
         for h in pending.held:
             log.warning("merge of %s holds partition %s at offset %s: %s", replica.label, h.partition,
