@@ -360,6 +360,11 @@ class TableConfig(_Model):
 
     _check_salt_env = field_validator("hash_salt_env")(_env_name)
 
+    @property
+    def column_policy(self) -> ColumnsConfig | None:
+        """The column policy (`replication.columns`), None when every column is kept as it is."""
+        return None if self.columns.is_default else self.columns
+
     @model_validator(mode="after")
     def _columns(self) -> TableConfig:
         if self.columns.hash and not self.hash_salt_env:

@@ -33,8 +33,8 @@ from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import ColumnsConfig, PipelineConfig, TableConfig
 from tidb_pipeline.defs.freshness import replica_freshness_policy
-from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE
-from tidb_pipeline.defs.replica import merge_replica
+from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE
+from tidb_pipeline.engine.replica import merge_replica
 from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 from tidb_pipeline.replication.columns import describe as describe_columns
@@ -44,7 +44,7 @@ from tidb_pipeline.replication.holes import ABSENT, OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.tidb import TiDBResource
-from tidb_pipeline.resources.env import resolve_secret
+from tidb_pipeline.resources.env import hash_salt_reader
 from tidb_pipeline.resources.warehouse import Warehouse, parallel_tables, warehouse_session
 
 WATERMARK_TABLE = "MERGE_WATERMARKS"
@@ -184,7 +184,7 @@ class _TableLog:
 
 
 def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any) -> dict[str, Any]:
-    from tidb_pipeline.defs.landing import load_topic
+    from tidb_pipeline.engine.landing import load_topic
 
     with sessions() as wh:
         result = load_topic(
@@ -206,15 +206,12 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sess
 
 
 def column_policy(table: TableConfig) -> ColumnsConfig | None:
-    """The table's column policy (`replication.columns`), None when it keeps every column as is."""
-    return None if table.columns.is_default else table.columns
+    return table.column_policy
 
 
 def hash_salt(table: TableConfig) -> Callable[[], str]:
     """Reads the table's salt when called (in the run that hashes), as a `dg.EnvVar` would; never logged."""
-    def read() -> str:
-        return resolve_secret(str(table.hash_salt_env), f"hashing columns of {table.db}.{table.table}")
-    return read
+    return hash_salt_reader(table.hash_salt_env, f"{table.db}.{table.table}")
 
 
 def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any,
@@ -338,7 +335,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
                 merge=k.replica in selected,
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
-                # TiDB's column names, read only when the replica lacks a field (defs/replica.py).
+                # TiDB's column names, read only when the replica lacks a field (engine/replica.py).
                 merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log,
                                                lambda: [c.name for c in tidb.columns(t.db, t.table)], t),
             )

@@ -8,7 +8,7 @@ only inside a run, so they never reach definitions, logs or the UI. A secret tha
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import dagster as dg
 
@@ -39,3 +39,12 @@ def resolve_secret(name: str, what: str) -> str:
         raise ValueError(f"environment variable {name} is not set (or empty): {what} needs it; set it in the "
                          "environment of the Dagster code location and of the runs")
     return value
+
+
+def hash_salt_reader(env_name: str | None, table: str) -> Callable[[], str]:
+    """Reads the column policy's salt of `table` from `env_name` when called (only by a run that hashes)."""
+    def read() -> str:
+        if not env_name:
+            raise ValueError(f"{table} hashes columns but names no hash_salt_env in tidb_pipeline.yaml")
+        return resolve_secret(env_name, f"hashing columns of {table}")
+    return read
