@@ -12,6 +12,9 @@ kept column `hash` or `mask`:
   differently), binaries, BIT and JSON (no agreed text) cannot be hashed: mask or exclude them.
 - mask: the column stays (same type) and is always NULL.
 
+The SQL Server copy (`engine.sqlserver`) follows the same policy on TiCDC's Avro field names (`by_field`),
+hashing in Python (`hash_value`, the same digest) into a varchar(64) column.
+
 The salt is a secret named by `hash_salt_env` and read only by the run that hashes (`dg.EnvVar` semantics). It
 never enters SQL text built here: in Snowflake it is a session variable set with a bound parameter
 (`set_salt_statement`) and read as `$TP_HASH_SALT` by the MERGE and the backfill; on the TiDB side the check
@@ -24,12 +27,15 @@ name the table does not have, naming the table and the column.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
-from typing import Protocol
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any, Protocol
 
-from tidb_pipeline.replication.avro_types import ReplicaColumn
+from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns, unwrap_unsigned
 from tidb_pipeline.replication.ddl import Statement
+from tidb_pipeline.replication.ticdc_schema import sanitize_name
 
 # The Snowflake session variable the hash expressions read (`$TP_HASH_SALT`).
 SALT_VARIABLE = "TP_HASH_SALT"
@@ -141,3 +147,66 @@ def describe(policy: Policy | None) -> str:
     if policy.mask:
         parts.append(f"masked (NULL): {', '.join(policy.mask)}")
     return "; ".join(parts)
+
+
+# --- the SQL Server copy (the built-in applier hashes in Python; its columns carry TiCDC's Avro field names) ---
+
+
+@dataclass(frozen=True)
+class FieldPolicy:
+    """A policy over Avro field names (TiDB's names sanitised as TiCDC does)."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hash: tuple[str, ...] = ()
+    mask: tuple[str, ...] = ()
+
+
+def by_field(policy: Policy) -> FieldPolicy:
+    def names(xs: Sequence[str]) -> tuple[str, ...]:
+        return tuple(sanitize_name(x) for x in xs)
+
+    return FieldPolicy(names(policy.include), names(policy.exclude), names(policy.hash), names(policy.mask))
+
+
+def value_text(column: ReplicaColumn, value: Any) -> str | None:
+    """A decoded Avro value's text as MySQL prints it (what `hash_value` hashes); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(unwrap_unsigned(value) if column.wraps_unsigned else value)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def hash_value(salt: str, column: ReplicaColumn, value: Any) -> str | None:
+    """Python's `SHA2(salt || text, 256)`: the same hex digest the Snowflake MERGE and TiDB compute."""
+    text = value_text(column, value)
+    return None if text is None else hashlib.sha256((salt + text).encode("utf-8")).hexdigest()
+
+
+def row_transform(
+    policy: Policy | None, value_schema: str, key_schema: str, table: str,
+) -> tuple[Callable[[str], bool], Callable[[str, Any, Callable[[], str]], Any]]:
+    """(kept(field), value(field, decoded value, salt)) for a table's records under `policy` (Avro field names).
+
+    Raises ColumnPolicyError for a column that cannot be hashed (see the module docstring).
+    """
+    if policy is None:
+        return (lambda _f: True), (lambda _f, v, _s: v)
+    fp = by_field(policy)
+    columns = {c.field: c for c in replica_columns(value_schema, key_schema)}
+    for f in fp.hash:
+        c = columns.get(f)
+        if c is not None and c.tidb_type not in HASHABLE_TIDB_TYPES:
+            raise ColumnPolicyError(f"{table}: column {f!r} ({c.tidb_type or c.avro_type}) cannot be hashed; mask or "
+                                    "exclude it instead")
+
+    def value(f: str, v: Any, salt: Callable[[], str]) -> Any:
+        how = treatment(fp, f)
+        if how == "mask":
+            return None
+        return hash_value(salt(), columns[f], v) if how == "hash" else v
+
+    return (lambda f: kept(fp, f)), value
