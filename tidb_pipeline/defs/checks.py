@@ -195,7 +195,7 @@ def _count(cursor: Any, sql: str) -> int:
     return int(cursor.fetchone()[0])
 
 
-def _policy_column(column: ChecksumColumn, policy: Policy | None) -> ChecksumColumn:
+def policy_column(column: ChecksumColumn, policy: Policy | None) -> ChecksumColumn:
     how = "" if policy is None else policy_treatment(policy, column.name)
     return ChecksumColumn(column.name, how) if how else column
 
@@ -233,7 +233,7 @@ def compare_content(
     if policy is not None:
         check_names(policy, f"{table.db}.{table.table}", [c.name for c in source_columns], tuple(key))
     columns = tuple(
-        _policy_column(checksum_column(c.name, c.data_type, c.column_type, replica_types[c.name]), policy)
+        policy_column(checksum_column(c.name, c.data_type, c.column_type, replica_types[c.name]), policy)
         for c in source_columns if c.name in replica_types and (policy is None or kept(policy, c.name))
     )
     skipped = tuple(c.name for c in source_columns if c.name not in replica_types)
