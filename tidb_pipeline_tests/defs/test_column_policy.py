@@ -4,7 +4,7 @@ Through the changefeed, landing and MERGE, the replica holds exactly: the exclud
 ones NULL, the hashed ones the hex SHA-256 of salt + the value's text (computed here with hashlib from the
 source's values, in MySQL's text form per type), every other column equal to the source. The content check
 passes (it computes the same hash in TiDB), and fails naming the range once one hashed value is changed in the
-replica behind the pipeline's back. The check never reads an excluded or masked column from TiDB (MariaDB's
+replica behind the pipeline's back. A backfill fills the replica by the same policy. The check never reads an excluded or masked column from TiDB (MariaDB's
 general log shows the SQL it sent), and the salt appears in no Dagster event, log record or metadata.
 """
 
@@ -26,6 +26,10 @@ import pytest
 import snowflake.connector
 
 from tidb_pipeline.defs.checks import CheckSettings, build_replica_checks
+from tidb_pipeline.engine.backfill import backfill
+from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
+from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.service import Service
@@ -179,3 +183,29 @@ def test_column_policy_on_the_type_table(
     assert events and not [e for e in events if SALT in e]
     assert not [r for r in caplog.records if SALT in r.getMessage()]
     assert SALT not in repr(config) and os.environ[SALT_ENV] == SALT
+
+
+def test_backfill_follows_the_column_policy(pipeline: dict[str, Any], lab_settings: LabSettings) -> None:
+    config, defs, conn_kwargs, db = pipeline["config"], pipeline["defs"], pipeline["conn_kwargs"], pipeline["db"]
+    names = table_names(config, config.tables[0])
+    with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
+        types_table.create_types_table(conn, db)
+        types_table.insert_types_rows(conn, database=db)
+        source = types_table.read_types_rows(conn, database=db)
+    with defs.resources["ticdc"].get_client() as client, \
+            snowflake.connector.connect(**connection_args(lab_settings)) as sf:
+        backfill(tidb=None, snowflake_connection=sf, ticdc_client=client,
+                 kafka=KafkaResource(bootstrap_servers=lab_settings.kafka_bootstrap),
+                 registry=SchemaRegistryResource(url=lab_settings.registry_url), config=config, tables=config.tables,
+                 snapshot=MariaDBSnapshotSource(conn_kwargs), chunk_rows=2)
+        cur = sf.cursor()
+        cur.execute(f"SELECT * FROM {names.replica.sql}")
+        got_names = [d[0] for d in cur.description]
+        replica = {row[0]: dict(zip(got_names, row)) for row in cur.fetchall()}
+        plain = [c for c in types_table.COLUMN_NAMES if c not in (*EXCLUDED, *HASHED, *MASKED)]
+        with pymysql.connect(**conn_kwargs) as src:
+            cmp = compare_table(src, db, types_table.TABLE, sf, names.replica, ["id"], only=plain)
+    assert got_names == [c for c in types_table.COLUMN_NAMES if c not in EXCLUDED]
+    assert cmp.equal and cmp.source_rows == len(types_table.ROWS), cmp
+    model = {i: {c: expected_hash(c, row[c]) for c in HASHED} | {c: None for c in MASKED} for i, row in source.items()}
+    assert {i: {c: r[c] for c in (*HASHED, *MASKED)} for i, r in replica.items()} == model
