@@ -124,8 +124,16 @@ def mysql_hash_sql(text: str) -> str:
     return f"SHA2(CONCAT(%s, {text}), 256)"
 
 
+# Snowflake limits a string session variable to 256 bytes.
+MAX_SALT_BYTES = 256
+
+
 def set_salt_statement(salt: str) -> Statement:
     """Sets the salt for this Snowflake session, bound (never in the SQL text); run before the MERGE/backfill."""
+    if not salt or len(salt.encode("utf-8")) > MAX_SALT_BYTES:
+        # The message gives the length only, never the value.
+        raise ColumnPolicyError(f"the hash salt must be 1 to {MAX_SALT_BYTES} bytes (UTF-8), Snowflake's limit for a "
+                                f"session variable; it has {len(salt.encode('utf-8'))}")
     return Statement(f"SET {SALT_VARIABLE} = %s", (salt,))
 
 

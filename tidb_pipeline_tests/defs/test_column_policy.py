@@ -156,6 +156,9 @@ def test_column_policy_on_the_type_table(
     model = {i: {c: expected_hash(c, row[c]) for c in HASHED} | {c: None for c in MASKED} for i, row in source.items()}
     assert {i: {c: r[c] for c in (*HASHED, *MASKED)} for i, r in replica.items()} == model
     assert sum(v is not None for r in model.values() for v in r.values()) > 30, "too few hashed values to prove much"
+    (md,) = [e.materialization.metadata for e in merged.get_asset_materialization_events() if e.asset_key == keys.replica]
+    marked = {c.name: c.tags.get("column_policy") for c in md["dagster/column_schema"].value.columns}
+    assert marked == {c: ("hash" if c in HASHED else "mask" if c in MASKED else None) for c in kept}
 
     # The content check computes the same hashes in TiDB; it reads neither excluded nor masked columns there.
     check_key = dg.AssetCheckKey(keys.replica, "content_matches_source")

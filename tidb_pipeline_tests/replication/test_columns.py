@@ -59,6 +59,9 @@ def test_policy_shapes_the_replica_and_its_sql() -> None:
     assert "18446744073709551616" in by["u"]  # a wrapped BIGINT UNSIGNED is unwrapped before hashing
     assert by["score"] == "NULL::FLOAT"
     assert set_salt_statement("pepper").sql == "SET TP_HASH_SALT = %s"  # the salt is bound, never in the text
+    with pytest.raises(ColumnPolicyError, match="it has 257") as err:
+        set_salt_statement("x" * 257)
+    assert "xxx" not in str(err.value)
 
 
 @pytest.mark.parametrize(("policy", "message"), [
