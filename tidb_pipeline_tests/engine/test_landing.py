@@ -351,15 +351,6 @@ def test_parallel_readers_land_the_same_rows(lab: Lab, monkeypatch: pytest.Monke
     assert lab.landed() == expected_rows(lab, [r for r in lab.produced if r.key is not None])
 
 
-def test_bench_command_loads_and_reports_both_rates(kafka: Any, registry: Any, snowflake: Any,
-                                                    capsys: pytest.CaptureFixture[str]):
-    landing_mod.main(["--bench", "3000"])
-    out = capsys.readouterr().out
-    assert "load_topic: 3,000 records in" in out
-    assert "raw limit (consume + Avro decode, 1 reader(s))" in out
-    assert "load / raw limit:" in out
-
-
 def test_repeat_loads_skip_the_ddl_and_a_dropped_table_is_created_again(lab: Lab, monkeypatch: pytest.MonkeyPatch):
     statements: list[str] = []
     real_execute = Warehouse.execute
