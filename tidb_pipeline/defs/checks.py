@@ -510,7 +510,7 @@ def _unconverted(r: Replica, res: Any) -> dg.AssetCheckResult:
         try:
             rows = _rows(conn.cursor(), unconverted_values_sql(unconverted_table(r.names.watermarks), r.names.replica))
         except Exception as exc:  # noqa: BLE001 - no merge has created the table yet
-            if not _missing_table(exc):
+            if not is_missing_object(exc):
                 raise
             rows = []
     return unconverted_result(rows, r.names.replica, r.source)

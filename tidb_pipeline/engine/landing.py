@@ -76,10 +76,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 import tidb_pipeline
 from tidb_pipeline.engine.replica import ensure_schema
@@ -109,6 +107,9 @@ from tidb_pipeline.replication.wire import (
     schema_id,
 )
 from tidb_pipeline.resources.kafka import KafkaResource
+# Re-exported: the loader's documented error (a ConnectionError, so Dagster retries the step).
+from tidb_pipeline.resources.schema_registry import SchemaRegistryUnavailable as SchemaRegistryUnavailable
+from tidb_pipeline.resources.schema_registry import all_versions, schema_text, subject_names
 from tidb_pipeline.resources.warehouse import Warehouse
 
 STAGE = "LANDING_STAGE"
@@ -134,10 +135,6 @@ class LandingResult:
     offsets_after: dict[int, int]  # next offset per partition after the load
     end_offsets: dict[int, int]  # Kafka high watermarks seen at the start
     seconds: float
-
-
-class SchemaRegistryUnavailable(ConnectionError):
-    """The schema registry could not serve the topic's schemas; nothing was loaded, so retrying is safe."""
 
 
 @dataclass(frozen=True)
@@ -208,35 +205,10 @@ def split_ranges(ranges: Mapping[int, tuple[int, int]], parts: int) -> list[tupl
 # --- registry -------------------------------------------------------------------------------------------
 
 
-def _registry_name(registry: SchemaRegistryClient) -> str:
-    """The registry's URL for error messages, without any user:password@ part."""
-    url = str(getattr(registry, "_conf", {}).get("url", "")).split(",")[0]
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return "(url unknown)"
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _registry_call(registry: SchemaRegistryClient, what: str, call: Any) -> Any:
-    """Run one registry call; None when it answers 404, SchemaRegistryUnavailable for anything else."""
-    try:
-        return call()
-    except SchemaRegistryError as exc:
-        if exc.http_status_code == 404:
-            return None
-        cause = f"HTTP {exc.http_status_code}: {exc.error_message}"
-    except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, TLS: all mean "not reachable now"
-        cause = f"{type(exc).__name__}: {exc}"
-    raise SchemaRegistryUnavailable(
-        f"schema registry {_registry_name(registry)} failed while {what} ({cause}); nothing was loaded or "
-        "committed and no offset moved, so retry the load once the registry answers"
-    )
-
-
 def subjects(topic: str) -> list[str]:
-    """TopicNameStrategy subjects; TiCDC replaces dots in the topic (spec/ticdc-avro.md), Confluent's do not."""
-    names = [f"{topic.replace('.', '_')}-key", f"{topic.replace('.', '_')}-value"]
+    """Every subject a record of `topic` may carry a schema id of: TiCDC's (dots replaced), and for a dotted
+    topic the literal TopicNameStrategy ones a Confluent producer would use."""
+    names = list(subject_names(topic))
     if "." in topic:
         names += [f"{topic}-key", f"{topic}-value"]
     return names
@@ -244,19 +216,7 @@ def subjects(topic: str) -> list[str]:
 
 def topic_schemas(registry: SchemaRegistryClient, topic: str) -> dict[int, str]:
     """Schema text by id for every version of the topic's key and value subjects."""
-    out: dict[int, str] = {}
-    for subject in subjects(topic):
-        versions = _registry_call(
-            registry, f"listing versions of {subject}", lambda s=subject: registry.get_versions(s)
-        )
-        for version in versions or []:
-            reg = _registry_call(
-                registry, f"reading {subject} version {version}",
-                lambda s=subject, v=version: registry.get_version(s, v),
-            )
-            if reg is not None:
-                out[reg.schema_id] = reg.schema.schema_str
-    return out
+    return {reg.schema_id: reg.schema.schema_str for subject in subjects(topic) for reg in all_versions(registry, subject)}
 
 
 # --- reading --------------------------------------------------------------------------------------------
@@ -364,9 +324,9 @@ def _resolve_unknown(
     ids = {schema_id(d) for r in records for d in (r.key, r.value) if d is not None and len(d) >= 5} - set(schemas)
     found = dict(schemas)
     for sid in sorted(ids):
-        got = _registry_call(registry, f"reading schema id {sid}", lambda s=sid: registry.get_schema(s))
-        if got is not None:
-            found[sid] = got.schema_str
+        text = schema_text(registry, sid)
+        if text is not None:
+            found[sid] = text
     builder = LineBuilder(topic, found)
     files = ParquetFiles(folder, "resolved", ROWS_PER_FILE, on_file)
     poison: list[tuple[RawRecord, str]] = []

@@ -44,6 +44,7 @@ from tidb_pipeline.replication import sqlserver as sql
 from tidb_pipeline.replication.sqlserver import Dialect, SqlColumn, TargetTable
 from tidb_pipeline.replication.wire import PoisonRecord, decode, schema_id
 from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.schema_registry import registry_url, schema_text
 
 DEFAULT_BATCH = 50_000
 DEFAULT_DATABASE = "tidb_replica"
@@ -108,7 +109,10 @@ class _Schemas:
 
     def text(self, sid: int) -> str:
         if sid not in self._text:
-            self._text[sid] = self._registry.get_schema(sid).schema_str
+            text = schema_text(self._registry, sid)
+            if text is None:
+                raise PoisonRecord(f"schema id {sid} is not in the schema registry {registry_url(self._registry)}")
+            self._text[sid] = text
         return self._text[sid]
 
     def parsed(self, sid: int) -> Any:

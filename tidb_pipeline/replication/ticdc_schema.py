@@ -294,13 +294,6 @@ def sanitize_name(name: str) -> str:
     return "".join(out)
 
 
-def subject_names(topic: str) -> tuple[str, str]:
-    """The registry subjects TiCDC registers a topic's schemas under: TopicNameStrategy after it replaces the
-    topic's dots by `_` (tiflow avro.go `sanitizeTopic`), so `tidb_my.db_t` -> `tidb_my_db_t-key` / `-value`."""
-    t = topic.replace(".", "_")
-    return f"{t}-key", f"{t}-value"
-
-
 def avro_namespace(namespace: str, schema: str) -> str:
     ns, s = sanitize_name(namespace), sanitize_name(schema)
     return f"{ns}.{s}" if s else ns
