@@ -92,4 +92,7 @@ def pick_handle_key(indexes: dict[str, Sequence[tuple[str, bool]]]) -> tuple[str
 
 
 def quote_mysql(name: str) -> str:
+    """A back-quoted MySQL/TiDB identifier (a back-quote inside is doubled); an empty name is refused."""
+    if not name:
+        raise ValueError("empty identifier; every table and column needs a name")
     return "`" + name.replace("`", "``") + "`"
