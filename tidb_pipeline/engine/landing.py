@@ -81,6 +81,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 import tidb_pipeline
 from tidb_pipeline.engine.replica import ensure_schema
+from tidb_pipeline.engine.staging import Stager, remove_staged
 from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql
 from tidb_pipeline.replication.landing import (
     DeadLetter,
@@ -90,7 +91,6 @@ from tidb_pipeline.replication.landing import (
     ensure_lock_row_sql,
     land_rows_statements,
     landed_offsets_sql,
-    stage_file_statements,
     take_load_lock_sql,
 )
 from tidb_pipeline.replication.wire import (
@@ -403,36 +403,6 @@ def commit_load(
     return rows, len(fresh)
 
 
-def _put(warehouse: Warehouse, path: str, stage_path: str) -> None:
-    # Parquet files are compressed inside (Snappy, in the readers); AUTO_COMPRESS would gzip them at level 9.
-    warehouse.execute(f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
-
-
-def _remove_staged(warehouse: Warehouse, stage_path: str, log: logging.Logger | Any) -> None:
-    try:
-        warehouse.execute(f"REMOVE {stage_path}")
-    except Exception as exc:  # noqa: BLE001 - housekeeping after the commit: a file left costs storage only
-        log.warning("could not remove staged files %s: %s", stage_path, exc)
-
-
-class _Stager:
-    """PUTs each finished file and loads it into the load's rows table; keeps the time it took."""
-
-    def __init__(self, warehouse: Warehouse, rows_table: str, stage_path: str) -> None:
-        self.warehouse, self.rows_table, self.stage_path = warehouse, rows_table, stage_path
-        self.files = self.rows = 0
-        self.seconds = 0.0
-
-    def __call__(self, path: str, rows: int) -> None:
-        started = time.perf_counter()
-        _put(self.warehouse, path, self.stage_path)
-        for stmt in stage_file_statements(self.rows_table, self.stage_path + os.path.basename(path)):
-            self.warehouse.execute(stmt)
-        self.files += 1
-        self.rows += rows
-        self.seconds += time.perf_counter() - started
-
-
 # --- the load -------------------------------------------------------------------------------------------
 
 
@@ -496,7 +466,7 @@ def _load(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
         cleanup.enter_context(wh.temporary_table(create_load_rows_sql(rows_table), rows_table, log))
-        stager = _Stager(wh, rows_table, stage_path)
+        stager = Stager(wh, rows_table, stage_path)
         config = consumer_config(kafka, topic)
         jobs = [
             RangeJob(config, topic, group, schemas, folder, f"part{i}", ROWS_PER_FILE)
@@ -530,7 +500,7 @@ def _load(
         rows, quarantined = commit_load(wh, tables, topic, rows_table if staged else None, first, dead)
         t_done = time.perf_counter()
         if staged:
-            _remove_staged(wh, stage_path, log)
+            remove_staged(wh, stage_path, log)
     consumed: dict[int, int] = {}
     for r in results:
         for p, o in r.next_offsets.items():
