@@ -43,12 +43,11 @@ load that raced another, or follows one that committed after this one started re
 other did not. Two loads of one table are serialised by the lock row: Snowflake makes the second wait (up
 to the session's LOCK_TIMEOUT), and its later statements see the first's rows. Nothing is ever TRUNCATEd.
 
-Stage files are Parquet, Snappy-compressed by the readers (~0.4 us per row on the readers' cores, a third
-of what gzip level 1 cost on NDJSON lines) and PUT with `AUTO_COMPRESS = FALSE` (otherwise the Snowflake
-connector would gzip each file again in this process, single-threaded, at level 9). Parquet is what lets
-one `COPY ... FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) FROM @stage/file)`
-fill both landing columns in one pass; the NDJSON design before it needed a one-VARIANT table and a
-splitting INSERT (a whole extra pass over every row). Staged files are removed after the commit.
+Stage files are Parquet, Snappy-compressed by the readers, and PUT with `AUTO_COMPRESS = FALSE` (otherwise
+the Snowflake connector would gzip each file again in this process, single-threaded, at level 9); one
+`COPY ... FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) FROM @stage/file)`
+fills both landing columns in one pass (`engine.staging`, the one staging path). Staged files are removed
+after the commit. Measured costs are in BENCHMARKS.md ("Figures from the module docstrings").
 
 Every statement goes through the warehouse seam (`tidb_pipeline.resources.warehouse`) and names its database
 and schema, so the session's current schema does not matter.

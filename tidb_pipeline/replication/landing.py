@@ -5,8 +5,7 @@ JSON object; `RECORD_CONTENT` = the decoded Avro value as JSON (decimal -> JSON 
 `12.50` stays `12.50`; decimals wider than 38 digits -> JSON string; bytes -> base64 string; strings as-is),
 and a tombstone -> `{}`.
 
-Speed: the built-in landing must reach ~100k records/s on two cores, decode included, and fastavro alone
-takes ~7 us per TiCDC row. `json.dumps` cannot write a Decimal as a number, and a `default=` hook or a
+Speed matters (the landing's target and fastavro's own cost are in BENCHMARKS.md). `json.dumps` cannot write a Decimal as a number, and a `default=` hook or a
 float/int subclass does not help (the C encoder prints numbers with the base type's repr). So
 `RecordEncoder` compiles, once per writer schema, a Python function that builds the JSON text with one
 f-string: one small expression per field, C-accelerated string escaping, no per-value type dispatch.
@@ -176,14 +175,6 @@ class RecordEncoder:
         return self.encode_value(value)
 
 
-def next_offsets_sql(landing: TableRef) -> Statement:
-    """Per partition, the offset the built-in landing resumes from (max landed offset + 1)."""
-    return Statement(
-        'SELECT "RECORD_METADATA":"partition"::int AS p, MAX("RECORD_METADATA":"offset"::int) + 1 AS next_offset '
-        f"FROM {landing.sql} GROUP BY 1 ORDER BY 1"
-    )
-
-
 def landing_rows(
     encoder: RecordEncoder,
     records: Sequence[tuple[str, int, int, int | None, Mapping[str, Any] | None, Mapping[str, Any] | None]],
@@ -320,4 +311,3 @@ def dead_letter_insert_sql(table: TableRef, rows: Sequence[DeadLetter], now: Any
         f"FROM VALUES {values}",
         params,
     )
-

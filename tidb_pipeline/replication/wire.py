@@ -9,7 +9,7 @@ or IndexError (other errors for random bytes) and stops silently before trailing
 
 `LineBuilder` turns one raw record into the two landing columns' JSON texts (`row`), caching a parsed schema per wire header and a compiled `RecordEncoder` per (key schema, value
 schema). The key is always decoded, although TiCDC's key fields are value fields too: taking them from the
-value would save ~1.2 us per record, but a record whose key body is corrupt would then be landed instead
+value would be cheaper (BENCHMARKS.md), but a record whose key body is corrupt would then be landed instead
 of quarantined, as the connector (which decodes the key) would. It never talks to the registry: an id it
 was not given raises `UnknownSchemaId` and the caller resolves it.
 
@@ -19,7 +19,7 @@ ranges, builds rows and writes them as Parquet files (`ParquetFiles`, two string
 the loader can stage and COPY it while the worker reads on. It lives
 here, in a module that imports only confluent_kafka, fastavro and the encoder, because the loader runs it
 in fresh Python processes to use every core, and a worker that imported `tidb_pipeline.defs` (Dagster, the
-Snowflake connector) would spend ~8 s starting.
+Snowflake connector) would spend seconds starting.
 `python -c "from tidb_pipeline.replication.wire import worker_main; worker_main()"` reads a pickled
 `RangeJob` on stdin and writes pickled messages on stdout: `("file", path, rows)` for each finished file
 as soon as it is on disk, then `("ok", RangeResult)` or `("error", traceback)`.
@@ -230,8 +230,7 @@ FileSink = Callable[[str, int], None]  # (path of a finished file, its line coun
 
 class ParquetFiles:
     """Collects rows and writes them as Parquet files of `rows_per_file` rows: two string columns,
-    `RECORD_METADATA` and `RECORD_CONTENT` (the JSON texts), Snappy-compressed (~0.4 us per row, a third of
-    gzip level 1 on NDJSON lines). `on_file(path, rows)` is called for each file once it is complete on disk.
+    `RECORD_METADATA` and `RECORD_CONTENT` (the JSON texts), Snappy-compressed (cheaper than gzip; BENCHMARKS.md). `on_file(path, rows)` is called for each file once it is complete on disk.
     """
 
     def __init__(self, folder: str, prefix: str, rows_per_file: int, on_file: FileSink | None = None) -> None:

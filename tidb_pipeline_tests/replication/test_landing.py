@@ -11,7 +11,6 @@ from tidb_pipeline.replication.landing import (
     create_load_rows_sql,
     land_rows_statements,
     stage_file_statements,
-    next_offsets_sql,
 )
 from tidb_pipeline_tests.replication.support import (
     ALL_TYPES_KEY,
@@ -145,6 +144,3 @@ def test_staged_parquet_loads_into_the_landing_layout(tmp_path):
         assert loaded == [(json.loads(m), json.loads(c)) for m, c in rows]
         cur.execute(f"SELECT COUNT(*) FROM {load}")
         assert cur.fetchall() == [(0,)]
-        stmt = next_offsets_sql(landing)
-        cur.execute(stmt.sql)
-        assert [tuple(r) for r in cur.fetchall()] == [(0, 6), (1, 10)]

@@ -95,7 +95,6 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "dead-letter DDL", Statement(ddl.create_dead_letter_sql(TableRef("PIPELINE", "DEAD_LETTERS", DB)))
     yield "session pins", Statement(alter_session_sql(SnowflakeSessionConfig().parameters()))
     yield "table columns", ddl.table_columns_sql(REPLICA)
-    yield "next offsets", landing.next_offsets_sql(LANDING)
     locks = TableRef("PIPELINE", "LOAD_LOCKS", DB)
     yield "lock DDL", Statement(landing.create_load_lock_sql(locks))
     yield "lock row", landing.ensure_lock_row_sql(locks, LANDING)
