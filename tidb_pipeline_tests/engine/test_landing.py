@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from tidb_pipeline.replication.ddl import TableRef, quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.warehouse import Warehouse
 from tidb_pipeline_tests.replication.support import decimal_type, field as avro_field, record, with_extension
+from tidb_pipeline.lab.ports import free_port
 
 KEY = record("t", [avro_field("id", "long", "BIGINT")])
 VALUE = with_extension(
@@ -317,15 +317,11 @@ def test_poison_records_go_to_the_dead_letter_table_and_the_stream_moves_on(lab:
     assert len(lab.dead_letters()) == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_an_unreachable_registry_stops_the_load_before_anything_moves(lab: Lab):
     lab.produce([(0, {"id": 1}, row(1)), (2, {"id": 2}, None)])
-    down = SchemaRegistryClient({"url": f"http://127.0.0.1:{_free_port()}", "max.retries": 0})
+    down = SchemaRegistryClient({"url": f"http://127.0.0.1:{free_port()}", "max.retries": 0})
     with pytest.raises(SchemaRegistryUnavailable, match=r"schema registry http://127\.0\.0\.1:\d+ failed .*retry"):
         lab.load(registry=down)
     assert lab.landed() == [] and lab.dead_letters() == []
