@@ -462,7 +462,7 @@ def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
         rows = wh.execute(Statement(
             f'SELECT "PARTITION", "OFFSET", "ERROR" FROM {dead.sql} WHERE "TOPIC" = %s '
             'ORDER BY "PARTITION", "OFFSET"', (names.topic,)))
-    metadata = {
+    metadata: dict[str, Any] = {
         "quarantined": len(rows),
         "dead_letter_table": dead.label,
         "first_records": [f"p{p}@{o}: {str(e)[:120]}" for p, o, e in rows[:20]],

@@ -38,7 +38,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from confluent_kafka import KafkaException
@@ -259,7 +259,7 @@ def idle_work(instance: dg.DagsterInstance, config: PipelineConfig, kafka: Kafka
 
 
 def observation(config_topic_key: dg.AssetKey, move: TopicMove) -> dg.AssetObservation:
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "end_offsets": dg.MetadataValue.json({str(p): o for p, o in sorted(move.offsets.items())}),
         "end_offset_total": sum(move.offsets.values()),
         "partitions": len(move.offsets),

@@ -227,7 +227,7 @@ def _apply_batch(
                 f"offsets of {plan.table.label} for topic {plan.topic} moved from {dict(expected)} to {current} "
                 "while this run was reading: another applier is running for the same table; this batch was not applied"
             )
-        created, added, columns = False, (), ()
+        created, added, columns = False, tuple[str, ...](), tuple[SqlColumn, ...]()
         if value_ids:
             merged = _merge_columns(schemas, value_ids, key_schema, plan.dialect)
             created, added = _ensure_table(conn, plan, merged)
@@ -356,7 +356,7 @@ def apply_topic(
     todo = {p: end for p, end in ends.items() if before.get(p, 0) < end}
     schemas = _Schemas(registry)
     records = upserted = deleted = batches = 0
-    created, added, columns = False, [], ()
+    created, added, columns = False, list[str](), tuple[SqlColumn, ...]()
     applied = dict(before)
     if todo:
         consumer = kafka.consumer(f"tidb-pipeline-sqlserver-{table.label}", **{"enable.partition.eof": True})

@@ -133,6 +133,7 @@ def _sql_type(tidb_type: str, avro_type: str, precision: int | None, scale: int 
 def _column(field: Mapping[str, Any], key_names: set[str]) -> ReplicaColumn:
     branch, nullable = _field_type(field)
     if isinstance(branch, str):
+        params: dict[str, Any]
         avro_type, params, precision, scale = branch, {}, None, None
     else:
         avro_type = branch.get("type")

@@ -395,7 +395,7 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
 
 def parse_batch_stats(row: Sequence[Any], plan: MergePlan) -> BatchStats:
     unconverted = tuple((c.name, int(n or 0)) for c, n in zip(plan.checked, row[9:]) if n)
-    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted)
+    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted)  # type: ignore[misc,arg-type]  # starred: 5 ints
     dupes = None if row[5] is None else int(row[5])
     prunable = plan.keys[0].sql_type.startswith(_PRUNABLE)
     return BatchStats(counts, dupes, (row[6], row[7]) if prunable else None, int(row[8] or 0))

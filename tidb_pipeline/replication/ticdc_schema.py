@@ -463,7 +463,7 @@ def value_schema(info: TableInfo, cfg: CodecConfig) -> str:
     """The value schema JSON exactly as TiCDC registers it."""
     fields = _fields(info.columns, cfg)
     if cfg.enable_tidb_extension:
-        fields += [dict(f) for f in _EXTENSION_FIELDS]
+        fields += [dict(f) for f in _EXTENSION_FIELDS]  # type: ignore[call-overload]  # each is a mapping
     return go_json(_record(info, fields, cfg))
 
 

@@ -16,7 +16,7 @@ Status is normalised into `ConnectorStatus` so callers need not know the flavor.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
@@ -131,7 +131,7 @@ def parse_error(response: httpx.Response) -> tuple[int | str | None, str]:
     return None, str(body)[:300]
 
 
-def _redact(text: str, secrets: list[str]) -> str:
+def _redact(text: str, secrets: Sequence[str]) -> str:
     # Longest first, so a secret containing another is removed whole.
     for value in sorted(secrets, key=len, reverse=True):
         text = text.replace(value, "[redacted]")
@@ -236,7 +236,7 @@ class KafkaConnectClient:
         return {**config, "name": name}
 
     def _request(self, method: str, path: str, *, what: str, json: Any = None, allow_404: bool = False,
-                 secrets: list[str] | None = None) -> httpx.Response:
+                 secrets: Sequence[str] | None = None) -> httpx.Response:
         def retry(response: httpx.Response) -> bool:
             return self._retryable(response, _redact(parse_error(response)[1], secrets or []))
 

@@ -50,8 +50,12 @@ _log = logging.getLogger(__name__)
 class SqlStatement(Protocol):
     """SQL text plus bound parameters (`tidb_pipeline.replication.ddl.Statement`)."""
 
-    sql: str
-    params: tuple[Any, ...]
+    # Read-only members, so a frozen dataclass matches.
+    @property
+    def sql(self) -> str: ...
+
+    @property
+    def params(self) -> tuple[Any, ...]: ...
 
 
 def is_missing_object(exc: BaseException) -> bool:

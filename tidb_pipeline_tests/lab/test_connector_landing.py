@@ -13,6 +13,8 @@ import pytest
 
 from tidb_pipeline.lab.connector_landing import ConnectorJson, SinkSpec, connector_row, deliver, java_decimal
 
+from tidb_pipeline_tests.replication.support import decimal_type, fake_snowflake, field, record
+
 
 def _line(row: tuple[str | None, str | None] | None) -> str | None:
     """The row's columns as one JSON object text; a column that is SQL NULL is left out."""
@@ -20,7 +22,6 @@ def _line(row: tuple[str | None, str | None] | None) -> str | None:
         return None
     cols = [f'"{name}":{text}' for name, text in zip(("RECORD_METADATA", "RECORD_CONTENT"), row) if text is not None]
     return "{" + ",".join(cols) + "}\n"
-from tidb_pipeline_tests.replication.support import decimal_type, fake_snowflake, field, record
 
 KEY = record("t", [field("id", "long", "BIGINT")])
 VALUE = record("t", [field("id", "long", "BIGINT"), field("f", "float", "FLOAT", nullable=True),
