@@ -7,7 +7,6 @@ it and each uses its own subjects.
 from __future__ import annotations
 
 import json
-import socket
 import struct
 from collections.abc import Iterator
 from decimal import Decimal
@@ -31,6 +30,7 @@ from tidb_pipeline.lab.registry import (
 )
 from tidb_pipeline.lab.service import down, up
 from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.ports import free_port
 
 
 def _record(name: str, *fields: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -225,15 +225,11 @@ def test_canonical_text_ignores_whitespace_only() -> None:
 # --- the running service ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryService]:
-    settings = LabSettings(root=tmp_path_factory.mktemp("lab"), ports={"registry": _free_port()})
+    settings = LabSettings(root=tmp_path_factory.mktemp("lab"), ports={"registry": free_port()})
     svc = RegistryService(settings)
     up([svc], log=lambda _msg: None)
     yield svc

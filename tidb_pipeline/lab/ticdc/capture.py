@@ -871,7 +871,6 @@ class Capture:
     def _commit(self, txn: list[RowChange], seconds: float, file: str, pos: int, registry, admin, producer) -> None:
         commit_ts = self._commit_ts(seconds)
         entry = self._pending.add(len(txn), commit_ts, file, pos)
-        cfg = self.sink.codec
         for change in txn:
             info = change.table
             tc = self._codec(info)
