@@ -32,7 +32,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.config import SchemaChangePolicy
 from tidb_pipeline.engine.holes import resolve_holes
@@ -47,6 +46,7 @@ from tidb_pipeline.replication.ddl import (
     quote_ident,
     table_columns_sql,
 )
+from tidb_pipeline.replication.columns import Policy, apply_policy, needs_salt, set_salt_statement
 from tidb_pipeline.replication.holes import ABSENT, Gap, create_offset_gaps_sql
 from tidb_pipeline.replication.merge import (
     Held,
@@ -60,11 +60,9 @@ from tidb_pipeline.replication.merge import (
 )
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.replication import schema_changes as sc
-from tidb_pipeline.replication.ticdc_schema import sanitize_name, subject_names
+from tidb_pipeline.replication.ticdc_schema import sanitize_name
+from tidb_pipeline.resources.schema_registry import latest_version, subject_names
 from tidb_pipeline.resources.warehouse import DDL_MEMO, Warehouse
-
-_SUBJECT_NOT_FOUND = 40401
-
 
 @dataclass(frozen=True)
 class MergeOutcome:
@@ -85,13 +83,9 @@ class MergeOutcome:
 def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
     """(key schema, value schema, value version) of the topic's latest subjects, or None before any data."""
     key_subject, value_subject = subject_names(topic)  # TiCDC's: dots in the topic become `_`
-    try:
-        key = registry.get_latest_version(key_subject)
-        value = registry.get_latest_version(value_subject)
-    except SchemaRegistryError as exc:
-        if exc.error_code == _SUBJECT_NOT_FOUND:
-            return None
-        raise
+    key, value = latest_version(registry, key_subject), latest_version(registry, value_subject)
+    if key is None or value is None:
+        return None
     return key.schema.schema_str, value.schema.schema_str, value.version
 
 
@@ -106,19 +100,22 @@ def ensure_schema(warehouse: Warehouse, table: TableRef) -> None:
 
 def ensure_replica(
     warehouse: Warehouse, replica: TableRef, columns: tuple[ReplicaColumn, ...], *,
-    source_columns: Callable[[], Sequence[str]] | None = None,
+    source_columns: Callable[[], Sequence[str]] | None = None, policy: Policy | None = None, source: str = "",
 ) -> tuple[tuple[ReplicaColumn, ...], tuple[str, ...]]:
     """Create the replica if missing and add the columns a newer schema brings.
 
     With `source_columns` (TiDB's column names, asked only for fields the replica does not have yet), the
-    columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`). Returns the columns
+    columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`); then the column
+    `policy` (`replication.columns`) applies (`source` names the TiDB table in its errors). Returns the columns
     under their replica names and the names added.
     """
     ensure_schema(warehouse, replica)
     existing = [r[0] for r in warehouse.execute(table_columns_sql(replica))]
     if source_columns is not None:
+        # An excluded column is absent from the replica: its name comes from TiDB like a new column's.
         columns = with_names(columns, source_names([c.field for c in columns], replica=existing,
                                                    source=source_columns))
+    columns = apply_policy(columns, policy, source or replica.label)
     warehouse.execute(create_replica_sql(replica, columns))
     # A replica always has a column: none listed means the CREATE above made it with every column.
     for sql in add_columns_sql(replica, existing, columns) if existing else ():
@@ -151,6 +148,7 @@ def _record(wh: Warehouse, log_table: TableRef, replica: TableRef, changes: Sequ
 def follow_schema_changes(
     wh: Warehouse, replica: TableRef, fields: tuple[ReplicaColumn, ...], version: int, ddl: DdlSource,
     log_table: TableRef, when: dt.datetime, source_columns: Callable[[], Sequence[str]] | None,
+    columns_policy: Policy | None = None, source: str = "",
 ) -> tuple[tuple[sc.ColumnChange, ...], int | None]:
     """Apply renames, type changes and drops a new schema version brings, per `ddl.policy`; record them.
 
@@ -180,7 +178,8 @@ def follow_schema_changes(
             existing = {(new if n == old else n): t for n, t in existing.items()}
             changes.append(sc.ColumnChange(sc.RENAME, old, new_name=new, job_id=job.job_id, ddl_tso=job.finished_ts))
     names = source_names([c.field for c in fields], replica=list(existing), source=source_columns)
-    wanted = with_names(fields, names)
+    # As ensure_replica will make them: excluded columns gone, hashed ones VARCHAR (replication.columns).
+    wanted = apply_policy(with_names(fields, names), columns_policy, source or replica.label)
     for c in wanted:
         if c.name not in existing:
             if policy.add_column == "fail":
@@ -263,6 +262,9 @@ def merge_replica(
     offset_gaps: TableRef | None = None,
     kafka: KafkaResource | None = None,
     ddl: DdlSource | None = None,
+    policy: Policy | None = None,
+    hash_salt: Callable[[], str] | None = None,
+    source: str = "",
 ) -> MergeOutcome | None:
     """Bring the replica up to date with its landing table; None when the topic has no schema yet.
 
@@ -271,6 +273,8 @@ def merge_replica(
     `dead_letters` (the built-in loader's quarantine) and `offset_gaps` (`replication.holes`) name offsets
     that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
     With `ddl`, schema changes follow its policy and TiDB's DDL history (`follow_schema_changes`, `apply_truncates`).
+    `policy` is the table's column policy (`replication.columns`, errors name `source`); `hash_salt` returns
+    the salt of its hashed columns, asked only when the replica has one (set as a session variable, bound).
     """
     log = log or logging.getLogger(__name__)
     schemas = latest_schemas(registry, topic)
@@ -282,7 +286,7 @@ def merge_replica(
     when = now or dt.datetime.now(dt.timezone.utc)
     wh = Warehouse.of(connection)
     memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps)
-    ddl_version = (version, fields)
+    ddl_version = (version, fields, policy)
     # The columns under their replica names: as the DDL found them when it last ran for this schema version
     # (kept in the memo next to it), or as this run's DDL finds them.
     known = wh.memo.recall(wh.memo_key(memo_key), ddl_version)
@@ -306,9 +310,10 @@ def merge_replica(
         if ddl is not None:
             wh.execute(sc.create_schema_changes_sql(log_table))
             got_changes, before[0] = follow_schema_changes(wh, replica, fields, version, ddl, log_table, when,
-                                                           source_columns)
+                                                           source_columns, policy, source)
             changes.extend(got_changes)
-        columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns)
+        columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns, policy=policy,
+                                         source=source)
         added[:] = got
         if ddl is not None:
             renames = sc.parse_recorded(wh.execute(sc.read_changes_sql(log_table, replica))).renames
@@ -329,6 +334,10 @@ def merge_replica(
             gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when))
             if any(g.status == ABSENT for g in gaps):  # offsets Kafka never had: pass them now
                 pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+        if pending.ranges and needs_salt(plan.columns):
+            if hash_salt is None:
+                raise ValueError(f"{replica.label} hashes columns but no salt was given (hash_salt_env)")
+            wh.execute_secret(set_salt_statement(hash_salt()))
         counts, ranges = run_merge(wh, plan, when, ranges=pending.ranges)
         for h in pending.held:
             log.warning("merge of %s holds partition %s at offset %s: %s", replica.label, h.partition,

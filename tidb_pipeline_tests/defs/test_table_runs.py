@@ -53,7 +53,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
         return {"rows_loaded": 1}
 
     def merge(names: Any, kafka: Any, registry: Any, snowflake: Any, log: Any, source_columns: Any,
-              ddl: Any = None) -> dict[str, Any]:
+              table: Any = None, ddl: Any = None) -> dict[str, Any]:
         with lock:
             made.append(("merge", names.topic, threading.current_thread().name))
         return {"rows_inserted": 1}
