@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import dagster as dg
 import pymysql
 import pytest
 import snowflake.connector
