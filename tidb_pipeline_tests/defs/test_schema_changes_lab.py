@@ -25,10 +25,10 @@ from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
-from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.replication.ddl import quote_ident
 from tidb_pipeline.replication.schema_changes import schema_changes_table
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, wait_for_checkpoint
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def _land_and_merge(p: dict[str, Any]) -> list[dict[str, Any]]:
     """Everything committed so far landed and merged; the replica materializations' metadata."""
     config, defs = p["config"], p["defs"]
     keys = table_keys(config, p["table"])
-    wait_for_checkpoint(defs, config, target=tso_from_ms(int(time.time() * 1000)), timeout=600)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)  # every commit so far
     result = materialize(defs, {keys.landing, keys.replica})
     return [{k: v.value for k, v in e.materialization.metadata.items()}
             for e in result.get_asset_materialization_events() if e.asset_key == keys.replica]
