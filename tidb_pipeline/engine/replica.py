@@ -134,9 +134,11 @@ class DdlSource:
     last_job_id: Callable[[], int]
     policy: SchemaChangePolicy = SchemaChangePolicy()
 
+    def owns(self, job: sc.DdlJob) -> bool:
+        return (job.db.lower(), job.table.lower()) == (self.db.lower(), self.table.lower())
+
     def table_jobs(self, after: int) -> list[sc.DdlJob]:
-        jobs = (sc.parse_ddl_job(i, meta) for i, meta in self.jobs(after))
-        return [j for j in jobs if (j.db.lower(), j.table.lower()) == (self.db.lower(), self.table.lower())]
+        return [j for j in (sc.parse_ddl_job(i, meta) for i, meta in self.jobs(after)) if self.owns(j)]
 
 
 def _record(wh: Warehouse, log_table: TableRef, replica: TableRef, changes: Sequence[sc.ColumnChange], *,
@@ -228,18 +230,29 @@ def apply_truncates(wh: Warehouse, replica: TableRef, ddl: DdlSource, log_table:
     recorded = sc.parse_recorded(wh.execute(sc.read_changes_sql(log_table, replica)))
     if ddl.policy.truncate != "follow" or recorded.baseline_job_id is None:
         return recorded.truncated_at, ()
-    jobs = [j for j in ddl.table_jobs(recorded.last_truncate_job_id or recorded.baseline_job_id) if j.is_truncate
-            and j.job_id not in recorded.job_ids and j.finished_ts > (recorded.truncated_at or 0)]
-    if not jobs:
-        return recorded.truncated_at, ()
-    latest = max(jobs, key=lambda j: j.finished_ts)
+    start = max(recorded.last_truncate_job_id or 0, recorded.baseline_job_id)
+    read = [sc.parse_ddl_job(i, meta) for i, meta in ddl.jobs(start)]
+    mine = [j for j in read if ddl.owns(j)]
+    jobs = [j for j in mine if j.is_truncate and j.job_id not in recorded.job_ids
+            and j.finished_ts > (recorded.truncated_at or 0)]
     done = tuple(sc.ColumnChange(sc.TRUNCATE, "", job_id=j.job_id, ddl_tso=j.finished_ts,
                                  detail="replica emptied; changes committed at or before it are deletes")
                  for j in jobs)
-    with wh.transaction():
-        wh.execute(sc.truncate_replica_sql(replica))
-        _record(wh, log_table, replica, done, before=recorded.version, after=version, when=when)
-    return latest.finished_ts, done
+    if jobs:
+        with wh.transaction():
+            wh.execute(sc.truncate_replica_sql(replica))
+            _record(wh, log_table, replica, done, before=recorded.version, after=version, when=when)
+    if len(read) >= sc.HISTORY_STEP:
+        # Every merge reads the history from here on: move past other tables' jobs (and this table's applied
+        # ones), but never past a rename of this table not applied yet (its schema version may not be here yet).
+        waiting = [j.job_id for j in mine if j.column_renames() and j.job_id not in recorded.job_ids]
+        seen = min(waiting) - 1 if waiting else read[-1].job_id
+        if seen > start:
+            _record(wh, log_table, replica, [sc.ColumnChange(sc.HISTORY_SEEN, "", job_id=seen)],
+                    before=recorded.version, after=None, when=when)
+    if not jobs:
+        return recorded.truncated_at, ()
+    return max(j.finished_ts for j in jobs), done
 
 
 def forget_ensured() -> None:

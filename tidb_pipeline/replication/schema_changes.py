@@ -48,8 +48,11 @@ ACTION_TRUNCATE_TABLE = 11
 SCHEMA_CHANGES_TABLE = "SCHEMA_CHANGES"
 
 # Kinds recorded in the schema-changes table.
-BASELINE, ADD, DROP_KEPT, DROP, WIDEN, RENAME, TRUNCATE = (
-    "baseline", "add_column", "drop_column_kept", "drop_column", "widen_type", "rename_column", "truncate")
+BASELINE, ADD, DROP_KEPT, DROP, WIDEN, RENAME, TRUNCATE, HISTORY_SEEN = (
+    "baseline", "add_column", "drop_column_kept", "drop_column", "widen_type", "rename_column", "truncate",
+    "history_seen")
+# A merge that read this many DDL jobs records how far it has looked (`HISTORY_SEEN`), so the next reads start there.
+HISTORY_STEP = 100
 
 _RENAME_COLUMN = re.compile(r"RENAME\s+COLUMN\s+(`(?:[^`]|``)+`|\w+)\s+TO\s+(`(?:[^`]|``)+`|\w+)", re.I)
 _CHANGE_COLUMN = re.compile(r"CHANGE\s+(?:COLUMN\s+)?(`(?:[^`]|``)+`|\w+)\s+(`(?:[^`]|``)+`|\w+)", re.I)
@@ -237,7 +240,7 @@ class Recorded:
     """What the schema-changes table says about one replica."""
 
     last_job_id: int | None  # the newest DDL job recorded (None: no baseline yet)
-    baseline_job_id: int | None  # DDL history is followed after this job
+    baseline_job_id: int | None  # DDL history is followed after this job (baseline, or how far it was read)
     last_truncate_job_id: int | None
     job_ids: frozenset[int]  # jobs applied
     truncated_at: int | None  # TSO of the latest truncate applied
@@ -252,11 +255,11 @@ def parse_recorded(rows: Sequence[Sequence[Any]]) -> Recorded:
     truncates = [int(r[4]) for r in rows if r[0] == TRUNCATE and r[4] is not None]
     versions = [int(r[5]) for r in rows if r[5] is not None]
     ordered = sorted((r for r in rows if r[0] == RENAME), key=lambda r: (r[3] or 0, r[6]))
-    baselines = [int(r[3]) for r in rows if r[0] == BASELINE and r[3] is not None]
+    baselines = [int(r[3]) for r in rows if r[0] in (BASELINE, HISTORY_SEEN) and r[3] is not None]
     truncate_jobs = [int(r[3]) for r in rows if r[0] == TRUNCATE and r[3] is not None]
     return Recorded(
         max(jobs) if jobs else None, max(baselines) if baselines else None,
-        max(truncate_jobs) if truncate_jobs else None, frozenset(int(r[3]) for r in rows if r[0] != BASELINE and r[3] is not None),
+        max(truncate_jobs) if truncate_jobs else None, frozenset(int(r[3]) for r in rows if r[0] not in (BASELINE, HISTORY_SEEN) and r[3] is not None),
         max(truncates) if truncates else None, max(versions) if versions else None,
         tuple((str(r[1]), str(r[2])) for r in ordered),
         {str(r[1]): r[6] for r in rows if r[0] == DROP_KEPT},

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tidb_pipeline.config import ConfigError, SchemaChangePolicy, parse_config
-from tidb_pipeline.engine.replica import DdlSource, follow_schema_changes
+from tidb_pipeline.engine.replica import DdlSource, apply_truncates, follow_schema_changes
 from tidb_pipeline.replication import schema_changes as sc
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 from tidb_pipeline.replication.ddl import Statement, TableRef
@@ -190,3 +190,34 @@ def test_policy_config_is_validated_with_the_field_named() -> None:
     assert cfg.schema_changes_of(cfg.tables[0]) == SchemaChangePolicy(
         add_column="follow", drop_column="keep", drop_after_hours=168, widen_type="alter", incompatible_type="fail",
         rename_column="follow", truncate="follow")
+
+
+class _Transactions(FakeWarehouse):
+    def transaction(self) -> Any:
+        import contextlib
+
+        self.sent.append("BEGIN")
+        return contextlib.nullcontext()
+
+
+def test_a_truncate_empties_the_replica_once_and_the_history_read_moves_on() -> None:
+    others = [(i, _meta(id=i, table=f"other{i}", query="ALTER TABLE x ADD COLUMN c INT")) for i in range(4, 150)]
+    truncate = (150, _meta(id=150, type=11, query="TRUNCATE TABLE orders", ts=900))
+    rename = (160, _meta(id=160, query="ALTER TABLE orders RENAME COLUMN a TO b"))
+    jobs = [*others, truncate, *[(i, _meta(id=i, table="x", query="TRUNCATE TABLE x", type=11)) for i in range(151, 160)],
+            rename, (161, _meta(id=161, table="x", query="DROP TABLE x", type=4))]
+    ddl = DdlSource("shop", "orders", lambda after: [j for j in jobs if j[0] > after], lambda: 3)
+    wh = _Transactions({}, BASE)
+    truncated_at, done = apply_truncates(wh, REPLICA, ddl, LOG, 2, NOW)
+    assert truncated_at == 900 and [c.describe() for c in done] == [
+        "truncate at TSO 900 (DDL job 150): replica emptied; changes committed at or before it are deletes"]
+    assert wh.sent[:2] == ["BEGIN", 'DELETE FROM "DB"."REPLICA"."T"']
+    # The history is read from job 159 on next time: past other tables' jobs, not past the unapplied rename.
+    (_, seen), = [s for s in wh.sent[2:] if s[1][1] == "history_seen"]
+    assert seen[6] == 159
+    # Once recorded, the same truncate is not applied again, and its TSO still bounds the merge.
+    recorded = [*BASE, ("truncate", None, None, 150, 900, 2, NOW), ("history_seen", None, None, 159, None, None, NOW)]
+    again = _Transactions({}, recorded)
+    assert apply_truncates(again, REPLICA, ddl, LOG, 2, NOW) == (900, ())
+    assert again.sent == []
+    assert sc.parse_recorded(recorded).baseline_job_id == 159
