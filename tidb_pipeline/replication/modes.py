@@ -1,0 +1,325 @@
+"""Replica modes (`mode:` per table): the DDL of each shape, the rows the checks compare, the history merge and
+the statements that switch a replica from one mode to another. Pure SQL builders, plus `run_history_merge`
+next to `merge.run_merge`.
+
+`replica` and `soft_delete` share `merge.merge_sql` (soft_delete's WHEN clauses flag a delete instead of
+removing the row). `history` appends versions instead of merging, one transaction per batch:
+
+1. `history_versions_sql`: every landing row of the batch's fixed ranges (`merge.MergeRange`), not only the
+   latest per key. A version is identified by (key, `_COMMIT_TS`, delete or not). A value row's `_COMMIT_TS`
+   is TiDB's commit TSO (`_tidb_commit_ts`); a tombstone carries none, so it takes the TSO of the version it
+   ends: the nearest earlier value row of its key in offset order (in the batch, else the replica's latest).
+   Rows whose identity is already in the replica or earlier in the batch are replays and are dropped (TiCDC
+   replays at higher offsets: the offset tells the first arrival, the commit TSO the version). A tombstone
+   followed in the batch by a value row no newer than the version it would end opened a replay run: it is a
+   replay of a delete already recorded, and is dropped too.
+2. One INSERT of the new versions: `_VALID_FROM` is the commit time (`_tidb_commit_physical_time`); for a
+   delete the Kafka record's timestamp (`CreateTime`, set when TiCDC produced it just after the commit), the
+   best evidence there is, kept between the neighbouring versions' commit times in step 3.
+3. One UPDATE re-links the touched keys' versions in commit order (`_COMMIT_TS`, a delete after the version
+   it ends): `_VALID_TO` = the next version's `_VALID_FROM`, `_IS_CURRENT` = last version and not a delete.
+   This closes the previous batch's current version when the next one arrives later, and places a late
+   version (older TSO) where it belongs.
+4. The watermark rows (`merge.watermark_statements`), in the same transaction: a crash before COMMIT leaves
+   nothing, a re-run finds the same versions present and adds none.
+
+Switching modes (`switch_statements`): a new table in the target shape is filled from the old one, then takes
+its name; the merge watermarks are kept, so merging resumes where it stopped. replica/soft_delete -> history:
+each (kept) row becomes one version valid from the switch (`_OP` 's', `_COMMIT_TS` the switch's TSO);
+history -> others keep the current versions (soft_delete also keeps each deleted key's last values, flagged).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from tidb_pipeline.replication.avro_types import ReplicaColumn, key_columns
+from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
+from tidb_pipeline.replication.merge import (
+    _MD_OFFSET,
+    _MD_PARTITION,
+    MergeCounts,
+    MergePlan,
+    MergeRange,
+    _ranges_table,
+    json_to_sql,
+    parse_ranges,
+    pending_ranges_sql,
+    watermark_statements,
+)
+from tidb_pipeline.replication.mode_columns import (
+    COMMIT_TS,
+    DELETED,
+    DELETED_AT,
+    HISTORY,
+    IS_CURRENT,
+    KAFKA_OFFSET,
+    KAFKA_PARTITION,
+    MODE_COLUMNS,
+    OP,
+    REPLICA,
+    SOFT_DELETE,
+    VALID_FROM,
+    VALID_TO,
+    mode_column_names,
+)
+from tidb_pipeline.resources.warehouse import Warehouse
+
+_q = quote_ident
+SWITCH_OP = "s"  # `_OP` of the version a switch to history makes from each existing row
+
+
+def create_mode_replica_sql(table: TableRef, columns: Sequence[ReplicaColumn], mode: str) -> str:
+    """CREATE TABLE for a replica in `mode`: TiDB's columns, then the mode's (`mode_columns`).
+
+    The primary key (informational in Snowflake, enforced by the lab's engine) is TiDB's key, and for history
+    the version's identity (key, `_COMMIT_TS`, `_OP`).
+    """
+    keys = key_columns(columns)
+    if not keys:
+        raise ValueError(f"replica {table.label} has no key columns; TiCDC only replicates tables with a handle key")
+    lines = [f"{_q(c.name)} {c.sql_type}{' NOT NULL' if c.is_key else ''}" for c in columns]
+    lines += [f"{_q(n)} {t}" for n, t in MODE_COLUMNS[mode]]
+    pk = [c.name for c in keys] + ([COMMIT_TS, OP] if mode == HISTORY else [])
+    lines.append(f"PRIMARY KEY ({', '.join(_q(n) for n in pk)})")
+    return f"CREATE TABLE IF NOT EXISTS {table.sql} (\n  " + ",\n  ".join(lines) + "\n)"
+
+
+def current_rows_sql(replica: TableRef, mode: str) -> str:
+    """A FROM item holding the replica's rows that stand for the source's current rows (what the checks compare)."""
+    if mode == SOFT_DELETE:
+        return f"(SELECT * FROM {replica.sql} WHERE NOT {_q(DELETED)}) r"
+    if mode == HISTORY:
+        return f"(SELECT * FROM {replica.sql} WHERE {_q(IS_CURRENT)}) r"
+    return replica.sql
+
+
+def mode_counts_sql(replica: TableRef, mode: str) -> Statement | None:
+    """Rows the checks leave out, for their metadata: soft-deleted rows; for history, all and current versions."""
+    if mode == SOFT_DELETE:
+        return Statement(f"SELECT COUNT_IF({_q(DELETED)}) FROM {replica.sql}")
+    if mode == HISTORY:
+        return Statement(f"SELECT COUNT(*), COUNT_IF({_q(IS_CURRENT)}) FROM {replica.sql}")
+    return None
+
+
+# --- history ---------------------------------------------------------------------------------------------
+
+_TS, _PT, _CT, _D, _PREV, _NEXT, _VTS, _RN = (
+    _q(f"__TP_{n}") for n in ("TS", "PT", "CT", "D", "PREV_TS", "NEXT_TS", "VTS", "RN"))
+_C, _P, _O = _q("__TP_CONTENT"), _q("__TP_PARTITION"), _q("__TP_OFFSET")
+
+
+def history_versions_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """The batch's new versions, in step 1's terms: typed keys, content, partition, offset, delete flag,
+    version TSO (`__TP_VTS`), commit physical ms and record timestamp ms; at most one row per identity."""
+    r = _ranges_table(ranges)
+    keys = plan.keys
+    key_json = 'l."RECORD_METADATA":"key":'
+    typed_keys = ", ".join(f"{json_to_sql(k, key_json + _q(k.field))} AS {_q(k.name)}" for k in keys)
+    by_key = ", ".join(_q(k.name) for k in keys)
+    first = _q(keys[0].field)
+    content = 'l."RECORD_CONTENT"'
+    deleted = f"({content} IS NULL OR {content}:{first} IS NULL)"
+    ext = {n: f"{content}:{_q(f)}::NUMBER(20,0)" for n, f in (("ts", "_tidb_commit_ts"),
+                                                               ("pt", "_tidb_commit_physical_time"))}
+    rows = (
+        f"SELECT {typed_keys}, {content} AS {_C}, {_MD_PARTITION} AS {_P}, {_MD_OFFSET} AS {_O}, {deleted} AS {_D}, "
+        f"IFF({deleted}, NULL, {ext['ts']}) AS {_TS}, {ext['pt']} AS {_PT}, "
+        f'l."RECORD_METADATA":"CreateTime"::NUMBER(20,0) AS {_CT}\n'
+        f"    FROM {plan.landing.sql} l JOIN ({r.sql}) r\n"
+        f'      ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI"'
+    )
+    # Offset order is delivery order per key (every version of a key is in one partition).
+    order = f"PARTITION BY {by_key} ORDER BY {_O}, {_P}"
+    linked = (
+        f"SELECT b.*, LAG(b.{_TS}) IGNORE NULLS OVER ({order}) AS {_PREV}, "
+        f"LEAD(b.{_TS}) IGNORE NULLS OVER ({order}) AS {_NEXT}\n"
+        f"  FROM (\n    {rows}\n  ) b"
+    )
+    on_key = " AND ".join(f"t.{_q(k.name)} = v.{_q(k.name)}" for k in keys)
+    latest = (f"SELECT {by_key}, MAX({_q(COMMIT_TS)}) AS {_q('__TP_MTS')} FROM {plan.replica.sql} GROUP BY {by_key}")
+    versions = (
+        f"SELECT v.*, IFF(v.{_D}, COALESCE(v.{_PREV}, t.{_q('__TP_MTS')}, 0), v.{_TS}) AS {_VTS}\n"
+        f"  FROM (\n  {linked}\n  ) v LEFT JOIN ({latest}) t ON {on_key}"
+    )
+    on_identity = (f"{on_key.replace('v.', 'n.')} AND t.{_q(COMMIT_TS)} = n.{_VTS} "
+                   f"AND (t.{_q(OP)} = 'd') = n.{_D}")
+    sql = (
+        f"SELECT n.* FROM (\n"
+        f"  SELECT w.*, ROW_NUMBER() OVER (PARTITION BY {', '.join('w.' + _q(k.name) for k in keys)}, w.{_VTS}, "
+        f"w.{_D} ORDER BY w.{_O}, w.{_P}) AS {_RN}\n"
+        f"  FROM ({versions}) w\n"
+        # A tombstone followed by a value row no newer than what it would end opened a replay run.
+        f"  WHERE NOT (w.{_D} AND w.{_NEXT} IS NOT NULL AND w.{_NEXT} <= w.{_VTS})\n"
+        f") n LEFT JOIN {plan.replica.sql} t ON {on_identity}\n"
+        f"WHERE n.{_RN} = 1 AND t.{_q(keys[0].name)} IS NULL"
+    )
+    return Statement(sql, r.params)
+
+
+def _history_names(plan: MergePlan) -> list[str]:
+    return [_q(c.name) for c in plan.columns] + [_q(n) for n in mode_column_names(HISTORY)]
+
+
+def history_insert_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """INSERT the batch's new versions (step 2); `_VALID_TO` and `_IS_CURRENT` are set by the re-link."""
+    v = history_versions_sql(plan, ranges)
+    cols = [f"n.{_q(k.name)}" for k in plan.keys]
+    cols += [json_to_sql(c, f"n.{_C}:{_q(c.field)}") for c in plan.values]
+    op = f"IFF(n.{_D}, 'd', COALESCE(n.{_C}:\"_tidb_op\"::VARCHAR, 'u'))"
+    # A delete has no commit time: the record's timestamp stands in (re-link keeps it between its neighbours).
+    cols += [op, f"n.{_VTS}", f"TO_TIMESTAMP_NTZ(IFF(n.{_D}, n.{_CT}, n.{_PT}), 3)", "NULL", "FALSE",
+             f"n.{_P}", f"n.{_O}"]
+    return Statement(
+        f"INSERT INTO {plan.replica.sql} ({', '.join(_history_names(plan))})\n"
+        f"SELECT {', '.join(cols)}\nFROM ({v.sql}) n",
+        v.params,
+    )
+
+
+def history_counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """New versions by kind (inserts, updates, deletes), all new versions, landing rows read."""
+    v = history_versions_sql(plan, ranges)
+    r = _ranges_table(ranges)
+    landing_rows = (f"(SELECT COUNT(*) FROM {plan.landing.sql} l JOIN ({r.sql}) r "
+                    f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI")')
+    op = f"n.{_C}:\"_tidb_op\"::VARCHAR"
+    return Statement(
+        f"SELECT COUNT_IF(NOT n.{_D} AND {op} = 'c'), COUNT_IF(NOT n.{_D} AND {op} <> 'c'), COUNT_IF(n.{_D}), "
+        f"COUNT(*), {landing_rows}\nFROM ({v.sql}) n",
+        r.params + v.params,
+    )
+
+
+def history_relink_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
+    """UPDATE `_VALID_FROM` (deletes only), `_VALID_TO` and `_IS_CURRENT` of every version of the batch's keys
+    (step 3); rows already right are not written."""
+    r = _ranges_table(ranges)
+    keys = [_q(k.name) for k in plan.keys]
+    key_json = 'l."RECORD_METADATA":"key":'
+    typed_keys = ", ".join(f"{json_to_sql(k, key_json + _q(k.field))} AS {_q(k.name)}" for k in plan.keys)
+    touched = (f"SELECT DISTINCT {typed_keys} FROM {plan.landing.sql} l JOIN ({r.sql}) r "
+               f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI"')
+    by_key = ", ".join(f"x.{k}" for k in keys)
+    is_del = f"(x.{_q(OP)} = 'd')"
+    order = f"PARTITION BY {by_key} ORDER BY x.{_q(COMMIT_TS)}, {is_del}"
+    vf = f"x.{_q(VALID_FROM)}"
+    # A delete's time is evidence, not a commit time: keep it within its neighbours' (commit times).
+    clamped = (f"IFF({is_del}, LEAST(GREATEST({vf}, COALESCE(LAG({vf}) OVER ({order}), {vf})), "
+               f"COALESCE(LEAD({vf}) OVER ({order}), {vf})), {vf})")
+    on_touched = " AND ".join(f"x.{k} = k.{k}" for k in keys)
+    placed = (
+        f"SELECT {by_key}, x.{_q(COMMIT_TS)}, x.{_q(OP)}, {clamped} AS {_q('F')}, "
+        f"ROW_NUMBER() OVER (PARTITION BY {by_key} ORDER BY x.{_q(COMMIT_TS)} DESC, {is_del} DESC) AS {_q('LAST')}\n"
+        f"    FROM {plan.replica.sql} x JOIN ({touched}) k ON {on_touched}"
+    )
+    linked = (
+        f'SELECT y.*, LEAD(y."F") OVER (PARTITION BY {", ".join(f"y.{k}" for k in keys)} '
+        f"ORDER BY y.{_q(COMMIT_TS)}, (y.{_q(OP)} = 'd')) AS {_q('T')}, "
+        f"(y.{_q('LAST')} = 1 AND y.{_q(OP)} <> 'd') AS {_q('CUR')}\n"
+        f"  FROM (\n    {placed}\n  ) y"
+    )
+    on = " AND ".join(f"h.{k} = s.{k}" for k in keys)
+    return Statement(
+        f"UPDATE {plan.replica.sql} h SET {_q(VALID_FROM)} = s.\"F\", {_q(VALID_TO)} = s.\"T\", "
+        f"{_q(IS_CURRENT)} = s.\"CUR\"\n"
+        f"FROM (\n  {linked}\n) s\n"
+        f"WHERE {on} AND h.{_q(COMMIT_TS)} = s.{_q(COMMIT_TS)} AND h.{_q(OP)} = s.{_q(OP)}\n"
+        f"  AND (h.{_q(VALID_FROM)} IS DISTINCT FROM s.\"F\" OR h.{_q(VALID_TO)} IS DISTINCT FROM s.\"T\" "
+        f"OR h.{_q(IS_CURRENT)} IS DISTINCT FROM s.\"CUR\")",
+        r.params,
+    )
+
+
+def run_history_merge(
+    session: Warehouse | Any, plan: MergePlan, now: dt.datetime, *, ranges: Sequence[MergeRange] | None = None,
+    max_offsets_per_partition: int | None = None,
+) -> tuple[MergeCounts, tuple[MergeRange, ...]]:
+    """Append the pending landing rows to a history replica as versions (module docstring); idempotent.
+
+    Round trips: the pending ranges, then BEGIN, the counts, the INSERT, the re-link, the watermark and COMMIT.
+    """
+    if plan.mode != HISTORY:
+        raise ValueError(f"replica {plan.replica.label} is in mode {plan.mode}; run_history_merge is for history")
+    wh = Warehouse.of(session)
+    if ranges is None:
+        ranges = parse_ranges(wh.execute(pending_ranges_sql(plan, max_offsets_per_partition)))
+    ranges = tuple(ranges)
+    if not ranges:
+        return MergeCounts(0, 0, 0, 0, 0), ()
+    with wh.transaction():
+        counts = MergeCounts(*(int(x or 0) for x in wh.execute(history_counts_sql(plan, ranges))[0]))
+        if counts.source_rows:
+            wh.execute(history_insert_sql(plan, ranges))
+            wh.execute(history_relink_sql(plan, ranges))
+        for stmt in watermark_statements(plan, ranges, now):
+            wh.execute(stmt)
+    return counts, ranges
+
+
+# --- switching modes -------------------------------------------------------------------------------------
+
+
+def switch_table(replica: TableRef) -> TableRef:
+    """The table a switch builds before it takes the replica's name."""
+    return TableRef(replica.schema, f"{replica.name}__SWITCH", replica.database)
+
+
+def switch_statements(
+    replica: TableRef, columns: Sequence[ReplicaColumn], old: str, new: str, now: dt.datetime
+) -> list[Statement]:
+    """Statements turning `replica` (in mode `old`) into mode `new`; `columns` are its TiDB columns.
+
+    Re-runnable from the top if interrupted: the work table is dropped first, and the old table is dropped
+    only after the new one holds its rows. Pause the table's merges while it runs (the merge job).
+    """
+    if old == new:
+        return []
+    work = switch_table(replica)
+    tidb = [_q(c.name) for c in columns]
+    if old == HISTORY:
+        # The current versions, and for soft_delete each deleted key's last values (the latest row per key).
+        where = f"WHERE {_q(IS_CURRENT)}" if new == REPLICA else ""
+        keep = ", ".join(_q(k.name) for k in key_columns(columns))
+        last = ("" if new == REPLICA else
+                f" QUALIFY ROW_NUMBER() OVER (PARTITION BY {keep} ORDER BY {_q(COMMIT_TS)} DESC, "
+                f"({_q(OP)} = 'd') DESC) = 1")
+        rows = f"SELECT * FROM {replica.sql} {where}{last}"
+    elif old == SOFT_DELETE and new == REPLICA:
+        rows = f"SELECT * FROM {replica.sql} WHERE NOT {_q(DELETED)}"
+    else:
+        rows = f"SELECT * FROM {replica.sql}"
+    if new == REPLICA:
+        select, params = tidb, ()
+    elif new == SOFT_DELETE:
+        if old == HISTORY:
+            # A deleted key keeps its last values: those of the version the delete ended.
+            ended = (f"(SELECT p.* FROM {replica.sql} p WHERE p.{_q(OP)} <> 'd' QUALIFY ROW_NUMBER() OVER "
+                     f"(PARTITION BY {', '.join('p.' + _q(k.name) for k in key_columns(columns))} "
+                     f"ORDER BY p.{_q(COMMIT_TS)} DESC) = 1)")
+            on = " AND ".join(f"o.{_q(k.name)} = e.{_q(k.name)}" for k in key_columns(columns))
+            select = [f"o.{n}" if c.is_key else f"e.{n}" for c, n in zip(columns, tidb)]
+            select += [f"(o.{_q(OP)} = 'd')", f"IFF(o.{_q(OP)} = 'd', o.{_q(VALID_FROM)}, NULL)"]
+            return _switch(replica, columns, new, work, select, f"({rows}) o JOIN {ended} e ON {on}", ())
+        select, params = [*tidb, "FALSE", "NULL"], ()
+    else:
+        tso = int(now.timestamp() * 1000) << 18  # a TSO for the switch time (physical ms << 18)
+        select = [*tidb, f"'{SWITCH_OP}'", "%s", "TO_TIMESTAMP_NTZ(%s, 3)", "NULL", "TRUE", "NULL", "NULL"]
+        params = (tso, int(now.timestamp() * 1000))
+    return _switch(replica, columns, new, work, select, f"({rows}) o", params)
+
+
+def _switch(replica: TableRef, columns: Sequence[ReplicaColumn], new: str, work: TableRef, select: Sequence[str],
+            source: str, params: tuple[Any, ...]) -> list[Statement]:
+    names = [_q(c.name) for c in columns] + [_q(n) for n in mode_column_names(new)]
+    # SWAP WITH exchanges the two names in one step: at every moment the replica's name holds a whole table.
+    return [
+        Statement(f"DROP TABLE IF EXISTS {work.sql}"),
+        Statement(create_mode_replica_sql(work, columns, new)),
+        Statement(f"INSERT INTO {work.sql} ({', '.join(names)}) SELECT {', '.join(select)} FROM {source}", params),
+        Statement(f"ALTER TABLE {replica.sql} SWAP WITH {work.sql}"),
+        Statement(f"DROP TABLE {work.sql}"),
+    ]
