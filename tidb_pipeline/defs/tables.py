@@ -39,6 +39,7 @@ from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.progress import merged_through_sql
 from tidb_pipeline.replication.holes import ABSENT, OFFSET_GAPS_TABLE
+from tidb_pipeline.replication.mode_columns import MODE_COLUMNS
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.tidb import TiDBResource
@@ -128,12 +129,40 @@ def _landing_spec(*, config: PipelineConfig, table: TableConfig) -> dg.AssetSpec
     )
 
 
+# What each mode keeps, for the replica asset's description and its `mode_columns` (README "Replica modes").
+MODE_DESCRIPTIONS = {
+    "replica": "Mode replica: the source's current rows.",
+    "soft_delete": "Mode soft_delete: a deleted row stays with `_DELETED` = TRUE and `_DELETED_AT`; the rows "
+                   "with `_DELETED` = FALSE equal the source.",
+    "history": "Mode history: every version of each row, valid from `_VALID_FROM` to `_VALID_TO`, with `_OP` "
+               "and `_COMMIT_TS`; the rows with `_IS_CURRENT` equal the source.",
+}
+MODE_COLUMN_DESCRIPTIONS = {
+    "_DELETED": "TRUE once the row was deleted in TiDB (soft_delete)",
+    "_DELETED_AT": "when the delete reached Kafka (its record timestamp), UTC",
+    "_OP": "c insert, u update, d delete, s version made by a backfill or a mode switch",
+    "_COMMIT_TS": "TiDB commit TSO of the version (of the version ended, for a delete)",
+    "_VALID_FROM": "commit time of the version, UTC (a delete: its Kafka record timestamp)",
+    "_VALID_TO": "_VALID_FROM of the next version; NULL while current",
+    "_IS_CURRENT": "TRUE for the version that is the source's current row",
+    "_KAFKA_PARTITION": "landing partition where the version first arrived",
+    "_KAFKA_OFFSET": "landing offset where the version first arrived",
+}
+
+
+def mode_table_columns(mode: str) -> list[dg.TableColumn]:
+    """The `dagster/column_schema` entries of the columns a mode adds."""
+    return [dg.TableColumn(n, t, description=MODE_COLUMN_DESCRIPTIONS[n]) for n, t in MODE_COLUMNS[mode]]
+
+
 def _replica_spec(*, config: PipelineConfig, table: TableConfig) -> dg.AssetSpec:
     keys, names = table_keys(config, table), table_names(config, table)
     return dg.AssetSpec(
         keys.replica, deps=[keys.landing], group_name=group_name(table), kinds={"snowflake"},
-        description=f"Typed replica of TiDB `{table.db}`.`{table.table}`, merged from its landing table.",
-        metadata={"dagster/table_name": names.replica.label, "source": f"{table.db}.{table.table}"},
+        description=f"Typed replica of TiDB `{table.db}`.`{table.table}`, merged from its landing table. "
+                    f"{MODE_DESCRIPTIONS[table.mode]}",
+        metadata={"dagster/table_name": names.replica.label, "source": f"{table.db}.{table.table}",
+                  "mode": table.mode, "mode_columns": ", ".join(n for n, _ in MODE_COLUMNS[table.mode]) or "(none)"},
         freshness_policy=replica_freshness_policy(config.freshness_of(table)),
     )
 
@@ -183,13 +212,13 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sess
 
 
 def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any,
-           source_columns: Callable[[], Sequence[str]]) -> dict[str, Any]:
+           source_columns: Callable[[], Sequence[str]], mode: str = "replica") -> dict[str, Any]:
     with sessions() as wh:
         outcome = merge_replica(
             connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
             source_columns=source_columns, dead_letters=names.dead_letters, offset_gaps=names.offset_gaps,
-            kafka=kafka,
+            kafka=kafka, mode=mode,
         )
         # Recorded so the idle gate (defs/idle.py) learns what is merged without a statement of its own.
         merged = None if outcome is None else {
@@ -217,13 +246,15 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
         or "(none)",
         "columns_added": ", ".join(outcome.added_columns) or "(none)",
         "schema_version": outcome.schema_version,
+        # history: rows_inserted / rows_updated / rows_deleted count new versions by kind; row_count all versions.
+        "mode": mode,
         "dagster/row_count": outcome.row_count,
         "dagster/table_name": names.replica.label,
         "dagster/column_schema": dg.TableSchema(columns=[
             dg.TableColumn(col.name, col.sql_type, description=f"TiDB {col.tidb_type}",
                            constraints=dg.TableColumnConstraints(nullable=col.nullable, unique=False))
             for col in outcome.columns
-        ]),
+        ] + mode_table_columns(mode)),
     }
 
 
@@ -302,7 +333,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
                 # TiDB's column names, read only when the replica lacks a field (defs/replica.py).
                 merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log,
-                                               lambda: [c.name for c in tidb.columns(t.db, t.table)]),
+                                               lambda: [c.name for c in tidb.columns(t.db, t.table)], t.mode),
             )
 
         if parallel <= 1 or len(work) <= 1:

@@ -105,6 +105,18 @@ def mode_counts_sql(replica: TableRef, mode: str) -> Statement | None:
     return None
 
 
+def snapshot_mode_values(mode: str, tso: int) -> tuple[list[str], list[str], tuple[Any, ...]]:
+    """(quoted mode column names, SQL values, params) for a row taken from a snapshot at TiDB TSO `tso` (a
+    backfill): not deleted; for history one current version `_OP` 's' valid from the snapshot's time."""
+    names = [_q(n) for n in mode_column_names(mode)]
+    if mode == SOFT_DELETE:
+        return names, ["FALSE", "NULL"], ()
+    if mode == HISTORY:
+        return names, [f"'{SWITCH_OP}'", "%s", "TO_TIMESTAMP_NTZ(%s, 3)", "NULL", "TRUE", "NULL", "NULL"], (
+            tso, tso >> 18)
+    return [], [], ()
+
+
 # --- history ---------------------------------------------------------------------------------------------
 
 _TS, _PT, _CT, _D, _PREV, _NEXT, _VTS, _RN = (
@@ -306,9 +318,9 @@ def switch_statements(
             return _switch(replica, columns, new, work, select, f"({rows}) o JOIN {ended} e ON {on}", ())
         select, params = [*tidb, "FALSE", "NULL"], ()
     else:
-        tso = int(now.timestamp() * 1000) << 18  # a TSO for the switch time (physical ms << 18)
-        select = [*tidb, f"'{SWITCH_OP}'", "%s", "TO_TIMESTAMP_NTZ(%s, 3)", "NULL", "TRUE", "NULL", "NULL"]
-        params = (tso, int(now.timestamp() * 1000))
+        # Each row becomes one version, valid from the switch (a TSO for its time: physical ms << 18).
+        _, values, params = snapshot_mode_values(HISTORY, int(now.timestamp() * 1000) << 18)
+        select = [*tidb, *values]
     return _switch(replica, columns, new, work, select, f"({rows}) o", params)
 
 
