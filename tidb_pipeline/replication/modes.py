@@ -25,8 +25,10 @@ removing the row). `history` appends versions instead of merging, one transactio
 
 Switching modes (`switch_statements`): a new table in the target shape is filled from the old one, then takes
 its name; the merge watermarks are kept, so merging resumes where it stopped. replica/soft_delete -> history:
-each (kept) row becomes one version valid from the switch (`_OP` 's', `_COMMIT_TS` the switch's TSO);
-history -> others keep the current versions (soft_delete also keeps each deleted key's last values, flagged).
+each row becomes one version valid from the switch (`_OP` 's', `_COMMIT_TS` 0: changes committed before the
+switch may still wait to be merged, and sort after it; its `_VALID_FROM` is kept at or before theirs), a soft-deleted
+row a delete version (`_OP` 'd') keeping its last values, valid from its `_DELETED_AT`; history -> replica
+keeps the current versions, history -> soft_delete also each deleted key's last values, flagged.
 """
 
 from __future__ import annotations
@@ -105,15 +107,17 @@ def mode_counts_sql(replica: TableRef, mode: str) -> Statement | None:
     return None
 
 
-def snapshot_mode_values(mode: str, tso: int) -> tuple[list[str], list[str], tuple[Any, ...]]:
+def snapshot_mode_values(mode: str, tso: int, valid_from_ms: int | None = None,
+                         ) -> tuple[list[str], list[str], tuple[Any, ...]]:
     """(quoted mode column names, SQL values, params) for a row taken from a snapshot at TiDB TSO `tso` (a
-    backfill): not deleted; for history one current version `_OP` 's' valid from the snapshot's time."""
+    backfill): not deleted; for history one current version `_OP` 's' valid from the snapshot's time (or
+    `valid_from_ms`)."""
     names = [_q(n) for n in mode_column_names(mode)]
     if mode == SOFT_DELETE:
         return names, ["FALSE", "NULL"], ()
     if mode == HISTORY:
         return names, [f"'{SWITCH_OP}'", "%s", "TO_TIMESTAMP_NTZ(%s, 3)", "NULL", "TRUE", "NULL", "NULL"], (
-            tso, tso >> 18)
+            tso, tso >> 18 if valid_from_ms is None else valid_from_ms)
     return [], [], ()
 
 
@@ -219,8 +223,9 @@ def history_relink_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Stateme
     is_del = f"(x.{_q(OP)} = 'd')"
     order = f"PARTITION BY {by_key} ORDER BY x.{_q(COMMIT_TS)}, {is_del}"
     vf = f"x.{_q(VALID_FROM)}"
-    # A delete's time is evidence, not a commit time: keep it within its neighbours' (commit times).
-    clamped = (f"IFF({is_del}, LEAST(GREATEST({vf}, COALESCE(LAG({vf}) OVER ({order}), {vf})), "
+    # The time of a delete (or of a switch's version) is evidence, not a commit time: keep it within its
+    # neighbours' commit times.
+    clamped = (f"IFF(x.{_q(OP)} IN ('d', '{SWITCH_OP}'), LEAST(GREATEST({vf}, COALESCE(LAG({vf}) OVER ({order}), {vf})), "
                f"COALESCE(LEAD({vf}) OVER ({order}), {vf})), {vf})")
     on_touched = " AND ".join(f"x.{k} = k.{k}" for k in keys)
     placed = (
@@ -318,8 +323,15 @@ def switch_statements(
             return _switch(replica, columns, new, work, select, f"({rows}) o JOIN {ended} e ON {on}", ())
         select, params = [*tidb, "FALSE", "NULL"], ()
     else:
-        # Each row becomes one version, valid from the switch (a TSO for its time: physical ms << 18).
-        _, values, params = snapshot_mode_values(HISTORY, int(now.timestamp() * 1000) << 18)
+        # Each row becomes one version, valid from the switch. Its `_COMMIT_TS` is 0, not the switch's TSO:
+        # changes committed before the switch may still wait in the landing table, and must sort after it.
+        _, values, params = snapshot_mode_values(HISTORY, 0, int(now.timestamp() * 1000))
+        if old == SOFT_DELETE:
+            # A soft-deleted row becomes a delete version that keeps its last values, valid from _DELETED_AT.
+            gone = f"o.{_q(DELETED)}"
+            values[0] = f"IFF({gone}, 'd', {values[0]})"
+            values[2] = f"IFF({gone}, o.{_q(DELETED_AT)}, {values[2]})"
+            values[4] = f"NOT {gone}"
         select = [*tidb, *values]
     return _switch(replica, columns, new, work, select, f"({rows}) o", params)
 
