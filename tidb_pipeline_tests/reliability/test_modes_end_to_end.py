@@ -2,9 +2,11 @@
 
 One table (TPC-C's order shape, small) with a changefeed through the lab's TiCDC stand-in. The test runs
 seeded inserts, updates, deletes, primary-key changes and re-inserts of deleted keys, recording each
-statement's effect, then 1,000 updates of one hot key with no merge in between. A replay is made the way an
-operator makes one on TiCDC: the changefeed is recreated with `start_ts` at an earlier TSO, so the changes
-after it arrive again at higher offsets. Both replicas merge from one landing table. The whole soft_delete
+statement's effect, then 1,000 updates of one hot key with no merge in between. Then a replay: the records
+from an earlier point arrive again at higher offsets, byte for byte (same commit TSOs, later Kafka
+timestamps), as TiCDC re-sends them after a restart. The test re-produces them itself: the lab's change feed
+gives a replayed transaction a new TSO (it derives TSOs from MariaDB's one-second binlog timestamps), where
+TiDB's commit ts belongs to the transaction. Both replicas merge from one landing table. The whole soft_delete
 table, the whole history (versions in commit order, each valid until the next) and the checks' view of each
 (the content check's chunk checksums over the rows that stand for the source) are compared with the model;
 the soft-deleted count is in the checks' metadata.
@@ -26,7 +28,6 @@ from tidb_pipeline.config import TableConfig
 from tidb_pipeline.defs.checks import CheckSettings, compare_content, mode_metadata
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.mode_columns import HISTORY, SOFT_DELETE
 from tidb_pipeline.resources.tidb import TiDBResource, quote_mysql
@@ -35,7 +36,6 @@ from tidb_pipeline_tests.reliability.support import (
     Feed,
     Target,
     assert_landed_exactly_once,
-    delete_changefeed,
     kafka_of,
     land,
     merge,
@@ -170,20 +170,20 @@ def test_soft_delete_and_history_equal_the_model_after_deletes_key_changes_a_hot
         rec.workload(seed=11, changes=60)
         _catch_up_and_merge(feed, sf, targets)
 
-        replay_from = tso_from_ms(int(time.time() * 1000))
+        replay_from = kafka_of(lab_settings).end_offsets([feed.topic])[feed.topic]
         rec.workload(seed=12, changes=60)
         for i in range(1, HOT_UPDATES + 1):  # no merge in between: one batch holds all of them
             rec.update(HOT_KEY, i % 10, Decimal(f"{i}.00"))
         rec.workload(seed=13, changes=20)
         wait_for_checkpoint(feed.settings, feed.changefeed_id)
-        # The replay: the changefeed again from an earlier TSO; everything after it arrives a second time.
+        # The replay: everything after `replay_from` arrives a second time.
         before = sum(kafka_of(lab_settings).end_offsets([feed.topic])[feed.topic].values())
-        delete_changefeed(feed.settings, feed.changefeed_id)
-        _restart_at(feed, replay_from)
+        replayed = replay_records(lab_settings, feed.topic, replay_from)
+        assert replayed >= 60 + HOT_UPDATES + 20
         rec.workload(seed=14, changes=30)
         _catch_up_and_merge(feed, sf, targets)
         end = kafka_of(lab_settings).end_offsets([feed.topic])[feed.topic]
-        assert sum(end.values()) >= before + 60 + HOT_UPDATES + 20 + 30, "the replay re-sent nothing"
+        assert sum(end.values()) >= before + replayed + 30
         assert_landed_exactly_once(sf, base.landing, end)
 
         # soft_delete: every key ever written, its last values, deleted or not.
@@ -222,13 +222,30 @@ def test_soft_delete_and_history_equal_the_model_after_deletes_key_changes_a_hot
         assert _content_check(feed, sf, targets[SOFT_DELETE].replica, SOFT_DELETE, len(rec.rows)).differing
 
 
-def _restart_at(feed: Feed, start_ts: int) -> None:
-    """Create the table's changefeed again from `start_ts` (as after TiCDC's `changefeed remove` + `create`)."""
-    from tidb_pipeline.engine.changefeed import desired_changefeed
-    from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
-    from tidb_pipeline.resources.ticdc import TiCDCResource
+def replay_records(settings: LabSettings, topic: str, start: dict[int, int]) -> int:
+    """Produce every record of `topic` from offsets `start` to its end again, unchanged, to its partition."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
 
-    desired = desired_changefeed(feed.config, kafka_of(feed.settings),
-                                 SchemaRegistryResource(url=feed.settings.registry_url), start_ts=start_ts)
-    with TiCDCResource(url=feed.settings.ticdc_url).get_client() as client:
-        client.create(desired.changefeed_id, desired.sink_uri, desired.replica_config, start_ts=start_ts)
+    end = kafka_of(settings).end_offsets([topic])[topic]
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"replay-{time.time_ns()}",
+                         "enable.auto.commit": False})
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True})
+    sent = 0
+    try:
+        for p, stop in end.items():
+            if start.get(p, 0) >= stop:
+                continue
+            consumer.assign([TopicPartition(topic, p, start.get(p, 0))])
+            offset = start.get(p, 0)
+            while offset < stop:
+                msg = consumer.poll(10)
+                if msg is None:
+                    continue
+                assert msg.error() is None, msg.error()
+                producer.produce(topic, key=msg.key(), value=msg.value(), partition=p)
+                offset = msg.offset() + 1
+                sent += 1
+        assert producer.flush(60) == 0, "the replayed records were not all acknowledged"
+    finally:
+        consumer.close()
+    return sent
