@@ -69,8 +69,15 @@ from tidb_pipeline.replication.mode_columns import (
 )
 from tidb_pipeline.resources.warehouse import Warehouse
 
-_q = quote_ident
 SWITCH_OP = "s"  # `_OP` of the version a switch to history makes from each existing row
+# The mode columns, quoted once.
+_COMMIT_TS_Q = quote_ident(COMMIT_TS)
+_DELETED_AT_Q = quote_ident(DELETED_AT)
+_DELETED_Q = quote_ident(DELETED)
+_IS_CURRENT_Q = quote_ident(IS_CURRENT)
+_OP_Q = quote_ident(OP)
+_VALID_FROM_Q = quote_ident(VALID_FROM)
+_VALID_TO_Q = quote_ident(VALID_TO)
 
 
 def create_mode_replica_sql(table: TableRef, columns: Sequence[ReplicaColumn], mode: str) -> str:
@@ -82,28 +89,28 @@ def create_mode_replica_sql(table: TableRef, columns: Sequence[ReplicaColumn], m
     keys = key_columns(columns)
     if not keys:
         raise ValueError(f"replica {table.label} has no key columns; TiCDC only replicates tables with a handle key")
-    lines = [f"{_q(c.name)} {c.sql_type}{' NOT NULL' if c.is_key else ''}" for c in columns]
-    lines += [f"{_q(n)} {t}" for n, t in MODE_COLUMNS[mode]]
+    lines = [f"{quote_ident(c.name)} {c.sql_type}{' NOT NULL' if c.is_key else ''}" for c in columns]
+    lines += [f"{quote_ident(n)} {t}" for n, t in MODE_COLUMNS[mode]]
     pk = [c.name for c in keys] + ([COMMIT_TS, OP] if mode == HISTORY else [])
-    lines.append(f"PRIMARY KEY ({', '.join(_q(n) for n in pk)})")
+    lines.append(f"PRIMARY KEY ({', '.join(quote_ident(n) for n in pk)})")
     return f"CREATE TABLE IF NOT EXISTS {table.sql} (\n  " + ",\n  ".join(lines) + "\n)"
 
 
 def current_rows_sql(replica: TableRef, mode: str) -> str:
     """A FROM item holding the replica's rows that stand for the source's current rows (what the checks compare)."""
     if mode == SOFT_DELETE:
-        return f"(SELECT * FROM {replica.sql} WHERE NOT {_q(DELETED)}) r"
+        return f"(SELECT * FROM {replica.sql} WHERE NOT {_DELETED_Q}) r"
     if mode == HISTORY:
-        return f"(SELECT * FROM {replica.sql} WHERE {_q(IS_CURRENT)}) r"
+        return f"(SELECT * FROM {replica.sql} WHERE {_IS_CURRENT_Q}) r"
     return replica.sql
 
 
 def mode_counts_sql(replica: TableRef, mode: str) -> Statement | None:
     """Rows the checks leave out, for their metadata: soft-deleted rows; for history, all and current versions."""
     if mode == SOFT_DELETE:
-        return Statement(f"SELECT COUNT_IF({_q(DELETED)}) FROM {replica.sql}")
+        return Statement(f"SELECT COUNT_IF({_DELETED_Q}) FROM {replica.sql}")
     if mode == HISTORY:
-        return Statement(f"SELECT COUNT(*), COUNT_IF({_q(IS_CURRENT)}) FROM {replica.sql}")
+        return Statement(f"SELECT COUNT(*), COUNT_IF({_IS_CURRENT_Q}) FROM {replica.sql}")
     return None
 
 
@@ -112,7 +119,7 @@ def snapshot_mode_values(mode: str, tso: int, valid_from_ms: int | None = None,
     """(quoted mode column names, SQL values, params) for a row taken from a snapshot at TiDB TSO `tso` (a
     backfill): not deleted; for history one current version `_OP` 's' valid from the snapshot's time (or
     `valid_from_ms`)."""
-    names = [_q(n) for n in mode_column_names(mode)]
+    names = [quote_ident(n) for n in mode_column_names(mode)]
     if mode == SOFT_DELETE:
         return names, ["FALSE", "NULL"], ()
     if mode == HISTORY:
@@ -124,8 +131,8 @@ def snapshot_mode_values(mode: str, tso: int, valid_from_ms: int | None = None,
 # --- history ---------------------------------------------------------------------------------------------
 
 _TS, _PT, _CT, _D, _PREV, _NEXT, _VTS, _RN = (
-    _q(f"__TP_{n}") for n in ("TS", "PT", "CT", "D", "PREV_TS", "NEXT_TS", "VTS", "RN"))
-_C, _P, _O = _q("__TP_CONTENT"), _q("__TP_PARTITION"), _q("__TP_OFFSET")
+    quote_ident(f"__TP_{n}") for n in ("TS", "PT", "CT", "D", "PREV_TS", "NEXT_TS", "VTS", "RN"))
+_C, _P, _O = quote_ident("__TP_CONTENT"), quote_ident("__TP_PARTITION"), quote_ident("__TP_OFFSET")
 
 
 def history_versions_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
@@ -134,12 +141,12 @@ def history_versions_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> State
     r = _ranges_table(ranges)
     keys = plan.keys
     key_json = 'l."RECORD_METADATA":"key":'
-    typed_keys = ", ".join(f"{json_to_sql(k, key_json + _q(k.field))} AS {_q(k.name)}" for k in keys)
-    by_key = ", ".join(_q(k.name) for k in keys)
-    first = _q(keys[0].field)
+    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.field))} AS {quote_ident(k.name)}" for k in keys)
+    by_key = ", ".join(quote_ident(k.name) for k in keys)
+    first = quote_ident(keys[0].field)
     content = 'l."RECORD_CONTENT"'
     deleted = f"({content} IS NULL OR {content}:{first} IS NULL)"
-    ext = {n: f"{content}:{_q(f)}::NUMBER(20,0)" for n, f in (("ts", "_tidb_commit_ts"),
+    ext = {n: f"{content}:{quote_ident(f)}::NUMBER(20,0)" for n, f in (("ts", "_tidb_commit_ts"),
                                                                ("pt", "_tidb_commit_physical_time"))}
     rows = (
         f"SELECT {typed_keys}, {content} AS {_C}, {_MD_PARTITION} AS {_P}, {_MD_OFFSET} AS {_O}, {deleted} AS {_D}, "
@@ -155,42 +162,45 @@ def history_versions_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> State
         f"LEAD(b.{_TS}) IGNORE NULLS OVER ({order}) AS {_NEXT}\n"
         f"  FROM (\n    {rows}\n  ) b"
     )
-    on_key = " AND ".join(f"t.{_q(k.name)} = v.{_q(k.name)}" for k in keys)
-    latest = (f"SELECT {by_key}, MAX({_q(COMMIT_TS)}) AS {_q('__TP_MTS')} FROM {plan.replica.sql} GROUP BY {by_key}")
+    on_key = " AND ".join(f"t.{quote_ident(k.name)} = v.{quote_ident(k.name)}" for k in keys)
+    latest = (f"SELECT {by_key}, MAX({_COMMIT_TS_Q}) AS {quote_ident('__TP_MTS')} FROM {plan.replica.sql} "
+              f"GROUP BY {by_key}")
     versions = (
-        f"SELECT v.*, IFF(v.{_D}, COALESCE(v.{_PREV}, t.{_q('__TP_MTS')}, 0), v.{_TS}) AS {_VTS}\n"
+        f"SELECT v.*, IFF(v.{_D}, COALESCE(v.{_PREV}, t.{quote_ident('__TP_MTS')}, 0), v.{_TS}) AS {_VTS}\n"
         f"  FROM (\n  {linked}\n  ) v LEFT JOIN ({latest}) t ON {on_key}"
     )
-    on_identity = (f"{on_key.replace('v.', 'n.')} AND t.{_q(COMMIT_TS)} = n.{_VTS} "
-                   f"AND (t.{_q(OP)} = 'd') = n.{_D}")
+    on_identity = (f"{on_key.replace('v.', 'n.')} AND t.{_COMMIT_TS_Q} = n.{_VTS} "
+                   f"AND (t.{_OP_Q} = 'd') = n.{_D}")
     sql = (
         f"SELECT n.* FROM (\n"
-        f"  SELECT w.*, ROW_NUMBER() OVER (PARTITION BY {', '.join('w.' + _q(k.name) for k in keys)}, w.{_VTS}, "
+        f"  SELECT w.*, ROW_NUMBER() OVER (PARTITION BY {', '.join('w.' + quote_ident(k.name) for k in keys)}, "
+        f"w.{_VTS}, "
         f"w.{_D} ORDER BY w.{_O}, w.{_P}) AS {_RN}\n"
         f"  FROM ({versions}) w\n"
         # A tombstone followed by a value row no newer than what it would end opened a replay run.
         f"  WHERE NOT (w.{_D} AND w.{_NEXT} IS NOT NULL AND w.{_NEXT} <= w.{_VTS})\n"
         f") n LEFT JOIN {plan.replica.sql} t ON {on_identity}\n"
-        f"WHERE n.{_RN} = 1 AND t.{_q(keys[0].name)} IS NULL"
+        f"WHERE n.{_RN} = 1 AND t.{quote_ident(keys[0].name)} IS NULL"
     )
     return Statement(sql, r.params)
 
 
 def _history_names(plan: MergePlan) -> list[str]:
-    return [_q(c.name) for c in plan.columns] + [_q(n) for n in mode_column_names(HISTORY)]
+    return [quote_ident(c.name) for c in plan.columns] + [quote_ident(n) for n in mode_column_names(HISTORY)]
 
 
 def history_insert_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     """INSERT the batch's new versions (step 2); `_VALID_TO` and `_IS_CURRENT` are set by the re-link."""
     v = history_versions_sql(plan, ranges)
-    cols = [f"n.{_q(k.name)}" for k in plan.keys]
-    cols += [json_to_sql(c, f"n.{_C}:{_q(c.field)}") for c in plan.values]
+    cols = [f"n.{quote_ident(k.name)}" for k in plan.keys]
+    cols += [json_to_sql(c, f"n.{_C}:{quote_ident(c.field)}") for c in plan.values]
     op = f"IFF(n.{_D}, 'd', COALESCE(n.{_C}:\"_tidb_op\"::VARCHAR, 'u'))"
     # A delete has no commit time: the record's timestamp stands in (re-link keeps it between its neighbours).
     cols += [op, f"n.{_VTS}", f"TO_TIMESTAMP_NTZ(IFF(n.{_D}, n.{_CT}, n.{_PT}), 3)", "NULL", "FALSE",
              f"n.{_P}", f"n.{_O}"]
+    names = _history_names(plan)
     return Statement(
-        f"INSERT INTO {plan.replica.sql} ({', '.join(_history_names(plan))})\n"
+        f"INSERT INTO {plan.replica.sql} ({', '.join(names)})\n"
         f"SELECT {', '.join(cols)}\nFROM ({v.sql}) n",
         v.params,
     )
@@ -214,39 +224,42 @@ def history_relink_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Stateme
     """UPDATE `_VALID_FROM` (deletes only), `_VALID_TO` and `_IS_CURRENT` of every version of the batch's keys
     (step 3); rows already right are not written."""
     r = _ranges_table(ranges)
-    keys = [_q(k.name) for k in plan.keys]
+    keys = [quote_ident(k.name) for k in plan.keys]
     key_json = 'l."RECORD_METADATA":"key":'
-    typed_keys = ", ".join(f"{json_to_sql(k, key_json + _q(k.field))} AS {_q(k.name)}" for k in plan.keys)
+    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.field))} AS {quote_ident(k.name)}"
+                           for k in plan.keys)
     touched = (f"SELECT DISTINCT {typed_keys} FROM {plan.landing.sql} l JOIN ({r.sql}) r "
                f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI"')
     by_key = ", ".join(f"x.{k}" for k in keys)
-    is_del = f"(x.{_q(OP)} = 'd')"
-    order = f"PARTITION BY {by_key} ORDER BY x.{_q(COMMIT_TS)}, {is_del}"
-    vf = f"x.{_q(VALID_FROM)}"
+    is_del = f"(x.{_OP_Q} = 'd')"
+    order = f"PARTITION BY {by_key} ORDER BY x.{_COMMIT_TS_Q}, {is_del}"
+    vf = f"x.{_VALID_FROM_Q}"
     # The time of a delete (or of a switch's version) is evidence, not a commit time: keep it within its
     # neighbours' commit times.
-    clamped = (f"IFF(x.{_q(OP)} IN ('d', '{SWITCH_OP}'), LEAST(GREATEST({vf}, COALESCE(LAG({vf}) OVER ({order}), {vf})), "
+    clamped = (f"IFF(x.{_OP_Q} IN ('d', '{SWITCH_OP}'), "
+               f"LEAST(GREATEST({vf}, COALESCE(LAG({vf}) OVER ({order}), {vf})), "
                f"COALESCE(LEAD({vf}) OVER ({order}), {vf})), {vf})")
     on_touched = " AND ".join(f"x.{k} = k.{k}" for k in keys)
     placed = (
-        f"SELECT {by_key}, x.{_q(COMMIT_TS)}, x.{_q(OP)}, {clamped} AS {_q('F')}, "
-        f"ROW_NUMBER() OVER (PARTITION BY {by_key} ORDER BY x.{_q(COMMIT_TS)} DESC, {is_del} DESC) AS {_q('LAST')}\n"
+        f"SELECT {by_key}, x.{_COMMIT_TS_Q}, x.{_OP_Q}, {clamped} AS {quote_ident('F')}, "
+        f"ROW_NUMBER() OVER (PARTITION BY {by_key} ORDER BY x.{_COMMIT_TS_Q} DESC, {is_del} DESC) "
+        f"AS {quote_ident('LAST')}\n"
         f"    FROM {plan.replica.sql} x JOIN ({touched}) k ON {on_touched}"
     )
     linked = (
         f'SELECT y.*, LEAD(y."F") OVER (PARTITION BY {", ".join(f"y.{k}" for k in keys)} '
-        f"ORDER BY y.{_q(COMMIT_TS)}, (y.{_q(OP)} = 'd')) AS {_q('T')}, "
-        f"(y.{_q('LAST')} = 1 AND y.{_q(OP)} <> 'd') AS {_q('CUR')}\n"
+        f"ORDER BY y.{_COMMIT_TS_Q}, (y.{_OP_Q} = 'd')) AS {quote_ident('T')}, "
+        f"(y.{quote_ident('LAST')} = 1 AND y.{_OP_Q} <> 'd') AS {quote_ident('CUR')}\n"
         f"  FROM (\n    {placed}\n  ) y"
     )
     on = " AND ".join(f"h.{k} = s.{k}" for k in keys)
     return Statement(
-        f"UPDATE {plan.replica.sql} h SET {_q(VALID_FROM)} = s.\"F\", {_q(VALID_TO)} = s.\"T\", "
-        f"{_q(IS_CURRENT)} = s.\"CUR\"\n"
+        f"UPDATE {plan.replica.sql} h SET {_VALID_FROM_Q} = s.\"F\", {_VALID_TO_Q} = s.\"T\", "
+        f"{_IS_CURRENT_Q} = s.\"CUR\"\n"
         f"FROM (\n  {linked}\n) s\n"
-        f"WHERE {on} AND h.{_q(COMMIT_TS)} = s.{_q(COMMIT_TS)} AND h.{_q(OP)} = s.{_q(OP)}\n"
-        f"  AND (h.{_q(VALID_FROM)} IS DISTINCT FROM s.\"F\" OR h.{_q(VALID_TO)} IS DISTINCT FROM s.\"T\" "
-        f"OR h.{_q(IS_CURRENT)} IS DISTINCT FROM s.\"CUR\")",
+        f"WHERE {on} AND h.{_COMMIT_TS_Q} = s.{_COMMIT_TS_Q} AND h.{_OP_Q} = s.{_OP_Q}\n"
+        f"  AND (h.{_VALID_FROM_Q} IS DISTINCT FROM s.\"F\" OR h.{_VALID_TO_Q} IS DISTINCT FROM s.\"T\" "
+        f"OR h.{_IS_CURRENT_Q} IS DISTINCT FROM s.\"CUR\")",
         r.params,
     )
 
@@ -296,17 +309,17 @@ def switch_statements(
     if old == new:
         return []
     work = switch_table(replica)
-    tidb = [_q(c.name) for c in columns]
+    tidb = [quote_ident(c.name) for c in columns]
     if old == HISTORY:
         # The current versions, and for soft_delete each deleted key's last values (the latest row per key).
-        where = f"WHERE {_q(IS_CURRENT)}" if new == REPLICA else ""
-        keep = ", ".join(_q(k.name) for k in key_columns(columns))
+        where = f"WHERE {_IS_CURRENT_Q}" if new == REPLICA else ""
+        keep = ", ".join(quote_ident(k.name) for k in key_columns(columns))
         last = ("" if new == REPLICA else
-                f" QUALIFY ROW_NUMBER() OVER (PARTITION BY {keep} ORDER BY {_q(COMMIT_TS)} DESC, "
-                f"({_q(OP)} = 'd') DESC) = 1")
+                f" QUALIFY ROW_NUMBER() OVER (PARTITION BY {keep} ORDER BY {_COMMIT_TS_Q} DESC, "
+                f"({_OP_Q} = 'd') DESC) = 1")
         rows = f"SELECT * FROM {replica.sql} {where}{last}"
     elif old == SOFT_DELETE and new == REPLICA:
-        rows = f"SELECT * FROM {replica.sql} WHERE NOT {_q(DELETED)}"
+        rows = f"SELECT * FROM {replica.sql} WHERE NOT {_DELETED_Q}"
     else:
         rows = f"SELECT * FROM {replica.sql}"
     if new == REPLICA:
@@ -314,12 +327,12 @@ def switch_statements(
     elif new == SOFT_DELETE:
         if old == HISTORY:
             # A deleted key keeps its last values: those of the version the delete ended.
-            ended = (f"(SELECT p.* FROM {replica.sql} p WHERE p.{_q(OP)} <> 'd' QUALIFY ROW_NUMBER() OVER "
-                     f"(PARTITION BY {', '.join('p.' + _q(k.name) for k in key_columns(columns))} "
-                     f"ORDER BY p.{_q(COMMIT_TS)} DESC) = 1)")
-            on = " AND ".join(f"o.{_q(k.name)} = e.{_q(k.name)}" for k in key_columns(columns))
+            ended = (f"(SELECT p.* FROM {replica.sql} p WHERE p.{_OP_Q} <> 'd' QUALIFY ROW_NUMBER() OVER "
+                     f"(PARTITION BY {', '.join('p.' + quote_ident(k.name) for k in key_columns(columns))} "
+                     f"ORDER BY p.{_COMMIT_TS_Q} DESC) = 1)")
+            on = " AND ".join(f"o.{quote_ident(k.name)} = e.{quote_ident(k.name)}" for k in key_columns(columns))
             select = [f"o.{n}" if c.is_key else f"e.{n}" for c, n in zip(columns, tidb)]
-            select += [f"(o.{_q(OP)} = 'd')", f"IFF(o.{_q(OP)} = 'd', o.{_q(VALID_FROM)}, NULL)"]
+            select += [f"(o.{_OP_Q} = 'd')", f"IFF(o.{_OP_Q} = 'd', o.{_VALID_FROM_Q}, NULL)"]
             return _switch(replica, columns, new, work, select, f"({rows}) o JOIN {ended} e ON {on}", ())
         select, params = [*tidb, "FALSE", "NULL"], ()
     else:
@@ -328,9 +341,9 @@ def switch_statements(
         _, values, params = snapshot_mode_values(HISTORY, 0, int(now.timestamp() * 1000))
         if old == SOFT_DELETE:
             # A soft-deleted row becomes a delete version that keeps its last values, valid from _DELETED_AT.
-            gone = f"o.{_q(DELETED)}"
+            gone = f"o.{_DELETED_Q}"
             values[0] = f"IFF({gone}, 'd', {values[0]})"
-            values[2] = f"IFF({gone}, o.{_q(DELETED_AT)}, {values[2]})"
+            values[2] = f"IFF({gone}, o.{_DELETED_AT_Q}, {values[2]})"
             values[4] = f"NOT {gone}"
         select = [*tidb, *values]
     return _switch(replica, columns, new, work, select, f"({rows}) o", params)
@@ -338,7 +351,7 @@ def switch_statements(
 
 def _switch(replica: TableRef, columns: Sequence[ReplicaColumn], new: str, work: TableRef, select: Sequence[str],
             source: str, params: tuple[Any, ...]) -> list[Statement]:
-    names = [_q(c.name) for c in columns] + [_q(n) for n in mode_column_names(new)]
+    names = [quote_ident(c.name) for c in columns] + [quote_ident(n) for n in mode_column_names(new)]
     # SWAP WITH exchanges the two names in one step: at every moment the replica's name holds a whole table.
     return [
         Statement(f"DROP TABLE IF EXISTS {work.sql}"),

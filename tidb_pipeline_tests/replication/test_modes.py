@@ -97,7 +97,8 @@ class Landing:
                 "id": e.key, "name": e.value[0], "price": e.value[1], "_tidb_op": e.op,
                 "_tidb_commit_ts": e.commit_ts, "_tidb_commit_physical_time": e.commit_ts >> 18}
             enc = self.replica.encoder
-            rows.append((enc.metadata("tidb_test_t", p, self.next_offset[p], create, {"id": e.key}), enc.content(value)))
+            metadata = enc.metadata("tidb_test_t", p, self.next_offset[p], create, {"id": e.key})
+            rows.append((metadata, enc.content(value)))
             self.next_offset[p] += 1
         for chunk in range(0, len(rows), 500):
             part = rows[chunk:chunk + 500]
@@ -186,7 +187,8 @@ def assert_history(r: Replica, source: Source, landing: Landing) -> None:
             assert valid_from == _ms(v.commit_ts >> 18), v
         assert valid_to == (rows[j + 1][5] if same_key_next else None), v
         assert current == (not same_key_next and v.op != "d"), v
-    current_rows = select(r, f'SELECT "id", "name", "price" FROM {current_rows_sql(r.plan.replica, HISTORY)} ORDER BY 1')
+    current = current_rows_sql(r.plan.replica, HISTORY)
+    current_rows = select(r, f'SELECT "id", "name", "price" FROM {current} ORDER BY 1')
     assert {int(i): (n, p) for i, n, p in current_rows} == source.rows
 
 
