@@ -78,6 +78,8 @@ _IS_CURRENT_Q = quote_ident(IS_CURRENT)
 _OP_Q = quote_ident(OP)
 _VALID_FROM_Q = quote_ident(VALID_FROM)
 _VALID_TO_Q = quote_ident(VALID_TO)
+_KAFKA_PARTITION_Q = quote_ident(KAFKA_PARTITION)
+_KAFKA_OFFSET_Q = quote_ident(KAFKA_OFFSET)
 
 
 def create_mode_replica_sql(table: TableRef, columns: Sequence[ReplicaColumn], mode: str) -> str:
@@ -221,15 +223,21 @@ def history_counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Stateme
 
 
 def history_relink_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
-    """UPDATE `_VALID_FROM` (deletes only), `_VALID_TO` and `_IS_CURRENT` of every version of the batch's keys
-    (step 3); rows already right are not written."""
+    """UPDATE `_VALID_FROM` (deletes only), `_VALID_TO` and `_IS_CURRENT` around the batch's new versions (step 3,
+    after the INSERT); rows already right are not written.
+
+    Per key with new versions (those that first landed in the ranges), only the versions from the one before
+    the earliest new version on are read: the last versions (`_VALID_TO` NULL), and those valid until at least
+    the earliest new `_VALID_FROM` or with a `_COMMIT_TS` at least the earliest new one. A key's long history
+    is not re-read by every merge that adds a version to it.
+    """
     r = _ranges_table(ranges)
     keys = [quote_ident(k.name) for k in plan.keys]
-    key_json = 'l."RECORD_METADATA":"key":'
-    typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.field))} AS {quote_ident(k.name)}"
-                           for k in plan.keys)
-    touched = (f"SELECT DISTINCT {typed_keys} FROM {plan.landing.sql} l JOIN ({r.sql}) r "
-               f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI"')
+    new_keys = ", ".join(f"n.{k}" for k in keys)
+    min_ts, min_from = quote_ident("MIN_TS"), quote_ident("MIN_FROM")
+    touched = (f"SELECT {new_keys}, MIN(n.{_COMMIT_TS_Q}) AS {min_ts}, MIN(n.{_VALID_FROM_Q}) AS {min_from} "
+               f"FROM {plan.replica.sql} n JOIN ({r.sql}) r ON n.{_KAFKA_PARTITION_Q} = r.\"P\" "
+               f'AND n.{_KAFKA_OFFSET_Q} > r."LO" AND n.{_KAFKA_OFFSET_Q} <= r."HI" GROUP BY {new_keys}')
     by_key = ", ".join(f"x.{k}" for k in keys)
     is_del = f"(x.{_OP_Q} = 'd')"
     order = f"PARTITION BY {by_key} ORDER BY x.{_COMMIT_TS_Q}, {is_del}"
@@ -244,7 +252,8 @@ def history_relink_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Stateme
         f"SELECT {by_key}, x.{_COMMIT_TS_Q}, x.{_OP_Q}, {clamped} AS {quote_ident('F')}, "
         f"ROW_NUMBER() OVER (PARTITION BY {by_key} ORDER BY x.{_COMMIT_TS_Q} DESC, {is_del} DESC) "
         f"AS {quote_ident('LAST')}\n"
-        f"    FROM {plan.replica.sql} x JOIN ({touched}) k ON {on_touched}"
+        f"    FROM {plan.replica.sql} x JOIN ({touched}) k ON {on_touched}\n"
+        f"    WHERE x.{_VALID_TO_Q} IS NULL OR x.{_VALID_TO_Q} >= k.{min_from} OR x.{_COMMIT_TS_Q} >= k.{min_ts}"
     )
     linked = (
         f'SELECT y.*, LEAD(y."F") OVER (PARTITION BY {", ".join(f"y.{k}" for k in keys)} '

@@ -25,6 +25,7 @@ from tidb_pipeline.replication.modes import (
     create_mode_replica_sql,
     current_rows_sql,
     run_history_merge,
+    snapshot_mode_values,
     switch_statements,
 )
 from tidb_pipeline_tests.replication.support import NOW, Replica, fake_snowflake
@@ -344,3 +345,29 @@ def test_switching_modes_keeps_the_current_rows_and_merging_resumes(conn: Any, p
         rows = select(r, f'SELECT "id", "name", "price" FROM {current_rows_sql(r.plan.replica, mode)} ORDER BY 1')
         assert {int(k): (n, p) for k, n, p in rows} == live, mode
     assert select(r, f"SELECT COUNT(*) FROM {r.plan.replica.sql}") == [(len(source.rows),)]
+
+
+def test_history_places_a_late_version_before_a_backfilled_one(conn: Any) -> None:
+    """After a backfill at TSO T (one version `s` per row), changes committed before T can still arrive (a
+    changefeed that already ran when the table was added resumes from its earlier checkpoint): they are
+    placed before the snapshot's version, which stays current until a newer change."""
+    r = make_replica(conn, HISTORY, "LATE_VERSION")
+    landing = Landing(r)
+    t_ms = BASE_MS + 1000
+    names, values, params = snapshot_mode_values(HISTORY, t_ms << 18)
+    conn.cursor().execute(f'INSERT INTO {r.plan.replica.sql} ("id", "name", "price", {", ".join(names)}) '
+                          f"SELECT 1, 'snapshot', 5.00, {', '.join(values)}", params)
+    source = Source()
+    source.tick = 110  # commits after T ...
+    source.update(1, "after")
+    source.tick = 90  # ... and one before it, arriving later
+    source.update(1, "before")
+    landing.deliver(source, 0, 1)
+    merge(r)
+    landing.deliver(source, 1, 2)
+    merge(r)
+    rows = select(r, f'SELECT "name", "_OP", "_VALID_FROM", "_VALID_TO", "_IS_CURRENT" FROM {r.plan.replica.sql} '
+                     'ORDER BY "_COMMIT_TS"')
+    before, snapshot, after = (_ms(BASE_MS + 10 * 91), _ms(t_ms), _ms(BASE_MS + 10 * 111))
+    assert rows == [("before", "u", before, snapshot, False), ("snapshot", "s", snapshot, after, False),
+                    ("after", "u", after, None, True)]
