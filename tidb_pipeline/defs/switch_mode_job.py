@@ -43,7 +43,8 @@ def build_switch_mode_job(*, config: PipelineConfig) -> dg.JobDefinition:
                 names = table_names(pipeline, t)
                 result = switch_replica_mode(
                     connection=wh, registry=registry, topic=names.topic, replica=names.replica, mode=t.mode,
-                    source_columns=lambda t=t: [c.name for c in tidb.columns(t.db, t.table)], log=context.log)
+                    source_columns=lambda t=t: [c.name for c in tidb.columns(t.db, t.table)], log=context.log,
+                    policy=t.column_policy, source=f"{t.db}.{t.table}")
                 if result is None:
                     out[f"{t.db}.{t.table}"] = f"no replica yet (created in mode {t.mode} by its first merge)"
                 elif result.switched:

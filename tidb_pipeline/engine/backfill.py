@@ -59,6 +59,8 @@ from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.changefeed import RUNNING_STATES, table_rule
 from tidb_pipeline.replication.ddl import Statement, TableRef, create_unconverted_sql, quote_ident, stage_folder
 from tidb_pipeline.replication.landing import compile_record_encoder, create_load_table_sql
+from tidb_pipeline.replication.columns import needs_salt, set_salt_statement
+from tidb_pipeline.resources.env import hash_salt_reader
 from tidb_pipeline.replication.merge import json_to_sql, record_unconverted_from_load_sql, unconverted_table
 from tidb_pipeline.replication.modes import snapshot_mode_values
 from tidb_pipeline.resources.kafka import KafkaResource
@@ -250,7 +252,11 @@ def load_table(
     # The encoder needs no `_tidb_*` fields: they are metadata, and the replica has no columns for them.
     encode = compile_record_encoder(ticdc_schema.value_schema(info, _without_extension(cfg)))
     wh = Warehouse.of(connection)
-    ensure_replica(wh, replica, columns, mode=table.mode)
+    # The column policy (`replication.columns`) as the merge applies it; the salt is read only when needed.
+    columns, _ = ensure_replica(wh, replica, columns, policy=table.column_policy, source=f"{table.db}.{table.table}",
+                                mode=table.mode)
+    if needs_salt(columns):
+        wh.execute_secret(set_salt_statement(hash_salt_reader(table.hash_salt_env, f"{table.db}.{table.table}")()))
     ensure_schema(wh, control)
     stage = TableRef(control.schema, STAGE, control.database).sql
     load = TableRef(control.schema, f"BACKFILL_LOAD_{replica.name}", control.database)

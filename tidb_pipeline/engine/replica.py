@@ -38,6 +38,7 @@ from tidb_pipeline.replication.ddl import (
     quote_ident,
     table_columns_sql,
 )
+from tidb_pipeline.replication.columns import Policy, apply_policy, needs_salt, set_salt_statement
 from tidb_pipeline.replication.holes import ABSENT, Gap, create_offset_gaps_sql
 from tidb_pipeline.replication.merge import (
     Held,
@@ -96,7 +97,7 @@ def ensure_schema(warehouse: Warehouse, table: TableRef) -> None:
 
 def ensure_replica(
     warehouse: Warehouse, replica: TableRef, columns: tuple[ReplicaColumn, ...], *,
-    source_columns: Callable[[], Sequence[str]] | None = None,
+    source_columns: Callable[[], Sequence[str]] | None = None, policy: Policy | None = None, source: str = "",
     mode: str = REPLICA,
 ) -> tuple[tuple[ReplicaColumn, ...], tuple[str, ...]]:
     """Create the replica (in the shape of `mode`) if missing and add the columns a newer schema brings.
@@ -105,7 +106,8 @@ def ensure_replica(
     work (README "Replica modes"), never a side effect of a merge.
 
     With `source_columns` (TiDB's column names, asked only for fields the replica does not have yet), the
-    columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`). Returns the columns
+    columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`); then the column
+    `policy` (`replication.columns`) applies (`source` names the TiDB table in its errors). Returns the columns
     under their replica names and the names added.
     """
     ensure_schema(warehouse, replica)
@@ -114,8 +116,10 @@ def ensure_replica(
         raise ValueError(f"replica {replica.label} is in mode {found} but the config says mode {mode}; pause its "
                          f"merges and run the switch_mode job for it (README \"Replica modes\"), or set mode: {found}")
     if source_columns is not None:
+        # An excluded column is absent from the replica: its name comes from TiDB like a new column's.
         columns = with_names(columns, source_names([c.field for c in columns], replica=existing,
                                                    source=source_columns))
+    columns = apply_policy(columns, policy, source or replica.label)
     warehouse.execute(create_mode_replica_sql(replica, columns, mode))
     # A replica always has a column: none listed means the CREATE above made it with every column.
     for sql in add_columns_sql(replica, existing, columns) if existing else ():
@@ -143,6 +147,9 @@ def merge_replica(
     dead_letters: TableRef | None = None,
     offset_gaps: TableRef | None = None,
     kafka: KafkaResource | None = None,
+    policy: Policy | None = None,
+    hash_salt: Callable[[], str] | None = None,
+    source: str = "",
     mode: str = REPLICA,
 ) -> MergeOutcome | None:
     """Bring the replica up to date with its landing table; None when the topic has no schema yet.
@@ -151,6 +158,8 @@ def merge_replica(
     sanitised Avro field names. It is called only when the schema brings a field the replica lacks.
     `dead_letters` (the built-in loader's quarantine) and `offset_gaps` (`replication.holes`) name offsets
     that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
+    `policy` is the table's column policy (`replication.columns`, errors name `source`); `hash_salt` returns
+    the salt of its hashed columns, asked only when the replica has one (set as a session variable, bound).
     """
     log = log or logging.getLogger(__name__)
     schemas = latest_schemas(registry, topic)
@@ -162,7 +171,7 @@ def merge_replica(
     when = now or dt.datetime.now(dt.timezone.utc)
     wh = Warehouse.of(connection)
     memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps, mode)
-    ddl_version = (version, fields)
+    ddl_version = (version, fields, policy)
     # The columns under their replica names: as the DDL found them when it last ran for this schema version
     # (kept in the memo next to it), or as this run's DDL finds them.
     known = wh.memo.recall(wh.memo_key(memo_key), ddl_version)
@@ -180,7 +189,8 @@ def merge_replica(
             if ref is not None:  # the pending-ranges query reads both
                 ensure_schema(wh, ref)
                 wh.execute(ddl(ref))
-        columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns, mode=mode)
+        columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns, policy=policy,
+                                         source=source, mode=mode)
         added[:] = got
         return columns[0]
 
@@ -194,6 +204,10 @@ def merge_replica(
             gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when))
             if any(g.status == ABSENT for g in gaps):  # offsets Kafka never had: pass them now
                 pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+        if pending.ranges and needs_salt(plan.columns):
+            if hash_salt is None:
+                raise ValueError(f"{replica.label} hashes columns but no salt was given (hash_salt_env)")
+            wh.execute_secret(set_salt_statement(hash_salt()))
         run = run_history_merge if mode == HISTORY else run_merge
         counts, ranges = run(wh, plan, when, ranges=pending.ranges)
         for h in pending.held:

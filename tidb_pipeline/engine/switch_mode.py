@@ -16,6 +16,7 @@ from typing import Any
 
 from tidb_pipeline.engine.replica import forget_ensured, latest_schemas
 from tidb_pipeline.replication.avro_types import replica_columns, source_names, with_names
+from tidb_pipeline.replication.columns import Policy, apply_policy
 from tidb_pipeline.replication.ddl import TableRef, table_columns_sql
 from tidb_pipeline.replication.mode_columns import mode_of_columns
 from tidb_pipeline.replication.modes import switch_statements
@@ -38,10 +39,11 @@ class ModeSwitch:
 def switch_replica_mode(
     *, connection: Warehouse | Any, registry: Any, topic: str, replica: TableRef, mode: str,
     source_columns: Callable[[], Sequence[str]] | None = None, now: dt.datetime | None = None,
-    log: logging.Logger | Any | None = None,
+    log: logging.Logger | Any | None = None, policy: Policy | None = None, source: str = "",
 ) -> ModeSwitch | None:
     """Rebuild `replica` in `mode` when its shape says another mode; None when it does not exist yet (its
-    first merge creates it in the configured mode)."""
+    first merge creates it in the configured mode). `policy` is the table's column policy, as the merge
+    applies it (the rebuilt table keeps hashed columns as text); `source` names the TiDB table in errors."""
     log = log or logging.getLogger(__name__)
     wh = Warehouse.of(connection)
     existing = [r[0] for r in wh.execute(table_columns_sql(replica))]
@@ -60,7 +62,8 @@ def switch_replica_mode(
     key_schema, value_schema, _ = schemas
     fields = replica_columns(value_schema, key_schema)
     names = source_names([c.field for c in fields], replica=existing, source=source_columns)
-    columns = tuple(c for c in with_names(fields, names) if c.name in set(existing))
+    named = apply_policy(with_names(fields, names), policy, source or replica.label)
+    columns = tuple(c for c in named if c.name in set(existing))
     # Each statement commits on its own (DDL does in Snowflake); re-running after a failure starts over cleanly.
     for stmt in switch_statements(replica, columns, old, mode, now or dt.datetime.now(dt.timezone.utc)):
         wh.execute(stmt)

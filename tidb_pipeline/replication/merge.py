@@ -45,10 +45,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns
+from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns, sql_type_of
+from tidb_pipeline.replication.columns import hash_sql
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import OffsetSources, reach_sql
 from tidb_pipeline.replication.mode_columns import DELETED, DELETED_AT, SOFT_DELETE, mode_column_names
@@ -155,6 +156,8 @@ def json_to_sql(column: ReplicaColumn, v: str) -> str:
     t = column.sql_type
     x = f"STRIP_NULL_VALUE({v})"
     text = f"{x}::VARCHAR"
+    if column.policy:  # the column policy (`replication.columns`)
+        return f"NULL::{t}" if column.policy == "mask" else hash_sql(_hash_text_sql(column, v))
     if column.wraps_unsigned:
         n = f"{x}::NUMBER(20,0)"
         return f"IFF({n} < 0, {n} + {UNSIGNED_WRAP}, {n})::NUMBER(20,0)"
@@ -176,9 +179,24 @@ def json_to_sql(column: ReplicaColumn, v: str) -> str:
     raise ValueError(f"column {column.name!r}: no JSON conversion for Snowflake type {t}")
 
 
+def _hash_text_sql(column: ReplicaColumn, v: str) -> str:
+    """The text a hashed column's value is hashed as: MySQL's `CAST(c AS CHAR)` (`replication.columns`).
+
+    Numbers go through their column type, so a wrapped BIGINT UNSIGNED is unwrapped and a DECIMAL shows its
+    scale's digits; every other hashable type arrives as TiCDC's text, which is already MySQL's.
+    """
+    plain = replace(column, policy="", sql_type=sql_type_of(column.tidb_type, column.avro_type, column.precision,
+                                                             column.scale))
+    if plain.sql_type.startswith("NUMBER"):
+        return f"({json_to_sql(plain, v)})::VARCHAR"
+    return f"STRIP_NULL_VALUE({v})::VARCHAR"
+
+
 def may_not_convert(column: ReplicaColumn) -> bool:
     """True for conversions from text that a value can fail (dates, datetimes, JSON): see `unconverted_sql`."""
     t = column.sql_type
+    if column.policy:  # hashed from the text, or NULL: nothing to convert
+        return False
     return t == "DATE" or t.startswith("TIMESTAMP_NTZ") or (t == "VARIANT" and column.tidb_type == "JSON")
 
 

@@ -54,9 +54,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
         return {"rows_loaded": 1}
 
     def merge(names: Any, kafka: Any, registry: Any, snowflake: Any, log: Any, source_columns: Any,
-              mode: str = "replica") -> dict[str, Any]:
-        # Each table's merge gets its configured mode (a wrong one fails that table's run).
-        assert mode == ("history" if names.topic == "tidb_s_d" else "replica"), (names.topic, mode)
+              table: Any = None) -> dict[str, Any]:
+        # Each table's merge gets its table, hence its configured mode.
+        assert table.mode == ("history" if names.topic == "tidb_s_d" else "replica"), (names.topic, table.mode)
         with lock:
             made.append(("merge", names.topic, threading.current_thread().name))
         return {"rows_inserted": 1}
