@@ -12,14 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.engine.backfill import codec_config  # the Avro options the declared changefeed uses
 from tidb_pipeline.replication import schema_compat, ticdc_schema
 from tidb_pipeline.replication.avro_compat import DEFAULT_COMPATIBILITY
 from tidb_pipeline.replication.changefeed import table_rule
-from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.schema_registry import (
+    SchemaRegistryResource,
+    all_versions,
+    compatibility_level,
+    latest_version,
+    subject_names,
+)
 from tidb_pipeline.resources.ticdc import ChangefeedStatus, TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
 
@@ -29,7 +34,6 @@ _COLUMN_FIELDS = ("TABLE_SCHEMA", "TABLE_NAME", "COLUMN_NAME", "DATA_TYPE", "COL
                   "COLUMN_DEFAULT", "NUMERIC_PRECISION", "NUMERIC_SCALE", "DATETIME_PRECISION",
                   "CHARACTER_OCTET_LENGTH", "EXTRA")
 _INDEX_FIELDS = ("TABLE_SCHEMA", "TABLE_NAME", "INDEX_NAME", "NON_UNIQUE", "SEQ_IN_INDEX", "COLUMN_NAME")
-_NOT_FOUND = (40401, 40403)  # subject / schema not found
 
 
 # --- reading TiDB -----------------------------------------------------------------------------------------
@@ -85,27 +89,13 @@ def read_tidb_tables(tidb: TiDBResource) -> list[tuple[str, str]]:
 # --- reading the registry -----------------------------------------------------------------------------------
 
 
-def _level(client: SchemaRegistryClient, subject: str | None) -> str | None:
-    """The subject's (or the global) compatibility level; None when the subject sets none."""
-    try:
-        return client.get_compatibility(subject)
-    except SchemaRegistryError as exc:
-        if subject is not None and exc.http_status_code == 404:  # 40408 (no subject level) or 40401
-            return None
-        raise
-
-
 def subject_versions(client: SchemaRegistryClient, subject: str, transitive: bool) -> list[tuple[int, str]]:
-    """(version, schema) of the subject's live versions, oldest first: the latest only unless `transitive`."""
-    try:
-        latest = client.get_latest_version(subject)
-        if not transitive:
-            return [(latest.version, latest.schema.schema_str)]
-        return [(v, client.get_version(subject, v).schema.schema_str) for v in client.get_versions(subject)]
-    except SchemaRegistryError as exc:
-        if exc.http_status_code == 404 and exc.error_code in _NOT_FOUND:
-            return []  # nothing registered yet: TiCDC's first registration is always accepted
-        raise
+    """(version, schema) of the subject's live versions, oldest first: the latest only unless `transitive`;
+    none when nothing is registered yet (TiCDC's first registration is always accepted)."""
+    if transitive:
+        return [(v.version, v.schema.schema_str) for v in all_versions(client, subject)]
+    latest = latest_version(client, subject)
+    return [] if latest is None else [(latest.version, latest.schema.schema_str)]
 
 
 @dataclass(frozen=True)
@@ -119,7 +109,7 @@ class RegistryVerdicts:
 def registry_verdicts(config: PipelineConfig, tidb: TiDBResource, registry: SchemaRegistryResource) -> RegistryVerdicts:
     """The schemas TiCDC will register next for each table (from TiDB's current columns) vs each subject."""
     client = registry.get_client()
-    global_level = _level(client, None) or DEFAULT_COMPATIBILITY
+    global_level = compatibility_level(client, None) or DEFAULT_COMPATIBILITY
     cfg = codec_config(config)
     infos = read_table_infos(tidb, [(t.db, t.table) for t in config.tables])
     verdicts: list[schema_compat.SubjectVerdict] = []
@@ -130,9 +120,9 @@ def registry_verdicts(config: PipelineConfig, tidb: TiDBResource, registry: Sche
             continue  # gone or not replicable: `changefeed_tables` reports it
         info, column_types = found
         names = schema_compat.field_to_column([c.name for c in info.columns])
-        for subject, schema in zip(ticdc_schema.subject_names(config.topic(t)),
+        for subject, schema in zip(subject_names(config.topic(t)),
                                    (ticdc_schema.key_schema(info, cfg), ticdc_schema.value_schema(info, cfg))):
-            own = _level(client, subject)
+            own = compatibility_level(client, subject)
             level = own or global_level
             if own is not None:
                 levels[subject] = own
