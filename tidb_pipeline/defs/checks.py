@@ -504,7 +504,7 @@ def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
         rows = wh.execute(Statement(
             f'SELECT "PARTITION", "OFFSET", "ERROR" FROM {dead.sql} WHERE "TOPIC" = %s '
             'ORDER BY "PARTITION", "OFFSET"', (names.topic,)))
-    metadata = {
+    metadata: dict[str, Any] = {
         "quarantined": len(rows),
         "dead_letter_table": dead.label,
         "first_records": [f"p{p}@{o}: {str(e)[:120]}" for p, o, e in rows[:20]],
@@ -552,7 +552,7 @@ def _unconverted(r: Replica, res: Any) -> dg.AssetCheckResult:
         try:
             rows = _rows(conn.cursor(), unconverted_values_sql(unconverted_table(r.names.watermarks), r.names.replica))
         except Exception as exc:  # noqa: BLE001 - no merge has created the table yet
-            if not _missing_table(exc):
+            if not is_missing_object(exc):
                 raise
             rows = []
     return unconverted_result(rows, r.names.replica, r.source)

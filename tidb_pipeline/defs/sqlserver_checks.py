@@ -120,7 +120,7 @@ def group_offsets(kafka: KafkaResource, group: str, topics: Sequence[str]) -> di
     admin = kafka.admin()  # kept referenced until the future resolves
     future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
                                                request_timeout=kafka.request_timeout_s)[group]
-    wanted, out = set(topics), {}
+    wanted, out = set(topics), dict[str, dict[int, Watermark]]()
     for tp in future.result(timeout=kafka.request_timeout_s + 5).topic_partitions or []:
         if tp.topic in wanted and tp.offset >= 0:
             out.setdefault(tp.topic, {})[tp.partition] = Watermark(tp.offset - 1, None)

@@ -170,9 +170,9 @@ def _policy_metadata(table: TableConfig) -> dict[str, Any]:
     if c.is_default:
         return {"column_policy": describe_columns(None)}
     md: dict[str, Any] = {"column_policy": describe_columns(c)}
-    for field in ("include", "exclude", "hash", "mask"):
-        if getattr(c, field):
-            md[f"columns_{field}"] = ", ".join(getattr(c, field))
+    for kind in ("include", "exclude", "hash", "mask"):
+        if getattr(c, kind):
+            md[f"columns_{kind}"] = ", ".join(getattr(c, kind))
     return md
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.engine.holes import resolve_holes
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns, source_names, with_names
@@ -53,11 +52,8 @@ from tidb_pipeline.replication.merge import (
 from tidb_pipeline.replication.mode_columns import HISTORY, REPLICA, mode_of_columns
 from tidb_pipeline.replication.modes import create_mode_replica_sql, run_history_merge
 from tidb_pipeline.resources.kafka import KafkaResource
-from tidb_pipeline.replication.ticdc_schema import subject_names
+from tidb_pipeline.resources.schema_registry import latest_version, subject_names
 from tidb_pipeline.resources.warehouse import DDL_MEMO, Warehouse
-
-_SUBJECT_NOT_FOUND = 40401
-
 
 @dataclass(frozen=True)
 class MergeOutcome:
@@ -76,13 +72,9 @@ class MergeOutcome:
 def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
     """(key schema, value schema, value version) of the topic's latest subjects, or None before any data."""
     key_subject, value_subject = subject_names(topic)  # TiCDC's: dots in the topic become `_`
-    try:
-        key = registry.get_latest_version(key_subject)
-        value = registry.get_latest_version(value_subject)
-    except SchemaRegistryError as exc:
-        if exc.error_code == _SUBJECT_NOT_FOUND:
-            return None
-        raise
+    key, value = latest_version(registry, key_subject), latest_version(registry, value_subject)
+    if key is None or value is None:
+        return None
     return key.schema.schema_str, value.schema.schema_str, value.version
 
 

@@ -45,6 +45,7 @@ from tidb_pipeline.replication.columns import ColumnPolicyError, Policy, by_fiel
 from tidb_pipeline.replication.sqlserver import Dialect, SqlColumn, TargetTable
 from tidb_pipeline.replication.wire import PoisonRecord, decode, schema_id
 from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.schema_registry import registry_url, schema_text
 
 DEFAULT_BATCH = 50_000
 DEFAULT_DATABASE = "tidb_replica"
@@ -125,7 +126,10 @@ class _Schemas:
 
     def text(self, sid: int) -> str:
         if sid not in self._text:
-            self._text[sid] = self._registry.get_schema(sid).schema_str
+            text = schema_text(self._registry, sid)
+            if text is None:
+                raise PoisonRecord(f"schema id {sid} is not in the schema registry {registry_url(self._registry)}")
+            self._text[sid] = text
         return self._text[sid]
 
     def parsed(self, sid: int) -> Any:
@@ -240,7 +244,7 @@ def _apply_batch(
                 f"offsets of {plan.table.label} for topic {plan.topic} moved from {dict(expected)} to {current} "
                 "while this run was reading: another applier is running for the same table; this batch was not applied"
             )
-        created, added, columns = False, (), ()
+        created, added, columns = False, tuple[str, ...](), tuple[SqlColumn, ...]()
         if value_ids:
             merged = _policy_columns(plan, _merge_columns(schemas, value_ids, key_schema, plan.dialect))
             created, added = _ensure_table(conn, plan, merged)
@@ -389,7 +393,7 @@ def apply_topic(
     todo = {p: end for p, end in ends.items() if before.get(p, 0) < end}
     schemas = _Schemas(registry)
     records = upserted = deleted = batches = 0
-    created, added, columns = False, [], ()
+    created, added, columns = False, list[str](), tuple[SqlColumn, ...]()
     applied = dict(before)
     if todo:
         consumer = kafka.consumer(f"tidb-pipeline-sqlserver-{table.label}", **{"enable.partition.eof": True})

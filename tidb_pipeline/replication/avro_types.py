@@ -141,6 +141,7 @@ def sql_type_of(tidb_type: str, avro_type: str, precision: int | None, scale: in
 def _column(field: Mapping[str, Any], key_names: set[str]) -> ReplicaColumn:
     branch, nullable = _field_type(field)
     if isinstance(branch, str):
+        params: dict[str, Any]
         avro_type, params, precision, scale = branch, {}, None, None
     else:
         avro_type = branch.get("type")

@@ -72,6 +72,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from tidb_pipeline.replication.ddl import Statement, quote_ident
+from tidb_pipeline.resources.tidb import quote_mysql
 
 Dialect = Literal["mysql", "snowflake", "postgresql", "mssql"]
 SqlTargetDialect = Literal["postgresql", "mssql"]
@@ -182,12 +183,6 @@ def quote_target(dialect: SqlTargetDialect, name: str) -> str:
 def target_table(dialect: SqlTargetDialect, name: str, schema: str | None = None) -> str:
     """`[schema].[name]` / `"schema"."name"` (no schema: the login's default)."""
     return ".".join(quote_target(dialect, p) for p in ([schema, name] if schema else [name]))
-
-
-def quote_mysql(name: str) -> str:
-    if not name:
-        raise ValueError("empty identifier; every table and column needs a name")
-    return "`" + name.replace("`", "``") + "`"
 
 
 def mysql_table(db: str, table: str) -> str:

@@ -441,7 +441,7 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
 
 def parse_batch_stats(row: Sequence[Any], plan: MergePlan) -> BatchStats:
     unconverted = tuple((c.name, int(n or 0)) for c, n in zip(plan.checked, row[9:]) if n)
-    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted)
+    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted)  # type: ignore[misc,arg-type]  # starred: 5 ints
     dupes = None if row[5] is None else int(row[5])
     prunable = plan.keys[0].sql_type.startswith(_PRUNABLE)
     return BatchStats(counts, dupes, (row[6], row[7]) if prunable else None, int(row[8] or 0))
@@ -475,7 +475,7 @@ def unconverted_statements(
 def record_unconverted_from_load_sql(
     unconverted: TableRef, replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn], now: dt.datetime,
 ) -> Statement | None:
-    """The backfill's records of values that did not convert, from its load table (one VARIANT `V` per row).
+    """The backfill's records of values that did not convert, from its load table (the value in `RECORD_CONTENT`).
 
     The same flags as the merge's, over the same conversions (`json_to_sql`); a backfilled row has no landing
     partition/offset (NULL). None when no column can fail to convert.
@@ -484,10 +484,10 @@ def record_unconverted_from_load_sql(
     if not checked:
         return None
     keys = [c for c in columns if c.is_key]
-    key_text = key_text_sql(keys, 'l."V"')
+    key_text = key_text_sql(keys, 'l."RECORD_CONTENT"')
     cols = [f"{key_text.sql} AS {_K}", f"NULL AS {_P}", f"NULL AS {_O}"]
     for i, c in enumerate(checked):
-        value = f'l."V":{quote_ident(c.field)}'
+        value = f'l."RECORD_CONTENT":{quote_ident(c.field)}'
         cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
     source = f"(SELECT {', '.join(cols)} FROM {load.sql} l) s"
     return _record_unconverted_sql(unconverted, replica.label, checked, source, key_text.params, "s.", now)

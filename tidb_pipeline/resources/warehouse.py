@@ -77,8 +77,12 @@ for _name in ("snowflake.connector.connection", "snowflake.connector.cursor"):
 class SqlStatement(Protocol):
     """SQL text plus bound parameters (`tidb_pipeline.replication.ddl.Statement`)."""
 
-    sql: str
-    params: tuple[Any, ...]
+    # Read-only members, so a frozen dataclass matches.
+    @property
+    def sql(self) -> str: ...
+
+    @property
+    def params(self) -> tuple[Any, ...]: ...
 
 
 def is_missing_object(exc: BaseException) -> bool:

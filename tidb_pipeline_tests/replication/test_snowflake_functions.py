@@ -110,17 +110,12 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "dead-letter DDL", Statement(ddl.create_dead_letter_sql(TableRef("PIPELINE", "DEAD_LETTERS", DB)))
     yield "session pins", Statement(alter_session_sql(SnowflakeSessionConfig().parameters()))
     yield "table columns", ddl.table_columns_sql(REPLICA)
-    load = TableRef("PIPELINE", "LOAD_L", DB)
-    stage = '@"TIDB_REPLICA"."PIPELINE"."LANDING_STAGE"/t/1/'
-    yield "load table DDL", Statement(landing.create_load_table_sql(load))
-    for s in landing.exactly_once_copy_statements(LANDING, load, stage, {0: 5, 1: 7}):
-        yield "landing copy", s
-    yield "next offsets", landing.next_offsets_sql(LANDING)
     locks = TableRef("PIPELINE", "LOAD_LOCKS", DB)
     yield "lock DDL", Statement(landing.create_load_lock_sql(locks))
     yield "lock row", landing.ensure_lock_row_sql(locks, LANDING)
     yield "take lock", landing.take_load_lock_sql(locks, LANDING, NOW)
     yield "landed offsets", landing.landed_offsets_sql(LANDING, TableRef("PIPELINE", "DEAD_LETTERS", DB), "t")
+    load = TableRef("PIPELINE", "BACKFILL_ROWS_L", DB)
     yield "load rows table", Statement(landing.create_load_rows_sql('"ROWS"'))
     for s in landing.stage_file_statements('"ROWS"', "@stage/t/f.parquet"):
         yield "stage file", s
