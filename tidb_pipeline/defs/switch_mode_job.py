@@ -9,7 +9,7 @@ names this job (the replica's shape and the config disagree). The work is `engin
 import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
-from tidb_pipeline.config import PipelineConfig
+from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.backfill_job import select_tables
 from tidb_pipeline.defs.tables import table_names
 from tidb_pipeline.engine.switch_mode import switch_replica_mode
@@ -41,10 +41,13 @@ def build_switch_mode_job(*, config: PipelineConfig) -> dg.JobDefinition:
         with warehouse_session(snowflake, pipeline.snowflake.session) as wh:
             for t in select_tables(pipeline, config.tables):
                 names = table_names(pipeline, t)
+
+                def tidb_names(t: TableConfig = t) -> list[str]:
+                    return [c.name for c in tidb.columns(t.db, t.table)]
+
                 result = switch_replica_mode(
                     connection=wh, registry=registry, topic=names.topic, replica=names.replica, mode=t.mode,
-                    source_columns=lambda t=t: [c.name for c in tidb.columns(t.db, t.table)], log=context.log,
-                    policy=t.column_policy, source=f"{t.db}.{t.table}")
+                    source_columns=tidb_names, log=context.log, policy=t.column_policy, source=f"{t.db}.{t.table}")
                 if result is None:
                     out[f"{t.db}.{t.table}"] = f"no replica yet (created in mode {t.mode} by its first merge)"
                 elif result.switched:

@@ -290,7 +290,9 @@ def run_history_merge(
     if not ranges:
         return MergeCounts(0, 0, 0, 0, 0), ()
     with wh.transaction():
-        counts = MergeCounts(*(int(x or 0) for x in wh.execute(history_counts_sql(plan, ranges))[0]))
+        inserted, updated, deleted, versions, landing_rows = (
+            int(x or 0) for x in wh.execute(history_counts_sql(plan, ranges))[0])
+        counts = MergeCounts(inserted, updated, deleted, versions, landing_rows)
         if counts.source_rows:
             wh.execute(history_insert_sql(plan, ranges))
             wh.execute(history_relink_sql(plan, ranges))
