@@ -39,7 +39,8 @@ _INDEX_FIELDS = ("TABLE_SCHEMA", "TABLE_NAME", "INDEX_NAME", "NON_UNIQUE", "SEQ_
 # --- reading TiDB -----------------------------------------------------------------------------------------
 
 
-def _in(values: Sequence[str]) -> str:
+def _in_sql(values: Sequence[str]) -> str:
+    """One bind marker per value, for an IN list."""
     return ", ".join(["%s"] * len(values))
 
 
@@ -56,14 +57,14 @@ def read_table_infos(tidb: TiDBResource, tables: Sequence[tuple[str, str]]) -> d
     indexes: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tidb.get_connection() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT {', '.join(_COLUMN_FIELDS)} FROM information_schema.COLUMNS "
-                    f"WHERE TABLE_SCHEMA IN ({_in(dbs)}) ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION", dbs)
+                    f"WHERE TABLE_SCHEMA IN ({_in_sql(dbs)}) ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION", dbs)
         for row in cur.fetchall():
             r = dict(zip(_COLUMN_FIELDS, row))
             if (r["TABLE_SCHEMA"], r["TABLE_NAME"]) in wanted:
                 columns.setdefault((r["TABLE_SCHEMA"], r["TABLE_NAME"]), []).append(r)
         # No ORDER BY: the server's index order breaks ties between equally short unique keys, as in TiCDC.
         cur.execute(f"SELECT {', '.join(_INDEX_FIELDS)} FROM information_schema.STATISTICS "
-                    f"WHERE TABLE_SCHEMA IN ({_in(dbs)})", dbs)
+                    f"WHERE TABLE_SCHEMA IN ({_in_sql(dbs)})", dbs)
         for row in cur.fetchall():
             r = dict(zip(_INDEX_FIELDS, row))
             indexes.setdefault((r["TABLE_SCHEMA"], r["TABLE_NAME"]), []).append(r)
@@ -82,7 +83,7 @@ def read_tidb_tables(tidb: TiDBResource) -> list[tuple[str, str]]:
     """Every base table outside the system schemas (TiCDC never replicates those)."""
     with tidb.get_connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' "
-                    f"AND LOWER(TABLE_SCHEMA) NOT IN ({_in(_SYSTEM_SCHEMAS)})", _SYSTEM_SCHEMAS)
+                    f"AND LOWER(TABLE_SCHEMA) NOT IN ({_in_sql(_SYSTEM_SCHEMAS)})", _SYSTEM_SCHEMAS)
         return [(str(db), str(t)) for db, t in cur.fetchall()]
 
 
