@@ -33,6 +33,7 @@ def tidb_resource(env: Mapping[str, str] | None = None) -> TiDBResource:
         port=int_setting("TIDB_PORT", 4000, env),
         user=setting("TIDB_USER", "root", env),
         password=secret("TIDB_PASSWORD", env),
+        ddl_history_table=setting("TIDB_DDL_HISTORY_TABLE", "mysql.tidb_ddl_history", env),
     )
 
 
@@ -55,7 +56,7 @@ def alert_resources(config: PipelineConfig, env: Mapping[str, str] | None = None
     from dagster_slack import SlackResource
 
     env = os.environ if env is None else env
-    a, out = config.alerts, {}
+    a, out = config.alerts, dict[str, dg.ConfigurableResource]()
     if a.slack is not None and env.get(a.slack.token_env):
         out["alert_slack"] = SlackResource(token=dg.EnvVar(a.slack.token_env))
     if a.teams is not None and env.get(a.teams.webhook_url_env):

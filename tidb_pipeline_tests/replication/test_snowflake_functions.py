@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
+from dataclasses import replace as dc_replace
 from typing import Any
 
 import pytest
@@ -19,11 +20,12 @@ import sqlglot
 from sqlglot.parser import Parser
 from sqlglot.tokens import TokenType
 
-from tidb_pipeline.config import SnowflakeSessionConfig
+from tidb_pipeline.config import ColumnsConfig, SnowflakeSessionConfig
 from tidb_pipeline.engine.backfill import insert_from_load_sql
 from tidb_pipeline.defs.checks import unconverted_values_sql
 from tidb_pipeline.replication import holes, progress
-from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge
+from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge, mode_columns, modes, schema_changes
+from tidb_pipeline.replication import columns as columns_policy
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef
 from tidb_pipeline.resources.warehouse import alter_session_sql
@@ -87,6 +89,20 @@ def _tables() -> Iterator[tuple[str, tuple[ReplicaColumn, ...], list]]:
         yield (table, *_table(table, columns, tuple(key)))
 
 
+def _policy_table() -> tuple[str, tuple[ReplicaColumn, ...], list]:
+    """The type-coverage table under a column policy: every hashable column hashed, the others masked but one
+    excluded (`replication.columns`)."""
+    cols, checks = _table(types_table.TABLE, [(n, s) for n, s, _ in types_table.COLUMNS], ("id",))
+    values = [c for c in cols if not c.is_key]
+    hashed = tuple(c.name for c in values if c.tidb_type in columns_policy.HASHABLE_TIDB_TYPES and c.name != "c_longtext")
+    policy = ColumnsConfig(exclude=("c_longtext",), hash=hashed,
+                           mask=tuple(c.name for c in values if c.name not in hashed and c.name != "c_longtext"))
+    policied = columns_policy.apply_policy(cols, policy, "lab_types.types_coverage")
+    kinds = {c.name: c.policy for c in policied}
+    return (f"{types_table.TABLE} with a column policy", policied,
+            [checksum.ChecksumColumn(c.name, kinds[c.name]) if kinds[c.name] else c for c in checks if c.name in kinds])
+
+
 def _statements() -> Iterator[tuple[str, Statement]]:
     """(what, statement) for everything the pipeline sends to Snowflake."""
     yield "landing DDL", Statement(ddl.create_landing_sql(LANDING))
@@ -95,17 +111,12 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "dead-letter DDL", Statement(ddl.create_dead_letter_sql(TableRef("PIPELINE", "DEAD_LETTERS", DB)))
     yield "session pins", Statement(alter_session_sql(SnowflakeSessionConfig().parameters()))
     yield "table columns", ddl.table_columns_sql(REPLICA)
-    load = TableRef("PIPELINE", "LOAD_L", DB)
-    stage = '@"TIDB_REPLICA"."PIPELINE"."LANDING_STAGE"/t/1/'
-    yield "load table DDL", Statement(landing.create_load_table_sql(load))
-    for s in landing.exactly_once_copy_statements(LANDING, load, stage, {0: 5, 1: 7}):
-        yield "landing copy", s
-    yield "next offsets", landing.next_offsets_sql(LANDING)
     locks = TableRef("PIPELINE", "LOAD_LOCKS", DB)
     yield "lock DDL", Statement(landing.create_load_lock_sql(locks))
     yield "lock row", landing.ensure_lock_row_sql(locks, LANDING)
     yield "take lock", landing.take_load_lock_sql(locks, LANDING, NOW)
     yield "landed offsets", landing.landed_offsets_sql(LANDING, TableRef("PIPELINE", "DEAD_LETTERS", DB), "t")
+    load = TableRef("PIPELINE", "BACKFILL_ROWS_L", DB)
     yield "load rows table", Statement(landing.create_load_rows_sql('"ROWS"'))
     for s in landing.stage_file_statements('"ROWS"', "@stage/t/f.parquet"):
         yield "stage file", s
@@ -127,7 +138,19 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         yield "replace gaps", s
     yield "merged through", progress.merged_through_sql(WATERMARKS, REPLICA)
     yield "unconverted check", unconverted_values_sql(merge.unconverted_table(WATERMARKS), REPLICA)
-    for table, columns, checks in _tables():
+    changes = schema_changes.schema_changes_table(WATERMARKS)
+    yield "schema changes DDL", Statement(schema_changes.create_schema_changes_sql(changes))
+    yield "schema changes read", schema_changes.read_changes_sql(changes, REPLICA)
+    yield "schema change record", schema_changes.record_change_sql(
+        changes, REPLICA, schema_changes.ColumnChange("widen_type", "c", "NUMBER(10,0)", "NUMBER(19,0)"), before=1,
+        after=2, now=NOW)
+    yield "replica column types", schema_changes.replica_types_sql(REPLICA)
+    yield "widen column", Statement(schema_changes.alter_type_sql(REPLICA, "c", "NUMBER(19,0)"))
+    yield "rename column", Statement(schema_changes.rename_column_sql(REPLICA, "a", "b"))
+    yield "drop column", Statement(schema_changes.drop_column_sql(REPLICA, "c"))
+    yield "truncate replica", Statement(schema_changes.truncate_replica_sql(REPLICA))
+    yield "hash salt", columns_policy.set_salt_statement("salt")
+    for table, columns, checks in (*_tables(), _policy_table()):
         yield f"{table}: replica DDL", Statement(ddl.create_replica_sql(REPLICA, columns))
         for s in ddl.add_columns_sql(REPLICA, [], columns):
             yield f"{table}: add columns", Statement(s)
@@ -137,6 +160,12 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         yield f"{table}: batch stats", merge.batch_stats_sql(plan, RANGES)
         for s in merge.merge_transaction(plan, RANGES, NOW, (1, 9)).statements:
             yield f"{table}: merge transaction", s
+        # After a TRUNCATE and a rename (replication.schema_changes): commit-ts deletes, the old field read too.
+        renamed = tuple(dc_replace(c, previous_fields=("old_" + c.field,)) if not c.is_key else c for c in columns)
+        after = merge.MergePlan(REPLICA, LANDING, WATERMARKS, renamed, truncated_at=(1 << 62) + 5)
+        yield f"{table}: batch stats after truncate and rename", merge.batch_stats_sql(after, RANGES)
+        for s in merge.merge_transaction(after, RANGES, NOW, (1, 9)).statements:
+            yield f"{table}: merge after truncate and rename", s
         yield f"{table}: key range", merge.key_range_sql(plan, RANGES) or Statement("SELECT 1")
         yield f"{table}: rows per key", merge.max_rows_per_key_sql(plan, RANGES)
         stats = merge.BatchStats(merge.MergeCounts(1, 0, 0, 1, 1, tuple((c.name, 1) for c in plan.checked)), 1, None, 1)
@@ -155,6 +184,31 @@ def _statements() -> Iterator[tuple[str, Statement]]:
             "snowflake", REPLICA.sql, checks, key, checksum.bucket_chunks(key.name, 4))
         if chunks[0].bucket is None:
             yield f"{table}: chunk checksum", checksum.chunk_checksum_sql("snowflake", REPLICA.sql, checks, chunks[1])
+        yield from _mode_statements(table, columns, load, checks, key, chunks)
+
+
+def _mode_statements(table: str, columns: tuple[ReplicaColumn, ...], load: TableRef, checks: Any, key: Any,
+                     chunks: Any) -> Iterator[tuple[str, Statement]]:
+    """The soft_delete and history replicas' statements (`replication.modes`): DDL, merges, checks, switches."""
+    for mode in (mode_columns.SOFT_DELETE, mode_columns.HISTORY):
+        plan = merge.MergePlan(REPLICA, LANDING, WATERMARKS, columns, mode=mode)
+        yield f"{table}: {mode} DDL", Statement(modes.create_mode_replica_sql(REPLICA, columns, mode))
+        yield f"{table}: {mode} checksums", checksum.checksums_sql(
+            "snowflake", modes.current_rows_sql(REPLICA, mode), checks, key, chunks)
+        yield f"{table}: {mode} counts", modes.mode_counts_sql(REPLICA, mode) or Statement("SELECT 1")
+        yield f"{table}: {mode} backfill insert", insert_from_load_sql(REPLICA, load, columns, mode, 1 << 18)
+        for old in mode_columns.MODES:
+            for s in modes.switch_statements(REPLICA, columns, old, mode, NOW) + modes.switch_statements(
+                    REPLICA, columns, mode, old, NOW):
+                yield f"{table}: switch {old} <-> {mode}", s
+        if mode == mode_columns.SOFT_DELETE:
+            yield f"{table}: soft_delete batch stats", merge.batch_stats_sql(plan, RANGES)
+            for s in merge.merge_transaction(plan, RANGES, NOW, (1, 9)).statements:
+                yield f"{table}: soft_delete merge transaction", s
+        else:
+            yield f"{table}: history counts", modes.history_counts_sql(plan, RANGES)
+            yield f"{table}: history insert", modes.history_insert_sql(plan, RANGES)
+            yield f"{table}: history re-link", modes.history_relink_sql(plan, RANGES)
 
 
 def _bound(stmt: Statement) -> str:
@@ -179,6 +233,7 @@ def test_the_rendering_covers_both_table_sets_and_every_kind() -> None:
     whats = {w for w, _ in STATEMENTS}
     assert {f"{t}: merge transaction" for t in (types_table.TABLE, *CDC_KEYS)} <= whats
     assert "types_coverage: backfill unconverted" in whats and "types_coverage: unconverted records" in whats
+    assert "types_coverage with a column policy: merge transaction" in whats and "hash salt" in whats
     assert len(STATEMENTS) > 150
 
 
