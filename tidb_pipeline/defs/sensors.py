@@ -216,6 +216,26 @@ def run_requests(config: PipelineConfig, moves: Sequence[TopicMove],
     return requests
 
 
+# A run in these states has not read Kafka's end offsets yet: it will land everything there when it starts.
+WAITING_STATUSES = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING]
+
+
+def waiting_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> str | None:
+    """The id of a run of `request`'s table group that has not started and selects every asset `request` does.
+
+    A second run behind it would find nothing left to land: without this check a busy topic queues one run per
+    sensor tick while the first one waits for its turn.
+    """
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={GROUP_TAG: request.tags[GROUP_TAG]}, statuses=WAITING_STATUSES), limit=20)
+    wanted = set(request.asset_selection or ())
+    for record in records:
+        selected = record.dagster_run.asset_selection
+        if selected is None or wanted <= set(selected):
+            return record.dagster_run.run_id
+    return None
+
+
 def sink_run_key(group: str, committed: Mapping[str, Mapping[int, int]]) -> str:
     payload = json.dumps([group, sorted([t, sorted(o.items())] for t, o in committed.items())], separators=(",", ":"))
     return f"{SENSOR_NAME}:{group}:sink:{hashlib.sha256(payload.encode()).hexdigest()[:24]}"
@@ -372,6 +392,8 @@ def build_offsets_sensor(
         # Unread topics (budget, errors) keep the plain rule: moved means work.
         merges = run_requests(config, outcome.moves,
                               lambda t: config.topic(t) in idle.pending or config.topic(t) not in outcome.read)
+        waiting = {r.tags[GROUP_TAG]: run for r in merges if (run := waiting_run(context.instance, r))}
+        merges = [r for r in merges if r.tags[GROUP_TAG] not in waiting]
         events = [*(result.asset_events or []), *idle.verified]
         if merges or idle.requests:
             return dg.SensorResult(run_requests=[*merges, *idle.requests], asset_events=events, cursor=result.cursor)
@@ -379,6 +401,9 @@ def build_offsets_sensor(
             f"{len(outcome.moves)} topic(s) moved, their records already landed and merged"
         if idle.verified:
             reason += f"; {len(idle.verified)} idle replica(s) recorded verified_current"
+        if waiting:
+            reason = "; ".join(f"group {g}: run {run[:8]} has not started yet and will land what moved"
+                               for g, run in sorted(waiting.items()))
         return dg.SensorResult(skip_reason=reason, asset_events=events, cursor=result.cursor)
 
     return _sensor

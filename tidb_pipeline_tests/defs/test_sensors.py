@@ -215,6 +215,48 @@ def test_tables_in_two_groups_get_two_requests_on_their_jobs(kafka: Service) -> 
     assert set(_observations(data)) == {dg.AssetKey(["kafka", lab.topic(t)]) for t in "acd"}
 
 
+def _add_run(lab: _Lab, group: str, selection: set[dg.AssetKey], status: dg.DagsterRunStatus) -> str:
+    from dagster._core.storage.dagster_run import DagsterRun
+    from dagster._core.utils import make_new_run_id
+
+    run_id = make_new_run_id()
+    lab.instance.add_run(DagsterRun(job_name=f"merge_{group}", run_id=run_id, status=status,
+                                    tags={"tidb_pipeline/group": group}, asset_selection=frozenset(selection)))
+    return run_id
+
+
+def test_a_group_with_a_run_not_yet_started_gets_no_second_run(kafka: Service) -> None:
+    lab = _Lab(kafka, [("a", "fast"), ("b", "fast"), ("c", "slow")], partitions=1)
+    base = lab.tick(None)
+    # NOT_STARTED and QUEUED are read alike (a QUEUED record needs a code location's origin to be stored here).
+    queued = _add_run(lab, "fast", _merge_keys(lab.db, "a") | _merge_keys(lab.db, "b"), dg.DagsterRunStatus.NOT_STARTED)
+    _produce(lab.bootstrap, lab.topic("a"), {0: 1})
+    _produce(lab.bootstrap, lab.topic("c"), {0: 1})
+
+    # The queued run of `fast` selects `a` and will land what Kafka holds when it starts; `slow` has none.
+    data = lab.tick(base.cursor)
+    assert {r.job_name: set(r.asset_selection) for r in data.run_requests} == {"merge_slow": _merge_keys(lab.db, "c")}
+
+    # A run that started already read its offsets: new records need another run.
+    lab.instance.delete_run(queued)
+    _add_run(lab, "fast", _merge_keys(lab.db, "a"), dg.DagsterRunStatus.STARTED)
+    _produce(lab.bootstrap, lab.topic("a"), {0: 1})
+    again = lab.tick(data.cursor)
+    assert [(r.job_name, set(r.asset_selection)) for r in again.run_requests] == [("merge_fast", _merge_keys(lab.db, "a"))]
+
+    # A waiting run that does not select the moved table does not stand in for it.
+    _add_run(lab, "fast", _merge_keys(lab.db, "a"), dg.DagsterRunStatus.NOT_STARTED)
+    _produce(lab.bootstrap, lab.topic("b"), {0: 1})
+    later = lab.tick(again.cursor)
+    assert [(r.job_name, set(r.asset_selection)) for r in later.run_requests] == [("merge_fast", _merge_keys(lab.db, "b"))]
+
+    # Only covered work: the tick skips and names the waiting run.
+    _produce(lab.bootstrap, lab.topic("a"), {0: 1})
+    last = lab.tick(later.cursor)
+    assert last.run_requests == []
+    assert "has not started yet" in (last.skip_message or "")
+
+
 def _commit(bootstrap: str, group: str, topic: str, offsets: Mapping[int, int]) -> None:
     """Commit `offsets` (next offsets) for consumer `group`, as the Snowflake Sink does after writing."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
