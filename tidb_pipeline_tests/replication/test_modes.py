@@ -436,3 +436,28 @@ def test_truncate_follows_the_mode_and_late_changes_never_come_back(conn: Any, m
                               for i, o in enumerate(origin)}
             assert_history(r, model, seen)
     assert merge(r)[1] == ()
+
+
+def test_history_reads_a_renamed_columns_old_field_for_rows_landed_before_the_rename(conn: Any) -> None:
+    """After `name` was renamed to `title` in TiDB, versions landed before (field `name`) and after (`title`)
+    both fill the replica's `title` (`ReplicaColumn.previous_fields`, as the merge of a replica does)."""
+    r = Replica(conn, KEY, VALUE, name="HISTORY_RENAMED")
+    columns = tuple(dataclasses.replace(c, name="title", field="title", previous_fields=("name",))
+                    if c.name == "name" else c for c in r.plan.columns)
+    r.plan = dataclasses.replace(r.plan, columns=columns, mode=HISTORY)
+    cur = conn.cursor()
+    cur.execute(f"DROP TABLE {r.plan.replica.sql}")
+    cur.execute(create_mode_replica_sql(r.plan.replica, columns, HISTORY))
+    source = Source()
+    source.insert(1, "before")
+    source.insert(2, "before too")
+    Landing(r).deliver(source, 0, 2)  # field `name`
+    ts = source._commit()
+    after = (f'{{"id":1,"title":"after","price":2.00,"_tidb_op":"u","_tidb_commit_ts":{ts},'
+             f'"_tidb_commit_physical_time":{ts >> 18}}}')
+    cur.execute(f"INSERT INTO {r.plan.landing.sql} SELECT PARSE_JSON(%s), PARSE_JSON(%s)",
+                (r.encoder.metadata("tidb_test_t", 1, 1, (ts >> 18) + 40, {"id": 1}), after))
+    merge(r)
+    rows = select(r, f'SELECT "id", "title", "price", "_IS_CURRENT" FROM {r.plan.replica.sql} ORDER BY 1, "_COMMIT_TS"')
+    assert rows == [(1, "before", Decimal("1.00"), False), (1, "after", Decimal("2.00"), True),
+                    (2, "before too", Decimal("1.00"), True)]
