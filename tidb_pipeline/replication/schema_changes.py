@@ -28,7 +28,9 @@ it; from then on every merge treats a landing row whose `_tidb_commit_ts` is at 
 as a delete (`merge.MergePlan.truncated_at`), so a change from before the truncate that lands late (behind a
 hole, or replayed by TiCDC) never brings a row back. Tombstones carry no commit ts: one counts where its
 offset puts it in its partition; whatever it deletes is gone either way, since after a truncate a key exists
-in the replica only if its latest version is a row image committed after t.
+in the replica only if its latest version is a row image committed after t. In `soft_delete` and `history` modes
+the truncate flags the rows or closes their current versions at t instead (`truncate_statements`), and a late
+change from before it soft-deletes at t's time or, in history, is not recorded.
 """
 
 from __future__ import annotations
