@@ -18,8 +18,8 @@ so offsets Kafka never had are skipped in this same run, and the outcome names w
 Schema changes follow the table's `SchemaChangePolicy` (config.py) when a `DdlSource` is given
 (`follow_schema_changes`, `replication.schema_changes`): with each new schema version, renames from TiDB's DDL
 history, then type changes, added and dropped columns; in every merge, after its offset ranges are fixed, a
-TRUNCATE from the history empties the replica (once, recorded) and the merge treats changes committed before it
-as deletes. Every change applied is a row of the control schema's `SCHEMA_CHANGES` table and in the run's
+TRUNCATE from the history empties the replica (once, recorded; in soft_delete and history modes it flags
+the rows or closes their versions instead) and the merge treats changes committed before it as deletes. Every change applied is a row of the control schema's `SCHEMA_CHANGES` table and in the run's
 metadata, with the schema version before and after.
 """
 
@@ -57,7 +57,7 @@ from tidb_pipeline.replication.merge import (
     run_merge,
     unconverted_table,
 )
-from tidb_pipeline.replication.mode_columns import HISTORY, REPLICA, mode_of_columns
+from tidb_pipeline.replication.mode_columns import HISTORY, REPLICA, SOFT_DELETE, mode_of_columns
 from tidb_pipeline.replication.modes import create_mode_replica_sql, run_history_merge
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.replication import schema_changes as sc
@@ -228,9 +228,11 @@ def follow_schema_changes(
 
 
 def apply_truncates(wh: Warehouse, replica: TableRef, ddl: DdlSource, log_table: TableRef, version: int | None,
-                    when: dt.datetime) -> tuple[int | None, tuple[sc.ColumnChange, ...]]:
-    """Empty the replica for a TRUNCATE in TiDB's history not applied yet (module docstring of
-    `replication.schema_changes`); returns the latest truncate TSO (for `MergePlan.truncated_at`) and what ran.
+                    when: dt.datetime, mode: str = REPLICA, keys: Sequence[str] = (),
+                    ) -> tuple[int | None, tuple[sc.ColumnChange, ...]]:
+    """Apply a TRUNCATE in TiDB's history not applied yet as the replica's `mode` says (`sc.truncate_statements`;
+    `keys` are its key columns; module docstring of `replication.schema_changes`); returns the latest truncate
+    TSO (for `MergePlan.truncated_at`) and what ran.
 
     Call it after the merge's offset ranges are fixed: every row merged before then was committed before any
     truncate this reads.
@@ -243,12 +245,16 @@ def apply_truncates(wh: Warehouse, replica: TableRef, ddl: DdlSource, log_table:
     mine = [j for j in read if ddl.owns(j)]
     jobs = [j for j in mine if j.is_truncate and j.job_id not in recorded.job_ids
             and j.finished_ts > (recorded.truncated_at or 0)]
+    what = {REPLICA: "replica emptied", SOFT_DELETE: "rows flagged _DELETED",
+            HISTORY: "current versions closed by a delete version"}[mode]
     done = tuple(sc.ColumnChange(sc.TRUNCATE, "", job_id=j.job_id, ddl_tso=j.finished_ts,
-                                 detail="replica emptied; changes committed at or before it are deletes")
+                                 detail=f"{what}; changes committed at or before it are deletes")
                  for j in jobs)
     if jobs:
         with wh.transaction():
-            wh.execute(sc.truncate_replica_sql(replica))
+            for j in sorted(jobs, key=lambda j: j.finished_ts):  # each in turn: a later one finds nothing left
+                for stmt in sc.truncate_statements(replica, mode, j.finished_ts, keys):
+                    wh.execute(stmt)
             _record(wh, log_table, replica, done, before=recorded.version, after=version, when=when)
     if len(read) >= sc.HISTORY_STEP:
         # Every merge reads the history from here on: move past other tables' jobs (and this table's applied
@@ -348,7 +354,8 @@ def merge_replica(
                          offset_gaps=offset_gaps, mode=mode)
         pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
         if ddl is not None:  # after the ranges are fixed (see apply_truncates)
-            truncated_at, done = apply_truncates(wh, replica, ddl, log_table, version, when)
+            truncated_at, done = apply_truncates(wh, replica, ddl, log_table, version, when, mode,
+                                                 [k.name for k in plan.keys])
             changes.extend(done)
             plan = replace(plan, truncated_at=truncated_at)
         gaps: tuple[Gap, ...] = ()

@@ -324,7 +324,13 @@ def _created(plan: MergePlan) -> str:
     # commit) is the best evidence of when the row went. Only soft_delete reads it.
     if plan.mode != SOFT_DELETE:
         return ""
-    return f", TO_TIMESTAMP_NTZ({_MD_CREATE_TIME}, 3) AS {_DELETED_AT_SRC}"
+    created = f"TO_TIMESTAMP_NTZ({_MD_CREATE_TIME}, 3)"
+    if plan.truncated_at is not None:
+        # A change committed at or before the truncate is deleted by it: at the truncate's physical time.
+        t = int(plan.truncated_at)
+        created = (f'IFF(l."RECORD_CONTENT":"_tidb_commit_ts"::NUMBER(20,0) <= {t}, '
+                   f"TO_TIMESTAMP_NTZ({t >> 18}, 3), {created})")
+    return f", {created} AS {_DELETED_AT_SRC}"
 
 
 def _flag(i: int) -> str:
@@ -361,9 +367,9 @@ def source_sql(plan: MergePlan, ranges: Sequence[MergeRange], *, unconverted: bo
     return Statement(f"SELECT {', '.join(cols)}\nFROM (\n{batch.sql}\n) x", batch.params)
 
 
-def _value_path(c: ReplicaColumn, content: str = _C) -> str:
+def _value_path(c: ReplicaColumn, content: str = _C, row: str = "x") -> str:
     """The column's JSON value in a batch row; after a rename, the old field for rows landed before it."""
-    paths = [f"x.{content}:{quote_ident(f)}" for f in (c.field, *c.previous_fields)]
+    paths = [f"{row}.{content}:{quote_ident(f)}" for f in (c.field, *c.previous_fields)]
     # A missing field is SQL NULL, a JSON null is a VARIANT null: COALESCE falls back only on a missing one.
     return paths[0] if len(paths) == 1 else f"COALESCE({', '.join(paths)})"
 

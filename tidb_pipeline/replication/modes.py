@@ -46,6 +46,7 @@ from tidb_pipeline.replication.merge import (
     MergePlan,
     MergeRange,
     _ranges_table,
+    _value_path,
     json_to_sql,
     parse_ranges,
     pending_ranges_sql,
@@ -171,6 +172,9 @@ def history_versions_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> State
         f"SELECT v.*, IFF(v.{_D}, COALESCE(v.{_PREV}, t.{quote_ident('__TP_MTS')}, 0), v.{_TS}) AS {_VTS}\n"
         f"  FROM (\n  {linked}\n  ) v LEFT JOIN ({latest}) t ON {on_key}"
     )
+    # The truncate closed every version current at it (`schema_changes.truncate_statements`): a change committed
+    # at or before it that lands late is not recorded, so it cannot become current again.
+    truncated = "" if plan.truncated_at is None else f" AND n.{_VTS} > {int(plan.truncated_at)}"
     on_identity = (f"{on_key.replace('v.', 'n.')} AND t.{_COMMIT_TS_Q} = n.{_VTS} "
                    f"AND (t.{_OP_Q} = 'd') = n.{_D}")
     sql = (
@@ -182,7 +186,7 @@ def history_versions_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> State
         # A tombstone followed by a value row no newer than what it would end opened a replay run.
         f"  WHERE NOT (w.{_D} AND w.{_NEXT} IS NOT NULL AND w.{_NEXT} <= w.{_VTS})\n"
         f") n LEFT JOIN {plan.replica.sql} t ON {on_identity}\n"
-        f"WHERE n.{_RN} = 1 AND t.{quote_ident(keys[0].name)} IS NULL"
+        f"WHERE n.{_RN} = 1 AND t.{quote_ident(keys[0].name)} IS NULL{truncated}"
     )
     return Statement(sql, r.params)
 
@@ -195,7 +199,7 @@ def history_insert_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Stateme
     """INSERT the batch's new versions (step 2); `_VALID_TO` and `_IS_CURRENT` are set by the re-link."""
     v = history_versions_sql(plan, ranges)
     cols = [f"n.{quote_ident(k.name)}" for k in plan.keys]
-    cols += [json_to_sql(c, f"n.{_C}:{quote_ident(c.field)}") for c in plan.values]
+    cols += [json_to_sql(c, _value_path(c, _C, "n")) for c in plan.values]  # old field too, after a rename
     op = f"IFF(n.{_D}, 'd', COALESCE(n.{_C}:\"_tidb_op\"::VARCHAR, 'u'))"
     # A delete has no commit time: the record's timestamp stands in (re-link keeps it between its neighbours).
     cols += [op, f"n.{_VTS}", f"TO_TIMESTAMP_NTZ(IFF(n.{_D}, n.{_CT}, n.{_PT}), 3)", "NULL", "FALSE",

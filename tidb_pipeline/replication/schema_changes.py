@@ -28,7 +28,9 @@ it; from then on every merge treats a landing row whose `_tidb_commit_ts` is at 
 as a delete (`merge.MergePlan.truncated_at`), so a change from before the truncate that lands late (behind a
 hole, or replayed by TiCDC) never brings a row back. Tombstones carry no commit ts: one counts where its
 offset puts it in its partition; whatever it deletes is gone either way, since after a truncate a key exists
-in the replica only if its latest version is a row image committed after t.
+in the replica only if its latest version is a row image committed after t. In `soft_delete` and `history` modes
+the truncate flags the rows or closes their current versions at t instead (`truncate_statements`), and a late
+change from before it soft-deletes at t's time or, in history, is not recorded.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from typing import Any
 
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
+from tidb_pipeline.replication.mode_columns import (
+    DELETED, DELETED_AT, HISTORY, IS_CURRENT, SOFT_DELETE, VALID_TO, mode_column_names)
 
 # TiDB's model.ActionType numbers that matter here (pkg/meta/model/job.go).
 ACTION_TRUNCATE_TABLE = 11
@@ -282,6 +286,31 @@ def drop_column_sql(replica: TableRef, column: str) -> str:
 def truncate_replica_sql(replica: TableRef) -> str:
     # DELETE, not TRUNCATE TABLE: it runs in the transaction that records the truncate.
     return f"DELETE FROM {replica.sql}"
+
+
+def truncate_statements(replica: TableRef, mode: str, tso: int, keys: Sequence[str]) -> list[Statement | str]:
+    """What a TRUNCATE at TSO `tso` does to a replica in `mode` (README "Replica modes"); `keys` are its key
+    columns. `replica` deletes the rows; `soft_delete` flags the rows not deleted yet, `_DELETED_AT` the
+    truncate's physical time; `history` records a delete version (`_OP` 'd', `_COMMIT_TS` the truncate's TSO,
+    no Kafka position) for each key's current version and closes it then, so earlier states stay queryable.
+    """
+    at = "TO_TIMESTAMP_NTZ(%s, 3)"
+    ms = int(tso) >> 18  # a TSO's physical part: milliseconds since the epoch
+    if mode == SOFT_DELETE:
+        return [Statement(f"UPDATE {replica.sql} SET {quote_ident(DELETED)} = TRUE, {quote_ident(DELETED_AT)} = {at} "
+                          f"WHERE NOT {quote_ident(DELETED)}", (ms,))]
+    if mode == HISTORY:
+        names = [quote_ident(k) for k in keys] + [quote_ident(n) for n in mode_column_names(HISTORY)]
+        current = quote_ident(IS_CURRENT)
+        values = [quote_ident(k) for k in keys] + ["'d'", "%s", at, "NULL", "FALSE", "NULL", "NULL"]
+        return [
+            # The INSERT first: its delete versions are not current, so the UPDATE closes only the ended ones.
+            Statement(f"INSERT INTO {replica.sql} ({', '.join(names)}) SELECT {', '.join(values)} "
+                      f"FROM {replica.sql} WHERE {current}", (int(tso), ms)),
+            Statement(f"UPDATE {replica.sql} SET {quote_ident(VALID_TO)} = {at}, {current} = FALSE "
+                      f"WHERE {current}", (ms,)),
+        ]
+    return [truncate_replica_sql(replica)]
 
 
 def replica_types_sql(replica: TableRef) -> Statement:

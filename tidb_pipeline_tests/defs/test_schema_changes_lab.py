@@ -20,12 +20,14 @@ import pymysql
 import pytest
 import snowflake.connector
 
+from tidb_pipeline.config import TableConfig
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.replication.ddl import quote_ident
+from tidb_pipeline.replication.mode_columns import HISTORY, SOFT_DELETE
 from tidb_pipeline.replication.schema_changes import schema_changes_table
 from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize
@@ -33,6 +35,7 @@ from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize
 pytestmark = pytest.mark.integration
 
 TABLE = "t"
+MODES = (SOFT_DELETE, HISTORY)  # one more table each, for the truncate in that mode
 CHECKS = ("row_count_matches_source", "content_matches_source", "schema_drift", "landing_continuity",
           "no_quarantined_records")
 
@@ -85,7 +88,8 @@ def pipeline(
         return {
             "source": {"changefeed_id": f"schema-{suffix}"},
             "snowflake": {"database": f"SCHEMA_{suffix.upper()}"},
-            "tables": [{"db": tpcc_db, "table": TABLE, "key": ["id"]}],
+            "tables": [{"db": tpcc_db, "table": TABLE, "key": ["id"]},
+                       *({"db": tpcc_db, "table": f"{TABLE}_{m}", "key": ["id"], "mode": m} for m in MODES)],
         }
 
     with lab_pipeline(lab_settings, mariadb, prefix="schema", config=config) as p:
@@ -94,6 +98,8 @@ def pipeline(
             cur.execute(f"CREATE DATABASE `{db}`")
             cur.execute(f"CREATE TABLE `{db}`.`{TABLE}` (id INT NOT NULL PRIMARY KEY, qty INT NULL, "
                         "price DECIMAL(5,2) NULL, name VARCHAR(24) NULL, gone VARCHAR(10) NULL)")
+            for m in MODES:
+                cur.execute(f"CREATE TABLE `{db}`.`{TABLE}_{m}` (id INT NOT NULL PRIMARY KEY, qty INT NULL)")
         materialize(p["defs"], {changefeed_key(p["config"])})  # before any row: no backfill needed
         with pymysql.connect(autocommit=True, **p["conn_kwargs"]) as conn, conn.cursor() as cur:
             cur.executemany(f"INSERT INTO `{db}`.`{TABLE}` VALUES (%s, %s, %s, %s, %s)",
@@ -109,10 +115,10 @@ def _sql(p: dict[str, Any], *statements: str) -> None:
             cur.execute(s.replace("{t}", f"`{p['tpcc_db']}`.`{TABLE}`"))
 
 
-def _land_and_merge(p: dict[str, Any]) -> list[dict[str, Any]]:
+def _land_and_merge(p: dict[str, Any], table: TableConfig | None = None) -> list[dict[str, Any]]:
     """Everything committed so far landed and merged; the replica materializations' metadata."""
     config, defs = p["config"], p["defs"]
-    keys = table_keys(config, p["table"])
+    keys = table_keys(config, table or p["table"])
     wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)  # every commit so far
     result = materialize(defs, {keys.landing, keys.replica})
     return [{k: v.value for k, v in e.materialization.metadata.items()}
@@ -238,3 +244,45 @@ def test_truncate_mid_workload_keeps_only_later_rows(pipeline: dict[str, Any], l
         min_id, count = cur.fetchone()
     assert count > 0 and min_id > before_max - 5, (min_id, before_max)  # only rows written after the truncate
     _assert_equal_and_green(pipeline, lab_settings)  # ...and the replica holds exactly those
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_truncate_follows_the_mode(pipeline: dict[str, Any], lab_settings: LabSettings, mode: str) -> None:
+    """TRUNCATE between two merges of a soft_delete / history replica: the rows present at the truncate stay,
+    flagged deleted at its time (soft_delete) or closed by a delete version at it (history); the rows written
+    after it (a new key, a key the truncate removed) are the replica's live rows, equal to the source."""
+    t = next(x for x in pipeline["config"].tables if x.table == f"{TABLE}_{mode}")
+    name = f"`{pipeline['tpcc_db']}`.`{t.table}`"
+    _sql(pipeline, f"INSERT INTO {name} VALUES (1, 10), (2, 20), (3, 30)", f"UPDATE {name} SET qty = 11 WHERE id = 1")
+    _land_and_merge(pipeline, t)
+    _sql(pipeline, f"TRUNCATE TABLE {name}", f"INSERT INTO {name} VALUES (2, 200), (4, 400)")
+    md = _land_and_merge(pipeline, t) + _land_and_merge(pipeline, t)
+    assert len([c for c in _changes(md) if c.startswith("truncate at TSO")]) == 1, _changes(md)
+    names = table_names(pipeline["config"], t)
+    with snowflake.connector.connect(**connection_args(lab_settings)) as sf:
+        cur = sf.cursor()
+        cur.execute(f'SELECT "DDL_TSO" FROM {schema_changes_table(names.watermarks).sql} WHERE "REPLICA_TABLE" = %s '
+                    "AND \"KIND\" = 'truncate'", (names.replica.label,))
+        (tso,) = [int(r[0]) for r in cur.fetchall()]
+        cur.execute("SELECT TO_TIMESTAMP_NTZ(%s, 3)", (tso >> 18,))
+        (at,) = cur.fetchone()
+        if mode == SOFT_DELETE:
+            cur.execute(f'SELECT "id", "qty", "_DELETED", "_DELETED_AT" FROM {names.replica.sql} ORDER BY 1')
+            assert cur.fetchall() == [(1, 11, True, at), (2, 200, False, None), (3, 30, True, at),
+                                      (4, 400, False, None)]
+        else:
+            cur.execute(f'SELECT "id", "qty", "_OP", "_COMMIT_TS" = %s, "_IS_CURRENT", "_VALID_FROM", "_VALID_TO" FROM '
+                        f'{names.replica.sql} ORDER BY "id", "_COMMIT_TS", ("_OP" = \'d\')', (tso,))
+            rows = cur.fetchall()
+            assert [r[:5] for r in rows] == [
+                (1, 10, "c", False, False), (1, 11, "u", False, False), (1, None, "d", True, False),
+                (2, 20, "c", False, False), (2, None, "d", True, False), (2, 200, "c", False, True),
+                (3, 30, "c", False, False), (3, None, "d", True, False),
+                (4, 400, "c", False, True)]
+            for before, closing in zip(rows, rows[1:]):
+                if closing[2] == "d":  # the truncate's delete version starts where the version it closed ends
+                    assert (before[6], closing[5]) == (at, at), (before, closing)
+            # The state just before the truncate is still there.
+            cur.execute(f'SELECT "id", "qty" FROM {names.replica.sql} WHERE "_VALID_FROM" < %s AND '
+                        f'("_VALID_TO" >= %s OR "_VALID_TO" IS NULL) AND "_OP" <> \'d\' ORDER BY 1', (at, at))
+            assert cur.fetchall() == [(1, 11), (2, 20), (3, 30)]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tidb_pipeline.replication import schema_changes as sc
 from tidb_pipeline.replication.merge import run_merge
 from tidb_pipeline.replication.mode_columns import HISTORY, REPLICA, SOFT_DELETE
 from tidb_pipeline.replication.modes import (
@@ -28,6 +29,7 @@ from tidb_pipeline.replication.modes import (
     snapshot_mode_values,
     switch_statements,
 )
+from tidb_pipeline.resources.warehouse import Warehouse
 from tidb_pipeline_tests.replication.support import NOW, Replica, fake_snowflake
 from tidb_pipeline_tests.replication.test_merge import KEY, VALUE
 
@@ -71,6 +73,13 @@ class Source:
         del self.rows[key]
         self.events.append(Event(key, None, self._commit(), "d"))
 
+    def truncate(self) -> int:
+        """TRUNCATE TABLE: no record on the topic; a `t` event per live key stands for it in the models."""
+        ts = self._commit()
+        self.events += [Event(k, None, ts, "t") for k in sorted(self.rows)]
+        self.rows.clear()
+        return ts
+
     def change_key(self, old: int, new: int) -> None:
         """UPDATE of the primary key: TiCDC splits it into a delete of the old key and an insert of the new."""
         ts = self._commit()
@@ -91,6 +100,8 @@ class Landing:
         rows = []
         for i in range(start, end):
             e = source.events[i]
+            if e.op == "t":  # a truncate sends no record (its delivery time is its own: see test_truncate_*)
+                continue
             p = e.key % PARTITIONS
             create = at_ms if at_ms is not None else (e.commit_ts >> 18) + DELIVERY_LAG_MS
             self.delivered.setdefault(i, []).append(create)
@@ -160,7 +171,8 @@ def expected_versions(source: Source) -> list[Version]:
     out = []
     for i, e in enumerate(source.events):
         if e.value is None:
-            out.append(Version(e.key, last.get(e.key, 0), "d", None, i))
+            # A truncate's delete version carries the truncate's TSO (schema_changes.truncate_statements).
+            out.append(Version(e.key, e.commit_ts if e.op == "t" else last.get(e.key, 0), "d", None, i))
         else:
             out.append(Version(e.key, e.commit_ts, e.op, e.value, i))
             last[e.key] = e.commit_ts
@@ -193,7 +205,7 @@ def assert_history(r: Replica, source: Source, landing: Landing) -> None:
     assert {int(i): (n, p) for i, n, p in current_rows} == source.rows
 
 
-def assert_soft_delete(r: Replica, source: Source, landing: Landing) -> None:
+def assert_soft_delete(r: Replica, source: Source, landing: Landing, truncated_at: int | None = None) -> None:
     rows = select(r, f'SELECT "id", "name", "price", "_DELETED", "_DELETED_AT" FROM {r.plan.replica.sql} ORDER BY 1')
     assert {int(i): (n, p, d) for i, n, p, d, _ in rows} == expected_soft_delete(source)
     for i, _, _, deleted, at in rows:
@@ -202,7 +214,11 @@ def assert_soft_delete(r: Replica, source: Source, landing: Landing) -> None:
             continue
         # The record timestamp of a delivery of the key's last delete.
         last = max(j for j, e in enumerate(source.events) if e.key == i and e.value is None)
-        assert at in {_ms(c) for c in landing.delivered[last]}, (i, at)
+        ok = {_ms(c) for c in landing.delivered[last]}
+        if truncated_at is not None and source.events[last].commit_ts <= truncated_at:
+            # A delete landing after the truncate finds the row already flagged by it.
+            ok.add(_ms(truncated_at >> 18))
+        assert at in ok, (i, at)
     current_rows = select(r, f'SELECT "id", "name", "price" FROM {current_rows_sql(r.plan.replica, SOFT_DELETE)} '
                              "ORDER BY 1")
     assert {int(i): (n, p) for i, n, p in current_rows} == source.rows
@@ -211,11 +227,11 @@ def assert_soft_delete(r: Replica, source: Source, landing: Landing) -> None:
 # --- workloads -------------------------------------------------------------------------------------------
 
 
-def order_workload(seed: int, transactions: int = 120) -> Source:
+def order_workload(seed: int, transactions: int = 120, s: Source | None = None) -> Source:
     """TPC-C-like changes on a few keys: new orders, updates (delivery), deletes (new_order rows), key changes,
-    and re-inserts of deleted keys."""
+    and re-inserts of deleted keys (continuing `s` when given)."""
     rnd = random.Random(seed)
-    s = Source()
+    s = s or Source()
     for step in range(transactions):
         roll = rnd.random()
         live = sorted(s.rows)
@@ -371,3 +387,77 @@ def test_history_places_a_late_version_before_a_backfilled_one(conn: Any) -> Non
     before, snapshot, after = (_ms(BASE_MS + 10 * 91), _ms(t_ms), _ms(BASE_MS + 10 * 111))
     assert rows == [("before", "u", before, snapshot, False), ("snapshot", "s", snapshot, after, False),
                     ("after", "u", after, None, True)]
+
+
+@pytest.mark.parametrize("mode", [REPLICA, SOFT_DELETE, HISTORY])
+def test_truncate_follows_the_mode_and_late_changes_never_come_back(conn: Any, mode: str) -> None:
+    """A TRUNCATE at TSO t between merges, applied as the merge applies it (`truncate_statements` in one
+    transaction, then `truncated_at`): changes committed before t that land after it (late, then replayed with
+    everything after t) never bring a row back. replica: the rows go; soft_delete: the rows present at t are
+    flagged at t's time; history: each current version is closed at t by a delete version, so the table still
+    says what was current before t. The whole table is compared with the model after each merge."""
+    source = order_workload(5, 50)
+    merged = 35  # the first merge sees these; the rest of the changes before the truncate land after it
+    r = make_replica(conn, mode, f"TRUNCATE_{mode.upper()}")
+    landing = Landing(r)
+    landing.deliver(source, 0, merged)
+    merge(r)
+    pre = len(source.events)
+    t = source.truncate()
+    post = len(source.events)
+    order_workload(6, 40, source)  # after the truncate: new keys, and keys the truncate removed come back
+    wh = Warehouse.of(conn)
+    with wh.transaction():
+        for stmt in sc.truncate_statements(r.plan.replica, mode, t, [k.name for k in r.plan.keys]):
+            wh.execute(stmt)
+    r.plan = dataclasses.replace(r.plan, truncated_at=t)
+    for i in range(pre, post):
+        landing.delivered[i] = [t >> 18]  # when the truncate's delete happened
+    if mode == HISTORY:
+        # The replica held what the first merge brought: the truncate closes exactly that; later changes from
+        # before it are not recorded.
+        events = source.events[:merged]
+        closed = [Event(k, None, t, "t") for k in sorted(_replay_rows(events))]
+        model = Source(events=[*events, *closed, *source.events[post:]])
+        model.rows = _replay_rows(model.events)
+        seen = Landing(r)
+    for step, (start, at_ms) in enumerate([(merged, None), (merged - 20, BASE_MS + 10 * (source.tick + 100))]):
+        landing.deliver(source, start, len(source.events), at_ms=at_ms)  # the late rows, then everything after
+        merge(r)
+        if mode == REPLICA:
+            rows = select(r, f'SELECT "id", "name", "price" FROM {r.plan.replica.sql} ORDER BY 1')
+            assert {int(i): (n, p) for i, n, p in rows} == source.rows, step
+        elif mode == SOFT_DELETE:
+            assert_soft_delete(r, source, landing, truncated_at=t)
+        else:
+            # The model's events: the source's first `merged`, the closed versions, then the source's from `post`.
+            origin = [*range(merged), *([None] * len(closed)), *range(post, len(source.events))]
+            seen.delivered = {i: [t >> 18] if o is None else landing.delivered.get(o, [])
+                              for i, o in enumerate(origin)}
+            assert_history(r, model, seen)
+    assert merge(r)[1] == ()
+
+
+def test_history_reads_a_renamed_columns_old_field_for_rows_landed_before_the_rename(conn: Any) -> None:
+    """After `name` was renamed to `title` in TiDB, versions landed before (field `name`) and after (`title`)
+    both fill the replica's `title` (`ReplicaColumn.previous_fields`, as the merge of a replica does)."""
+    r = Replica(conn, KEY, VALUE, name="HISTORY_RENAMED")
+    columns = tuple(dataclasses.replace(c, name="title", field="title", previous_fields=("name",))
+                    if c.name == "name" else c for c in r.plan.columns)
+    r.plan = dataclasses.replace(r.plan, columns=columns, mode=HISTORY)
+    cur = conn.cursor()
+    cur.execute(f"DROP TABLE {r.plan.replica.sql}")
+    cur.execute(create_mode_replica_sql(r.plan.replica, columns, HISTORY))
+    source = Source()
+    source.insert(1, "before")
+    source.insert(2, "before too")
+    Landing(r).deliver(source, 0, 2)  # field `name`
+    ts = source._commit()
+    after = (f'{{"id":1,"title":"after","price":2.00,"_tidb_op":"u","_tidb_commit_ts":{ts},'
+             f'"_tidb_commit_physical_time":{ts >> 18}}}')
+    cur.execute(f"INSERT INTO {r.plan.landing.sql} SELECT PARSE_JSON(%s), PARSE_JSON(%s)",
+                (r.encoder.metadata("tidb_test_t", 1, 1, (ts >> 18) + 40, {"id": 1}), after))
+    merge(r)
+    rows = select(r, f'SELECT "id", "title", "price", "_IS_CURRENT" FROM {r.plan.replica.sql} ORDER BY 1, "_COMMIT_TS"')
+    assert rows == [(1, "before", Decimal("1.00"), False), (1, "after", Decimal("2.00"), True),
+                    (2, "before too", Decimal("1.00"), True)]

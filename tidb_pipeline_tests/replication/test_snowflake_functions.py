@@ -209,6 +209,18 @@ def _mode_statements(table: str, columns: tuple[ReplicaColumn, ...], load: Table
             yield f"{table}: history counts", modes.history_counts_sql(plan, RANGES)
             yield f"{table}: history insert", modes.history_insert_sql(plan, RANGES)
             yield f"{table}: history re-link", modes.history_relink_sql(plan, RANGES)
+        # After a TRUNCATE and a rename (replication.schema_changes): the mode's truncate, then its merge.
+        keys = [c.name for c in columns if c.is_key]
+        for s in schema_changes.truncate_statements(REPLICA, mode, (1 << 62) + 5, keys):
+            yield f"{table}: {mode} truncate", Statement(s) if isinstance(s, str) else s
+        renamed = tuple(dc_replace(c, previous_fields=("old_" + c.field,)) if not c.is_key else c for c in columns)
+        after = dc_replace(plan, columns=renamed, truncated_at=(1 << 62) + 5)
+        if mode == mode_columns.SOFT_DELETE:
+            for s in merge.merge_transaction(after, RANGES, NOW, (1, 9)).statements:
+                yield f"{table}: soft_delete merge after truncate and rename", s
+        else:
+            yield f"{table}: history counts after truncate and rename", modes.history_counts_sql(after, RANGES)
+            yield f"{table}: history insert after truncate and rename", modes.history_insert_sql(after, RANGES)
 
 
 def _bound(stmt: Statement) -> str:
