@@ -143,9 +143,9 @@ def _policy_metadata(table: TableConfig) -> dict[str, Any]:
     if c.is_default:
         return {"column_policy": describe_columns(None)}
     md: dict[str, Any] = {"column_policy": describe_columns(c)}
-    for field in ("include", "exclude", "hash", "mask"):
-        if getattr(c, field):
-            md[f"columns_{field}"] = ", ".join(getattr(c, field))
+    for name in ("include", "exclude", "hash", "mask"):
+        if getattr(c, name):
+            md[f"columns_{name}"] = ", ".join(getattr(c, name))
     return md
 
 

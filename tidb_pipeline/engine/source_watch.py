@@ -19,7 +19,7 @@ from tidb_pipeline.engine.backfill import codec_config  # the Avro options the d
 from tidb_pipeline.replication import schema_compat, ticdc_schema
 from tidb_pipeline.replication.avro_compat import DEFAULT_COMPATIBILITY
 from tidb_pipeline.replication.changefeed import table_rule
-from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.schema_registry import SchemaRegistryResource, subject_names
 from tidb_pipeline.resources.ticdc import ChangefeedStatus, TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
 
@@ -130,7 +130,7 @@ def registry_verdicts(config: PipelineConfig, tidb: TiDBResource, registry: Sche
             continue  # gone or not replicable: `changefeed_tables` reports it
         info, column_types = found
         names = schema_compat.field_to_column([c.name for c in info.columns])
-        for subject, schema in zip(ticdc_schema.subject_names(config.topic(t)),
+        for subject, schema in zip(subject_names(config.topic(t)),
                                    (ticdc_schema.key_schema(info, cfg), ticdc_schema.value_schema(info, cfg))):
             own = _level(client, subject)
             level = own or global_level

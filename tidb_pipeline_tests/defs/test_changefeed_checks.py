@@ -12,7 +12,6 @@ TiCDC stand-in -> registry stand-in), and the alerts they raise through the aler
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 import time
