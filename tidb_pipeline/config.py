@@ -353,6 +353,9 @@ class TableConfig(_Model):
     replica_table: str | None = None
     # Overrides the file's `freshness` for this table's replica.
     freshness: FreshnessConfig | None = None
+    # What the replica keeps (README "Replica modes"): the current rows (`replica`), deleted rows flagged
+    # (`soft_delete`), or every version (`history`). Changing it on a live table: run the `switch_mode` job.
+    mode: Literal["replica", "soft_delete", "history"] = "replica"
     # Column policy (ColumnsConfig); `hash_salt_env` names the environment variable holding the salt of
     # hashed columns (resolved only by the run that hashes, like a dg.EnvVar; never the salt itself).
     columns: ColumnsConfig = ColumnsConfig()
@@ -506,6 +509,9 @@ class PipelineConfig(_Model):
                     other = self.tables[j]
                     raise ValueError(f"tables.{i}: {t.db}.{t.table} and tables.{j} ({other.db}.{other.table}) both "
                                      f"map to {what} {name!r}; {fix}")
+            if t.mode == "history" and not self.source.enable_tidb_extension:
+                raise ValueError(f"tables.{i}.mode: history needs source.enable_tidb_extension: true (a version's "
+                                 "commit time and identity come from TiCDC's _tidb_commit_ts fields)")
             if t.group not in self.merge_schedules:
                 raise ValueError(
                     f"tables.{i}.group: {t.group!r} has no entry in merge_schedules "

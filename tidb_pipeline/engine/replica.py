@@ -32,7 +32,6 @@ from tidb_pipeline.replication.ddl import (
     TableRef,
     add_columns_sql,
     create_dead_letter_sql,
-    create_replica_sql,
     create_unconverted_sql,
     create_watermark_sql,
     quote_ident,
@@ -50,6 +49,8 @@ from tidb_pipeline.replication.merge import (
     run_merge,
     unconverted_table,
 )
+from tidb_pipeline.replication.mode_columns import HISTORY, REPLICA, mode_of_columns
+from tidb_pipeline.replication.modes import create_mode_replica_sql, run_history_merge
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import latest_version, subject_names
 from tidb_pipeline.resources.warehouse import DDL_MEMO, Warehouse
@@ -89,8 +90,12 @@ def ensure_schema(warehouse: Warehouse, table: TableRef) -> None:
 def ensure_replica(
     warehouse: Warehouse, replica: TableRef, columns: tuple[ReplicaColumn, ...], *,
     source_columns: Callable[[], Sequence[str]] | None = None, policy: Policy | None = None, source: str = "",
+    mode: str = REPLICA,
 ) -> tuple[tuple[ReplicaColumn, ...], tuple[str, ...]]:
-    """Create the replica if missing and add the columns a newer schema brings.
+    """Create the replica (in the shape of `mode`) if missing and add the columns a newer schema brings.
+
+    An existing replica in another mode's shape is refused: changing a table's mode is the `switch_mode` job's
+    work (README "Replica modes"), never a side effect of a merge.
 
     With `source_columns` (TiDB's column names, asked only for fields the replica does not have yet), the
     columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`); then the column
@@ -99,12 +104,15 @@ def ensure_replica(
     """
     ensure_schema(warehouse, replica)
     existing = [r[0] for r in warehouse.execute(table_columns_sql(replica))]
+    if existing and (found := mode_of_columns(existing)) != mode:
+        raise ValueError(f"replica {replica.label} is in mode {found} but the config says mode {mode}; pause its "
+                         f"merges and run the switch_mode job for it (README \"Replica modes\"), or set mode: {found}")
     if source_columns is not None:
         # An excluded column is absent from the replica: its name comes from TiDB like a new column's.
         columns = with_names(columns, source_names([c.field for c in columns], replica=existing,
                                                    source=source_columns))
     columns = apply_policy(columns, policy, source or replica.label)
-    warehouse.execute(create_replica_sql(replica, columns))
+    warehouse.execute(create_mode_replica_sql(replica, columns, mode))
     # A replica always has a column: none listed means the CREATE above made it with every column.
     for sql in add_columns_sql(replica, existing, columns) if existing else ():
         warehouse.execute(sql)
@@ -134,6 +142,7 @@ def merge_replica(
     policy: Policy | None = None,
     hash_salt: Callable[[], str] | None = None,
     source: str = "",
+    mode: str = REPLICA,
 ) -> MergeOutcome | None:
     """Bring the replica up to date with its landing table; None when the topic has no schema yet.
 
@@ -153,7 +162,7 @@ def merge_replica(
     fields = replica_columns(value_schema, key_schema)
     when = now or dt.datetime.now(dt.timezone.utc)
     wh = Warehouse.of(connection)
-    memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps)
+    memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps, mode)
     ddl_version = (version, fields, policy)
     # The columns under their replica names: as the DDL found them when it last ran for this schema version
     # (kept in the memo next to it), or as this run's DDL finds them.
@@ -173,14 +182,14 @@ def merge_replica(
                 ensure_schema(wh, ref)
                 wh.execute(ddl(ref))
         columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns, policy=policy,
-                                         source=source)
+                                         source=source, mode=mode)
         added[:] = got
         return columns[0]
 
     def merge() -> tuple[MergeCounts, tuple[MergeRange, ...], tuple[Held, ...], tuple[Gap, ...]]:
         # Built after the DDL: the plan reads the landing rows by field name into TiDB-named columns.
         plan = MergePlan(replica, landing, watermarks, columns[0], topic=topic, dead_letters=dead_letters,
-                         offset_gaps=offset_gaps)
+                         offset_gaps=offset_gaps, mode=mode)
         pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
         gaps: tuple[Gap, ...] = ()
         if pending.held and offset_gaps is not None:
@@ -191,7 +200,8 @@ def merge_replica(
             if hash_salt is None:
                 raise ValueError(f"{replica.label} hashes columns but no salt was given (hash_salt_env)")
             wh.execute_secret(set_salt_statement(hash_salt()))
-        counts, ranges = run_merge(wh, plan, when, ranges=pending.ranges)
+        run = run_history_merge if mode == HISTORY else run_merge
+        counts, ranges = run(wh, plan, when, ranges=pending.ranges)
         for h in pending.held:
             log.warning("merge of %s holds partition %s at offset %s: %s", replica.label, h.partition,
                         h.merged_through, h)

@@ -261,6 +261,26 @@ def try_temporal_as_try_strptime(sql: str, _session: LabSession) -> str:
     return "".join(out)
 
 
+_SWAP = re.compile(r'^\s*ALTER\s+TABLE\s+((?:"[^"]+"\.)*"[^"]+")\s+SWAP\s+WITH\s+((?:"[^"]+"\.)*"[^"]+")\s*;?\s*$',
+                   re.IGNORECASE)
+
+
+def swap_as_renames(sql: str) -> list[str] | None:
+    """`ALTER TABLE a SWAP WITH b` (Snowflake: exchanges the two tables' contents and metadata in one step) ->
+    three renames through a free name, or None for any other statement.
+
+    fakesnow has no SWAP WITH. The renames run one after another in the lab's single server process, where
+    nothing else touches the two tables during a mode switch (its merges are paused, as on Snowflake).
+    Only fully quoted names, as the pipeline writes them.
+    """
+    m = _SWAP.match(sql)
+    if m is None:
+        return None
+    a, b = m.group(1), m.group(2)
+    free = a[:-1] + '__SWAP_TMP"'
+    return [f"ALTER TABLE {a} RENAME TO {free}", f"ALTER TABLE {b} RENAME TO {a}", f"ALTER TABLE {free} RENAME TO {b}"]
+
+
 # Applied in order to every statement a client sends.
 REWRITES: list[Rewrite] = [strip_null_value_as_varchar, try_parse_json_as_try_cast, try_temporal_as_try_strptime]
 
@@ -319,6 +339,10 @@ def install() -> None:
     describe_only = FakeSnowflakeCursor._describe_only  # noqa: SLF001
 
     def adapted_execute(self: Any, command: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if (steps := swap_as_renames(command)) is not None:
+            for step in steps:
+                execute(self, step)
+            return self
         if params and not kwargs.get("binding_params"):
             # In process, bind first as the connector does before sending (rewrites may add a literal `%`).
             command, params = self._rewrite_with_params(command, params)  # noqa: SLF001

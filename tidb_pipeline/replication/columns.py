@@ -52,17 +52,14 @@ class ColumnPolicyError(ValueError):
 
 
 class Policy(Protocol):
-    """`config.ColumnsConfig`, as this module reads it (read-only members, so frozen models match)."""
+    """`config.ColumnsConfig`, as this module reads it."""
 
     @property
     def include(self) -> tuple[str, ...]: ...
-
     @property
     def exclude(self) -> tuple[str, ...]: ...
-
     @property
     def hash(self) -> tuple[str, ...]: ...
-
     @property
     def mask(self) -> tuple[str, ...]: ...
 

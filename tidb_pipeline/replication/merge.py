@@ -52,11 +52,15 @@ from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, k
 from tidb_pipeline.replication.columns import hash_sql
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import OffsetSources, reach_sql
+from tidb_pipeline.replication.mode_columns import DELETED, DELETED_AT, SOFT_DELETE, mode_column_names
 from tidb_pipeline.resources.warehouse import Warehouse
 
 # Internal column names of the source subquery (letters and `_` only: `$name` reads as a session variable).
 _INTERNAL = ("__TP_CONTENT", "__TP_PARTITION", "__TP_OFFSET", "__TP_DELETE", "__TP_VERSIONS", "__TP_KEY")
 _C, _P, _O, _DEL, _N, _K = (quote_ident(n) for n in _INTERNAL)
+_DELETED_AT_SRC = quote_ident("__TP_DELETED_AT")  # soft_delete: when a tombstone says the row went
+_LAST_VALUES = quote_ident("__TP_LAST_VALUES")  # soft_delete: the batch's last value row of the key (or NULL)
+_MD_CREATE_TIME = 'l."RECORD_METADATA":"CreateTime"::NUMBER(20,0)'
 _RESERVED_PREFIX = "__TP_"  # also the per-column unconverted flags and raw texts (`__TP_UNCONVERTED_<i>`, ...)
 _MD_PARTITION = 'l."RECORD_METADATA":"partition"::int'
 _MD_OFFSET = 'l."RECORD_METADATA":"offset"::int'
@@ -88,10 +92,15 @@ class MergePlan:
     topic: str = ""
     dead_letters: TableRef | None = None
     offset_gaps: TableRef | None = None
+    # `replica`, `soft_delete` or `history` (`replication.modes`); history merges run `modes.run_history_merge`.
+    mode: str = "replica"
 
     def __post_init__(self) -> None:
         if not key_columns(self.columns):
             raise ValueError(f"replica {self.replica.label} has no key columns; pass columns from replica_columns()")
+        if clash := {c.name for c in self.columns} & set(mode_column_names(self.mode)):
+            raise ValueError(f"replica {self.replica.label} in mode {self.mode} has column(s) {sorted(clash)} that the "
+                             "mode adds itself; rename them in TiDB or keep the table in mode replica")
         if clash := {c.name for c in self.columns if c.name.upper().startswith(_RESERVED_PREFIX)}:
             raise ValueError(f"replica {self.replica.label} has column(s) {sorted(clash)} reserved by the merge "
                              f"(names starting with {_RESERVED_PREFIX})")
@@ -286,10 +295,18 @@ def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.field))} AS {quote_ident(k.name)}" for k in keys)
     key_text = key_text_sql(keys, 'l."RECORD_METADATA":"key"')
     partition_by = ", ".join(quote_ident(k.name) for k in keys)
+    last_values = ""
+    if plan.mode == SOFT_DELETE:
+        # A deleted row keeps its last values: a key inserted or updated and then deleted within one batch
+        # keeps those of its last value row here (a tombstone carries only the key).
+        tombstone = f"(b.{_C} IS NULL OR b.{_C}:{quote_ident(plan.keys[0].field)} IS NULL)"
+        last_values = (f", LAST_VALUE(IFF({tombstone}, NULL, b.{_C})) IGNORE NULLS OVER (PARTITION BY {partition_by} "
+                       f"ORDER BY b.{_O}, b.{_P} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) "
+                       f"AS {_LAST_VALUES}")
     sql = (
-        f"SELECT * FROM (\n"
+        f"SELECT *{last_values} FROM (\n"
         f'  SELECT {typed_keys}, {key_text.sql} AS {_K}, l."RECORD_CONTENT" AS {_C}, {_MD_PARTITION} AS {_P}, '
-        f"{_MD_OFFSET} AS {_O}\n"
+        f"{_MD_OFFSET} AS {_O}{_created(plan)}\n"
         f"  FROM {plan.landing.sql} l\n"
         f"  JOIN ({r.sql}) r\n"
         f'    ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI"\n'
@@ -297,6 +314,14 @@ def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
         f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition_by} ORDER BY b.{_O} DESC, b.{_P} DESC) = 1"
     )
     return Statement(sql, key_text.params + r.params)
+
+
+def _created(plan: MergePlan) -> str:
+    # A tombstone has no commit time; the Kafka record's timestamp (when TiCDC produced it, just after the
+    # commit) is the best evidence of when the row went. Only soft_delete reads it.
+    if plan.mode != SOFT_DELETE:
+        return ""
+    return f", TO_TIMESTAMP_NTZ({_MD_CREATE_TIME}, 3) AS {_DELETED_AT_SRC}"
 
 
 def _flag(i: int) -> str:
@@ -316,11 +341,14 @@ def source_sql(plan: MergePlan, ranges: Sequence[MergeRange], *, unconverted: bo
     batch = _batch_sql(plan, ranges)
     first_key = quote_ident(plan.keys[0].field)
     cols = [f"x.{quote_ident(k.name)}" for k in plan.keys]
-    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.field)}')} AS {quote_ident(c.name)}" for c in plan.values]
+    content = _LAST_VALUES if plan.mode == SOFT_DELETE else _C  # the same row's, unless it is a tombstone
+    cols += [f"{json_to_sql(c, f'x.{content}:{quote_ident(c.field)}')} AS {quote_ident(c.name)}" for c in plan.values]
     # A value record always carries its NOT NULL key columns; `{}` (tombstone) and NULL content do not.
     # Testing the key field avoids comparing VARIANT objects, which engines treat differently.
     cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL) AS {_DEL}")
     cols += [f"x.{_K}", f"x.{_P}", f"x.{_O}"]
+    if plan.mode == SOFT_DELETE:
+        cols += [f"x.{_DELETED_AT_SRC}", f"x.{_LAST_VALUES}"]
     if unconverted:
         for i, c in enumerate(plan.checked):
             value = f"x.{_C}:{quote_ident(c.field)}"
@@ -489,13 +517,29 @@ def merge_sql(plan: MergePlan, ranges: Sequence[MergeRange], key_range: tuple[An
     src = source_sql(plan, ranges)
     on, on_params = _on(plan, key_range)
     names = [quote_ident(c.name) for c in plan.columns]
-    whens = [f"WHEN MATCHED AND s.{_DEL} THEN DELETE"]
-    if plan.values:
-        sets = ", ".join(f"{quote_ident(c.name)} = s.{quote_ident(c.name)}" for c in plan.values)
-        whens.append(f"WHEN MATCHED THEN UPDATE SET {sets}")
+    sets = [f"{quote_ident(c.name)} = s.{quote_ident(c.name)}" for c in plan.values]
+    values = ["s." + n for n in names]
+    if plan.mode == SOFT_DELETE:
+        # A delete keeps the row (its last values) and flags it; a replayed delete keeps the first time seen.
+        # A re-insert or update clears the flag. A delete of a key never seen has no values to keep: skipped.
+        deleted, deleted_at = quote_ident(DELETED), quote_ident(DELETED_AT)
+        flag = [f"{deleted} = TRUE", f"{deleted_at} = s.{_DELETED_AT_SRC}"]
+        has_values = f"s.{_LAST_VALUES} IS NOT NULL"
+        whens = [f"WHEN MATCHED AND s.{_DEL} AND {has_values} THEN UPDATE SET {', '.join([*sets, *flag])}",
+                 f"WHEN MATCHED AND s.{_DEL} AND NOT t.{deleted} THEN UPDATE SET {', '.join(flag)}",
+                 f"WHEN MATCHED AND NOT s.{_DEL} THEN UPDATE SET "
+                 f"{', '.join([*sets, f'{deleted} = FALSE', f'{deleted_at} = NULL'])}",
+                 f"WHEN NOT MATCHED AND s.{_DEL} AND {has_values} THEN INSERT ({', '.join([*names, deleted, deleted_at])}) "
+                 f"VALUES ({', '.join([*values, 'TRUE', f's.{_DELETED_AT_SRC}'])})"]
+        names += [deleted, deleted_at]
+        values += ["FALSE", "NULL"]
+    else:
+        whens = [f"WHEN MATCHED AND s.{_DEL} THEN DELETE"]
+        if plan.values:
+            whens.append(f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)}")
     whens.append(
         f"WHEN NOT MATCHED AND NOT s.{_DEL} THEN INSERT ({', '.join(names)}) "
-        f"VALUES ({', '.join('s.' + n for n in names)})"
+        f"VALUES ({', '.join(values)})"
     )
     return Statement(
         f"MERGE INTO {plan.replica.sql} t USING (\n{src.sql}\n) s ON {on}\n" + "\n".join(whens),

@@ -23,7 +23,7 @@ from tidb_pipeline.config import ColumnsConfig, SnowflakeSessionConfig
 from tidb_pipeline.engine.backfill import insert_from_load_sql
 from tidb_pipeline.defs.checks import unconverted_values_sql
 from tidb_pipeline.replication import holes, progress
-from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge
+from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge, mode_columns, modes
 from tidb_pipeline.replication import columns as columns_policy
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef
@@ -166,6 +166,31 @@ def _statements() -> Iterator[tuple[str, Statement]]:
             "snowflake", REPLICA.sql, checks, key, checksum.bucket_chunks(key.name, 4))
         if chunks[0].bucket is None:
             yield f"{table}: chunk checksum", checksum.chunk_checksum_sql("snowflake", REPLICA.sql, checks, chunks[1])
+        yield from _mode_statements(table, columns, load, checks, key, chunks)
+
+
+def _mode_statements(table: str, columns: tuple[ReplicaColumn, ...], load: TableRef, checks: Any, key: Any,
+                     chunks: Any) -> Iterator[tuple[str, Statement]]:
+    """The soft_delete and history replicas' statements (`replication.modes`): DDL, merges, checks, switches."""
+    for mode in (mode_columns.SOFT_DELETE, mode_columns.HISTORY):
+        plan = merge.MergePlan(REPLICA, LANDING, WATERMARKS, columns, mode=mode)
+        yield f"{table}: {mode} DDL", Statement(modes.create_mode_replica_sql(REPLICA, columns, mode))
+        yield f"{table}: {mode} checksums", checksum.checksums_sql(
+            "snowflake", modes.current_rows_sql(REPLICA, mode), checks, key, chunks)
+        yield f"{table}: {mode} counts", modes.mode_counts_sql(REPLICA, mode) or Statement("SELECT 1")
+        yield f"{table}: {mode} backfill insert", insert_from_load_sql(REPLICA, load, columns, mode, 1 << 18)
+        for old in mode_columns.MODES:
+            for s in modes.switch_statements(REPLICA, columns, old, mode, NOW) + modes.switch_statements(
+                    REPLICA, columns, mode, old, NOW):
+                yield f"{table}: switch {old} <-> {mode}", s
+        if mode == mode_columns.SOFT_DELETE:
+            yield f"{table}: soft_delete batch stats", merge.batch_stats_sql(plan, RANGES)
+            for s in merge.merge_transaction(plan, RANGES, NOW, (1, 9)).statements:
+                yield f"{table}: soft_delete merge transaction", s
+        else:
+            yield f"{table}: history counts", modes.history_counts_sql(plan, RANGES)
+            yield f"{table}: history insert", modes.history_insert_sql(plan, RANGES)
+            yield f"{table}: history re-link", modes.history_relink_sql(plan, RANGES)
 
 
 def _bound(stmt: Statement) -> str:
