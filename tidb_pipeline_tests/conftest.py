@@ -24,9 +24,15 @@ LAB_FIXTURES = frozenset({"kafka", "mariadb", "registry", "snowflake", "ticdc", 
                           "service", "stand_in", "cloud", "worker", "mariadb_service", "dagster_dev"})
 
 
+# Modules that build whole environments (a wheel and a venv, a `dg` project, the UI in a browser): no lab part,
+# but minutes each, so they run with the integration tier.
+ENVIRONMENT_MODULES = ("test_packaging.py", "test_dg.py", "ui/")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+        path = item.path.as_posix()
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())) or any(m in path for m in ENVIRONMENT_MODULES):
             item.add_marker(pytest.mark.integration)
 
 

@@ -81,7 +81,7 @@ def test_every_variable_the_pipeline_reads_is_forwarded_once() -> None:
     # Found independently of the list: every setting/secret name in the production packages.
     name = re.compile(r'"((?:TIDB|TICDC|KAFKA|SCHEMA_REGISTRY|CONFLUENT|KSQLDB|SNOWFLAKE|SQLSERVER)_[A-Z0-9_]+)"')
     read: set[str] = set()
-    for folder in ("resources", "defs"):
+    for folder in ("resources", "engine", "defs"):
         for path in (ROOT / "tidb_pipeline" / folder).rglob("*.py"):
             read.update(name.findall(path.read_text()))
     assert "KSQLDB_API_SECRET" in read and "SNOWFLAKE_ACCOUNT" in read  # the scan sees what it should

@@ -172,7 +172,7 @@ def reader_incompatibilities(reader: AvroSchema, writer: AvroSchema) -> list[str
         if key in in_progress:
             return []
         in_progress.add(key)
-        problems: list[str] = []
+        problems = []
         writer_fields = {f["name"]: f for f in w["fields"]}
         for field in r["fields"]:
             candidates = [field["name"], *(field.get("aliases") or ())]
