@@ -220,9 +220,10 @@ class Warehouse:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """`BEGIN`, the block, `COMMIT`; `ROLLBACK` and re-raise when anything in it fails."""
-        self.execute("BEGIN")
+        """`BEGIN`, the block, `COMMIT`; `ROLLBACK` and re-raise when anything in it fails, BEGIN included (an
+        error after BEGIN was sent may leave it open on the session; ROLLBACK without a transaction is a no-op)."""
         try:
+            self.execute("BEGIN")
             yield
             self.commit()
         except BaseException:
