@@ -40,13 +40,13 @@ from tidb_pipeline.replication.ddl import (
     table_columns_sql,
 )
 from tidb_pipeline.replication.holes import ABSENT, Gap, create_offset_gaps_sql
+from tidb_pipeline.replication.landing import create_landed_offsets_sql
 from tidb_pipeline.replication.merge import (
     Held,
     MergeCounts,
     MergePlan,
     MergeRange,
-    parse_pending,
-    pending_ranges_sql,
+    read_pending,
     run_merge,
     unconverted_table,
 )
@@ -135,6 +135,7 @@ def merge_replica(
     dead_letters: TableRef | None = None,
     offset_gaps: TableRef | None = None,
     kafka: KafkaResource | None = None,
+    landed_offsets: TableRef | None = None,
 ) -> MergeOutcome | None:
     """Bring the replica up to date with its landing table; None when the topic has no schema yet.
 
@@ -142,6 +143,8 @@ def merge_replica(
     sanitised Avro field names. It is called only when the schema brings a field the replica lacks.
     `dead_letters` (the built-in loader's quarantine) and `offset_gaps` (`replication.holes`) name offsets
     that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
+    `landed_offsets` (built-in landing: the loader's landed-offsets table) says where the pending rows end,
+    so only they are read from the landing table, and nothing is when no partition moved.
     """
     log = log or logging.getLogger(__name__)
     schemas = latest_schemas(registry, topic)
@@ -152,7 +155,7 @@ def merge_replica(
     fields = replica_columns(value_schema, key_schema)
     when = now or dt.datetime.now(dt.timezone.utc)
     wh = Warehouse.of(connection)
-    memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps)
+    memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps, landed_offsets)
     ddl_version = (version, fields)
     # The columns under their replica names: as the DDL found them when it last ran for this schema version
     # (kept in the memo next to it), or as this run's DDL finds them.
@@ -167,8 +170,9 @@ def merge_replica(
         ensure_schema(wh, watermarks)
         wh.execute(create_watermark_sql(watermarks))
         wh.execute(create_unconverted_sql(unconverted_table(watermarks)))
-        for ref, ddl in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql)):
-            if ref is not None:  # the pending-ranges query reads both
+        for ref, ddl in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql),
+                         (landed_offsets, create_landed_offsets_sql)):
+            if ref is not None:  # the pending-ranges queries read them
                 ensure_schema(wh, ref)
                 wh.execute(ddl(ref))
         columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns)
@@ -178,13 +182,13 @@ def merge_replica(
     def merge() -> tuple[MergeCounts, tuple[MergeRange, ...], tuple[Held, ...], tuple[Gap, ...]]:
         # Built after the DDL: the plan reads the landing rows by field name into TiDB-named columns.
         plan = MergePlan(replica, landing, watermarks, columns[0], topic=topic, dead_letters=dead_letters,
-                         offset_gaps=offset_gaps)
-        pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+                         offset_gaps=offset_gaps, landed=landed_offsets)
+        pending = read_pending(wh, plan)
         gaps: tuple[Gap, ...] = ()
         if pending.held and offset_gaps is not None:
             gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when))
             if any(g.status == ABSENT for g in gaps):  # offsets Kafka never had: pass them now
-                pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+                pending = read_pending(wh, plan)
         counts, ranges = run_merge(wh, plan, when, ranges=pending.ranges)
         for h in pending.held:
             log.warning("merge of %s holds partition %s at offset %s: %s", replica.label, h.partition,

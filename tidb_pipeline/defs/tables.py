@@ -33,7 +33,7 @@ from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.freshness import replica_freshness_policy
-from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE
+from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE
 from tidb_pipeline.defs.replica import merge_replica
 from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
 from tidb_pipeline.replication.ddl import TableRef
@@ -68,6 +68,7 @@ class TableNames:
     replica: TableRef
     watermarks: TableRef
     control: TableRef  # schema holding the stage, load table and dead-letter table
+    builtin: bool = True  # landing mode: the built-in loader (True) or the Snowflake Sink connector
 
     @property
     def dead_letters(self) -> TableRef:
@@ -77,6 +78,12 @@ class TableNames:
     def offset_gaps(self) -> TableRef:
         """Holes decided against Kafka (`replication.holes`)."""
         return TableRef(self.control.schema, OFFSET_GAPS_TABLE, self.control.database)
+
+    @property
+    def landed_offsets(self) -> TableRef | None:
+        """The built-in loader's highest landed offset per partition; None in connector mode (the sink fills
+        the landing table and keeps its offsets in Kafka)."""
+        return TableRef(self.control.schema, LANDED_OFFSETS_TABLE, self.control.database) if self.builtin else None
 
 
 def changefeed_key(config: PipelineConfig) -> dg.AssetKey:
@@ -101,6 +108,7 @@ def table_names(config: PipelineConfig, t: TableConfig) -> TableNames:
         replica=TableRef(sf.replica_schema, config.replica_table(t), sf.database),
         watermarks=TableRef(sf.control_schema, WATERMARK_TABLE, sf.database),
         control=TableRef(sf.control_schema, "", sf.database),
+        builtin=config.landing_mode_of(t) == "builtin",
     )
 
 
@@ -189,7 +197,7 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
             connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
             source_columns=source_columns, dead_letters=names.dead_letters, offset_gaps=names.offset_gaps,
-            kafka=kafka,
+            kafka=kafka, landed_offsets=names.landed_offsets,
         )
         # Recorded so the idle gate (defs/idle.py) learns what is merged without a statement of its own.
         merged = None if outcome is None else {
