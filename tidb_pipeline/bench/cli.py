@@ -61,7 +61,7 @@ def profiler_available() -> bool:
 
 def landing_figure(records: int) -> tuple[list[Measure], dict[str, Any]]:
     """Figure 1 through the landing loader's own bench (load_topic vs consume + decode, same readers)."""
-    from tidb_pipeline.defs.landing import bench
+    from tidb_pipeline.bench.landing import bench
 
     r = bench(records)
     return [Measure("landing throughput", f"builtin load_topic, {records:,} order_line records", r["load"],

@@ -3,7 +3,7 @@
 - `private_lab`: a lab of the benchmark's own (a temporary root, free ports, the checkout's Maven jar
   cache linked in), so other people's tests starting and stopping the default lab cannot disturb a run.
   Starting it with `tidb-pipeline lab up` is the "lab up from warm caches" figure.
-- `sensor_tick`: the offsets sensor's own bench (`python -m tidb_pipeline.defs.sensors --bench-topics N`),
+- `sensor_tick`: the offsets sensor's own bench (`python -m tidb_pipeline.bench.sensor --bench-topics N`),
   parsed; its floor is one `list_offsets` call on a connected client.
 - `defs_load`: `build_defs` + `get_repository_def()` for an N-table config in a fresh interpreter with every
   socket connect refused (so "no network" is enforced, not assumed); import time reported separately;
@@ -133,7 +133,7 @@ def parse_sensor_bench(text: str, topics: int) -> SensorTick:
 
 def sensor_tick(bootstrap: str, topics: int, repeat: int = 5) -> SensorTick:
     done = subprocess.run(
-        [sys.executable, "-m", "tidb_pipeline.defs.sensors", "--bench-topics", str(topics), "--bootstrap", bootstrap,
+        [sys.executable, "-m", "tidb_pipeline.bench.sensor", "--bench-topics", str(topics), "--bootstrap", bootstrap,
          "--repeat", str(repeat), "--produce", str(min(100, topics))],
         capture_output=True, text=True, timeout=600, cwd=_REPO, check=False,
     )

@@ -6,7 +6,7 @@ import dagster as dg
 
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.alerts import build_alerts_sensor
-from tidb_pipeline.defs.backfill import build_backfill_job
+from tidb_pipeline.defs.backfill_job import build_backfill_job
 from tidb_pipeline.defs.changefeed_assets import build_changefeed_asset
 from tidb_pipeline.defs.checks import build_all_checks, build_reconcile_job
 from tidb_pipeline.defs.fanout import build_fanout_assets, build_fanout_checks

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from tidb_pipeline.config import PipelineConfig
-from tidb_pipeline.defs.changefeed import desired_changefeed, reconcile_changefeed
+from tidb_pipeline.engine.changefeed import desired_changefeed, reconcile_changefeed
 from tidb_pipeline.defs.tables import changefeed_key
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource

@@ -8,7 +8,7 @@ On every replica `snowflake/<replica_schema>/<TABLE>`:
   (`tidb_pipeline.replication.checksum`), naming the differing ranges; lag-aware like the row count.
 - `landing_continuity`: no offset hole above the merged watermark outlasts the grace period
   (`hole_grace_seconds`). Dead-lettered offsets count as present; each hole is decided with Kafka
-  (`defs.holes`): offsets Kafka never had are skipped, records Kafka has but that have not landed hold the
+  (`engine.holes`): offsets Kafka never had are skipped, records Kafka has but that have not landed hold the
   merge back and are ERROR once first seen longer ago than the grace, records deleted from Kafka before
   they landed are ERROR at once. Holes at or below the watermark are cleanup's doing and harmless (the
   merge never passes a hole).
@@ -38,11 +38,11 @@ from typing import Any
 import dagster as dg
 
 from tidb_pipeline.config import FreshnessConfig, PipelineConfig, TableConfig
-from tidb_pipeline.defs.changefeed import lag_seconds as checkpoint_lag_s  # one TSO-lag rule for asset and check
+from tidb_pipeline.engine.changefeed import lag_seconds as checkpoint_lag_s  # one TSO-lag rule for asset and check
 from tidb_pipeline.defs.freshness import freshness_state
-from tidb_pipeline.defs.holes import overdue, resolve_holes, utc_now
-from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
-from tidb_pipeline.defs.replica import ensure_schema, latest_schemas
+from tidb_pipeline.engine.holes import overdue, resolve_holes, utc_now
+from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
+from tidb_pipeline.engine.replica import ensure_schema, latest_schemas
 from tidb_pipeline.defs.tables import TableNames, changefeed_key, group_name, table_keys, table_names
 from tidb_pipeline.replication.avro_types import EXTENSION_FIELDS, load_schema
 from tidb_pipeline.replication.checksum import (

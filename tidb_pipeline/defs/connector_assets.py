@@ -7,7 +7,7 @@
 
 Materialising one reads the connector's stored config and state, then creates it, updates it with the
 full desired config (never with what was read back: Confluent Cloud masks secrets), resumes it if paused,
-or does nothing (`defs.connectors.reconcile_connector`). The desired config is built inside the run from
+or does nothing (`engine.connectors.reconcile_connector`). The desired config is built inside the run from
 the resources, so credentials are resolved only there: the Kafka API key from `kafka`, the Snowflake
 account, user and key pair from `snowflake` (the managed sink authenticates with a key pair only), the
 SQL Server login from `sqlserver`. Metadata carries key names, states and counts, never a config value
@@ -25,7 +25,7 @@ import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig
-from tidb_pipeline.defs.connectors import ReconcileResult, reconcile_connector
+from tidb_pipeline.engine.connectors import ReconcileResult, raise_if_failed, reconcile_connector
 from tidb_pipeline.defs.tables import group_name, table_keys
 from tidb_pipeline.replication.connectors import (
     KafkaCredentials,
@@ -36,7 +36,7 @@ from tidb_pipeline.replication.connectors import (
     sqlserver_sink_config,
 )
 from tidb_pipeline.resources.kafka import KafkaResource
-from tidb_pipeline.resources.kafka_connect import KafkaConnectResource, is_secret_key
+from tidb_pipeline.resources.kafka_connect import KafkaConnectResource
 from tidb_pipeline.resources.sqlserver import SqlServerResource
 
 GROUP = "confluent"
@@ -44,10 +44,6 @@ GROUP = "confluent"
 
 class ConnectorSettingsError(ValueError):
     """A resource lacks what the connector config needs; the message names the setting to provide."""
-
-
-class ConnectorFailedError(RuntimeError):
-    """The connector or one of its tasks is FAILED after reconciling."""
 
 
 class ConnectorRunConfig(dg.Config):
@@ -137,14 +133,7 @@ def sqlserver_sink_settings(config: PipelineConfig, kafka: KafkaResource, sqlser
     )
 
 
-# --- the reconcile step shared by both assets -------------------------------------------------------------
-def _scrub(text: str, desired: Mapping[str, str]) -> str:
-    # Connect may echo config values back in task traces.
-    for value in sorted((v for k, v in desired.items() if is_secret_key(k) and len(v) >= 4), key=len, reverse=True):
-        text = text.replace(value, "[redacted]")
-    return text
-
-
+# --- the reconcile step shared by both assets (the I/O is engine.connectors) -------------------------------------------------------------
 def reconcile_metadata(result: ReconcileResult, *, flavor: str, topics: Sequence[str]) -> dict[str, object]:
     """Names, states and counts only (safe for the UI)."""
     return {
@@ -164,15 +153,7 @@ def reconcile(
         result = reconcile_connector(client, name, desired, force_update=run.force_update,
                                      wait_running_s=run.wait_running_s)
     log(f"connector {name}: {result.action} (changed keys: {', '.join(result.plan.diff.keys) or 'none'})")
-    status = result.status
-    if status is not None and (status.state == "FAILED" or status.failed_tasks):
-        failed = status.failed_tasks
-        detail = failed[0].message if failed else status.message
-        raise ConnectorFailedError(
-            f"connector {name!r} is {status.state} with tasks {[f'{t.id}:{t.state}' for t in status.tasks]} after "
-            f"{result.action}: {_scrub(detail, desired) or 'no message'}; fix the cause named there and materialise "
-            "again (an update or resume restarts it)"
-        )
+    raise_if_failed(result, desired)
     return dg.MaterializeResult(metadata=reconcile_metadata(result, flavor=client.flavor, topics=topics))
 
 

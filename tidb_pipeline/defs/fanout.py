@@ -7,7 +7,7 @@ import dagster as dg
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.connector_assets import build_all_connector_assets
 from tidb_pipeline.defs.ksqldb import build_all_ksqldb_assets
-from tidb_pipeline.defs.sqlserver import build_sqlserver_assets
+from tidb_pipeline.defs.sqlserver_assets import build_sqlserver_assets
 from tidb_pipeline.defs.sqlserver_checks import build_sqlserver_checks
 
 

@@ -42,7 +42,7 @@ from tidb_pipeline.defs.checks import (
     lag_aware_result,
     read_lags,
 )
-from tidb_pipeline.defs.sqlserver import sqlserver_key
+from tidb_pipeline.defs.sqlserver_assets import sqlserver_key
 from tidb_pipeline.replication import checksum as ck
 from tidb_pipeline.replication import sqlserver as sql
 from tidb_pipeline.resources.kafka import KafkaResource

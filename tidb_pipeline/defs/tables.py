@@ -33,8 +33,8 @@ from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.freshness import replica_freshness_policy
-from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE
-from tidb_pipeline.defs.replica import merge_replica
+from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE
+from tidb_pipeline.engine.replica import merge_replica
 from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.progress import merged_through_sql
@@ -169,7 +169,7 @@ class _TableLog:
 
 
 def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any) -> dict[str, Any]:
-    from tidb_pipeline.defs.landing import load_topic
+    from tidb_pipeline.engine.landing import load_topic
 
     with sessions() as wh:
         result = load_topic(
@@ -308,7 +308,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 config, t, land=k.landing in selected and config.landing_mode_of(t) == "builtin",
                 merge=k.replica in selected,
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
-                # TiDB's column names, read only when the replica lacks a field (defs/replica.py).
+                # TiDB's column names, read only when the replica lacks a field (engine/replica.py).
                 merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log,
                                                lambda: [c.name for c in tidb.columns(t.db, t.table)]),
             )

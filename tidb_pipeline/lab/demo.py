@@ -6,7 +6,7 @@ Tables that already hold data come in the way production brings them in:
 2. `go-tpc tpcc prepare` loads one warehouse (~600k rows) into MariaDB (TiDB's stand-in), plus the
    type-coverage table.
 3. The `backfill` job snapshots every configured table at one consistent point, loads the replicas and
-   creates the changefeed from that point (`tidb_pipeline.defs.backfill`, the lab's MariaDB snapshot source).
+   creates the changefeed from that point (`tidb_pipeline.defs.backfill_job`, the lab's MariaDB snapshot source).
 4. `go-tpc tpcc run` for `duration_s` seconds (and an update of every type-coverage row).
 5. Waits until the changefeed's checkpoint passes the end of the workload.
 6. Runs every table group's merge job (landing + replica) in the Dagster instance at $DAGSTER_HOME, so
@@ -139,7 +139,7 @@ def run_demo(settings: LabSettings, *, duration_s: float = 30.0, threads: int = 
 
     from tidb_pipeline.config import load_config
     from tidb_pipeline.defs import build_defs
-    from tidb_pipeline.defs.backfill import build_backfill_job
+    from tidb_pipeline.defs.backfill_job import build_backfill_job
     from tidb_pipeline.defs.jobs import merge_job_name
     from tidb_pipeline.defs.tables import table_names
     from tidb_pipeline.lab.compare import compare_table

@@ -151,7 +151,7 @@ def _record_sessions(tokens_file: Path) -> None:
 
 def install(stage: str, hit: int) -> None:
     """Patch this process so that it SIGKILLs itself at the `hit`-th arrival at `stage`."""
-    from tidb_pipeline.defs import landing
+    from tidb_pipeline.engine import landing
     from tidb_pipeline.replication import wire
     from tidb_pipeline.resources.warehouse import Warehouse
 
@@ -246,15 +246,15 @@ def _child(run: CrashRun) -> None:
     registry = SchemaRegistryClient({"url": run.settings.registry_url})
     conn = snowflake.connector.connect(**connection_args(run.settings))
     if run.stage.startswith("landing."):
-        from tidb_pipeline.defs import landing
+        from tidb_pipeline.engine import landing
 
         landing.load_topic(
             kafka=KafkaResource(bootstrap_servers=run.settings.kafka_bootstrap), registry=registry,
             connection=conn, topic=run.topic, landing=run.landing, control=run.control, max_records=run.max_records,
         )
     else:
-        from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE
-        from tidb_pipeline.defs.replica import merge_replica
+        from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE
+        from tidb_pipeline.engine.replica import merge_replica
         from tidb_pipeline.replication.holes import OFFSET_GAPS_TABLE
 
         assert run.replica is not None and run.watermarks is not None
@@ -278,8 +278,8 @@ def _context() -> Any:
     global _CONTEXT
     if _CONTEXT is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["tidb_pipeline.lab.faults", "tidb_pipeline.defs.landing",
-                                    "tidb_pipeline.defs.replica", "snowflake.connector"])
+        ctx.set_forkserver_preload(["tidb_pipeline.lab.faults", "tidb_pipeline.engine.landing",
+                                    "tidb_pipeline.engine.replica", "snowflake.connector"])
         _CONTEXT = ctx
     return _CONTEXT
 

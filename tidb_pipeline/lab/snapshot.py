@@ -18,7 +18,7 @@ from typing import Any
 
 import pymysql
 
-from tidb_pipeline.defs.backfill import DEFAULT_TIME_ZONE, MySQLSnapshot
+from tidb_pipeline.engine.backfill import DEFAULT_TIME_ZONE, MySQLSnapshot
 from tidb_pipeline.lab.ticdc import capture
 from tidb_pipeline.replication.ticdc_schema import TableInfo
 from tidb_pipeline.resources.tidb import TiDBResource

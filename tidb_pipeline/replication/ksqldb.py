@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from tidb_pipeline.resources.ksqldb import StreamState, quote_identifier
+
 # Columns ksqlDB adds to every source; DESCRIBE may list them, inference never produces them.
 PSEUDO_COLUMNS = frozenset({"ROWTIME", "ROWPARTITION", "ROWOFFSET"})
 
@@ -38,11 +40,6 @@ def stream_name(topic: str) -> str:
     return f"S_{name}" if not name or name[0].isdigit() else name
 
 
-def quote_identifier(name: str) -> str:
-    """A back-quoted ksqlDB identifier (case kept as given; a back-quote inside is doubled)."""
-    return "`" + name.replace("`", "``") + "`"
-
-
 def string_literal(value: str) -> str:
     """A single-quoted ksqlDB string literal (a quote inside is doubled)."""
     return "'" + value.replace("'", "''") + "'"
@@ -53,10 +50,6 @@ def create_statement(stream: str, topic: str, *, replace: bool = False) -> str:
     verb = "CREATE OR REPLACE STREAM" if replace else "CREATE STREAM"
     return (f"{verb} {quote_identifier(stream)} WITH (KAFKA_TOPIC={string_literal(topic)}, "
             "VALUE_FORMAT='AVRO', KEY_FORMAT='AVRO');")
-
-
-def describe_statement(stream: str) -> str:
-    return f"DESCRIBE {quote_identifier(stream)};"
 
 
 def drop_statement(stream: str) -> str:
@@ -97,16 +90,6 @@ def record_fields(schema_text: str) -> tuple[str, ...]:
     if isinstance(schema, dict) and schema.get("type") == "record":
         return tuple(str(f["name"]) for f in schema.get("fields", []))
     return ()
-
-
-@dataclass(frozen=True)
-class StreamState:
-    """What DESCRIBE says about an existing stream (only what the plan needs)."""
-
-    topic: str
-    key_format: str
-    value_format: str
-    value_columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ takes ~7 us per TiCDC row. `json.dumps` cannot write a Decimal as a number, and 
 float/int subclass does not help (the C encoder prints numbers with the base type's repr). So
 `RecordEncoder` compiles, once per writer schema, a Python function that builds the JSON text with one
 f-string: one small expression per field, C-accelerated string escaping, no per-value type dispatch.
-`bench_encode` measures it.
+`tidb_pipeline.bench.landing.bench_encode` measures it.
 
 The built-in landing ships these rows as Parquet files with the two JSON texts as string columns and PUTs
 each on a stage as soon as a reader finishes it; `stage_file_statements` then `COPY`s it, with a
@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -214,95 +213,6 @@ def next_offsets_sql(landing: TableRef) -> Statement:
     )
 
 
-# An order_line-shaped TiCDC value schema (TPC-C), for the benchmark.
-_BENCH_KEY = {
-    "type": "record",
-    "name": "order_line",
-    "namespace": "default.tpcc",
-    "fields": [
-        {"name": n, "type": {"type": "int", "connect.parameters": {"tidb_type": "INT"}}}
-        for n in ("ol_w_id", "ol_d_id", "ol_o_id", "ol_number")
-    ],
-}
-_BENCH_VALUE = {
-    "type": "record",
-    "name": "order_line",
-    "namespace": "default.tpcc",
-    "fields": [
-        *_BENCH_KEY["fields"],
-        {"name": "ol_i_id", "type": {"type": "int", "connect.parameters": {"tidb_type": "INT"}}},
-        {"name": "ol_supply_w_id", "type": {"type": "int", "connect.parameters": {"tidb_type": "INT"}}},
-        {
-            "default": None,
-            "name": "ol_delivery_d",
-            "type": ["null", {"type": "string", "connect.parameters": {"tidb_type": "DATETIME"}}],
-        },
-        {"name": "ol_quantity", "type": {"type": "int", "connect.parameters": {"tidb_type": "INT"}}},
-        {
-            "name": "ol_amount",
-            "type": {
-                "type": "bytes",
-                "connect.parameters": {"tidb_type": "DECIMAL"},
-                "logicalType": "decimal",
-                "precision": 6,
-                "scale": 2,
-            },
-        },
-        {"name": "ol_dist_info", "type": {"type": "string", "connect.parameters": {"tidb_type": "TEXT"}}},
-        {"default": "", "name": "_tidb_op", "type": "string"},
-        {"default": 0, "name": "_tidb_commit_ts", "type": "long"},
-        {"default": 0, "name": "_tidb_commit_physical_time", "type": "long"},
-    ],
-}
-
-
-def bench_encode(n: int = 200_000) -> dict[str, float]:
-    """Print and return records/s for encoding alone and for fastavro decode + encode (one core)."""
-    import io
-
-    import fastavro
-
-    key_schema = fastavro.parse_schema(_BENCH_KEY)
-    value_schema = fastavro.parse_schema(_BENCH_VALUE)
-    encoder = RecordEncoder(_BENCH_KEY, _BENCH_VALUE)
-    pairs = []
-    for i in range(1000):
-        key = {"ol_w_id": 1, "ol_d_id": i % 10, "ol_o_id": i, "ol_number": i % 15}
-        value = {
-            **key,
-            "ol_i_id": i * 7,
-            "ol_supply_w_id": 1,
-            "ol_delivery_d": None if i % 3 else "2026-11-25 12:00:00",
-            "ol_quantity": 5,
-            "ol_amount": Decimal(i % 10000) / 100,
-            "ol_dist_info": "abcdefghijklmnopqrstuvwx",
-            "_tidb_op": "c",
-            "_tidb_commit_ts": 449_000_000_000_000_000 + i,
-            "_tidb_commit_physical_time": 1_764_000_000_000 + i,
-        }
-        kb, vb = io.BytesIO(), io.BytesIO()
-        fastavro.schemaless_writer(kb, key_schema, key)
-        fastavro.schemaless_writer(vb, value_schema, value)
-        pairs.append((key, value, kb.getvalue(), vb.getvalue()))
-
-    start = time.perf_counter()
-    for i in range(n):
-        key, value, _, _ = pairs[i % 1000]
-        ndjson_line(encoder.metadata("tidb_tpcc_order_line", 0, i, 1_764_000_000_000, key), encoder.content(value))
-    encode_rate = n / (time.perf_counter() - start)
-
-    reader = fastavro.schemaless_reader
-    start = time.perf_counter()
-    for i in range(n):
-        _, _, kb, vb = pairs[i % 1000]
-        key = reader(io.BytesIO(kb), key_schema, None)
-        value = reader(io.BytesIO(vb), value_schema, None)
-        ndjson_line(encoder.metadata("tidb_tpcc_order_line", 0, i, 1_764_000_000_000, key), encoder.content(value))
-    full_rate = n / (time.perf_counter() - start)
-    print(f"encode only: {encode_rate:,.0f} records/s; fastavro decode + encode: {full_rate:,.0f} records/s (one core)")
-    return {"encode": encode_rate, "decode_and_encode": full_rate}
-
-
 def landing_rows(
     encoder: RecordEncoder,
     records: Sequence[tuple[str, int, int, int | None, Mapping[str, Any] | None, Mapping[str, Any] | None]],
@@ -312,7 +222,7 @@ def landing_rows(
 
 
 
-# --- the built-in loader's exactly-once load (tidb_pipeline.defs.landing) ---------------------------------
+# --- the built-in loader's exactly-once load (tidb_pipeline.engine.landing) ---------------------------------
 
 
 @dataclass(frozen=True)
@@ -532,6 +442,3 @@ def dead_letter_insert_sql(table: TableRef, rows: Sequence[DeadLetter], now: Any
         params,
     )
 
-
-if __name__ == "__main__":
-    bench_encode()

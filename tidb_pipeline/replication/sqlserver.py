@@ -29,11 +29,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from tidb_pipeline.replication.avro_types import EXTENSION_FIELDS, key_names, load_schema
+from tidb_pipeline.resources.sqlserver import Dialect
 
-Dialect = Literal["mssql", "postgresql"]
 DIALECTS: tuple[Dialect, ...] = ("mssql", "postgresql")
 
 # The connector (and SQL Server) cap decimals at 38 digits; wider TiDB decimals do not fit either way.

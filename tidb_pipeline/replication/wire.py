@@ -14,7 +14,7 @@ value would save ~1.2 us per record, but a record whose key body is corrupt woul
 of quarantined, as the connector (which decodes the key) would. It never talks to the registry: an id it
 was not given raises `UnknownSchemaId` and the caller resolves it.
 
-`read_ranges` is the worker of the built-in landing (tidb_pipeline.defs.landing): it consumes fixed offset
+`read_ranges` is the worker of the built-in landing (tidb_pipeline.engine.landing): it consumes fixed offset
 ranges, builds rows and writes them as Parquet files (`ParquetFiles`, two string columns) of
 `rows_per_file` rows (or NDJSON with `parquet=False`), handing each finished file to `on_file` at once so
 the loader can stage and COPY it while the worker reads on. It lives

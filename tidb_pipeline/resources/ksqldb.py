@@ -21,8 +21,6 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from tidb_pipeline.replication.ksqldb import StreamState, describe_statement
-
 KSQL_CONTENT_TYPE = "application/vnd.ksql.v1+json"
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -30,6 +28,25 @@ _HINTS = {
     401: " (check KSQLDB_API_KEY/KSQLDB_API_SECRET: Confluent Cloud needs a ksqlDB-cluster API key)",
     403: " (the API key lacks access to this ksqlDB cluster)",
 }
+
+
+def quote_identifier(name: str) -> str:
+    """A back-quoted ksqlDB identifier (case kept as given; a back-quote inside is doubled)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def describe_statement(stream: str) -> str:
+    return f"DESCRIBE {quote_identifier(stream)};"
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What DESCRIBE says about an existing stream (only what the plan needs)."""
+
+    topic: str
+    key_format: str
+    value_format: str
+    value_columns: tuple[str, ...]
 
 
 class KsqlDbError(RuntimeError):

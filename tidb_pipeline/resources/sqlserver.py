@@ -11,14 +11,15 @@ resource logs or returns.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy.engine import URL
 
-from tidb_pipeline.replication.sqlserver import Dialect
-
+# The SQL dialects the applier speaks (replication.sqlserver builds its SQL for one of them).
+Dialect = Literal["mssql", "postgresql"]
 _DIALECTS: dict[str, Dialect] = {"mssql": "mssql", "postgresql": "postgresql"}
 
 

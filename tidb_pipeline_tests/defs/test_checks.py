@@ -44,7 +44,7 @@ from tidb_pipeline.defs.checks import (
     lag_aware_result,
     schema_differences,
 )
-from tidb_pipeline.defs.replica import merge_replica
+from tidb_pipeline.engine.replica import merge_replica
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings

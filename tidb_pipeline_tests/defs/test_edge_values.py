@@ -22,7 +22,7 @@ import pymysql
 import pytest
 import snowflake.connector
 
-from tidb_pipeline.defs.backfill import backfill
+from tidb_pipeline.engine.backfill import backfill
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.service import Service

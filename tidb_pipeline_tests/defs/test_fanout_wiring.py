@@ -16,11 +16,11 @@ from dagster_snowflake import SnowflakeResource
 from tidb_pipeline.config import ConfigError, PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
 from tidb_pipeline.defs.connector_assets import (
-    ConnectorFailedError,
     ConnectorSettingsError,
     build_all_connector_assets,
     confluent_key,
 )
+from tidb_pipeline.engine.connectors import ConnectorFailedError
 from tidb_pipeline.defs.resources import build_resources, sqlserver_for
 from tidb_pipeline.lab.confluent_cloud import MASK, ConfluentCloudConnect
 from tidb_pipeline.replication.connectors import private_key_body

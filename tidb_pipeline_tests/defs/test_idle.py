@@ -298,7 +298,7 @@ def _tidb_order_line(mariadb_kwargs: dict[str, Any], db: str) -> Iterator[None]:
 def test_real_merge_records_what_the_gates_need_and_deciding_costs_no_statement(
     lab_env: LabSettings, mariadb: Service,
 ) -> None:
-    from tidb_pipeline.defs.landing import produce_order_lines
+    from tidb_pipeline.bench.landing import produce_order_lines
 
     settings = lab_env
     db = f"idle{uuid.uuid4().hex[:8]}"

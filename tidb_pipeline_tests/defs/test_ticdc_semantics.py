@@ -18,7 +18,7 @@ import pymysql
 import pytest
 
 from tidb_pipeline.config import PipelineConfig, parse_config
-from tidb_pipeline.defs.backfill import backfill
+from tidb_pipeline.engine.backfill import backfill
 from tidb_pipeline.defs.tables import table_names
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings

@@ -22,9 +22,9 @@ import snowflake.connector
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from tidb_pipeline.config import PipelineConfig, parse_config
-from tidb_pipeline.defs.changefeed import desired_changefeed
-from tidb_pipeline.defs.landing import DEAD_LETTER_TABLE, LandingResult, load_topic
-from tidb_pipeline.defs.replica import MergeOutcome, merge_replica
+from tidb_pipeline.engine.changefeed import desired_changefeed
+from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LandingResult, load_topic
+from tidb_pipeline.engine.replica import MergeOutcome, merge_replica
 from tidb_pipeline.defs.tables import TableNames
 from tidb_pipeline.lab import stack
 from tidb_pipeline.lab.compare import TableComparison, compare_table

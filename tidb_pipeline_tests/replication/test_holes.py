@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tidb_pipeline.defs.holes import overdue, resolve_holes
+from tidb_pipeline.engine.holes import overdue, resolve_holes
 from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql
 from tidb_pipeline.replication.holes import (
     ABSENT,

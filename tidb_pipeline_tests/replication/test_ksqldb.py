@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tidb_pipeline.resources.ksqldb import describe_statement
 from tidb_pipeline.replication.ksqldb import (
     RecordedVersions,
     StreamConflict,
@@ -15,7 +16,6 @@ from tidb_pipeline.replication.ksqldb import (
     StreamState,
     SubjectVersion,
     create_statement,
-    describe_statement,
     drop_statement,
     plan_stream,
     quote_identifier,

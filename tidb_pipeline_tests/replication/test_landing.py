@@ -6,7 +6,6 @@ import pytest
 from tidb_pipeline.replication.ddl import TableRef, create_landing_sql
 from tidb_pipeline.replication.landing import (
     RecordEncoder,
-    bench_encode,
     compile_record_encoder,
     copy_statements,
     create_load_table_sql,
@@ -150,9 +149,3 @@ def test_copy_statements_load_ndjson_from_a_stage_into_the_landing_layout(tmp_pa
         stmt = next_offsets_sql(landing)
         cur.execute(stmt.sql)
         assert [tuple(r) for r in cur.fetchall()] == [(0, 6), (1, 10)]
-
-
-def test_bench_encode_reports_both_rates(capsys):
-    rates = bench_encode(2000)
-    assert set(rates) == {"encode", "decode_and_encode"} and all(r > 0 for r in rates.values())
-    assert "records/s" in capsys.readouterr().out

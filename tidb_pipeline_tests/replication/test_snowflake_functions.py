@@ -20,7 +20,7 @@ from sqlglot.parser import Parser
 from sqlglot.tokens import TokenType
 
 from tidb_pipeline.config import SnowflakeSessionConfig
-from tidb_pipeline.defs.backfill import insert_from_load_sql
+from tidb_pipeline.engine.backfill import insert_from_load_sql
 from tidb_pipeline.defs.checks import unconverted_values_sql
 from tidb_pipeline.replication import holes, progress
 from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge

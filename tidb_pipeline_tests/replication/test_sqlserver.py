@@ -5,7 +5,7 @@ as text against what spec/confluent.md documents for the Microsoft SQL Server Si
 `MERGE ... WITH (HOLDLOCK)`, auto-created types decimal -> decimal(38,s), string -> varchar(max)
 (varchar(900) in a primary key), bytes -> varbinary(max), and the primary key from the record key. The
 PostgreSQL statements are checked as text here and executed for real against the lab's PostgreSQL in
-tidb_pipeline_tests/defs/test_sqlserver_applier.py.
+tidb_pipeline_tests/engine/test_sqlserver_applier.py.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from tidb_pipeline.defs import landing as landing_mod
-from tidb_pipeline.defs.landing import LandingResult, SchemaRegistryUnavailable, load_topic, plan_ranges, split_ranges
+from tidb_pipeline.engine import landing as landing_mod
+from tidb_pipeline.engine.landing import LandingResult, SchemaRegistryUnavailable, load_topic, plan_ranges, split_ranges
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.replication.ddl import TableRef, quote_ident

@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tidb_pipeline.replication.connectors import Plan, plan
-from tidb_pipeline.resources.kafka_connect import ConnectorStatus, KafkaConnectClient
+from tidb_pipeline.resources.kafka_connect import ConnectorStatus, KafkaConnectClient, is_secret_key
+
+
+class ConnectorFailedError(RuntimeError):
+    """The connector or one of its tasks is FAILED after reconciling."""
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,23 @@ def reconcile_connector(client: KafkaConnectClient, name: str, desired: Mapping[
     elif steps.steps or status is None:
         status = client.get_status(name)
     return ReconcileResult(name, steps, status)
+
+
+def _scrub(text: str, desired: Mapping[str, str]) -> str:
+    # Connect may echo config values back in task traces.
+    for value in sorted((v for k, v in desired.items() if is_secret_key(k) and len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, "[redacted]")
+    return text
+
+
+def raise_if_failed(result: ReconcileResult, desired: Mapping[str, str]) -> None:
+    """Raise `ConnectorFailedError` naming the first failure (secrets of `desired` redacted) if anything FAILED."""
+    status = result.status
+    if status is not None and (status.state == "FAILED" or status.failed_tasks):
+        failed = status.failed_tasks
+        detail = failed[0].message if failed else status.message
+        raise ConnectorFailedError(
+            f"connector {result.name!r} is {status.state} with tasks {[f'{t.id}:{t.state}' for t in status.tasks]} "
+            f"after {result.action}: {_scrub(detail, desired) or 'no message'}; fix the cause named there and "
+            "materialise again (an update or resume restarts it)"
+        )

@@ -22,16 +22,15 @@ import pymysql
 import pytest
 
 from tidb_pipeline.config import PipelineConfig, SnowflakeConfig, SourceConfig, TableConfig
-from tidb_pipeline.defs.backfill import (
+from tidb_pipeline.engine.backfill import (
     BackfillError,
     MySQLSnapshot,
     backfill,
-    build_backfill_job,
     check_selection,
     insert_from_load_sql,
-    select_tables,
     tidb_snapshot,
 )
+from tidb_pipeline.defs.backfill_job import build_backfill_job, select_tables
 from tidb_pipeline.lab.service import Service, wait_until
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.replication.avro_types import ReplicaColumn
@@ -398,8 +397,8 @@ def lab_env(
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_backfill_under_writes_ends_equal_to_the_source(lab_env: dict) -> None:
-    from tidb_pipeline.defs.landing import load_topic
-    from tidb_pipeline.defs.replica import merge_replica
+    from tidb_pipeline.engine.landing import load_topic
+    from tidb_pipeline.engine.replica import merge_replica
     from tidb_pipeline.defs.tables import table_names
     from tidb_pipeline.lab.compare import compare_table
     from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
@@ -513,7 +512,7 @@ def test_backfill_job_runs_in_dagster_against_the_lab(lab_env: dict) -> None:
 
 def test_backfill_schemas_use_the_changefeeds_decimal_mode() -> None:
     """The snapshot's Avro schemas are the changefeed's: string decimals in connector mode, precise otherwise."""
-    from tidb_pipeline.defs.backfill import codec_config
+    from tidb_pipeline.engine.backfill import codec_config
 
     tables = (TableConfig(db="a", table="b"),)
     assert codec_config(PipelineConfig(tables=tables)).decimal_handling_mode == "precise"

@@ -15,7 +15,7 @@ import pymysql
 import pytest
 
 from tidb_pipeline.config import PipelineConfig, SourceConfig, TableConfig
-from tidb_pipeline.defs.changefeed import (
+from tidb_pipeline.engine.changefeed import (
     ChangefeedReconcileError,
     lag_seconds,
     reconcile_changefeed,

@@ -12,7 +12,7 @@ steady-state merges read nothing from TiDB, and a column added by `ALTER TABLE` 
 re-running `discover` (a name list in the config would be stale from that moment).
 
 The merge never passes a hole in a partition's offsets (`replication.holes`): when one holds a partition
-back and the offset-gaps table is given, the hole is decided with Kafka first (`defs.holes.resolve_holes`),
+back and the offset-gaps table is given, the hole is decided with Kafka first (`engine.holes.resolve_holes`),
 so offsets Kafka never had are skipped in this same run, and the outcome names what stays held back.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from tidb_pipeline.defs.holes import resolve_holes
+from tidb_pipeline.engine.holes import resolve_holes
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns, source_names, with_names
 from tidb_pipeline.replication.ddl import (
     TableRef,

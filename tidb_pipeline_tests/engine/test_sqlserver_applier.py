@@ -25,7 +25,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs import sqlserver as applier
+from tidb_pipeline.defs.sqlserver_assets import build_sqlserver_assets
+from tidb_pipeline.engine import sqlserver as applier
 from tidb_pipeline.lab.postgres import LAB_DATABASE
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
@@ -358,7 +359,7 @@ def test_asset_materializes_through_resources(
     resource, engine = target
     config = PipelineConfig(tables=(TableConfig(db="sqlsrv", table=writer.table),))
     assert config.topic(config.tables[0]) == writer.topic
-    (asset,) = applier.build_sqlserver_assets(config=config, table=config.tables[0], database=LAB_DATABASE)
+    (asset,) = build_sqlserver_assets(config=config, table=config.tables[0], database=LAB_DATABASE)
     key = dg.AssetKey(["sqlserver", LAB_DATABASE, writer.topic])
     assert asset.key == key
     assert asset.asset_deps[key] == {dg.AssetKey(["kafka", writer.topic])}

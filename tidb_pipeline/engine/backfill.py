@@ -32,9 +32,10 @@ already replicates are refused (their landing rows and watermarks belong to the 
 changefeed for only some of the configured tables is refused too: it would start the others at `T` without
 their earlier rows.
 
-Wiring: `build_backfill_job(config=...)` is an op job named `backfill` (op config `tables: ["db.table", ...]`,
-empty = all). It is not part of `build_defs`; add it to the `jobs` there to offer it in the UI.
+The Dagster job that runs this is `defs.backfill_job.build_backfill_job`.
 """
+
+from __future__ import annotations
 
 import contextlib
 import datetime as dt
@@ -44,18 +45,15 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import dagster as dg
 import pymysql.cursors
-from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.changefeed import NOT_EXISTS, ReconcileResult, desired_changefeed, reconcile_changefeed
-from tidb_pipeline.defs.replica import ensure_replica, ensure_schema
-from tidb_pipeline.defs.tables import table_names
+from tidb_pipeline.engine.changefeed import NOT_EXISTS, ReconcileResult, desired_changefeed, reconcile_changefeed
+from tidb_pipeline.engine.replica import ensure_replica, ensure_schema
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.changefeed import RUNNING_STATES, table_rule
@@ -64,9 +62,9 @@ from tidb_pipeline.replication.landing import compile_record_encoder, create_loa
 from tidb_pipeline.replication.merge import json_to_sql, record_unconverted_from_load_sql, unconverted_table
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
-from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError, TiCDCResource
+from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError
 from tidb_pipeline.resources.tidb import TiDBResource, quote_mysql
-from tidb_pipeline.resources.warehouse import Warehouse, warehouse_session
+from tidb_pipeline.resources.warehouse import Warehouse
 
 _log = logging.getLogger("tidb_pipeline.backfill")
 
@@ -365,9 +363,10 @@ def backfill(
         with snapshot.open() as snap:
             log.info("snapshot at TSO %d", snap.tso)
             for t in tables:
-                names = table_names(config, t)
+                sf = config.snowflake  # the same names as defs.tables.table_names
                 loaded.append(load_table(connection=warehouse, snapshot=snap, table=t,
-                                         replica=names.replica, control=names.control, cfg=cfg,
+                                         replica=TableRef(sf.replica_schema, config.replica_table(t), sf.database),
+                                         control=TableRef(sf.control_schema, "", sf.database), cfg=cfg,
                                          chunk_rows=chunk_rows, log=log))  # fmt: skip
         result = reconcile_changefeed(ticdc_client, desired_changefeed(config, kafka, registry, start_ts=snap.tso),
                                       log=log)  # fmt: skip
@@ -378,65 +377,3 @@ def backfill(
         raise
     log.info("changefeed %s: %s (state %s) from TSO %d", cf_id, result.action, result.state, snap.tso)
     return BackfillResult(snap.tso, tuple(loaded), result)
-
-
-# --- the Dagster job ------------------------------------------------------------------------------------------
-
-
-class BackfillConfig(dg.Config):
-    """Which configured tables to backfill, as `db.table`; empty means every table in the config."""
-
-    tables: list[str] = []
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-
-
-def select_tables(config: PipelineConfig, names: Sequence[str]) -> tuple[TableConfig, ...]:
-    if not names:
-        return tuple(config.tables)
-    by_name = {f"{t.db}.{t.table}": t for t in config.tables}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise BackfillError(f"tables {unknown} are not in the config (known: {', '.join(sorted(by_name))})")
-    return tuple(by_name[n] for n in names)
-
-
-def build_backfill_job(
-    *,
-    config: PipelineConfig,
-    snapshot_source: Callable[[TiDBResource], SnapshotSource] = TiDBSnapshotSource,
-) -> dg.JobDefinition:
-    """The `backfill` job; `snapshot_source` builds the snapshot reader from the `tidb` resource (the lab
-    passes its MariaDB one)."""
-    pipeline = config
-
-    @dg.op(name="backfill_tables", description="Snapshot tables at one TSO, load their replicas, start the changefeed there.")
-    def _backfill(
-        context: dg.OpExecutionContext,
-        config: BackfillConfig,
-        tidb: TiDBResource,
-        snowflake: SnowflakeResource,
-        ticdc: TiCDCResource,
-        kafka: KafkaResource,
-        schema_registry: SchemaRegistryResource,
-    ) -> dg.Output[int]:
-        tables = select_tables(pipeline, config.tables)
-        with warehouse_session(snowflake, pipeline.snowflake.session) as wh, ticdc.get_client() as client:
-            result = backfill(
-                tidb=tidb, snowflake_connection=wh, ticdc_client=client, kafka=kafka, registry=schema_registry,
-                config=pipeline, tables=tables, snapshot=snapshot_source(tidb), chunk_rows=config.chunk_rows,
-                log=context.log,
-            )
-        return dg.Output(result.tso, metadata={
-            "snapshot_tso": result.tso,
-            "rows_loaded": result.rows,
-            "tables": {t.source: {"replica": t.replica.label, "rows": t.rows, "seconds": round(t.seconds, 3)}
-                       for t in result.tables},
-            **{f"changefeed_{k}": v for k, v in result.changefeed.metadata().items()},
-        })
-
-    @dg.job(name="backfill", description="Load tables that already hold data at one consistent point and start "
-            "the changefeed there.")
-    def _job() -> None:
-        _backfill()
-
-    return _job

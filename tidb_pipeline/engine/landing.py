@@ -53,14 +53,12 @@ splitting INSERT (a whole extra pass over every row). Staged files are removed a
 Every statement goes through the warehouse seam (`tidb_pipeline.resources.warehouse`) and names its database
 and schema, so the session's current schema does not matter.
 
-`python -m tidb_pipeline.defs.landing --bench N` measures the loader on the lab (see `bench`).
+`python -m tidb_pipeline.bench.landing --bench N` measures the loader on the lab (see `bench`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -74,7 +72,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +82,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 import tidb_pipeline
-from tidb_pipeline.defs.replica import ensure_schema
-from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
+from tidb_pipeline.engine.replica import ensure_schema
+from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql
 from tidb_pipeline.replication.landing import (
     DeadLetter,
     create_landed_offsets_sql,
@@ -651,143 +649,3 @@ def _load(
         sum(r.cpu_seconds for r in results), stager.files, stager.seconds, t_commit - t_tail, t_done - t_commit,
     )
     return outcome(rows, quarantined, after)
-
-
-# --- benchmark (lab only) -------------------------------------------------------------------------------
-
-
-def produce_order_lines(settings: Any, topic: str, n: int, partitions: int = 3) -> tuple[int, int]:
-    """Create `topic` and fill it with `n` TiCDC-shaped order_line records; returns (key id, value id)."""
-    import io
-    import json
-    from decimal import Decimal
-
-    import fastavro
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
-    from confluent_kafka.schema_registry import Schema
-
-    from tidb_pipeline.replication.landing import _BENCH_KEY, _BENCH_VALUE
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=60)
-    registry = SchemaRegistryClient({"url": settings.registry_url})
-    key_id = registry.register_schema(f"{topic}-key", Schema(json.dumps(_BENCH_KEY), "AVRO"))
-    value_id = registry.register_schema(f"{topic}-value", Schema(json.dumps(_BENCH_VALUE), "AVRO"))
-    key_schema, value_schema = fastavro.parse_schema(_BENCH_KEY), fastavro.parse_schema(_BENCH_VALUE)
-    key_header, value_header = b"\x00" + key_id.to_bytes(4, "big"), b"\x00" + value_id.to_bytes(4, "big")
-
-    def body(schema: Any, record: dict[str, Any]) -> bytes:
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, schema, record)
-        return buf.getvalue()
-
-    values = []
-    for i in range(1000):
-        values.append(value_header + body(value_schema, {
-            "ol_w_id": 1, "ol_d_id": i % 10 + 1, "ol_o_id": 3000 + i, "ol_number": i % 15 + 1,
-            "ol_i_id": i * 97 % 100_000, "ol_supply_w_id": 1,
-            "ol_delivery_d": None if i % 3 else "2026-11-25 12:00:00", "ol_quantity": 5,
-            "ol_amount": Decimal(i * 37 % 1_000_000) / 100, "ol_dist_info": f"dist-info-{i:014d}",
-            "_tidb_op": "c", "_tidb_commit_ts": 463_000_000_000_000_000 + i,
-            "_tidb_commit_physical_time": 1_764_072_000_000 + i,
-        }))
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 50,
-                         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576})
-    for i in range(n):
-        key = key_header + body(key_schema, {"ol_w_id": 1 + i // 3_000_000, "ol_d_id": i // 300_000 % 10 + 1,
-                                             "ol_o_id": i // 15 % 20_000 + 1, "ol_number": i % 15 + 1})
-        while True:
-            try:
-                producer.produce(topic, key=key, value=values[i % 1000], partition=i % partitions)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(120) != 0:
-        raise RuntimeError(f"could not deliver all {n} benchmark records to {topic}")
-    return key_id, value_id
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (Linux /proc), 0 when unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def bench(n: int, partitions: int = 3) -> dict[str, float]:
-    """Time `load_topic` for `n` order_line records on the lab, and the raw limit (consume + decode only)."""
-    import snowflake.connector
-
-    from tidb_pipeline.lab import stack
-    from tidb_pipeline.lab.service import down, up
-    from tidb_pipeline.lab.settings import LabSettings
-    from tidb_pipeline.lab.snowflake import connection_args
-
-    settings = LabSettings()
-    needed = stack.services(settings, ["kafka", "registry", "snowflake"])
-    fresh = [s for s in needed if s.pid() is None]
-    up(needed, log=print)
-    tag = uuid.uuid4().hex[:8]
-    topic, database = f"tidb_landingbench_{tag}_order_line", f"LANDING_BENCH_{tag.upper()}"
-    try:
-        started = time.perf_counter()
-        produce_order_lines(settings, topic, n, partitions)
-        print(f"produced {n:,} records into {topic} ({partitions} partitions) in {time.perf_counter() - started:.1f}s")
-        kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
-        registry = SchemaRegistryClient({"url": settings.registry_url})
-        logging.basicConfig(level=logging.WARNING, format="%(message)s")
-        log = logging.getLogger("tidb_pipeline.bench")
-        log.setLevel(logging.INFO)
-        server = next(s for s in needed if s.name == "snowflake").pid()
-        with snowflake.connector.connect(**connection_args(settings)) as conn:
-            Warehouse.of(conn).execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}")
-            server_cpu = _cpu_seconds(server)
-            result = load_topic(kafka=kafka, registry=registry, connection=conn, topic=topic,
-                                landing=TableRef("LANDING", topic.upper(), database),
-                                control=TableRef("PIPELINE", "", database), log=log)
-            if result.rows_loaded != n:
-                raise RuntimeError(f"benchmark loaded {result.rows_loaded} rows, expected {n}")
-            load_rate = n / result.seconds
-            server_cpu = _cpu_seconds(server) - server_cpu
-        # The raw limit: the same readers and parallelism, consume + Avro decode only.
-        end = kafka.end_offsets([topic])[topic]
-        ranges = plan_ranges({}, end)
-        parts = max(1, min(MAX_READERS, n // max(1, PARALLEL_MIN_RECORDS // 2))) if n >= PARALLEL_MIN_RECORDS else 1
-        schemas = topic_schemas(registry, topic)
-        with tempfile.TemporaryDirectory() as folder:
-            jobs = [dataclasses.replace(RangeJob(consumer_config(kafka, topic), topic, g, schemas, folder, f"raw{i}"),
-                                        decode_only=True) for i, g in enumerate(split_ranges(ranges, parts))]
-            started = time.perf_counter()
-            raw = run_readers(jobs)
-            raw_seconds = time.perf_counter() - started
-        if sum(r.rows for r in raw) != n:
-            raise RuntimeError(f"raw read decoded {sum(r.rows for r in raw)} records, expected {n}")
-        raw_rate = n / raw_seconds
-        print(f"load_topic: {n:,} records in {result.seconds:.2f}s = {load_rate:,.0f} records/s "
-              f"(the Snowflake stand-in used {server_cpu:.1f} CPU-s = {server_cpu / n * 1e6:.1f} us/record)")
-        raw_cpu = sum(r.cpu_seconds for r in raw)
-        print(f"raw limit (consume + Avro decode, {len(jobs)} reader(s)): {raw_seconds:.2f}s = {raw_rate:,.0f} "
-              f"records/s ({raw_cpu:.1f} CPU-s = {raw_cpu / n * 1e6:.1f} us/record)")
-        print(f"load / raw limit: {load_rate / raw_rate:.0%}")
-        return {"load": load_rate, "raw": raw_rate, "ratio": load_rate / raw_rate}
-    finally:
-        from confluent_kafka.admin import AdminClient
-
-        AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics([topic])
-        down(list(reversed(fresh)), log=print)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Benchmark the built-in landing loader on the lab")
-    parser.add_argument("--bench", type=int, metavar="N", required=True, help="records to produce and load")
-    parser.add_argument("--partitions", type=int, default=3)
-    args = parser.parse_args(argv)
-    bench(args.bench, args.partitions)
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tidb_pipeline.config import parse_config
-from tidb_pipeline.defs.connectors import reconcile_connector
+from tidb_pipeline.engine.connectors import reconcile_connector
 from tidb_pipeline.lab.confluent_cloud import ConfluentCloudConnect
 from tidb_pipeline.lab.connect import FILE_SINK_CLASS
 from tidb_pipeline.lab.service import Service

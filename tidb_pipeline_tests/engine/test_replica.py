@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tidb_pipeline.config import SnowflakeSessionConfig
-from tidb_pipeline.defs.replica import forget_ensured, merge_replica
+from tidb_pipeline.engine.replica import forget_ensured, merge_replica
 from tidb_pipeline.lab.snowflake_adapter import session_of
 from tidb_pipeline.replication.ddl import table_columns_sql
 from tidb_pipeline.resources.warehouse import Warehouse
