@@ -38,6 +38,8 @@ class Sizes:
     changefeed_rows: int = 50_000  # the lab change feed's sustained measure
     changefeed_rates: tuple[float, ...] = (1_000, 5_000, 10_000)  # its paced measures, row changes/s
     changefeed_s: float = 20.0
+    retention_sizes: tuple[int, ...] = (100_000, 10_000_000)  # retained landing rows (issue 14)
+    retention_batch: int = 30_000
 
 
 # Freshness is measured at a steady TPC-C rate the lab's Python change feed sustains next to the pipeline
@@ -46,7 +48,8 @@ class Sizes:
 # is Dagster's floor for a sensor (`sensor_interval_seconds`).
 FULL = Sizes(1_000_000, (10_000, 100_000, 1_000_000), 10_000, 10_000, 5, 10_000, 180.0, 0.05, 5.0, 500, 500, 20.0)
 QUICK = Sizes(20_000, (1_000, 10_000), 1_000, 300, 2, 300, 20.0, 0.01, 5.0, 20, 20, 10.0,
-              changefeed_rows=5_000, changefeed_rates=(500,), changefeed_s=5.0)
+              changefeed_rows=5_000, changefeed_rates=(500,), changefeed_s=5.0,
+              retention_sizes=(3_000, 30_000), retention_batch=3_000)
 
 
 def profiler_available() -> bool:
@@ -198,6 +201,28 @@ def changefeed_figure(rows: int, rates: tuple[float, ...], seconds: float) -> tu
     return out, {"changefeed": r}
 
 
+def retention_figure(retained: tuple[int, ...], batch: int) -> tuple[list[Measure], dict[str, Any]]:
+    """Load + merge of one batch beside few and many retained landing rows (`tidb_pipeline.bench.retention`)."""
+    from tidb_pipeline.bench import report
+    from tidb_pipeline.bench.retention import retention_scaling
+
+    points = retention_scaling(retained, batch)
+    base = points[0]
+    out = []
+    for p in points:
+        largest = p is points[-1] and p is not base
+        load = report.load_average()  # the machine is shared: the figure says how busy it was
+        out.append(Measure(
+            "cost vs retention", f"load + merge of {batch:,} records beside {p.retained:,} retained landing rows "
+            f"(median of {p.rounds})", p.seconds, "s",
+            f"same batch beside {base.retained:,}" if p is not base else "", base.seconds if p is not base else None,
+            target="ratio <= 1.2" if largest else "", met=(p.seconds / base.seconds <= 1.2) if largest else None,
+            note=(f"load {p.load_seconds:.2f}s, merge {p.merge_seconds:.2f}s; the merge through a landing scan "
+                  f"(before the landed-offsets table) {p.scan_merge_seconds:.2f}s; one seeding scan "
+                  f"{p.seed_scan_seconds:.2f}s; load average (1/5/15 min) {load} after it")))
+    return out, {"retention": points}
+
+
 def lab_up_figure(env: dict[str, str], parts: list[str] | None) -> tuple[list[Measure], dict[str, Any]]:
     from tidb_pipeline.bench.control import lab_up
 
@@ -218,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     from tidb_pipeline.lab.snowflake import connection_args
 
     sizes = QUICK if args.quick else FULL
-    only = set(args.only or ["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed"])
+    only = set(args.only or ["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed", "retention"])
     command = "tidb-pipeline bench" + (" --quick" if args.quick else "") + \
         (f" --only {' '.join(args.only)}" if args.only else "") + \
         (f" --freshness-rate {args.freshness_rate:g}" if args.freshness_rate is not None else "")
@@ -268,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
             up(stack.services(LabSettings(), ["ticdc"]), log=lambda _m: None)
             step("lab change feed", lambda: changefeed_figure(sizes.changefeed_rows, sizes.changefeed_rates,
                                                                sizes.changefeed_s))
+        if "retention" in only:
+            step("cost vs retention", lambda: retention_figure(sizes.retention_sizes, sizes.retention_batch))
         if "control" in only:
             from tidb_pipeline.lab import stack
             from tidb_pipeline.lab.service import up
@@ -288,6 +315,10 @@ def run(args: argparse.Namespace) -> int:
             details += [f"- merge scaling, {p.size:,} rows, {'prune' if p.prune else 'no prune'}: {p.seconds:.2f}s "
                         f"(+{p.inserted:,} ~{p.updated:,} -{p.deleted:,}, {p.keys:,} keys from {p.landing_rows:,} rows)"
                         for p in scaling]
+        if (points := extra.get("retention")) is not None:
+            details += [f"- retention {p.retained:,}: load {p.load_seconds:.2f}s, merge {p.merge_seconds:.2f}s, "
+                        f"merge through the landing scan {p.scan_merge_seconds:.2f}s, seeding scan "
+                        f"{p.seed_scan_seconds:.2f}s, setup {p.fill_seconds:.0f}s" for p in points]
         if (r := extra.get("recipe")) is not None:
             details += [f"- recipe run {i + 1}: ours {a:.2f}s, recipe {b:.2f}s, recipe with deletes fixed {c:.2f}s"
                         for i, (a, b, c) in enumerate(r.per_round)]
@@ -302,7 +333,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="measure throughput, merge scaling, the recipe, freshness, control plane")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run; minutes, not tens of minutes)")
     p.add_argument("--only", nargs="+",
-                   choices=["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed"],
+                   choices=["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed", "retention"],
                    help="run only these figures")
     p.add_argument("--output", help="markdown file to write (default: BENCHMARKS.md for a full run, none for --quick)")
     p.add_argument("--charts-dir", default=str(_REPO / "benchmarks"), help="folder for the PNG charts")

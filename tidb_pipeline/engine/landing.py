@@ -6,14 +6,18 @@ merge downstream cannot tell which way the table was filled.
 
 One load, step by step:
 1. Create what is missing (IF NOT EXISTS): the landing table, and in the control schema the stage
-   `LANDING_STAGE`, the dead-letter table `LANDING_DEAD_LETTER` and the lock table `LANDING_LOADS` (with the
-   landing table's row). A process remembers what it has made sure of (the warehouse seam's DDL memo, per
+   `LANDING_STAGE`, the dead-letter table `LANDING_DEAD_LETTER`, the lock table `LANDING_LOADS` (with the
+   landing table's row) and the landed-offsets table `LANDING_OFFSETS`. A landing table found empty here
+   (created again after a drop) forgets its landed offsets. A process remembers what it has made sure of (the warehouse seam's DDL memo, per
    server, account, database and tables) and skips these ~10 statements on its next loads; a statement that
    fails because an object is missing (someone dropped a table) drops that memory, and the load runs again
    from this step, once.
 2. Read where the table ends: per partition the highest offset of the topic already landed *or
    quarantined* (a poison record's offset is consumed too; without counting it, a poison record at the
-   end of a partition would be read and quarantined again by every load).
+   end of a partition would be read and quarantined again by every load). It comes from `LANDING_OFFSETS`
+   (a few rows), so a load costs the same however many rows the landing table retains. A topic with no row
+   there (a deployment from before the table) is seeded once, under the lock row, from a scan of the
+   landing and dead-letter tables.
 3. Read Kafka's end offsets once. The load reads up to them and stops: a bounded run that never chases
    new data; `max_records` bounds it further.
 4. Fetch the topic's key/value schemas from the registry (every version of both subjects). A registry
@@ -34,9 +38,11 @@ One load, step by step:
 7. One short transaction: lock the landing table's row in `LANDING_LOADS` (the first statement, so the rest
    runs under the lock), read the landed offsets again, `INSERT ... SELECT` from the ROWS table only
    the rows above the landed offset of their partition and empty it, insert the dead letters above it,
-   commit. Then the load's tables are dropped.
+   rewrite the moved partitions' rows of `LANDING_OFFSETS` (with the load's id), commit. Then the load's
+   tables are dropped.
 
-Exactly once: offsets live only in the warehouse, and step 7 decides inside the transaction which rows are
+Exactly once: offsets live only in the warehouse (the landing table and `LANDING_OFFSETS`, moved in one
+transaction), and step 7 decides inside the transaction which rows are
 new; everything before it writes only to the load's private tables and the stage. A crash before the commit
 leaves nothing behind in the landing and dead-letter tables (the next load reads the same records again); a
 load that raced another, or follows one that committed after this one started reading, inserts only what the

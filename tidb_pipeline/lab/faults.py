@@ -253,7 +253,7 @@ def _child(run: CrashRun) -> None:
             connection=conn, topic=run.topic, landing=run.landing, control=run.control, max_records=run.max_records,
         )
     else:
-        from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE
+        from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE
         from tidb_pipeline.engine.replica import merge_replica
         from tidb_pipeline.replication.holes import OFFSET_GAPS_TABLE
 
@@ -263,7 +263,8 @@ def _child(run: CrashRun) -> None:
                       replica=run.replica, watermarks=run.watermarks,
                       dead_letters=TableRef(control.schema, DEAD_LETTER_TABLE, control.database),
                       offset_gaps=TableRef(control.schema, OFFSET_GAPS_TABLE, control.database),
-                      kafka=KafkaResource(bootstrap_servers=run.settings.kafka_bootstrap))
+                      kafka=KafkaResource(bootstrap_servers=run.settings.kafka_bootstrap),
+                      landed_offsets=TableRef(control.schema, LANDED_OFFSETS_TABLE, control.database))
     conn.close()
 
 
