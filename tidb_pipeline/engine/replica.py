@@ -46,6 +46,8 @@ from tidb_pipeline.replication.merge import (
     MergeCounts,
     MergePlan,
     MergeRange,
+    parse_bounds,
+    pending_bounds_sql,
     read_pending,
     run_merge,
     unconverted_table,
@@ -186,7 +188,9 @@ def merge_replica(
         pending = read_pending(wh, plan)
         gaps: tuple[Gap, ...] = ()
         if pending.held and offset_gaps is not None:
-            gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when))
+            # Built-in landing: only the pending range of the landing table is read for the holes too.
+            bounds = parse_bounds(wh.execute(pending_bounds_sql(plan))) if plan.landed is not None else None
+            gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when, bounds))
             if any(g.status == ABSENT for g in gaps):  # offsets Kafka never had: pass them now
                 pending = read_pending(wh, plan)
         counts, ranges = run_merge(wh, plan, when, ranges=pending.ranges)

@@ -126,3 +126,27 @@ def test_cleanup_keeps_the_highest_landed_offset_read_from_the_table():
         conn.cursor().execute(stmt.sql, stmt.params)
         # p0: merged through 4, highest landed 6 -> 0..4 go; p1: 2 is the highest landed offset and stays.
         assert r.landing_offsets() == [(1, 2)]
+
+
+def test_holes_are_found_in_the_pending_range_only(monkeypatch: pytest.MonkeyPatch):
+    from tidb_pipeline.engine.holes import resolve_holes
+    from tidb_pipeline.replication.holes import OFFSET_GAPS_TABLE, WAITING, create_offset_gaps_sql
+    from tidb_pipeline.replication.ddl import TableRef
+    from tidb_pipeline.replication.merge import parse_bounds, pending_bounds_sql
+
+    with fake_snowflake() as conn:
+        r = Replica(conn, KEY, VALUE, landed=True)
+        gaps_table = TableRef("S", OFFSET_GAPS_TABLE)
+        conn.cursor().execute(create_offset_gaps_sql(gaps_table))
+        r.land(_batch(0, range(0, 3), range(0, 3), "a"))
+        run_merge(conn, r.plan, NOW)
+        r.land(_batch(0, range(4, 6), range(4, 6), "a"))
+        wh = Warehouse.of(conn)
+        bounds = parse_bounds(wh.execute(pending_bounds_sql(r.plan)))
+        assert bounds == {0: (2, 5)}
+        src = r.plan.offsets.__class__(**{**r.plan.offsets.__dict__, "offset_gaps": gaps_table})
+        seen = _recording(monkeypatch)
+        gaps = resolve_holes(wh, None, src, NOW, bounds)
+        assert [(g.partition, g.first, g.last, g.status) for g in gaps] == [(0, 3, 3, WAITING)]
+        hole_query = next(params for sql, params in _landing_reads(r, seen))
+        assert hole_query[:3] == (0, 2, 5)  # the landing rows of (merged, highest landed] only
