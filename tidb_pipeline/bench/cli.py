@@ -201,12 +201,12 @@ def changefeed_figure(rows: int, rates: tuple[float, ...], seconds: float) -> tu
     return out, {"changefeed": r}
 
 
-def retention_figure(retained: tuple[int, ...], batch: int) -> tuple[list[Measure], dict[str, Any]]:
+def retention_figure(retained: tuple[int, ...], batch: int, rounds: int = 3) -> tuple[list[Measure], dict[str, Any]]:
     """Load + merge of one batch beside few and many retained landing rows (`tidb_pipeline.bench.retention`)."""
     from tidb_pipeline.bench import report
     from tidb_pipeline.bench.retention import retention_scaling
 
-    points = retention_scaling(retained, batch)
+    points = retention_scaling(retained, batch, rounds)
     base = points[0]
     out = []
     for p in points:

@@ -22,6 +22,7 @@ FIGURES = (
     "definitions load",
     "lab up",
     "lab change feed",
+    "cost vs retention",
 )
 BEGIN, END = "<!-- bench:begin (written by `tidb-pipeline bench`) -->", "<!-- bench:end -->"
 
