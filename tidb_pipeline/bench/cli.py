@@ -259,6 +259,12 @@ def run(args: argparse.Namespace) -> int:
         extra.update(more)
         print(f"[bench] {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
 
+    import os
+
+    from tidb_pipeline.lab.snowflake import MEMORY_LIMIT_ENV
+
+    # The private lab's DuckDB spills past 3 GB instead of taking most of a shared machine's memory.
+    os.environ.setdefault(MEMORY_LIMIT_ENV, "3GB")
     with private_lab() as env:
         parts = None  # the whole lab, so later figures find every part running
         if "lab" in only:

@@ -3,8 +3,8 @@
 For each retained size R, on its own topic and database:
 1. The topic gets R/3 empty filler records per partition (so the batch's offsets lie above the retained
    rows', as in production; nothing reads them), then the batch of order_line records.
-2. The landing table gets R retained rows at offsets 0 .. R/3 - 1 of each partition, written by one bulk
-   `INSERT ... SELECT ... FROM TABLE(GENERATOR(...))` at the lab's Snowflake (not through Kafka), in the
+2. The landing table gets R retained rows at offsets 0 .. R/3 - 1 of each partition, written by bulk
+   `INSERT ... SELECT ... FROM TABLE(GENERATOR(...))`s of 1M rows at the lab's Snowflake (not through Kafka), in the
    connector's layout with order_line contents; the landed-offsets table and the replica's watermarks say
    they are landed and merged, as after a long history that the cleanup has not yet deleted.
 3. The replica's DDL runs (a merge with nothing pending), then `load_topic` and `merge_replica` are timed,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import time
 import uuid
@@ -51,23 +52,28 @@ class RetentionPoint:
         return self.load_seconds + self.merge_seconds
 
 
-def retained_rows_sql(landing: TableRef, topic: str, rows: int, create_time_ms: int) -> Statement:
-    """R landing rows in the connector's layout, offsets 0 .. R/3 - 1 per partition, order_line contents."""
+def retained_rows_sql(landing: TableRef, topic: str, first: int, rows: int, create_time_ms: int) -> Statement:
+    """Landing rows `first .. first + rows - 1` of R in the connector's layout (row n: partition n mod 3, offset
+    n div 3), order_line contents. The JSON texts are built by concatenation and parsed once (`PARSE_JSON`),
+    which the lab's stand-in runs far faster than nested `OBJECT_CONSTRUCT`s."""
     n = '"N"'
-    key = (f"OBJECT_CONSTRUCT('ol_w_id', 9, 'ol_d_id', MOD({n}, 10) + 1, 'ol_o_id', FLOOR({n} / 150) + 1, "
-           f"'ol_number', MOD({n}, 15) + 1)")
-    content = (f"OBJECT_CONSTRUCT('ol_w_id', 9, 'ol_d_id', MOD({n}, 10) + 1, 'ol_o_id', FLOOR({n} / 150) + 1, "
-               f"'ol_number', MOD({n}, 15) + 1, 'ol_i_id', MOD({n} * 97, 100000), 'ol_supply_w_id', 9, "
-               f"'ol_delivery_d', '2026-11-25 12:00:00', 'ol_quantity', 5, 'ol_amount', 12.5, "
-               f"'ol_dist_info', 'dist-info-' || {n}, '_tidb_op', 'c', '_tidb_commit_ts', 463000000000000000 + {n}, "
-               f"'_tidb_commit_physical_time', 1764072000000)")
+    key = (f"'\"ol_w_id\":9,\"ol_d_id\":' || (MOD({n}, 10) + 1) || ',\"ol_o_id\":' || (FLOOR({n} / 150)::INTEGER + 1) || "
+           f"',\"ol_number\":' || (MOD({n}, 15) + 1)")
+    metadata = (f"'{{\"topic\":\"' || %s || '\",\"partition\":' || MOD({n}, {PARTITIONS}) || ',\"offset\":' || "
+                f"FLOOR({n} / {PARTITIONS})::INTEGER || ',\"CreateTime\":' || %s || ',\"key\":{{' || {key} || '}}}}'")
+    content = (f"'{{' || {key} || ',\"ol_i_id\":' || MOD({n} * 97, 100000) || ',\"ol_supply_w_id\":9,"
+               f"\"ol_delivery_d\":\"2026-11-25 12:00:00\",\"ol_quantity\":5,\"ol_amount\":12.50,"
+               f"\"ol_dist_info\":\"dist-info-' || {n} || '\",\"_tidb_op\":\"c\",\"_tidb_commit_ts\":' || "
+               f"(463000000000000000 + {n}) || ',\"_tidb_commit_physical_time\":1764072000000}}'")
     return Statement(
         f'INSERT INTO {landing.sql} ("RECORD_METADATA", "RECORD_CONTENT") '
-        f"SELECT OBJECT_CONSTRUCT('topic', %s, 'partition', MOD({n}, {PARTITIONS}), 'offset', FLOOR({n} / {PARTITIONS}), "
-        f"'CreateTime', %s, 'key', {key}), {content} "
-        f"FROM (SELECT SEQ8() AS {n} FROM TABLE(GENERATOR(ROWCOUNT => {int(rows)})))",
-        (topic, create_time_ms),
+        f"SELECT PARSE_JSON({metadata}), PARSE_JSON({content}) "
+        f"FROM (SELECT SEQ8() + %s AS {n} FROM TABLE(GENERATOR(ROWCOUNT => {int(rows)})))",
+        (topic, create_time_ms, first),
     )
+
+
+FILL_CHUNK = 1_000_000  # rows per INSERT: bounds the stand-in's working memory
 
 
 def _one(conn: Any, settings: Any, retained: int, batch: int, rounds: int, log: logging.Logger) -> RetentionPoint:
@@ -98,7 +104,9 @@ def _one(conn: Any, settings: Any, retained: int, batch: int, rounds: int, log: 
         wh.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(database)}")
         ensure_tables(wh, tables)
         wh.execute(create_watermark_sql(watermarks))
-        wh.execute(retained_rows_sql(landing, topic, per * PARTITIONS, int(time.time() * 1000)))
+        created = int(time.time() * 1000)
+        for first in range(0, per * PARTITIONS, FILL_CHUNK):
+            wh.execute(retained_rows_sql(landing, topic, first, min(FILL_CHUNK, per * PARTITIONS - first), created))
         now = time.strftime("%Y-%m-%d %H:%M:%S")
         last = {p: per - 1 for p in range(PARTITIONS)}
         for stmt in write_landed_offsets_statements(tables.offsets, landing, topic, last, "bench", now):
@@ -157,9 +165,11 @@ def retention_scaling(retained: tuple[int, ...], batch: int, rounds: int = 3) ->
     from tidb_pipeline.lab import stack
     from tidb_pipeline.lab.service import up
     from tidb_pipeline.lab.settings import LabSettings
-    from tidb_pipeline.lab.snowflake import connection_args
+    from tidb_pipeline.lab.snowflake import MEMORY_LIMIT_ENV, connection_args
 
     settings = LabSettings()
+    # A lab server this starts keeps DuckDB within 3 GB (spilling to disk): 10M rows on a shared machine.
+    os.environ.setdefault(MEMORY_LIMIT_ENV, "3GB")
     up(stack.services(settings, ["kafka", "registry", "snowflake"]), log=lambda _m: None)
     log = logging.getLogger("tidb_pipeline.bench.retention")
     points = []
