@@ -219,7 +219,7 @@ def retention_figure(retained: tuple[int, ...], batch: int, rounds: int = 3) -> 
             target="ratio <= 1.2" if largest else "", met=(p.seconds / base.seconds <= 1.2) if largest else None,
             note=(f"load {p.load_seconds:.2f}s, merge {p.merge_seconds:.2f}s; the merge through a landing scan "
                   f"(before the landed-offsets table) {p.scan_merge_seconds:.2f}s; one seeding scan "
-                  f"{p.seed_scan_seconds:.2f}s; load average (1/5/15 min) {load} after it")))
+                  f"{p.seed_scan_seconds:.2f}s; load average (1/5/15 min) {load} at the end of the figure")))
     return out, {"retention": points}
 
 
