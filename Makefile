@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # go-tpc, the workload (PingCAP's `tiup bench tpcc`), pinned: the module proxy's "latest" is an older 2021 release.
 GO_TPC_VERSION := v1.0.12
 
-.PHONY: install demo test check lab-up lab-down lab-status dev clean
+.PHONY: install demo test test-unit check lab-up lab-down lab-status dev clean
 
 install: $(VENV)/.installed $(VENV)/bin/go-tpc $(DAGSTER_HOME)/dagster.yaml
 
@@ -32,9 +32,15 @@ demo: install
 	$(VENV)/bin/tidb-pipeline demo
 
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass. `dg check yaml` and
-# `dg check defs` run inside it (tidb_pipeline_tests/test_dg.py).
+# `dg check defs` run inside it (tidb_pipeline_tests/test_dg.py), and so do ruff and mypy (test_lint.py).
+# `make test` is everything (as CI) and prints the 30 slowest tests; `make test-unit` is what needs no lab
+# (tests using a lab part are marked `integration` by tidb_pipeline_tests/conftest.py).
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest --durations=30 $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+test-unit: install
+	$(PY) -m pytest -m "not integration" --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lab-up: install

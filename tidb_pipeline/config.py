@@ -299,6 +299,45 @@ def _dagster_name(group: str) -> str:
     return group
 
 
+class ColumnsConfig(_Model):
+    """Which columns a replica holds and how (`replication.columns`): `include` (only these) or `exclude` (all but
+    these), and per column `hash` (hex SHA-256 of the salt and the value's text) or `mask` (always NULL).
+
+    Names are TiDB's column names; whether they exist is known only from the table's schema, so an unknown name
+    fails the first merge, backfill or check naming the table and the column. Key columns cannot be excluded,
+    hashed or masked (the merge, the checks and the SQL Server copy find rows by them): refused there too.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hash: tuple[str, ...] = ()
+    mask: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnsConfig:
+        if self.include and self.exclude:
+            raise ValueError("include and exclude: give one of them (include lists the columns kept, exclude the "
+                             "columns left out)")
+        for field in ("include", "exclude", "hash", "mask"):
+            names = getattr(self, field)
+            if dupes := sorted({n for n in names if names.count(n) > 1}):
+                raise ValueError(f"{field}: {', '.join(map(repr, dupes))} listed twice")
+            if any(not n for n in names):
+                raise ValueError(f"{field}: empty column name")
+        if both := sorted(set(self.hash) & set(self.mask)):
+            raise ValueError(f"hash and mask: {', '.join(map(repr, both))} in both; a column is hashed or masked")
+        for field in ("hash", "mask"):
+            if dropped := sorted(n for n in getattr(self, field) if n in self.exclude or
+                                 (self.include and n not in self.include)):
+                raise ValueError(f"{field}: {', '.join(map(repr, dropped))} not kept by include/exclude, so "
+                                 "there is nothing to " + field)
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        return not (self.include or self.exclude or self.hash or self.mask)
+
+
 class TableConfig(_Model):
     """One replicated TiDB table."""
 
@@ -314,6 +353,28 @@ class TableConfig(_Model):
     replica_table: str | None = None
     # Overrides the file's `freshness` for this table's replica.
     freshness: FreshnessConfig | None = None
+    # Column policy (ColumnsConfig); `hash_salt_env` names the environment variable holding the salt of
+    # hashed columns (resolved only by the run that hashes, like a dg.EnvVar; never the salt itself).
+    columns: ColumnsConfig = ColumnsConfig()
+    hash_salt_env: str | None = None
+
+    _check_salt_env = field_validator("hash_salt_env")(_env_name)
+
+    @property
+    def column_policy(self) -> ColumnsConfig | None:
+        """The column policy (`replication.columns`), None when every column is kept as it is."""
+        return None if self.columns.is_default else self.columns
+
+    @model_validator(mode="after")
+    def _columns(self) -> TableConfig:
+        if self.columns.hash and not self.hash_salt_env:
+            raise ValueError("hash_salt_env: columns.hash needs the name of the environment variable holding the "
+                             "salt (e.g. hash_salt_env: TIDB_PIPELINE_HASH_SALT)")
+        if keyed := [k for k in self.key if k in self.columns.exclude or k in self.columns.hash
+                     or k in self.columns.mask or (self.columns.include and k not in self.columns.include)]:
+            raise ValueError(f"columns: key column(s) {', '.join(map(repr, keyed))} must be kept as they are (the "
+                             "merge, checks and SQL Server copy find rows by the key): do not exclude, hash or mask them")
+        return self
 
     @field_validator("landing_table", "replica_table")
     @classmethod

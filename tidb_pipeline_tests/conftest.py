@@ -1,7 +1,11 @@
-"""Session fixtures that bring up the lab parts an integration test needs.
+"""Session fixtures that bring up the lab parts an integration test needs, and the test tiers.
 
 They use the default lab (`.lab/`, default ports) so a lab already started with `tidb-pipeline lab up`
 is reused; a part a fixture had to start is stopped again at the end of the session.
+
+Tiers: every test that uses a lab part (one of `LAB_FIXTURES`, directly or through another fixture) is
+marked `integration` here, so `make test-unit` (`-m "not integration"`) runs everything that needs no lab
+and `make test` runs everything.
 """
 
 from __future__ import annotations
@@ -13,6 +17,17 @@ import pytest
 from tidb_pipeline.lab import stack
 from tidb_pipeline.lab.service import Service, down, up
 from tidb_pipeline.lab.settings import LabSettings
+
+
+# The fixtures that start a lab part (below), and the test-local ones that start private lab parts.
+LAB_FIXTURES = frozenset({"kafka", "mariadb", "registry", "snowflake", "ticdc", "postgres", "connect",
+                          "service", "stand_in", "cloud", "worker", "mariadb_service", "dagster_dev"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from tidb_pipeline.components import (
     TiDBReplicationComponent,
     TiDBReplicationScaffolder,
 )
-from tidb_pipeline.config import ConfigError, PipelineConfig, load_config, parse_config
+from tidb_pipeline.config import PipelineConfig, load_config, parse_config
 from tidb_pipeline.defs import build_defs
 
 REPO = Path(__file__).resolve().parents[1]

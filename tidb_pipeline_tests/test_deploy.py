@@ -182,7 +182,7 @@ def test_one_merge_run_per_table_group_at_a_time(instance_file: str, tmp_path: P
     coordinator = InstanceRef.from_dir(str(home)).run_coordinator
     assert isinstance(coordinator, QueuedRunCoordinator)
     limits = coordinator.get_run_queue_config().tag_concurrency_limits
-    assert [(l["key"], l["value"], l["limit"]) for l in limits] == [
+    assert [(lim["key"], lim["value"], lim["limit"]) for lim in limits] == [
         (GROUP_TAG, {"applyLimitPerUniqueValue": True}, 1)]
     # ... and every merge job's runs carry that tag, one value per group (the sensor's requests do too).
     config = parse_config({"merge_schedules": {"a": {"cron": "* * * * *"}, "b": {"cron": "* * * * *"}},

@@ -15,6 +15,7 @@ from tidb_pipeline.components import TYPE_NAME
 from tidb_pipeline_tests.dg_cli import REPO, dg_env, run, this_venv
 from tidb_pipeline_tests.test_components import shape
 from tidb_pipeline_tests.ui import dagster_dev
+from tidb_pipeline.lab.ports import free_port
 
 DG = str(this_venv() / "bin" / "dg")
 
@@ -94,7 +95,7 @@ def test_dg_dev_serves_this_repos_definitions(tmp_path: Path) -> None:
     from tidb_pipeline.definitions import defs
 
     env = dg_env(this_venv(), tmp_path / "home")
-    port = dagster_dev.free_port()
+    port = free_port()
     log = tmp_path / "dg_dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([DG, "dev", "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from tidb_pipeline.resources.tidb import quote_mysql
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,27 +26,17 @@ from pathlib import Path
 
 from tidb_pipeline.lab.env import applied
 from tidb_pipeline.lab.settings import DEFAULT_PORTS, LabSettings
+from tidb_pipeline.lab.ports import free_ports
 
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def private_lab_env(root: Path) -> dict[str, str]:
     """Environment pointing LabSettings (and every child process) at a lab under `root` on free ports."""
     env = {"TIDB_PIPELINE_LAB_DIR": str(root)}
-    for name, port in zip(DEFAULT_PORTS, _free_ports(len(DEFAULT_PORTS))):
+    for name, port in zip(DEFAULT_PORTS, free_ports(len(DEFAULT_PORTS))):
         env[f"TIDB_PIPELINE_LAB_{name.upper()}_PORT"] = str(port)
     return env
 

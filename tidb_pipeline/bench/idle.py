@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +28,12 @@ import dagster as dg
 from tidb_pipeline.lab.env import pipeline_env
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.statement_log import Statement, by_kind, log_path, read
+from tidb_pipeline.lab.ports import free_port
 
 _ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
            dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -92,7 +88,7 @@ def measure(minutes: float, settle_s: float, warmup_timeout_s: float) -> str:
     if not home:
         raise SystemExit("set DAGSTER_HOME (the instance `tidb-pipeline demo` wrote to) before measuring")
     env = {**os.environ, **pipeline_env(settings)}
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-m", "tidb_pipeline.definitions", "-p", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=open(Path(home) / "idle_bench_dagster_dev.log", "w"),

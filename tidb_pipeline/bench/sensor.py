@@ -16,9 +16,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 
 from tidb_pipeline.config import parse_config
-from tidb_pipeline.defs.sensors import build_offsets_sensor, deserialize_cursor, read_end_offsets
+from tidb_pipeline.defs.sensors import build_offsets_sensor, deserialize_cursor
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.kafka import KafkaResource, read_end_offsets
 
 
 def main(argv: Sequence[str] | None = None) -> None:

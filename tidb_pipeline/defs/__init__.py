@@ -8,6 +8,7 @@ from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.alerts import build_alerts_sensor
 from tidb_pipeline.defs.backfill_job import build_backfill_job
 from tidb_pipeline.defs.changefeed_assets import build_changefeed_asset
+from tidb_pipeline.defs.changefeed_checks import build_changefeed_table_checks
 from tidb_pipeline.defs.checks import build_all_checks, build_reconcile_job
 from tidb_pipeline.defs.fanout import build_fanout_assets, build_fanout_checks
 from tidb_pipeline.defs.jobs import (
@@ -27,7 +28,8 @@ def build_defs(*, config: PipelineConfig) -> dg.Definitions:
     merge_jobs = build_merge_jobs(config=config)
     resources = build_resources(config=config)
     alerts = build_alerts_sensor(config=config, resource_keys=resources)
-    checks = [*build_all_checks(config=config), *build_fanout_checks(config=config)]
+    checks = [*build_all_checks(config=config), *build_fanout_checks(config=config),
+              *build_changefeed_table_checks(config=config)]
     return dg.Definitions(
         assets=[build_changefeed_asset(config=config), *build_all_table_assets(config=config),
                 *build_fanout_assets(config=config)],

@@ -43,7 +43,7 @@ from tidb_pipeline.defs.freshness import freshness_state
 from tidb_pipeline.engine.holes import overdue, resolve_holes, utc_now
 from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE  # the table the built-in loader quarantines into
 from tidb_pipeline.engine.replica import ensure_schema, latest_schemas
-from tidb_pipeline.defs.tables import TableNames, changefeed_key, group_name, table_keys, table_names
+from tidb_pipeline.defs.tables import TableNames, changefeed_key, column_policy, group_name, hash_salt, table_keys, table_names
 from tidb_pipeline.replication.avro_types import EXTENSION_FIELDS, load_schema
 from tidb_pipeline.replication.checksum import (
     RANGE_KINDS,
@@ -59,6 +59,8 @@ from tidb_pipeline.replication.checksum import (
     parse_checksums,
     range_chunks,
 )
+from tidb_pipeline.replication.columns import Policy, check_names, kept, kept_names
+from tidb_pipeline.replication.columns import treatment as policy_treatment
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import ABSENT, Gap, OffsetSources, create_offset_gaps_sql
 from tidb_pipeline.replication.merge import unconverted_table
@@ -193,6 +195,11 @@ def _count(cursor: Any, sql: str) -> int:
     return int(cursor.fetchone()[0])
 
 
+def policy_column(column: ChecksumColumn, policy: Policy | None) -> ChecksumColumn:
+    how = "" if policy is None else policy_treatment(policy, column.name)
+    return ChecksumColumn(column.name, how) if how else column
+
+
 def key_of(tidb: TiDBResource, table: TableConfig) -> tuple[str, ...]:
     key = table.key or tidb.handle_key(table.db, table.table)
     if not key:
@@ -214,15 +221,23 @@ class ContentComparison:
 def compare_content(
     *, tidb_conn: Any, snowflake_conn: Any, table: TableConfig, replica: TableRef, key: Sequence[str],
     source_columns: Sequence[Any], source_rows: int, settings: CheckSettings,
+    policy: Policy | None = None, salt: Callable[[], str] | None = None,
 ) -> ContentComparison:
-    """Chunked checksums of the columns both sides have; chunks from TiDB's row-count quantiles."""
+    """Chunked checksums of the columns both sides have; chunks from TiDB's row-count quantiles.
+
+    Under a column `policy` an excluded column is never read from TiDB, a masked one is compared as NULL (not
+    read from TiDB either) and a hashed one by the same salted hash computed in TiDB (`salt()`, asked only then).
+    """
     warehouse = Warehouse.of(snowflake_conn)
     replica_types = replica_column_types(warehouse, replica)
+    if policy is not None:
+        check_names(policy, f"{table.db}.{table.table}", [c.name for c in source_columns], tuple(key))
     columns = tuple(
-        checksum_column(c.name, c.data_type, c.column_type, replica_types[c.name])
-        for c in source_columns if c.name in replica_types
+        policy_column(checksum_column(c.name, c.data_type, c.column_type, replica_types[c.name]), policy)
+        for c in source_columns if c.name in replica_types and (policy is None or kept(policy, c.name))
     )
     skipped = tuple(c.name for c in source_columns if c.name not in replica_types)
+    salt_value = salt() if salt is not None and any(c.kind == "hash" for c in columns) else None
     first = next((c for c in columns if c.name == key[0]), None)
     if first is None:
         raise ValueError(f"key column {key[0]!r} of {table.db}.{table.table} is missing from replica {replica.label}")
@@ -234,7 +249,8 @@ def compare_content(
     else:
         chunks = bucket_chunks(first.name, wanted)
     with tidb_conn.cursor() as cur:
-        source = parse_checksums(_rows(cur, checksums_sql("mysql", mysql_table(table.db, table.table), columns, first, chunks)))
+        source = parse_checksums(_rows(cur, checksums_sql("mysql", mysql_table(table.db, table.table), columns, first,
+                                                          chunks, salt=salt_value)))
     replica_sums = parse_checksums(warehouse.execute(checksums_sql("snowflake", replica.sql, columns, first, chunks)))
     return ContentComparison(compare_chunks(chunks, source, replica_sums), columns, skipped)
 
@@ -419,6 +435,7 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
         comparison = compare_content(
             tidb_conn=source_conn, snowflake_conn=sf, table=r.table, replica=r.names.replica, key=key,
             source_columns=source_columns, source_rows=source_rows, settings=r.settings,
+            policy=column_policy(r.table), salt=hash_salt(r.table),
         )
     lag = read_lag(config=r.config, names=r.names, watermarks=watermarks, kafka=res.kafka, ticdc=res.ticdc)
     differing = comparison.differing
@@ -428,6 +445,8 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
         "differing_ranges": [c.describe() for c in differing[:50]],
         "columns_compared": len(comparison.columns),
         "columns_not_in_replica": list(comparison.skipped),
+        "columns_hashed_compared": [c.name for c in comparison.columns if c.kind == "hash"],
+        "columns_masked_compared": [c.name for c in comparison.columns if c.kind == "mask"],
     })
 
 
@@ -462,7 +481,7 @@ def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:
         rows = wh.execute(Statement(
             f'SELECT "PARTITION", "OFFSET", "ERROR" FROM {dead.sql} WHERE "TOPIC" = %s '
             'ORDER BY "PARTITION", "OFFSET"', (names.topic,)))
-    metadata = {
+    metadata: dict[str, Any] = {
         "quarantined": len(rows),
         "dead_letter_table": dead.label,
         "first_records": [f"p{p}@{o}: {str(e)[:120]}" for p, o, e in rows[:20]],
@@ -510,17 +529,20 @@ def _unconverted(r: Replica, res: Any) -> dg.AssetCheckResult:
         try:
             rows = _rows(conn.cursor(), unconverted_values_sql(unconverted_table(r.names.watermarks), r.names.replica))
         except Exception as exc:  # noqa: BLE001 - no merge has created the table yet
-            if not _missing_table(exc):
+            if not is_missing_object(exc):
                 raise
             rows = []
     return unconverted_result(rows, r.names.replica, r.source)
 
 
 def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
-    tidb_cols = [c.name for c in res.tidb.columns(r.table.db, r.table.table)]
+    all_cols = [c.name for c in res.tidb.columns(r.table.db, r.table.table)]
+    # Columns the policy leaves out are expected to be missing from the replica.
+    tidb_cols = list(kept_names(column_policy(r.table), all_cols))
+    left_out = {sanitize_name(c) for c in all_cols if c not in tidb_cols}
     schemas = latest_schemas(res.schema_registry.get_client(), r.names.topic)
     avro_cols = [] if schemas is None else [
-        f["name"] for f in load_schema(schemas[1])["fields"] if f["name"] not in EXTENSION_FIELDS
+        f["name"] for f in load_schema(schemas[1])["fields"] if f["name"] not in EXTENSION_FIELDS | left_out
     ]
     with _session(r, res) as wh:
         replica_cols = list(replica_column_types(wh, r.names.replica))

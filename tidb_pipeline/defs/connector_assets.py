@@ -20,6 +20,7 @@ Building these objects reads only the config; no network at load.
 import base64
 import binascii
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 from dagster_snowflake import SnowflakeResource
@@ -134,7 +135,7 @@ def sqlserver_sink_settings(config: PipelineConfig, kafka: KafkaResource, sqlser
 
 
 # --- the reconcile step shared by both assets (the I/O is engine.connectors) -------------------------------------------------------------
-def reconcile_metadata(result: ReconcileResult, *, flavor: str, topics: Sequence[str]) -> dict[str, object]:
+def reconcile_metadata(result: ReconcileResult, *, flavor: str, topics: Sequence[str]) -> dict[str, Any]:
     """Names, states and counts only (safe for the UI)."""
     return {
         **result.metadata(),

@@ -14,6 +14,7 @@ without touching the warehouse (`defs/idle.py`), skipping with the reason when n
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import dagster as dg
 from dagster_snowflake import SnowflakeResource
@@ -162,7 +163,7 @@ def _last_run_start(instance: dg.DagsterInstance, job: str, statuses: Sequence[d
 
 
 def _wrote_rows(latest: Latest | dg.EventLogRecord) -> bool:
-    metadata = latest.metadata if isinstance(latest, Latest) else latest.asset_materialization.metadata
+    metadata: Any = latest.metadata if isinstance(latest, Latest) else latest.asset_materialization.metadata
     values = [metadata.get(k) for k in ("landing_rows_read", "rows_inserted", "rows_updated", "rows_deleted")]
     return any(int(getattr(v, "value", v) or 0) > 0 for v in values if v is not None)
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import dagster as dg
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.tables import group_name, table_keys
@@ -30,9 +29,8 @@ from tidb_pipeline.replication.ksqldb import (
     stream_name,
 )
 from tidb_pipeline.resources.ksqldb import KsqlDbClient, KsqlDbError, KsqlDbResource, StreamInfo
-from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.schema_registry import SchemaRegistryResource, latest_version, subject_names
 
-_SUBJECT_NOT_FOUND = 40401
 VALUE_VERSION_KEY = "value_subject_version"
 KEY_VERSION_KEY = "key_subject_version"
 
@@ -42,12 +40,9 @@ def ksqldb_key(config: PipelineConfig, t: TableConfig) -> dg.AssetKey:
 
 
 def latest_subject(registry: SchemaRegistryClient, subject: str) -> SubjectVersion | None:
-    try:
-        registered = registry.get_latest_version(subject)
-    except SchemaRegistryError as exc:
-        if exc.error_code == _SUBJECT_NOT_FOUND:
-            return None
-        raise
+    registered = latest_version(registry, subject)
+    if registered is None:
+        return None
     return SubjectVersion(subject=subject, version=int(registered.version), schema_id=int(registered.schema_id),
                           fields=record_fields(registered.schema.schema_str))
 
@@ -101,8 +96,9 @@ def reconcile_stream(client: KsqlDbClient, registry: SchemaRegistryClient, *, st
                      recorded: RecordedVersions = RecordedVersions(),
                      log: Callable[[str], None] = lambda _msg: None) -> StreamResult:
     """Describe, plan, then create / replace / do nothing."""
-    value = latest_subject(registry, f"{topic}-value")
-    key = latest_subject(registry, f"{topic}-key")
+    key_subject, value_subject = subject_names(topic)
+    value = latest_subject(registry, value_subject)
+    key = latest_subject(registry, key_subject)
     existing = client.describe_stream(stream)
     plan = plan_stream(stream=stream, topic=topic, existing=existing.state() if existing else None,
                        value=value, key=key, recorded=recorded)

@@ -55,7 +55,7 @@ def alert_resources(config: PipelineConfig, env: Mapping[str, str] | None = None
     from dagster_slack import SlackResource
 
     env = os.environ if env is None else env
-    a, out = config.alerts, {}
+    a, out = config.alerts, dict[str, dg.ConfigurableResource]()
     if a.slack is not None and env.get(a.slack.token_env):
         out["alert_slack"] = SlackResource(token=dg.EnvVar(a.slack.token_env))
     if a.teams is not None and env.get(a.teams.webhook_url_env):

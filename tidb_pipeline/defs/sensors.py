@@ -38,17 +38,17 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from confluent_kafka import KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.defs.idle import read_offsets, refresh_seconds, table_states, verified_current
 from tidb_pipeline.defs.jobs import GROUP_TAG, TRIGGER_TAG, build_merge_jobs, merge_job_name, merge_targets
 from tidb_pipeline.defs.tables import table_keys
-from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.kafka import KafkaResource, OffsetsRead, read_end_offsets
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -59,8 +59,6 @@ SENSOR_NAME = "kafka_offsets_sensor"
 CURSOR_VERSION = 1
 # Dagster kills a sensor tick after 60 s; leave room for the daemon's own work around the evaluation.
 DEFAULT_BUDGET_S = 40.0
-# A chunk must not be cut short by the budget below this much time.
-_MIN_CHUNK_S = 1.0
 
 
 class KafkaUnavailableError(RuntimeError):
@@ -116,93 +114,6 @@ def deserialize_cursor(text: str | None, log: Callable[[str], None] = _log.warni
         log(f"{SENSOR_NAME}: ignoring unreadable cursor ({type(exc).__name__}: {exc}); starting fresh, "
             "so every topic with data is treated as new once")
         return OffsetsCursor()
-
-
-# --- reading end offsets -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OffsetsRead:
-    """The outcome of reading end offsets within a budget."""
-
-    offsets: Mapping[str, Mapping[int, int]]  # topics fully read
-    at: float
-    # Topics whose read raised (deleted, leader moving), with the first error; metadata is re-read next tick.
-    errors: Mapping[str, str]
-    unread: tuple[str, ...]  # topics the budget did not reach
-    metadata_read: bool
-    calls: int  # list_offsets calls made
-
-
-def _chunks(partitions: Mapping[str, Sequence[int]], order: Sequence[str], limit: int) -> list[list[str]]:
-    """Topics in `order`, grouped so each group has at most `limit` partitions (a bigger topic goes alone)."""
-    out: list[list[str]] = []
-    current: list[str] = []
-    size = 0
-    for topic in order:
-        n = len(partitions[topic])
-        if current and size + n > limit:
-            out.append(current)
-            current, size = [], 0
-        current.append(topic)
-        size += n
-    if current:
-        out.append(current)
-    return out
-
-
-def read_end_offsets(
-    admin: AdminClient,
-    topics: Sequence[str],
-    known: Mapping[str, Sequence[int]],
-    *,
-    refresh_metadata: bool,
-    deadline: float,
-    request_timeout_s: float,
-    chunk_partitions: int = 10_000,
-    clock: Callable[[], float] = time.monotonic,
-) -> OffsetsRead:
-    """End offsets of `topics` (in that order of priority), one `list_offsets` call per chunk, until `deadline`.
-
-    `known` holds partition lists from the cursor; metadata is read (one call) only if `refresh_metadata`
-    or a topic is not in `known`. A topic that does not exist yet reads as no partitions.
-    """
-    partitions: dict[str, list[int]] = {t: list(known[t]) for t in topics if known.get(t)}
-    metadata_read = False
-    if refresh_metadata or len(partitions) < len(topics):
-        remaining = deadline - clock()
-        if remaining <= 0:
-            return OffsetsRead({}, time.time(), {}, tuple(topics), False, 0)
-        metadata = admin.list_topics(timeout=min(request_timeout_s, remaining))
-        metadata_read = True
-        for topic in topics:
-            meta = metadata.topics.get(topic)
-            partitions[topic] = sorted(meta.partitions) if meta is not None and meta.error is None else []
-
-    offsets: dict[str, dict[int, int]] = {t: {} for t in topics if not partitions[t]}
-    errors: dict[str, str] = {}
-    unread: list[str] = []
-    calls = 0
-    # Rounded as the cursor stores it, so rates computed now and from a saved cursor agree.
-    at = round(time.time(), 3)
-    for chunk in _chunks(partitions, [t for t in topics if partitions[t]], chunk_partitions):
-        remaining = deadline - clock()
-        if remaining < _MIN_CHUNK_S:
-            unread.extend(chunk)
-            continue
-        timeout = min(request_timeout_s, remaining)
-        request = {TopicPartition(t, p): OffsetSpec.latest() for t in chunk for p in partitions[t]}
-        calls += 1
-        futures = admin.list_offsets(request, request_timeout=timeout)
-        got: dict[str, dict[int, int]] = {t: {} for t in chunk}
-        for tp, future in futures.items():
-            try:
-                # One second of grace past the deadline for the whole chunk, not per partition.
-                got[tp.topic][tp.partition] = future.result(timeout=max(0.0, deadline + 1 - clock())).offset
-            except (KafkaException, TimeoutError) as exc:
-                errors.setdefault(tp.topic, f"partition {tp.partition}: {exc}")
-        offsets.update({t: o for t, o in got.items() if t not in errors})
-    return OffsetsRead(offsets, at, errors, tuple(unread), metadata_read, calls)
 
 
 # --- deciding what to emit (pure) ---------------------------------------------------------------------
@@ -348,7 +259,7 @@ def idle_work(instance: dg.DagsterInstance, config: PipelineConfig, kafka: Kafka
 
 
 def observation(config_topic_key: dg.AssetKey, move: TopicMove) -> dg.AssetObservation:
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "end_offsets": dg.MetadataValue.json({str(p): o for p, o in sorted(move.offsets.items())}),
         "end_offset_total": sum(move.offsets.values()),
         "partitions": len(move.offsets),

@@ -11,8 +11,10 @@ from typing import Any
 import dagster as dg
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.tables import group_name
+from tidb_pipeline.defs.tables import group_name, hash_salt
 from tidb_pipeline.engine.sqlserver import DEFAULT_DATABASE, ApplyError, apply_topic
+from tidb_pipeline.replication.columns import by_field, treatment
+from tidb_pipeline.replication.columns import describe as describe_columns
 from tidb_pipeline.replication.sqlserver import TargetTable
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
@@ -39,8 +41,10 @@ def build_sqlserver_assets(
     @dg.asset(
         key=key, deps=[dg.AssetKey(["kafka", topic])], group_name=group_name(table), kinds={"sqlserver", "kafka"},
         description=(f"SQL Server table `{target}` with TiDB `{table.db}`.`{table.table}`'s rows, upserted "
-                     f"from topic `{topic}` exactly once (the SQL Server sink's semantics, built in)."),
-        metadata={"source": f"{table.db}.{table.table}", "topic": topic},
+                     f"from topic `{topic}` exactly once (the SQL Server sink's semantics, built in)."
+                     + (f" Columns: {describe_columns(table.column_policy)}." if table.column_policy else "")),
+        metadata={"source": f"{table.db}.{table.table}", "topic": topic,
+                  "column_policy": describe_columns(table.column_policy)},
     )
     def _sqlserver(
         context: dg.AssetExecutionContext, kafka: KafkaResource, schema_registry: SchemaRegistryResource,
@@ -52,7 +56,9 @@ def build_sqlserver_assets(
         engine = sqlserver.get_engine()
         try:
             result = apply_topic(kafka=kafka, registry=schema_registry.get_client(), engine=engine, topic=topic,
-                                 table=TargetTable(target, sqlserver.db_schema), log=context.log)
+                                 table=TargetTable(target, sqlserver.db_schema), log=context.log,
+                                 policy=table.column_policy, hash_salt=hash_salt(table),
+                                 source=f"{table.db}.{table.table}")
         finally:
             engine.dispose()
         metadata: dict[str, Any] = {
@@ -72,9 +78,14 @@ def build_sqlserver_assets(
         if result.row_count is not None:
             metadata["dagster/row_count"] = result.row_count
         if result.columns:
+            fields = by_field(table.column_policy) if table.column_policy else None
+            how = {"hash": "HASHED: hex SHA-256 of salt || value text", "mask": "MASKED: always NULL"}
             metadata["dagster/column_schema"] = dg.TableSchema(columns=[
                 dg.TableColumn(c.name, c.sql_type,
-                               constraints=dg.TableColumnConstraints(nullable=not c.is_key, unique=False))
+                               constraints=dg.TableColumnConstraints(nullable=not c.is_key, unique=False),
+                               description=how.get(treatment(fields, c.name)) if fields else None,
+                               tags={"column_policy": treatment(fields, c.name)}
+                               if fields and treatment(fields, c.name) else {})
                 for c in result.columns
             ])
         return dg.MaterializeResult(metadata=metadata)

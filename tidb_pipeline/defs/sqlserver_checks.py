@@ -37,12 +37,15 @@ from tidb_pipeline.defs.checks import (
     ContentComparison,
     Lag,
     Watermark,
+    policy_column,
     error_result,
     key_of,
     lag_aware_result,
     read_lags,
 )
 from tidb_pipeline.defs.sqlserver_assets import sqlserver_key
+from tidb_pipeline.defs.tables import hash_salt
+from tidb_pipeline.replication.columns import kept
 from tidb_pipeline.replication import checksum as ck
 from tidb_pipeline.replication import sqlserver as sql
 from tidb_pipeline.resources.kafka import KafkaResource
@@ -117,7 +120,7 @@ def group_offsets(kafka: KafkaResource, group: str, topics: Sequence[str]) -> di
     admin = kafka.admin()  # kept referenced until the future resolves
     future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
                                                request_timeout=kafka.request_timeout_s)[group]
-    wanted, out = set(topics), {}
+    wanted, out = set(topics), dict[str, dict[int, Watermark]]()
     for tp in future.result(timeout=kafka.request_timeout_s + 5).topic_partitions or []:
         if tp.topic in wanted and tp.offset >= 0:
             out.setdefault(tp.topic, {})[tp.partition] = Watermark(tp.offset - 1, None)
@@ -148,9 +151,12 @@ def compare_target_content(
     exists = bool(types)
     if not exists:  # not created yet: the source's chunks are compared against nothing
         types = {c.name: "" for c in source_columns}
-    columns = tuple(ck.target_checksum_column(c.name, c.data_type, c.column_type, types[c.name])
-                    for c in source_columns if c.name in types)
+    # The column policy as the applier follows it (`replication.columns`; `checks.compare_content` for Snowflake).
+    policy = table.column_policy
+    columns = tuple(policy_column(ck.target_checksum_column(c.name, c.data_type, c.column_type, types[c.name]), policy)
+                    for c in source_columns if c.name in types and (policy is None or kept(policy, c.name)))
     skipped = tuple(c.name for c in source_columns if c.name not in types)
+    salt = hash_salt(table)() if any(c.kind == "hash" for c in columns) else None
     first = next((c for c in columns if c.name == key[0]), None)
     if first is None:
         raise ValueError(f"key column {key[0]!r} of {table.db}.{table.table} is missing from target table {ref.label}")
@@ -163,7 +169,7 @@ def compare_target_content(
     else:
         chunks = ck.bucket_chunks(first.name, wanted)
     with tidb_conn.cursor() as cur:
-        stmt = ck.checksums_sql("mysql", ck.mysql_table(table.db, table.table), columns, first, chunks)
+        stmt = ck.checksums_sql("mysql", ck.mysql_table(table.db, table.table), columns, first, chunks, salt=salt)
         cur.execute(stmt.sql, stmt.params or None)
         source = ck.parse_checksums(cur.fetchall())
     target: dict[int, tuple[int, int]] = {}

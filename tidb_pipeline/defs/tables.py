@@ -31,17 +31,20 @@ from typing import Any
 import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
-from tidb_pipeline.config import PipelineConfig, TableConfig
+from tidb_pipeline.config import ColumnsConfig, PipelineConfig, TableConfig
 from tidb_pipeline.defs.freshness import replica_freshness_policy
 from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE
 from tidb_pipeline.engine.replica import merge_replica
 from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
+from tidb_pipeline.replication.avro_types import ReplicaColumn
+from tidb_pipeline.replication.columns import describe as describe_columns
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.progress import merged_through_sql
 from tidb_pipeline.replication.holes import ABSENT, OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.tidb import TiDBResource
+from tidb_pipeline.resources.env import hash_salt_reader
 from tidb_pipeline.resources.warehouse import Warehouse, parallel_tables, warehouse_session
 
 WATERMARK_TABLE = "MERGE_WATERMARKS"
@@ -136,12 +139,32 @@ def _landing_spec(*, config: PipelineConfig, table: TableConfig) -> dg.AssetSpec
     )
 
 
+def column_description(col: ReplicaColumn) -> str:
+    """A replica column's description in `dagster/column_schema`: its TiDB type and the policy's treatment."""
+    how = {"hash": " · HASHED: hex SHA-256 of salt || value text", "mask": " · MASKED: always NULL"}
+    return f"TiDB {col.tidb_type}{how.get(col.policy, '')}"
+
+
+def _policy_metadata(table: TableConfig) -> dict[str, Any]:
+    """The column policy in the replica's metadata (names only; the salt's variable name, never its value)."""
+    c = table.columns
+    if c.is_default:
+        return {"column_policy": describe_columns(None)}
+    md: dict[str, Any] = {"column_policy": describe_columns(c)}
+    for field in ("include", "exclude", "hash", "mask"):
+        if getattr(c, field):
+            md[f"columns_{field}"] = ", ".join(getattr(c, field))
+    return md
+
+
 def _replica_spec(*, config: PipelineConfig, table: TableConfig) -> dg.AssetSpec:
     keys, names = table_keys(config, table), table_names(config, table)
+    policy = "" if table.columns.is_default else f" Columns: {describe_columns(table.columns)}."
     return dg.AssetSpec(
         keys.replica, deps=[keys.landing], group_name=group_name(table), kinds={"snowflake"},
-        description=f"Typed replica of TiDB `{table.db}`.`{table.table}`, merged from its landing table.",
-        metadata={"dagster/table_name": names.replica.label, "source": f"{table.db}.{table.table}"},
+        description=f"Typed replica of TiDB `{table.db}`.`{table.table}`, merged from its landing table.{policy}",
+        metadata={"dagster/table_name": names.replica.label, "source": f"{table.db}.{table.table}",
+                  **_policy_metadata(table)},
         freshness_policy=replica_freshness_policy(config.freshness_of(table)),
     )
 
@@ -190,14 +213,25 @@ def _land(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sess
     }
 
 
+def column_policy(table: TableConfig) -> ColumnsConfig | None:
+    return table.column_policy
+
+
+def hash_salt(table: TableConfig) -> Callable[[], str]:
+    """Reads the table's salt when called (in the run that hashes), as a `dg.EnvVar` would; never logged."""
+    return hash_salt_reader(table.hash_salt_env, f"{table.db}.{table.table}")
+
+
 def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any,
-           source_columns: Callable[[], Sequence[str]]) -> dict[str, Any]:
+           source_columns: Callable[[], Sequence[str]], table: TableConfig | None = None) -> dict[str, Any]:
     with sessions() as wh:
         outcome = merge_replica(
             connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
             source_columns=source_columns, dead_letters=names.dead_letters, offset_gaps=names.offset_gaps,
-            kafka=kafka, landed_offsets=names.landed_offsets,
+            kafka=kafka, landed_offsets=names.landed_offsets, policy=None if table is None else column_policy(table),
+            hash_salt=None if table is None else hash_salt(table),
+            source="" if table is None else f"{table.db}.{table.table}",
         )
         # Recorded so the idle gate (defs/idle.py) learns what is merged without a statement of its own.
         merged = None if outcome is None else {
@@ -228,8 +262,9 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
         "dagster/row_count": outcome.row_count,
         "dagster/table_name": names.replica.label,
         "dagster/column_schema": dg.TableSchema(columns=[
-            dg.TableColumn(col.name, col.sql_type, description=f"TiDB {col.tidb_type}",
-                           constraints=dg.TableColumnConstraints(nullable=col.nullable, unique=False))
+            dg.TableColumn(col.name, col.sql_type, description=column_description(col),
+                           constraints=dg.TableColumnConstraints(nullable=col.nullable, unique=False),
+                           tags={"column_policy": col.policy} if col.policy else {})
             for col in outcome.columns
         ]),
     }
@@ -310,7 +345,7 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
                 # TiDB's column names, read only when the replica lacks a field (engine/replica.py).
                 merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log,
-                                               lambda: [c.name for c in tidb.columns(t.db, t.table)]),
+                                               lambda: [c.name for c in tidb.columns(t.db, t.table)], t),
             )
 
         if parallel <= 1 or len(work) <= 1:

@@ -10,9 +10,9 @@ loaded once. One backfill, step by step (the idea of PingCAP's tidb2dw):
 2. Per table: the TiCDC key/value Avro schemas from the table's information_schema metadata at `T`
    (`replication.ticdc_schema`, byte-for-byte TiCDC's), hence the replica's columns (`replica_columns`) exactly
    as the merges will later see them in the registry; create the replica, empty it, and stream the rows in
-   chunks: each row becomes the Avro datum TiCDC would send, then the landing encoder's JSON text, NDJSON files
-   on a stage, `COPY INTO` a one-VARIANT load table and one `INSERT ... SELECT` with the merge's own casts
-   (`merge.json_to_sql`). So a snapshot value and the same value arriving through the changefeed become the
+   chunks: each row becomes the Avro datum TiCDC would send, then the landing encoder's JSON text, staged as the
+   landing stages it (`engine.staging`: Parquet, PUT, one COPY with `PARSE_JSON` into the load's TEMPORARY rows
+   table), and one `INSERT ... SELECT` with the merge's own casts (`merge.json_to_sql`). So a snapshot value and the same value arriving through the changefeed become the
    same typed value. No `executemany` (one bind per row: slow on Snowflake).
 3. Create the changefeed with `start_ts = T` (`desired_changefeed(..., start_ts=T)` + `reconcile_changefeed`):
    it replicates exactly the commits after `T`, so there is no gap and nothing is applied twice. The merge
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gzip
 import logging
 import os
 import tempfile
@@ -54,11 +53,15 @@ import pymysql.cursors
 from tidb_pipeline.config import PipelineConfig, TableConfig
 from tidb_pipeline.engine.changefeed import NOT_EXISTS, ReconcileResult, desired_changefeed, reconcile_changefeed
 from tidb_pipeline.engine.replica import ensure_replica, ensure_schema
+from tidb_pipeline.engine.staging import copy_file, put_file
 from tidb_pipeline.replication import ticdc_schema
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.changefeed import RUNNING_STATES, table_rule
 from tidb_pipeline.replication.ddl import Statement, TableRef, create_unconverted_sql, quote_ident, stage_folder
-from tidb_pipeline.replication.landing import compile_record_encoder, create_load_table_sql
+from tidb_pipeline.replication.columns import needs_salt, set_salt_statement
+from tidb_pipeline.replication.landing import LOAD_COLUMN, compile_record_encoder, create_load_rows_sql
+from tidb_pipeline.replication.wire import ParquetFiles
+from tidb_pipeline.resources.env import hash_salt_reader
 from tidb_pipeline.replication.merge import json_to_sql, record_unconverted_from_load_sql, unconverted_table
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
@@ -212,7 +215,7 @@ def schemas_for(info: ticdc_schema.TableInfo, cfg: ticdc_schema.CodecConfig) -> 
 def insert_from_load_sql(replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn]) -> Statement:
     """Typed rows from the load table's JSON objects, cast exactly as the merge casts landing content."""
     names = ", ".join(quote_ident(c.name) for c in columns)
-    values = ", ".join(f'{json_to_sql(c, "l." + quote_ident("V") + ":" + quote_ident(c.field))} AS {quote_ident(c.name)}'
+    values = ", ".join(f'{json_to_sql(c, "l." + quote_ident(LOAD_COLUMN) + ":" + quote_ident(c.field))} AS {quote_ident(c.name)}'
                        for c in columns)  # fmt: skip
     return Statement(f"INSERT INTO {replica.sql} ({names}) SELECT {values} FROM {load.sql} l")
 
@@ -243,12 +246,15 @@ def load_table(
     # The encoder needs no `_tidb_*` fields: they are metadata, and the replica has no columns for them.
     encode = compile_record_encoder(ticdc_schema.value_schema(info, _without_extension(cfg)))
     wh = Warehouse.of(connection)
-    ensure_replica(wh, replica, columns)
+    # The column policy (`replication.columns`) as the merge applies it; the salt is read only when needed.
+    columns, _ = ensure_replica(wh, replica, columns, policy=table.column_policy, source=f"{table.db}.{table.table}")
+    if needs_salt(columns):
+        wh.execute_secret(set_salt_statement(hash_salt_reader(table.hash_salt_env, f"{table.db}.{table.table}")()))
     ensure_schema(wh, control)
     stage = TableRef(control.schema, STAGE, control.database).sql
-    load = TableRef(control.schema, f"BACKFILL_LOAD_{replica.name}", control.database)
+    load = TableRef(control.schema, f"BACKFILL_ROWS_{replica.name}", control.database)
     wh.execute(f"CREATE STAGE IF NOT EXISTS {stage}")
-    wh.execute(create_load_table_sql(load))
+    wh.execute(create_load_rows_sql(load.sql))
     wh.execute(f"DELETE FROM {replica.sql}")
     # Values Snowflake cannot hold (e.g. zero dates) become NULL, recorded as the merge records them.
     unconverted = unconverted_table(control)
@@ -261,19 +267,17 @@ def load_table(
     with tempfile.TemporaryDirectory(prefix="backfill-") as folder:
         for chunk in snapshot.read(table.db, table.table, [c.name for c in info.columns], chunk_rows):
             chunks += 1
-            path = os.path.join(folder, f"chunk-{chunks:06d}.ndjson.gz")
-            with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
-                f.writelines(encode(ticdc_schema.snapshot_datum(info, row, cfg)) + "\n" for row in chunk)
-            stage_path = f"@{stage}/{folder_name}/{batch}/{chunks:06d}/"
-            wh.execute(f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
-            os.remove(path)
-            for stmt in (
-                Statement(f"DELETE FROM {load.sql}"),
-                Statement(f"COPY INTO {load.sql} FROM {stage_path} FILE_FORMAT = (TYPE = JSON) FORCE = TRUE"),
-                insert,
-                *([record] if record else []),
-                Statement(f"DELETE FROM {load.sql}"),
-            ):
+            # The one staging path (engine.staging): a snapshot row has no Kafka position, so no metadata.
+            files = ParquetFiles(folder, f"chunk-{chunks:06d}", len(chunk) + 1)
+            for row in chunk:
+                files.add_row(None, encode(ticdc_schema.snapshot_datum(info, row, cfg)))
+            files.flush()
+            stage_dir = f"@{stage}/{folder_name}/{batch}/{chunks:06d}/"
+            wh.execute(Statement(f"DELETE FROM {load.sql}"))
+            for path in files.paths:
+                copy_file(wh, load.sql, put_file(wh, path, stage_dir))
+                os.remove(path)
+            for stmt in (insert, *([record] if record else []), Statement(f"DELETE FROM {load.sql}")):
                 wh.execute(stmt)
             rows += len(chunk)
             log.info("%s.%s: %d rows loaded into %s", table.db, table.table, rows, replica.label)

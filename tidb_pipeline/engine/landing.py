@@ -49,12 +49,11 @@ load that raced another, or follows one that committed after this one started re
 other did not. Two loads of one table are serialised by the lock row: Snowflake makes the second wait (up
 to the session's LOCK_TIMEOUT), and its later statements see the first's rows. Nothing is ever TRUNCATEd.
 
-Stage files are Parquet, Snappy-compressed by the readers (~0.4 us per row on the readers' cores, a third
-of what gzip level 1 cost on NDJSON lines) and PUT with `AUTO_COMPRESS = FALSE` (otherwise the Snowflake
-connector would gzip each file again in this process, single-threaded, at level 9). Parquet is what lets
-one `COPY ... FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) FROM @stage/file)`
-fill both landing columns in one pass; the NDJSON design before it needed a one-VARIANT table and a
-splitting INSERT (a whole extra pass over every row). Staged files are removed after the commit.
+Stage files are Parquet, Snappy-compressed by the readers, and PUT with `AUTO_COMPRESS = FALSE` (otherwise
+the Snowflake connector would gzip each file again in this process, single-threaded, at level 9); one
+`COPY ... FROM (SELECT PARSE_JSON($1:RECORD_METADATA), PARSE_JSON($1:RECORD_CONTENT) FROM @stage/file)`
+fills both landing columns in one pass (`engine.staging`, the one staging path). Staged files are removed
+after the commit. Measured costs are in BENCHMARKS.md ("Figures from the module docstrings").
 
 Every statement goes through the warehouse seam (`tidb_pipeline.resources.warehouse`) and names its database
 and schema, so the session's current schema does not matter.
@@ -82,13 +81,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 import tidb_pipeline
 from tidb_pipeline.engine.replica import ensure_schema
+from tidb_pipeline.engine.staging import Stager, remove_staged
 from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql
 from tidb_pipeline.replication.landing import (
     DeadLetter,
@@ -102,7 +100,6 @@ from tidb_pipeline.replication.landing import (
     landed_offsets_sql,
     read_landed_offsets_sql,
     rows_last_offsets_sql,
-    stage_file_statements,
     take_load_lock_sql,
     write_landed_offsets_statements,
 )
@@ -120,6 +117,9 @@ from tidb_pipeline.replication.wire import (
     schema_id,
 )
 from tidb_pipeline.resources.kafka import KafkaResource
+# Re-exported: the loader's documented error (a ConnectionError, so Dagster retries the step).
+from tidb_pipeline.resources.schema_registry import SchemaRegistryUnavailable as SchemaRegistryUnavailable
+from tidb_pipeline.resources.schema_registry import all_versions, schema_text, subject_names
 from tidb_pipeline.resources.warehouse import Warehouse
 
 STAGE = "LANDING_STAGE"
@@ -146,10 +146,6 @@ class LandingResult:
     offsets_after: dict[int, int]  # next offset per partition after the load
     end_offsets: dict[int, int]  # Kafka high watermarks seen at the start
     seconds: float
-
-
-class SchemaRegistryUnavailable(ConnectionError):
-    """The schema registry could not serve the topic's schemas; nothing was loaded, so retrying is safe."""
 
 
 @dataclass(frozen=True)
@@ -223,35 +219,10 @@ def split_ranges(ranges: Mapping[int, tuple[int, int]], parts: int) -> list[tupl
 # --- registry -------------------------------------------------------------------------------------------
 
 
-def _registry_name(registry: SchemaRegistryClient) -> str:
-    """The registry's URL for error messages, without any user:password@ part."""
-    url = str(getattr(registry, "_conf", {}).get("url", "")).split(",")[0]
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return "(url unknown)"
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _registry_call(registry: SchemaRegistryClient, what: str, call: Any) -> Any:
-    """Run one registry call; None when it answers 404, SchemaRegistryUnavailable for anything else."""
-    try:
-        return call()
-    except SchemaRegistryError as exc:
-        if exc.http_status_code == 404:
-            return None
-        cause = f"HTTP {exc.http_status_code}: {exc.error_message}"
-    except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, TLS: all mean "not reachable now"
-        cause = f"{type(exc).__name__}: {exc}"
-    raise SchemaRegistryUnavailable(
-        f"schema registry {_registry_name(registry)} failed while {what} ({cause}); nothing was loaded or "
-        "committed and no offset moved, so retry the load once the registry answers"
-    )
-
-
 def subjects(topic: str) -> list[str]:
-    """TopicNameStrategy subjects; TiCDC replaces dots in the topic (spec/ticdc-avro.md), Confluent's do not."""
-    names = [f"{topic.replace('.', '_')}-key", f"{topic.replace('.', '_')}-value"]
+    """Every subject a record of `topic` may carry a schema id of: TiCDC's (dots replaced), and for a dotted
+    topic the literal TopicNameStrategy ones a Confluent producer would use."""
+    names = list(subject_names(topic))
     if "." in topic:
         names += [f"{topic}-key", f"{topic}-value"]
     return names
@@ -259,19 +230,7 @@ def subjects(topic: str) -> list[str]:
 
 def topic_schemas(registry: SchemaRegistryClient, topic: str) -> dict[int, str]:
     """Schema text by id for every version of the topic's key and value subjects."""
-    out: dict[int, str] = {}
-    for subject in subjects(topic):
-        versions = _registry_call(
-            registry, f"listing versions of {subject}", lambda s=subject: registry.get_versions(s)
-        )
-        for version in versions or []:
-            reg = _registry_call(
-                registry, f"reading {subject} version {version}",
-                lambda s=subject, v=version: registry.get_version(s, v),
-            )
-            if reg is not None:
-                out[reg.schema_id] = reg.schema.schema_str
-    return out
+    return {reg.schema_id: reg.schema.schema_str for subject in subjects(topic) for reg in all_versions(registry, subject)}
 
 
 # --- reading --------------------------------------------------------------------------------------------
@@ -379,9 +338,9 @@ def _resolve_unknown(
     ids = {schema_id(d) for r in records for d in (r.key, r.value) if d is not None and len(d) >= 5} - set(schemas)
     found = dict(schemas)
     for sid in sorted(ids):
-        got = _registry_call(registry, f"reading schema id {sid}", lambda s=sid: registry.get_schema(s))
-        if got is not None:
-            found[sid] = got.schema_str
+        text = schema_text(registry, sid)
+        if text is not None:
+            found[sid] = text
     builder = LineBuilder(topic, found)
     files = ParquetFiles(folder, "resolved", ROWS_PER_FILE, on_file)
     poison: list[tuple[RawRecord, str]] = []
@@ -511,36 +470,6 @@ def commit_load(
     return rows, len(fresh)
 
 
-def _put(warehouse: Warehouse, path: str, stage_path: str) -> None:
-    # Parquet files are compressed inside (Snappy, in the readers); AUTO_COMPRESS would gzip them at level 9.
-    warehouse.execute(f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
-
-
-def _remove_staged(warehouse: Warehouse, stage_path: str, log: logging.Logger | Any) -> None:
-    try:
-        warehouse.execute(f"REMOVE {stage_path}")
-    except Exception as exc:  # noqa: BLE001 - housekeeping after the commit: a file left costs storage only
-        log.warning("could not remove staged files %s: %s", stage_path, exc)
-
-
-class _Stager:
-    """PUTs each finished file and loads it into the load's rows table; keeps the time it took."""
-
-    def __init__(self, warehouse: Warehouse, rows_table: str, stage_path: str) -> None:
-        self.warehouse, self.rows_table, self.stage_path = warehouse, rows_table, stage_path
-        self.files = self.rows = 0
-        self.seconds = 0.0
-
-    def __call__(self, path: str, rows: int) -> None:
-        started = time.perf_counter()
-        _put(self.warehouse, path, self.stage_path)
-        for stmt in stage_file_statements(self.rows_table, self.stage_path + os.path.basename(path)):
-            self.warehouse.execute(stmt)
-        self.files += 1
-        self.rows += rows
-        self.seconds += time.perf_counter() - started
-
-
 # --- the load -------------------------------------------------------------------------------------------
 
 
@@ -604,7 +533,7 @@ def _load(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
         cleanup.enter_context(wh.temporary_table(create_load_rows_sql(rows_table), rows_table, log))
-        stager = _Stager(wh, rows_table, stage_path)
+        stager = Stager(wh, rows_table, stage_path)
         config = consumer_config(kafka, topic)
         jobs = [
             RangeJob(config, topic, group, schemas, folder, f"part{i}", ROWS_PER_FILE)
@@ -638,7 +567,7 @@ def _load(
         rows, quarantined = commit_load(wh, tables, topic, rows_table if staged else None, first, dead, batch)
         t_done = time.perf_counter()
         if staged:
-            _remove_staged(wh, stage_path, log)
+            remove_staged(wh, stage_path, log)
     consumed: dict[int, int] = {}
     for r in results:
         for p, o in r.next_offsets.items():

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.engine.holes import resolve_holes
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns, source_names, with_names
@@ -39,6 +38,7 @@ from tidb_pipeline.replication.ddl import (
     quote_ident,
     table_columns_sql,
 )
+from tidb_pipeline.replication.columns import Policy, apply_policy, needs_salt, set_salt_statement
 from tidb_pipeline.replication.holes import ABSENT, Gap, create_offset_gaps_sql
 from tidb_pipeline.replication.landing import create_landed_offsets_sql
 from tidb_pipeline.replication.merge import (
@@ -53,11 +53,8 @@ from tidb_pipeline.replication.merge import (
     unconverted_table,
 )
 from tidb_pipeline.resources.kafka import KafkaResource
-from tidb_pipeline.replication.ticdc_schema import subject_names
+from tidb_pipeline.resources.schema_registry import latest_version, subject_names
 from tidb_pipeline.resources.warehouse import DDL_MEMO, Warehouse
-
-_SUBJECT_NOT_FOUND = 40401
-
 
 @dataclass(frozen=True)
 class MergeOutcome:
@@ -76,13 +73,9 @@ class MergeOutcome:
 def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str, int] | None:
     """(key schema, value schema, value version) of the topic's latest subjects, or None before any data."""
     key_subject, value_subject = subject_names(topic)  # TiCDC's: dots in the topic become `_`
-    try:
-        key = registry.get_latest_version(key_subject)
-        value = registry.get_latest_version(value_subject)
-    except SchemaRegistryError as exc:
-        if exc.error_code == _SUBJECT_NOT_FOUND:
-            return None
-        raise
+    key, value = latest_version(registry, key_subject), latest_version(registry, value_subject)
+    if key is None or value is None:
+        return None
     return key.schema.schema_str, value.schema.schema_str, value.version
 
 
@@ -97,19 +90,22 @@ def ensure_schema(warehouse: Warehouse, table: TableRef) -> None:
 
 def ensure_replica(
     warehouse: Warehouse, replica: TableRef, columns: tuple[ReplicaColumn, ...], *,
-    source_columns: Callable[[], Sequence[str]] | None = None,
+    source_columns: Callable[[], Sequence[str]] | None = None, policy: Policy | None = None, source: str = "",
 ) -> tuple[tuple[ReplicaColumn, ...], tuple[str, ...]]:
     """Create the replica if missing and add the columns a newer schema brings.
 
     With `source_columns` (TiDB's column names, asked only for fields the replica does not have yet), the
-    columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`). Returns the columns
+    columns are first renamed from TiCDC's Avro field names to TiDB's (`source_names`); then the column
+    `policy` (`replication.columns`) applies (`source` names the TiDB table in its errors). Returns the columns
     under their replica names and the names added.
     """
     ensure_schema(warehouse, replica)
     existing = [r[0] for r in warehouse.execute(table_columns_sql(replica))]
     if source_columns is not None:
+        # An excluded column is absent from the replica: its name comes from TiDB like a new column's.
         columns = with_names(columns, source_names([c.field for c in columns], replica=existing,
                                                    source=source_columns))
+    columns = apply_policy(columns, policy, source or replica.label)
     warehouse.execute(create_replica_sql(replica, columns))
     # A replica always has a column: none listed means the CREATE above made it with every column.
     for sql in add_columns_sql(replica, existing, columns) if existing else ():
@@ -138,6 +134,9 @@ def merge_replica(
     offset_gaps: TableRef | None = None,
     kafka: KafkaResource | None = None,
     landed_offsets: TableRef | None = None,
+    policy: Policy | None = None,
+    hash_salt: Callable[[], str] | None = None,
+    source: str = "",
 ) -> MergeOutcome | None:
     """Bring the replica up to date with its landing table; None when the topic has no schema yet.
 
@@ -147,6 +146,8 @@ def merge_replica(
     that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
     `landed_offsets` (built-in landing: the loader's landed-offsets table) says where the pending rows end,
     so only they are read from the landing table, and nothing is when no partition moved.
+    `policy` is the table's column policy (`replication.columns`, errors name `source`); `hash_salt` returns
+    the salt of its hashed columns, asked only when the replica has one (set as a session variable, bound).
     """
     log = log or logging.getLogger(__name__)
     schemas = latest_schemas(registry, topic)
@@ -158,7 +159,7 @@ def merge_replica(
     when = now or dt.datetime.now(dt.timezone.utc)
     wh = Warehouse.of(connection)
     memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps, landed_offsets)
-    ddl_version = (version, fields)
+    ddl_version = (version, fields, policy)
     # The columns under their replica names: as the DDL found them when it last ran for this schema version
     # (kept in the memo next to it), or as this run's DDL finds them.
     known = wh.memo.recall(wh.memo_key(memo_key), ddl_version)
@@ -177,7 +178,8 @@ def merge_replica(
             if ref is not None:  # the pending-ranges queries read them
                 ensure_schema(wh, ref)
                 wh.execute(ddl(ref))
-        columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns)
+        columns[0], got = ensure_replica(wh, replica, fields, source_columns=source_columns, policy=policy,
+                                         source=source)
         added[:] = got
         return columns[0]
 
@@ -193,6 +195,10 @@ def merge_replica(
             gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when, bounds))
             if any(g.status == ABSENT for g in gaps):  # offsets Kafka never had: pass them now
                 pending = read_pending(wh, plan)
+        if pending.ranges and needs_salt(plan.columns):
+            if hash_salt is None:
+                raise ValueError(f"{replica.label} hashes columns but no salt was given (hash_salt_env)")
+            wh.execute_secret(set_salt_statement(hash_salt()))
         counts, ranges = run_merge(wh, plan, when, ranges=pending.ranges)
         for h in pending.held:
             log.warning("merge of %s holds partition %s at offset %s: %s", replica.label, h.partition,

@@ -31,9 +31,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fastavro
@@ -41,9 +41,11 @@ import sqlalchemy as sa
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from tidb_pipeline.replication import sqlserver as sql
+from tidb_pipeline.replication.columns import ColumnPolicyError, Policy, by_field, kept, row_transform, treatment
 from tidb_pipeline.replication.sqlserver import Dialect, SqlColumn, TargetTable
 from tidb_pipeline.replication.wire import PoisonRecord, decode, schema_id
 from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.schema_registry import registry_url, schema_text
 
 DEFAULT_BATCH = 50_000
 DEFAULT_DATABASE = "tidb_replica"
@@ -96,6 +98,22 @@ class _Plan:
     table: TargetTable
     offsets: TargetTable
     topic: str
+    # The table's column policy (`replication.columns`, on Avro field names here); `salt` reads the hash salt.
+    policy: Policy | None = None
+    salt: Callable[[], str] | None = None
+    source: str = ""
+
+
+def _policy_columns(plan: _Plan, columns: Sequence[SqlColumn]) -> list[SqlColumn]:
+    """The target's columns under the column policy: left-out fields gone, hashed ones a hex varchar(64)."""
+    if plan.policy is None:
+        return list(columns)
+    fp = by_field(plan.policy)
+    if touched := [c.name for c in columns if c.is_key and (not kept(fp, c.name) or treatment(fp, c.name))]:
+        raise ColumnPolicyError(f"{plan.source or plan.table.label}: key column(s) {touched} cannot be excluded, "
+                                "hashed or masked; remove them from columns in tidb_pipeline.yaml")
+    return [replace(c, sql_type="varchar(64)", avro_type="string", default_sql=None)
+            if treatment(fp, c.name) == "hash" else c for c in columns if kept(fp, c.name)]
 
 
 class _Schemas:
@@ -108,7 +126,10 @@ class _Schemas:
 
     def text(self, sid: int) -> str:
         if sid not in self._text:
-            self._text[sid] = self._registry.get_schema(sid).schema_str
+            text = schema_text(self._registry, sid)
+            if text is None:
+                raise PoisonRecord(f"schema id {sid} is not in the schema registry {registry_url(self._registry)}")
+            self._text[sid] = text
         return self._text[sid]
 
     def parsed(self, sid: int) -> Any:
@@ -223,9 +244,9 @@ def _apply_batch(
                 f"offsets of {plan.table.label} for topic {plan.topic} moved from {dict(expected)} to {current} "
                 "while this run was reading: another applier is running for the same table; this batch was not applied"
             )
-        created, added, columns = False, (), ()
+        created, added, columns = False, tuple[str, ...](), tuple[SqlColumn, ...]()
         if value_ids:
-            merged = _merge_columns(schemas, value_ids, key_schema, plan.dialect)
+            merged = _policy_columns(plan, _merge_columns(schemas, value_ids, key_schema, plan.dialect))
             created, added = _ensure_table(conn, plan, merged)
             columns = tuple(merged)
         deleted = 0
@@ -239,14 +260,30 @@ def _apply_batch(
         by_schema: dict[int, list[_Change]] = {}
         for change in upserts:
             by_schema.setdefault(change.schema_id or 0, []).append(change)
+        salt = _once(plan.salt)
         for sid, group in sorted(by_schema.items()):
-            names = [c.name for c in sql.table_columns(schemas.text(sid), key_schema, plan.dialect)]
+            keep, value = row_transform(plan.policy, schemas.text(sid), key_schema, plan.source or plan.table.label)
+            names = [c.name for c in sql.table_columns(schemas.text(sid), key_schema, plan.dialect) if keep(c.name)]
             size = sql.rows_per_statement(len(names), plan.dialect)
             for chunk in sql.chunks(group, size):
-                rows = [tuple(c.value[n] for n in names) for c in chunk]  # type: ignore[index]
+                rows = [tuple(value(n, c.value[n], salt) for n in names) for c in chunk]  # type: ignore[index]
                 _run_rows(conn, sql.upsert_sql(plan.table, names, key_cols, plan.dialect, rows=len(chunk)), rows)
         _store_offsets(conn, plan, new_offsets)
     return _BatchOutcome(len(upserts), deleted, created, added, columns)
+
+
+def _once(read: Callable[[], str] | None) -> Callable[[], str]:
+    """`read`, called at most once per batch (the salt is read only when a value is hashed)."""
+    got: list[str] = []
+
+    def salt() -> str:
+        if read is None:
+            raise ValueError("the column policy hashes columns but no salt reader was given (hash_salt_env)")
+        if not got:
+            got.append(read())
+        return got[0]
+
+    return salt
 
 
 # --- Kafka side -----------------------------------------------------------------------------------------
@@ -332,17 +369,21 @@ def apply_topic(
     batch_size: int = DEFAULT_BATCH,
     timeout_s: float = 300.0,
     log: logging.Logger | None = None,
+    policy: Policy | None = None,
+    hash_salt: Callable[[], str] | None = None,
+    source: str = "",
 ) -> ApplyResult:
     """Apply `topic` to `table` from the stored offsets up to the topic's end offsets at the start.
 
     `registry` is a `SchemaRegistryClient`. Each batch is one transaction holding its rows and offsets.
+    `policy` is the table's column policy (`replication.columns`); `hash_salt` reads its salt when a value is hashed.
     """
     log = log or logging.getLogger(__name__)
     started = time.monotonic()
     dialect = dialect_of(engine)
     table = TargetTable(table) if isinstance(table, str) else table
     offsets = TargetTable(offsets_table, table.schema) if isinstance(offsets_table, str) else offsets_table
-    plan = _Plan(dialect, table, offsets, topic)
+    plan = _Plan(dialect, table, offsets, topic, policy, hash_salt, source)
     ensure_offsets_table(engine, offsets)
     with engine.connect() as conn:
         before = stored_offsets(conn, plan)
@@ -352,7 +393,7 @@ def apply_topic(
     todo = {p: end for p, end in ends.items() if before.get(p, 0) < end}
     schemas = _Schemas(registry)
     records = upserted = deleted = batches = 0
-    created, added, columns = False, [], ()
+    created, added, columns = False, list[str](), tuple[SqlColumn, ...]()
     applied = dict(before)
     if todo:
         consumer = kafka.consumer(f"tidb-pipeline-sqlserver-{table.label}", **{"enable.partition.eof": True})

@@ -126,10 +126,14 @@ def _diff(
 
 
 def compare_table(
-    source_conn: Any, db: str, table: str, snowflake_conn: Any, replica: TableRef, key: Sequence[str]
+    source_conn: Any, db: str, table: str, snowflake_conn: Any, replica: TableRef, key: Sequence[str],
+    only: Sequence[str] | None = None,
 ) -> TableComparison:
-    """Read both tables in full and compare them row by row by key."""
+    """Read both tables in full and compare them row by row by key (`only`: just these columns, key included)."""
     columns, source_rows = _read_source(source_conn, db, table)
+    if only is not None:
+        keep = [i for i, (c, _) in enumerate(columns) if c in only]
+        columns, source_rows = [columns[i] for i in keep], [tuple(r[i] for i in keep) for r in source_rows]
     names = [c for c, _ in columns]
     sf = snowflake_conn.cursor()
     # MariaDB reports JSON columns as LONGTEXT; the replica's VARIANT type says which columns hold JSON.

@@ -28,8 +28,8 @@ snowflakedb/snowflake-kafka-connector 3.5.4 `RecordService`, and 4.x):
   database or schema, which the connector also expects to exist.
 - A record it cannot decode stops the delivery naming its position, as the connector's task fails with
   `errors.tolerance=none`; nothing of that delivery is committed.
-The COPY goes through a one-column load table because fakesnow cannot COPY JSON into two columns
-(`replication.landing.copy_statements`); on Snowflake the pipe loads the file directly.
+Files are staged as the pipeline stages them (`engine.staging`: Parquet, PUT, one COPY with `PARSE_JSON` into
+a TEMPORARY rows table, then INSERT into the landing table); on Snowflake the pipe loads the file directly.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from tidb_pipeline.config import connector_table_name
 from tidb_pipeline.replication.avro_types import load_schema
 from tidb_pipeline.replication.ddl import TableRef, create_landing_sql, quote_ident
-from tidb_pipeline.replication.landing import copy_statements, create_load_table_sql
-from tidb_pipeline.replication.wire import LineBuilder, PoisonRecord, UnknownSchemaId, schema_id
+from tidb_pipeline.replication.landing import create_load_rows_sql, land_rows_statements, stage_file_statements
+from tidb_pipeline.replication.wire import LineBuilder, ParquetFiles, PoisonRecord, UnknownSchemaId, schema_id
 from tidb_pipeline.resources.kafka import KafkaResource
 
 _COORDINATOR_ERRORS = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
@@ -220,8 +220,9 @@ class ConnectorJson:
 
 
 def connector_row(spec: SinkSpec, layout: Layout, json_writer: ConnectorJson, msg: Any, key: Any, value: Any,
-                  push_time_ms: int) -> str | None:
-    """One NDJSON line (both landing columns) as connector `layout` writes record `msg`; None if dropped."""
+                  push_time_ms: int) -> tuple[str | None, str | None] | None:
+    """(RECORD_METADATA, RECORD_CONTENT) JSON texts as connector `layout` writes record `msg` (None: SQL NULL);
+    None if the record is dropped."""
     if value is None and spec.drop_tombstones:
         return None  # behavior.on.null.values=IGNORE: the delete never lands
     raw_key, raw_value = msg.key(), msg.value()
@@ -252,15 +253,12 @@ def connector_row(spec: SinkSpec, layout: Layout, json_writer: ConnectorJson, ms
             meta[_TIMESTAMP_KEYS[ts_type]] = str(ts)
         meta["SnowflakeConnectorPushTime"] = str(push_time_ms)
         meta["headers"] = "{}"
-    line: dict[str, str] = {}
-    if "all" in md:
-        line["RECORD_METADATA"] = "{" + ",".join(f'"{k}":{v}' for k, v in meta.items()) + "}"
+    metadata = "{" + ",".join(f'"{k}":{v}' for k, v in meta.items()) + "}" if "all" in md else None
     if value is not None:
-        line["RECORD_CONTENT"] = json_writer.record(schema_id(raw_value), value)
-    elif layout == "3.x":
-        line["RECORD_CONTENT"] = "{}"
-    # 4.x tombstone: no RECORD_CONTENT key, so the column is SQL NULL.
-    return "{" + ",".join(f'"{k}":{v}' for k, v in line.items()) + "}\n"
+        content: str | None = json_writer.record(schema_id(raw_value), value)
+    else:
+        content = "{}" if layout == "3.x" else None  # 4.x tombstone: the column is SQL NULL
+    return metadata, content
 
 
 # --- staging and loading --------------------------------------------------------------------------------
@@ -284,30 +282,35 @@ def _use(cursor: Any, table: TableRef) -> None:
 
 
 def _stage(cursor: Any, spec: SinkSpec, table: TableRef, partition: int, offsets: tuple[int, int],
-           lines: Sequence[str], folder: Path) -> StagedFile:
+           rows: Sequence[tuple[str | None, str | None]], folder: Path) -> StagedFile:
     """Put one file on the table's stage (what the connector does before asking the pipe to load it)."""
     stage = _stage_name(spec, table)
     _use(cursor, table)
     _execute(cursor, create_landing_sql(table))
-    _execute(cursor, create_load_table_sql(_load_table(spec, table)))
     _execute(cursor, f"CREATE STAGE IF NOT EXISTS {stage.sql}")
     batch = uuid.uuid4().hex
-    path = folder / f"{table.name}-{batch}.json"
-    path.write_text("".join(lines))
-    stage_path = f"@{stage.sql}/{batch}/"
-    _execute(cursor, f"PUT 'file://{path}' {stage_path} AUTO_COMPRESS = FALSE")
-    return StagedFile(table, stage_path, partition, offsets)
+    # The pipeline's one staging path (engine.staging): Parquet, PUT, one COPY with PARSE_JSON.
+    files = ParquetFiles(str(folder), f"{table.name}-{batch}", len(rows) + 1)
+    for metadata, content in rows:
+        files.add_row(metadata, content)
+    files.flush()
+    (path,) = files.paths
+    stage_dir = f"@{stage.sql}/{batch}/"
+    _execute(cursor, f"PUT 'file://{path}' {stage_dir} AUTO_COMPRESS = FALSE")
+    return StagedFile(table, stage_dir + Path(path).name, partition, offsets)
 
 
 def _load(cursor: Any, spec: SinkSpec, staged: StagedFile) -> int:
     """One pipe load of a staged file (its own commits, as a pipe's)."""
     _use(cursor, staged.table)
-    inserted = 0
-    for i, stmt in enumerate(copy_statements(staged.table, _load_table(spec, staged.table), staged.stage_path)):
-        result = _execute(cursor, stmt.sql, stmt.params)
-        if i == 2 and result:
-            inserted = int(result[0][0])
-    return inserted
+    rows_table = _load_table(spec, staged.table).sql
+    _execute(cursor, create_load_rows_sql(rows_table))
+    for stmt in stage_file_statements(rows_table, staged.stage_path):
+        _execute(cursor, stmt.sql, stmt.params)
+    insert, empty = land_rows_statements(staged.table, rows_table, {})
+    result = _execute(cursor, insert.sql, insert.params)
+    _execute(cursor, empty.sql, empty.params)
+    return int(result[0][0]) if result else 0
 
 
 def ingest_withheld(spec: SinkSpec, files: Sequence[StagedFile], connection: Any) -> int:
@@ -426,7 +429,7 @@ def deliver(
         json_writer = ConnectorJson(registry)
         push_time = int(time.time() * 1000)
         # Per partition, in offset order: the connector buffers and flushes each partition on its own.
-        chunks: dict[tuple[str, int], list[tuple[int, str]]] = {}
+        chunks: dict[tuple[str, int], list[tuple[int, tuple[str | None, str | None]]]] = {}
         next_offsets: dict[tuple[str, int], int] = {}
         for msg in messages:
             key, value = _decode(builders[msg.topic()], registry, msg)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.ports import free_port
 
 SENSOR_EVERY_S = 15.0
 MERGE_EVERY_S = 60.0
@@ -56,12 +57,6 @@ class Sample:
     jobs_run: int
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def private_lab(root: Path) -> tuple[LabSettings, list[Any]]:

@@ -15,8 +15,6 @@ import subprocess
 from tidb_pipeline.lab.service import LabError, Service, marker
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER
 
-_BINARIES = ("mariadbd", "mariadb-install-db")
-
 
 def _which(name: str) -> str:
     for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):

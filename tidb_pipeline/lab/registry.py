@@ -7,7 +7,8 @@ and confluent-kafka's `SchemaRegistryClient` / `AvroSerializer` / `AvroDeseriali
   every subject, as in Confluent;
 - registration checks Avro compatibility against the subject's live versions (BACKWARD by default;
   NONE, FORWARD, FULL and the *_TRANSITIVE variants) with the reader/writer resolution rules of the Avro
-  specification, the way Avro's `SchemaCompatibility` (which Confluent uses) does;
+  specification, the way Avro's `SchemaCompatibility` (which Confluent uses) does (`replication.avro_compat`,
+  shared with the pipeline's `registry_compatibility` check), and refuses with Confluent's 409 body;
 - `DELETE /subjects/{s}` soft-deletes (versions keep their numbers; a later registration continues after
   them), `?permanent=true` then removes them, as in Confluent;
 - `GET /associations/...` answers 404, so confluent-kafka 2.16's default subject name strategy falls
@@ -35,16 +36,21 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
-from fastavro.schema import parse_schema
 
 from tidb_pipeline.lab.service import Service, python_command
+from tidb_pipeline.replication import avro_compat
+from tidb_pipeline.replication.avro_compat import (  # noqa: F401 - re-exported for the lab's tests
+    COMPATIBILITY_LEVELS,
+    DEFAULT_COMPATIBILITY,
+    AvroSchema,
+    InvalidAvroSchema,
+    canonical_text,
+    compatibility_problems,
+    reader_incompatibilities,
+)
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 ACCEPTED_BODY_TYPES = (CONTENT_TYPE, "application/vnd.schemaregistry+json", "application/json")
-DEFAULT_COMPATIBILITY = "BACKWARD"
-COMPATIBILITY_LEVELS = (
-    "NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE"
-)
 
 # Confluent's error codes (io.confluent.kafka.schemaregistry.rest.exceptions.Errors).
 SUBJECT_NOT_FOUND = 40401
@@ -56,6 +62,18 @@ SUBJECT_COMPATIBILITY_NOT_CONFIGURED = 40408
 INVALID_SCHEMA = 42201
 INVALID_VERSION = 42202
 INVALID_COMPATIBILITY_LEVEL = 42203
+# Incompatible schema: HTTP 409 with error_code 40901 since confluentinc/schema-registry ef43652bfec (2025-12);
+# earlier releases sent error_code 409. Clients must go by the HTTP status.
+INCOMPATIBLE_SCHEMA = 40901
+# Avro's SchemaIncompatibilityType for each kind of problem `avro_compat` reports.
+_ERROR_TYPES = (
+    ("has no default", "READER_FIELD_MISSING_DEFAULT_VALUE"),
+    ("cannot read writer type", "TYPE_MISMATCH"),
+    ("has no branch", "MISSING_UNION_BRANCH"),
+    ("lacks writer symbols", "MISSING_ENUM_SYMBOLS"),
+    ("fixed size", "FIXED_SIZE_MISMATCH"),
+    ("does not match writer name", "NAME_MISMATCH"),
+)
 
 
 class RegistryError(Exception):
@@ -68,183 +86,27 @@ class RegistryError(Exception):
         self.message = message
 
 
-# --- Avro: parsing and compatibility (pure) ----------------------------------------------------------
-
-PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-# (writer, reader) pairs the Avro specification lets a reader promote.
-PROMOTIONS = frozenset(
-    {
-        ("int", "long"),
-        ("int", "float"),
-        ("int", "double"),
-        ("long", "float"),
-        ("long", "double"),
-        ("float", "double"),
-        ("string", "bytes"),
-        ("bytes", "string"),
-    }
-)
-
-
-@dataclass(frozen=True)
-class AvroSchema:
-    """A validated Avro schema: its canonical text and the parsed form the compatibility check walks."""
-
-    canonical: str
-    parsed: Any
-    named: dict[str, Any]
-
-
-def canonical_text(schema_text: str) -> str:
-    """Whitespace-free JSON with the author's key order: equal schemas get equal text, hence equal ids."""
-    return json.dumps(json.loads(schema_text), separators=(",", ":"), ensure_ascii=False)
-
-
 def parse_avro(schema_text: str) -> AvroSchema:
-    """Parse and validate with fastavro; raise RegistryError 422/42201 naming the problem."""
+    """Parse and validate (`replication.avro_compat`); raise RegistryError 422/42201 naming the problem."""
     try:
-        raw = json.loads(schema_text)
-    except (TypeError, ValueError) as exc:
-        raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: not JSON ({exc})") from None
-    named: dict[str, Any] = {}
-    try:
-        parsed = parse_schema(raw, named_schemas=named)
-    except Exception as exc:  # noqa: BLE001 - fastavro raises several unrelated types for bad schemas
-        raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: {exc}") from None
-    # fastavro accepts a record without "fields"; Avro (and so Confluent) does not.
-    for definition in _walk(raw):
-        if definition.get("type") in ("record", "error") and not isinstance(definition.get("fields"), list):
-            raise RegistryError(
-                422, INVALID_SCHEMA, f"Invalid schema: record {definition.get('name')!r} has no 'fields' list"
-            )
-    return AvroSchema(canonical_text(schema_text), parsed, named)
+        return avro_compat.parse_avro(schema_text)
+    except InvalidAvroSchema as exc:
+        raise RegistryError(422, INVALID_SCHEMA, str(exc)) from None
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    """Every JSON object in a schema document that defines a type (field defaults are data, not types)."""
-    if isinstance(node, dict):
-        yield node
-        for key, value in node.items():
-            if key != "default":
-                yield from _walk(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item)
-
-
-def _resolve(schema: Any, named: dict[str, Any]) -> Any:
-    """A primitive name, a union list, or a complex-type dict; logical types read as their base type."""
-    while True:
-        if isinstance(schema, str):
-            if schema in PRIMITIVES:
-                return schema
-            schema = named[schema]
-        elif isinstance(schema, dict) and (
-            isinstance(schema.get("type"), (dict, list)) or schema.get("type") in PRIMITIVES | named.keys()
-        ):
-            schema = schema["type"]
-        else:
-            return schema
-
-
-def _kind(schema: Any) -> str:
-    if isinstance(schema, str):
-        return schema
-    if isinstance(schema, list):
-        return "union"
-    return str(schema["type"])
-
-
-def _short(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
-
-
-def _names_match(reader: dict[str, Any], writer: dict[str, Any]) -> bool:
-    # Avro's SchemaCompatibility.schemaNameEquals: unqualified names, or a reader alias naming the writer.
-    if _short(reader["name"]) == _short(writer["name"]):
-        return True
-    return any(alias in (writer["name"], _short(writer["name"])) for alias in reader.get("aliases") or ())
-
-
-def reader_incompatibilities(reader: AvroSchema, writer: AvroSchema) -> list[str]:
-    """Why data written with `writer` cannot be read with `reader` (empty when it can)."""
-    in_progress: set[tuple[str, str]] = set()
-
-    def check(r: Any, w: Any, path: str) -> list[str]:
-        r, w = _resolve(r, reader.named), _resolve(w, writer.named)
-        if isinstance(w, list):
-            # Every branch the writer may have used must be readable.
-            return [p for i, branch in enumerate(w) for p in check(r, branch, f"{path}/{i}")]
-        if isinstance(r, list):
-            tried = [check(branch, w, path) for branch in r]
-            if any(not problems for problems in tried):
-                return []
-            # Name the branch the writer's type was meant for, if there is one: its problems say most.
-            for branch, problems in zip(r, tried):
-                resolved = _resolve(branch, reader.named)
-                if _kind(resolved) == _kind(w) and (
-                    not isinstance(resolved, dict) or "name" not in resolved or _names_match(resolved, w)
-                ):
-                    return problems
-            return [f"{path}: reader union has no branch that reads the writer's {_kind(w)}"]
-        rk, wk = _kind(r), _kind(w)
-        if rk != wk:
-            if (wk, rk) in PROMOTIONS:
-                return []
-            return [f"{path}: reader type {rk} cannot read writer type {wk}"]
-        if rk in PRIMITIVES:
-            return []
-        if rk in ("record", "error", "enum", "fixed") and not _names_match(r, w):
-            return [f"{path}: reader name {r['name']} does not match writer name {w['name']}"]
-        if rk == "fixed":
-            if r["size"] != w["size"]:
-                return [f"{path}: fixed size {r['size']} cannot read fixed size {w['size']}"]
-            return []
-        if rk == "enum":
-            missing = [s for s in w["symbols"] if s not in r["symbols"]]
-            if missing and "default" not in r:
-                return [f"{path}: reader enum {r['name']} lacks writer symbols {missing}"]
-            return []
-        if rk == "array":
-            return check(r["items"], w["items"], f"{path}/items")
-        if rk == "map":
-            return check(r["values"], w["values"], f"{path}/values")
-        # Records may nest themselves; a pair already being checked is assumed compatible (as Avro does).
-        # Full names identify a record within its schema.
-        key = (r["name"], w["name"])
-        if key in in_progress:
-            return []
-        in_progress.add(key)
-        problems: list[str] = []
-        writer_fields = {f["name"]: f for f in w["fields"]}
-        for field in r["fields"]:
-            candidates = [field["name"], *(field.get("aliases") or ())]
-            match = next((writer_fields[n] for n in candidates if n in writer_fields), None)
-            field_path = f"{path}/fields/{field['name']}"
-            if match is None:
-                if "default" not in field:
-                    problems.append(f"{field_path}: reader field has no default and the writer lacks it")
-            else:
-                problems.extend(check(field["type"], match["type"], field_path))
-        in_progress.discard(key)
-        return problems
-
-    return check(reader.parsed, writer.parsed, "")
-
-
-def compatibility_problems(level: str, new: AvroSchema, existing: Sequence[AvroSchema]) -> list[str]:
-    """Why `new` may not follow `existing` (oldest first) under `level`; empty when it may."""
-    if level == "NONE" or not existing:
-        return []
-    against = existing if level.endswith("_TRANSITIVE") else existing[-1:]
-    base = level.removesuffix("_TRANSITIVE")
-    problems: list[str] = []
-    for old in against:
-        if base in ("BACKWARD", "FULL"):
-            problems.extend(f"BACKWARD {p}" for p in reader_incompatibilities(new, old))
-        if base in ("FORWARD", "FULL"):
-            problems.extend(f"FORWARD {p}" for p in reader_incompatibilities(old, new))
-    return problems
+def incompatible_message(subject: str, level: str, problems: Sequence[str], latest: Version) -> str:
+    """Confluent's 409 message (SubjectVersionsResource, SchemaValidatorBuilder, AbstractSchemaRegistry):
+    `..., details: [{errorType:'...', description:'...', additionalInfo:'...'}, {oldSchemaVersion: n},
+    {oldSchema: '...'}, {validateFields: 'false', compatibility: '...'}]`. The descriptions are the lab's words."""
+    details = []
+    for problem in problems:
+        error_type = next((t for marker, t in _ERROR_TYPES if marker in problem), "TYPE_MISMATCH")
+        where = problem.split(" ", 1)[-1].split(":", 1)[0]
+        details.append(f"{{errorType:'{error_type}', description:'{problem}', additionalInfo:'{where}'}}")
+    details += [f"{{oldSchemaVersion: {latest.version}}}", f"{{oldSchema: '{latest.schema}'}}",
+                f"{{validateFields: 'false', compatibility: '{level}'}}"]
+    return (f'Schema being registered is incompatible with an earlier schema for subject "{subject}", '
+            f"details: [{', '.join(details)}]")
 
 
 # --- Storage ------------------------------------------------------------------------------------------
@@ -341,12 +203,7 @@ class RegistryStore:
             compared = live if level.endswith("_TRANSITIVE") else live[-1:]
             problems = compatibility_problems(level, schema, [parse_avro(v.schema) for v in compared])
             if problems:
-                raise RegistryError(
-                    409,
-                    409,
-                    f'Schema being registered is incompatible with an earlier schema for subject "{subject}" '
-                    f"under {level}, details: {problems}",
-                )
+                raise RegistryError(409, INCOMPATIBLE_SCHEMA, incompatible_message(subject, level, problems, compared[-1]))
             db.execute(
                 "INSERT OR IGNORE INTO schemas (schema_type, schema) VALUES (?, ?)", (schema_type, schema.canonical)
             )
@@ -469,6 +326,15 @@ class RegistryStore:
                 (GLOBAL_SCOPE if subject is None else subject, level),
             )
 
+    def delete_config(self, subject: str) -> str:
+        """Drop the subject's own level (it follows the global one again); the level it had, as Confluent answers."""
+        with self._tx(write=True) as db:
+            level = self._compatibility(db, subject)
+            if level is None:
+                raise RegistryError(404, SUBJECT_NOT_FOUND, f"Subject '{subject}' not found.")
+            db.execute("DELETE FROM config WHERE scope = ?", (subject,))
+            return level
+
 
 # --- HTTP ---------------------------------------------------------------------------------------------
 
@@ -547,6 +413,8 @@ def handle(store: RegistryStore, req: Request) -> Any:
             level = _compatibility_from_body(req.body)
             store.set_config(subject, level)
             return {"compatibility": level}
+        case ("config", subject) if m == "DELETE":
+            return {"compatibilityLevel": store.delete_config(subject)}
         case ("associations", "resources", _namespace, _resource):
             # No associations here: confluent-kafka's serializers treat 404 as "use the fallback strategy".
             raise RegistryError(404, 404, "HTTP 404 Not Found")

@@ -86,6 +86,9 @@ class ReplicaColumn:
     precision: int | None = None
     scale: int | None = None
     field: str = ""  # the Avro field name TiCDC writes (TiDB's name sanitised); "" = the same as `name`
+    # The column policy's treatment (`replication.columns`): "" as replicated, "hash" (a hex SHA-256 VARCHAR of
+    # the salt and the value's text), "mask" (always NULL).
+    policy: str = ""
 
     def __post_init__(self) -> None:
         if not self.field:
@@ -130,9 +133,15 @@ def _sql_type(tidb_type: str, avro_type: str, precision: int | None, scale: int 
     return _AVRO_FALLBACK.get(avro_type, "VARIANT")
 
 
+def sql_type_of(tidb_type: str, avro_type: str, precision: int | None, scale: int | None) -> str:
+    """The replica type of a column as replicated (before a column policy changes it)."""
+    return _sql_type(tidb_type, avro_type, precision, scale)
+
+
 def _column(field: Mapping[str, Any], key_names: set[str]) -> ReplicaColumn:
     branch, nullable = _field_type(field)
     if isinstance(branch, str):
+        params: dict[str, Any]
         avro_type, params, precision, scale = branch, {}, None, None
     else:
         avro_type = branch.get("type")

@@ -54,6 +54,11 @@ row text equals MySQL's byte for byte:
   with `LEN` under that (supplementary-character aware) collation with a sentinel, as LEN ignores trailing
   spaces. The 60-bit number is read from the hash bytes; sums are taken as decimal(38,0) (bigint overflows).
 - Range chunks only over numeric key columns (int, decimal): the target's temporal keys are strings.
+Column policy (`replication.columns`): an excluded column is in neither side's list (never read); a masked one
+is `NULL` on the TiDB side (not read there either) against the replica's value, which must be NULL; a hashed one
+is `SHA2(CONCAT(salt, CAST(c AS CHAR)), 256)` on the TiDB side, the salt bound (`checksums_sql(salt=...)`),
+against the replica's stored hex text, so a hashed column is verified without its values leaving TiDB.
+
 These statements bind with `%s` and contain no other `%`, so they run through SQLAlchemy's
 `exec_driver_sql` on pg8000 (`format`) and python-tds (positional `pyformat`) alike.
 """
@@ -67,6 +72,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from tidb_pipeline.replication.ddl import Statement, quote_ident
+from tidb_pipeline.resources.tidb import quote_mysql
 
 Dialect = Literal["mysql", "snowflake", "postgresql", "mssql"]
 SqlTargetDialect = Literal["postgresql", "mssql"]
@@ -75,6 +81,8 @@ SQL_TARGETS: tuple[SqlTargetDialect, ...] = ("postgresql", "mssql")
 MSSQL_UTF8_COLLATION = "Latin1_General_100_CI_AS_SC_UTF8"
 _TEXT_TYPE = {"postgresql": "text", "mssql": "nvarchar(max)"}
 _TWO_TO_64 = 2**64
+# Where the TiDB side's hash takes the bound salt: replaced by `%s` after `%` escaping (`_bind_salt`).
+_SALT_MARK = "\x01SALT\x01"
 
 NULL_MARKER = "~"
 HASH_HEX_DIGITS = 15  # 60 bits per row: a SUM over 2^64 rows still fits NUMBER(38,0)
@@ -175,12 +183,6 @@ def quote_target(dialect: SqlTargetDialect, name: str) -> str:
 def target_table(dialect: SqlTargetDialect, name: str, schema: str | None = None) -> str:
     """`[schema].[name]` / `"schema"."name"` (no schema: the login's default)."""
     return ".".join(quote_target(dialect, p) for p in ([schema, name] if schema else [name]))
-
-
-def quote_mysql(name: str) -> str:
-    if not name:
-        raise ValueError("empty identifier; every table and column needs a name")
-    return "`" + name.replace("`", "``") + "`"
 
 
 def mysql_table(db: str, table: str) -> str:
@@ -351,6 +353,10 @@ def _snowflake_datetime(c: str) -> str:
 def value_text_sql(dialect: Dialect, column: ChecksumColumn, ref: str | None = None) -> str:
     """SQL giving the column's canonical text (NULL stays NULL)."""
     c = ref or _ident(dialect, column.name)
+    if column.kind in ("hash", "mask"):  # the column policy (module docstring)
+        if dialect == "mysql":
+            return "NULL" if column.kind == "mask" else f"SHA2(CONCAT({_SALT_MARK}, CAST({c} AS CHAR)), 256)"
+        return _cast_text(dialect, c)
     if dialect in SQL_TARGETS:
         return _target_value_text(dialect, column, c)  # type: ignore[arg-type]
     k = column.kind
@@ -509,8 +515,10 @@ def checksums_sql(
     columns: Sequence[ChecksumColumn],
     key: ChecksumColumn,
     chunks: Sequence[Chunk],
+    salt: str | None = None,
 ) -> Statement:
     """One scan: (chunk index, COUNT(*), SUM(row hash)) per non-empty chunk. `table` is already quoted.
+    `salt`: for hashed columns on the TiDB side (bound, never in the text).
 
     Three layers, so that no long expression is repeated (an SQL transpiler takes seconds per repeat):
     canonical texts per column, then the row's MD5, then the 60-bit number summed per chunk.
@@ -530,7 +538,7 @@ def checksums_sql(
     else:
         chunk, params = _range_expr(dialect, key, chunks)
         key_md5, group = "", "r.chunk"
-    texts = _escape_percent(texts, params)
+    texts, params = _bind_salt(texts, params, salt, before=True)
     # SQL Server cannot GROUP BY an ordinal (and has no MOD); elsewhere the ordinal avoids repeating the group.
     group_by = group if dialect == "mssql" else "1"
     return Statement(
@@ -543,6 +551,16 @@ def checksums_sql(
     )
 
 
+def _bind_salt(texts: str, params: tuple[Any, ...], salt: str | None, *, before: bool) -> tuple[str, tuple[Any, ...]]:
+    """`texts` with `%` escaped and each salt mark a `%s`; the salts go after (`before`) or before `params`."""
+    n = texts.count(_SALT_MARK)
+    if n and salt is None:
+        raise ValueError("hashed columns need the salt (checksums_sql(salt=...))")
+    salts = (salt,) * n
+    bound = params + salts if before else salts + params
+    return _escape_percent(texts, bound).replace(_SALT_MARK, "%s"), bound
+
+
 def _sum_sql(dialect: Dialect, number: str) -> str:
     # SQL Server sums a bigint as a bigint (overflows after 8 rows of 60 bits); the others widen on their own.
     return f"SUM(CAST({number} AS decimal(38,0)))" if dialect == "mssql" else f"SUM({number})"
@@ -553,7 +571,8 @@ def _mod(dialect: Dialect, number: str, n: int) -> str:
     return f"({number} - ({number} / {n}) * {n})" if dialect == "mssql" else f"MOD({number}, {n})"
 
 
-def chunk_checksum_sql(dialect: Dialect, table: str, columns: Sequence[ChecksumColumn], chunk: Chunk) -> Statement:
+def chunk_checksum_sql(dialect: Dialect, table: str, columns: Sequence[ChecksumColumn], chunk: Chunk,
+                       salt: str | None = None) -> Statement:
     """(chunk index, COUNT(*), SUM(row hash)) of one range chunk: a bounded scan, to drill into one range."""
     if chunk.bucket is not None:
         raise ValueError("chunk_checksum_sql takes range chunks; use checksums_sql for hash buckets")
@@ -567,13 +586,14 @@ def chunk_checksum_sql(dialect: Dialect, table: str, columns: Sequence[ChecksumC
         params.append(_bind(chunk.upper))
     cond = f" WHERE {' AND '.join(where)}" if where else ""
     names = [f"v{i}" for i in range(len(columns))]
-    texts = _escape_percent(", ".join(f"{value_text_sql(dialect, c)} AS {n}" for c, n in zip(columns, names)), tuple(params))
+    texts, bound = _bind_salt(", ".join(f"{value_text_sql(dialect, c)} AS {n}" for c, n in zip(columns, names)),
+                              tuple(params), salt, before=False)
     fields = [field_sql(dialect, c, f"t.{n}") for c, n in zip(columns, names)]
     return Statement(
         f"SELECT {chunk.index}, COUNT(*), COALESCE({_sum_sql(dialect, hex_number_sql(dialect, 'r.m', HASH_HEX_DIGITS))}, 0) FROM (\n"
         f"  SELECT {_md5_sql(dialect, _concat(fields, dialect))} AS m FROM (SELECT {texts} FROM {table}{cond}) t\n"
         ") r",
-        tuple(params),
+        bound,
     )
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 
-LANDING_COLUMNS = ("RECORD_METADATA", "RECORD_CONTENT")
 _STAGE_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 

@@ -33,7 +33,9 @@ from typing import Any, Literal
 from tidb_pipeline.replication.ddl import Statement, TableRef
 
 OFFSET_GAPS_TABLE = "LANDING_OFFSET_GAPS"
-ABSENT, WAITING, LOST = "ABSENT", "WAITING", "LOST"
+ABSENT: Literal["ABSENT"] = "ABSENT"
+WAITING: Literal["WAITING"] = "WAITING"
+LOST: Literal["LOST"] = "LOST"
 Status = Literal["ABSENT", "WAITING", "LOST"]
 # Holes read per query: the merge only ever needs the first one of each partition, the check a handful.
 MAX_HOLES = 200

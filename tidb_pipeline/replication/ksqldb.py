@@ -52,10 +52,6 @@ def create_statement(stream: str, topic: str, *, replace: bool = False) -> str:
             "VALUE_FORMAT='AVRO', KEY_FORMAT='AVRO');")
 
 
-def drop_statement(stream: str) -> str:
-    return f"DROP STREAM IF EXISTS {quote_identifier(stream)};"
-
-
 def split_statements(text: str) -> list[str]:
     """Split a request body into statements at `;` outside quotes; each keeps its `;`."""
     statements, start, quote = [], 0, ""

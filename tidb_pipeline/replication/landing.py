@@ -5,8 +5,7 @@ JSON object; `RECORD_CONTENT` = the decoded Avro value as JSON (decimal -> JSON 
 `12.50` stays `12.50`; decimals wider than 38 digits -> JSON string; bytes -> base64 string; strings as-is),
 and a tombstone -> `{}`.
 
-Speed: the built-in landing must reach ~100k records/s on two cores, decode included, and fastavro alone
-takes ~7 us per TiCDC row. `json.dumps` cannot write a Decimal as a number, and a `default=` hook or a
+Speed matters (the landing's target and fastavro's own cost are in BENCHMARKS.md). `json.dumps` cannot write a Decimal as a number, and a `default=` hook or a
 float/int subclass does not help (the C encoder prints numbers with the base type's repr). So
 `RecordEncoder` compiles, once per writer schema, a Python function that builds the JSON text with one
 f-string: one small expression per field, C-accelerated string escaping, no per-value type dispatch.
@@ -16,9 +15,8 @@ The built-in landing ships these rows as Parquet files with the two JSON texts a
 each on a stage as soon as a reader finishes it; `stage_file_statements` then `COPY`s it, with a
 `PARSE_JSON($1:...)` transformation, straight into the two landing columns of a table private to the load
 while reading goes on, and `land_rows_statements` moves those rows into the landing table inside the short
-exactly-once transaction. (Parquet lets one COPY fill both columns, which saves the one-VARIANT table and
-its splitting pass the NDJSON design needed.) `ndjson_line` and `copy_statements`, the older single-table
-NDJSON form, are still used by the lab's connector stand-in and the backfill.
+exactly-once transaction. The backfill and the lab's connector stand-in stage the same Parquet files
+through the same statements: there is one staging path.
 """
 
 from __future__ import annotations
@@ -177,42 +175,6 @@ class RecordEncoder:
         return self.encode_value(value)
 
 
-def ndjson_line(metadata: str, content: str) -> str:
-    """One line of a stage file: both landing columns as one JSON object."""
-    return '{"RECORD_METADATA":' + metadata + ',"RECORD_CONTENT":' + content + "}\n"
-
-
-def create_load_table_sql(load_table: TableRef) -> str:
-    """A one-column table that COPY INTO fills straight from NDJSON files (kept empty between loads)."""
-    return f'CREATE TABLE IF NOT EXISTS {load_table.sql} ("V" VARIANT)'
-
-
-def copy_statements(landing: TableRef, load_table: TableRef, stage_path: str) -> list[Statement]:
-    """Load staged NDJSON files into the landing table; run inside the landing transaction.
-
-    `stage_path` is a stage reference such as `@"DB"."S"."STAGE"/topic/batch-0001` (the caller quotes it).
-    `FORCE = TRUE` because exactly-once comes from the landing table's own offsets, not from COPY's
-    per-file load history, and a retried batch must load again after a rollback.
-    """
-    return [
-        Statement(f"DELETE FROM {load_table.sql}"),
-        Statement(f"COPY INTO {load_table.sql} FROM {stage_path} FILE_FORMAT = (TYPE = JSON) FORCE = TRUE"),
-        Statement(
-            f"INSERT INTO {landing.sql} (\"RECORD_METADATA\", \"RECORD_CONTENT\") "
-            f'SELECT "V":"RECORD_METADATA", "V":"RECORD_CONTENT" FROM {load_table.sql}'
-        ),
-        Statement(f"DELETE FROM {load_table.sql}"),
-    ]
-
-
-def next_offsets_sql(landing: TableRef) -> Statement:
-    """Per partition, the offset the built-in landing resumes from (max landed offset + 1)."""
-    return Statement(
-        'SELECT "RECORD_METADATA":"partition"::int AS p, MAX("RECORD_METADATA":"offset"::int) + 1 AS next_offset '
-        f"FROM {landing.sql} GROUP BY 1 ORDER BY 1"
-    )
-
-
 def landing_rows(
     encoder: RecordEncoder,
     records: Sequence[tuple[str, int, int, int | None, Mapping[str, Any] | None, Mapping[str, Any] | None]],
@@ -348,27 +310,8 @@ def rows_last_offsets_sql(rows_table: str) -> Statement:
     )
 
 
-def exactly_once_copy_statements(
-    landing: TableRef, load_table: TableRef, stage_path: str, above: Mapping[int, int]
-) -> list[Statement]:
-    """`copy_statements`, but the INSERT keeps only rows above `above[partition]` (offsets already landed).
-
-    `above` is read inside the load transaction, after the lock, so a batch that overlaps rows another
-    load committed (a race, or a retry after a crash) inserts each (partition, offset) once. Partitions
-    missing from `above` insert every row; an empty `above` means no filter at all. The INSERT's result
-    (rows inserted) is the third statement's.
-    """
-    statements = copy_statements(landing, load_table, stage_path)
-    if above:
-        cases = " ".join("WHEN %s THEN %s" for _ in above)
-        params = tuple(x for p, o in sorted(above.items()) for x in (p, o))
-        insert = statements[2]
-        statements[2] = Statement(
-            f'{insert.sql} WHERE "V":"RECORD_METADATA":"offset"::int > '
-            f'CASE "V":"RECORD_METADATA":"partition"::int {cases} ELSE -1 END',
-            params,
-        )
-    return statements
+# The column of a load's rows table that holds the record's value (what the backfill's INSERT reads).
+LOAD_COLUMN = "RECORD_CONTENT"
 
 
 def create_load_rows_sql(rows_table: str) -> str:
@@ -441,4 +384,3 @@ def dead_letter_insert_sql(table: TableRef, rows: Sequence[DeadLetter], now: Any
         f"FROM VALUES {values}",
         params,
     )
-

@@ -45,10 +45,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns
+from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns, sql_type_of
+from tidb_pipeline.replication.columns import hash_sql
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import OffsetSources, reach_sql
 from tidb_pipeline.resources.warehouse import Warehouse
@@ -149,6 +150,8 @@ def json_to_sql(column: ReplicaColumn, v: str) -> str:
     t = column.sql_type
     x = f"STRIP_NULL_VALUE({v})"
     text = f"{x}::VARCHAR"
+    if column.policy:  # the column policy (`replication.columns`)
+        return f"NULL::{t}" if column.policy == "mask" else hash_sql(_hash_text_sql(column, v))
     if column.wraps_unsigned:
         n = f"{x}::NUMBER(20,0)"
         return f"IFF({n} < 0, {n} + {UNSIGNED_WRAP}, {n})::NUMBER(20,0)"
@@ -170,9 +173,24 @@ def json_to_sql(column: ReplicaColumn, v: str) -> str:
     raise ValueError(f"column {column.name!r}: no JSON conversion for Snowflake type {t}")
 
 
+def _hash_text_sql(column: ReplicaColumn, v: str) -> str:
+    """The text a hashed column's value is hashed as: MySQL's `CAST(c AS CHAR)` (`replication.columns`).
+
+    Numbers go through their column type, so a wrapped BIGINT UNSIGNED is unwrapped and a DECIMAL shows its
+    scale's digits; every other hashable type arrives as TiCDC's text, which is already MySQL's.
+    """
+    plain = replace(column, policy="", sql_type=sql_type_of(column.tidb_type, column.avro_type, column.precision,
+                                                             column.scale))
+    if plain.sql_type.startswith("NUMBER"):
+        return f"({json_to_sql(plain, v)})::VARCHAR"
+    return f"STRIP_NULL_VALUE({v})::VARCHAR"
+
+
 def may_not_convert(column: ReplicaColumn) -> bool:
     """True for conversions from text that a value can fail (dates, datetimes, JSON): see `unconverted_sql`."""
     t = column.sql_type
+    if column.policy:  # hashed from the text, or NULL: nothing to convert
+        return False
     return t == "DATE" or t.startswith("TIMESTAMP_NTZ") or (t == "VARIANT" and column.tidb_type == "JSON")
 
 
@@ -428,7 +446,7 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
 
 def parse_batch_stats(row: Sequence[Any], plan: MergePlan) -> BatchStats:
     unconverted = tuple((c.name, int(n or 0)) for c, n in zip(plan.checked, row[9:]) if n)
-    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted)
+    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted)  # type: ignore[misc,arg-type]  # starred: 5 ints
     dupes = None if row[5] is None else int(row[5])
     prunable = plan.keys[0].sql_type.startswith(_PRUNABLE)
     return BatchStats(counts, dupes, (row[6], row[7]) if prunable else None, int(row[8] or 0))
@@ -462,7 +480,7 @@ def unconverted_statements(
 def record_unconverted_from_load_sql(
     unconverted: TableRef, replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn], now: dt.datetime,
 ) -> Statement | None:
-    """The backfill's records of values that did not convert, from its load table (one VARIANT `V` per row).
+    """The backfill's records of values that did not convert, from its load table (the value in `RECORD_CONTENT`).
 
     The same flags as the merge's, over the same conversions (`json_to_sql`); a backfilled row has no landing
     partition/offset (NULL). None when no column can fail to convert.
@@ -471,10 +489,10 @@ def record_unconverted_from_load_sql(
     if not checked:
         return None
     keys = [c for c in columns if c.is_key]
-    key_text = key_text_sql(keys, 'l."V"')
+    key_text = key_text_sql(keys, 'l."RECORD_CONTENT"')
     cols = [f"{key_text.sql} AS {_K}", f"NULL AS {_P}", f"NULL AS {_O}"]
     for i, c in enumerate(checked):
-        value = f'l."V":{quote_ident(c.field)}'
+        value = f'l."RECORD_CONTENT":{quote_ident(c.field)}'
         cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
     source = f"(SELECT {', '.join(cols)} FROM {load.sql} l) s"
     return _record_unconverted_sql(unconverted, replica.label, checked, source, key_text.params, "s.", now)

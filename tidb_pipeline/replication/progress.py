@@ -31,11 +31,6 @@ def merged_through_sql(watermarks: TableRef, replica: TableRef) -> Statement:
     )
 
 
-def merged_through_json(rows: Any) -> str:
-    """The metadata value the merge step records: {"<partition>": last merged offset}."""
-    return json.dumps({str(int(p)): int(o) for p, o in rows}, separators=(",", ":"), sort_keys=True)
-
-
 def parse_partition_offsets(text: Any) -> dict[int, int] | None:
     """`"p0: 5, p1: 7"` (the landing's metadata texts) or a JSON object `{"0": 5}`; None when unreadable.
 

@@ -193,16 +193,6 @@ def table_columns(
     return tuple(columns)
 
 
-def key_columns_from_key_schema(key_schema: str | Mapping[str, Any], dialect: Dialect) -> tuple[SqlColumn, ...]:
-    """Key columns from the key schema alone (enough to delete before any value has been seen)."""
-    out = []
-    for field in load_schema(key_schema)["fields"]:
-        branch, _ = _branch(field)
-        out.append(SqlColumn(field["name"], sql_type(branch, is_key=True, dialect=dialect, field=field["name"]),
-                             True, False, _avro_name(branch)))
-    return tuple(out)
-
-
 # --- DDL ------------------------------------------------------------------------------------------------
 def _column_ddl(column: SqlColumn, dialect: Dialect) -> str:
     parts = [quote_ident(column.name, dialect), column.sql_type]

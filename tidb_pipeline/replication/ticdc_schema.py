@@ -294,13 +294,6 @@ def sanitize_name(name: str) -> str:
     return "".join(out)
 
 
-def subject_names(topic: str) -> tuple[str, str]:
-    """The registry subjects TiCDC registers a topic's schemas under: TopicNameStrategy after it replaces the
-    topic's dots by `_` (tiflow avro.go `sanitizeTopic`), so `tidb_my.db_t` -> `tidb_my_db_t-key` / `-value`."""
-    t = topic.replace(".", "_")
-    return f"{t}-key", f"{t}-value"
-
-
 def avro_namespace(namespace: str, schema: str) -> str:
     ns, s = sanitize_name(namespace), sanitize_name(schema)
     return f"{ns}.{s}" if s else ns
@@ -470,7 +463,7 @@ def value_schema(info: TableInfo, cfg: CodecConfig) -> str:
     """The value schema JSON exactly as TiCDC registers it."""
     fields = _fields(info.columns, cfg)
     if cfg.enable_tidb_extension:
-        fields += [dict(f) for f in _EXTENSION_FIELDS]
+        fields += [dict(f) for f in _EXTENSION_FIELDS]  # type: ignore[call-overload]  # each is a mapping
     return go_json(_record(info, fields, cfg))
 
 

@@ -1,4 +1,4 @@
-"""Kafka records in the Confluent wire format -> landing NDJSON lines, and the reader that does it in bulk.
+"""Kafka records in the Confluent wire format -> landing rows, and the reader that writes them in bulk.
 
 A serialized key or value is `0x00` (magic byte), a 4-byte big-endian schema id, then the Avro binary body
 with no framing (spec/ticdc-avro.md). Anything else on the topic (another producer's JSON, a truncated
@@ -7,20 +7,19 @@ quarantines it with its reason instead of stopping the stream. fastavro reports 
 or IndexError (other errors for random bytes) and stops silently before trailing bytes; all of those mean
 "this body does not fit its schema", so all become `PoisonRecord`, and leftover bytes are rejected too.
 
-`LineBuilder` turns one raw record into the two landing columns' JSON texts (`row`) or one NDJSON line
-(`line`), caching a parsed schema per wire header and a compiled `RecordEncoder` per (key schema, value
+`LineBuilder` turns one raw record into the two landing columns' JSON texts (`row`), caching a parsed schema per wire header and a compiled `RecordEncoder` per (key schema, value
 schema). The key is always decoded, although TiCDC's key fields are value fields too: taking them from the
-value would save ~1.2 us per record, but a record whose key body is corrupt would then be landed instead
+value would be cheaper (BENCHMARKS.md), but a record whose key body is corrupt would then be landed instead
 of quarantined, as the connector (which decodes the key) would. It never talks to the registry: an id it
 was not given raises `UnknownSchemaId` and the caller resolves it.
 
 `read_ranges` is the worker of the built-in landing (tidb_pipeline.engine.landing): it consumes fixed offset
 ranges, builds rows and writes them as Parquet files (`ParquetFiles`, two string columns) of
-`rows_per_file` rows (or NDJSON with `parquet=False`), handing each finished file to `on_file` at once so
+`rows_per_file` rows, handing each finished file to `on_file` at once so
 the loader can stage and COPY it while the worker reads on. It lives
 here, in a module that imports only confluent_kafka, fastavro and the encoder, because the loader runs it
 in fresh Python processes to use every core, and a worker that imported `tidb_pipeline.defs` (Dagster, the
-Snowflake connector) would spend ~8 s starting.
+Snowflake connector) would spend seconds starting.
 `python -c "from tidb_pipeline.replication.wire import worker_main; worker_main()"` reads a pickled
 `RangeJob` on stdin and writes pickled messages on stdout: `("file", path, rows)` for each finished file
 as soon as it is on disk, then `("ok", RangeResult)` or `("error", traceback)`.
@@ -28,7 +27,6 @@ as soon as it is on disk, then `("ok", RangeResult)` or `("error", traceback)`.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
@@ -42,7 +40,7 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_reader
 
-from tidb_pipeline.replication.landing import RecordEncoder, ndjson_line
+from tidb_pipeline.replication.landing import RecordEncoder
 
 MAGIC_BYTE = 0
 HEADER_SIZE = 5
@@ -112,7 +110,7 @@ def _parse(schema: str | Mapping[str, Any]) -> Any:
 
 
 class LineBuilder:
-    """Raw Kafka record -> landing NDJSON line for one topic, given the schemas (by id) it may meet."""
+    """Raw Kafka record -> the two landing columns' JSON texts for one topic, given the schemas (by id) it may meet."""
 
     def __init__(self, topic: str, schemas: Mapping[int, str]) -> None:
         self.topic = topic
@@ -161,11 +159,6 @@ class LineBuilder:
         k = None if key is None else decode(key, self._schema_for(key))
         v = None if value is None else decode(value, self._schema_for(value))
         return k, v
-
-    def line(
-        self, partition: int, offset: int, timestamp_type: int, timestamp: int, key: bytes | None, value: bytes | None
-    ) -> str:
-        return ndjson_line(*self.row(partition, offset, timestamp_type, timestamp, key, value))
 
     def row(
         self, partition: int, offset: int, timestamp_type: int, timestamp: int, key: bytes | None, value: bytes | None
@@ -216,8 +209,6 @@ class RangeJob:
     folder: str
     file_prefix: str
     rows_per_file: int = 250_000
-    gzip_level: int | None = 1  # NDJSON files only; None writes plain NDJSON
-    parquet: bool = True  # Parquet files (two string columns) instead of NDJSON
     batch_size: int = 10_000
     idle_timeout_s: float = 60.0
     decode_only: bool = False  # the benchmark's raw limit: consume + Avro decode, no JSON, no files
@@ -237,60 +228,20 @@ class RangeResult:
 FileSink = Callable[[str, int], None]  # (path of a finished file, its line count)
 
 
-class NdjsonFiles:
-    """Collects lines and writes them as files of `rows_per_file` lines (gzip level 1: cheap, ~5x smaller).
-
-    `on_file(path, rows)` is called for each file once it is complete on disk.
-    """
-
-    def __init__(
-        self, folder: str, prefix: str, rows_per_file: int, gzip_level: int | None, on_file: FileSink | None = None
-    ) -> None:
-        self.folder, self.prefix, self.rows_per_file, self.gzip_level = folder, prefix, rows_per_file, gzip_level
-        self.on_file = on_file
-        self.lines: list[str] = []
-        self.paths: list[str] = []
-        self.rows = 0
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if len(self.lines) >= self.rows_per_file:
-            self.flush()
-
-    def add_row(self, metadata: str, content: str) -> None:
-        self.add(ndjson_line(metadata, content))
-
-    def flush(self) -> None:
-        if not self.lines:
-            return
-        data = "".join(self.lines).encode("utf-8")
-        suffix = ".ndjson" if self.gzip_level is None else ".ndjson.gz"
-        if self.gzip_level is not None:
-            data = gzip.compress(data, compresslevel=self.gzip_level, mtime=0)
-        path = os.path.join(self.folder, f"{self.prefix}-{len(self.paths):05d}{suffix}")
-        with open(path, "wb") as f:
-            f.write(data)
-        self.paths.append(path)
-        self.rows += len(self.lines)
-        rows, self.lines = len(self.lines), []
-        if self.on_file is not None:
-            self.on_file(path, rows)
-
-
 class ParquetFiles:
     """Collects rows and writes them as Parquet files of `rows_per_file` rows: two string columns,
-    `RECORD_METADATA` and `RECORD_CONTENT` (the JSON texts), Snappy-compressed (~0.4 us per row, a third of
-    gzip level 1 on the same lines). `on_file(path, rows)` is called for each file once it is complete on disk.
+    `RECORD_METADATA` and `RECORD_CONTENT` (the JSON texts), Snappy-compressed (cheaper than gzip; BENCHMARKS.md). `on_file(path, rows)` is called for each file once it is complete on disk.
     """
 
     def __init__(self, folder: str, prefix: str, rows_per_file: int, on_file: FileSink | None = None) -> None:
         self.folder, self.prefix, self.rows_per_file, self.on_file = folder, prefix, rows_per_file, on_file
-        self.metadata: list[str] = []
-        self.content: list[str] = []
+        self.metadata: list[str | None] = []
+        self.content: list[str | None] = []
         self.paths: list[str] = []
         self.rows = 0
 
-    def add_row(self, metadata: str, content: str) -> None:
+    def add_row(self, metadata: str | None, content: str | None) -> None:
+        """One row; None is SQL NULL after the COPY (the connector's 4.x tombstone has no RECORD_CONTENT)."""
         self.metadata.append(metadata)
         self.content.append(content)
         if len(self.metadata) >= self.rows_per_file:
@@ -316,16 +267,6 @@ class ParquetFiles:
             self.on_file(path, rows)
 
 
-def stage_files(
-    folder: str, prefix: str, rows_per_file: int, gzip_level: int | None, parquet: bool,
-    on_file: FileSink | None = None,
-) -> ParquetFiles | NdjsonFiles:
-    """The file writer a reader uses: Parquet (the landing loader's) or NDJSON."""
-    if parquet:
-        return ParquetFiles(folder, prefix, rows_per_file, on_file)
-    return NdjsonFiles(folder, prefix, rows_per_file, gzip_level, on_file)
-
-
 def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
     """Consume `job.ranges` (explicit offsets, never committed), build lines, write files (each to `on_file`)."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -333,7 +274,7 @@ def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
     started, cpu_started = time.perf_counter(), time.process_time()
     topic = job.topic
     builder = LineBuilder(topic, job.schemas)
-    files = stage_files(job.folder, job.file_prefix, job.rows_per_file, job.gzip_level, job.parquet, on_file)
+    files = ParquetFiles(job.folder, job.file_prefix, job.rows_per_file, on_file)
     poison: list[tuple[RawRecord, str]] = []
     unknown: list[RawRecord] = []
     next_offsets: dict[int, int] = {}

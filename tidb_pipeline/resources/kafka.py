@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -61,18 +62,17 @@ class KafkaResource(dg.ConfigurableResource):
         return out
 
     def end_offsets(self, topics: Iterable[str]) -> dict[str, dict[int, int]]:
-        """High watermark per partition for every topic, in one list_offsets call."""
-        parts = self.partitions(list(topics))
-        request = {TopicPartition(t, p): OffsetSpec.latest() for t, ps in parts.items() for p in ps}
-        out: dict[str, dict[int, int]] = {t: {} for t in parts}
-        if not request:
-            return out
+        """High watermark per partition for every topic (missing topics map to {}), in one list_offsets call."""
+        topics = list(dict.fromkeys(topics))
         # Keep the client referenced until the futures resolve: a collected AdminClient never completes them.
         admin = self.admin()
-        futures = admin.list_offsets(request, request_timeout=self.request_timeout_s)
-        for tp, future in futures.items():
-            out[tp.topic][tp.partition] = future.result(timeout=self.request_timeout_s + 5).offset
-        return out
+        read = read_end_offsets(admin, topics, {}, refresh_metadata=True, request_timeout_s=self.request_timeout_s,
+                                deadline=time.monotonic() + 2 * self.request_timeout_s + 5)
+        if read.errors or read.unread:
+            failed = read.errors or {t: "not read within the request timeout" for t in read.unread}
+            raise KafkaException(f"reading end offsets of {len(failed)} topic(s) failed: "
+                                 + "; ".join(f"{t}: {e}" for t, e in list(failed.items())[:5]))
+        return {t: dict(read.offsets.get(t, {})) for t in topics}
 
     def first_offsets(self, topic: str, starts: Sequence[tuple[int, int]],
                       timeout_s: float | None = None) -> list[tuple[int, int | None]]:
@@ -115,6 +115,96 @@ class KafkaResource(dg.ConfigurableResource):
         finally:
             consumer.close()
         return out
+
+
+# --- reading end offsets (the one reader: the sensor's budgeted tick and `KafkaResource.end_offsets`) ---
+
+# A chunk must not be cut short by the budget below this much time.
+_MIN_CHUNK_S = 1.0
+
+
+@dataclass(frozen=True)
+class OffsetsRead:
+    """The outcome of reading end offsets within a budget."""
+
+    offsets: Mapping[str, Mapping[int, int]]  # topics fully read
+    at: float
+    # Topics whose read raised (deleted, leader moving), with the first error; metadata is re-read next tick.
+    errors: Mapping[str, str]
+    unread: tuple[str, ...]  # topics the budget did not reach
+    metadata_read: bool
+    calls: int  # list_offsets calls made
+
+
+def _chunks(partitions: Mapping[str, Sequence[int]], order: Sequence[str], limit: int) -> list[list[str]]:
+    """Topics in `order`, grouped so each group has at most `limit` partitions (a bigger topic goes alone)."""
+    out: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for topic in order:
+        n = len(partitions[topic])
+        if current and size + n > limit:
+            out.append(current)
+            current, size = [], 0
+        current.append(topic)
+        size += n
+    if current:
+        out.append(current)
+    return out
+
+
+def read_end_offsets(
+    admin: AdminClient,
+    topics: Sequence[str],
+    known: Mapping[str, Sequence[int]],
+    *,
+    refresh_metadata: bool,
+    deadline: float,
+    request_timeout_s: float,
+    chunk_partitions: int = 10_000,
+    clock: Callable[[], float] = time.monotonic,
+) -> OffsetsRead:
+    """End offsets of `topics` (in that order of priority), one `list_offsets` call per chunk, until `deadline`.
+
+    `known` holds partition lists from the cursor; metadata is read (one call) only if `refresh_metadata`
+    or a topic is not in `known`. A topic that does not exist yet reads as no partitions.
+    """
+    partitions: dict[str, list[int]] = {t: list(known[t]) for t in topics if known.get(t)}
+    metadata_read = False
+    if refresh_metadata or len(partitions) < len(topics):
+        remaining = deadline - clock()
+        if remaining <= 0:
+            return OffsetsRead({}, time.time(), {}, tuple(topics), False, 0)
+        metadata = admin.list_topics(timeout=min(request_timeout_s, remaining))
+        metadata_read = True
+        for topic in topics:
+            meta = metadata.topics.get(topic)
+            partitions[topic] = sorted(meta.partitions) if meta is not None and meta.error is None else []
+
+    offsets: dict[str, dict[int, int]] = {t: {} for t in topics if not partitions[t]}
+    errors: dict[str, str] = {}
+    unread: list[str] = []
+    calls = 0
+    # Rounded as the cursor stores it, so rates computed now and from a saved cursor agree.
+    at = round(time.time(), 3)
+    for chunk in _chunks(partitions, [t for t in topics if partitions[t]], chunk_partitions):
+        remaining = deadline - clock()
+        if remaining < _MIN_CHUNK_S:
+            unread.extend(chunk)
+            continue
+        timeout = min(request_timeout_s, remaining)
+        request = {TopicPartition(t, p): OffsetSpec.latest() for t in chunk for p in partitions[t]}
+        calls += 1
+        futures = admin.list_offsets(request, request_timeout=timeout)
+        got: dict[str, dict[int, int]] = {t: {} for t in chunk}
+        for tp, future in futures.items():
+            try:
+                # One second of grace past the deadline for the whole chunk, not per partition.
+                got[tp.topic][tp.partition] = future.result(timeout=max(0.0, deadline + 1 - clock())).offset
+            except (KafkaException, TimeoutError) as exc:
+                errors.setdefault(tp.topic, f"partition {tp.partition}: {exc}")
+        offsets.update({t: o for t, o in got.items() if t not in errors})
+    return OffsetsRead(offsets, at, errors, tuple(unread), metadata_read, calls)
 
 
 def kafka_resource(env: Mapping[str, str] | None = None) -> KafkaResource:

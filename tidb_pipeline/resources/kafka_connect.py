@@ -5,6 +5,8 @@ The two differ in ways that matter to a reconciler (spec/confluent.md):
   sent back, so `put_config` refuses one outright. It may answer 429 with `Retry-After` on any call.
 - Self-managed Connect answers 409 while the group rebalances (and right after a worker starts); that is
   retried with backoff. A 409 saying the connector already exists is not retried.
+- Transport errors, 502/503/504 and 429 (`Retry-After` honoured) are retried a bounded number of times
+  (`resources.http.request`, the loop the TiCDC and ksqlDB clients share).
 - Errors come as `{"error": {"code", "message"}}` or `{"error_code", "message"}`; both become
   `KafkaConnectError`. Messages are scrubbed of the secret values of the config being sent, because
   Connect echoes invalid values back.
@@ -13,9 +15,8 @@ Status is normalised into `ConnectorStatus` so callers need not know the flavor.
 
 from __future__ import annotations
 
-import email.utils
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
@@ -23,6 +24,9 @@ from urllib.parse import quote
 import dagster as dg
 import httpx
 from pydantic import Field
+
+from tidb_pipeline.resources.http import RetryPolicy
+from tidb_pipeline.resources.http import request as http_request
 
 MASK = "****************"
 CONFLUENT_CLOUD_API = "https://api.confluent.cloud"
@@ -54,7 +58,8 @@ class KafkaConnectError(RuntimeError):
         self.message = message
         hint = _HINTS.get(status, "")
         code_part = f", code {code}" if code is not None and code != status else ""
-        super().__init__(f"Kafka Connect {what or 'request'} failed with HTTP {status}{code_part}: {message}{hint}")
+        answer = f" with HTTP {status}{code_part}" if status else ""  # 0: no answer (transport error)
+        super().__init__(f"Kafka Connect {what or 'request'} failed{answer}: {message}{hint}")
 
 
 _HINTS = {
@@ -126,27 +131,11 @@ def parse_error(response: httpx.Response) -> tuple[int | str | None, str]:
     return None, str(body)[:300]
 
 
-def _redact(text: str, secrets: list[str]) -> str:
+def _redact(text: str, secrets: Sequence[str]) -> str:
     # Longest first, so a secret containing another is removed whole.
     for value in sorted(secrets, key=len, reverse=True):
         text = text.replace(value, "[redacted]")
     return text
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("Retry-After")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _is_rebalance_conflict(message: str) -> bool:
@@ -247,35 +236,33 @@ class KafkaConnectClient:
         return {**config, "name": name}
 
     def _request(self, method: str, path: str, *, what: str, json: Any = None, allow_404: bool = False,
-                 secrets: list[str] | None = None) -> httpx.Response:
-        attempt = 0
-        while True:
-            response = self.http.request(method, path, json=json)
-            if response.status_code < 400 or (allow_404 and response.status_code == 404):
-                return response
-            code, message = parse_error(response)
-            message = _redact(message, secrets or [])
-            wait = self._retry_wait(response, message, attempt)
-            if wait is None or attempt >= self.max_retries:
-                raise KafkaConnectError(response.status_code, code, message, what=what)
-            attempt += 1
-            self.sleep(wait)
+                 secrets: Sequence[str] | None = None) -> httpx.Response:
+        def retry(response: httpx.Response) -> bool:
+            return self._retryable(response, _redact(parse_error(response)[1], secrets or []))
 
-    def _retry_wait(self, response: httpx.Response, message: str, attempt: int) -> float | None:
-        """Seconds to wait before retrying, or None if this failure is final."""
-        backoff = min(self.backoff_s * 2**attempt, self.max_retry_wait_s)
+        try:
+            response = http_request(
+                self.http, method, path, json=json, sleep=self.sleep, retry_status=retry,
+                policy=RetryPolicy(self.max_retries, self.backoff_s, self.max_retry_wait_s),
+            )
+        except httpx.TransportError as exc:
+            raise KafkaConnectError(0, None, f"cannot reach {self.http.base_url} ({type(exc).__name__}) after "
+                                    f"{self.max_retries + 1} attempts; check the Kafka Connect URL",
+                                    what=what) from None
+        if response.status_code < 400 or (allow_404 and response.status_code == 404):
+            return response
+        code, message = parse_error(response)
+        raise KafkaConnectError(response.status_code, code, _redact(message, secrets or []), what=what)
+
+    def _retryable(self, response: httpx.Response, message: str) -> bool:
+        """Whether this answer may change on retry (429 is always retried, honouring Retry-After)."""
         status = response.status_code
-        if status == 429:
-            after = _retry_after(response)
-            return min(after if after is not None else backoff, self.max_retry_wait_s)
         if status == 409 and self.flavor == "self_managed" and _is_rebalance_conflict(message):
-            return backoff
+            return True
         # A worker also answers 500 "Request cannot be completed because a rebalance is expected" for reads.
         if status == 500 and self.flavor == "self_managed" and "rebalance" in message.lower():
-            return backoff
-        if status in _RETRY_STATUSES:
-            return backoff
-        return None
+            return True
+        return status in _RETRY_STATUSES
 
 
 def _q(name: str) -> str:

@@ -4,7 +4,8 @@
   entity per statement. A failed statement answers 4xx/5xx with `{"@type": "statement_error" |
   "generic_error", "error_code", "message", ...}`; that becomes `KsqlDbError`. A CREATE/DROP entity whose
   `commandStatus.status` is ERROR is raised the same way by `execute`.
-- 5xx answers and connection errors are retried a bounded number of times with backoff. Retrying a POST can
+- 5xx and 429 answers and connection errors are retried a bounded number of times with backoff
+  (`resources.http.request`). Retrying a POST can
   run a CREATE twice; callers re-describe after an "already exists" error (the stream asset does).
 - Confluent Cloud ksqlDB uses HTTP Basic with a ksqlDB-cluster API key. Error texts come from the server and
   never include the credentials; the URL in messages is the configured one, which carries no userinfo.
@@ -20,6 +21,9 @@ from typing import Any
 import dagster as dg
 import httpx
 from pydantic import Field
+
+from tidb_pipeline.resources.http import RetryPolicy
+from tidb_pipeline.resources.http import request as http_request
 
 KSQL_CONTENT_TYPE = "application/vnd.ksql.v1+json"
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -229,22 +233,19 @@ class KsqlDbClient:
 
     def _request(self, method: str, path: str, *, what: str, json: Any = None,
                  ok_statuses: frozenset[int] | set[int] = frozenset()) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                response = self.http.request(method, path, json=json)
-            except httpx.TransportError as exc:
-                if attempt >= self.max_retries:
-                    raise KsqlDbError(None, f"cannot reach {self.http.base_url} ({type(exc).__name__}) after "
-                                      f"{attempt + 1} attempts; check KSQLDB_URL", what=what) from None
-            else:
-                if response.status_code < 400 or response.status_code in ok_statuses:
-                    return response
-                if response.status_code not in _RETRY_STATUSES or attempt >= self.max_retries:
-                    code, message, statement = parse_error(response)
-                    raise KsqlDbError(code, message, status=response.status_code, statement=statement, what=what)
-            self.sleep(min(self.backoff_s * 2**attempt, self.max_retry_wait_s))
-            attempt += 1
+        try:
+            response = http_request(
+                self.http, method, path, json=json, sleep=self.sleep,
+                policy=RetryPolicy(self.max_retries, self.backoff_s, self.max_retry_wait_s),
+                retry_status=lambda r: r.status_code in _RETRY_STATUSES and r.status_code not in ok_statuses,
+            )
+        except httpx.TransportError as exc:
+            raise KsqlDbError(None, f"cannot reach {self.http.base_url} ({type(exc).__name__}) after "
+                              f"{self.max_retries + 1} attempts; check KSQLDB_URL", what=what) from None
+        if response.status_code < 400 or response.status_code in ok_statuses:
+            return response
+        code, message, statement = parse_error(response)
+        raise KsqlDbError(code, message, status=response.status_code, statement=statement, what=what)
 
 
 def _terminated(statement: str) -> str:

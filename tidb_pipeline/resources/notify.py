@@ -15,7 +15,7 @@ import re
 import smtplib
 import ssl
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Literal, Protocol
 
@@ -177,13 +177,3 @@ class WebhookResource(dg.ConfigurableResource):
         if response.status_code >= 300:
             # The URL is a secret: name the status only.
             raise RuntimeError(f"the alert webhook answered HTTP {response.status_code}")
-
-
-@dataclass(frozen=True)
-class Destinations:
-    """The configured senders by name ("slack", "teams", "email", "webhook")."""
-
-    senders: Mapping[str, Sender] = field(default_factory=dict)
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.senders)

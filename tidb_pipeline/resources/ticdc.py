@@ -28,6 +28,9 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
+from tidb_pipeline.resources.http import RetryPolicy
+from tidb_pipeline.resources.http import request as http_request
+
 _log = logging.getLogger("tidb_pipeline.ticdc")
 
 MASK = "xxxxx"
@@ -325,32 +328,28 @@ class TiCDCClient:
         secrets = list(secrets)
         what = f"{method} {path}"
         params = {"namespace": self.namespace, **(params or {})}
-        attempt = 0
-        while True:
-            retry_after: str | None = None
-            try:
-                response = self._http.request(method, path, json=json, params=params)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                failure = TiCDCError("", f"{what}: cannot connect to {self.base_url} ({type(exc).__name__}); "
-                                     "is TiCDC running and TICDC_URL right?", 0)  # fmt: skip
-                retry_after = "connect"
-            except httpx.TransportError as exc:
-                failure = TiCDCError("", f"{what}: {type(exc).__name__} talking to {self.base_url}", 0)
-                retry_after = "transport" if idempotent else None
-            else:
-                if response.status_code < 400:
-                    return _json_object(response)
-                failure = _error(response, what, secrets)
-                retry_after = "5xx" if idempotent and response.status_code >= 500 else None
-            if retry_after is None or attempt >= self.max_retries:
-                raise failure from None
-            delay = min(self.backoff_s * 2**attempt, _MAX_BACKOFF_S)
-            # The failure text is already scrubbed; the request body is never logged.
-            _log.warning(
-                "TiCDC %s failed (%s), retry %d/%d in %.1fs", what, failure, attempt + 1, self.max_retries, delay
+        connect_errors = (httpx.ConnectError, httpx.ConnectTimeout)  # never reached TiCDC: safe to send again
+
+        def on_retry(reason: str, attempt: int, delay: float) -> None:
+            # Only the status or the exception's type: the request body (secrets) is never logged.
+            _log.warning("TiCDC %s failed (%s), retry %d/%d in %.1fs", what, reason, attempt, self.max_retries, delay)
+
+        try:
+            response = http_request(
+                self._http, method, path, json=json, params=params, sleep=self._sleep,
+                policy=RetryPolicy(self.max_retries, self.backoff_s, _MAX_BACKOFF_S),
+                retry_status=lambda r: idempotent and r.status_code >= 500,
+                retry_transport=lambda e: idempotent or isinstance(e, connect_errors),
+                on_retry=on_retry,
             )
-            self._sleep(delay)
-            attempt += 1
+        except connect_errors as exc:
+            raise TiCDCError("", f"{what}: cannot connect to {self.base_url} ({type(exc).__name__}); "
+                             "is TiCDC running and TICDC_URL right?", 0) from None  # fmt: skip
+        except httpx.TransportError as exc:
+            raise TiCDCError("", f"{what}: {type(exc).__name__} talking to {self.base_url}", 0) from None
+        if response.status_code < 400:
+            return _json_object(response)
+        raise _error(response, what, secrets)
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

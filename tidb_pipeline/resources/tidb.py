@@ -75,9 +75,9 @@ class TiDBResource(dg.ConfigurableResource):
                 "ORDER BY s.INDEX_NAME, s.SEQ_IN_INDEX",
                 (db, table),
             )
-            indexes: dict[str, list[tuple[str, bool]]] = {}
+            indexes: dict[str, Sequence[tuple[str, bool]]] = {}
             for index, column, unfit in cur.fetchall():
-                indexes.setdefault(index, []).append((column, bool(unfit)))
+                indexes[index] = [*indexes.get(index, ()), (column, bool(unfit))]
         return pick_handle_key(indexes)
 
 
@@ -92,4 +92,7 @@ def pick_handle_key(indexes: dict[str, Sequence[tuple[str, bool]]]) -> tuple[str
 
 
 def quote_mysql(name: str) -> str:
+    """A back-quoted MySQL/TiDB identifier (a back-quote inside is doubled); an empty name is refused."""
+    if not name:
+        raise ValueError("empty identifier; every table and column needs a name")
     return "`" + name.replace("`", "``") + "`"

@@ -17,6 +17,10 @@ database or schema, so the seam never selects one. What it owns:
 - Private temporary tables (`temporary_table`): created for one job, dropped when it ends (Snowflake drops
   them with the session anyway).
 - How many tables one run may work on at once (`parallel_tables`, `SNOWFLAKE_PARALLEL_TABLES`).
+- Statements binding a secret (`execute_secret`, e.g. the column policy's hash salt): the Python connector's
+  default `pyformat` binding interpolates values into the SQL text client-side, and its DEBUG log prints that
+  text, so the secret values are redacted from the connector's log records (`****`). Snowflake's own query
+  history still shows the statement as run; keep such statements few (one `SET` per session).
 
 `Warehouse.of(x)` takes a `Warehouse` or a DB-API connection (`snowflake.connector`); a connection is wrapped
 once, so its session parameters are sent once however many jobs use it. `warehouse_session(resource,
@@ -47,11 +51,38 @@ PARALLEL_TABLES_VAR = "SNOWFLAKE_PARALLEL_TABLES"
 _log = logging.getLogger(__name__)
 
 
+class _RedactSecrets(logging.Filter):
+    """Replaces registered secret values in log records by `****` (on the connector loggers that print SQL)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            if any(s in message for s in self.secrets):
+                for s in self.secrets:
+                    message = message.replace(s, "****")
+                record.msg, record.args = message, None
+        return True
+
+
+_REDACT = _RedactSecrets()
+# The Snowflake connector's loggers that print statement text (a filter applies only at its own logger).
+for _name in ("snowflake.connector.connection", "snowflake.connector.cursor"):
+    logging.getLogger(_name).addFilter(_REDACT)
+
+
 class SqlStatement(Protocol):
     """SQL text plus bound parameters (`tidb_pipeline.replication.ddl.Statement`)."""
 
-    sql: str
-    params: tuple[Any, ...]
+    # Read-only members, so a frozen dataclass matches.
+    @property
+    def sql(self) -> str: ...
+
+    @property
+    def params(self) -> tuple[Any, ...]: ...
 
 
 def is_missing_object(exc: BaseException) -> bool:
@@ -159,6 +190,12 @@ class Warehouse:
             self._pin()
         sql, bound = (stmt, tuple(params)) if isinstance(stmt, str) else (stmt.sql, tuple(stmt.params))
         return self._run(sql, bound)
+
+    def execute_secret(self, stmt: SqlStatement) -> list[tuple[Any, ...]]:
+        """`execute` for a statement whose bound string parameters are secrets: they are redacted from the
+        connector's log records (module docstring)."""
+        _REDACT.secrets.update(p for p in stmt.params if isinstance(p, str) and p)
+        return self.execute(stmt)
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         cursor = self.connection.cursor()

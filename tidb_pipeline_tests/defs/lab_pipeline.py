@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -11,12 +10,11 @@ from typing import Any
 import dagster as dg
 import pymysql
 
-from tidb_pipeline.config import PipelineConfig, parse_config
+from tidb_pipeline.config import parse_config
 from tidb_pipeline.defs import build_defs
 from tidb_pipeline.lab.env import applied, pipeline_env
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.workload.schema import CDC_KEYS
 
 
@@ -60,15 +58,3 @@ def materialize(defs: dg.Definitions, keys: set[dg.AssetKey], **resources: Any) 
     result = dg.materialize([*assets, *specs], selection=list(keys), resources={**(defs.resources or {}), **resources})
     assert result.success
     return result
-
-
-def wait_for_checkpoint(defs: dg.Definitions, config: PipelineConfig, *, target: int | None = None,
-                        timeout: float = 300) -> None:
-    """Until the changefeed's checkpoint passes `target` (default: now): every earlier commit is on Kafka."""
-    target = tso_from_ms(int(time.time() * 1000)) if target is None else target
-    deadline = time.monotonic() + timeout
-    with defs.resources["ticdc"].get_client() as client:
-        while (status := client.get_status(config.source.changefeed_id)).checkpoint_ts < target:
-            assert status.state in ("normal", "warning"), f"changefeed {status.state}: {status.last_error}"
-            assert time.monotonic() < deadline, f"changefeed did not catch up within {timeout:.0f}s"
-            time.sleep(0.5)

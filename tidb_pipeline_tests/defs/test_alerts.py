@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
 from tidb_pipeline.defs.alerts import SENSOR_NAME
 from tidb_pipeline.defs.resources import build_resources
+from tidb_pipeline.lab.ports import free_port
 
 REPLICA = dg.AssetKey(["snowflake", "REPLICA", "ORDERS"])
 SECRETS = {
@@ -104,10 +104,6 @@ class Mailbox:
         return "250 OK"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -120,7 +116,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture()
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
     box = Mailbox()
-    port = _free_port()
+    port = free_port()
     controller = Controller(box, hostname="127.0.0.1", port=port)
     controller.start()
     yield box, port

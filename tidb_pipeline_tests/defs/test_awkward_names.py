@@ -9,7 +9,6 @@ field names), equals its source row for row, and `row_count_matches_source`, `co
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,11 +23,11 @@ from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
-from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.replication.changefeed import table_rule
 from tidb_pipeline.replication.ddl import quote_ident
 from tidb_pipeline.resources.tidb import quote_mysql
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, wait_for_checkpoint
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 # Databases: `-` and `.`; unicode and a space; mixed case. `{suffix}` keeps each run's objects apart.
 DB_HOSTILE = "Hostile-DB.{suffix}"
@@ -118,7 +117,7 @@ def _write(conn_kwargs: dict[str, Any], config: PipelineConfig, round_: int) -> 
 
 def _land_and_merge(p: dict[str, Any]) -> None:
     config, defs = p["config"], p["defs"]
-    wait_for_checkpoint(defs, config, target=tso_from_ms(int(time.time() * 1000)), timeout=900)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     materialize(defs, {k for t in config.tables for k in (table_keys(config, t).landing, table_keys(config, t).replica)})
 
 
@@ -154,6 +153,11 @@ def _assert_checks_pass(p: dict[str, Any]) -> None:
             assert e.passed, f"{t.db}.{t.table} {check}: {md}"
         md = {k: v.value for k, v in evaluations[(replica, "content_matches_source")].metadata.items()}
         assert md["columns_not_in_replica"] == [] and md["columns_compared"] >= 3, md
+    # The changefeed's filter matches the hostile names back to exactly the configured tables, and each table's
+    # next schema is the registered one.
+    for check in ("changefeed_tables", "registry_compatibility"):
+        e = evaluations[(changefeed_key(config), check)]
+        assert e.passed, f"{check}: {e.description} {({k: v.value for k, v in e.metadata.items()})}"
 
 
 @pytest.mark.integration

@@ -44,7 +44,8 @@ from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.kafka_connect import KafkaConnectResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.workload import tpcc, types_table
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables, wait_for_checkpoint
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +180,7 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
     summary = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=10, threads=2, seed=11)
     with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
         types_table.update_types_rows(conn, database=pipeline["types_db"])
-    wait_for_checkpoint(defs, config)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
 
     # --- connector 3.x, SNOWPIPE ---------------------------------------------------------------------
     kafka, registry = _clients(lab_settings)
@@ -218,7 +219,7 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
     assert summary.completed + summary2.completed > 0
     with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
         types_table.update_types_rows(conn, database=pipeline["types_db"])
-    wait_for_checkpoint(defs, config)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     streaming = dataclasses.replace(spec, ingestion_method="SNOWPIPE_STREAMING")
     with sf_connector.connect(**connection_args(lab_settings)) as sf:
         second = deliver(streaming, kafka=kafka, registry=registry, connection=sf, layout="4.x")

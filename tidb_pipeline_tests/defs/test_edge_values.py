@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,11 +28,11 @@ from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
 from tidb_pipeline.lab.snowflake import connection_args
-from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.workload import types_table
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, wait_for_checkpoint
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +104,7 @@ def test_nulls_and_zero_dates_through_the_changefeed(pipeline: dict[str, Any], l
     keys, names = table_keys(config, table), table_names(config, table)
     materialize(defs, {changefeed_key(config)})
     _fill(conn_kwargs, db)
-    wait_for_checkpoint(defs, config, target=tso_from_ms(int(time.time() * 1000)), timeout=600)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     result = materialize(defs, {keys.landing, keys.replica})
 
     cmp = _compare(conn_kwargs, lab_settings, db, names.replica)
@@ -139,7 +138,7 @@ def test_nulls_and_zero_dates_through_the_changefeed(pipeline: dict[str, Any], l
         cur.execute(f"UPDATE `{db}`.`{types_table.TABLE}` SET c_date = '2024-02-29', "
                     "c_datetime = '2024-02-29 01:02:03.000004', c_timestamp = '2024-02-29 01:02:03.5' WHERE id = %s",
                     (ZERO_ID,))
-    wait_for_checkpoint(defs, config, target=tso_from_ms(int(time.time() * 1000)), timeout=600)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     materialize(defs, {keys.landing, keys.replica})
     cmp = _compare(conn_kwargs, lab_settings, db, names.replica)
     assert cmp.equal, cmp

@@ -24,7 +24,8 @@ from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.workload import tpcc, types_table
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables, wait_for_checkpoint
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -78,13 +79,13 @@ def test_tpcc_replicas_equal_source_after_60s_run(pipeline: dict[str, Any], lab_
     with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
         types_table.update_types_rows(conn, database=pipeline["types_db"])
     target = tso_from_ms(int(time.time() * 1000))
-    wait_for_checkpoint(defs, config, target=target, timeout=900)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id, target=target)
     materialize(defs, _pipeline_keys(config))
 
     summary2 = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=40, threads=2, seed=8)
     assert summary.completed + summary2.completed > 0
     target = tso_from_ms(int(time.time() * 1000))
-    wait_for_checkpoint(defs, config, target=target, timeout=900)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id, target=target)
     materialize(defs, _pipeline_keys(config))
 
     mismatches = []

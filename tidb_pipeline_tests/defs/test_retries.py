@@ -17,7 +17,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.config import parse_config
 from tidb_pipeline.defs import build_defs, tables
-from tidb_pipeline.engine.landing import SchemaRegistryUnavailable
+from tidb_pipeline.resources.schema_registry import SchemaRegistryUnavailable
 from tidb_pipeline.defs.retries import is_retryable, land_and_merge_retry_policy
 from tidb_pipeline.defs.tables import table_keys
 from tidb_pipeline.replication.wire import PoisonRecord

@@ -24,16 +24,14 @@ from tidb_pipeline.defs.sensors import (
     SENSOR_NAME,
     KafkaUnavailableError,
     OffsetsCursor,
-    OffsetsRead,
     TopicState,
     build_offsets_sensor,
     deserialize_cursor,
     diff_offsets,
-    read_end_offsets,
     serialize_cursor,
 )
 from tidb_pipeline.lab.service import Service
-from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.kafka import KafkaResource, OffsetsRead, read_end_offsets
 
 # --- helpers -------------------------------------------------------------------------------------------
 

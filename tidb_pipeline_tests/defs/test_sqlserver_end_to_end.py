@@ -29,7 +29,8 @@ from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 from tidb_pipeline.replication.sqlserver import TargetTable
 from tidb_pipeline.resources.sqlserver import SqlServerResource
 from tidb_pipeline.workload import tpcc
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables, wait_for_checkpoint
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +75,12 @@ def test_tpcc_sqlserver_replicas_equal_source_after_workload(pipeline: dict[str,
 
     tpcc.prepare(conn_kwargs, database=pipeline["tpcc_db"], warehouses=1, scale=0.02)
     first = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=10, threads=2, seed=21)
-    wait_for_checkpoint(defs, config)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     materialize(defs, keys)  # mid-stream, so the last apply starts from stored offsets
 
     second = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=15, threads=2, seed=22)
     assert first.completed + second.completed > 0
-    wait_for_checkpoint(defs, config)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     materialize(defs, keys)
 
     mismatches = []

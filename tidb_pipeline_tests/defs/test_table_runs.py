@@ -52,7 +52,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
         log.info("landed %s", names.topic)
         return {"rows_loaded": 1}
 
-    def merge(names: Any, kafka: Any, registry: Any, snowflake: Any, log: Any, source_columns: Any) -> dict[str, Any]:
+    def merge(names: Any, kafka: Any, registry: Any, snowflake: Any, log: Any, source_columns: Any,
+              table: Any = None) -> dict[str, Any]:
         with lock:
             made.append(("merge", names.topic, threading.current_thread().name))
         return {"rows_inserted": 1}

@@ -170,9 +170,9 @@ def test_insert_from_load_uses_the_merges_casts() -> None:
         ReplicaColumn("b", "BINARY", True, "BLOB", False, "bytes"),
     ]
     stmt = insert_from_load_sql(TableRef("R", "T", "DB"), TableRef("C", "L", "DB"), cols)
-    values = ", ".join(f'{json_to_sql(c, f"l.{chr(34)}V{chr(34)}:{chr(34)}{c.name}{chr(34)}")} AS "{c.name}"' for c in cols)
+    values = ", ".join(f'{json_to_sql(c, f"l.{chr(34)}RECORD_CONTENT{chr(34)}:{chr(34)}{c.name}{chr(34)}")} AS "{c.name}"' for c in cols)
     assert stmt.sql == f'INSERT INTO "DB"."R"."T" ("id", "u", "at", "b") SELECT {values} FROM "DB"."C"."L" l'
-    assert "STRIP_NULL_VALUE(l.\"V\":\"at\")" in stmt.sql
+    assert "STRIP_NULL_VALUE(l.\"RECORD_CONTENT\":\"at\")" in stmt.sql
     assert stmt.params == ()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from tidb_pipeline.replication.ddl import TableRef, quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.warehouse import Warehouse
 from tidb_pipeline_tests.replication.support import decimal_type, field as avro_field, record, with_extension
+from tidb_pipeline.lab.ports import free_port
 
 KEY = record("t", [avro_field("id", "long", "BIGINT")])
 VALUE = with_extension(
@@ -388,15 +388,11 @@ def test_poison_records_go_to_the_dead_letter_table_and_the_stream_moves_on(lab:
     assert len(lab.dead_letters()) == 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_an_unreachable_registry_stops_the_load_before_anything_moves(lab: Lab):
     lab.produce([(0, {"id": 1}, row(1)), (2, {"id": 2}, None)])
-    down = SchemaRegistryClient({"url": f"http://127.0.0.1:{_free_port()}", "max.retries": 0})
+    down = SchemaRegistryClient({"url": f"http://127.0.0.1:{free_port()}", "max.retries": 0})
     with pytest.raises(SchemaRegistryUnavailable, match=r"schema registry http://127\.0\.0\.1:\d+ failed .*retry"):
         lab.load(registry=down)
     assert lab.landed() == [] and lab.dead_letters() == []
@@ -420,15 +416,6 @@ def test_parallel_readers_land_the_same_rows(lab: Lab, monkeypatch: pytest.Monke
     assert seen == [2]
     assert (result.rows_loaded, result.quarantined) == (30, 1)
     assert lab.landed() == expected_rows(lab, [r for r in lab.produced if r.key is not None])
-
-
-def test_bench_command_loads_and_reports_both_rates(kafka: Any, registry: Any, snowflake: Any,
-                                                    capsys: pytest.CaptureFixture[str]):
-    landing_mod.main(["--bench", "3000"])
-    out = capsys.readouterr().out
-    assert "load_topic: 3,000 records in" in out
-    assert "raw limit (consume + Avro decode, 1 reader(s))" in out
-    assert "load / raw limit:" in out
 
 
 def test_repeat_loads_skip_the_ddl_and_a_dropped_table_is_created_again(lab: Lab, monkeypatch: pytest.MonkeyPatch):

@@ -376,3 +376,35 @@ def test_asset_materializes_through_resources(
     assert meta["records_read"] == 13 and meta["dagster/row_count"] == 4 and meta["backlog_records"] == 0
     assert meta["table_created"] is True
     assert _contents(engine, TargetTable(writer.topic, resource.db_schema)) == model(writer.sent)
+
+
+def test_column_policy_excludes_hashes_and_masks(
+    writer: TopicWriter, target: tuple[SqlServerResource, sa.Engine], lab_settings: LabSettings
+) -> None:
+    """The applier follows the table's column policy: `data` left out, `name`/`price` hashed, `flag` NULL."""
+    import hashlib
+
+    from tidb_pipeline.config import ColumnsConfig
+
+    resource, engine = target
+    table = TargetTable(writer.topic, resource.db_schema)
+    write_phase1(writer)
+    salt = "pëpper"
+    reads: list[int] = []
+
+    def read_salt() -> str:
+        reads.append(1)
+        return salt
+
+    result = _apply(writer, engine, table, lab_settings, policy=ColumnsConfig(exclude=("data",), hash=("name", "price"),
+                    mask=("flag",)), hash_salt=read_salt, source="sqlsrv.t")
+
+    def h(text: str | None) -> str | None:
+        return None if text is None else hashlib.sha256((salt + text).encode()).hexdigest()
+
+    # The model's values in MySQL's text (DECIMAL(10,2) with both digits), hashed here independently.
+    expected = [(i, h(name), h(f"{price:.2f}"), None) for i, name, price, _flag, _data in model(writer.sent)]
+    assert _contents(engine, table) == expected and len(expected) == 4
+    assert [(c.name, c.sql_type) for c in result.columns] == [
+        ("id", "bigint"), ("name", "varchar(64)"), ("price", "varchar(64)"), ("flag", "integer")]
+    assert reads == [1]  # read once per batch, only because a value was hashed

@@ -12,7 +12,16 @@ import fastavro
 import pytest
 
 from tidb_pipeline.lab.connector_landing import ConnectorJson, SinkSpec, connector_row, deliver, java_decimal
+
 from tidb_pipeline_tests.replication.support import decimal_type, fake_snowflake, field, record
+
+
+def _line(row: tuple[str | None, str | None] | None) -> str | None:
+    """The row's columns as one JSON object text; a column that is SQL NULL is left out."""
+    if row is None:
+        return None
+    cols = [f'"{name}":{text}' for name, text in zip(("RECORD_METADATA", "RECORD_CONTENT"), row) if text is not None]
+    return "{" + ",".join(cols) + "}\n"
 
 KEY = record("t", [field("id", "long", "BIGINT")])
 VALUE = record("t", [field("id", "long", "BIGINT"), field("f", "float", "FLOAT", nullable=True),
@@ -78,11 +87,11 @@ VALUE_ROW = {"id": 5, "f": 1.100000023841858, "d": Decimal("0E-30"), "b": b"\x00
 def test_three_x_layout() -> None:
     spec = SinkSpec.from_connector_config(CONFIG)
     writer = ConnectorJson(Registry())  # type: ignore[arg-type]
-    line = connector_row(spec, "3.x", writer, Msg({"id": 5}, VALUE_ROW), {"id": 5}, VALUE_ROW, 0)
+    line = _line(connector_row(spec, "3.x", writer, Msg({"id": 5}, VALUE_ROW), {"id": 5}, VALUE_ROW, 0))
     assert line == ('{"RECORD_METADATA":{"topic":"tidb_a_t","offset":7,"partition":2,"CreateTime":1700000000000,'
                     '"schema_id":2,"key":{"id":5},"key_schema_id":1},'
                     '"RECORD_CONTENT":{"id":5,"f":1.1,"d":0E-30,"b":"AP8="}}\n')
-    tomb = connector_row(spec, "3.x", writer, Msg({"id": 5}, None, ts_type=2), {"id": 5}, None, 0)
+    tomb = _line(connector_row(spec, "3.x", writer, Msg({"id": 5}, None, ts_type=2), {"id": 5}, None, 0))
     assert tomb == ('{"RECORD_METADATA":{"topic":"tidb_a_t","offset":7,"partition":2,"LogAppendTime":1700000000000,'
                     '"schema_id":0,"key":{"id":5},"key_schema_id":1},"RECORD_CONTENT":{}}\n')
 
@@ -90,11 +99,11 @@ def test_three_x_layout() -> None:
 def test_four_x_layout_has_push_time_headers_and_null_tombstones() -> None:
     spec = SinkSpec.from_connector_config({**CONFIG, "snowflake.ingestion.method": "SNOWPIPE_STREAMING"})
     writer = ConnectorJson(Registry())  # type: ignore[arg-type]
-    line = connector_row(spec, "4.x", writer, Msg({"id": 5}, VALUE_ROW), {"id": 5}, VALUE_ROW, 42)
+    line = _line(connector_row(spec, "4.x", writer, Msg({"id": 5}, VALUE_ROW), {"id": 5}, VALUE_ROW, 42))
     assert json.loads(line.replace("0E-30", "0"))["RECORD_METADATA"] == {
         "offset": 7, "topic": "tidb_a_t", "partition": 2, "key": {"id": 5}, "CreateTime": 1_700_000_000_000,
         "SnowflakeConnectorPushTime": 42, "headers": {}}
-    tomb = json.loads(connector_row(spec, "4.x", writer, Msg({"id": 5}, None), {"id": 5}, None, 42))
+    tomb = json.loads(_line(connector_row(spec, "4.x", writer, Msg({"id": 5}, None), {"id": 5}, None, 42)))
     assert "RECORD_CONTENT" not in tomb  # loads as SQL NULL
 
 
@@ -102,9 +111,9 @@ def test_sink_spec_follows_the_pinned_properties() -> None:
     assert SinkSpec.from_connector_config(CONFIG).drop_tombstones is False
     ignore = SinkSpec.from_connector_config({**CONFIG, "behavior.on.null.values": "IGNORE"})
     writer = ConnectorJson(Registry())  # type: ignore[arg-type]
-    assert connector_row(ignore, "3.x", writer, Msg({"id": 5}, None), {"id": 5}, None, 0) is None  # a lost delete
+    assert _line(connector_row(ignore, "3.x", writer, Msg({"id": 5}, None), {"id": 5}, None, 0)) is None  # a lost delete
     no_meta = SinkSpec.from_connector_config({**CONFIG, "snowflake.metadata.offset.and.partition": "false"})
-    line = json.loads(connector_row(no_meta, "3.x", writer, Msg({"id": 5}, None), {"id": 5}, None, 0))
+    line = json.loads(_line(connector_row(no_meta, "3.x", writer, Msg({"id": 5}, None), {"id": 5}, None, 0)))
     assert "offset" not in line["RECORD_METADATA"]
     with pytest.raises(ValueError, match="schematization=true"):
         SinkSpec.from_connector_config({**CONFIG, "snowflake.enable.schematization": "true"})

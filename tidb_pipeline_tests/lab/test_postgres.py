@@ -12,12 +12,9 @@ import pytest
 from tidb_pipeline.lab.postgres import LAB_DATABASE, PostgresService
 from tidb_pipeline.lab.service import PortInUseError, down, port_open, up
 from tidb_pipeline.lab.settings import LAB_DB_USER, LabSettings
+from tidb_pipeline.lab.ports import free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _uid(pid: int) -> int:
@@ -29,7 +26,7 @@ def _uid(pid: int) -> int:
 
 def test_private_cluster_lifecycle(tmp_path: Path) -> None:
     # tmp_path sits under pytest's 0700 folder: as root this also proves the server user can reach it.
-    settings = LabSettings(root=tmp_path, ports={"postgres": _free_port()})
+    settings = LabSettings(root=tmp_path, ports={"postgres": free_port()})
     svc = PostgresService(settings)
     up([svc], log=lambda _m: None)
     try:

@@ -7,7 +7,6 @@ it and each uses its own subjects.
 from __future__ import annotations
 
 import json
-import socket
 import struct
 from collections.abc import Iterator
 from decimal import Decimal
@@ -31,6 +30,7 @@ from tidb_pipeline.lab.registry import (
 )
 from tidb_pipeline.lab.service import down, up
 from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.ports import free_port
 
 
 def _record(name: str, *fields: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -225,15 +225,11 @@ def test_canonical_text_ignores_whitespace_only() -> None:
 # --- the running service ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryService]:
-    settings = LabSettings(root=tmp_path_factory.mktemp("lab"), ports={"registry": _free_port()})
+    settings = LabSettings(root=tmp_path_factory.mktemp("lab"), ports={"registry": free_port()})
     svc = RegistryService(settings)
     up([svc], log=lambda _msg: None)
     yield svc
@@ -327,14 +323,26 @@ def test_compatibility_config(service: RegistryService, client: SchemaRegistryCl
     with pytest.raises(SchemaRegistryError) as exc_info:
         client.set_compatibility("cfg-value", "SIDEWAYS")
     assert _error(exc_info) == (422, 42203)
+    # DELETE /config/{subject}: back to the global level; answers the level it dropped, 40401 when there is none.
+    dropped = httpx.delete(f"{service.address()}/config/cfg-value")
+    assert (dropped.status_code, dropped.json()) == (200, {"compatibilityLevel": "FULL"})
+    with pytest.raises(SchemaRegistryError) as exc_info:
+        client.get_compatibility("cfg-value")
+    assert _error(exc_info) == (404, 40408)
+    again = httpx.delete(f"{service.address()}/config/cfg-value")
+    assert (again.status_code, again.json()["error_code"]) == (404, 40401)
 
 
 def test_backward_rejects_a_field_without_default_and_accepts_one_with(client: SchemaRegistryClient) -> None:
     first = client.register_schema("evolve-value", _schema(ORDER_V1))
     with pytest.raises(SchemaRegistryError) as exc_info:
         client.register_schema("evolve-value", _schema(ORDER_V2_NO_DEFAULT))
-    assert _error(exc_info) == (409, 409)
-    assert "qty" in exc_info.value.error_message
+    assert _error(exc_info) == (409, 40901)  # 409 before Confluent 8.x (ef43652bfec)
+    message = exc_info.value.error_message
+    assert message.startswith('Schema being registered is incompatible with an earlier schema for subject '
+                              '"evolve-value", details: [{errorType:\'READER_FIELD_MISSING_DEFAULT_VALUE\'')
+    assert "qty" in message and "{oldSchemaVersion: 1}" in message
+    assert message.endswith("{validateFields: 'false', compatibility: 'BACKWARD'}]")
     assert client.get_versions("evolve-value") == [1]
 
     second = client.register_schema("evolve-value", _schema(ORDER_V2_DEFAULTED))

@@ -12,12 +12,9 @@ import pytest
 from tidb_pipeline.lab.mariadb import MariaDBService
 from tidb_pipeline.lab.service import PortInUseError, down, up
 from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.ports import free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_port_in_use_names_port_and_service(tmp_path: Path) -> None:
@@ -33,7 +30,7 @@ def test_port_in_use_names_port_and_service(tmp_path: Path) -> None:
 
 
 def test_down_is_idempotent_and_spares_foreign_processes(tmp_path: Path) -> None:
-    settings = LabSettings(root=tmp_path, ports={"mariadb": _free_port()})
+    settings = LabSettings(root=tmp_path, ports={"mariadb": free_port()})
     svc = MariaDBService(settings)
     # A pid file pointing at a process the lab did not start (as after a pid is recycled).
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

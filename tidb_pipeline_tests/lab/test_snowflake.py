@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -51,19 +50,16 @@ from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import SnowflakeService, connection_args, lab_env
 from tidb_pipeline.resources.snowflake import snowflake_resource
 from tidb_pipeline_tests.lab import snowflake_smoke_defs
+from tidb_pipeline.lab.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SnowflakeService]:
-    settings = LabSettings(root=tmp_path_factory.mktemp("lab"), ports={"snowflake": _free_port()})
+    settings = LabSettings(root=tmp_path_factory.mktemp("lab"), ports={"snowflake": free_port()})
     svc = SnowflakeService(settings)
     up([svc], log=lambda _msg: None)
     yield svc

@@ -8,7 +8,6 @@ import os
 import random
 import re
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -31,13 +30,14 @@ from tidb_pipeline.lab.compare import TableComparison, compare_table
 from tidb_pipeline.lab.service import down, port_open, up, wait_until
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
-from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.holes import OFFSET_GAPS_TABLE
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCResource
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint  # the one wait (tidb_pipeline_tests/changefeed.py)
 from tidb_pipeline.resources.tidb import quote_mysql
+from tidb_pipeline.lab.ports import free_port
 
 
 def mysql_kwargs(settings: LabSettings) -> dict[str, Any]:
@@ -62,18 +62,6 @@ def warehouse(settings: LabSettings) -> Iterator[Any]:
         conn.close()
 
 
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768+ on Linux): a part restarted on it must find it free
-    again, and an ephemeral port can meanwhile be taken as the local end of any client connection."""
-    for _ in range(500):
-        port = random.randint(21000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 21000-32000 for a private lab part")
 
 
 @contextmanager
@@ -126,42 +114,6 @@ def restart(settings: LabSettings, name: str, *, kill: bool = False) -> None:
     else:
         svc.stop()
     up([svc], log=lambda _m: None)
-
-
-def wait_for_checkpoint(settings: LabSettings, changefeed_id: str, *, stall_s: float = 300) -> None:
-    """Until every change committed before now is on Kafka (the checkpoint passed now).
-
-    Waits on progress, not on a deadline: it fails when the changefeed is failed or stopped, or when its
-    checkpoint has not moved for `stall_s` seconds (far longer than the change feed's longest retry backoff,
-    30 s, plus a broker or server restart on a busy machine). A busy machine that replicates slowly but
-    steadily never fails it.
-    """
-    from tidb_pipeline.resources.ticdc import TiCDCError
-
-    target = tso_from_ms(int(time.time() * 1000))
-    seen: tuple[int, str] | None = None  # (checkpoint, state) last read
-    last_progress = time.monotonic()
-    with TiCDCResource(url=settings.ticdc_url, max_retries=10).get_client() as client:
-        while True:
-            try:
-                status = client.get_status(changefeed_id)
-            except TiCDCError as exc:
-                if exc.status:  # an answer, not an unreachable server (it may be restarting)
-                    raise
-                status = None
-            if status is not None:
-                if status.checkpoint_ts >= target:
-                    return
-                assert status.state in ("normal", "warning"), (
-                    f"changefeed {changefeed_id} {status.state}: {status.last_error or status.last_warning}")
-                if seen is None or status.checkpoint_ts > seen[0]:
-                    last_progress = time.monotonic()
-                seen = (status.checkpoint_ts, status.state)
-            stalled = time.monotonic() - last_progress
-            assert stalled < stall_s, (
-                f"changefeed {changefeed_id} made no progress for {stalled:.0f}s (checkpoint {seen and seen[0]}, "
-                f"state {seen and seen[1]}, {'last warning ' + str(status.last_warning) if status else 'unreachable'})")
-            time.sleep(0.2)
 
 
 ITEMS_DDL = (

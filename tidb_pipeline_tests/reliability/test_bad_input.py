@@ -17,7 +17,6 @@ from tidb_pipeline.defs.tables import build_table_assets, table_keys, table_name
 from tidb_pipeline.lab.compare import canonical
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.lab.snowflake import lab_env
 from tidb_pipeline.replication.ddl import quote_ident
 from tidb_pipeline.resources.tidb import quote_mysql
 from tidb_pipeline_tests.reliability.support import (

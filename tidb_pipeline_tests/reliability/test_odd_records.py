@@ -9,6 +9,7 @@ import fastavro
 import pytest
 
 from tidb_pipeline.replication.wire import LineBuilder, PoisonRecord
+from tidb_pipeline_tests.replication.support import landing_line
 
 KEY = {"type": "record", "name": "t", "namespace": "default.db",
        "fields": [{"name": "id", "type": {"type": "long", "connect.parameters": {"tidb_type": "BIGINT"}}}]}
@@ -30,13 +31,13 @@ def builder() -> LineBuilder:
 def test_a_value_whose_schema_lacks_the_key_column_is_poison_not_a_delete():
     # The merge treats content without the key field as a delete: landing it would remove row 7.
     with pytest.raises(PoisonRecord, match="value schema lacks key column\\(s\\) id"):
-        builder().line(0, 5, 1, 0, _wire(1, KEY, {"id": 7}), _wire(3, NO_KEY_VALUE, {"note": "x"}))
+        landing_line(builder(), 0, 5, 1, 0, _wire(1, KEY, {"id": 7}), _wire(3, NO_KEY_VALUE, {"note": "x"}))
 
 
 def test_a_tombstone_and_a_full_value_still_land():
     b = builder()
     key = _wire(1, KEY, {"id": 7})
-    assert json.loads(b.line(0, 5, 1, 99, key, None))["RECORD_CONTENT"] == {}
-    line = json.loads(b.line(0, 6, 1, 99, key, _wire(2, VALUE, {"id": 7, "note": "x" * 600_000})))
+    assert json.loads(landing_line(b, 0, 5, 1, 99, key, None))["RECORD_CONTENT"] == {}
+    line = json.loads(landing_line(b, 0, 6, 1, 99, key, _wire(2, VALUE, {"id": 7, "note": "x" * 600_000})))
     assert line["RECORD_METADATA"] == {"topic": "topic", "partition": 0, "offset": 6, "CreateTime": 99, "key": {"id": 7}}
     assert line["RECORD_CONTENT"] == {"id": 7, "note": "x" * 600_000}

@@ -26,7 +26,6 @@ from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.resources.tidb import quote_mysql
 from tidb_pipeline_tests.reliability.support import (
     ITEMS_DDL,
-    Feed,
     free_port,
     mysql_kwargs,
     private_services,

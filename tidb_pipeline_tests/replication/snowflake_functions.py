@@ -48,6 +48,7 @@ _PAGES = {
     "RIGHT": "right",
     "ROW_NUMBER": "row_number",
     "SECOND": "hour-minute-second",
+    "SHA2": "sha2",  # the column policy's hash (SHA2(salt || text, 256): hex VARCHAR)
     "STARTSWITH": "startswith",
     "STRIP_NULL_VALUE": "strip_null_value",
     "SUBSTR": "substr",

@@ -228,3 +228,9 @@ ALL_TYPES_SQL = {
     "c_time": "VARCHAR",
     "c_year": "NUMBER(4,0)",
 }
+
+
+def landing_line(builder: Any, *record: Any) -> str:
+    """One record's two landing columns as one JSON object text (what a landing row holds), for assertions."""
+    metadata, content = builder.row(*record)
+    return '{"RECORD_METADATA":' + metadata + ',"RECORD_CONTENT":' + content + "}\n"

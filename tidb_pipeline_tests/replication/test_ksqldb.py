@@ -16,7 +16,6 @@ from tidb_pipeline.replication.ksqldb import (
     StreamState,
     SubjectVersion,
     create_statement,
-    drop_statement,
     plan_stream,
     quote_identifier,
     record_fields,
@@ -56,7 +55,6 @@ def test_statement_text() -> None:
         "CREATE OR REPLACE STREAM `S` WITH (KAFKA_TOPIC='o''brien', VALUE_FORMAT='AVRO', KEY_FORMAT='AVRO');"
     )
     assert describe_statement("a`b") == "DESCRIBE `a``b`;"
-    assert drop_statement("S") == "DROP STREAM IF EXISTS `S`;"
 
 
 def test_split_statements_respects_quotes() -> None:

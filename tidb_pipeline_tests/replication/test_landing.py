@@ -4,13 +4,13 @@ from decimal import Decimal
 import pytest
 
 from tidb_pipeline.replication.ddl import TableRef, create_landing_sql
+from tidb_pipeline.replication.wire import ParquetFiles
 from tidb_pipeline.replication.landing import (
     RecordEncoder,
     compile_record_encoder,
-    copy_statements,
-    create_load_table_sql,
-    ndjson_line,
-    next_offsets_sql,
+    create_load_rows_sql,
+    land_rows_statements,
+    stage_file_statements,
 )
 from tidb_pipeline_tests.replication.support import (
     ALL_TYPES_KEY,
@@ -119,33 +119,28 @@ def test_non_finite_floats_are_refused():
         encode({"f": float("nan")})
 
 
-def test_ndjson_line_holds_both_columns():
-    line = ndjson_line('{"topic":"t","partition":0,"offset":1}', "{}")
-    assert line.endswith("\n") and line.count("\n") == 1
-    assert json.loads(line) == {"RECORD_METADATA": {"topic": "t", "partition": 0, "offset": 1}, "RECORD_CONTENT": {}}
-
-
-def test_copy_statements_load_ndjson_from_a_stage_into_the_landing_layout(tmp_path):
+def test_staged_parquet_loads_into_the_landing_layout(tmp_path):
+    # The one staging path (engine.staging): Parquet string columns, PUT, COPY with PARSE_JSON, INSERT.
     encoder = RecordEncoder(ALL_TYPES_KEY, ALL_TYPES_VALUE)
     records = [(0, 5, {"id": 1}, avro_round_trip(ALL_TYPES_VALUE, ALL_VALUES)), (1, 9, {"id": 2}, None)]
-    lines = [ndjson_line(encoder.metadata("topic", p, o, 1000, k), encoder.content(v)) for p, o, k, v in records]
-    path = tmp_path / "batch-0001.ndjson"
-    path.write_text("".join(lines), encoding="utf-8")
-    landing, load = TableRef("S", "LANDING"), TableRef("S", "LANDING_LOAD")
+    rows = [(encoder.metadata("topic", p, o, 1000, k), encoder.content(v)) for p, o, k, v in records]
+    files = ParquetFiles(str(tmp_path), "batch", rows_per_file=10)
+    for metadata, content in rows:
+        files.add_row(metadata, content)
+    files.flush()
+    (path,) = files.paths
+    landing, load = TableRef("S", "LANDING"), '"DB"."S"."LANDING_ROWS"'  # the lab adapter's temporary tables are qualified
     with fake_snowflake() as conn:
         cur = conn.cursor()
         cur.execute(create_landing_sql(landing))
-        cur.execute(create_load_table_sql(load))
+        cur.execute(create_load_rows_sql(load))
         cur.execute("CREATE STAGE LANDING_STAGE")
-        cur.execute(f"PUT 'file://{path}' @LANDING_STAGE/batch")
-        for stmt in copy_statements(landing, load, "@LANDING_STAGE/batch"):
-            cur.execute(stmt.sql)
+        cur.execute(f"PUT 'file://{path}' @LANDING_STAGE/batch/ AUTO_COMPRESS = FALSE")
+        for stmt in [*stage_file_statements(load, "@LANDING_STAGE/batch/batch-00000.parquet"),
+                     *land_rows_statements(landing, load, {})]:
+            cur.execute(stmt.sql, stmt.params or None)
         cur.execute(f"SELECT RECORD_METADATA, RECORD_CONTENT FROM {landing.sql} ORDER BY RECORD_METADATA:offset::int")
         loaded = [(json.loads(m), json.loads(c)) for m, c in cur.fetchall()]
-        expected = [(json.loads(line)["RECORD_METADATA"], json.loads(line)["RECORD_CONTENT"]) for line in lines]
-        assert loaded == expected
-        cur.execute(f"SELECT COUNT(*) FROM {load.sql}")
+        assert loaded == [(json.loads(m), json.loads(c)) for m, c in rows]
+        cur.execute(f"SELECT COUNT(*) FROM {load}")
         assert cur.fetchall() == [(0,)]
-        stmt = next_offsets_sql(landing)
-        cur.execute(stmt.sql)
-        assert [tuple(r) for r in cur.fetchall()] == [(0, 6), (1, 10)]

@@ -19,11 +19,12 @@ import sqlglot
 from sqlglot.parser import Parser
 from sqlglot.tokens import TokenType
 
-from tidb_pipeline.config import SnowflakeSessionConfig
+from tidb_pipeline.config import ColumnsConfig, SnowflakeSessionConfig
 from tidb_pipeline.engine.backfill import insert_from_load_sql
 from tidb_pipeline.defs.checks import unconverted_values_sql
 from tidb_pipeline.replication import holes, progress
 from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge
+from tidb_pipeline.replication import columns as columns_policy
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef
 from tidb_pipeline.resources.warehouse import alter_session_sql
@@ -87,6 +88,20 @@ def _tables() -> Iterator[tuple[str, tuple[ReplicaColumn, ...], list]]:
         yield (table, *_table(table, columns, tuple(key)))
 
 
+def _policy_table() -> tuple[str, tuple[ReplicaColumn, ...], list]:
+    """The type-coverage table under a column policy: every hashable column hashed, the others masked but one
+    excluded (`replication.columns`)."""
+    cols, checks = _table(types_table.TABLE, [(n, s) for n, s, _ in types_table.COLUMNS], ("id",))
+    values = [c for c in cols if not c.is_key]
+    hashed = tuple(c.name for c in values if c.tidb_type in columns_policy.HASHABLE_TIDB_TYPES and c.name != "c_longtext")
+    policy = ColumnsConfig(exclude=("c_longtext",), hash=hashed,
+                           mask=tuple(c.name for c in values if c.name not in hashed and c.name != "c_longtext"))
+    policied = columns_policy.apply_policy(cols, policy, "lab_types.types_coverage")
+    kinds = {c.name: c.policy for c in policied}
+    return (f"{types_table.TABLE} with a column policy", policied,
+            [checksum.ChecksumColumn(c.name, kinds[c.name]) if kinds[c.name] else c for c in checks if c.name in kinds])
+
+
 def _statements() -> Iterator[tuple[str, Statement]]:
     """(what, statement) for everything the pipeline sends to Snowflake."""
     yield "landing DDL", Statement(ddl.create_landing_sql(LANDING))
@@ -95,12 +110,6 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "dead-letter DDL", Statement(ddl.create_dead_letter_sql(TableRef("PIPELINE", "DEAD_LETTERS", DB)))
     yield "session pins", Statement(alter_session_sql(SnowflakeSessionConfig().parameters()))
     yield "table columns", ddl.table_columns_sql(REPLICA)
-    load = TableRef("PIPELINE", "LOAD_L", DB)
-    stage = '@"TIDB_REPLICA"."PIPELINE"."LANDING_STAGE"/t/1/'
-    yield "load table DDL", Statement(landing.create_load_table_sql(load))
-    for s in landing.exactly_once_copy_statements(LANDING, load, stage, {0: 5, 1: 7}):
-        yield "landing copy", s
-    yield "next offsets", landing.next_offsets_sql(LANDING)
     locks = TableRef("PIPELINE", "LOAD_LOCKS", DB)
     yield "lock DDL", Statement(landing.create_load_lock_sql(locks))
     yield "lock row", landing.ensure_lock_row_sql(locks, LANDING)
@@ -113,6 +122,7 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         yield "write landed offsets", s
     yield "forget landed offsets", landing.forget_landed_offsets_sql(landed, LANDING)
     yield "rows last offsets", landing.rows_last_offsets_sql('"ROWS"')
+    load = TableRef("PIPELINE", "BACKFILL_ROWS_L", DB)
     yield "load rows table", Statement(landing.create_load_rows_sql('"ROWS"'))
     for s in landing.stage_file_statements('"ROWS"', "@stage/t/f.parquet"):
         yield "stage file", s
@@ -138,7 +148,8 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         yield "replace gaps", s
     yield "merged through", progress.merged_through_sql(WATERMARKS, REPLICA)
     yield "unconverted check", unconverted_values_sql(merge.unconverted_table(WATERMARKS), REPLICA)
-    for table, columns, checks in _tables():
+    yield "hash salt", columns_policy.set_salt_statement("salt")
+    for table, columns, checks in (*_tables(), _policy_table()):
         yield f"{table}: replica DDL", Statement(ddl.create_replica_sql(REPLICA, columns))
         for s in ddl.add_columns_sql(REPLICA, [], columns):
             yield f"{table}: add columns", Statement(s)
@@ -193,6 +204,7 @@ def test_the_rendering_covers_both_table_sets_and_every_kind() -> None:
     whats = {w for w, _ in STATEMENTS}
     assert {f"{t}: merge transaction" for t in (types_table.TABLE, *CDC_KEYS)} <= whats
     assert "types_coverage: backfill unconverted" in whats and "types_coverage: unconverted records" in whats
+    assert "types_coverage with a column policy: merge transaction" in whats and "hash salt" in whats
     assert len(STATEMENTS) > 150
 
 

@@ -7,7 +7,6 @@ import pytest
 
 from tidb_pipeline.replication.wire import (
     LineBuilder,
-    NdjsonFiles,
     ParquetFiles,
     PoisonRecord,
     UnknownSchemaId,
@@ -16,7 +15,7 @@ from tidb_pipeline.replication.wire import (
     schema_id,
     split,
 )
-from tidb_pipeline_tests.replication.support import decimal_type, field, record, with_extension
+from tidb_pipeline_tests.replication.support import decimal_type, field, landing_line, record, with_extension
 
 KEY = record("t", [field("id", "long", "BIGINT")])
 VALUE = with_extension(
@@ -79,18 +78,18 @@ def test_decode_gives_fastavro_values_and_rejects_truncated_or_padded_bodies():
 
 def test_line_builder_writes_the_connector_layout():
     builder = LineBuilder("tidb_test_t", {1: json.dumps(KEY), 2: json.dumps(VALUE)})
-    line = builder.line(3, 42, 1, 1_764_072_000_000, wire(1, KEY, {"id": 7}), wire(2, VALUE, ROW))
+    line = landing_line(builder, 3, 42, 1, 1_764_072_000_000, wire(1, KEY, {"id": 7}), wire(2, VALUE, ROW))
     assert line == (
         '{"RECORD_METADATA":{"topic":"tidb_test_t","partition":3,"offset":42,"CreateTime":1764072000000,'
         '"key":{"id":7}},"RECORD_CONTENT":{"id":7,"name":"a \\"q\\"","price":12.50,"data":"AP8=",'
         '"_tidb_op":"c","_tidb_commit_ts":5,"_tidb_commit_physical_time":6}}\n'
     )
-    tombstone = builder.line(0, 1, 2, 9, wire(1, KEY, {"id": 7}), None)
+    tombstone = landing_line(builder, 0, 1, 2, 9, wire(1, KEY, {"id": 7}), None)
     assert json.loads(tombstone) == {
         "RECORD_METADATA": {"topic": "tidb_test_t", "partition": 0, "offset": 1, "LogAppendTime": 9, "key": {"id": 7}},
         "RECORD_CONTENT": {},
     }
-    no_timestamp = builder.line(0, 2, 0, -1, None, wire(2, VALUE, ROW))
+    no_timestamp = landing_line(builder, 0, 2, 0, -1, None, wire(2, VALUE, ROW))
     assert json.loads(no_timestamp)["RECORD_METADATA"] == {"topic": "tidb_test_t", "partition": 0, "offset": 2}
 
 
@@ -98,33 +97,19 @@ def test_line_builder_reports_unknown_ids_and_poison():
     builder = LineBuilder("t", {1: json.dumps(KEY), 2: json.dumps(VALUE)})
     key = wire(1, KEY, {"id": 1})
     with pytest.raises(UnknownSchemaId) as info:
-        builder.line(0, 0, 1, 0, key, wire(99, VALUE, ROW))
+        landing_line(builder, 0, 0, 1, 0, key, wire(99, VALUE, ROW))
     assert info.value.schema_id == 99
     with pytest.raises(PoisonRecord, match="magic byte"):
-        builder.line(0, 0, 1, 0, b"\x05" + key[1:], None)
+        landing_line(builder, 0, 0, 1, 0, b"\x05" + key[1:], None)
     with pytest.raises(PoisonRecord, match="does not match"):
-        builder.line(0, 0, 1, 0, key, wire(2, VALUE, ROW)[:-3])
+        landing_line(builder, 0, 0, 1, 0, key, wire(2, VALUE, ROW)[:-3])
     builder.add_schemas({99: json.dumps(VALUE)})
-    assert json.loads(builder.line(0, 0, 1, 0, key, wire(99, VALUE, ROW)))["RECORD_CONTENT"]["id"] == 7
+    assert json.loads(landing_line(builder, 0, 0, 1, 0, key, wire(99, VALUE, ROW)))["RECORD_CONTENT"]["id"] == 7
 
 
 def test_poison_metadata_has_no_key():
     assert poison_metadata("t", 1, 5, 1, 10) == '{"topic":"t","partition":1,"offset":5,"CreateTime":10}'
     assert poison_metadata("t", 1, 5, 0, -1) == '{"topic":"t","partition":1,"offset":5}'
-
-
-@pytest.mark.parametrize("level", [None, 1])
-def test_ndjson_files_split_by_rows(tmp_path, level):
-    import gzip
-
-    files = NdjsonFiles(str(tmp_path), "p", rows_per_file=2, gzip_level=level)
-    for i in range(5):
-        files.add(f'{{"i":{i}}}\n')
-    files.flush()
-    assert files.rows == 5 and len(files.paths) == 3
-    read = (lambda p: gzip.open(p, "rt").read()) if level else (lambda p: open(p).read())
-    assert "".join(read(p) for p in files.paths) == "".join(f'{{"i":{i}}}\n' for i in range(5))
-    assert all(p.endswith(".ndjson.gz" if level else ".ndjson") for p in files.paths)
 
 
 def test_a_corrupt_key_is_poison_even_when_its_value_is_fine():

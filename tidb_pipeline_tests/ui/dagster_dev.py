@@ -289,11 +289,3 @@ def wait_for_run(dagster: Dagster, run_id: str, what: str, *, timeout: float = 3
         problems = "\n".join(dagster.run_failures(run_id)) or "(no step failure recorded)"
         raise AssertionError(f"run {run_id} ({what}) ended {status}:\n{problems}")
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-

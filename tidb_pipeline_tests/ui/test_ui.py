@@ -38,6 +38,7 @@ from tidb_pipeline.replication.ddl import quote_ident as sf_ident
 from tidb_pipeline.workload.schema import quote_ident
 from tidb_pipeline_tests.ui import dagster_dev
 from tidb_pipeline_tests.ui.browser import TIMEOUT_MS, chromium_page
+from tidb_pipeline.lab.ports import free_port
 
 ARTIFACTS = dagster_dev.REPO / "artifacts" / "ui"
 ROWS = [(1, "apple", "1.50"), (2, "pear", "2.25"), (3, "plum", "0.99")]
@@ -151,7 +152,7 @@ def dagster(tmp_path: Path, lab_settings: LabSettings, ui_table: UiTable) -> Ite
     home.mkdir()
     shutil.copy(dagster_dev.REPO / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, **pipeline_env(lab_settings), "TIDB_PIPELINE_CONFIG": str(ui_table.config_path)}
-    port = dagster_dev.free_port()
+    port = free_port()
     log = tmp_path / "dagster_dev.log"
     proc = dagster_dev.start(home=home, env=env, port=port, log=log)
     client = dagster_dev.Dagster(f"http://127.0.0.1:{port}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +10,9 @@ import pytest
 from tidb_pipeline.lab.mariadb import MariaDBService
 from tidb_pipeline.lab.service import down, up
 from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.ports import free_port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_mariadb(root: Path) -> MariaDBService:

@@ -18,7 +18,7 @@ Shapes, error codes and check order follow tiflow's `cdc/api/v2/changefeed.go`, 
   table no dispatcher matches goes to the default topic; partition rules as TiCDC's (`codec.partition_for`).
 
 The lab is stricter than TiCDC only where it cannot do more: the sink must be `kafka://` with
-`protocol=avro`. Table filters and dispatcher matchers follow TiDB's table-filter syntax (`table_filter.py`:
+`protocol=avro`. Table filters and dispatcher matchers follow TiDB's table-filter syntax (`replication/table_filter.py`:
 wildcards, `!`, backslash escapes, quoted names, `/regexp/`; the last matching rule decides),
 case-insensitive unless `case_sensitive` is set, as in TiCDC. The namespace is always `default`.
 
@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl, quote_plus, unquote, urlsplit, urlunsplit
 from tidb_pipeline.lab.ticdc import capture
 from tidb_pipeline.lab.ticdc.codec import ms_from_tso, tso_from_ms
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
-from tidb_pipeline.lab.ticdc.table_filter import FilterSyntaxError, TableFilter
+from tidb_pipeline.replication.table_filter import FilterSyntaxError, TableFilter
 from tidb_pipeline.replication.changefeed import MASK, mask_netloc
 from tidb_pipeline.replication.ticdc_schema import is_virtual_generated
 

@@ -18,11 +18,12 @@ is replayed rather than risked).
 
 `CaptureManager(store, mysql_conn_kwargs)` runs one capture thread per changefeed in state `normal` (or
 `warning`), stops it when the changefeed leaves those states, and marks the changefeed `failed` with TiCDC's
-error shape when its capture fails for good (a registry refusing a schema, a bad sink config). A lost
-upstream connection and any Kafka failure (a broker down or restarting: "Failed to get metadata", delivery
-errors) are retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`),
-capture retries from its checkpoint with exponential backoff, returns to `normal` once it reads the binlog
-again, and only fails once its checkpoint has not moved for `retry_max_elapsed_s` (TiCDC's
+error shape when its capture fails for good (a bad sink config, an unreachable registry at start). A lost
+upstream connection, any Kafka failure (a broker down or restarting: "Failed to get metadata", delivery
+errors) and a registry refusing a schema (TiCDC's bare `[CDC:ErrAvroSchemaAPIError]schema manager API error, %s`)
+are retryable, as in TiCDC: the changefeed turns `warning` (the error shows as `last_warning`), capture
+retries from its checkpoint with exponential backoff, returns to `normal` once its checkpoint passes the one it
+restarted from, and only fails once its checkpoint has not moved for `retry_max_elapsed_s` (TiCDC's
 `changefeed_error_stuck_duration`, default 30 minutes). Rows of a table without a handle key are skipped
 with a warning, as TiCDC's schema storage skips ineligible tables at run time (the API refuses them at
 create time).
@@ -48,9 +49,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from tidb_pipeline.lab.ticdc import codec, table_filter
+from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
-from tidb_pipeline.replication import ticdc_schema
+from tidb_pipeline.replication import table_filter, ticdc_schema
 from tidb_pipeline.replication.changefeed import mask_netloc
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,21 @@ BOOKKEEPING_SCHEMA = "tidb_pipeline_lab"
 _EXCLUDED_SCHEMAS = SYSTEM_SCHEMAS | {BOOKKEEPING_SCHEMA}
 
 
+# What TiCDC reports when the registry refuses a schema (errors.toml: "schema manager API error, %s").
+REGISTRY_CODE = "CDC:ErrAvroSchemaAPIError"
+REGISTRY_MESSAGE = "[CDC:ErrAvroSchemaAPIError]schema manager API error, %s"
+
+
 class CaptureError(RuntimeError):
     """A capture cannot go on; `code` is the TiCDC error code the changefeed reports."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SchemaRefused(CaptureError):
+    """The registry answered a schema registration with an error (409 incompatible, 422, 401, ...)."""
 
 
 # --- configuration -----------------------------------------------------------------------------------------
@@ -577,6 +587,9 @@ class Capture:
         on_started: Callable[[], None] | None = None,
     ) -> None:
         self.cf = changefeed
+        # Called once, when this capture first saves a checkpoint above the one it started from: TiCDC turns a
+        # `warning` changefeed back to `normal` only when its checkpoint passes the one of the last warning
+        # (tiflow feedStateManager.checkAndChangeState), not when the sink merely restarts.
         self.on_started = on_started
         self.started: float | None = None  # monotonic time the binlog stream opened
         self.history = history
@@ -696,8 +709,14 @@ class Capture:
             try:
                 self._schema_ids[key] = registry.register_schema(subject, Schema(schema_json, "AVRO"))
             except SchemaRegistryError as exc:
-                code = "CDC:ErrAvroSchemaAPIError"
-                raise CaptureError(code, f"registering {subject} failed: HTTP {exc.http_status_code} {exc.error_message}") from None
+                # TiCDC logs the subject and the registry's answer, but its error names neither: any non-200
+                # answer (409 incompatible, 422 invalid, 401, ...) is `ErrAvroSchemaAPIError.GenWithStackByArgs()`
+                # with no argument, so the message keeps its template's `%s` (tiflow confluent_schema_registry.go
+                # Register; pingcap/errors GetMsg formats only when there are args). The sink retries it as any
+                # sink error: the changefeed stays `warning` until fixed or stuck for 30 minutes.
+                log.error("Failed to register schema to the Registry, HTTP error: status=%s subject=%s "
+                          "responseBody=%s", exc.http_status_code, subject, exc.error_message)
+                raise SchemaRefused(REGISTRY_CODE, REGISTRY_MESSAGE) from None
         return self._schema_ids[key]
 
     def _table(self, conn, schema: str, table: str, names: Sequence[str] | None) -> codec.TableInfo | None:
@@ -805,8 +824,6 @@ class Capture:
                 return
             if self.started is None:  # the first event (a heartbeat at the latest): the binlog reads again
                 self.started = time.monotonic()
-                if self.on_started is not None:
-                    self.on_started()
             if isinstance(event, (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)):
                 if not self.sink.filter.matches(event.schema, event.table):
                     continue
@@ -854,7 +871,6 @@ class Capture:
     def _commit(self, txn: list[RowChange], seconds: float, file: str, pos: int, registry, admin, producer) -> None:
         commit_ts = self._commit_ts(seconds)
         entry = self._pending.add(len(txn), commit_ts, file, pos)
-        cfg = self.sink.codec
         for change in txn:
             info = change.table
             tc = self._codec(info)
@@ -899,6 +915,9 @@ class Capture:
             return
         ts, file, pos = done
         self.store.update_progress(self.cf.id, checkpoint_ts=ts, binlog_file=file, binlog_pos=pos)
+        if self.on_started is not None and ts > self.cf.checkpoint_ts:
+            callback, self.on_started = self.on_started, None
+            callback()
 
 
 # --- the manager ----------------------------------------------------------------------------------------------
@@ -1060,14 +1079,19 @@ RETRYABLE_CODES = frozenset({
 
 
 def retryable(exc: BaseException) -> bool:
-    """Errors TiCDC retries with the changefeed in `warning`: a lost upstream connection, any Kafka failure.
+    """Errors TiCDC retries with the changefeed in `warning`: a lost upstream connection, any Kafka failure,
+    a registry refusing a schema.
 
-    The other lab errors (bad sink config, a registry refusing a schema, an unreadable binlog) fail the
-    changefeed as before.
+    The other lab errors (bad sink config, an unreachable registry, an unreadable binlog) fail the changefeed
+    as before.
     """
     import pymysql
     from confluent_kafka import KafkaException
 
+    if isinstance(exc, SchemaRefused):
+        # A sink error like any other: TiCDC's sink manager retries every one not in `changefeedUnRetryableErrors`
+        # (tiflow cdc/processor/sinkmanager/manager.go, pkg/errors/helper.go), with the changefeed `warning`.
+        return True
     if isinstance(exc, CaptureError):
         return exc.code in RETRYABLE_CODES
     if isinstance(exc, (KafkaException, pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError,

@@ -9,7 +9,6 @@ for equality.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,16 +27,13 @@ from tidb_pipeline.lab.ticdc.api import DEFAULT_REPLICA_CONFIG, created_config, 
 from tidb_pipeline.lab.ticdc.server import STORE_FILE, TiCDCService
 from tidb_pipeline.lab.ticdc.store import ChangefeedStore, running_error
 from tidb_pipeline_tests import ticdc_golden as golden_vectors
+from tidb_pipeline.lab.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 PROGRESS = ("checkpoint_ts", "checkpoint_time", "resolved_ts", "checkpoint_tso")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tso_now() -> int:
@@ -77,7 +73,7 @@ def ticdc(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TiCDCService]:
     settings = LabSettings(
-        root=tmp_path_factory.mktemp("lab"), ports={**lab_settings.ports, "ticdc": _free_port()}
+        root=tmp_path_factory.mktemp("lab"), ports={**lab_settings.ports, "ticdc": free_port()}
     )
     service = TiCDCService(settings)
     up([service], log=lambda _msg: None)

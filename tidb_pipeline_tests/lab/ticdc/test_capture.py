@@ -358,7 +358,8 @@ def test_retryable_errors_are_lost_connections_and_kafka_failures() -> None:
         assert capture.retryable(capture.CaptureError(code, "broker down"))
     assert not capture.retryable(ValueError("bad datum"))
     assert not capture.retryable(capture.CaptureError("CDC:ErrSinkURIInvalid", "not kafka"))
-    assert not capture.retryable(capture.CaptureError("CDC:ErrAvroSchemaAPIError", "HTTP 409"))
+    assert not capture.retryable(capture.CaptureError("CDC:ErrAvroSchemaAPIError", "registry unreachable"))
+    assert capture.retryable(capture.SchemaRefused(capture.REGISTRY_CODE, capture.REGISTRY_MESSAGE))  # a 409: retried
 
 
 @pytest.mark.integration

@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import struct
 import threading
 import time
@@ -45,6 +44,7 @@ from tidb_pipeline.lab.ticdc.server import TiCDCService
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore
 from tidb_pipeline.lab.topic_replay import TopicReplay, read_topic
 from tidb_pipeline.workload import schema, tpcc, types_table
+from tidb_pipeline.lab.ports import free_port
 
 SCALE = 0.01  # 1 warehouse: 1000 items and stock rows, 300 customers and orders, ~3000 order lines
 ELIGIBLE = tuple(t for t in schema.TABLES if t not in schema.INELIGIBLE_FOR_CDC)
@@ -112,10 +112,6 @@ def test_position_history_bounds_a_tso_from_below() -> None:
     assert [history.floor(t) for t in (99, 100, 250, 10**9)] == [None, ("b.1", 10), ("b.1", 50), ("b.2", 4)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _changefeed(cf_id: str, sink_uri: str, replica_config: dict) -> Changefeed:
@@ -126,7 +122,7 @@ def _changefeed(cf_id: str, sink_uri: str, replica_config: dict) -> Changefeed:
 
 def test_registry_password_is_masked_in_errors_the_api_returns(tmp_path: Path) -> None:
     password = "pa55-w0rd"
-    url = f"http://ci-user:{password}@127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://ci-user:{password}@127.0.0.1:{free_port()}"  # nothing listens there
     store = ChangefeedStore(tmp_path / "cf.db")
     cf = _changefeed("masked", "kafka://127.0.0.1:1/t?protocol=avro", {"sink": {"schema_registry": url}})
     store.put(cf)
@@ -370,7 +366,7 @@ def test_killed_change_feed_process_resumes_and_tables_still_equal_the_source(
     fresh_db, lab_settings: LabSettings, tmp_path: Path
 ) -> None:
     kw, db = fresh_db
-    own = TiCDCService(LabSettings(root=tmp_path, ports={**lab_settings.ports, "ticdc": _free_port()}))
+    own = TiCDCService(LabSettings(root=tmp_path, ports={**lab_settings.ports, "ticdc": free_port()}))
     up([own], log=lambda _m: None)
     base = own.address()
     try:

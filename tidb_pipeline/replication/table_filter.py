@@ -13,6 +13,9 @@ changefeed sets `case_sensitive`). A rule is `schema.table`, each side one of:
 
 `!` in front negates; `#` starts a comment line; blank lines are ignored; the rule list's last matching
 rule decides, and no match means "not replicated". `@file` imports are not supported over the API.
+
+Pure: the lab change feed matches changefeed filters and dispatchers with it, and the pipeline's
+`changefeed_tables` check (`defs/changefeed_checks.py`) asks it which TiDB tables a running changefeed replicates.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ def parse_rule(rule: str) -> Rule | None:
     if line[0] == "!":
         positive, line = False, line[1:]
     elif line[0] == "@":
-        raise FilterSyntaxError(f"{rule!r}: importing a filter file (@file) is not supported by the lab change feed; "
+        raise FilterSyntaxError(f"{rule!r}: importing a filter file (@file) is not supported over the API; "
                                 "list the rules themselves")
     schema, line = _pattern(line, rule)
     if not line:

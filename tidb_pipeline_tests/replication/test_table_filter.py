@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tidb_pipeline.config import TableConfig
-from tidb_pipeline.lab.ticdc.table_filter import FilterSyntaxError, TableFilter
+from tidb_pipeline.replication.table_filter import FilterSyntaxError, TableFilter
 from tidb_pipeline.replication.changefeed import filter_name, table_rule
 
 MATCH_TABLES: list[tuple[list[str], list[tuple[str, str, bool, bool]]]] = [
