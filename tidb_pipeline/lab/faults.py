@@ -177,14 +177,17 @@ def install(stage: str, hit: int) -> None:
 
         landing.run_readers = patched_readers
     elif stage == "landing.after_stage_upload":
-        put = landing._put
+        from tidb_pipeline.engine import staging
 
-        def patched_put(*args: Any) -> None:
-            put(*args)
+        put = staging.put_file  # the loader's PUT went there with the engine move (engine/staging.py)
+
+        def patched_put(*args: Any) -> str:
+            out = put(*args)
             if arrived():
                 _die()
+            return out
 
-        landing._put = patched_put
+        staging.put_file = patched_put
     elif stage == "landing.mid_copy":
         execute = Warehouse.execute
 
