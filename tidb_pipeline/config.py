@@ -299,6 +299,32 @@ def _dagster_name(group: str) -> str:
     return group
 
 
+class SchemaChangePolicy(_Model):
+    """What a replica does when its TiDB table changes (README "Schema changes"); defaults in brackets.
+
+    - add_column [follow]: add the column (`ALTER TABLE ... ADD COLUMN`); `fail` stops the merge instead.
+    - drop_column [keep]: keep the column and stop filling it; `drop`: drop it `drop_after_hours` [168]
+      after the drop was first seen (0 = at once).
+    - widen_type [alter]: `ALTER COLUMN ... SET DATA TYPE` where Snowflake allows it in place (a longer
+      VARCHAR, a NUMBER with more precision and the same scale); `fail` stops the merge instead.
+    - incompatible_type [fail]: a narrower type, another scale, another type: the merge stops with a message
+      naming table, column, old and new type and the rebuild to run (only `fail` exists: the replica's data
+      cannot be retyped in place, and a rebuild is a backfill the operator starts).
+    - rename_column [follow]: rename the replica column as TiDB's DDL history says (never guessed from the
+      Avro schema); `fail` stops the merge instead.
+    - truncate [follow]: a TRUNCATE TABLE in TiDB's DDL history empties the replica at the truncate's TSO
+      (needs `source.enable_tidb_extension`); `ignore` leaves the rows (the row-count check then fails).
+    """
+
+    add_column: Literal["follow", "fail"] = "follow"
+    drop_column: Literal["keep", "drop"] = "keep"
+    drop_after_hours: float = Field(default=168.0, ge=0)
+    widen_type: Literal["alter", "fail"] = "alter"
+    incompatible_type: Literal["fail"] = "fail"
+    rename_column: Literal["follow", "fail"] = "follow"
+    truncate: Literal["follow", "ignore"] = "follow"
+
+
 class ColumnsConfig(_Model):
     """Which columns a replica holds and how (`replication.columns`): `include` (only these) or `exclude` (all but
     these), and per column `hash` (hex SHA-256 of the salt and the value's text) or `mask` (always NULL).
@@ -353,6 +379,11 @@ class TableConfig(_Model):
     replica_table: str | None = None
     # Overrides the file's `freshness` for this table's replica.
     freshness: FreshnessConfig | None = None
+    # Overrides the file's `schema_changes` for this table.
+    schema_changes: SchemaChangePolicy | None = None
+    # What the replica keeps (README "Replica modes"): the current rows (`replica`), deleted rows flagged
+    # (`soft_delete`), or every version (`history`). Changing it on a live table: run the `switch_mode` job.
+    mode: Literal["replica", "soft_delete", "history"] = "replica"
     # Column policy (ColumnsConfig); `hash_salt_env` names the environment variable holding the salt of
     # hashed columns (resolved only by the run that hashes, like a dg.EnvVar; never the salt itself).
     columns: ColumnsConfig = ColumnsConfig()
@@ -475,6 +506,7 @@ class PipelineConfig(_Model):
     # requested. Dagster's sensor daemon evaluates sensors at most every 5 s, so lower values buy nothing.
     sensor_interval_seconds: int = Field(default=15, ge=5, le=3600)
     freshness: FreshnessConfig = FreshnessConfig()
+    schema_changes: SchemaChangePolicy = SchemaChangePolicy()
     alerts: AlertsConfig = AlertsConfig()
     retries: RetryConfig = RetryConfig()
     tables: tuple[TableConfig, ...] = ()
@@ -506,11 +538,21 @@ class PipelineConfig(_Model):
                     other = self.tables[j]
                     raise ValueError(f"tables.{i}: {t.db}.{t.table} and tables.{j} ({other.db}.{other.table}) both "
                                      f"map to {what} {name!r}; {fix}")
+            if t.mode == "history" and not self.source.enable_tidb_extension:
+                raise ValueError(f"tables.{i}.mode: history needs source.enable_tidb_extension: true (a version's "
+                                 "commit time and identity come from TiCDC's _tidb_commit_ts fields)")
             if t.group not in self.merge_schedules:
                 raise ValueError(
                     f"tables.{i}.group: {t.group!r} has no entry in merge_schedules "
                     f"(known: {', '.join(sorted(self.merge_schedules))})"
                 )
+        if not self.source.enable_tidb_extension:
+            follows = [i for i, t in enumerate(self.tables) if self.schema_changes_of(t).truncate == "follow"]
+            if follows:
+                where = "schema_changes.truncate" if self.schema_changes.truncate == "follow" else \
+                    f"tables.{follows[0]}.schema_changes.truncate"
+                raise ValueError(f"{where}: 'follow' needs source.enable_tidb_extension (the rows' _tidb_commit_ts "
+                                 "places a TRUNCATE in the change stream); enable it or set truncate: ignore")
         connector = [f"{t.db}.{t.table}" for t in self.tables if self.landing_mode_of(t) == "connector"]
         if connector and self.hole_grace_seconds <= self.connectors.buffer_flush_time_s:
             raise ValueError(
@@ -553,6 +595,9 @@ class PipelineConfig(_Model):
 
     def freshness_of(self, t: TableConfig) -> FreshnessConfig:
         return t.freshness or self.freshness
+
+    def schema_changes_of(self, t: TableConfig) -> SchemaChangePolicy:
+        return t.schema_changes or self.schema_changes
 
     @cached_property
     def groups(self) -> dict[str, tuple[TableConfig, ...]]:

@@ -26,6 +26,9 @@ from tidb_pipeline.config import ConfigError, connector_table_name, dump_tables,
         ({"snowflake": {"session": {"timezone": "UTC'; DROP"}}}, "snowflake.session.timezone"),
         ({"snowflake": {"session": {"date_output_format": "YYYY'-MM"}}}, "snowflake.session.date_output_format"),
         ({"snowflake": {"session": {"paranoid": True}}}, "snowflake.session.paranoid"),
+        ({"tables": [{"db": "a", "table": "b", "mode": "journal"}]}, "tables.0.mode"),
+        ({"source": {"enable_tidb_extension": False}, "tables": [{"db": "a", "table": "b", "mode": "history"}]},
+         "tables.0.mode"),
     ],
 )
 def test_invalid_config_names_the_field(raw: dict, field: str) -> None:
@@ -209,3 +212,9 @@ def test_snowflake_sink_streams_by_default() -> None:
     assert parse_config({}).connectors.snowflake_ingestion_method == "SNOWPIPE_STREAMING"
     snowpipe = parse_config({"connectors": {"snowflake_ingestion_method": "SNOWPIPE"}})
     assert snowpipe.connectors.snowflake_ingestion_method == "SNOWPIPE"
+
+
+def test_table_mode_defaults_to_replica() -> None:
+    cfg = parse_config({"tables": [{"db": "a", "table": "b"}, {"db": "a", "table": "c", "mode": "history"},
+                                   {"db": "a", "table": "d", "mode": "soft_delete"}]})
+    assert [t.mode for t in cfg.tables] == ["replica", "history", "soft_delete"]

@@ -20,6 +20,7 @@ from tidb_pipeline.defs.jobs import (
 )
 from tidb_pipeline.defs.resources import build_resources
 from tidb_pipeline.defs.sensors import build_offsets_sensor
+from tidb_pipeline.defs.switch_mode_job import build_switch_mode_job
 from tidb_pipeline.defs.tables import build_all_table_assets
 
 
@@ -35,7 +36,7 @@ def build_defs(*, config: PipelineConfig) -> dg.Definitions:
                 *build_fanout_assets(config=config)],
         asset_checks=checks,
         jobs=[*merge_jobs, build_cleanup_job(config=config), build_reconcile_job(checks=checks),
-              build_backfill_job(config=config)],
+              build_backfill_job(config=config), build_switch_mode_job(config=config)],
         schedules=[*build_merge_schedules(config=config), build_cleanup_schedule(config=config),
                    build_reconcile_schedule(config=config)],
         sensors=[build_offsets_sensor(config=config, jobs=merge_jobs), *([alerts] if alerts else [])],

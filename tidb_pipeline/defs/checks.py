@@ -64,6 +64,8 @@ from tidb_pipeline.replication.columns import treatment as policy_treatment
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import ABSENT, Gap, OffsetSources, create_offset_gaps_sql
 from tidb_pipeline.replication.merge import unconverted_table
+from tidb_pipeline.replication.mode_columns import HISTORY, SOFT_DELETE, mode_column_names
+from tidb_pipeline.replication.modes import current_rows_sql, mode_counts_sql
 from tidb_pipeline.replication.ticdc_schema import sanitize_name
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
@@ -221,12 +223,13 @@ class ContentComparison:
 def compare_content(
     *, tidb_conn: Any, snowflake_conn: Any, table: TableConfig, replica: TableRef, key: Sequence[str],
     source_columns: Sequence[Any], source_rows: int, settings: CheckSettings,
-    policy: Policy | None = None, salt: Callable[[], str] | None = None,
+    policy: Policy | None = None, salt: Callable[[], str] | None = None, mode: str = "replica",
 ) -> ContentComparison:
     """Chunked checksums of the columns both sides have; chunks from TiDB's row-count quantiles.
 
     Under a column `policy` an excluded column is never read from TiDB, a masked one is compared as NULL (not
     read from TiDB either) and a hashed one by the same salted hash computed in TiDB (`salt()`, asked only then).
+    The replica side reads the rows that stand for the source in the table's mode (`modes.current_rows_sql`).
     """
     warehouse = Warehouse.of(snowflake_conn)
     replica_types = replica_column_types(warehouse, replica)
@@ -251,7 +254,8 @@ def compare_content(
     with tidb_conn.cursor() as cur:
         source = parse_checksums(_rows(cur, checksums_sql("mysql", mysql_table(table.db, table.table), columns, first,
                                                           chunks, salt=salt_value)))
-    replica_sums = parse_checksums(warehouse.execute(checksums_sql("snowflake", replica.sql, columns, first, chunks)))
+    replica_sums = parse_checksums(warehouse.execute(checksums_sql("snowflake", current_rows_sql(replica, mode), columns,
+                                                                   first, chunks)))
     return ContentComparison(compare_chunks(chunks, source, replica_sums), columns, skipped)
 
 
@@ -412,16 +416,33 @@ def _session(r: Replica, res: Any) -> AbstractContextManager[Warehouse]:
     return warehouse_session(res.snowflake, r.config.snowflake.session)
 
 
+def mode_metadata(wh: Warehouse, replica: TableRef, mode: str) -> dict[str, Any]:
+    """What a check leaves out in the table's mode: soft-deleted rows, or the non-current versions."""
+    stmt = mode_counts_sql(replica, mode)
+    out: dict[str, Any] = {"mode": mode}
+    if stmt is None:
+        return out
+    row = wh.execute(stmt)[0]
+    if mode == SOFT_DELETE:
+        out["soft_deleted_rows"] = int(row[0] or 0)
+    elif mode == HISTORY:
+        out["versions"], out["current_versions"] = int(row[0] or 0), int(row[1] or 0)
+    return out
+
+
 def _row_count(r: Replica, res: Any) -> dg.AssetCheckResult:
     tidb: TiDBResource = res.tidb
+    mode = r.table.mode
     with _session(r, res) as wh:
         watermarks = read_watermarks(wh, r.names)
-        replica_rows = _count(wh, f"SELECT COUNT(*) FROM {r.names.replica.sql}")
+        # In soft_delete and history mode, the rows not deleted / the current versions stand for the source.
+        replica_rows = _count(wh, f"SELECT COUNT(*) FROM {current_rows_sql(r.names.replica, mode)}")
+        extra = mode_metadata(wh, r.names.replica, mode)
     source_rows = tidb.count_rows(r.table.db, r.table.table)
     lag = read_lag(config=r.config, names=r.names, watermarks=watermarks, kafka=res.kafka, ticdc=res.ticdc)
     return lag_aware_result(equal=source_rows == replica_rows, lag=lag, settings=r.settings, what="row counts",
                             metadata={"source_rows": source_rows, "replica_rows": replica_rows,
-                                      "difference": replica_rows - source_rows})
+                                      "difference": replica_rows - source_rows, **extra})
 
 
 def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
@@ -435,8 +456,9 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
         comparison = compare_content(
             tidb_conn=source_conn, snowflake_conn=sf, table=r.table, replica=r.names.replica, key=key,
             source_columns=source_columns, source_rows=source_rows, settings=r.settings,
-            policy=column_policy(r.table), salt=hash_salt(r.table),
+            policy=column_policy(r.table), salt=hash_salt(r.table), mode=r.table.mode,
         )
+        extra = mode_metadata(sf, r.names.replica, r.table.mode)
     lag = read_lag(config=r.config, names=r.names, watermarks=watermarks, kafka=res.kafka, ticdc=res.ticdc)
     differing = comparison.differing
     return lag_aware_result(equal=not differing, lag=lag, settings=r.settings, what="chunk checksums", metadata={
@@ -447,6 +469,7 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
         "columns_not_in_replica": list(comparison.skipped),
         "columns_hashed_compared": [c.name for c in comparison.columns if c.kind == "hash"],
         "columns_masked_compared": [c.name for c in comparison.columns if c.kind == "mask"],
+        **extra,
     })
 
 
@@ -545,7 +568,9 @@ def _drift(r: Replica, res: Any) -> dg.AssetCheckResult:
         f["name"] for f in load_schema(schemas[1])["fields"] if f["name"] not in EXTENSION_FIELDS | left_out
     ]
     with _session(r, res) as wh:
-        replica_cols = list(replica_column_types(wh, r.names.replica))
+        # The columns a mode adds (`_DELETED`, `_VALID_FROM`, ...) are the pipeline's own, not drift.
+        replica_cols = [c for c in replica_column_types(wh, r.names.replica) 
+                        if c not in mode_column_names(r.table.mode)]
     drift = schema_differences(tidb_cols, avro_cols if schemas else None, replica_cols)
     metadata = {"differences": drift.problems, "notes": drift.notes,
                 "schema_version": schemas[2] if schemas else "none registered"}

@@ -33,6 +33,7 @@ def tidb_resource(env: Mapping[str, str] | None = None) -> TiDBResource:
         port=int_setting("TIDB_PORT", 4000, env),
         user=setting("TIDB_USER", "root", env),
         password=secret("TIDB_PASSWORD", env),
+        ddl_history_table=setting("TIDB_DDL_HISTORY_TABLE", "mysql.tidb_ddl_history", env),
     )
 
 

@@ -34,13 +34,14 @@ from dagster_snowflake import SnowflakeResource
 from tidb_pipeline.config import ColumnsConfig, PipelineConfig, TableConfig
 from tidb_pipeline.defs.freshness import replica_freshness_policy
 from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE
-from tidb_pipeline.engine.replica import merge_replica
+from tidb_pipeline.engine.replica import DdlSource, merge_replica
 from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 from tidb_pipeline.replication.columns import describe as describe_columns
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.progress import merged_through_sql
 from tidb_pipeline.replication.holes import ABSENT, OFFSET_GAPS_TABLE
+from tidb_pipeline.replication.mode_columns import MODE_COLUMNS
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.tidb import TiDBResource
@@ -139,6 +140,32 @@ def _landing_spec(*, config: PipelineConfig, table: TableConfig) -> dg.AssetSpec
     )
 
 
+# What each mode keeps, for the replica asset's description and its `mode_columns` (README "Replica modes").
+MODE_DESCRIPTIONS = {
+    "replica": "Mode replica: the source's current rows.",
+    "soft_delete": "Mode soft_delete: a deleted row stays with `_DELETED` = TRUE and `_DELETED_AT`; the rows "
+                   "with `_DELETED` = FALSE equal the source.",
+    "history": "Mode history: every version of each row, valid from `_VALID_FROM` to `_VALID_TO`, with `_OP` "
+               "and `_COMMIT_TS`; the rows with `_IS_CURRENT` equal the source.",
+}
+MODE_COLUMN_DESCRIPTIONS = {
+    "_DELETED": "TRUE once the row was deleted in TiDB (soft_delete)",
+    "_DELETED_AT": "when the delete reached Kafka (its record timestamp), UTC",
+    "_OP": "c insert, u update, d delete, s version made by a backfill or a mode switch",
+    "_COMMIT_TS": "TiDB commit TSO of the version (of the version ended, for a delete)",
+    "_VALID_FROM": "commit time of the version, UTC (a delete: its Kafka record timestamp)",
+    "_VALID_TO": "_VALID_FROM of the next version; NULL while current",
+    "_IS_CURRENT": "TRUE for the version that is the source's current row",
+    "_KAFKA_PARTITION": "landing partition where the version first arrived",
+    "_KAFKA_OFFSET": "landing offset where the version first arrived",
+}
+
+
+def mode_table_columns(mode: str) -> list[dg.TableColumn]:
+    """The `dagster/column_schema` entries of the columns a mode adds."""
+    return [dg.TableColumn(n, t, description=MODE_COLUMN_DESCRIPTIONS[n]) for n, t in MODE_COLUMNS[mode]]
+
+
 def column_description(col: ReplicaColumn) -> str:
     """A replica column's description in `dagster/column_schema`: its TiDB type and the policy's treatment."""
     how = {"hash": " · HASHED: hex SHA-256 of salt || value text", "mask": " · MASKED: always NULL"}
@@ -151,9 +178,9 @@ def _policy_metadata(table: TableConfig) -> dict[str, Any]:
     if c.is_default:
         return {"column_policy": describe_columns(None)}
     md: dict[str, Any] = {"column_policy": describe_columns(c)}
-    for field in ("include", "exclude", "hash", "mask"):
-        if getattr(c, field):
-            md[f"columns_{field}"] = ", ".join(getattr(c, field))
+    for kind in ("include", "exclude", "hash", "mask"):
+        if getattr(c, kind):
+            md[f"columns_{kind}"] = ", ".join(getattr(c, kind))
     return md
 
 
@@ -162,9 +189,11 @@ def _replica_spec(*, config: PipelineConfig, table: TableConfig) -> dg.AssetSpec
     policy = "" if table.columns.is_default else f" Columns: {describe_columns(table.columns)}."
     return dg.AssetSpec(
         keys.replica, deps=[keys.landing], group_name=group_name(table), kinds={"snowflake"},
-        description=f"Typed replica of TiDB `{table.db}`.`{table.table}`, merged from its landing table.{policy}",
+        description=f"Typed replica of TiDB `{table.db}`.`{table.table}`, merged from its landing table.{policy} "
+                    f"{MODE_DESCRIPTIONS[table.mode]}",
         metadata={"dagster/table_name": names.replica.label, "source": f"{table.db}.{table.table}",
-                  **_policy_metadata(table)},
+                  **_policy_metadata(table), "mode": table.mode,
+                  "mode_columns": ", ".join(n for n, _ in MODE_COLUMNS[table.mode]) or "(none)"},
         freshness_policy=replica_freshness_policy(config.freshness_of(table)),
     )
 
@@ -223,15 +252,18 @@ def hash_salt(table: TableConfig) -> Callable[[], str]:
 
 
 def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any,
-           source_columns: Callable[[], Sequence[str]], table: TableConfig | None = None) -> dict[str, Any]:
+           source_columns: Callable[[], Sequence[str]], table: TableConfig | None = None,
+           ddl: DdlSource | None = None) -> dict[str, Any]:
+    mode = "replica" if table is None else table.mode
     with sessions() as wh:
         outcome = merge_replica(
             connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
             source_columns=source_columns, dead_letters=names.dead_letters, offset_gaps=names.offset_gaps,
-            kafka=kafka, landed_offsets=names.landed_offsets, policy=None if table is None else column_policy(table),
+            kafka=kafka, ddl=ddl, landed_offsets=names.landed_offsets,
+            policy=None if table is None else column_policy(table),
             hash_salt=None if table is None else hash_salt(table),
-            source="" if table is None else f"{table.db}.{table.table}",
+            source="" if table is None else f"{table.db}.{table.table}", mode=mode,
         )
         # Recorded so the idle gate (defs/idle.py) learns what is merged without a statement of its own.
         merged = None if outcome is None else {
@@ -259,6 +291,11 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
         or "(none)",
         "columns_added": ", ".join(outcome.added_columns) or "(none)",
         "schema_version": outcome.schema_version,
+        # Schema changes this run applied (policy: config `schema_changes`); all of them: SCHEMA_CHANGES table.
+        "schema_changes": [c.describe() for c in outcome.schema_changes] or "(none)",
+        "schema_version_before": outcome.schema_version_before if outcome.schema_changes else outcome.schema_version,
+        # history: rows_inserted / rows_updated / rows_deleted count new versions by kind; row_count all versions.
+        "mode": mode,
         "dagster/row_count": outcome.row_count,
         "dagster/table_name": names.replica.label,
         "dagster/column_schema": dg.TableSchema(columns=[
@@ -266,7 +303,7 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
                            constraints=dg.TableColumnConstraints(nullable=col.nullable, unique=False),
                            tags={"column_policy": col.policy} if col.policy else {})
             for col in outcome.columns
-        ]),
+        ] + mode_table_columns(mode)),
     }
 
 
@@ -345,7 +382,9 @@ def _build_group_asset(*, config: PipelineConfig, tables: Sequence[TableConfig],
                 land_fn=lambda n, log: _land(n, kafka, landing_registry, sessions, log),
                 # TiDB's column names, read only when the replica lacks a field (engine/replica.py).
                 merge_fn=lambda n, log: _merge(n, kafka, replica_registry, sessions, log,
-                                               lambda: [c.name for c in tidb.columns(t.db, t.table)], t),
+                                               lambda: [c.name for c in tidb.columns(t.db, t.table)], t,
+                                               DdlSource(t.db, t.table, tidb.ddl_jobs, tidb.last_ddl_job_id,
+                                                         config.schema_changes_of(t))),
             )
 
         if parallel <= 1 or len(work) <= 1:

@@ -63,6 +63,7 @@ from tidb_pipeline.replication.landing import LOAD_COLUMN, compile_record_encode
 from tidb_pipeline.replication.wire import ParquetFiles
 from tidb_pipeline.resources.env import hash_salt_reader
 from tidb_pipeline.replication.merge import json_to_sql, record_unconverted_from_load_sql, unconverted_table
+from tidb_pipeline.replication.modes import snapshot_mode_values
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError
@@ -212,12 +213,18 @@ def schemas_for(info: ticdc_schema.TableInfo, cfg: ticdc_schema.CodecConfig) -> 
     return ticdc_schema.key_schema(info, cfg), ticdc_schema.value_schema(info, cfg)
 
 
-def insert_from_load_sql(replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn]) -> Statement:
-    """Typed rows from the load table's JSON objects, cast exactly as the merge casts landing content."""
-    names = ", ".join(quote_ident(c.name) for c in columns)
-    values = ", ".join(f'{json_to_sql(c, "l." + quote_ident(LOAD_COLUMN) + ":" + quote_ident(c.field))} AS {quote_ident(c.name)}'
-                       for c in columns)  # fmt: skip
-    return Statement(f"INSERT INTO {replica.sql} ({names}) SELECT {values} FROM {load.sql} l")
+def insert_from_load_sql(replica: TableRef, load: TableRef, columns: Sequence[ReplicaColumn], mode: str = "replica",
+                         tso: int = 0) -> Statement:
+    """Typed rows from the load table's JSON objects, cast exactly as the merge casts landing content.
+
+    In soft_delete and history mode the mode's columns are filled too (`modes.snapshot_mode_values`: a
+    history row is one version at the snapshot's TSO `tso`).
+    """
+    mode_names, mode_values, params = snapshot_mode_values(mode, tso)
+    names = ", ".join([*(quote_ident(c.name) for c in columns), *mode_names])
+    values = ", ".join([*(f'{json_to_sql(c, "l." + quote_ident(LOAD_COLUMN) + ":" + quote_ident(c.field))} AS {quote_ident(c.name)}'
+                          for c in columns), *mode_values])  # fmt: skip
+    return Statement(f"INSERT INTO {replica.sql} ({names}) SELECT {values} FROM {load.sql} l", params)
 
 
 def load_table(
@@ -247,7 +254,8 @@ def load_table(
     encode = compile_record_encoder(ticdc_schema.value_schema(info, _without_extension(cfg)))
     wh = Warehouse.of(connection)
     # The column policy (`replication.columns`) as the merge applies it; the salt is read only when needed.
-    columns, _ = ensure_replica(wh, replica, columns, policy=table.column_policy, source=f"{table.db}.{table.table}")
+    columns, _ = ensure_replica(wh, replica, columns, policy=table.column_policy, source=f"{table.db}.{table.table}",
+                                mode=table.mode)
     if needs_salt(columns):
         wh.execute_secret(set_salt_statement(hash_salt_reader(table.hash_salt_env, f"{table.db}.{table.table}")()))
     ensure_schema(wh, control)
@@ -260,7 +268,7 @@ def load_table(
     unconverted = unconverted_table(control)
     wh.execute(create_unconverted_sql(unconverted))
     wh.execute(Statement(f'DELETE FROM {unconverted.sql} WHERE "REPLICA_TABLE" = %s', (replica.label,)))
-    insert = insert_from_load_sql(replica, load, columns)
+    insert = insert_from_load_sql(replica, load, columns, table.mode, snapshot.tso)
     record = record_unconverted_from_load_sql(unconverted, replica, load, columns, dt.datetime.now(dt.timezone.utc))
     batch, folder_name = uuid.uuid4().hex, stage_folder(replica.name)
     rows = chunks = 0

@@ -12,14 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.engine.backfill import codec_config  # the Avro options the declared changefeed uses
 from tidb_pipeline.replication import schema_compat, ticdc_schema
 from tidb_pipeline.replication.avro_compat import DEFAULT_COMPATIBILITY
 from tidb_pipeline.replication.changefeed import table_rule
-from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
+from tidb_pipeline.resources.schema_registry import (
+    SchemaRegistryResource,
+    all_versions,
+    compatibility_level,
+    latest_version,
+    subject_names,
+)
 from tidb_pipeline.resources.ticdc import ChangefeedStatus, TiCDCError, TiCDCResource
 from tidb_pipeline.resources.tidb import TiDBResource
 
@@ -29,13 +34,13 @@ _COLUMN_FIELDS = ("TABLE_SCHEMA", "TABLE_NAME", "COLUMN_NAME", "DATA_TYPE", "COL
                   "COLUMN_DEFAULT", "NUMERIC_PRECISION", "NUMERIC_SCALE", "DATETIME_PRECISION",
                   "CHARACTER_OCTET_LENGTH", "EXTRA")
 _INDEX_FIELDS = ("TABLE_SCHEMA", "TABLE_NAME", "INDEX_NAME", "NON_UNIQUE", "SEQ_IN_INDEX", "COLUMN_NAME")
-_NOT_FOUND = (40401, 40403)  # subject / schema not found
 
 
 # --- reading TiDB -----------------------------------------------------------------------------------------
 
 
-def _in(values: Sequence[str]) -> str:
+def _in_sql(values: Sequence[str]) -> str:
+    """One bind marker per value, for an IN list."""
     return ", ".join(["%s"] * len(values))
 
 
@@ -52,14 +57,14 @@ def read_table_infos(tidb: TiDBResource, tables: Sequence[tuple[str, str]]) -> d
     indexes: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tidb.get_connection() as conn, conn.cursor() as cur:
         cur.execute(f"SELECT {', '.join(_COLUMN_FIELDS)} FROM information_schema.COLUMNS "
-                    f"WHERE TABLE_SCHEMA IN ({_in(dbs)}) ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION", dbs)
+                    f"WHERE TABLE_SCHEMA IN ({_in_sql(dbs)}) ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION", dbs)
         for row in cur.fetchall():
             r = dict(zip(_COLUMN_FIELDS, row))
             if (r["TABLE_SCHEMA"], r["TABLE_NAME"]) in wanted:
                 columns.setdefault((r["TABLE_SCHEMA"], r["TABLE_NAME"]), []).append(r)
         # No ORDER BY: the server's index order breaks ties between equally short unique keys, as in TiCDC.
         cur.execute(f"SELECT {', '.join(_INDEX_FIELDS)} FROM information_schema.STATISTICS "
-                    f"WHERE TABLE_SCHEMA IN ({_in(dbs)})", dbs)
+                    f"WHERE TABLE_SCHEMA IN ({_in_sql(dbs)})", dbs)
         for row in cur.fetchall():
             r = dict(zip(_INDEX_FIELDS, row))
             indexes.setdefault((r["TABLE_SCHEMA"], r["TABLE_NAME"]), []).append(r)
@@ -78,34 +83,20 @@ def read_tidb_tables(tidb: TiDBResource) -> list[tuple[str, str]]:
     """Every base table outside the system schemas (TiCDC never replicates those)."""
     with tidb.get_connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' "
-                    f"AND LOWER(TABLE_SCHEMA) NOT IN ({_in(_SYSTEM_SCHEMAS)})", _SYSTEM_SCHEMAS)
+                    f"AND LOWER(TABLE_SCHEMA) NOT IN ({_in_sql(_SYSTEM_SCHEMAS)})", _SYSTEM_SCHEMAS)
         return [(str(db), str(t)) for db, t in cur.fetchall()]
 
 
 # --- reading the registry -----------------------------------------------------------------------------------
 
 
-def _level(client: SchemaRegistryClient, subject: str | None) -> str | None:
-    """The subject's (or the global) compatibility level; None when the subject sets none."""
-    try:
-        return client.get_compatibility(subject)
-    except SchemaRegistryError as exc:
-        if subject is not None and exc.http_status_code == 404:  # 40408 (no subject level) or 40401
-            return None
-        raise
-
-
 def subject_versions(client: SchemaRegistryClient, subject: str, transitive: bool) -> list[tuple[int, str]]:
-    """(version, schema) of the subject's live versions, oldest first: the latest only unless `transitive`."""
-    try:
-        latest = client.get_latest_version(subject)
-        if not transitive:
-            return [(latest.version, latest.schema.schema_str)]
-        return [(v, client.get_version(subject, v).schema.schema_str) for v in client.get_versions(subject)]
-    except SchemaRegistryError as exc:
-        if exc.http_status_code == 404 and exc.error_code in _NOT_FOUND:
-            return []  # nothing registered yet: TiCDC's first registration is always accepted
-        raise
+    """(version, schema) of the subject's live versions, oldest first: the latest only unless `transitive`;
+    none when nothing is registered yet (TiCDC's first registration is always accepted)."""
+    if transitive:
+        return [(v.version, v.schema.schema_str) for v in all_versions(client, subject)]
+    latest = latest_version(client, subject)
+    return [] if latest is None else [(latest.version, latest.schema.schema_str)]
 
 
 @dataclass(frozen=True)
@@ -119,7 +110,7 @@ class RegistryVerdicts:
 def registry_verdicts(config: PipelineConfig, tidb: TiDBResource, registry: SchemaRegistryResource) -> RegistryVerdicts:
     """The schemas TiCDC will register next for each table (from TiDB's current columns) vs each subject."""
     client = registry.get_client()
-    global_level = _level(client, None) or DEFAULT_COMPATIBILITY
+    global_level = compatibility_level(client, None) or DEFAULT_COMPATIBILITY
     cfg = codec_config(config)
     infos = read_table_infos(tidb, [(t.db, t.table) for t in config.tables])
     verdicts: list[schema_compat.SubjectVerdict] = []
@@ -130,9 +121,9 @@ def registry_verdicts(config: PipelineConfig, tidb: TiDBResource, registry: Sche
             continue  # gone or not replicable: `changefeed_tables` reports it
         info, column_types = found
         names = schema_compat.field_to_column([c.name for c in info.columns])
-        for subject, schema in zip(ticdc_schema.subject_names(config.topic(t)),
+        for subject, schema in zip(subject_names(config.topic(t)),
                                    (ticdc_schema.key_schema(info, cfg), ticdc_schema.value_schema(info, cfg))):
-            own = _level(client, subject)
+            own = compatibility_level(client, subject)
             level = own or global_level
             if own is not None:
                 levels[subject] = own

@@ -12,11 +12,14 @@ from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 def pipeline_env(settings: LabSettings) -> dict[str, str]:
     """What `tidb-pipeline lab env` prints: the resources' `dg.EnvVar`s, set for this lab."""
     from tidb_pipeline.lab.postgres import LAB_DATABASE
+    from tidb_pipeline.lab.ticdc.ddl_history import STANDIN
     from tidb_pipeline.lab.snowflake import lab_env
 
     return {
         "TIDB_HOST": settings.host, "TIDB_PORT": str(settings.port("mariadb")),
         "TIDB_USER": LAB_DB_USER, "TIDB_PASSWORD": LAB_DB_PASSWORD,
+        # MariaDB has no DDL job history: the lab change feed keeps TiDB's table as a stand-in there.
+        "TIDB_DDL_HISTORY_TABLE": STANDIN,
         "TICDC_URL": settings.ticdc_url,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
         "SCHEMA_REGISTRY_URL": settings.registry_url,

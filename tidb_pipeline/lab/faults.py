@@ -77,7 +77,8 @@ class CrashRun:
     replica: TableRef | None = None
     watermarks: TableRef | None = None
     max_records: int | None = None
-    workdir: str = ""  # tmp folder of the test: session tokens and the loader's temp files go here
+    workdir: str = ""
+    mode: str = "replica"  # the replica's mode (`replication.modes`): history merges have their own statements  # tmp folder of the test: session tokens and the loader's temp files go here
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -266,7 +267,7 @@ def _child(run: CrashRun) -> None:
                       replica=run.replica, watermarks=run.watermarks,
                       dead_letters=TableRef(control.schema, DEAD_LETTER_TABLE, control.database),
                       offset_gaps=TableRef(control.schema, OFFSET_GAPS_TABLE, control.database),
-                      kafka=KafkaResource(bootstrap_servers=run.settings.kafka_bootstrap),
+                      kafka=KafkaResource(bootstrap_servers=run.settings.kafka_bootstrap), mode=run.mode,
                       landed_offsets=TableRef(control.schema, LANDED_OFFSETS_TABLE, control.database))
     conn.close()
 

@@ -14,6 +14,7 @@ import subprocess
 
 from tidb_pipeline.lab.service import LabError, Service, marker
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER
+from tidb_pipeline.lab.ticdc import ddl_history
 
 
 def _which(name: str) -> str:
@@ -55,6 +56,8 @@ class MariaDBService(Service):
             f"CREATE USER IF NOT EXISTS '{LAB_DB_USER}'@'localhost' IDENTIFIED BY '{LAB_DB_PASSWORD}';\n"
             f"GRANT ALL PRIVILEGES ON *.* TO '{LAB_DB_USER}'@'%' WITH GRANT OPTION;\n"
             f"GRANT ALL PRIVILEGES ON *.* TO '{LAB_DB_USER}'@'localhost' WITH GRANT OPTION;\n"
+            # TiDB's DDL job history stand-in (lab/ticdc/ddl_history.py): there before any capture writes it.
+            + "".join(f"{sql};\n" for sql in ddl_history.create_sql())
         )
         if (self.datadir / "mysql").is_dir():
             return

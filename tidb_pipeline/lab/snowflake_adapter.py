@@ -184,6 +184,51 @@ def strip_null_value_as_varchar(sql: str, _session: LabSession) -> str:
     return "".join(out)
 
 
+_COALESCE = re.compile(r"\bCOALESCE\(", re.IGNORECASE)
+
+
+def _top_level_args(text: str) -> list[str]:
+    """`text` split at the commas outside parentheses and quotes."""
+    quoted, depth, start, out = _in_quotes(text), 0, 0, []
+    for i, ch in enumerate(text):
+        if quoted[i]:
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(text[start:i].strip())
+            start = i + 1
+    out.append(text[start:].strip())
+    return out
+
+
+def coalesce_as_varchar(sql: str, _session: LabSession) -> str:
+    """`COALESCE(a, b)::VARCHAR` -> `CASE WHEN a IS NOT NULL THEN a::VARCHAR WHEN b IS NOT NULL THEN b::VARCHAR END`.
+
+    fakesnow casts a VARIANT that is not a plain path to its JSON text (quotes kept), as with STRIP_NULL_VALUE
+    above; the merge reads a renamed column as `COALESCE(new path, old path)`. Same meaning: COALESCE returns
+    its first argument that is not SQL NULL, and that one is cast.
+    """
+    out, pos, quoted = [], 0, _in_quotes(sql)
+    for m in _COALESCE.finditer(sql):
+        if m.start() < pos or quoted[m.start()]:
+            continue
+        close = _closing_paren(sql, m.end() - 1)
+        if close is None:
+            break
+        cast = _TO_VARCHAR.match(sql, close + 1)
+        if cast is None:
+            continue
+        args = _top_level_args(sql[m.end():close])
+        out.append(sql[pos:m.start()])
+        out.append("CASE " + " ".join(f"WHEN {a} IS NOT NULL THEN {a}::VARCHAR" for a in args) + " END")
+        pos = cast.end()
+    out.append(sql[pos:])
+    return "".join(out)
+
+
 _TRY_PARSE_JSON = re.compile(r"\bTRY_PARSE_JSON\(", re.IGNORECASE)
 
 
@@ -261,8 +306,29 @@ def try_temporal_as_try_strptime(sql: str, _session: LabSession) -> str:
     return "".join(out)
 
 
+_SWAP = re.compile(r'^\s*ALTER\s+TABLE\s+((?:"[^"]+"\.)*"[^"]+")\s+SWAP\s+WITH\s+((?:"[^"]+"\.)*"[^"]+")\s*;?\s*$',
+                   re.IGNORECASE)
+
+
+def swap_as_renames(sql: str) -> list[str] | None:
+    """`ALTER TABLE a SWAP WITH b` (Snowflake: exchanges the two tables' contents and metadata in one step) ->
+    three renames through a free name, or None for any other statement.
+
+    fakesnow has no SWAP WITH. The renames run one after another in the lab's single server process, where
+    nothing else touches the two tables during a mode switch (its merges are paused, as on Snowflake).
+    Only fully quoted names, as the pipeline writes them.
+    """
+    m = _SWAP.match(sql)
+    if m is None:
+        return None
+    a, b = m.group(1), m.group(2)
+    free = a[:-1] + '__SWAP_TMP"'
+    return [f"ALTER TABLE {a} RENAME TO {free}", f"ALTER TABLE {b} RENAME TO {a}", f"ALTER TABLE {free} RENAME TO {b}"]
+
+
 # Applied in order to every statement a client sends.
-REWRITES: list[Rewrite] = [strip_null_value_as_varchar, try_parse_json_as_try_cast, try_temporal_as_try_strptime]
+REWRITES: list[Rewrite] = [strip_null_value_as_varchar, coalesce_as_varchar, try_parse_json_as_try_cast,
+                           try_temporal_as_try_strptime]
 
 _SESSION_ATTR = "_tidb_pipeline_lab_session"
 
@@ -319,6 +385,10 @@ def install() -> None:
     describe_only = FakeSnowflakeCursor._describe_only  # noqa: SLF001
 
     def adapted_execute(self: Any, command: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if (steps := swap_as_renames(command)) is not None:
+            for step in steps:
+                execute(self, step)
+            return self
         if params and not kwargs.get("binding_params"):
             # In process, bind first as the connector does before sending (rewrites may add a literal `%`).
             command, params = self._rewrite_with_params(command, params)  # noqa: SLF001

@@ -137,12 +137,12 @@ def reader_incompatibilities(reader: AvroSchema, writer: AvroSchema) -> list[str
             if any(not problems for problems in tried):
                 return []
             # Name the branch the writer's type was meant for, if there is one: its problems say most.
-            for branch, problems in zip(r, tried):
+            for branch, branch_problems in zip(r, tried):
                 resolved = _resolve(branch, reader.named)
                 if _kind(resolved) == _kind(w) and (
                     not isinstance(resolved, dict) or "name" not in resolved or _names_match(resolved, w)
                 ):
-                    return problems
+                    return branch_problems
             return [f"{path}: reader union has no branch that reads the writer's {_kind(w)}"]
         rk, wk = _kind(r), _kind(w)
         if rk != wk:

@@ -86,6 +86,8 @@ class ReplicaColumn:
     precision: int | None = None
     scale: int | None = None
     field: str = ""  # the Avro field name TiCDC writes (TiDB's name sanitised); "" = the same as `name`
+    # Field names the column had before a rename (replication.schema_changes): rows landed earlier carry those.
+    previous_fields: tuple[str, ...] = ()
     # The column policy's treatment (`replication.columns`): "" as replicated, "hash" (a hex SHA-256 VARCHAR of
     # the salt and the value's text), "mask" (always NULL).
     policy: str = ""

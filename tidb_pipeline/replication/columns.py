@@ -54,10 +54,14 @@ class ColumnPolicyError(ValueError):
 class Policy(Protocol):
     """`config.ColumnsConfig`, as this module reads it."""
 
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    hash: tuple[str, ...]
-    mask: tuple[str, ...]
+    @property
+    def include(self) -> tuple[str, ...]: ...
+    @property
+    def exclude(self) -> tuple[str, ...]: ...
+    @property
+    def hash(self) -> tuple[str, ...]: ...
+    @property
+    def mask(self) -> tuple[str, ...]: ...
 
 
 def check_names(policy: Policy, table: str, names: Sequence[str], keys: Sequence[str]) -> None:

@@ -52,11 +52,15 @@ from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, k
 from tidb_pipeline.replication.columns import hash_sql
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import OffsetSources, reach_sql
+from tidb_pipeline.replication.mode_columns import DELETED, DELETED_AT, SOFT_DELETE, mode_column_names
 from tidb_pipeline.resources.warehouse import Warehouse
 
 # Internal column names of the source subquery (letters and `_` only: `$name` reads as a session variable).
 _INTERNAL = ("__TP_CONTENT", "__TP_PARTITION", "__TP_OFFSET", "__TP_DELETE", "__TP_VERSIONS", "__TP_KEY")
 _C, _P, _O, _DEL, _N, _K = (quote_ident(n) for n in _INTERNAL)
+_DELETED_AT_SRC = quote_ident("__TP_DELETED_AT")  # soft_delete: when a tombstone says the row went
+_LAST_VALUES = quote_ident("__TP_LAST_VALUES")  # soft_delete: the batch's last value row of the key (or NULL)
+_MD_CREATE_TIME = 'l."RECORD_METADATA":"CreateTime"::NUMBER(20,0)'
 _RESERVED_PREFIX = "__TP_"  # also the per-column unconverted flags and raw texts (`__TP_UNCONVERTED_<i>`, ...)
 _MD_PARTITION = 'l."RECORD_METADATA":"partition"::int'
 _MD_OFFSET = 'l."RECORD_METADATA":"offset"::int'
@@ -91,10 +95,18 @@ class MergePlan:
     # The built-in loader's landed-offsets table (`replication.landing.create_landed_offsets_sql`): where
     # pending work ends, so the landing table is read only in the pending range. None in connector mode.
     landed: TableRef | None = None
+    # TSO of the latest TRUNCATE applied to the replica (replication.schema_changes): a landing row committed
+    # at or before it is a delete, so a change from before the truncate that lands late brings nothing back.
+    truncated_at: int | None = None
+    # `replica`, `soft_delete` or `history` (`replication.modes`); history merges run `modes.run_history_merge`.
+    mode: str = "replica"
 
     def __post_init__(self) -> None:
         if not key_columns(self.columns):
             raise ValueError(f"replica {self.replica.label} has no key columns; pass columns from replica_columns()")
+        if clash := {c.name for c in self.columns} & set(mode_column_names(self.mode)):
+            raise ValueError(f"replica {self.replica.label} in mode {self.mode} has column(s) {sorted(clash)} that the "
+                             "mode adds itself; rename them in TiDB or keep the table in mode replica")
         if clash := {c.name for c in self.columns if c.name.upper().startswith(_RESERVED_PREFIX)}:
             raise ValueError(f"replica {self.replica.label} has column(s) {sorted(clash)} reserved by the merge "
                              f"(names starting with {_RESERVED_PREFIX})")
@@ -202,6 +214,15 @@ def raw_text_sql(v: str) -> str:
 def unconverted_sql(column: ReplicaColumn, v: str) -> str:
     """TRUE when `v` holds a value (not NULL, not JSON null) that `json_to_sql` turned into NULL."""
     return f"({raw_text_sql(v)} IS NOT NULL AND {json_to_sql(column, v)} IS NULL)"
+
+
+def _ranges_table(ranges: Sequence[MergeRange]) -> Statement:
+    """The ranges as a VALUES table (P, LO, HI), for joins on other tables than the landing (`replication.modes`)."""
+    if not ranges:
+        raise ValueError("no merge ranges; check pending ranges first and skip the merge when there are none")
+    rows = ", ".join("(%s, %s, %s)" for _ in ranges)
+    params = tuple(x for r in ranges for x in (r.partition, r.after_offset, r.through_offset))
+    return Statement(f'SELECT column1 AS "P", column2 AS "LO", column3 AS "HI" FROM VALUES {rows}', params)
 
 
 def in_ranges_sql(ranges: Sequence[MergeRange], prefix: str = "l.") -> Statement:
@@ -326,16 +347,32 @@ def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     typed_keys = ", ".join(f"{json_to_sql(k, key_json + quote_ident(k.field))} AS {quote_ident(k.name)}" for k in keys)
     key_text = key_text_sql(keys, 'l."RECORD_METADATA":"key"')
     partition_by = ", ".join(quote_ident(k.name) for k in keys)
+    last_values = ""
+    if plan.mode == SOFT_DELETE:
+        # A deleted row keeps its last values: a key inserted or updated and then deleted within one batch
+        # keeps those of its last value row here (a tombstone carries only the key).
+        tombstone = f"(b.{_C} IS NULL OR b.{_C}:{quote_ident(plan.keys[0].field)} IS NULL)"
+        last_values = (f", LAST_VALUE(IFF({tombstone}, NULL, b.{_C})) IGNORE NULLS OVER (PARTITION BY {partition_by} "
+                       f"ORDER BY b.{_O}, b.{_P} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) "
+                       f"AS {_LAST_VALUES}")
     sql = (
-        f"SELECT * FROM (\n"
+        f"SELECT *{last_values} FROM (\n"
         f'  SELECT {typed_keys}, {key_text.sql} AS {_K}, l."RECORD_CONTENT" AS {_C}, {_MD_PARTITION} AS {_P}, '
-        f"{_MD_OFFSET} AS {_O}\n"
+        f"{_MD_OFFSET} AS {_O}{_created(plan)}\n"
         f"  FROM {plan.landing.sql} l\n"
         f"  WHERE {r.sql}\n"
         f") b\n"
         f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition_by} ORDER BY b.{_O} DESC, b.{_P} DESC) = 1"
     )
     return Statement(sql, key_text.params + r.params)
+
+
+def _created(plan: MergePlan) -> str:
+    # A tombstone has no commit time; the Kafka record's timestamp (when TiCDC produced it, just after the
+    # commit) is the best evidence of when the row went. Only soft_delete reads it.
+    if plan.mode != SOFT_DELETE:
+        return ""
+    return f", TO_TIMESTAMP_NTZ({_MD_CREATE_TIME}, 3) AS {_DELETED_AT_SRC}"
 
 
 def _flag(i: int) -> str:
@@ -355,16 +392,28 @@ def source_sql(plan: MergePlan, ranges: Sequence[MergeRange], *, unconverted: bo
     batch = _batch_sql(plan, ranges)
     first_key = quote_ident(plan.keys[0].field)
     cols = [f"x.{quote_ident(k.name)}" for k in plan.keys]
-    cols += [f"{json_to_sql(c, f'x.{_C}:{quote_ident(c.field)}')} AS {quote_ident(c.name)}" for c in plan.values]
+    content = _LAST_VALUES if plan.mode == SOFT_DELETE else _C  # the same row's, unless it is a tombstone
+    cols += [f"{json_to_sql(c, _value_path(c, content))} AS {quote_ident(c.name)}" for c in plan.values]
     # A value record always carries its NOT NULL key columns; `{}` (tombstone) and NULL content do not.
     # Testing the key field avoids comparing VARIANT objects, which engines treat differently.
-    cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL) AS {_DEL}")
+    truncated = ("" if plan.truncated_at is None else
+                 f' OR x.{_C}:"_tidb_commit_ts"::NUMBER(20,0) <= {int(plan.truncated_at)}')
+    cols.append(f"(x.{_C} IS NULL OR x.{_C}:{first_key} IS NULL{truncated}) AS {_DEL}")
     cols += [f"x.{_K}", f"x.{_P}", f"x.{_O}"]
+    if plan.mode == SOFT_DELETE:
+        cols += [f"x.{_DELETED_AT_SRC}", f"x.{_LAST_VALUES}"]
     if unconverted:
         for i, c in enumerate(plan.checked):
-            value = f"x.{_C}:{quote_ident(c.field)}"
+            value = _value_path(c)
             cols += [f"{unconverted_sql(c, value)} AS {_flag(i)}", f"{raw_text_sql(value)} AS {_raw(i)}"]
     return Statement(f"SELECT {', '.join(cols)}\nFROM (\n{batch.sql}\n) x", batch.params)
+
+
+def _value_path(c: ReplicaColumn, content: str = _C) -> str:
+    """The column's JSON value in a batch row; after a rename, the old field for rows landed before it."""
+    paths = [f"x.{content}:{quote_ident(f)}" for f in (c.field, *c.previous_fields)]
+    # A missing field is SQL NULL, a JSON null is a VARIANT null: COALESCE falls back only on a missing one.
+    return paths[0] if len(paths) == 1 else f"COALESCE({', '.join(paths)})"
 
 
 def max_rows_per_key_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
@@ -522,13 +571,29 @@ def merge_sql(plan: MergePlan, ranges: Sequence[MergeRange], key_range: tuple[An
     src = source_sql(plan, ranges)
     on, on_params = _on(plan, key_range)
     names = [quote_ident(c.name) for c in plan.columns]
-    whens = [f"WHEN MATCHED AND s.{_DEL} THEN DELETE"]
-    if plan.values:
-        sets = ", ".join(f"{quote_ident(c.name)} = s.{quote_ident(c.name)}" for c in plan.values)
-        whens.append(f"WHEN MATCHED THEN UPDATE SET {sets}")
+    sets = [f"{quote_ident(c.name)} = s.{quote_ident(c.name)}" for c in plan.values]
+    values = ["s." + n for n in names]
+    if plan.mode == SOFT_DELETE:
+        # A delete keeps the row (its last values) and flags it; a replayed delete keeps the first time seen.
+        # A re-insert or update clears the flag. A delete of a key never seen has no values to keep: skipped.
+        deleted, deleted_at = quote_ident(DELETED), quote_ident(DELETED_AT)
+        flag = [f"{deleted} = TRUE", f"{deleted_at} = s.{_DELETED_AT_SRC}"]
+        has_values = f"s.{_LAST_VALUES} IS NOT NULL"
+        whens = [f"WHEN MATCHED AND s.{_DEL} AND {has_values} THEN UPDATE SET {', '.join([*sets, *flag])}",
+                 f"WHEN MATCHED AND s.{_DEL} AND NOT t.{deleted} THEN UPDATE SET {', '.join(flag)}",
+                 f"WHEN MATCHED AND NOT s.{_DEL} THEN UPDATE SET "
+                 f"{', '.join([*sets, f'{deleted} = FALSE', f'{deleted_at} = NULL'])}",
+                 f"WHEN NOT MATCHED AND s.{_DEL} AND {has_values} THEN INSERT ({', '.join([*names, deleted, deleted_at])}) "
+                 f"VALUES ({', '.join([*values, 'TRUE', f's.{_DELETED_AT_SRC}'])})"]
+        names += [deleted, deleted_at]
+        values += ["FALSE", "NULL"]
+    else:
+        whens = [f"WHEN MATCHED AND s.{_DEL} THEN DELETE"]
+        if plan.values:
+            whens.append(f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)}")
     whens.append(
         f"WHEN NOT MATCHED AND NOT s.{_DEL} THEN INSERT ({', '.join(names)}) "
-        f"VALUES ({', '.join('s.' + n for n in names)})"
+        f"VALUES ({', '.join(values)})"
     )
     return Statement(
         f"MERGE INTO {plan.replica.sql} t USING (\n{src.sql}\n) s ON {on}\n" + "\n".join(whens),

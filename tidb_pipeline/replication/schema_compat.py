@@ -20,7 +20,6 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from tidb_pipeline.replication.avro_compat import compatibility_problems, parse_avro

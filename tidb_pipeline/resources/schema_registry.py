@@ -105,6 +105,13 @@ def all_versions(registry: SchemaRegistryClient, subject: str) -> list[Registere
     return out
 
 
+def compatibility_level(registry: SchemaRegistryClient, subject: str | None) -> str | None:
+    """The subject's own compatibility level (`GET /config/{subject}`), or the global one (`GET /config`) when
+    `subject` is None; None when the subject sets none (the global level applies)."""
+    what = f"reading the compatibility level of {subject}" if subject else "reading the global compatibility level"
+    return registry_call(registry, what, lambda: registry.get_compatibility(subject))
+
+
 def schema_text(registry: SchemaRegistryClient, schema_id: int) -> str | None:
     """The schema registered under `schema_id`, or None if the registry does not know the id."""
     got = registry_call(registry, f"reading schema id {schema_id}", lambda: registry.get_schema(schema_id))

@@ -12,6 +12,7 @@ from pydantic import Field
 
 
 # TiCDC never replicates a virtual generated column (TiDB and MariaDB both mark one so in EXTRA).
+_NO_SUCH_TABLE = 1146  # MySQL's ER_NO_SUCH_TABLE, which TiDB returns too
 _NOT_VIRTUAL = "UPPER(EXTRA) NOT LIKE '%%VIRTUAL GENERATED%%'"
 
 
@@ -32,6 +33,8 @@ class TiDBResource(dg.ConfigurableResource):
     password: str | None = Field(default=None, description="from TIDB_PASSWORD")
     connect_timeout_s: int = 10
     read_timeout_s: int = 300
+    # Where finished DDL jobs are (replication.schema_changes): TiDB's own table; the lab names its stand-in.
+    ddl_history_table: str = "mysql.tidb_ddl_history"
 
     @contextmanager
     def get_connection(self, database: str | None = None) -> Iterator[pymysql.connections.Connection]:
@@ -59,6 +62,29 @@ class TiDBResource(dg.ConfigurableResource):
                 (db, table),
             )
             return [SourceColumn(r[0], r[1].lower(), r[2].lower(), r[3] == "YES") for r in cur.fetchall()]
+
+    def ddl_jobs(self, after_job_id: int) -> list[tuple[int, bytes | str]]:
+        """(job_id, job_meta) of the finished DDL jobs after `after_job_id`, oldest first."""
+        with self.get_connection() as conn, conn.cursor() as cur:
+            self._read_history(cur, ddl_history_sql(self.ddl_history_table), after_job_id)
+            return [(int(r[0]), r[1]) for r in cur.fetchall()]
+
+    def last_ddl_job_id(self) -> int:
+        """The newest finished DDL job's id (0 when there is none)."""
+        with self.get_connection() as conn, conn.cursor() as cur:
+            self._read_history(cur, ddl_history_sql(self.ddl_history_table, newest=True), 0)
+            row = cur.fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def _read_history(self, cur: pymysql.cursors.Cursor, sql: str, after: int) -> None:
+        try:
+            cur.execute(sql, (after,))
+        except pymysql.err.ProgrammingError as exc:
+            if exc.args and exc.args[0] == _NO_SUCH_TABLE:
+                raise RuntimeError(
+                    f"TiDB's DDL job history {self.ddl_history_table} does not exist (TiDB keeps it in "
+                    "mysql.tidb_ddl_history since v6.2): set TIDB_DDL_HISTORY_TABLE to where it is") from None
+            raise
 
     def handle_key(self, db: str, table: str) -> tuple[str, ...]:
         """TiCDC's handle key: the primary key, else the NOT NULL unique index with the fewest columns.
@@ -89,6 +115,18 @@ def pick_handle_key(indexes: dict[str, Sequence[tuple[str, bool]]]) -> tuple[str
         return ()
     best = min(candidates, key=len)
     return tuple(c for c, _ in best)
+
+
+def ddl_history_sql(history_table: str, *, newest: bool = False) -> str:
+    """TiDB's finished DDL jobs after a job id, oldest first (`history_table` is `db.table`; see
+    `replication.schema_changes` for what the rows hold); `newest`: the highest job id after it instead."""
+    db, _, table = history_table.partition(".")
+    if not db or not table:
+        raise ValueError(f"ddl_history_table {history_table!r} must be <database>.<table>")
+    name = ".".join("`" + p.replace("`", "``") + "`" for p in (db, table))
+    if newest:
+        return f"SELECT MAX(job_id) FROM {name} WHERE job_id > %s"
+    return f"SELECT job_id, job_meta FROM {name} WHERE job_id > %s ORDER BY job_id"
 
 
 def quote_mysql(name: str) -> str:

@@ -12,7 +12,6 @@ TiCDC stand-in -> registry stand-in), and the alerts they raise through the aler
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -34,7 +33,8 @@ from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.resources.notify import Notification
 from tidb_pipeline.resources.tidb import quote_mysql
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, wait_for_checkpoint
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -113,7 +113,7 @@ def test_incompatible_column_and_new_table_are_named_with_their_fixes(
         with conn.cursor() as cur:
             cur.execute(f"INSERT INTO {t('orders')} VALUES (1, 'a')")
             cur.execute(f"INSERT INTO {t('legacy')} VALUES (1)")
-        wait_for_checkpoint(defs, config)
+        wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
         ticdc_client = defs.resources["ticdc"].get_client()
         registry_client = defs.resources["schema_registry"].get_client()
         subject = f"tidb_{db}_orders-value"
@@ -169,7 +169,7 @@ def test_incompatible_column_and_new_table_are_named_with_their_fixes(
 
         # 3. The fix as printed: the changefeed gets through, replicates the row, and BACKWARD goes back.
         _shell(md["fix"])
-        wait_for_checkpoint(defs, config)
+        wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
         assert registry_client.get_versions(subject) == [1, 2]
         _wait("the changefeed back to normal", lambda: ticdc_client.get_status(config.source.changefeed_id).state
               == "normal")

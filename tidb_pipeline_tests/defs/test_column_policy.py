@@ -37,7 +37,8 @@ from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.lab.ticdc.codec import tso_from_ms
 from tidb_pipeline.workload import types_table
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, wait_for_checkpoint
+from tidb_pipeline_tests.changefeed import wait_for_checkpoint
+from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +140,7 @@ def test_column_policy_on_the_type_table(
         types_table.update_types_rows(conn, database=db)
         source = types_table.read_types_rows(conn, database=db)
     assert source == types_table.expected_rows(updated=True)
-    wait_for_checkpoint(defs, config, target=tso_from_ms(int(time.time() * 1000)), timeout=600)
+    wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id, target=tso_from_ms(int(time.time() * 1000)))
     merged = materialize(defs, {keys.landing, keys.replica})
 
     # Full contents: the replica's columns, the plain ones equal to TiDB, the hashed and masked ones by the model.

@@ -32,7 +32,8 @@ CONFIG = parse_config({
     # One attempt: these tests are about one run's tables (retries: test_retries.py).
     "retries": {"max_retries": 0},
     "tables": [{"db": "s", "table": t} for t in ("a", "b", "c")]
-    + [{"db": "s", "table": "d", "group": "bulk"}, {"db": "s", "table": "e", "landing_mode": "connector"}],
+    + [{"db": "s", "table": "d", "group": "bulk", "mode": "history"},
+       {"db": "s", "table": "e", "landing_mode": "connector"}],
 })
 
 
@@ -53,7 +54,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
         return {"rows_loaded": 1}
 
     def merge(names: Any, kafka: Any, registry: Any, snowflake: Any, log: Any, source_columns: Any,
-              table: Any = None) -> dict[str, Any]:
+              table: Any = None, ddl: Any = None) -> dict[str, Any]:
+        # Each table's merge gets its table, hence its configured mode.
+        assert table.mode == ("history" if names.topic == "tidb_s_d" else "replica"), (names.topic, table.mode)
         with lock:
             made.append(("merge", names.topic, threading.current_thread().name))
         return {"rows_inserted": 1}

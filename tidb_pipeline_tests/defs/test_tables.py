@@ -51,3 +51,18 @@ def test_connector_mode_landing_is_external() -> None:
     landing = repo.asset_graph.get(dg.AssetKey(["snowflake", "LANDING", "TIDB_TPCC_ITEM"]))
     replica = repo.asset_graph.get(dg.AssetKey(["snowflake", "REPLICA", "ITEM"]))
     assert not landing.is_executable and replica.is_executable
+
+
+def test_replica_asset_shows_its_mode() -> None:
+    """The UI shows each table's mode: in the replica asset's description and metadata, with its columns."""
+    config = parse_config({"tables": [{"db": "shop", "table": "orders", "mode": "history"},
+                                      {"db": "shop", "table": "customer", "mode": "soft_delete"},
+                                      {"db": "shop", "table": "item"}]})
+    graph = build_defs(config=config).get_repository_def().asset_graph
+    want = {"ORDERS": ("history", "_VALID_FROM"), "CUSTOMER": ("soft_delete", "_DELETED_AT"), "ITEM": ("replica", None)}
+    for table, (mode, column) in want.items():
+        node = graph.get(dg.AssetKey(["snowflake", "REPLICA", table]))
+        assert node.metadata["mode"] == mode
+        assert f"Mode {mode}" in (node.description or "")
+        assert (column in node.metadata["mode_columns"]) if column else node.metadata["mode_columns"] == "(none)"
+    assert "switch_mode" in {j.name for j in build_defs(config=config).get_repository_def().get_all_jobs()}

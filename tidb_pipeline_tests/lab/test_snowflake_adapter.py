@@ -37,3 +37,15 @@ def test_timestamps_use_microsecond_strptime_and_every_rewrite_is_idempotent() -
 def test_text_inside_literals_and_unknown_formats_are_left_alone() -> None:
     sql = "SELECT 'STRIP_NULL_VALUE(x)::VARCHAR', TRY_TO_DATE(d, 'DD/MM/YYYY'), TRY_TO_DATE(d)"
     assert rewrite(sql, LabSession()) == sql
+
+
+def test_a_renamed_columns_coalesced_paths_cast_like_paths() -> None:
+    """After a rename the merge reads `COALESCE(new, old)` (replication.schema_changes); fakesnow would keep the
+    JSON quotes when casting that, so each path is cast on its own, first non-NULL one first."""
+    new, old = 'x."__TP_CONTENT":"label"', 'x."__TP_CONTENT":"name"'
+    once = rewrite(json_to_sql(_col("VARCHAR", "TEXT"), f"COALESCE({new}, {old})"), LabSession())
+    assert once == (f"IFF(IS_NULL_VALUE(COALESCE({new}, {old})), NULL, CASE WHEN {new} IS NOT NULL THEN "
+                    f"{new}::VARCHAR WHEN {old} IS NOT NULL THEN {old}::VARCHAR END)")
+    assert rewrite(once, LabSession()) == once
+    assert rewrite("SELECT 'COALESCE(a, b)::VARCHAR', COALESCE(a, b)::NUMBER", LabSession()) == \
+        "SELECT 'COALESCE(a, b)::VARCHAR', COALESCE(a, b)::NUMBER"

@@ -197,15 +197,15 @@ def land(settings: LabSettings, conn: Any, target: Target, *, max_records: int |
                       topic=target.topic, landing=target.landing, control=target.control, max_records=max_records)
 
 
-def merge(settings: LabSettings, conn: Any, target: Target, *, source: tuple[str, str] | None = None
-          ) -> MergeOutcome | None:
+def merge(settings: LabSettings, conn: Any, target: Target, *, source: tuple[str, str] | None = None,
+          mode: str = "replica") -> MergeOutcome | None:
     """Merge `target`; with `source` (db, table) its replica takes TiDB's column names, as the asset's does."""
     columns = None if source is None else (lambda: source_columns(settings, *source))
     return merge_replica(connection=conn, registry=registry_of(settings), topic=target.topic, landing=target.landing,
                          replica=target.replica, watermarks=target.watermarks, source_columns=columns,
                          dead_letters=target.dead_letter,
                          offset_gaps=TableRef(target.control.schema, OFFSET_GAPS_TABLE, target.control.database),
-                         kafka=kafka_of(settings),
+                         kafka=kafka_of(settings), mode=mode,
                          landed_offsets=TableRef(target.control.schema, LANDED_OFFSETS_TABLE, target.control.database))
 
 

@@ -4,11 +4,13 @@ One small source table gets a seeded history (inserts, updates, deletes, primary
 lab change feed. Each trial then lands and merges that topic from scratch into its own tables, in two
 rounds (a capped load, then the rest), with one or two SIGKILLs at seeded stages
 (`tidb_pipeline.lab.faults`). After the reruns the replica must equal the source row for row and the
-landing table must hold every (partition, offset) of the topic exactly once.
+landing table must hold every (partition, offset) of the topic exactly once. The history-mode trials also
+prove one version per record: none missing, none doubled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 from collections.abc import Iterator
@@ -22,6 +24,9 @@ from tidb_pipeline.config import parse_config
 from tidb_pipeline.lab.faults import LANDING_STAGES, CrashRun, Fault, plan_faults, run_killed
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.replication.ddl import TableRef
+from tidb_pipeline.replication.mode_columns import HISTORY
+from tidb_pipeline.replication.modes import current_rows_sql
 from tidb_pipeline.resources.tidb import quote_mysql
 from tidb_pipeline_tests.reliability.support import (
     ITEMS_DDL,
@@ -130,3 +135,66 @@ def test_kill_9_at_a_seeded_stage_then_rerun_loses_and_doubles_nothing(
         assert [o.killed for o in injected] == [True] * len(faults)
         assert_landed_exactly_once(sf, target.landing, h["end"])
         assert_replica_equals_source(lab_settings, sf, h["db"], h["table"], target.replica, KEY)
+
+
+def current_rows_table(sf: Any, replica: TableRef, mode: str) -> TableRef:
+    """A copy of the rows that stand for the source in `mode` (`current_rows_sql`), for `compare_table`."""
+    copy = TableRef(replica.schema, f"{replica.name}_CURRENT", replica.database)
+    sf.cursor().execute(f"CREATE OR REPLACE TABLE {copy.sql} AS SELECT * FROM {current_rows_sql(replica, mode)}")
+    return copy
+
+
+def history_rows(sf: Any, replica: TableRef) -> list[tuple]:
+    cur = sf.cursor()
+    cur.execute(f'SELECT * FROM {replica.sql} ORDER BY "id", "_COMMIT_TS", ("_OP" = \'d\')')
+    return [tuple(r) for r in cur.fetchall()]
+
+
+# The merge stages of a history merge, one trial each (landing stages do not depend on the mode, and the
+# trials above cover them): after the INSERT of the versions, after the re-link, after the watermark DELETE
+# (`merge.mid_merge` counts BEGIN and the counts query too), before and after COMMIT; round 0 or 1 (a first
+# merge, or one that closes versions merged before).
+HISTORY_FAULTS = [(Fault("merge.mid_merge", 3), 0), (Fault("merge.mid_merge", 4), 1), (Fault("merge.mid_merge", 5), 0),
+                  (Fault("merge.before_commit", 1), 1), (Fault("merge.after_commit", 1), 0)]
+
+
+@pytest.mark.parametrize(("fault", "when"), HISTORY_FAULTS, ids=[f"{f.stage}-{f.hit}-r{w}" for f, w in HISTORY_FAULTS])
+def test_kill_9_during_history_merges_leaves_no_duplicate_or_missing_version(
+    fault: Fault, when: int, topic_with_history: dict[str, Any], lab_settings: LabSettings, tmp_path: Path,
+) -> None:
+    """The trials for a history-mode replica: after the rerun it holds exactly one version per record of the
+    topic (the fresh changefeed replays nothing, so every record is a version), equal in full to a history
+    merged from the same landing table without faults, and its current rows equal the source."""
+    h = topic_with_history
+    total = sum(h["end"].values())
+    first, faults = total // 2, [(when, fault)]
+    target = Target.fresh(h["topic"], h["database"], f"H{HISTORY_FAULTS.index((fault, when))}")
+    injected = []
+    with warehouse(lab_settings) as sf:
+        for round_, goal in enumerate((first, total)):
+            for at, f in faults:
+                if at == round_ and f.stage in LANDING_STAGES:
+                    injected.append(run_killed(CrashRun(
+                        f.stage, f.hit, lab_settings, target.topic, target.landing, target.control,
+                        max_records=goal - _landed(sf, target), workdir=str(tmp_path))))
+            if (lacking := goal - _landed(sf, target)) > 0:
+                land(lab_settings, sf, target, max_records=lacking)
+            for at, f in faults:
+                if at == round_ and f.stage not in LANDING_STAGES:
+                    injected.append(run_killed(CrashRun(
+                        f.stage, f.hit, lab_settings, target.topic, target.landing, target.control,
+                        replica=target.replica, watermarks=target.watermarks, workdir=str(tmp_path),
+                        mode=HISTORY)))
+            merge(lab_settings, sf, target, mode=HISTORY)
+
+        assert [o.killed for o in injected] == [True] * len(faults)
+        assert_landed_exactly_once(sf, target.landing, h["end"])
+        got = history_rows(sf, target.replica)
+        identities = [(r[0], r[-6], r[-7] == "d") for r in got]  # id, _COMMIT_TS, delete (mode columns last)
+        assert len(set(identities)) == len(identities), "a version is in the history twice"
+        assert len(got) == total, f"{len(got)} versions for {total} records: versions are missing or doubled"
+        reference = dataclasses.replace(target, replica=TableRef(target.replica.schema, "REFERENCE", h["database"]))
+        merge(lab_settings, sf, reference, mode=HISTORY)
+        assert got == history_rows(sf, reference.replica)
+        assert_replica_equals_source(lab_settings, sf, h["db"], h["table"],
+                                     current_rows_table(sf, target.replica, HISTORY), KEY)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
+from dataclasses import replace as dc_replace
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from tidb_pipeline.config import ColumnsConfig, SnowflakeSessionConfig
 from tidb_pipeline.engine.backfill import insert_from_load_sql
 from tidb_pipeline.defs.checks import unconverted_values_sql
 from tidb_pipeline.replication import holes, progress
-from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge
+from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge, mode_columns, modes, schema_changes
 from tidb_pipeline.replication import columns as columns_policy
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef
@@ -148,6 +149,17 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         yield "replace gaps", s
     yield "merged through", progress.merged_through_sql(WATERMARKS, REPLICA)
     yield "unconverted check", unconverted_values_sql(merge.unconverted_table(WATERMARKS), REPLICA)
+    changes = schema_changes.schema_changes_table(WATERMARKS)
+    yield "schema changes DDL", Statement(schema_changes.create_schema_changes_sql(changes))
+    yield "schema changes read", schema_changes.read_changes_sql(changes, REPLICA)
+    yield "schema change record", schema_changes.record_change_sql(
+        changes, REPLICA, schema_changes.ColumnChange("widen_type", "c", "NUMBER(10,0)", "NUMBER(19,0)"), before=1,
+        after=2, now=NOW)
+    yield "replica column types", schema_changes.replica_types_sql(REPLICA)
+    yield "widen column", Statement(schema_changes.alter_type_sql(REPLICA, "c", "NUMBER(19,0)"))
+    yield "rename column", Statement(schema_changes.rename_column_sql(REPLICA, "a", "b"))
+    yield "drop column", Statement(schema_changes.drop_column_sql(REPLICA, "c"))
+    yield "truncate replica", Statement(schema_changes.truncate_replica_sql(REPLICA))
     yield "hash salt", columns_policy.set_salt_statement("salt")
     for table, columns, checks in (*_tables(), _policy_table()):
         yield f"{table}: replica DDL", Statement(ddl.create_replica_sql(REPLICA, columns))
@@ -162,6 +174,12 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         yield f"{table}: batch stats", merge.batch_stats_sql(plan, RANGES)
         for s in merge.merge_transaction(plan, RANGES, NOW, (1, 9)).statements:
             yield f"{table}: merge transaction", s
+        # After a TRUNCATE and a rename (replication.schema_changes): commit-ts deletes, the old field read too.
+        renamed = tuple(dc_replace(c, previous_fields=("old_" + c.field,)) if not c.is_key else c for c in columns)
+        after = merge.MergePlan(REPLICA, LANDING, WATERMARKS, renamed, truncated_at=(1 << 62) + 5)
+        yield f"{table}: batch stats after truncate and rename", merge.batch_stats_sql(after, RANGES)
+        for s in merge.merge_transaction(after, RANGES, NOW, (1, 9)).statements:
+            yield f"{table}: merge after truncate and rename", s
         yield f"{table}: key range", merge.key_range_sql(plan, RANGES) or Statement("SELECT 1")
         yield f"{table}: rows per key", merge.max_rows_per_key_sql(plan, RANGES)
         stats = merge.BatchStats(merge.MergeCounts(1, 0, 0, 1, 1, tuple((c.name, 1) for c in plan.checked)), 1, None, 1)
@@ -180,6 +198,31 @@ def _statements() -> Iterator[tuple[str, Statement]]:
             "snowflake", REPLICA.sql, checks, key, checksum.bucket_chunks(key.name, 4))
         if chunks[0].bucket is None:
             yield f"{table}: chunk checksum", checksum.chunk_checksum_sql("snowflake", REPLICA.sql, checks, chunks[1])
+        yield from _mode_statements(table, columns, load, checks, key, chunks)
+
+
+def _mode_statements(table: str, columns: tuple[ReplicaColumn, ...], load: TableRef, checks: Any, key: Any,
+                     chunks: Any) -> Iterator[tuple[str, Statement]]:
+    """The soft_delete and history replicas' statements (`replication.modes`): DDL, merges, checks, switches."""
+    for mode in (mode_columns.SOFT_DELETE, mode_columns.HISTORY):
+        plan = merge.MergePlan(REPLICA, LANDING, WATERMARKS, columns, mode=mode)
+        yield f"{table}: {mode} DDL", Statement(modes.create_mode_replica_sql(REPLICA, columns, mode))
+        yield f"{table}: {mode} checksums", checksum.checksums_sql(
+            "snowflake", modes.current_rows_sql(REPLICA, mode), checks, key, chunks)
+        yield f"{table}: {mode} counts", modes.mode_counts_sql(REPLICA, mode) or Statement("SELECT 1")
+        yield f"{table}: {mode} backfill insert", insert_from_load_sql(REPLICA, load, columns, mode, 1 << 18)
+        for old in mode_columns.MODES:
+            for s in modes.switch_statements(REPLICA, columns, old, mode, NOW) + modes.switch_statements(
+                    REPLICA, columns, mode, old, NOW):
+                yield f"{table}: switch {old} <-> {mode}", s
+        if mode == mode_columns.SOFT_DELETE:
+            yield f"{table}: soft_delete batch stats", merge.batch_stats_sql(plan, RANGES)
+            for s in merge.merge_transaction(plan, RANGES, NOW, (1, 9)).statements:
+                yield f"{table}: soft_delete merge transaction", s
+        else:
+            yield f"{table}: history counts", modes.history_counts_sql(plan, RANGES)
+            yield f"{table}: history insert", modes.history_insert_sql(plan, RANGES)
+            yield f"{table}: history re-link", modes.history_relink_sql(plan, RANGES)
 
 
 def _bound(stmt: Statement) -> str:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from tidb_pipeline.lab.ticdc import codec
+from tidb_pipeline.lab.ticdc import codec, ddl_history
 from tidb_pipeline.lab.ticdc.store import Changefeed, ChangefeedStore, running_error
 from tidb_pipeline.replication import table_filter, ticdc_schema
 from tidb_pipeline.replication.changefeed import mask_netloc
@@ -614,6 +614,7 @@ class Capture:
         self._pending = _Pending()
         self._last_ts = changefeed.checkpoint_ts
         self._boundary: tuple[str, int] = ("", 0)
+        self._history_ready = False
         self.error: BaseException | None = None
 
     # lifecycle
@@ -768,6 +769,8 @@ class Capture:
         )
         conn = _connect(self.mysql)
         try:
+            ddl_history.ensure(conn)  # also made by the lab MariaDB's init file; a server started before has none
+            self._history_ready = True
             file, pos = self._start_position(conn)
             self._boundary = (file, pos)
             stream = BinLogStreamReader(
@@ -841,14 +844,21 @@ class Capture:
                         new = codec.row_internal(info, r["after_values"], r["after_none_sources"], tz=tz)
                         txn.append(RowChange(info, "u", new, old))
             elif isinstance(event, XidEvent) or (isinstance(event, QueryEvent) and event.query != "BEGIN"):
+                ddl_target = None
                 if isinstance(event, QueryEvent) and event.query != "COMMIT":
                     # DDL: forget the schema's table metadata so the next row reloads it (and re-registers).
                     schema = event.schema.decode() if isinstance(event.schema, bytes) else event.schema
-                    self._tables = {k: v for k, v in self._tables.items() if k[0] != schema}
-                    self._ineligible = {k for k in self._ineligible if k[0] != schema}  # a key may have been added
+                    ddl_target = ddl_history.target(event.query, schema)
+                    # The session's schema, and the one a qualified name (`ALTER TABLE db.t`) names.
+                    stale = {schema, ddl_target[0] if ddl_target else schema}
+                    self._tables = {k: v for k, v in self._tables.items() if k[0] not in stale}
+                    self._ineligible = {k for k in self._ineligible if k[0] not in stale}  # a key may have been added
                 self._boundary = (stream.log_file, stream.log_pos)
                 self._commit(transaction_rows(txn), event.timestamp, *self._boundary, registry, admin, producer)
                 txn = []
+                if ddl_target is not None and self.sink.filter.matches(*ddl_target):
+                    # TiDB's DDL history stand-in, at the TSO the DDL just got, before any later change is read.
+                    self._record_ddl(conn, *ddl_target, event.query, self._last_ts)
             elif isinstance(event, HeartbeatLogEvent) and not txn:
                 # Caught up: nothing committed before now is unread, so the checkpoint may move to now.
                 self._commit([], time.time(), *self._boundary, registry, admin, producer)
@@ -862,6 +872,12 @@ class Capture:
             if now - last_save >= self.checkpoint_interval:
                 self._save_checkpoint()
                 last_save = now
+
+    def _record_ddl(self, conn, db: str, table: str, query: str, ts: int) -> None:
+        if not self._history_ready:
+            ddl_history.ensure(conn)
+            self._history_ready = True
+        ddl_history.record(conn, db, table, query, ts)
 
     def _commit_ts(self, seconds: float) -> int:
         ts = max(codec.tso_from_ms(int(seconds * 1000)), self._last_ts + 1)
