@@ -38,6 +38,8 @@ class Sizes:
     changefeed_rows: int = 50_000  # the lab change feed's sustained measure
     changefeed_rates: tuple[float, ...] = (1_000, 5_000, 10_000)  # its paced measures, row changes/s
     changefeed_s: float = 20.0
+    retention_sizes: tuple[int, ...] = (100_000, 10_000_000)  # retained landing rows (issue 14)
+    retention_batch: int = 30_000
 
 
 # Freshness is measured at a steady TPC-C rate the lab's Python change feed sustains next to the pipeline
@@ -46,7 +48,8 @@ class Sizes:
 # is Dagster's floor for a sensor (`sensor_interval_seconds`).
 FULL = Sizes(1_000_000, (10_000, 100_000, 1_000_000), 10_000, 10_000, 5, 10_000, 180.0, 0.05, 5.0, 500, 500, 20.0)
 QUICK = Sizes(20_000, (1_000, 10_000), 1_000, 300, 2, 300, 20.0, 0.01, 5.0, 20, 20, 10.0,
-              changefeed_rows=5_000, changefeed_rates=(500,), changefeed_s=5.0)
+              changefeed_rows=5_000, changefeed_rates=(500,), changefeed_s=5.0,
+              retention_sizes=(3_000, 30_000), retention_batch=3_000)
 
 
 def profiler_available() -> bool:
@@ -207,6 +210,28 @@ def production_figure(seconds: float, replay_seconds: float) -> tuple[list[Measu
     return production.measures(windows), {"production": windows}
 
 
+def retention_figure(retained: tuple[int, ...], batch: int, rounds: int = 3) -> tuple[list[Measure], dict[str, Any]]:
+    """Load + merge of one batch beside few and many retained landing rows (`tidb_pipeline.bench.retention`)."""
+    from tidb_pipeline.bench import report
+    from tidb_pipeline.bench.retention import retention_scaling
+
+    points = retention_scaling(retained, batch, rounds)
+    base = points[0]
+    out = []
+    for p in points:
+        largest = p is points[-1] and p is not base
+        load = report.load_average()  # the machine is shared: the figure says how busy it was
+        out.append(Measure(
+            "cost vs retention", f"load + merge of {batch:,} records beside {p.retained:,} retained landing rows "
+            f"(median of {p.rounds})", p.seconds, "s",
+            f"same batch beside {base.retained:,}" if p is not base else "", base.seconds if p is not base else None,
+            target="ratio <= 1.2" if largest else "", met=(p.seconds / base.seconds <= 1.2) if largest else None,
+            note=(f"load {p.load_seconds:.2f}s, merge {p.merge_seconds:.2f}s; the merge through a landing scan "
+                  f"(before the landed-offsets table) {p.scan_merge_seconds:.2f}s; one seeding scan "
+                  f"{p.seed_scan_seconds:.2f}s; load average (1/5/15 min) {load} at the end of the figure")))
+    return out, {"retention": points}
+
+
 def lab_up_figure(env: dict[str, str], parts: list[str] | None) -> tuple[list[Measure], dict[str, Any]]:
     from tidb_pipeline.bench.control import lab_up
 
@@ -227,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     from tidb_pipeline.lab.snowflake import connection_args
 
     sizes = QUICK if args.quick else FULL
-    only = set(args.only or ["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed"])
+    only = set(args.only or ["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed", "retention"])
     command = "tidb-pipeline bench" + (" --quick" if args.quick else "") + \
         (f" --only {' '.join(args.only)}" if args.only else "") + \
         (f" --freshness-rate {args.freshness_rate:g}" if args.freshness_rate is not None else "")
@@ -243,6 +268,12 @@ def run(args: argparse.Namespace) -> int:
         extra.update(more)
         print(f"[bench] {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
 
+    import os
+
+    from tidb_pipeline.lab.snowflake import MEMORY_LIMIT_ENV
+
+    # The private lab's DuckDB spills past 3 GB instead of taking most of a shared machine's memory.
+    os.environ.setdefault(MEMORY_LIMIT_ENV, "3GB")
     with private_lab() as env:
         parts = None  # the whole lab, so later figures find every part running
         if "lab" in only:
@@ -279,6 +310,8 @@ def run(args: argparse.Namespace) -> int:
                                                                sizes.changefeed_s))
         if "production" in only:  # only when asked: about 15 minutes, and it uses this checkout's lab
             step("freshness at production rates", lambda: production_figure(120.0, 60.0))
+        if "retention" in only:
+            step("cost vs retention", lambda: retention_figure(sizes.retention_sizes, sizes.retention_batch))
         if "control" in only:
             from tidb_pipeline.lab import stack
             from tidb_pipeline.lab.service import up
@@ -299,6 +332,10 @@ def run(args: argparse.Namespace) -> int:
             details += [f"- merge scaling, {p.size:,} rows, {'prune' if p.prune else 'no prune'}: {p.seconds:.2f}s "
                         f"(+{p.inserted:,} ~{p.updated:,} -{p.deleted:,}, {p.keys:,} keys from {p.landing_rows:,} rows)"
                         for p in scaling]
+        if (points := extra.get("retention")) is not None:
+            details += [f"- retention {p.retained:,}: load {p.load_seconds:.2f}s, merge {p.merge_seconds:.2f}s, "
+                        f"merge through the landing scan {p.scan_merge_seconds:.2f}s, seeding scan "
+                        f"{p.seed_scan_seconds:.2f}s, setup {p.fill_seconds:.0f}s" for p in points]
         if (r := extra.get("recipe")) is not None:
             details += [f"- recipe run {i + 1}: ours {a:.2f}s, recipe {b:.2f}s, recipe with deletes fixed {c:.2f}s"
                         for i, (a, b, c) in enumerate(r.per_round)]
@@ -313,7 +350,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="measure throughput, merge scaling, the recipe, freshness, control plane")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run; minutes, not tens of minutes)")
     p.add_argument("--only", nargs="+",
-                   choices=["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed", "production"],
+                   choices=["lab", "landing", "merge", "recipe", "freshness", "control", "changefeed", "production",
+                            "retention"],
                    help="run only these figures")
     p.add_argument("--output", help="markdown file to write (default: BENCHMARKS.md for a full run, none for --quick)")
     p.add_argument("--charts-dir", default=str(_REPO / "benchmarks"), help="folder for the PNG charts")

@@ -129,10 +129,29 @@ def bench_encode(n: int = 200_000) -> dict[str, float]:
 
 
 
-def produce_order_lines(settings: Any, topic: str, n: int, partitions: int = 3) -> tuple[int, int]:
-    """Create `topic` and fill it with `n` TiCDC-shaped order_line records; returns (key id, value id)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=60)
+def produce_order_lines(settings: Any, topic: str, n: int, partitions: int = 3, filler_per_partition: int = 0,
+                        create_topic: bool = True) -> tuple[int, int]:
+    """Create `topic` and fill it with `n` TiCDC-shaped order_line records; returns (key id, value id).
+
+    `filler_per_partition` empty records first in each partition, so the order_lines sit above those offsets
+    (the retention bench's retained landing rows take the offsets below; nothing ever reads the filler)."""
+    if create_topic:
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=60)
+    if filler_per_partition:
+        filler = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 100,
+                           "compression.type": "lz4", "batch.num.messages": 100_000,
+                           "queue.buffering.max.messages": 2_000_000})
+        for p in range(partitions):
+            for _ in range(filler_per_partition):
+                while True:
+                    try:
+                        filler.produce(topic, value=b"", partition=p)
+                        break
+                    except BufferError:
+                        filler.poll(0.05)
+        if filler.flush(300) != 0:
+            raise RuntimeError(f"could not deliver the filler records to {topic}")
     registry = SchemaRegistryClient({"url": settings.registry_url})
     key_id = registry.register_schema(f"{topic}-key", Schema(json.dumps(ORDER_LINE_KEY), "AVRO"))
     value_id = registry.register_schema(f"{topic}-value", Schema(json.dumps(ORDER_LINE_VALUE), "AVRO"))

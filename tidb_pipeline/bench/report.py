@@ -23,6 +23,7 @@ FIGURES = (
     "lab up",
     "lab change feed",
     "freshness at production rates",
+    "cost vs retention",
 )
 BEGIN, END = "<!-- bench:begin (written by `tidb-pipeline bench`) -->", "<!-- bench:end -->"
 

@@ -130,7 +130,8 @@ def build_cleanup_job(*, config: PipelineConfig) -> dg.JobDefinition:
                 names = table_names(config, t)
                 wh.execute(create_watermark_sql(names.watermarks))
                 try:
-                    wh.execute(cleanup_sql(names.landing, names.watermarks, names.replica, now, retention))
+                    wh.execute(cleanup_sql(names.landing, names.watermarks, names.replica, now, retention,
+                                           names.landed_offsets, names.topic))
                 except Exception as exc:  # noqa: BLE001 - a table not landed yet has nothing to clean
                     if not is_missing_object(exc):
                         raise

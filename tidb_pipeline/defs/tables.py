@@ -33,7 +33,7 @@ from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import ColumnsConfig, PipelineConfig, TableConfig
 from tidb_pipeline.defs.freshness import replica_freshness_policy
-from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE
+from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE
 from tidb_pipeline.engine.replica import DdlSource, merge_replica
 from tidb_pipeline.defs.retries import land_and_merge_retry_policy, step_failure
 from tidb_pipeline.replication.avro_types import ReplicaColumn
@@ -72,6 +72,7 @@ class TableNames:
     replica: TableRef
     watermarks: TableRef
     control: TableRef  # schema holding the stage, load table and dead-letter table
+    builtin: bool = True  # landing mode: the built-in loader (True) or the Snowflake Sink connector
 
     @property
     def dead_letters(self) -> TableRef:
@@ -81,6 +82,12 @@ class TableNames:
     def offset_gaps(self) -> TableRef:
         """Holes decided against Kafka (`replication.holes`)."""
         return TableRef(self.control.schema, OFFSET_GAPS_TABLE, self.control.database)
+
+    @property
+    def landed_offsets(self) -> TableRef | None:
+        """The built-in loader's highest landed offset per partition; None in connector mode (the sink fills
+        the landing table and keeps its offsets in Kafka)."""
+        return TableRef(self.control.schema, LANDED_OFFSETS_TABLE, self.control.database) if self.builtin else None
 
 
 def changefeed_key(config: PipelineConfig) -> dg.AssetKey:
@@ -105,6 +112,7 @@ def table_names(config: PipelineConfig, t: TableConfig) -> TableNames:
         replica=TableRef(sf.replica_schema, config.replica_table(t), sf.database),
         watermarks=TableRef(sf.control_schema, WATERMARK_TABLE, sf.database),
         control=TableRef(sf.control_schema, "", sf.database),
+        builtin=config.landing_mode_of(t) == "builtin",
     )
 
 
@@ -252,7 +260,8 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
             connection=wh, registry=registry, topic=names.topic,
             landing=names.landing, replica=names.replica, watermarks=names.watermarks, log=log,
             source_columns=source_columns, dead_letters=names.dead_letters, offset_gaps=names.offset_gaps,
-            kafka=kafka, ddl=ddl, policy=None if table is None else column_policy(table),
+            kafka=kafka, ddl=ddl, landed_offsets=names.landed_offsets,
+            policy=None if table is None else column_policy(table),
             hash_salt=None if table is None else hash_salt(table),
             source="" if table is None else f"{table.db}.{table.table}", mode=mode,
         )

@@ -10,7 +10,7 @@ query passes them.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tidb_pipeline.replication.ddl import Statement
@@ -36,16 +36,17 @@ def utc_now() -> dt.datetime:
 
 
 def resolve_holes(session: Warehouse | Any, kafka: KafkaResource | None, src: OffsetSources,
-                  now: dt.datetime | None = None) -> list[Gap]:
+                  now: dt.datetime | None = None, bounds: Mapping[int, tuple[int, int]] | None = None) -> list[Gap]:
     """Classify every hole above the merged watermarks and record the result; returns the current gaps.
 
-    Without `kafka` every hole is WAITING (nothing can be skipped without reading the topic).
+    Without `kafka` every hole is WAITING (nothing can be skipped without reading the topic). `bounds`
+    (partition -> (merged, highest landed), from the landed-offsets table) reads only those landing rows.
     """
     if src.offset_gaps is None:
         raise ValueError("resolve_holes needs OffsetSources.offset_gaps, the table its decisions are kept in")
     now = (now or utc_now()).replace(tzinfo=None)
     wh = Warehouse.of(session)
-    holes = parse_holes(wh.execute(holes_sql(src)))
+    holes = parse_holes(wh.execute(holes_sql(src, bounds)))
     old = parse_gaps(wh.execute(read_gaps_sql(src.offset_gaps, src.topic)))
     watermarks = {int(p): int(o) for p, o in wh.execute(Statement(
         f'SELECT "PARTITION", "MERGED_OFFSET" FROM {src.watermarks.sql} WHERE "REPLICA_TABLE" = %s',

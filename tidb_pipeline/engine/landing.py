@@ -6,14 +6,18 @@ merge downstream cannot tell which way the table was filled.
 
 One load, step by step:
 1. Create what is missing (IF NOT EXISTS): the landing table, and in the control schema the stage
-   `LANDING_STAGE`, the dead-letter table `LANDING_DEAD_LETTER` and the lock table `LANDING_LOADS` (with the
-   landing table's row). A process remembers what it has made sure of (the warehouse seam's DDL memo, per
+   `LANDING_STAGE`, the dead-letter table `LANDING_DEAD_LETTER`, the lock table `LANDING_LOADS` (with the
+   landing table's row) and the landed-offsets table `LANDING_OFFSETS`. A landing table found empty here
+   (created again after a drop) forgets its landed offsets. A process remembers what it has made sure of (the warehouse seam's DDL memo, per
    server, account, database and tables) and skips these ~10 statements on its next loads; a statement that
    fails because an object is missing (someone dropped a table) drops that memory, and the load runs again
    from this step, once.
 2. Read where the table ends: per partition the highest offset of the topic already landed *or
    quarantined* (a poison record's offset is consumed too; without counting it, a poison record at the
-   end of a partition would be read and quarantined again by every load).
+   end of a partition would be read and quarantined again by every load). It comes from `LANDING_OFFSETS`
+   (a few rows), so a load costs the same however many rows the landing table retains. A topic with no row
+   there (a deployment from before the table) is seeded once, under the lock row, from a scan of the
+   landing and dead-letter tables.
 3. Read Kafka's end offsets once. The load reads up to them and stops: a bounded run that never chases
    new data; `max_records` bounds it further.
 4. Fetch the topic's key/value schemas from the registry (every version of both subjects). A registry
@@ -34,9 +38,11 @@ One load, step by step:
 7. One short transaction: lock the landing table's row in `LANDING_LOADS` (the first statement, so the rest
    runs under the lock), read the landed offsets again, `INSERT ... SELECT` from the ROWS table only
    the rows above the landed offset of their partition and empty it, insert the dead letters above it,
-   commit. Then the load's tables are dropped.
+   rewrite the moved partitions' rows of `LANDING_OFFSETS` (with the load's id), commit. Then the load's
+   tables are dropped.
 
-Exactly once: offsets live only in the warehouse, and step 7 decides inside the transaction which rows are
+Exactly once: offsets live only in the warehouse (the landing table and `LANDING_OFFSETS`, moved in one
+transaction), and step 7 decides inside the transaction which rows are
 new; everything before it writes only to the load's private tables and the stage. A crash before the commit
 leaves nothing behind in the landing and dead-letter tables (the next load reads the same records again); a
 load that raced another, or follows one that committed after this one started reading, inserts only what the
@@ -84,13 +90,18 @@ from tidb_pipeline.engine.staging import Stager, remove_staged
 from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql
 from tidb_pipeline.replication.landing import (
     DeadLetter,
+    create_landed_offsets_sql,
     create_load_lock_sql,
     create_load_rows_sql,
     dead_letter_insert_sql,
     ensure_lock_row_sql,
+    forget_landed_offsets_sql,
     land_rows_statements,
     landed_offsets_sql,
+    read_landed_offsets_sql,
+    rows_last_offsets_sql,
     take_load_lock_sql,
+    write_landed_offsets_statements,
 )
 from tidb_pipeline.replication.wire import (
     FileSink,
@@ -114,6 +125,7 @@ from tidb_pipeline.resources.warehouse import Warehouse
 STAGE = "LANDING_STAGE"
 DEAD_LETTER_TABLE = "LANDING_DEAD_LETTER"
 LOCK_TABLE = "LANDING_LOADS"
+LANDED_OFFSETS_TABLE = "LANDING_OFFSETS"
 # Below this many records a load reads in-process: starting a reader process costs ~0.2 s.
 PARALLEL_MIN_RECORDS = 50_000
 MAX_READERS = os.cpu_count() or 1
@@ -145,13 +157,16 @@ class LandingTables:
     dead_letter: TableRef
     locks: TableRef
     stage: str  # quoted stage name, for `@<stage>/path`
+    offsets: TableRef  # highest landed offset per partition (`LANDING_OFFSETS`), written with each load
+
 
     @classmethod
     def of(cls, landing: TableRef, control: TableRef) -> LandingTables:
         def ref(name: str) -> TableRef:
             return TableRef(control.schema, name, control.database)
 
-        return cls(landing, ref(f"LOAD_{landing.name}"), ref(DEAD_LETTER_TABLE), ref(LOCK_TABLE), ref(STAGE).sql)
+        return cls(landing, ref(f"LOAD_{landing.name}"), ref(DEAD_LETTER_TABLE), ref(LOCK_TABLE), ref(STAGE).sql,
+                   ref(LANDED_OFFSETS_TABLE))
 
 
 # --- pure planning --------------------------------------------------------------------------------------
@@ -351,15 +366,58 @@ def ensure_tables(warehouse: Warehouse, tables: LandingTables) -> None:
         create_landing_sql(tables.landing),
         create_dead_letter_sql(tables.dead_letter),
         create_load_lock_sql(tables.locks),
+        create_landed_offsets_sql(tables.offsets),
         f"CREATE STAGE IF NOT EXISTS {tables.stage}",
     ):
         warehouse.execute(sql)
     warehouse.execute(ensure_lock_row_sql(tables.locks, tables.landing))
+    # An empty landing table (just created again after someone dropped it, or emptied by hand) has landed
+    # nothing, whatever its offsets rows say: forget them, and the load seeds them again from a scan (which
+    # also counts the dead letters). COUNT(*) of a whole table is answered from Snowflake's metadata. This
+    # runs once per process and after any missing-object error, like the rest of this DDL step.
+    (count,) = warehouse.execute(f"SELECT COUNT(*) FROM {tables.landing.sql}")[0]
+    if int(count) == 0:
+        warehouse.execute(forget_landed_offsets_sql(tables.offsets, tables.landing))
 
 
 def landed_offsets(warehouse: Warehouse, tables: LandingTables, topic: str) -> dict[int, int]:
-    """Highest landed or quarantined offset per partition."""
+    """Highest landed or quarantined offset per partition, from the landed-offsets table.
+
+    A topic with no row there (a deployment from before the table, or the table was dropped) but with
+    landing rows is seeded once from a scan of the landing and dead-letter tables, in a transaction under the
+    landing table's lock row, so it cannot overwrite what a concurrent load commits.
+    """
+    landed = _read_landed(warehouse, tables, topic)
+    if landed or not _scan_landed(warehouse, tables, topic):
+        return landed  # nothing landed yet: the first load's commit writes the rows
+    with warehouse.transaction():
+        _lock(warehouse, tables)
+        landed = _read_landed(warehouse, tables, topic)
+        if landed:
+            return landed
+        scanned = _scan_landed(warehouse, tables, topic)
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        for stmt in write_landed_offsets_statements(tables.offsets, tables.landing, topic, scanned, "seed", now):
+            warehouse.execute(stmt)
+    return scanned
+
+
+def _read_landed(warehouse: Warehouse, tables: LandingTables, topic: str) -> dict[int, int]:
+    return {int(p): int(o) for p, o in warehouse.execute(read_landed_offsets_sql(tables.offsets, tables.landing, topic))}
+
+
+def _scan_landed(warehouse: Warehouse, tables: LandingTables, topic: str) -> dict[int, int]:
+    """The seeding scan: what the landing and dead-letter tables hold (cost grows with the landing table)."""
     return {int(p): int(o) for p, o in warehouse.execute(landed_offsets_sql(tables.landing, tables.dead_letter, topic))}
+
+
+def _lock(wh: Warehouse, tables: LandingTables) -> None:
+    """Take the landing table's lock row: the first statement of a transaction that writes its offsets."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    locked = wh.execute(take_load_lock_sql(tables.locks, tables.landing, now))
+    if locked and locked[0] and int(locked[0][0] or 0) == 0:
+        # The lock row is gone (ensure_tables is skipped on repeat loads): put it back, in this transaction.
+        wh.execute(ensure_lock_row_sql(tables.locks, tables.landing))
 
 
 def rows_table_name(tables: LandingTables, batch: str) -> str:
@@ -374,31 +432,41 @@ def commit_load(
     rows_table: str | None,
     first_offsets: Mapping[int, int],
     dead: Sequence[DeadLetter],
+    load_id: str = "",
 ) -> tuple[int, int]:
     """The load transaction; returns (rows inserted, dead letters inserted). Rolls back on any error.
 
-    Lock, re-read the landed offsets, insert the staged rows (`rows_table`) above them, then the dead
-    letters above them, commit.
+    Lock, re-read the landed offsets (the landed-offsets table; seeded from a scan when it has no row for
+    the topic), insert the staged rows (`rows_table`) above them, then the dead letters above them, set the
+    landed offsets to the new highest ones, commit: the offsets move in the same transaction as the rows.
     """
     wh = Warehouse.of(connection)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with wh.transaction():
-        locked = wh.execute(take_load_lock_sql(tables.locks, tables.landing, now))
-        if locked and locked[0] and int(locked[0][0] or 0) == 0:
-            # The lock row is gone (ensure_tables is skipped on repeat loads): put it back, in this transaction.
-            wh.execute(ensure_lock_row_sql(tables.locks, tables.landing))
-        landed = landed_offsets(wh, tables, topic)
+        _lock(wh, tables)
+        recorded = _read_landed(wh, tables, topic)
+        landed = recorded or _scan_landed(wh, tables, topic)
         # Only a partition whose landed offsets reach into this batch needs a filter (a race or a retry).
         above = {p: o for p, o in landed.items() if p in first_offsets and o >= first_offsets[p]}
         rows = 0
+        last = dict(landed)
         if rows_table is not None:
+            # Rows at or below `landed` are not inserted, and cannot raise the maximum either.
+            for p, o in wh.execute(rows_last_offsets_sql(rows_table)):
+                last[int(p)] = max(last.get(int(p), -1), int(o))
             for i, stmt in enumerate(land_rows_statements(tables.landing, rows_table, above)):
                 result = wh.execute(stmt)
                 if i == 0:
                     rows = int(result[0][0]) if result else 0
         fresh = [d for d in dead if d.offset > landed.get(d.partition, -1)]
+        for d in fresh:
+            last[d.partition] = max(last.get(d.partition, -1), d.offset)
         for i in range(0, len(fresh), DEAD_LETTER_BATCH):
             wh.execute(dead_letter_insert_sql(tables.dead_letter, fresh[i : i + DEAD_LETTER_BATCH], now))
+        # Only partitions that moved; after a seeding scan, every partition it found goes in too.
+        moved = {p: o for p, o in last.items() if o != recorded.get(p)}
+        for stmt in write_landed_offsets_statements(tables.offsets, tables.landing, topic, moved, load_id, now):
+            wh.execute(stmt)
     return rows, len(fresh)
 
 
@@ -496,7 +564,7 @@ def _load(
             for r, reason in poison
         ]
         first = {p: start for p, (start, _) in ranges.items()}
-        rows, quarantined = commit_load(wh, tables, topic, rows_table if staged else None, first, dead)
+        rows, quarantined = commit_load(wh, tables, topic, rows_table if staged else None, first, dead, batch)
         t_done = time.perf_counter()
         if staged:
             remove_staged(wh, stage_path, log)

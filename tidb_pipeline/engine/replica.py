@@ -47,13 +47,15 @@ from tidb_pipeline.replication.ddl import (
 )
 from tidb_pipeline.replication.columns import Policy, apply_policy, needs_salt, set_salt_statement
 from tidb_pipeline.replication.holes import ABSENT, Gap, create_offset_gaps_sql
+from tidb_pipeline.replication.landing import create_landed_offsets_sql
 from tidb_pipeline.replication.merge import (
     Held,
     MergeCounts,
     MergePlan,
     MergeRange,
-    parse_pending,
-    pending_ranges_sql,
+    parse_bounds,
+    pending_bounds_sql,
+    read_pending,
     run_merge,
     unconverted_table,
 )
@@ -288,6 +290,7 @@ def merge_replica(
     dead_letters: TableRef | None = None,
     offset_gaps: TableRef | None = None,
     kafka: KafkaResource | None = None,
+    landed_offsets: TableRef | None = None,
     ddl: DdlSource | None = None,
     policy: Policy | None = None,
     hash_salt: Callable[[], str] | None = None,
@@ -300,6 +303,8 @@ def merge_replica(
     sanitised Avro field names. It is called only when the schema brings a field the replica lacks.
     `dead_letters` (the built-in loader's quarantine) and `offset_gaps` (`replication.holes`) name offsets
     that count as present; with `offset_gaps` and `kafka` a hole is decided with Kafka before merging.
+    `landed_offsets` (built-in landing: the loader's landed-offsets table) says where the pending rows end,
+    so only they are read from the landing table, and nothing is when no partition moved.
     With `ddl`, schema changes follow its policy and TiDB's DDL history (`follow_schema_changes`, `apply_truncates`).
     `policy` is the table's column policy (`replication.columns`, errors name `source`); `hash_salt` returns
     the salt of its hashed columns, asked only when the replica has one (set as a session variable, bound).
@@ -313,7 +318,7 @@ def merge_replica(
     fields = replica_columns(value_schema, key_schema)
     when = now or dt.datetime.now(dt.timezone.utc)
     wh = Warehouse.of(connection)
-    memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps, mode)
+    memo_key = ("replica", replica, watermarks, dead_letters, offset_gaps, mode, landed_offsets)
     ddl_version = (version, fields, policy)
     # The columns under their replica names: as the DDL found them when it last ran for this schema version
     # (kept in the memo next to it), or as this run's DDL finds them.
@@ -331,8 +336,9 @@ def merge_replica(
         ensure_schema(wh, watermarks)
         wh.execute(create_watermark_sql(watermarks))
         wh.execute(create_unconverted_sql(unconverted_table(watermarks)))
-        for ref, create in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql)):
-            if ref is not None:  # the pending-ranges query reads both
+        for ref, create in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql),
+                            (landed_offsets, create_landed_offsets_sql)):
+            if ref is not None:  # the pending-ranges queries read them
                 ensure_schema(wh, ref)
                 wh.execute(create(ref))
         if ddl is not None:
@@ -351,8 +357,8 @@ def merge_replica(
     def merge() -> tuple[MergeCounts, tuple[MergeRange, ...], tuple[Held, ...], tuple[Gap, ...]]:
         # Built after the DDL: the plan reads the landing rows by field name into TiDB-named columns.
         plan = MergePlan(replica, landing, watermarks, columns[0], topic=topic, dead_letters=dead_letters,
-                         offset_gaps=offset_gaps, mode=mode)
-        pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+                         offset_gaps=offset_gaps, mode=mode, landed=landed_offsets)
+        pending = read_pending(wh, plan)
         if ddl is not None:  # after the ranges are fixed (see apply_truncates)
             truncated_at, done = apply_truncates(wh, replica, ddl, log_table, version, when, mode,
                                                  [k.name for k in plan.keys])
@@ -360,9 +366,11 @@ def merge_replica(
             plan = replace(plan, truncated_at=truncated_at)
         gaps: tuple[Gap, ...] = ()
         if pending.held and offset_gaps is not None:
-            gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when))
+            # Built-in landing: only the pending range of the landing table is read for the holes too.
+            bounds = parse_bounds(wh.execute(pending_bounds_sql(plan))) if plan.landed is not None else None
+            gaps = tuple(resolve_holes(wh, kafka, plan.offsets, when, bounds))
             if any(g.status == ABSENT for g in gaps):  # offsets Kafka never had: pass them now
-                pending = parse_pending(wh.execute(pending_ranges_sql(plan)))
+                pending = read_pending(wh, plan)
         if pending.ranges and needs_salt(plan.columns):
             if hash_salt is None:
                 raise ValueError(f"{replica.label} hashes columns but no salt was given (hash_salt_env)")

@@ -178,14 +178,17 @@ def install(stage: str, hit: int) -> None:
 
         landing.run_readers = patched_readers
     elif stage == "landing.after_stage_upload":
-        put = landing._put
+        from tidb_pipeline.engine import staging
 
-        def patched_put(*args: Any) -> None:
-            put(*args)
+        put = staging.put_file  # the loader's PUT went there with the engine move (engine/staging.py)
+
+        def patched_put(*args: Any) -> str:
+            out = put(*args)
             if arrived():
                 _die()
+            return out
 
-        landing._put = patched_put
+        staging.put_file = patched_put
     elif stage == "landing.mid_copy":
         execute = Warehouse.execute
 
@@ -254,7 +257,7 @@ def _child(run: CrashRun) -> None:
             connection=conn, topic=run.topic, landing=run.landing, control=run.control, max_records=run.max_records,
         )
     else:
-        from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE
+        from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE
         from tidb_pipeline.engine.replica import merge_replica
         from tidb_pipeline.replication.holes import OFFSET_GAPS_TABLE
 
@@ -264,7 +267,8 @@ def _child(run: CrashRun) -> None:
                       replica=run.replica, watermarks=run.watermarks,
                       dead_letters=TableRef(control.schema, DEAD_LETTER_TABLE, control.database),
                       offset_gaps=TableRef(control.schema, OFFSET_GAPS_TABLE, control.database),
-                      kafka=KafkaResource(bootstrap_servers=run.settings.kafka_bootstrap), mode=run.mode)
+                      kafka=KafkaResource(bootstrap_servers=run.settings.kafka_bootstrap), mode=run.mode,
+                      landed_offsets=TableRef(control.schema, LANDED_OFFSETS_TABLE, control.database))
     conn.close()
 
 

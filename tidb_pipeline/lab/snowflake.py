@@ -42,6 +42,7 @@ LAB_ACCOUNT = "fakesnow"
 LAB_USER = "fake"
 LAB_PASSWORD = "snow"
 GLOBAL_CATALOG_FILE = "_fs_global.duckdb"
+MEMORY_LIMIT_ENV = "TIDB_PIPELINE_LAB_SNOWFLAKE_MEMORY_LIMIT"  # e.g. "3GB": DuckDB's memory_limit
 STAGES_DIR = "stages"
 
 
@@ -127,6 +128,10 @@ def persistent_fakesnow(data: Path) -> Any:
     data.mkdir(parents=True, exist_ok=True)
     fs = FakeSnow(db_path=data)
     duck = fs.duck_conn
+    # DuckDB takes up to 80% of the machine's memory by default; on a shared machine a big lab table (the
+    # retention bench's 10M landing rows) must spill to disk instead.
+    if limit := os.environ.get(MEMORY_LIMIT_ENV):
+        duck.execute(f"SET memory_limit = {_sql_string(limit)}")
     duck.execute(f"DETACH {GLOBAL_DATABASE_NAME}")
     duck.execute(f"ATTACH {_sql_string(str(data / GLOBAL_CATALOG_FILE))} AS {GLOBAL_DATABASE_NAME}")
     duck.execute(info_schema.fs_global_creation_sql())

@@ -8,9 +8,10 @@ the last merge. Here a row is deleted only when all of these hold:
   (Snowpipe Streaming, connector 4.x). A row with none of them (metadata groups switched off, another
   writer) has no age to wait for and goes as soon as it is merged: a missing timestamp must not keep a row
   forever;
-- it is not the highest landed offset of its partition: the built-in landing resumes each partition from
-  the landing table's own max offset, so that row must survive or the partition would be re-read from the
-  start.
+- it is not the highest landed offset of its partition: that row must survive so the built-in landing's
+  landed offsets can always be seeded again from the landing table (`replication.landing`), or a partition
+  would be re-read from the start. With the landed-offsets table (built-in mode) the highest offset is read
+  from it, not from a scan of the landing table; in connector mode the landing table's MAX is used.
 Both connector generations' layouts qualify alike (3.x `RECORD_CONTENT = {}` tombstones and `schema_id`
 fields, 4.x NULL tombstones): only partition, offset and the timestamps are read.
 """
@@ -29,23 +30,35 @@ _TIMESTAMP = ('COALESCE(l."RECORD_METADATA":"CreateTime"::int, l."RECORD_METADAT
 
 
 def cleanup_sql(
-    landing: TableRef, watermarks: TableRef, replica: TableRef, now: dt.datetime, retention: dt.timedelta
+    landing: TableRef, watermarks: TableRef, replica: TableRef, now: dt.datetime, retention: dt.timedelta,
+    landed: TableRef | None = None, topic: str = "",
 ) -> Statement:
-    """One DELETE (never TRUNCATE); `now` must be timezone-aware so the cutoff is an exact epoch ms."""
+    """One DELETE (never TRUNCATE); `now` must be timezone-aware so the cutoff is an exact epoch ms.
+
+    `landed` (the landed-offsets table, built-in mode) with `topic` gives each partition's highest landed
+    offset; without it the landing table's MAX per partition is computed (connector mode).
+    """
     if now.tzinfo is None:
         raise ValueError("pass a timezone-aware `now` (e.g. datetime.now(timezone.utc)) to compute the cutoff")
     if retention < dt.timedelta(0):
         raise ValueError("retention must not be negative")
     cutoff_ms = int((now - retention).timestamp() * 1000)
+    if landed is not None:
+        highest = (f'SELECT "PARTITION" AS "P", "LAST_OFFSET" AS "MAX_OFFSET" FROM {landed.sql} '
+                   'WHERE "LANDING_TABLE" = %s AND "TOPIC" = %s')
+        highest_params: tuple[str, ...] = (landing.label, topic)
+    else:
+        highest = f'SELECT {_PARTITION} AS "P", MAX({_OFFSET}) AS "MAX_OFFSET" FROM {landing.sql} GROUP BY 1'
+        highest_params = ()
     return Statement(
         f"DELETE FROM {landing.sql} l USING (\n"
         f'  SELECT w."PARTITION" AS "P", w."MERGED_OFFSET" AS "WM", m."MAX_OFFSET" AS "MX"\n'
         f"  FROM {watermarks.sql} w\n"
-        f'  JOIN (SELECT {_PARTITION} AS "P", MAX({_OFFSET}) AS "MAX_OFFSET" FROM {landing.sql} GROUP BY 1) m\n'
+        f"  JOIN ({highest}) m\n"
         f'    ON m."P" = w."PARTITION"\n'
         f'  WHERE w."REPLICA_TABLE" = %s\n'
         f") k\n"
         f'WHERE l.{_PARTITION} = k."P" AND l.{_OFFSET} <= k."WM" AND l.{_OFFSET} < k."MX" '
         f"AND {_TIMESTAMP} < %s",
-        (replica.label, cutoff_ms),
+        (*highest_params, replica.label, cutoff_ms),
     )

@@ -71,10 +71,19 @@ def create_offset_gaps_sql(table: TableRef) -> str:
     )
 
 
-def present_offsets_sql(src: OffsetSources) -> Statement:
-    """Every present offset range as (P, A, B) rows, A <= B: landing rows, dead letters, ABSENT ranges."""
-    parts = [f'SELECT {_MD_PARTITION} AS "P", {_MD_OFFSET} AS "A", {_MD_OFFSET} AS "B" FROM {src.landing.sql}']
+def present_offsets_sql(src: OffsetSources, bounds: Mapping[int, tuple[int, int]] | None = None) -> Statement:
+    """Every present offset range as (P, A, B) rows, A <= B: landing rows, dead letters, ABSENT ranges.
+
+    `bounds` (partition -> (after, through)) reads only the landing rows in those offset ranges, as constants
+    Snowflake prunes the landing table's micro-partitions on; partitions not in it are not read.
+    """
+    landing = f'SELECT {_MD_PARTITION} AS "P", {_MD_OFFSET} AS "A", {_MD_OFFSET} AS "B" FROM {src.landing.sql}'
     params: tuple[Any, ...] = ()
+    if bounds is not None:
+        one = f"({_MD_PARTITION} = %s AND {_MD_OFFSET} > %s AND {_MD_OFFSET} <= %s)"
+        landing += " WHERE " + (" OR ".join(one for _ in bounds) or "FALSE")
+        params = tuple(x for p, (lo, hi) in sorted(bounds.items()) for x in (p, lo, hi))
+    parts = [landing]
     if src.dead_letters is not None:
         parts.append(f'SELECT "PARTITION"::int, "OFFSET"::int, "OFFSET"::int FROM {src.dead_letters.sql} '
                      'WHERE "TOPIC" = %s')
@@ -86,15 +95,17 @@ def present_offsets_sql(src: OffsetSources) -> Statement:
     return Statement("\nUNION ALL ".join(parts), params)
 
 
-def reach_sql(src: OffsetSources, max_offsets_per_partition: int | None = None) -> Statement:
+def reach_sql(src: OffsetSources, max_offsets_per_partition: int | None = None,
+              bounds: Mapping[int, tuple[int, int]] | None = None) -> Statement:
     """Present ranges above each partition's watermark, with the reach of everything before them.
 
     Columns P, W (watermark, -1 before the first merge), A, B (the range, clipped to above W and to the
     cap), PREV (the highest offset covered by earlier ranges, or W). A row with A > PREV + 1 follows a hole
     of offsets PREV + 1 .. A - 1. Gaps and islands with one window function over the rows above the
-    watermark only, so the cost follows the unmerged rows, not the table.
+    watermark only, so the cost follows the unmerged rows, not the table. `bounds`: see
+    `present_offsets_sql`.
     """
-    present = present_offsets_sql(src)
+    present = present_offsets_sql(src, bounds)
     w = 'COALESCE(w."MERGED_OFFSET", -1)'
     params: tuple[Any, ...] = (*present.params, src.replica.label)
     hi, cap = 'o."B"', ""
@@ -116,10 +127,10 @@ def reach_sql(src: OffsetSources, max_offsets_per_partition: int | None = None) 
     )
 
 
-def holes_sql(src: OffsetSources) -> Statement:
+def holes_sql(src: OffsetSources, bounds: Mapping[int, tuple[int, int]] | None = None) -> Statement:
     """Holes above the merged watermarks: (partition, first missing, last missing), lowest first, at most
-    `MAX_HOLES` (the rest are decided on a later run)."""
-    reach = reach_sql(src)
+    `MAX_HOLES` (the rest are decided on a later run). `bounds`: see `present_offsets_sql`."""
+    reach = reach_sql(src, bounds=bounds)
     return Statement(
         f'SELECT r."P", r."PREV" + 1, r."A" - 1 FROM ({reach.sql}) r WHERE r."A" > r."PREV" + 1 '
         f'ORDER BY 1, 2 LIMIT {MAX_HOLES}',

@@ -237,7 +237,11 @@ def take_load_lock_sql(table: TableRef, landing: TableRef, now: Any) -> Statemen
 
 
 def landed_offsets_sql(landing: TableRef, dead_letter: TableRef, topic: str) -> Statement:
-    """Per partition, the highest offset of `topic` already landed or quarantined; loads resume after it."""
+    """Per partition, the highest offset of `topic` already landed or quarantined, scanning the landing table.
+
+    Only for seeding the landed-offsets table once (`create_landed_offsets_sql`): a deployment from before
+    it, or a table someone dropped. Every other read goes to that table.
+    """
     return Statement(
         'SELECT p, MAX(o) FROM ('
         f'SELECT "RECORD_METADATA":"partition"::int AS p, "RECORD_METADATA":"offset"::int AS o FROM {landing.sql} '
@@ -245,6 +249,75 @@ def landed_offsets_sql(landing: TableRef, dead_letter: TableRef, topic: str) -> 
         f'UNION ALL SELECT "PARTITION"::int AS p, "OFFSET"::int AS o FROM {dead_letter.sql} WHERE "TOPIC" = %s'
         ") GROUP BY p ORDER BY p",
         (topic, topic),
+    )
+
+
+# --- the landed-offsets table: "what is landed" without reading the landing table ------------------------
+
+
+def create_landed_offsets_sql(table: TableRef) -> str:
+    """Per landing table, topic and partition: the highest offset landed or quarantined (a tiny table).
+
+    The built-in loader rewrites a partition's row in the same transaction as the rows it lands, under the
+    landing table's lock row, so the row and the landing table always agree; loads, merges and the cleanup
+    read it instead of scanning the landing table, whose size grows with retention.
+    """
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table.sql} (\n"
+        '  "LANDING_TABLE" VARCHAR NOT NULL,\n'
+        '  "TOPIC" VARCHAR NOT NULL,\n'
+        '  "PARTITION" NUMBER(10,0) NOT NULL,\n'
+        '  "LAST_OFFSET" NUMBER(19,0) NOT NULL,\n'
+        '  "LOAD_ID" VARCHAR,\n'
+        '  "UPDATED_AT" TIMESTAMP_NTZ(6)\n'
+        ")"
+    )
+
+
+def read_landed_offsets_sql(table: TableRef, landing: TableRef, topic: str) -> Statement:
+    """Per partition, the highest offset of `topic` landed or quarantined, from the landed-offsets table."""
+    return Statement(
+        f'SELECT "PARTITION", "LAST_OFFSET" FROM {table.sql} WHERE "LANDING_TABLE" = %s AND "TOPIC" = %s ORDER BY 1',
+        (landing.label, topic),
+    )
+
+
+def write_landed_offsets_statements(
+    table: TableRef, landing: TableRef, topic: str, last: Mapping[int, int], load_id: str, now: Any
+) -> list[Statement]:
+    """Set the partitions' highest landed offsets (run inside the load transaction, after the lock).
+
+    Plain DELETE + INSERT of the few rows (like the merge watermarks): the lock row serialises loads of one
+    landing table, so no other transaction writes these rows meanwhile.
+    """
+    if not last:
+        return []
+    in_list = ", ".join("%s" for _ in last)
+    rows = ", ".join("(%s, %s, %s, %s, %s, %s)" for _ in last)
+    return [
+        Statement(
+            f'DELETE FROM {table.sql} WHERE "LANDING_TABLE" = %s AND "TOPIC" = %s AND "PARTITION" IN ({in_list})',
+            (landing.label, topic, *sorted(last)),
+        ),
+        Statement(
+            f'INSERT INTO {table.sql} ("LANDING_TABLE", "TOPIC", "PARTITION", "LAST_OFFSET", "LOAD_ID", "UPDATED_AT") '
+            f"VALUES {rows}",
+            tuple(x for p, o in sorted(last.items()) for x in (landing.label, topic, p, o, load_id, now)),
+        ),
+    ]
+
+
+def forget_landed_offsets_sql(table: TableRef, landing: TableRef) -> Statement:
+    """Drop a landing table's landed offsets (it was found empty: created again, or emptied by hand); the
+    next load seeds them from what the landing and dead-letter tables hold."""
+    return Statement(f'DELETE FROM {table.sql} WHERE "LANDING_TABLE" = %s', (landing.label,))
+
+
+def rows_last_offsets_sql(rows_table: str) -> Statement:
+    """Per partition, the highest offset in one load's rows table (the load's own rows, not the landing's)."""
+    return Statement(
+        'SELECT "RECORD_METADATA":"partition"::int, MAX("RECORD_METADATA":"offset"::int) '
+        f"FROM {rows_table} GROUP BY 1"
     )
 
 

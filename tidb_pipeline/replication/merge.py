@@ -44,7 +44,7 @@ are compared, no trailing cast after TO_TIMESTAMP_NTZ). Duplicate keys in a MERG
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -92,6 +92,9 @@ class MergePlan:
     topic: str = ""
     dead_letters: TableRef | None = None
     offset_gaps: TableRef | None = None
+    # The built-in loader's landed-offsets table (`replication.landing.create_landed_offsets_sql`): where
+    # pending work ends, so the landing table is read only in the pending range. None in connector mode.
+    landed: TableRef | None = None
     # TSO of the latest TRUNCATE applied to the replica (replication.schema_changes): a landing row committed
     # at or before it is a delete, so a change from before the truncate that lands late brings nothing back.
     truncated_at: int | None = None
@@ -214,11 +217,27 @@ def unconverted_sql(column: ReplicaColumn, v: str) -> str:
 
 
 def _ranges_table(ranges: Sequence[MergeRange]) -> Statement:
+    """The ranges as a VALUES table (P, LO, HI), for joins on other tables than the landing (`replication.modes`)."""
     if not ranges:
         raise ValueError("no merge ranges; check pending ranges first and skip the merge when there are none")
     rows = ", ".join("(%s, %s, %s)" for _ in ranges)
     params = tuple(x for r in ranges for x in (r.partition, r.after_offset, r.through_offset))
     return Statement(f'SELECT column1 AS "P", column2 AS "LO", column3 AS "HI" FROM VALUES {rows}', params)
+
+
+def in_ranges_sql(ranges: Sequence[MergeRange], prefix: str = "l.") -> Statement:
+    """A WHERE predicate keeping the landing rows inside `ranges`, with the bounds as constants.
+
+    Constants (not a join to a ranges table) so Snowflake prunes the landing table's micro-partitions by the
+    min/max it keeps for the `RECORD_METADATA` partition and offset paths: loads append in offset order, so
+    a merge reads the files of its pending range, not the whole retained table.
+    """
+    if not ranges:
+        raise ValueError("no merge ranges; check pending ranges first and skip the merge when there are none")
+    part, off = f'{prefix}"RECORD_METADATA":"partition"::int', f'{prefix}"RECORD_METADATA":"offset"::int'
+    one = f"({part} = %s AND {off} > %s AND {off} <= %s)"
+    params = tuple(x for r in ranges for x in (r.partition, r.after_offset, r.through_offset))
+    return Statement("(" + " OR ".join(one for _ in ranges) + ")", params)
 
 
 @dataclass(frozen=True)
@@ -245,15 +264,45 @@ class Pending:
     held: tuple[Held, ...] = ()
 
 
-def pending_ranges_sql(plan: MergePlan, max_offsets_per_partition: int | None = None) -> Statement:
+def pending_bounds_sql(plan: MergePlan) -> Statement:
+    """Per landed partition of the plan's topic: partition, merged watermark or -1, highest landed offset.
+
+    Reads two tiny tables (the landed offsets and the watermarks), never the landing table; only for a plan
+    with `landed` (built-in landing).
+    """
+    if plan.landed is None:
+        raise ValueError(f"merge plan for {plan.replica.label} has no landed-offsets table")
+    return Statement(
+        f'SELECT o."PARTITION", COALESCE(w."MERGED_OFFSET", -1), o."LAST_OFFSET" FROM {plan.landed.sql} o '
+        f'LEFT JOIN {plan.watermarks.sql} w ON w."REPLICA_TABLE" = %s AND w."PARTITION" = o."PARTITION" '
+        'WHERE o."LANDING_TABLE" = %s AND o."TOPIC" = %s ORDER BY 1',
+        (plan.replica.label, plan.landing.label, plan.topic),
+    )
+
+
+def parse_bounds(rows: Iterable[Sequence[Any]]) -> dict[int, tuple[int, int]] | None:
+    """Partition -> (merged, highest landed) for partitions with something to merge; None when the
+    landed-offsets table has no row for the topic (not seeded yet: the caller scans instead)."""
+    rows = list(rows)
+    if not rows:
+        return None
+    return {int(p): (int(lo), int(hi)) for p, lo, hi in rows if int(hi) > int(lo)}
+
+
+def pending_ranges_sql(
+    plan: MergePlan, max_offsets_per_partition: int | None = None,
+    bounds: Mapping[int, tuple[int, int]] | None = None,
+) -> Statement:
     """Per partition with unmerged rows: partition, merged watermark or -1, last offset to merge, then the
     first hole's first and last missing offset (NULL without a hole) and the highest present offset.
 
     The range ends just before the first missing offset above the watermark (equal to the watermark when
     the hole is right above it), so the watermark never claims an offset that has not landed.
-    `max_offsets_per_partition` caps a batch (e.g. for a backfill).
+    `max_offsets_per_partition` caps a batch (e.g. for a backfill). `bounds` (`pending_bounds_sql`) limits
+    the landing rows read to each partition's `(merged, highest landed]` range, as constants Snowflake
+    prunes on; without it every landing row is read (connector mode, where no table says what landed).
     """
-    reach = reach_sql(plan.offsets, max_offsets_per_partition)
+    reach = reach_sql(plan.offsets, max_offsets_per_partition, bounds)
     hole = 'r."A" > r."PREV" + 1'
     return Statement(
         f'SELECT r."P", MAX(r."W") AS "LO", COALESCE(MIN(IFF({hole}, r."PREV", NULL)), MAX(r."B")) AS "HI", '
@@ -291,7 +340,7 @@ def key_text_sql(keys: Sequence[ReplicaColumn], key_json: str) -> Statement:
 
 def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     """Latest landing row per key within the ranges: typed keys, key text + raw content, one row per key."""
-    r = _ranges_table(ranges)
+    r = in_ranges_sql(ranges)
     keys = plan.keys
     key_json = 'l."RECORD_METADATA":"key":'
     # JSON paths use the Avro field name TiCDC wrote; the typed columns take the replica's (TiDB's) name.
@@ -311,8 +360,7 @@ def _batch_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
         f'  SELECT {typed_keys}, {key_text.sql} AS {_K}, l."RECORD_CONTENT" AS {_C}, {_MD_PARTITION} AS {_P}, '
         f"{_MD_OFFSET} AS {_O}{_created(plan)}\n"
         f"  FROM {plan.landing.sql} l\n"
-        f"  JOIN ({r.sql}) r\n"
-        f'    ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI"\n'
+        f"  WHERE {r.sql}\n"
         f") b\n"
         f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition_by} ORDER BY b.{_O} DESC, b.{_P} DESC) = 1"
     )
@@ -404,11 +452,8 @@ def counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     src = source_sql(plan, ranges)
     on = " AND ".join(f"t.{quote_ident(k.name)} = s.{quote_ident(k.name)}" for k in plan.keys)
     found = f"t.{quote_ident(plan.keys[0].name)} IS NOT NULL"
-    r = _ranges_table(ranges)
-    landing_rows = (
-        f"(SELECT COUNT(*) FROM {plan.landing.sql} l JOIN ({r.sql}) r "
-        f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI")'
-    )
+    r = in_ranges_sql(ranges)
+    landing_rows = f"(SELECT COUNT(*) FROM {plan.landing.sql} l WHERE {r.sql})"
     return Statement(
         f"SELECT COUNT_IF(NOT s.{_DEL} AND NOT ({found})), COUNT_IF(NOT s.{_DEL} AND {found}), "
         f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}\n"
@@ -437,11 +482,8 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     keys = [quote_ident(k.name) for k in plan.keys]
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     found = f"t.{keys[0]} IS NOT NULL"
-    r = _ranges_table(ranges)
-    landing_rows = (
-        f"(SELECT COUNT(*) FROM {plan.landing.sql} l JOIN ({r.sql}) r "
-        f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI")'
-    )
+    r = in_ranges_sql(ranges)
+    landing_rows = f"(SELECT COUNT(*) FROM {plan.landing.sql} l WHERE {r.sql})"
     recorded = f'(SELECT COUNT(*) FROM {plan.unconverted.sql} WHERE "REPLICA_TABLE" = %s)'
     # Same min/max as key_range_sql: the source has the batch's keys, typed the same way.
     key_range = f"MIN(s.{keys[0]}), MAX(s.{keys[0]})" if plan.keys[0].sql_type.startswith(_PRUNABLE) \
@@ -615,6 +657,15 @@ def merge_transaction(
     )
 
 
+def read_pending(wh: Warehouse, plan: MergePlan, max_offsets_per_partition: int | None = None) -> Pending:
+    """What the next merge may take. With a landed-offsets table: its bounds first (two tiny tables), then
+    the landing rows of the pending range only, or nothing at all when no partition moved."""
+    bounds = parse_bounds(wh.execute(pending_bounds_sql(plan))) if plan.landed is not None else None
+    if bounds == {}:
+        return Pending(())
+    return parse_pending(wh.execute(pending_ranges_sql(plan, max_offsets_per_partition, bounds)))
+
+
 def run_merge(
     session: Warehouse | Any,
     plan: MergePlan,
@@ -635,7 +686,7 @@ def run_merge(
     """
     wh = Warehouse.of(session)
     if ranges is None:
-        ranges = parse_ranges(wh.execute(pending_ranges_sql(plan, max_offsets_per_partition)))
+        ranges = read_pending(wh, plan, max_offsets_per_partition).ranges
     ranges = tuple(ranges)
     if not ranges:
         return MergeCounts(0, 0, 0, 0, 0), ()

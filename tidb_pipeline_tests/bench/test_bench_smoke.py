@@ -49,6 +49,7 @@ def measures(
     add(cli.freshness_figure(6.0, 0.01, 2.0))
     add(cli.control_figure(5, 5, lab_settings.kafka_bootstrap))
     add(cli.changefeed_figure(1_000, (200,), 2.0))
+    add(cli.retention_figure((300, 3_000), 300, rounds=1))
     yield out, extra
 
 
@@ -84,6 +85,8 @@ def test_correctness_carried_by_the_figures(measures: tuple[list[report.Measure]
     (paced,) = feed.paced
     assert paced.rows > 0 and not paced.missing and 0 <= paced.p50 <= paced.p95 <= paced.max
     assert fresh.runs >= 1
+    # retention_scaling itself raises when a batch does not land and merge completely, by either path.
+    assert [(p.retained, p.batch, p.rounds) for p in extra["retention"]] == [(300, 300, 1), (3_000, 300, 1)]
 
 
 def test_report_writes_markdown_and_charts(measures: tuple[list[report.Measure], dict], tmp_path: Path) -> None:

@@ -149,6 +149,13 @@ class Lab:
         )
         return [(json.loads(m, parse_float=Decimal), json.loads(c, parse_float=Decimal)) for m, c in rows]
 
+    def landed_offsets(self) -> list[tuple]:
+        """The landed-offsets table's rows of this topic: (partition, last offset, load id)."""
+        return self.query(
+            'SELECT "PARTITION", "LAST_OFFSET", "LOAD_ID" FROM '
+            f'{quote_ident(self.database)}."PIPELINE"."LANDING_OFFSETS" WHERE "TOPIC" = %s ORDER BY 1', (self.topic,)
+        )
+
     def dead_letters(self) -> list[tuple]:
         return self.query(
             'SELECT "TOPIC", "PARTITION", "OFFSET", "RECORD_METADATA", "RAW_KEY", "RAW_VALUE", "ERROR" '
@@ -256,6 +263,7 @@ def test_a_crash_before_commit_leaves_nothing_and_the_rerun_lands_everything_onc
         lab.load()
     assert lab.landed() == []
     assert lab.dead_letters() == []
+    assert lab.landed_offsets() == []  # written in the same transaction: rolled back with the rows
     # The load's private tables were temporary and are gone with the failed load.
     assert lab.query("SELECT COUNT(*) FROM information_schema.tables WHERE table_name LIKE 'LOAD_%'") == [(0,)]
 
@@ -265,6 +273,8 @@ def test_a_crash_before_commit_leaves_nothing_and_the_rerun_lands_everything_onc
     good = [r for r in lab.produced if r.raw_key != b"garbage"]
     assert lab.landed() == expected_rows(lab, good)
     assert len(lab.dead_letters()) == 1
+    # Partition 1 ends with the quarantined record: its offset counts as landed.
+    assert [(p, o) for p, o, _ in lab.landed_offsets()] == [(0, 3), (1, 4), (2, 3)]
 
 
 def test_a_load_that_races_another_inserts_only_what_the_other_did_not(lab: Lab, monkeypatch: pytest.MonkeyPatch):
@@ -285,6 +295,67 @@ def test_a_load_that_races_another_inserts_only_what_the_other_did_not(lab: Lab,
     assert other[0].rows_loaded == 5
     assert result.rows_loaded == 7
     assert lab.landed() == expected_rows(lab, lab.produced)
+
+
+def _recording(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    statements: list[str] = []
+    real_execute = Warehouse.execute
+
+    def recording_execute(warehouse: Warehouse, stmt: Any, params: Any = ()) -> Any:
+        statements.append(stmt if isinstance(stmt, str) else stmt.sql)
+        return real_execute(warehouse, stmt, params)
+
+    monkeypatch.setattr(Warehouse, "execute", recording_execute)
+    return statements
+
+
+def test_each_load_moves_the_landed_offsets_and_a_load_with_nothing_new_reads_no_landing_table(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+):
+    lab.produce([(i % PARTITIONS, {"id": i}, row(i)) for i in range(7)])
+    first = lab.load()
+    assert [(p, o) for p, o, _ in lab.landed_offsets()] == [(0, 2), (1, 1), (2, 1)]
+    assert first.offsets_after == {0: 3, 1: 2, 2: 2}
+    load_ids = {i for _, _, i in lab.landed_offsets()}
+    assert len(load_ids) == 1 and "seed" not in load_ids  # the first load's own id, one per load
+
+    lab.produce([(1, {"id": 20}, row(20))])
+    statements = _recording(monkeypatch)
+    assert lab.load().rows_loaded == 1
+    offsets = lab.landed_offsets()
+    assert [(p, o) for p, o, _ in offsets] == [(0, 2), (1, 2), (2, 1)]
+    assert offsets[1][2] != offsets[0][2]  # only the partition that moved was rewritten, by this load
+    # What is landed came from the offsets table: no statement scanned the landing table for it.
+    assert not [s for s in statements if s.startswith("SELECT") and f"FROM {lab.landing.sql}" in s]
+
+    statements.clear()
+    assert lab.load().rows_loaded == 0
+    assert statements and not [s for s in statements if lab.landing.sql in s]
+    assert lab.landed() == expected_rows(lab, lab.produced)
+
+
+def test_a_deployment_from_before_the_offsets_table_is_seeded_once_from_the_landing_table(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+):
+    lab.produce([(i % PARTITIONS, {"id": i}, row(i)) for i in range(6)])
+    lab.produce(raw=[(2, b"garbage", b"\x00")])  # the last offset of partition 2 is a dead letter
+    assert lab.load().rows_loaded == 6
+    # As it was before the table existed: no offsets table at all.
+    lab.query(f'DROP TABLE {quote_ident(lab.database)}."PIPELINE"."LANDING_OFFSETS"')
+    # The process remembers its DDL ran: reading the missing table fails, the DDL runs again, then the seed.
+    lab.produce([(0, {"id": 30}, row(30)), (2, {"id": 31}, row(31))])
+    statements = _recording(monkeypatch)
+    second = lab.load()
+    assert second.rows_loaded == 2 and second.offsets_before == {0: 2, 1: 2, 2: 3}
+    assert len([s for s in statements if "UNION ALL" in s and lab.landing.sql in s]) >= 1  # the seeding scan
+    assert [(p, o) for p, o, _ in lab.landed_offsets()] == [(0, 2), (1, 1), (2, 3)]
+    assert lab.landed() == expected_rows(lab, [r for r in lab.produced if r.raw_key != b"garbage"])
+
+    statements.clear()
+    lab.produce([(1, {"id": 32}, row(32))])
+    assert lab.load().rows_loaded == 1
+    assert not [s for s in statements if "UNION ALL" in s and lab.landing.sql in s]  # seeded once
+    assert [(p, o) for p, o, _ in lab.landed_offsets()] == [(0, 2), (1, 2), (2, 3)]
 
 
 def test_poison_records_go_to_the_dead_letter_table_and_the_stream_moves_on(lab: Lab):
@@ -367,10 +438,13 @@ def test_repeat_loads_skip_the_ddl_and_a_dropped_table_is_created_again(lab: Lab
             or (s.startswith("CREATE TABLE") and "TEMPORARY" not in s and "_FILE" not in s and "_ROWS" not in s)] == []
     assert lab.landed() == expected_rows(lab, first + second)
 
-    # Someone drops the landing table: the next load finds out, creates it again and lands from offset 0.
+    # Someone drops the landing table: the next load with something to land finds out (a load with nothing
+    # new reads only the landed-offsets table, never the landing table), creates it again, forgets the
+    # table's landed offsets and lands from offset 0.
     lab.query(f"DROP TABLE {lab.landing.sql}")
+    lab.produce([(0, {"id": 4}, row(4))])
     statements.clear()
     third = lab.load()
-    assert third.rows_loaded == 3 and third.offsets_before == {0: 0, 1: 0, 2: 0}
+    assert third.rows_loaded == 4 and third.offsets_before == {0: 0, 1: 0, 2: 0}
     assert any(s.startswith("CREATE TABLE IF NOT EXISTS") and lab.landing.sql in s for s in statements)
     assert lab.landed() == expected_rows(lab, lab.produced)

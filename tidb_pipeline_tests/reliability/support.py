@@ -22,7 +22,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.engine.changefeed import desired_changefeed
-from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LandingResult, load_topic
+from tidb_pipeline.engine.landing import DEAD_LETTER_TABLE, LANDED_OFFSETS_TABLE, LandingResult, load_topic
 from tidb_pipeline.engine.replica import MergeOutcome, merge_replica
 from tidb_pipeline.defs.tables import TableNames
 from tidb_pipeline.lab import stack
@@ -205,7 +205,8 @@ def merge(settings: LabSettings, conn: Any, target: Target, *, source: tuple[str
                          replica=target.replica, watermarks=target.watermarks, source_columns=columns,
                          dead_letters=target.dead_letter,
                          offset_gaps=TableRef(target.control.schema, OFFSET_GAPS_TABLE, target.control.database),
-                         kafka=kafka_of(settings), mode=mode)
+                         kafka=kafka_of(settings), mode=mode,
+                         landed_offsets=TableRef(target.control.schema, LANDED_OFFSETS_TABLE, target.control.database))
 
 
 def source_columns(settings: LabSettings, db: str, table: str) -> list[str]:

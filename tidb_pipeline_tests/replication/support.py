@@ -22,10 +22,16 @@ from tidb_pipeline.replication.ddl import (
     create_watermark_sql,
     quote_ident,
 )
-from tidb_pipeline.replication.landing import RecordEncoder
+from tidb_pipeline.replication.landing import (
+    RecordEncoder,
+    create_landed_offsets_sql,
+    read_landed_offsets_sql,
+    write_landed_offsets_statements,
+)
 from tidb_pipeline.replication.merge import MergePlan
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
+TOPIC = "tidb_test_t"  # the topic `Replica.land` writes into RECORD_METADATA
 CREATE_TIME_MS = int(NOW.timestamp() * 1000)
 
 
@@ -81,7 +87,9 @@ class Replica:
     """A replica under test: its plan, the encoder for its landing rows and the fakesnow connection."""
 
     def __init__(self, conn: Any, key_schema: dict, value_schema: dict, name: str = "T",
-                 names: dict[str, str] | None = None) -> None:
+                 names: dict[str, str] | None = None, landed: bool = False) -> None:
+        """`landed`: as the built-in loader lands, with the landed-offsets table `S.LANDING_OFFSETS` that
+        `land` moves with each batch and the merge plan reads."""
         self.conn = conn
         self.key_schema = key_schema
         self.value_schema = value_schema
@@ -90,6 +98,8 @@ class Replica:
             landing=TableRef("S", f"LANDING_{name}"),
             watermarks=TableRef("S", "MERGE_WATERMARKS"),
             columns=replica_columns(value_schema, key_schema, names),
+            topic=TOPIC if landed else "",
+            landed=TableRef("S", "LANDING_OFFSETS") if landed else None,
         )
         self.encoder = RecordEncoder(key_schema, value_schema)
         cur = conn.cursor()
@@ -98,6 +108,7 @@ class Replica:
             create_watermark_sql(self.plan.watermarks),
             create_unconverted_sql(self.plan.unconverted),
             create_replica_sql(self.plan.replica, self.plan.columns),
+            *([create_landed_offsets_sql(self.plan.landed)] if self.plan.landed else []),
         ):
             cur.execute(sql)
 
@@ -106,7 +117,7 @@ class Replica:
         if not records:
             return
         rows = [
-            (self.encoder.metadata("tidb_test_t", p, o, create_time_ms, k), self.encoder.content(v))
+            (self.encoder.metadata(TOPIC, p, o, create_time_ms, k), self.encoder.content(v))
             for p, o, k, v in records
         ]
         values = ", ".join("(%s, %s)" for _ in rows)
@@ -114,6 +125,22 @@ class Replica:
             f"INSERT INTO {self.plan.landing.sql} SELECT PARSE_JSON(column1), PARSE_JSON(column2) FROM VALUES {values}",
             tuple(x for row in rows for x in row),
         )
+        if self.plan.landed is not None:
+            last = self.landed_offsets()
+            for p, o, _, _ in records:
+                last[p] = max(last.get(p, -1), o)
+            self.set_landed_offsets(last)
+
+    def landed_offsets(self) -> dict[int, int]:
+        assert self.plan.landed is not None
+        stmt = read_landed_offsets_sql(self.plan.landed, self.plan.landing, TOPIC)
+        return {int(p): int(o) for p, o in self.conn.cursor().execute(stmt.sql, stmt.params).fetchall()}
+
+    def set_landed_offsets(self, last: dict[int, int]) -> None:
+        assert self.plan.landed is not None
+        for stmt in write_landed_offsets_statements(self.plan.landed, self.plan.landing, TOPIC, last, "test",
+                                                    NOW.replace(tzinfo=None)):
+            self.conn.cursor().execute(stmt.sql, stmt.params)
 
     def rows(self) -> list[tuple]:
         keys = ", ".join(quote_ident(k.name) for k in self.plan.keys)

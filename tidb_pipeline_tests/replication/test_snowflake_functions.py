@@ -116,6 +116,13 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "lock row", landing.ensure_lock_row_sql(locks, LANDING)
     yield "take lock", landing.take_load_lock_sql(locks, LANDING, NOW)
     yield "landed offsets", landing.landed_offsets_sql(LANDING, TableRef("PIPELINE", "DEAD_LETTERS", DB), "t")
+    landed = TableRef("PIPELINE", "LANDING_OFFSETS", DB)
+    yield "landed offsets DDL", Statement(landing.create_landed_offsets_sql(landed))
+    yield "read landed offsets", landing.read_landed_offsets_sql(landed, LANDING, "t")
+    for s in landing.write_landed_offsets_statements(landed, LANDING, "t", {0: 5, 2: 9}, "b1", NOW.replace(tzinfo=None)):
+        yield "write landed offsets", s
+    yield "forget landed offsets", landing.forget_landed_offsets_sql(landed, LANDING)
+    yield "rows last offsets", landing.rows_last_offsets_sql('"ROWS"')
     load = TableRef("PIPELINE", "BACKFILL_ROWS_L", DB)
     yield "load rows table", Statement(landing.create_load_rows_sql('"ROWS"'))
     for s in landing.stage_file_statements('"ROWS"', "@stage/t/f.parquet"):
@@ -126,6 +133,8 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         TableRef("PIPELINE", "DEAD_LETTERS", DB),
         [landing.DeadLetter("t", 0, 1, "{}", b"k", None, "bad")], NOW.replace(tzinfo=None))
     yield "cleanup", cleanup.cleanup_sql(LANDING, WATERMARKS, REPLICA, NOW, dt.timedelta(hours=1))
+    yield "cleanup, landed offsets", cleanup.cleanup_sql(LANDING, WATERMARKS, REPLICA, NOW, dt.timedelta(hours=1),
+                                                         landed, "t")
     gaps_table = TableRef("PIPELINE", holes.OFFSET_GAPS_TABLE, DB)
     src = holes.OffsetSources(LANDING, WATERMARKS, REPLICA, "t", TableRef("PIPELINE", "DEAD_LETTERS", DB), gaps_table)
     yield "offset gaps DDL", Statement(holes.create_offset_gaps_sql(gaps_table))
@@ -133,6 +142,8 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "merge reach", holes.reach_sql(src)
     yield "merge reach, capped", holes.reach_sql(src, 1000)
     yield "holes", holes.holes_sql(src)
+    yield "holes, bounded", holes.holes_sql(src, {0: (4, 9), 2: (-1, 3)})
+    yield "merge reach, bounded and capped", holes.reach_sql(src, 1000, {0: (4, 9)})
     yield "read gaps", holes.read_gaps_sql(gaps_table, "t")
     for s in holes.replace_gaps_statements(gaps_table, "t", [holes.Gap(0, 5, 7, holes.WAITING, "x", NOW)], {0: 4}):
         yield "replace gaps", s
@@ -157,6 +168,9 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         plan = merge.MergePlan(REPLICA, LANDING, WATERMARKS, columns)
         yield f"{table}: pending ranges", merge.pending_ranges_sql(plan)
         yield f"{table}: pending ranges capped", merge.pending_ranges_sql(plan, 100)
+        builtin = merge.MergePlan(REPLICA, LANDING, WATERMARKS, columns, topic="t", landed=landed)
+        yield f"{table}: pending bounds", merge.pending_bounds_sql(builtin)
+        yield f"{table}: pending ranges bounded", merge.pending_ranges_sql(builtin, None, {0: (4, 9), 2: (-1, 3)})
         yield f"{table}: batch stats", merge.batch_stats_sql(plan, RANGES)
         for s in merge.merge_transaction(plan, RANGES, NOW, (1, 9)).statements:
             yield f"{table}: merge transaction", s
