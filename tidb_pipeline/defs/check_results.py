@@ -21,14 +21,16 @@ from tidb_pipeline.defs.tables import TableNames
 from tidb_pipeline.replication.checksum import (
     RANGE_KINDS,
     ChecksumColumn,
+    checksum_column,
+    chunk_count,
+    mysql_table,
+)
+from tidb_pipeline.replication.checksum_chunks import (
     ChunkResult,
     boundaries_sql,
     bucket_chunks,
-    checksum_column,
     checksums_sql,
-    chunk_count,
     compare_chunks,
-    mysql_table,
     parse_checksums,
     range_chunks,
 )

@@ -47,6 +47,7 @@ from tidb_pipeline.defs.sqlserver_assets import sqlserver_key
 from tidb_pipeline.defs.tables import hash_salt
 from tidb_pipeline.replication.columns import kept
 from tidb_pipeline.replication import checksum as ck
+from tidb_pipeline.replication import checksum_chunks as ckc
 from tidb_pipeline.replication import sqlserver as sql
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.sqlserver import SqlServerResource
@@ -163,20 +164,20 @@ def compare_target_content(
     wanted = ck.chunk_count(source_rows, settings.rows_per_chunk, settings.max_chunks)
     if exists and ck.target_range_splittable(first, types[first.name]):
         with tidb_conn.cursor() as cur:
-            stmt = ck.boundaries_sql(table.db, table.table, first.name, wanted)
+            stmt = ckc.boundaries_sql(table.db, table.table, first.name, wanted)
             cur.execute(stmt.sql, stmt.params)
-            chunks = ck.range_chunks(first.name, [r[0] for r in cur.fetchall()])
+            chunks = ckc.range_chunks(first.name, [r[0] for r in cur.fetchall()])
     else:
-        chunks = ck.bucket_chunks(first.name, wanted)
+        chunks = ckc.bucket_chunks(first.name, wanted)
     with tidb_conn.cursor() as cur:
-        stmt = ck.checksums_sql("mysql", ck.mysql_table(table.db, table.table), columns, first, chunks, salt=salt)
+        stmt = ckc.checksums_sql("mysql", ck.mysql_table(table.db, table.table), columns, first, chunks, salt=salt)
         cur.execute(stmt.sql, stmt.params or None)
-        source = ck.parse_checksums(cur.fetchall())
+        source = ckc.parse_checksums(cur.fetchall())
     target: dict[int, tuple[int, int]] = {}
     if exists:
-        stmt = ck.checksums_sql(dialect, ck.target_table(dialect, ref.name, ref.schema), columns, first, chunks)
-        target = ck.parse_checksums(target_conn.exec_driver_sql(stmt.sql, stmt.params).fetchall())
-    return ContentComparison(ck.compare_chunks(chunks, source, target), columns, skipped)
+        stmt = ckc.checksums_sql(dialect, ck.target_table(dialect, ref.name, ref.schema), columns, first, chunks)
+        target = ckc.parse_checksums(target_conn.exec_driver_sql(stmt.sql, stmt.params).fetchall())
+    return ContentComparison(ckc.compare_chunks(chunks, source, target), columns, skipped)
 
 
 # --- the checks -----------------------------------------------------------------------------------------
