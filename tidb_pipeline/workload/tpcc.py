@@ -837,8 +837,13 @@ def run(
     progress: IO[str] | None = None,
     report_every_s: float = 10.0,
     rate_tps: float | None = None,
+    transactions: int | None = None,
 ) -> RunSummary:
     """Run the TPC-C mix for `duration_s` seconds and return the summary (also drawn on `progress`).
+
+    `transactions` ends the run after that many transactions in all (each counted once, however many
+    retries it took; rolled back and failed ones count), or at `duration_s` if that comes first: a test
+    that needs a bounded amount of change stops on the count, whatever the machine's speed.
 
     `rate_tps` paces the run at that many transactions per second in all (open loop: each thread starts a
     transaction every `threads / rate_tps` seconds, and one that falls behind does not sleep); None runs
@@ -846,6 +851,8 @@ def run(
     """
     if rate_tps is not None and rate_tps <= 0:
         raise ValueError(f"rate_tps={rate_tps} must be positive (or None for no pacing)")
+    if transactions is not None and transactions < 1:
+        raise ValueError(f"transactions={transactions} must be at least 1 (or None to run for duration_s)")
     with _connect(conn_kwargs, database) as conn:
         sizes = read_sizes(conn)
     if warehouses is not None:
@@ -863,6 +870,15 @@ def run(
     stop = threading.Event()
     started = time.monotonic()
     deadline = started + duration_s
+    started_txns = [0]  # transactions started so far, against `transactions`
+    budget_lock = threading.Lock()
+
+    def claim() -> bool:
+        with budget_lock:
+            if transactions is not None and started_txns[0] >= transactions:
+                return False
+            started_txns[0] += 1
+            return True
 
     def worker(i: int) -> None:
         ctx = _Ctx(Rand(seed * 1_000 + i, pools), sizes)
@@ -879,6 +895,8 @@ def run(
                     if time.monotonic() >= deadline:
                         break
                     next_start += interval
+                if not claim():
+                    break
                 name = ctx.rnd.r.choices(TRANSACTIONS, weights=MIX)[0]
                 tally = mine[name]
                 state = ctx.rnd.r.getstate()

@@ -260,6 +260,14 @@ def test_a_paced_run_starts_at_most_the_rate_asked(prepared: Prepared) -> None:
         tpcc.run(prepared.kw, database=prepared.database, duration_s=1, rate_tps=0)
 
 
+def test_a_counted_run_stops_at_the_count(prepared: Prepared) -> None:
+    summary = tpcc.run(prepared.kw, database=prepared.database, duration_s=600, threads=3, seed=5, transactions=37)
+    assert summary.completed + summary.errors == 37 and summary.errors == 0, tpcc.format_summary(summary)
+    assert summary.seconds < 600
+    with pytest.raises(ValueError, match="transactions=0 must be at least 1"):
+        tpcc.run(prepared.kw, database=prepared.database, transactions=0)
+
+
 def test_cli_prepare_reads_the_environment_and_hides_the_password(
     private_mariadb: MariaDBService,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
