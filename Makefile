@@ -34,9 +34,10 @@ demo: install
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass. `dg check yaml` and
 # `dg check defs` run inside it (tidb_pipeline_tests/test_dg.py), and so do ruff and mypy (test_lint.py).
 # `make test` is everything (as CI) and prints the 30 slowest tests; `make test-unit` is what needs no lab
-# (tests using a lab part are marked `integration` by tidb_pipeline_tests/conftest.py).
+# (tests using a lab part are marked `integration` by tidb_pipeline_tests/conftest.py). The full tier runs the
+# property tests' whole Hypothesis budgets, the unit tier a quarter (tidb_pipeline_tests/tiers.py).
 test: install
-	$(PY) -m pytest --durations=30 $(PYTEST_ARGS); rc=$$?; \
+	TIDB_PIPELINE_TEST_TIER=full $(PY) -m pytest --durations=30 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-unit: install

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tidb_pipeline.config import ConfigError, connector_table_name, dump_tables, load_config, parse_config
+from tidb_pipeline.config import ConfigError, dump_tables, load_config, parse_config
+from tidb_pipeline.config_names import connector_table_name
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_derived_names() -> None:
 
 def test_java_hash_matches_java() -> None:
     # Values printed by Java 17 (`s.hashCode()`, `Math.abs(s.hashCode())`).
-    from tidb_pipeline.config import _java_abs, _java_hash
+    from tidb_pipeline.config_names import _java_abs, _java_hash
 
     assert _java_hash("hello") == 99162322
     assert [(_java_hash(s), _java_abs(_java_hash(s))) for s in ("bc*def", "\U0001F600x", "polygenelubricants")] == [

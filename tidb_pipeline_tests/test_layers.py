@@ -12,7 +12,7 @@ from pathlib import Path
 import tidb_pipeline
 
 PACKAGE = Path(tidb_pipeline.__file__).parent
-PRODUCTION = ("defs", "engine", "replication", "resources", "config", "definitions", "components")
+PRODUCTION = ("defs", "engine", "replication", "resources", "config", "config_names", "definitions", "components")
 TOOLS = frozenset({"lab", "bench", "workload"})
 # What each layer must not import besides the tools (a layer may import those below it).
 FORBIDDEN: dict[str, frozenset[str]] = {
@@ -21,6 +21,7 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "replication": frozenset({"defs", "engine"}),
     "resources": frozenset({"defs", "engine", "replication"}),
     "config": frozenset({"defs", "engine", "replication", "resources"}),
+    "config_names": frozenset({"defs", "engine", "replication", "resources"}),
     "definitions": frozenset(),
     "components": frozenset(),
 }

@@ -6,7 +6,7 @@ the table is the same), when `sqlserver.enabled`:
 - `content_matches_source`: chunked checksums over primary-key ranges (or key hash buckets), computed in the
   target database with its dialect's SQL (`replication.checksum`, dialects `mssql` and `postgresql`) and
   in TiDB, naming the ranges that differ.
-Both are lag-aware with the Snowflake checks' rule (`defs.checks.lag_aware_result`): equal passes; a
+Both are lag-aware with the Snowflake checks' rule (`defs.check_results.lag_aware_result`): equal passes; a
 difference is WARN while the pipeline is behind, ERROR once it is caught up. "Behind" is TiCDC's checkpoint
 (as for Snowflake) plus Kafka records not yet in the table: for the built-in applier, the topic's end
 offsets beyond the next offsets it stored in its offsets table (written in the same transaction as the
@@ -32,21 +32,22 @@ import sqlalchemy as sa
 from confluent_kafka import ConsumerGroupTopicPartitions
 
 from tidb_pipeline.config import PipelineConfig, TableConfig
-from tidb_pipeline.defs.checks import (
+from tidb_pipeline.defs.check_results import (
     CheckSettings,
     ContentComparison,
     Lag,
     Watermark,
     policy_column,
-    error_result,
     key_of,
     lag_aware_result,
     read_lags,
 )
+from tidb_pipeline.defs.checks import error_result
 from tidb_pipeline.defs.sqlserver_assets import sqlserver_key
 from tidb_pipeline.defs.tables import hash_salt
 from tidb_pipeline.replication.columns import kept
 from tidb_pipeline.replication import checksum as ck
+from tidb_pipeline.replication import checksum_chunks as ckc
 from tidb_pipeline.replication import sqlserver as sql
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.sqlserver import SqlServerResource
@@ -131,7 +132,7 @@ def read_target_lags(
     *, config: PipelineConfig, watermarks: Mapping[str, Mapping[int, Watermark] | None], kafka: KafkaResource,
     ticdc: TiCDCResource, unknown_note: str = "",
 ) -> dict[str, TargetLag]:
-    """`checks.read_lags`, where a topic without watermarks (None) has an unknown backlog for `unknown_note`."""
+    """`check_results.read_lags`, where a topic without watermarks (None) has an unknown backlog for `unknown_note`."""
     lags = read_lags(config=config, watermarks={t: wm or {} for t, wm in watermarks.items()}, kafka=kafka,
                         ticdc=ticdc)
     return {topic: TargetLag(lag.backlog, lag.checkpoint_lag_s, lag.note, None if watermarks[topic] is not None
@@ -151,7 +152,7 @@ def compare_target_content(
     exists = bool(types)
     if not exists:  # not created yet: the source's chunks are compared against nothing
         types = {c.name: "" for c in source_columns}
-    # The column policy as the applier follows it (`replication.columns`; `checks.compare_content` for Snowflake).
+    # The column policy as the applier follows it (`replication.columns`; `check_results.compare_content` for Snowflake).
     policy = table.column_policy
     columns = tuple(policy_column(ck.target_checksum_column(c.name, c.data_type, c.column_type, types[c.name]), policy)
                     for c in source_columns if c.name in types and (policy is None or kept(policy, c.name)))
@@ -163,20 +164,20 @@ def compare_target_content(
     wanted = ck.chunk_count(source_rows, settings.rows_per_chunk, settings.max_chunks)
     if exists and ck.target_range_splittable(first, types[first.name]):
         with tidb_conn.cursor() as cur:
-            stmt = ck.boundaries_sql(table.db, table.table, first.name, wanted)
+            stmt = ckc.boundaries_sql(table.db, table.table, first.name, wanted)
             cur.execute(stmt.sql, stmt.params)
-            chunks = ck.range_chunks(first.name, [r[0] for r in cur.fetchall()])
+            chunks = ckc.range_chunks(first.name, [r[0] for r in cur.fetchall()])
     else:
-        chunks = ck.bucket_chunks(first.name, wanted)
+        chunks = ckc.bucket_chunks(first.name, wanted)
     with tidb_conn.cursor() as cur:
-        stmt = ck.checksums_sql("mysql", ck.mysql_table(table.db, table.table), columns, first, chunks, salt=salt)
+        stmt = ckc.checksums_sql("mysql", ck.mysql_table(table.db, table.table), columns, first, chunks, salt=salt)
         cur.execute(stmt.sql, stmt.params or None)
-        source = ck.parse_checksums(cur.fetchall())
+        source = ckc.parse_checksums(cur.fetchall())
     target: dict[int, tuple[int, int]] = {}
     if exists:
-        stmt = ck.checksums_sql(dialect, ck.target_table(dialect, ref.name, ref.schema), columns, first, chunks)
-        target = ck.parse_checksums(target_conn.exec_driver_sql(stmt.sql, stmt.params).fetchall())
-    return ContentComparison(ck.compare_chunks(chunks, source, target), columns, skipped)
+        stmt = ckc.checksums_sql(dialect, ck.target_table(dialect, ref.name, ref.schema), columns, first, chunks)
+        target = ckc.parse_checksums(target_conn.exec_driver_sql(stmt.sql, stmt.params).fetchall())
+    return ContentComparison(ckc.compare_chunks(chunks, source, target), columns, skipped)
 
 
 # --- the checks -----------------------------------------------------------------------------------------

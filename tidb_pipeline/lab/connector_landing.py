@@ -52,7 +52,7 @@ from typing import Any, Literal
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from tidb_pipeline.config import connector_table_name
+from tidb_pipeline.config_names import connector_table_name
 from tidb_pipeline.replication.avro_types import load_schema
 from tidb_pipeline.replication.ddl import TableRef, create_landing_sql, quote_ident
 from tidb_pipeline.replication.landing import create_load_rows_sql, land_rows_statements, stage_file_statements

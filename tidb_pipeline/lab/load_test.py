@@ -84,7 +84,7 @@ def run_load_test(settings: LabSettings, *, minutes: float, threads: int, out: P
     from tidb_pipeline.config import parse_config
     from tidb_pipeline.defs import build_defs
     from tidb_pipeline.defs.backfill_job import build_backfill_job
-    from tidb_pipeline.defs.checks import backlog_per_partition, checkpoint_lag_s, read_watermarks
+    from tidb_pipeline.defs.check_results import backlog_per_partition, checkpoint_lag_s, read_watermarks
     from tidb_pipeline.defs.jobs import merge_job_name
     from tidb_pipeline.defs.sensors import SENSOR_NAME
     from tidb_pipeline.defs.tables import table_names

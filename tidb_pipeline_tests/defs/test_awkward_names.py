@@ -17,7 +17,8 @@ import pymysql
 import pytest
 import snowflake.connector
 
-from tidb_pipeline.config import PipelineConfig, connector_table_name, parse_config, replica_table_name
+from tidb_pipeline.config import PipelineConfig, parse_config
+from tidb_pipeline.config_names import connector_table_name, replica_table_name
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.service import Service

@@ -31,12 +31,14 @@ from tidb_pipeline.defs.jobs import build_reconcile_schedule
 from tidb_pipeline.defs.checks import (
     unconverted_result,
     CHECK_KINDS,
+    build_all_checks,
+    build_reconcile_job,
+)
+from tidb_pipeline.defs.check_results import (
     CheckSettings,
     Lag,
     Watermark,
     backlog_per_partition,
-    build_all_checks,
-    build_reconcile_job,
     changefeed_result,
     checkpoint_lag_s,
     continuity_result,

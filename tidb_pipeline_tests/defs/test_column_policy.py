@@ -25,7 +25,8 @@ import pymysql
 import pytest
 import snowflake.connector
 
-from tidb_pipeline.defs.checks import CheckSettings, build_replica_checks
+from tidb_pipeline.defs.check_results import CheckSettings
+from tidb_pipeline.defs.checks import build_replica_checks
 from tidb_pipeline.engine.backfill import backfill
 from tidb_pipeline.lab.snapshot import MariaDBSnapshotSource
 from tidb_pipeline.resources.kafka import KafkaResource

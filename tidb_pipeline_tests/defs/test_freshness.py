@@ -19,7 +19,7 @@ from dagster._core.test_utils import freeze_time
 
 from tidb_pipeline.config import parse_config
 from tidb_pipeline.defs import build_defs
-from tidb_pipeline.defs.checks import Watermark, freshness_result
+from tidb_pipeline.defs.check_results import Watermark, freshness_result
 from tidb_pipeline.defs.tables import table_keys
 
 _VERDICT = {FreshnessState.PASS: (True, None), FreshnessState.WARN: (False, dg.AssetCheckSeverity.WARN),

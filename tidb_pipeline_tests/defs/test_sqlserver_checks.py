@@ -20,7 +20,7 @@ from confluent_kafka.admin import NewTopic
 
 from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
-from tidb_pipeline.defs.checks import CheckSettings, Watermark, lag_aware_result
+from tidb_pipeline.defs.check_results import CheckSettings, Watermark, lag_aware_result
 from tidb_pipeline.defs.fanout import build_fanout_checks
 from tidb_pipeline.defs.sqlserver_checks import (
     CONTENT_CHECK,

@@ -18,7 +18,7 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
-from tidb_pipeline.defs.checks import CheckSettings
+from tidb_pipeline.defs.check_results import CheckSettings
 from tidb_pipeline.defs.sqlserver_assets import sqlserver_key
 from tidb_pipeline.defs.sqlserver_checks import CONTENT_CHECK, ROW_COUNT_CHECK, build_sqlserver_checks
 from tidb_pipeline.defs.tables import changefeed_key

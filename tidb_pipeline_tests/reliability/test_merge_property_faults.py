@@ -20,6 +20,7 @@ from tidb_pipeline.resources.warehouse import Warehouse
 from tidb_pipeline_tests.replication.support import NOW, Replica, fake_snowflake
 from tidb_pipeline_tests.replication.test_merge_property import KEY, PARTITIONS, VALUE, Source
 from tidb_pipeline_tests.replication.test_merge_property import keys as key_ids
+from tidb_pipeline_tests.tiers import examples
 
 
 class Crash(Exception):
@@ -72,7 +73,7 @@ def _crashing_execute(real: Any, at: int) -> Any:
     return execute
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(history=steps)
 # One history known to crash after the MERGE statement itself, with rows pending, then clean up and merge.
 @example(history=[("upsert", 1, "a", 5), ("upsert", 2, "b", 7), ("land", [1.0, 1.0, 1.0], False),

@@ -25,7 +25,8 @@ import pymysql
 import pytest
 
 from tidb_pipeline.config import TableConfig
-from tidb_pipeline.defs.checks import CheckSettings, compare_content, mode_metadata
+from tidb_pipeline.defs.check_results import CheckSettings, compare_content
+from tidb_pipeline.defs.checks import mode_metadata
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.replication.ddl import TableRef

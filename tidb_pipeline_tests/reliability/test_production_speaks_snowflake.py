@@ -16,7 +16,7 @@ from pathlib import Path
 import tidb_pipeline
 
 ROOT = Path(tidb_pipeline.__file__).parent
-PRODUCTION = ("replication", "defs", "resources", "engine", "config.py", "definitions.py")
+PRODUCTION = ("replication", "defs", "resources", "engine", "config.py", "config_names.py", "definitions.py")
 # Names and error texts of the lab's engine (case-insensitive).
 FORBIDDEN_TEXT = re.compile(
     r"fakesnow|duckdb|catalog error|\"temp\" catalog|single attached database|TransactionContext|"

@@ -18,22 +18,24 @@ from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.replication.avro_types import ReplicaColumn
-from tidb_pipeline.replication.checksum import (
+from tidb_pipeline.replication.checksum_chunks import (
     Chunk,
-    ChecksumColumn,
     boundaries_sql,
     bucket_chunks,
-    checksum_column,
     checksums_sql,
     chunk_checksum_sql,
+    compare_chunks,
+    parse_checksums,
+    range_chunks,
+)
+from tidb_pipeline.replication.checksum import (
+    ChecksumColumn,
+    checksum_column,
     chunk_count,
     column_kind,
-    compare_chunks,
     field_sql,
     hex_number_sql,
     mysql_table,
-    parse_checksums,
-    range_chunks,
     row_text_sql,
     target_checksum_column,
     target_range_splittable,

@@ -11,7 +11,7 @@ import pytest
 
 from tidb_pipeline.config import ColumnsConfig, ConfigError, parse_config
 from tidb_pipeline.defs.tables import _replica_spec, column_description
-from tidb_pipeline.replication import checksum
+from tidb_pipeline.replication import checksum, checksum_chunks
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 from tidb_pipeline.replication.columns import ColumnPolicyError, apply_policy, hash_value, set_salt_statement
 from tidb_pipeline.replication.merge import json_to_sql
@@ -77,13 +77,13 @@ def test_policy_errors_name_table_and_column(policy: ColumnsConfig, message: str
 def test_tidb_side_checksum_binds_the_salt_and_reads_no_left_out_column() -> None:
     cols = [checksum.ChecksumColumn("id", "int"), checksum.ChecksumColumn("email", "hash"),
             checksum.ChecksumColumn("score", "mask")]
-    chunks = checksum.range_chunks("id", [1, 5])
-    stmt = checksum.checksums_sql("mysql", "`shop`.`customers`", cols, cols[0], chunks, salt="pepper")
+    chunks = checksum_chunks.range_chunks("id", [1, 5])
+    stmt = checksum_chunks.checksums_sql("mysql", "`shop`.`customers`", cols, cols[0], chunks, salt="pepper")
     assert "pepper" not in stmt.sql and stmt.params == (5, "pepper")
     assert "SHA2(CONCAT(%s, CAST(`email` AS CHAR)), 256)" in stmt.sql and "`score`" not in stmt.sql
     with pytest.raises(ValueError, match="salt"):
-        checksum.checksums_sql("mysql", "t", cols, cols[0], chunks)
-    one = checksum.chunk_checksum_sql("mysql", "t", cols, chunks[1], salt="pepper")
+        checksum_chunks.checksums_sql("mysql", "t", cols, cols[0], chunks)
+    one = checksum_chunks.chunk_checksum_sql("mysql", "t", cols, chunks[1], salt="pepper")
     assert one.params == ("pepper", 5)  # the SELECT list's salt comes before the WHERE's bounds
 
 

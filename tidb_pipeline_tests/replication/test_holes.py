@@ -32,6 +32,7 @@ from tidb_pipeline.replication.holes import (
 )
 from tidb_pipeline.replication.merge import Held, MergeRange, parse_pending, pending_ranges_sql, run_merge
 from tidb_pipeline_tests.replication.support import NOW, Replica, decimal_type, fake_snowflake, field, record, with_extension
+from tidb_pipeline_tests.tiers import examples
 
 KEY = record("t", [field("id", "long", "BIGINT")])
 VALUE = with_extension(record("t", [field("id", "long", "BIGINT"), field("name", "string", "TEXT", nullable=True),
@@ -233,7 +234,7 @@ def test_carry_seen_at_keeps_the_first_sighting_of_a_shrinking_hole() -> None:
 PARTITIONS = 2
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(0, 7), min_size=2, max_size=24), st.randoms(use_true_random=False),
        st.lists(st.integers(1, 6), min_size=1, max_size=8))
 def test_replica_never_passes_a_hole_and_ends_equal_whatever_the_landing_order(

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from tidb_pipeline.replication.merge import run_merge
 from tidb_pipeline_tests.replication.support import NOW, Replica, decimal_type, fake_snowflake, field, record, with_extension
+from tidb_pipeline_tests.tiers import examples
 
 PARTITIONS = 3
 KEY = record("t", [field("id", "long", "BIGINT")])
@@ -88,7 +89,7 @@ class Source:
         return sorted((k, *row) for k, row in state.items() if row is not None)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops)
 def test_replica_equals_source_after_any_history(history):
     source = Source()

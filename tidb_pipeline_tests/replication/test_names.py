@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tidb_pipeline.config import parse_config
-from tidb_pipeline.defs.checks import schema_differences
+from tidb_pipeline.defs.check_results import schema_differences
 from tidb_pipeline.lab.ticdc import codec
 from tidb_pipeline.replication import ticdc_schema as ts
 from tidb_pipeline.replication.avro_types import ColumnNameError, ReplicaColumn, replica_columns, source_names

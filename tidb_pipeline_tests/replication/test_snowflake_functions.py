@@ -24,7 +24,7 @@ from tidb_pipeline.config import ColumnsConfig, SnowflakeSessionConfig
 from tidb_pipeline.engine.backfill import insert_from_load_sql
 from tidb_pipeline.defs.checks import unconverted_values_sql
 from tidb_pipeline.replication import holes, progress
-from tidb_pipeline.replication import checksum, cleanup, ddl, landing, merge, mode_columns, modes, schema_changes
+from tidb_pipeline.replication import checksum, checksum_chunks, cleanup, ddl, landing, merge, mode_columns, modes, schema_changes
 from tidb_pipeline.replication import columns as columns_policy
 from tidb_pipeline.replication.avro_types import ReplicaColumn, replica_columns
 from tidb_pipeline.replication.ddl import Statement, TableRef
@@ -191,13 +191,13 @@ def _statements() -> Iterator[tuple[str, Statement]]:
         if record_load is not None:
             yield f"{table}: backfill unconverted", record_load
         key = checks[[c.name for c in checks].index(next(c.name for c in columns if c.is_key))]
-        chunks = checksum.range_chunks(key.name, [1, 10]) if key.kind in checksum.RANGE_KINDS \
-            else checksum.bucket_chunks(key.name, 4)
-        yield f"{table}: checksums", checksum.checksums_sql("snowflake", REPLICA.sql, checks, key, chunks)
-        yield f"{table}: bucket checksums", checksum.checksums_sql(
-            "snowflake", REPLICA.sql, checks, key, checksum.bucket_chunks(key.name, 4))
+        chunks = checksum_chunks.range_chunks(key.name, [1, 10]) if key.kind in checksum.RANGE_KINDS \
+            else checksum_chunks.bucket_chunks(key.name, 4)
+        yield f"{table}: checksums", checksum_chunks.checksums_sql("snowflake", REPLICA.sql, checks, key, chunks)
+        yield f"{table}: bucket checksums", checksum_chunks.checksums_sql(
+            "snowflake", REPLICA.sql, checks, key, checksum_chunks.bucket_chunks(key.name, 4))
         if chunks[0].bucket is None:
-            yield f"{table}: chunk checksum", checksum.chunk_checksum_sql("snowflake", REPLICA.sql, checks, chunks[1])
+            yield f"{table}: chunk checksum", checksum_chunks.chunk_checksum_sql("snowflake", REPLICA.sql, checks, chunks[1])
         yield from _mode_statements(table, columns, load, checks, key, chunks)
 
 
@@ -207,7 +207,7 @@ def _mode_statements(table: str, columns: tuple[ReplicaColumn, ...], load: Table
     for mode in (mode_columns.SOFT_DELETE, mode_columns.HISTORY):
         plan = merge.MergePlan(REPLICA, LANDING, WATERMARKS, columns, mode=mode)
         yield f"{table}: {mode} DDL", Statement(modes.create_mode_replica_sql(REPLICA, columns, mode))
-        yield f"{table}: {mode} checksums", checksum.checksums_sql(
+        yield f"{table}: {mode} checksums", checksum_chunks.checksums_sql(
             "snowflake", modes.current_rows_sql(REPLICA, mode), checks, key, chunks)
         yield f"{table}: {mode} counts", modes.mode_counts_sql(REPLICA, mode) or Statement("SELECT 1")
         yield f"{table}: {mode} backfill insert", insert_from_load_sql(REPLICA, load, columns, mode, 1 << 18)

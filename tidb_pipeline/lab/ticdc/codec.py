@@ -64,7 +64,7 @@ from tidb_pipeline.replication.ticdc_schema import (  # noqa: F401 - re-exported
     value_schema,
     zone,
 )
-from tidb_pipeline.config import topic_name  # noqa: F401 - TiCDC's topic substitution, one implementation
+from tidb_pipeline.config_names import topic_name  # noqa: F401 - TiCDC's topic substitution, one implementation
 from tidb_pipeline.resources.schema_registry import subject_names  # noqa: F401 - TiCDC's subjects, one implementation
 from tidb_pipeline.replication.ticdc_schema import bit_bytes as _bit_bytes
 from tidb_pipeline.replication.ticdc_schema import float32 as _float32
