@@ -73,12 +73,16 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child of ours still "exists"; treat it as dead.
+    # A zombie child of ours still "exists"; treat it as dead. A zombie thread-group leader whose other
+    # threads still run (a JVM shutting down) is alive: those threads may still hold its listening ports.
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
         return False
+    if not fields.get("State", "").strip().startswith("Z"):
+        return True
+    return int(fields.get("Threads", "1").strip() or 1) > 1
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -108,12 +108,21 @@ def restart(settings: LabSettings, name: str, *, kill: bool = False) -> None:
         os.kill(pid, signal.SIGKILL)
         while svc.pid() is not None:
             time.sleep(0.05)
-        # The process is gone before the kernel has always released its listening port; wait for that too.
-        for port in svc.ports():
-            wait_until(lambda p=port: not port_open(settings.host, p), timeout=60, what=f"{name} port {port} closing")
     else:
         svc.stop()
+    wait_ports_closed(settings, [svc])
     up([svc], log=lambda _m: None)
+
+
+def wait_ports_closed(settings: LabSettings, services: Sequence[Any]) -> None:
+    """Until the stopped `services`' ports no longer answer: a process can be gone before the kernel has
+    released its listening port, and a busy machine takes its time."""
+    for svc in services:
+        if svc.pid() is not None:
+            continue
+        for port in svc.ports():
+            wait_until(lambda p=port: not port_open(settings.host, p), timeout=120,
+                       what=f"{svc.name} port {port} closing")
 
 
 ITEMS_DDL = (

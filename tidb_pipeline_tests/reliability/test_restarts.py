@@ -36,6 +36,7 @@ from tidb_pipeline_tests.reliability.support import (
     private_services,
     restart,
     table_feed,
+    wait_ports_closed,
     warehouse,
     write_history,
 )
@@ -56,7 +57,9 @@ def private(lab_settings: LabSettings, registry: Service, snowflake: Service,
 
 
 def _all_up(settings: LabSettings) -> None:
-    up([stack.service(n, settings) for n in PRIVATE], log=lambda _m: None)
+    services = [stack.service(n, settings) for n in PRIVATE]
+    wait_ports_closed(settings, services)  # a restart cut short may leave a part still releasing its port
+    up(services, log=lambda _m: None)
 
 
 @pytest.fixture
