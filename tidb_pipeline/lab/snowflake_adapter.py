@@ -159,15 +159,14 @@ _STRIP_NULL_VALUE = re.compile(r"\bSTRIP_NULL_VALUE\(", re.IGNORECASE)
 _TO_VARCHAR = re.compile(r"\s*::\s*VARCHAR\b", re.IGNORECASE)
 
 
-def strip_null_value_as_varchar(sql: str, _session: LabSession) -> str:
-    """`STRIP_NULL_VALUE(e)::VARCHAR` -> `IFF(IS_NULL_VALUE(e), NULL, e::VARCHAR)`.
+def _rewrite_varchar_casts(sql: str, call: re.Pattern[str], rewrite: Callable[[str], str]) -> str:
+    """Each `call(...)::VARCHAR` outside quotes replaced by `rewrite(the text between its parentheses)`.
 
-    fakesnow casts the VARIANT that STRIP_NULL_VALUE returns to its JSON text (`'"2024-02-29"'`, quotes kept),
-    where Snowflake gives the string itself; its cast of a path (`e::VARCHAR`) is right. Same meaning: JSON null
-    -> NULL, a string -> its text. `e` is a path in every statement the pipeline sends.
+    `call` matches the function's name and its `(`; a call without the cast, or inside a string or quoted
+    identifier, is kept as it is.
     """
     out, pos, quoted = [], 0, _in_quotes(sql)
-    for m in _STRIP_NULL_VALUE.finditer(sql):
+    for m in call.finditer(sql):
         if m.start() < pos or quoted[m.start()]:
             continue
         close = _closing_paren(sql, m.end() - 1)
@@ -176,12 +175,26 @@ def strip_null_value_as_varchar(sql: str, _session: LabSession) -> str:
         cast = _TO_VARCHAR.match(sql, close + 1)
         if cast is None:
             continue
-        inner = strip_null_value_as_varchar(sql[m.end():close], _session)
         out.append(sql[pos:m.start()])
-        out.append(f"IFF(IS_NULL_VALUE({inner}), NULL, {inner}::VARCHAR)")
+        out.append(rewrite(sql[m.end():close]))
         pos = cast.end()
     out.append(sql[pos:])
     return "".join(out)
+
+
+def strip_null_value_as_varchar(sql: str, _session: LabSession) -> str:
+    """`STRIP_NULL_VALUE(e)::VARCHAR` -> `IFF(IS_NULL_VALUE(e), NULL, e::VARCHAR)`.
+
+    fakesnow casts the VARIANT that STRIP_NULL_VALUE returns to its JSON text (`'"2024-02-29"'`, quotes kept),
+    where Snowflake gives the string itself; its cast of a path (`e::VARCHAR`) is right. Same meaning: JSON null
+    -> NULL, a string -> its text. `e` is a path in every statement the pipeline sends.
+    """
+
+    def iff(argument: str) -> str:
+        inner = strip_null_value_as_varchar(argument, _session)  # a STRIP_NULL_VALUE(...)::VARCHAR nested in it
+        return f"IFF(IS_NULL_VALUE({inner}), NULL, {inner}::VARCHAR)"
+
+    return _rewrite_varchar_casts(sql, _STRIP_NULL_VALUE, iff)
 
 
 _COALESCE = re.compile(r"\bCOALESCE\(", re.IGNORECASE)
@@ -211,22 +224,11 @@ def coalesce_as_varchar(sql: str, _session: LabSession) -> str:
     above; the merge reads a renamed column as `COALESCE(new path, old path)`. Same meaning: COALESCE returns
     its first argument that is not SQL NULL, and that one is cast.
     """
-    out, pos, quoted = [], 0, _in_quotes(sql)
-    for m in _COALESCE.finditer(sql):
-        if m.start() < pos or quoted[m.start()]:
-            continue
-        close = _closing_paren(sql, m.end() - 1)
-        if close is None:
-            break
-        cast = _TO_VARCHAR.match(sql, close + 1)
-        if cast is None:
-            continue
-        args = _top_level_args(sql[m.end():close])
-        out.append(sql[pos:m.start()])
-        out.append("CASE " + " ".join(f"WHEN {a} IS NOT NULL THEN {a}::VARCHAR" for a in args) + " END")
-        pos = cast.end()
-    out.append(sql[pos:])
-    return "".join(out)
+
+    def case(arguments: str) -> str:
+        return "CASE " + " ".join(f"WHEN {a} IS NOT NULL THEN {a}::VARCHAR" for a in _top_level_args(arguments)) + " END"
+
+    return _rewrite_varchar_casts(sql, _COALESCE, case)
 
 
 _TRY_PARSE_JSON = re.compile(r"\bTRY_PARSE_JSON\(", re.IGNORECASE)
