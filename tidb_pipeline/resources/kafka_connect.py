@@ -25,7 +25,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from tidb_pipeline.resources.http import RetryPolicy
+from tidb_pipeline.resources.http import HttpClient, RetryPolicy
 from tidb_pipeline.resources.http import request as http_request
 
 MASK = "****************"
@@ -144,7 +144,7 @@ def _is_rebalance_conflict(message: str) -> bool:
 
 
 @dataclass
-class KafkaConnectClient:
+class KafkaConnectClient(HttpClient):
     """Plain client: one method per endpoint, bounded retries. Build it with `KafkaConnectResource.get_client()`."""
 
     http: httpx.Client
@@ -210,15 +210,6 @@ class KafkaConnectClient:
                 raise TimeoutError(f"connector {name!r} did not reach {sorted(states)} within {timeout_s:.0f}s "
                                    f"(last seen: {seen})")
             self.sleep(interval_s)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> KafkaConnectClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     # --- plumbing -----------------------------------------------------------------------------
     def _checked(self, name: str, config: Mapping[str, str]) -> dict[str, str]:

@@ -22,7 +22,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from tidb_pipeline.resources.http import RetryPolicy
+from tidb_pipeline.resources.http import HttpClient, RetryPolicy
 from tidb_pipeline.resources.http import request as http_request
 
 KSQL_CONTENT_TYPE = "application/vnd.ksql.v1+json"
@@ -165,7 +165,7 @@ def _query_ids(queries: Any) -> list[str]:
 
 
 @dataclass
-class KsqlDbClient:
+class KsqlDbClient(HttpClient):
     """Plain client: one method per endpoint, bounded retries. Build it with `KsqlDbResource.get_client()`."""
 
     http: httpx.Client
@@ -221,15 +221,6 @@ class KsqlDbClient:
             return None
         entities = self.ksql(describe_statement(name), command_sequence_number=command_sequence_number)
         return parse_source_description(entities[0])
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> KsqlDbClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def _request(self, method: str, path: str, *, what: str, json: Any = None,
                  ok_statuses: frozenset[int] | set[int] = frozenset()) -> httpx.Response:

@@ -176,7 +176,7 @@ def test_the_registry_secret_ticdc_returns_unmasked_is_never_kept_logged_or_show
     desired = build_changefeed(_config("shop.orders"), LAB_LIKE_KAFKA, only_registry)
     reconcile_changefeed(client, desired)
     # The server answers with the registry URL exactly as stored (as TiCDC does) ...
-    raw = client._http.get("/api/v2/changefeeds/orders-feed").text
+    raw = client.http.get("/api/v2/changefeeds/orders-feed").text
     assert quote(SECRET, safe="") in raw
     # ... what the client returns holds it masked, in every field and in its repr.
     info = client.get("orders-feed")

@@ -184,8 +184,8 @@ def test_resource_builder_reads_env_and_keeps_the_password_an_env_var() -> None:
 
 def test_resource_client_sends_basic_auth() -> None:
     with TiCDCResource(url="http://cdc:8300/", user="ops", password=SECRET).get_client() as client:
-        request = client._http.build_request("GET", "/api/v2/health")
-        authed = next(client._http.auth.sync_auth_flow(request))
+        request = client.http.build_request("GET", "/api/v2/health")
+        authed = next(client.http.auth.sync_auth_flow(request))
         assert client.base_url == "http://cdc:8300"
     assert authed.headers["Authorization"] == httpx.BasicAuth("ops", SECRET)._auth_header
 
