@@ -32,6 +32,14 @@ class HttpClient:
         self.close()
 
 
+def basic_auth_client(url: str, *, api_key: str | None, api_secret: str | None, timeout_s: float, accept: str,
+                      transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """An `httpx.Client` on `url`, with Basic auth when an API key is given (as Confluent's REST APIs take it)."""
+    auth = httpx.BasicAuth(api_key, api_secret or "") if api_key else None
+    return httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=timeout_s, transport=transport,
+                        headers={"Accept": accept})
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_retries: int = 3

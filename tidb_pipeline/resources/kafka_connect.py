@@ -25,7 +25,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from tidb_pipeline.resources.http import HttpClient, RetryPolicy
+from tidb_pipeline.resources.http import HttpClient, RetryPolicy, basic_auth_client
 from tidb_pipeline.resources.http import request as http_request
 
 MASK = "****************"
@@ -280,9 +280,8 @@ class KafkaConnectResource(dg.ConfigurableResource):
 
     def get_client(self, *, transport: httpx.BaseTransport | None = None,
                    sleep: Callable[[float], None] = time.sleep) -> KafkaConnectClient:
-        auth = httpx.BasicAuth(self.api_key, self.api_secret or "") if self.api_key else None
-        http = httpx.Client(base_url=self.url.rstrip("/"), auth=auth, timeout=self.timeout_s, transport=transport,
-                            headers={"Accept": "application/json"})
+        http = basic_auth_client(self.url, api_key=self.api_key, api_secret=self.api_secret, timeout_s=self.timeout_s,
+                                 accept="application/json", transport=transport)
         return KafkaConnectClient(http=http, flavor=self.flavor, max_retries=self.max_retries,
                                   max_retry_wait_s=self.max_retry_wait_s, sleep=sleep)
 
