@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
 from tidb_pipeline.defs.checks import CHECK_KINDS
-from tidb_pipeline.defs.cleanup_due import cleaned_observation
+from tidb_pipeline.defs.cleanup_due import cleaned_observation, last_cleaned
 from tidb_pipeline.defs.idle import MERGED_THROUGH, VERIFIED_CURRENT
 from tidb_pipeline.defs.jobs import CLEANUP_JOB, GROUP_TAG, cleanup_gate, merge_safety_net, reconcile_gate
 from tidb_pipeline.defs.sensors import build_offsets_sensor
@@ -468,6 +468,15 @@ def _merge_and_decide(settings: LabSettings, config: PipelineConfig, db: str) ->
     assert _reason(gate()).startswith("nothing moved")
     assert instance.get_latest_materialization_event(keys.replica).asset_materialization.metadata[
         MERGED_THROUGH].value == {"0": end[0], "1": end[1] - 1}
+
+    # The real cleanup records what it cleaned through; the merged records are younger than its cutoff, so the
+    # gate waits for them and names when they become deletable.
+    started = time.time()
+    assert defs.resolve_job_def(CLEANUP_JOB).execute_in_process(instance=instance).success
+    cleaned = last_cleaned(instance, keys.landing)
+    assert cleaned is not None and started <= cleaned.started <= time.time()
+    assert abs(cleaned.cutoff_ms - (cleaned.started - config.retention_hours * 3600) * 1000) <= 1
+    assert "becomes deletable at" in _reason(cleanup_gate(instance, config))
 
 
 def _more_topic_records(settings: LabSettings, topic: str) -> None:
