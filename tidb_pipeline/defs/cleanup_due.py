@@ -26,7 +26,7 @@ connector below the watermark after that merge is deleted by the next cleanup th
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +106,13 @@ def _ms(epoch_s: float) -> int:
     return int(epoch_s * 1000)
 
 
+def failed_runs(instance: dg.DagsterInstance, group_tag: str, group: str) -> list[dg.RunRecord]:
+    """The group's latest land-and-merge runs that failed or were canceled, newest first."""
+    return list(instance.get_run_records(dg.RunsFilter(tags={group_tag: group}, statuses=_FAILED), limit=50))
+
+
 def waiting_records(instance: dg.DagsterInstance, config: PipelineConfig, table: TableConfig,
-                    group_tag: str) -> Waiting | None:
+                    failed: Sequence[dg.RunRecord]) -> Waiting | None:
     """The earliest merged record of `table` that may still be in its landing table; None when none can be."""
     keys = table_keys(config, table)
     cleaned = last_cleaned(instance, keys.landing)
@@ -141,9 +146,9 @@ def waiting_records(instance: dg.DagsterInstance, config: PipelineConfig, table:
         if not page.has_more:
             break
         cursor = page.cursor
-    # The latest failed run that did not record this table's merge spans the most: it alone needs checking.
-    group = next(g for g, tables in config.groups.items() if table in tables)
-    for run in instance.get_run_records(dg.RunsFilter(tags={group_tag: group}, statuses=_FAILED), limit=50):
+    # The latest failed run (of the table's group) that did not record this table's merge spans the most: it
+    # alone needs checking.
+    for run in failed:
         selection = run.dagster_run.asset_selection  # empty or None: the whole job
         if run.dagster_run.run_id in recorded_runs or (selection and keys.replica not in selection):
             continue
@@ -160,7 +165,9 @@ def cleanup_due(instance: dg.DagsterInstance, config: PipelineConfig, group_tag:
     """(due, why): due when a merged record not cleaned yet is older than `now` - retention."""
     retention = dt.timedelta(hours=config.retention_hours)
     cutoff = _ms(now - retention.total_seconds())
-    waiting = [w for t in config.tables if (w := waiting_records(instance, config, t, group_tag)) is not None]
+    failed = {group: failed_runs(instance, group_tag, group) for group in config.groups}
+    waiting = [w for group, tables in config.groups.items() for t in tables
+               if (w := waiting_records(instance, config, t, failed[group])) is not None]
     if not waiting:
         return False, ("every merged record was cleaned or none was merged: nothing can become deletable until a "
                        "merge reads new rows, no warehouse statement")
