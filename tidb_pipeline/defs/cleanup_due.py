@@ -20,7 +20,8 @@ Merges (and failed runs) are read from the last cleanup's cutoff minus `CLOCK_SK
 earlier holds records older than the cutoff (producers' clocks are trusted to that skew), which that cleanup
 deleted. In connector mode the rows land without us, but a row is deletable only once merged, and every
 merged row is read by the merge that passes its offset, so the same rule holds. A row re-delivered by the
-connector below the watermark after that merge is deleted by the next cleanup that runs for any reason.
+connector below the watermark after that merge is deleted by the next cleanup that runs for any reason, and
+so is a partition's highest landed row, which a cleanup keeps until a higher offset lands and is merged.
 """
 
 from __future__ import annotations
