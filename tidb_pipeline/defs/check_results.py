@@ -234,15 +234,6 @@ def compare_content(
 # --- landing continuity ----------------------------------------------------------------------------------
 
 
-def spans_sql(landing: TableRef) -> Statement:
-    """Per partition: first and last landed offset, and how many distinct offsets (metadata only)."""
-    return Statement(
-        'SELECT "RECORD_METADATA":"partition"::int AS p, MIN("RECORD_METADATA":"offset"::int), '
-        'MAX("RECORD_METADATA":"offset"::int), COUNT(DISTINCT "RECORD_METADATA":"offset"::int) '
-        f"FROM {landing.sql} GROUP BY 1 ORDER BY 1"
-    )
-
-
 def continuity_result(topic: str, gaps: Sequence[Gap], now: dt.datetime, grace_s: float,
                       metadata: dict[str, Any]) -> dg.AssetCheckResult:
     """ERROR when a hole above the watermark is LOST or has waited longer than the grace period; else pass."""

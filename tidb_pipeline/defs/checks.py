@@ -45,8 +45,9 @@ from tidb_pipeline.replication.avro_types import EXTENSION_FIELDS, load_schema
 from tidb_pipeline.replication.checksum import mysql_table
 from tidb_pipeline.replication.columns import kept_names
 from tidb_pipeline.replication.ddl import Statement, TableRef
-from tidb_pipeline.replication.holes import OffsetSources, create_offset_gaps_sql
+from tidb_pipeline.replication.holes import OffsetSources, create_offset_gaps_sql, unmerged_tops_sql
 from tidb_pipeline.replication.merge import unconverted_table
+from tidb_pipeline.replication.pending import landed_bounds_sql, parse_bounds
 from tidb_pipeline.replication.mode_columns import HISTORY, SOFT_DELETE, mode_column_names
 from tidb_pipeline.replication.modes import current_rows_sql, mode_counts_sql
 from tidb_pipeline.replication.ticdc_schema import sanitize_name
@@ -70,7 +71,6 @@ from tidb_pipeline.defs.check_results import (
     read_watermarks,
     replica_column_types,
     schema_differences,
-    spans_sql,
 )
 
 RECONCILE_JOB = "reconcile"
@@ -156,25 +156,48 @@ def _content(r: Replica, res: Any) -> dg.AssetCheckResult:
 
 
 def _continuity(r: Replica, res: Any) -> dg.AssetCheckResult:
+    """Holes above the watermarks, reading only the unmerged range of the landing table: in built-in mode the
+    landed-offsets table bounds it (as for the merge), otherwise the rows above the watermarks are read."""
     names = r.names
     now = utc_now()
     with _session(r, res) as wh:
         watermarks = read_watermarks(wh, names)
+        merged = {p: w.offset for p, w in watermarks.items()}
+        landed = _landed_offsets(wh, names)
+        bounds = None if landed is None else parse_bounds(landed)
         try:
-            spans = {int(p): (int(a), int(b)) for p, a, b, _n in wh.execute(spans_sql(names.landing))}
+            if bounds is None:  # connector mode, or a landed-offsets table not seeded yet
+                tops = {int(p): int(o) for p, o in wh.execute(unmerged_tops_sql(names.landing, merged))}
+                through = {p: max(merged.get(p, -1), tops.get(p, -1)) for p in sorted({*merged, *tops})}
+            else:
+                through = {int(p): int(last) for p, _w, last in landed or ()}
+            ensure_schema(wh, names.offset_gaps)  # the check may run before any merge made the control schema
+            wh.execute(create_offset_gaps_sql(names.offset_gaps))
+            src = OffsetSources(names.landing, names.watermarks, names.replica, names.topic,
+                                _dead_letters(wh, names, r.settings), names.offset_gaps)
+            gaps = resolve_holes(wh, res.kafka, src, now, bounds, above=merged if bounds is None else None)
         except Exception as exc:  # noqa: BLE001 - nothing landed yet
             if not is_missing_object(exc):
                 raise
             return dg.AssetCheckResult(passed=True, metadata={"note": f"{names.landing.label} does not exist yet"})
-        ensure_schema(wh, names.offset_gaps)  # the check may run before any merge made the control schema
-        wh.execute(create_offset_gaps_sql(names.offset_gaps))
-        src = OffsetSources(names.landing, names.watermarks, names.replica, names.topic,
-                            _dead_letters(wh, names, r.settings), names.offset_gaps)
-        gaps = resolve_holes(wh, res.kafka, src, now)
     return continuity_result(names.topic, gaps, now, r.config.hole_grace_seconds, {
-        "landed_offsets": _partitions_text({p: f"{a}..{b}" for p, (a, b) in spans.items()}),
-        "merged_watermarks": _partitions_text({p: w.offset for p, w in watermarks.items()}),
+        "landed_through": _partitions_text(through),
+        "merged_watermarks": _partitions_text(merged),
     })
+
+
+def _landed_offsets(wh: Warehouse, names: TableNames) -> list[tuple[Any, ...]] | None:
+    """The landed-offsets table's (partition, merged watermark, highest landed) rows; None in connector mode or
+    before the built-in loader created it."""
+    if names.landed_offsets is None:
+        return None
+    try:
+        return [tuple(row) for row in wh.execute(landed_bounds_sql(names.landed_offsets, names.watermarks,
+                                                                   names.replica, names.landing, names.topic))]
+    except Exception as exc:  # noqa: BLE001 - no load created it yet
+        if not is_missing_object(exc):
+            raise
+        return None
 
 
 def _quarantine(r: Replica, res: Any) -> dg.AssetCheckResult:

@@ -5,23 +5,25 @@ without touching the warehouse (`defs/idle.py`), skipping with the reason when n
 - `merge_<group>_schedule`: requests a run of exactly the group's tables with merge work left (records not
   landed, landed rows not merged, or what the Snowflake Sink committed beyond what was merged), and nothing
   while a run of the group is queued or running;
-- `landing_cleanup_schedule`: runs only if a merge wrote rows since the last successful cleanup's start minus
-  the retention window (only such rows can have become deletable since);
+- `landing_cleanup_schedule`: runs only when a merged record not cleaned yet is older than the retention
+  cutoff, by the record times each merge and cleanup record (`defs/cleanup_due.py`), or when that cannot be
+  known; otherwise skips naming when the earliest such record becomes deletable;
 - `reconcile_schedule`: checks the replicas a merge changed since the last reconciliation (and checks that
   never ran or raised); checks that read no warehouse (the changefeed's, the SQL Server copies') always run.
 """
 
 
 import datetime as dt
+import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import dagster as dg
 from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig, ScheduleConfig, TableConfig
 from tidb_pipeline.defs.checks import RECONCILE_JOB
-from tidb_pipeline.defs.idle import ACTIVE_STATUSES, Latest, active_runs, read_offsets, table_states
+from tidb_pipeline.defs.cleanup_due import cleaned_observation, cleanup_due, wrote_rows
+from tidb_pipeline.defs.idle import ACTIVE_STATUSES, active_runs, read_offsets, table_states
 from tidb_pipeline.defs.tables import table_keys, table_names
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.replication.cleanup import cleanup_sql
@@ -37,8 +39,6 @@ GROUP_TAG = "tidb_pipeline/group"
 
 CLEANUP_JOB = "landing_cleanup"
 TRIGGER_TAG = "tidb_pipeline/trigger"
-# Kafka timestamps come from the producers' clocks, Dagster's from ours: the cleanup gate allows this much skew.
-_CLOCK_SKEW = dt.timedelta(hours=1)
 
 
 def merge_job_name(group: str) -> str:
@@ -122,26 +122,23 @@ def build_cleanup_job(*, config: PipelineConfig) -> dg.JobDefinition:
 
     @dg.op(name="cleanup_landing_tables", description="Delete merged landing rows older than the retention window.")
     def _cleanup(context: dg.OpExecutionContext, snowflake: SnowflakeResource) -> int:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.timezone.utc)  # taken before any DELETE: merges recorded before it are covered
         retention = dt.timedelta(hours=config.retention_hours)
         total = 0
         with warehouse_session(snowflake, config.snowflake.session) as wh:
             for t in config.tables:
                 names = table_names(config, t)
                 wh.execute(create_watermark_sql(names.watermarks))
+                deleted = 0
                 try:
                     wh.execute(cleanup_sql(names.landing, names.watermarks, names.replica, now, retention,
                                            names.landed_offsets, names.topic))
+                    deleted = int(wh.rowcount or 0)
                 except Exception as exc:  # noqa: BLE001 - a table not landed yet has nothing to clean
                     if not is_missing_object(exc):
                         raise
-                    continue
-                deleted = int(wh.rowcount or 0)
                 total += deleted
-                context.log_event(dg.AssetObservation(
-                    asset_key=table_keys(config, t).landing,
-                    metadata={"rows_deleted_by_cleanup": deleted, "retention_hours": config.retention_hours},
-                ))
+                context.log_event(cleaned_observation(config, t, deleted, now))
         context.log.info(f"landing cleanup deleted {total} merged rows older than {retention}")
         return total
 
@@ -162,44 +159,36 @@ def _last_run_start(instance: dg.DagsterInstance, job: str, statuses: Sequence[d
     return records[0].start_time if records else None
 
 
-def _wrote_rows(latest: Latest | dg.EventLogRecord) -> bool:
-    metadata: Any = latest.metadata if isinstance(latest, Latest) else latest.asset_materialization.metadata
-    values = [metadata.get(k) for k in ("landing_rows_read", "rows_inserted", "rows_updated", "rows_deleted")]
-    return any(int(getattr(v, "value", v) or 0) > 0 for v in values if v is not None)
-
-
 def merged_rows_since(instance: dg.DagsterInstance, replica: dg.AssetKey, since: float | None) -> bool:
     """Whether any merge of `replica` wrote rows after `since` (epoch s; None: ever). Dagster reads only."""
     cursor = None
     while True:
         page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=replica, after_timestamp=since),
                                                limit=200, cursor=cursor)
-        if any(_wrote_rows(r) for r in page.records if r.asset_materialization is not None):
+        if any(wrote_rows(r.asset_materialization.metadata) for r in page.records if r.asset_materialization):
             return True
         if not page.has_more:
             return False
         cursor = page.cursor
 
 
-def cleanup_gate(instance: dg.DagsterInstance, config: PipelineConfig) -> dg.RunRequest | dg.SkipReason:
-    """Cleanup only when rows merged since (last cleanup - retention) exist; they alone can have aged out since."""
+def cleanup_gate(instance: dg.DagsterInstance, config: PipelineConfig,
+                 now: float | None = None) -> dg.RunRequest | dg.SkipReason:
+    """Cleanup only when a merged record not cleaned yet is past retention, or that cannot be known
+    (`defs/cleanup_due.py`); the skip reason names when the earliest one becomes deletable."""
     if active := _active_job(instance, CLEANUP_JOB):
         return dg.SkipReason(f"cleanup run {active[0][:8]} is queued or running")
-    last = _last_run_start(instance, CLEANUP_JOB, [dg.DagsterRunStatus.SUCCESS])
-    since = None if last is None else last - (dt.timedelta(hours=config.retention_hours) + _CLOCK_SKEW).total_seconds()
-    for t in config.tables:
-        if merged_rows_since(instance, table_keys(config, t).replica, since):
-            return dg.RunRequest(tags={TRIGGER_TAG: "schedule"})
-    window = "ever" if since is None else f"since {dt.datetime.fromtimestamp(since, dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    return dg.SkipReason(f"no merge wrote rows {window} (last successful cleanup minus the {config.retention_hours:g} h "
-                         "retention and 1 h of clock skew): nothing can have become deletable, no warehouse statement")
+    due, why = cleanup_due(instance, config, GROUP_TAG, now=time.time() if now is None else now)
+    if due:
+        return dg.RunRequest(tags={TRIGGER_TAG: "schedule", "tidb_pipeline/cleanup_due": why[:1000]})
+    return dg.SkipReason(why)
 
 
 def build_cleanup_schedule(*, config: PipelineConfig) -> dg.ScheduleDefinition:
     @dg.schedule(name="landing_cleanup_schedule", job_name=CLEANUP_JOB, cron_schedule=config.cleanup_schedule.cron,
                  default_status=_status(config.cleanup_schedule),
-                 description="Deletes merged landing rows past retention; skips when no merge wrote rows that "
-                             "could have aged out since the last cleanup.")
+                 description="Deletes merged landing rows past retention; skips, without a warehouse statement, "
+                             "until a merged record not cleaned yet is past retention.")
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         return cleanup_gate(context.instance, config)
 

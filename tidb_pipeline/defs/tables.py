@@ -251,6 +251,12 @@ def hash_salt(table: TableConfig) -> Callable[[], str]:
     return hash_salt_reader(table.hash_salt_env, f"{table.db}.{table.table}")
 
 
+# Replica metadata: oldest / newest record time (epoch ms, `replication.cleanup.RECORD_TIME_SQL`) of the landing
+# rows a merge read; the cleanup gate (`defs/cleanup_due.py`) runs the cleanup when one not cleaned yet ages out.
+OLDEST_RECORD = "oldest_record_ms"
+NEWEST_RECORD = "newest_record_ms"
+
+
 def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Sessions, log: Any,
            source_columns: Callable[[], Sequence[str]], table: TableConfig | None = None,
            ddl: DdlSource | None = None) -> dict[str, Any]:
@@ -278,6 +284,9 @@ def _merge(names: TableNames, kafka: KafkaResource, registry: Any, sessions: Ses
         "rows_updated": c.updated,
         "rows_deleted": c.deleted,
         "landing_rows_read": c.landing_rows,
+        # Record times (epoch ms, the cleanup's notion of age) of the rows read: the cleanup gate waits on them.
+        **({OLDEST_RECORD: c.oldest_record_ms, NEWEST_RECORD: c.newest_record_ms}
+           if c.oldest_record_ms is not None and c.newest_record_ms is not None else {}),
         "keys_in_batch": c.source_rows,
         # Values Snowflake cannot hold (e.g. TiDB zero dates) stored as NULL; check `no_unconverted_values` lists them.
         "unconverted_values": sum(n for _, n in c.unconverted),

@@ -36,17 +36,19 @@ def utc_now() -> dt.datetime:
 
 
 def resolve_holes(session: Warehouse | Any, kafka: KafkaResource | None, src: OffsetSources,
-                  now: dt.datetime | None = None, bounds: Mapping[int, tuple[int, int]] | None = None) -> list[Gap]:
+                  now: dt.datetime | None = None, bounds: Mapping[int, tuple[int, int]] | None = None,
+                  above: Mapping[int, int] | None = None) -> list[Gap]:
     """Classify every hole above the merged watermarks and record the result; returns the current gaps.
 
     Without `kafka` every hole is WAITING (nothing can be skipped without reading the topic). `bounds`
-    (partition -> (merged, highest landed), from the landed-offsets table) reads only those landing rows.
+    (partition -> (merged, highest landed), from the landed-offsets table) reads only those landing rows;
+    `above` (partition -> merged watermark) only the rows above them (`replication.holes.above_sql`).
     """
     if src.offset_gaps is None:
         raise ValueError("resolve_holes needs OffsetSources.offset_gaps, the table its decisions are kept in")
     now = (now or utc_now()).replace(tzinfo=None)
     wh = Warehouse.of(session)
-    holes = parse_holes(wh.execute(holes_sql(src, bounds)))
+    holes = parse_holes(wh.execute(holes_sql(src, bounds, above)))
     old = parse_gaps(wh.execute(read_gaps_sql(src.offset_gaps, src.topic)))
     watermarks = {int(p): int(o) for p, o in wh.execute(Statement(
         f'SELECT "PARTITION", "MERGED_OFFSET" FROM {src.watermarks.sql} WHERE "REPLICA_TABLE" = %s',

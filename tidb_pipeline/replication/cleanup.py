@@ -24,9 +24,21 @@ from tidb_pipeline.replication.ddl import Statement, TableRef
 
 _PARTITION = '"RECORD_METADATA":"partition"::int'
 _OFFSET = '"RECORD_METADATA":"offset"::int'
-# No timestamp at all counts as 0 (older than any cutoff), so such rows go once merged.
-_TIMESTAMP = ('COALESCE(l."RECORD_METADATA":"CreateTime"::int, l."RECORD_METADATA":"LogAppendTime"::int, '
-              'l."RECORD_METADATA":"SnowflakeConnectorPushTime"::int, 0)')
+# A landing row's age as the cleanup judges it (epoch ms; the landing table's alias is `l`). No timestamp at
+# all counts as 0 (older than any cutoff), so such rows go once merged. The merge records the MIN/MAX of the
+# same expression over the rows it reads, so the cleanup gate (`defs/cleanup_due.py`) knows when they age out.
+RECORD_TIME_SQL = ('COALESCE(l."RECORD_METADATA":"CreateTime"::int, l."RECORD_METADATA":"LogAppendTime"::int, '
+                   'l."RECORD_METADATA":"SnowflakeConnectorPushTime"::int, 0)')
+_TIMESTAMP = RECORD_TIME_SQL
+
+
+def cutoff_ms(now: dt.datetime, retention: dt.timedelta) -> int:
+    """The cleanup's cutoff: rows whose `RECORD_TIME_SQL` is below it are old enough to go."""
+    if now.tzinfo is None:
+        raise ValueError("pass a timezone-aware `now` (e.g. datetime.now(timezone.utc)) to compute the cutoff")
+    if retention < dt.timedelta(0):
+        raise ValueError("retention must not be negative")
+    return int((now - retention).timestamp() * 1000)
 
 
 def cleanup_sql(
@@ -38,11 +50,7 @@ def cleanup_sql(
     `landed` (the landed-offsets table, built-in mode) with `topic` gives each partition's highest landed
     offset; without it the landing table's MAX per partition is computed (connector mode).
     """
-    if now.tzinfo is None:
-        raise ValueError("pass a timezone-aware `now` (e.g. datetime.now(timezone.utc)) to compute the cutoff")
-    if retention < dt.timedelta(0):
-        raise ValueError("retention must not be negative")
-    cutoff_ms = int((now - retention).timestamp() * 1000)
+    cutoff = cutoff_ms(now, retention)
     if landed is not None:
         highest = (f'SELECT "PARTITION" AS "P", "LAST_OFFSET" AS "MAX_OFFSET" FROM {landed.sql} '
                    'WHERE "LANDING_TABLE" = %s AND "TOPIC" = %s')
@@ -60,5 +68,5 @@ def cleanup_sql(
         f") k\n"
         f'WHERE l.{_PARTITION} = k."P" AND l.{_OFFSET} <= k."WM" AND l.{_OFFSET} < k."MX" '
         f"AND {_TIMESTAMP} < %s",
-        (*highest_params, replica.label, cutoff_ms),
+        (*highest_params, replica.label, cutoff),
     )

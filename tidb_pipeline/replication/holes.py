@@ -71,11 +71,40 @@ def create_offset_gaps_sql(table: TableRef) -> str:
     )
 
 
-def present_offsets_sql(src: OffsetSources, bounds: Mapping[int, tuple[int, int]] | None = None) -> Statement:
+def above_sql(above: Mapping[int, int]) -> Statement:
+    """A WHERE predicate on the landing table keeping the rows above each partition's offset in `above`, and
+    every row of a partition not in it, as constant ranges Snowflake prunes micro-partitions on (the rows of
+    the partitions not listed are the integers below, between and above the listed ones)."""
+    if not above:
+        return Statement("TRUE")
+    listed = sorted(above)
+    clauses = [f"({_MD_PARTITION} = %s AND {_MD_OFFSET} > %s)" for _ in listed]
+    params: list[Any] = [x for p in listed for x in (p, above[p])]
+    clauses += [f"{_MD_PARTITION} < %s", f"{_MD_PARTITION} > %s"]
+    params += [listed[0], listed[-1]]
+    for lo, hi in zip(listed, listed[1:]):
+        if hi > lo + 1:
+            clauses.append(f"({_MD_PARTITION} > %s AND {_MD_PARTITION} < %s)")
+            params += [lo, hi]
+    return Statement("(" + " OR ".join(clauses) + ")", tuple(params))
+
+
+def unmerged_tops_sql(landing: TableRef, above: Mapping[int, int]) -> Statement:
+    """Per partition with landing rows above its offset in `above` (or without one): the highest landed offset,
+    read from those rows only."""
+    where = above_sql(above)
+    return Statement(f'SELECT {_MD_PARTITION} AS "P", MAX({_MD_OFFSET}) FROM {landing.sql} WHERE {where.sql} '
+                     "GROUP BY 1 ORDER BY 1", where.params)
+
+
+def present_offsets_sql(src: OffsetSources, bounds: Mapping[int, tuple[int, int]] | None = None,
+                        above: Mapping[int, int] | None = None) -> Statement:
     """Every present offset range as (P, A, B) rows, A <= B: landing rows, dead letters, ABSENT ranges.
 
     `bounds` (partition -> (after, through)) reads only the landing rows in those offset ranges, as constants
-    Snowflake prunes the landing table's micro-partitions on; partitions not in it are not read.
+    Snowflake prunes the landing table's micro-partitions on; partitions not in it are not read. `above`
+    (partition -> merged watermark, for a landing table no landed-offsets table describes) reads only the
+    rows above the watermarks, and every row of a partition without one (`above_sql`).
     """
     landing = f'SELECT {_MD_PARTITION} AS "P", {_MD_OFFSET} AS "A", {_MD_OFFSET} AS "B" FROM {src.landing.sql}'
     params: tuple[Any, ...] = ()
@@ -83,6 +112,10 @@ def present_offsets_sql(src: OffsetSources, bounds: Mapping[int, tuple[int, int]
         one = f"({_MD_PARTITION} = %s AND {_MD_OFFSET} > %s AND {_MD_OFFSET} <= %s)"
         landing += " WHERE " + (" OR ".join(one for _ in bounds) or "FALSE")
         params = tuple(x for p, (lo, hi) in sorted(bounds.items()) for x in (p, lo, hi))
+    elif above is not None:
+        where = above_sql(above)
+        landing += f" WHERE {where.sql}"
+        params = where.params
     parts = [landing]
     if src.dead_letters is not None:
         parts.append(f'SELECT "PARTITION"::int, "OFFSET"::int, "OFFSET"::int FROM {src.dead_letters.sql} '
@@ -96,16 +129,17 @@ def present_offsets_sql(src: OffsetSources, bounds: Mapping[int, tuple[int, int]
 
 
 def reach_sql(src: OffsetSources, max_offsets_per_partition: int | None = None,
-              bounds: Mapping[int, tuple[int, int]] | None = None) -> Statement:
+              bounds: Mapping[int, tuple[int, int]] | None = None,
+              above: Mapping[int, int] | None = None) -> Statement:
     """Present ranges above each partition's watermark, with the reach of everything before them.
 
     Columns P, W (watermark, -1 before the first merge), A, B (the range, clipped to above W and to the
     cap), PREV (the highest offset covered by earlier ranges, or W). A row with A > PREV + 1 follows a hole
     of offsets PREV + 1 .. A - 1. Gaps and islands with one window function over the rows above the
-    watermark only, so the cost follows the unmerged rows, not the table. `bounds`: see
+    watermark only, so the cost follows the unmerged rows, not the table. `bounds`, `above`: see
     `present_offsets_sql`.
     """
-    present = present_offsets_sql(src, bounds)
+    present = present_offsets_sql(src, bounds, above)
     w = 'COALESCE(w."MERGED_OFFSET", -1)'
     params: tuple[Any, ...] = (*present.params, src.replica.label)
     hi, cap = 'o."B"', ""
@@ -127,10 +161,11 @@ def reach_sql(src: OffsetSources, max_offsets_per_partition: int | None = None,
     )
 
 
-def holes_sql(src: OffsetSources, bounds: Mapping[int, tuple[int, int]] | None = None) -> Statement:
+def holes_sql(src: OffsetSources, bounds: Mapping[int, tuple[int, int]] | None = None,
+              above: Mapping[int, int] | None = None) -> Statement:
     """Holes above the merged watermarks: (partition, first missing, last missing), lowest first, at most
-    `MAX_HOLES` (the rest are decided on a later run). `bounds`: see `present_offsets_sql`."""
-    reach = reach_sql(src, bounds=bounds)
+    `MAX_HOLES` (the rest are decided on a later run). `bounds`, `above`: see `present_offsets_sql`."""
+    reach = reach_sql(src, bounds=bounds, above=above)
     return Statement(
         f'SELECT r."P", r."PREV" + 1, r."A" - 1 FROM ({reach.sql}) r WHERE r."A" > r."PREV" + 1 '
         f'ORDER BY 1, 2 LIMIT {MAX_HOLES}',

@@ -49,6 +49,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns, sql_type_of
+from tidb_pipeline.replication.cleanup import RECORD_TIME_SQL
 from tidb_pipeline.replication.columns import hash_sql
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import OffsetSources
@@ -155,6 +156,19 @@ class MergeCounts:
     source_rows: int  # keys in the batch (after keeping the latest version of each)
     landing_rows: int  # landing rows read (all versions, duplicates included)
     unconverted: tuple[tuple[str, int], ...] = ()  # (column, values that became NULL) for columns with any
+    # Oldest / newest record time (`cleanup.RECORD_TIME_SQL`, epoch ms) of the landing rows read; None: none read.
+    oldest_record_ms: int | None = None
+    newest_record_ms: int | None = None
+
+
+def record_times_sql(landing: TableRef, where: str) -> str:
+    """Two scalar subqueries: MIN and MAX record time (the cleanup's notion of age) of the landing rows `where`
+    selects (alias `l`); each takes the where clause's parameters once."""
+    return ", ".join(f"(SELECT {fn}({RECORD_TIME_SQL}) FROM {landing.sql} l {where})" for fn in ("MIN", "MAX"))
+
+
+def _ms(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def json_to_sql(column: ReplicaColumn, v: str) -> str:
@@ -368,7 +382,8 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     """`counts_sql`, `max_rows_per_key_sql` and `key_range_sql` in one statement (one evaluation of the source).
 
     Columns: inserted, updated, deleted, source rows, landing rows, max rows per key, min key, max key, rows of
-    the replica in the unconverted-values table, then per `plan.checked` column the values that became NULL.
+    the replica in the unconverted-values table, the oldest and newest record time of the landing rows read
+    (`record_times_sql`), then per `plan.checked` column the values that became NULL.
     """
     src = source_sql(plan, ranges, unconverted=True)
     keys = [quote_ident(k.name) for k in plan.keys]
@@ -377,6 +392,7 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     r = in_ranges_sql(ranges)
     landing_rows = f"(SELECT COUNT(*) FROM {plan.landing.sql} l WHERE {r.sql})"
     recorded = f'(SELECT COUNT(*) FROM {plan.unconverted.sql} WHERE "REPLICA_TABLE" = %s)'
+    times = record_times_sql(plan.landing, f"WHERE {r.sql}")
     # Same min/max as key_range_sql: the source has the batch's keys, typed the same way.
     key_range = f"MIN(s.{keys[0]}), MAX(s.{keys[0]})" if plan.keys[0].sql_type.startswith(_PRUNABLE) \
         else "NULL, NULL"
@@ -384,16 +400,18 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     partition_by = ", ".join(f"x.{k}" for k in keys)
     return Statement(
         f"SELECT COUNT_IF(NOT s.{_DEL} AND NOT ({found})), COUNT_IF(NOT s.{_DEL} AND {found}), "
-        f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}, MAX(s.{_N}), {key_range}, {recorded}{flags}\n"
+        f"COUNT_IF(s.{_DEL} AND {found}), COUNT(*), {landing_rows}, MAX(s.{_N}), {key_range}, {recorded}, {times}{flags}\n"
         f"FROM (SELECT x.*, COUNT(*) OVER (PARTITION BY {partition_by}) AS {_N} "
         f"FROM ({src.sql}) x) s LEFT JOIN {plan.replica.sql} t ON {on}",
-        r.params + (plan.replica.label,) + src.params,  # text order: the SELECT list's subqueries, then FROM
+        # text order: the SELECT list's subqueries, then FROM
+        r.params + (plan.replica.label,) + r.params + r.params + src.params,
     )
 
 
 def parse_batch_stats(row: Sequence[Any], plan: MergePlan) -> BatchStats:
-    unconverted = tuple((c.name, int(n or 0)) for c, n in zip(plan.checked, row[9:]) if n)
-    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted)  # type: ignore[misc,arg-type]  # starred: 5 ints
+    unconverted = tuple((c.name, int(n or 0)) for c, n in zip(plan.checked, row[11:]) if n)
+    counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted,  # type: ignore[misc,arg-type]  # starred: 5 ints
+                         oldest_record_ms=_ms(row[9]), newest_record_ms=_ms(row[10]))
     dupes = None if row[5] is None else int(row[5])
     prunable = plan.keys[0].sql_type.startswith(_PRUNABLE)
     return BatchStats(counts, dupes, (row[6], row[7]) if prunable else None, int(row[8] or 0))

@@ -49,6 +49,7 @@ from tidb_pipeline.replication.merge import (
     _value_path,
     json_to_sql,
     merge_in_transaction,
+    record_times_sql,
 )
 from tidb_pipeline.replication.mode_columns import (
     COMMIT_TS,
@@ -211,16 +212,18 @@ def history_insert_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Stateme
 
 
 def history_counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
-    """New versions by kind (inserts, updates, deletes), all new versions, landing rows read."""
+    """New versions by kind (inserts, updates, deletes), all new versions, landing rows read, and the oldest and
+    newest record time of those rows (`merge.record_times_sql`)."""
     v = history_versions_sql(plan, ranges)
     r = _ranges_table(ranges)
-    landing_rows = (f"(SELECT COUNT(*) FROM {plan.landing.sql} l JOIN ({r.sql}) r "
-                    f'ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" AND {_MD_OFFSET} <= r."HI")')
+    in_ranges = (f'JOIN ({r.sql}) r ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" '
+                 f'AND {_MD_OFFSET} <= r."HI"')
+    landing_rows = f"(SELECT COUNT(*) FROM {plan.landing.sql} l {in_ranges})"
     op = f"n.{_C}:\"_tidb_op\"::VARCHAR"
     return Statement(
         f"SELECT COUNT_IF(NOT n.{_D} AND {op} = 'c'), COUNT_IF(NOT n.{_D} AND {op} <> 'c'), COUNT_IF(n.{_D}), "
-        f"COUNT(*), {landing_rows}\nFROM ({v.sql}) n",
-        r.params + v.params,
+        f"COUNT(*), {landing_rows}, {record_times_sql(plan.landing, in_ranges)}\nFROM ({v.sql}) n",
+        r.params * 3 + v.params,
     )
 
 
@@ -287,9 +290,11 @@ def run_history_merge(
         raise ValueError(f"replica {plan.replica.label} is in mode {plan.mode}; run_history_merge is for history")
 
     def apply(wh: Warehouse, ranges: tuple[MergeRange, ...]) -> MergeCounts:
-        inserted, updated, deleted, versions, landing_rows = (
-            int(x or 0) for x in wh.execute(history_counts_sql(plan, ranges))[0])
-        counts = MergeCounts(inserted, updated, deleted, versions, landing_rows)
+        row = wh.execute(history_counts_sql(plan, ranges))[0]
+        inserted, updated, deleted, versions, landing_rows = (int(x or 0) for x in row[:5])
+        oldest, newest = (None if x is None else int(x) for x in row[5:7])
+        counts = MergeCounts(inserted, updated, deleted, versions, landing_rows, oldest_record_ms=oldest,
+                             newest_record_ms=newest)
         if counts.source_rows:
             wh.execute(history_insert_sql(plan, ranges))
             wh.execute(history_relink_sql(plan, ranges))

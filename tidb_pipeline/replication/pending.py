@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tidb_pipeline.replication.ddl import Statement
+from tidb_pipeline.replication.ddl import Statement, TableRef
 from tidb_pipeline.replication.holes import reach_sql
 
 if TYPE_CHECKING:  # merge.py builds on this module; the plan is only a parameter type here
@@ -81,11 +81,17 @@ def pending_bounds_sql(plan: MergePlan) -> Statement:
     """
     if plan.landed is None:
         raise ValueError(f"merge plan for {plan.replica.label} has no landed-offsets table")
+    return landed_bounds_sql(plan.landed, plan.watermarks, plan.replica, plan.landing, plan.topic)
+
+
+def landed_bounds_sql(landed: TableRef, watermarks: TableRef, replica: TableRef, landing: TableRef,
+                      topic: str) -> Statement:
+    """`pending_bounds_sql` from the tables themselves (for readers without a merge plan, e.g. a check)."""
     return Statement(
-        f'SELECT o."PARTITION", COALESCE(w."MERGED_OFFSET", -1), o."LAST_OFFSET" FROM {plan.landed.sql} o '
-        f'LEFT JOIN {plan.watermarks.sql} w ON w."REPLICA_TABLE" = %s AND w."PARTITION" = o."PARTITION" '
+        f'SELECT o."PARTITION", COALESCE(w."MERGED_OFFSET", -1), o."LAST_OFFSET" FROM {landed.sql} o '
+        f'LEFT JOIN {watermarks.sql} w ON w."REPLICA_TABLE" = %s AND w."PARTITION" = o."PARTITION" '
         'WHERE o."LANDING_TABLE" = %s AND o."TOPIC" = %s ORDER BY 1',
-        (plan.replica.label, plan.landing.label, plan.topic),
+        (replica.label, landing.label, topic),
     )
 
 

@@ -49,7 +49,7 @@ from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import lab_env
 from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
 from tidb_pipeline.replication.holes import Gap
-from tidb_pipeline.replication.landing import RecordEncoder
+from tidb_pipeline.replication.landing import RecordEncoder, create_landed_offsets_sql, write_landed_offsets_statements
 from tidb_pipeline.resources.snowflake import snowflake_resource
 from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCResource
 from tidb_pipeline_tests.replication.support import decimal_type, field, record, with_extension
@@ -213,6 +213,8 @@ class Lab:
         for schema in (self.names.landing.schema, self.names.control.schema):
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.config.snowflake.database)}.{quote_ident(schema)}")
         cur.execute(create_landing_sql(self.names.landing))
+        assert self.names.landed_offsets is not None  # built-in mode: the checks read what landed from it
+        cur.execute(create_landed_offsets_sql(self.names.landed_offsets))
         self.land(ROWS)
         self.merge()
 
@@ -243,12 +245,17 @@ class Lab:
             f"INSERT INTO {self.names.landing.sql} SELECT PARSE_JSON(column1), PARSE_JSON(column2) FROM VALUES {placeholders}",
             tuple(values),
         )
+        assert self.names.landed_offsets is not None
+        # As the built-in loader does with each load (the merge and landing_continuity read only up to it).
+        for stmt in write_landed_offsets_statements(self.names.landed_offsets, self.names.landing, self.names.topic,
+                                                    {0: self.offset - 1}, "test", dt.datetime(2026, 1, 1)):
+            self.sf.cursor().execute(stmt.sql, stmt.params)
 
     def merge(self) -> None:
         outcome = merge_replica(connection=self.sf, registry=self.registry.get_client(), topic=self.names.topic,
                                 landing=self.names.landing, replica=self.names.replica, watermarks=self.names.watermarks,
                                 dead_letters=self.names.dead_letters, offset_gaps=self.names.offset_gaps,
-                                kafka=self.kafka)  # fmt: skip
+                                kafka=self.kafka, landed_offsets=self.names.landed_offsets)  # fmt: skip
         assert outcome is not None
 
     def run(self, ticdc: TiCDCResource | None = None) -> dict[str, dg.AssetCheckEvaluation]:
@@ -391,6 +398,7 @@ def test_checks_on_the_lab(lab: Lab) -> None:
     assert (continuity.passed, continuity.severity) == (False, ERROR)
     assert f"topic {lab.names.topic} partition 0 offsets 43..44 missing" in continuity.description
     assert _md(continuity)["merged_watermarks"] == "p0: 42"  # nothing merged past the hole
+    assert _md(continuity)["landed_through"] == "p0: 45"  # from the landed-offsets table
     assert ev["row_count_matches_source"].passed and ev["content_matches_source"].passed
     # dead-lettered offsets count as present
     dead = TableRef(lab.names.control.schema, SETTINGS.dead_letter_table, lab.names.control.database)

@@ -8,6 +8,7 @@ issued while the gates and the sensor decide: none.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -22,10 +23,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
 from tidb_pipeline.defs.checks import CHECK_KINDS
+from tidb_pipeline.defs.cleanup_due import cleaned_observation, last_cleaned
 from tidb_pipeline.defs.idle import MERGED_THROUGH, VERIFIED_CURRENT
 from tidb_pipeline.defs.jobs import CLEANUP_JOB, GROUP_TAG, cleanup_gate, merge_safety_net, reconcile_gate
 from tidb_pipeline.defs.sensors import build_offsets_sensor
-from tidb_pipeline.defs.tables import table_keys
+from tidb_pipeline.defs.tables import NEWEST_RECORD, OLDEST_RECORD, table_keys
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.resources.kafka import KafkaResource
@@ -72,8 +74,12 @@ class Lab:
             consumer.close()
 
     def run(self, *, landed: Mapping[int, int] | None = None, merged: Mapping[int, int] | None = None,
-            merge_fails: bool = False, rows: int = 1) -> dg.ExecuteInProcessResult:
-        """A real run materialising the landing (`offsets_after` = landed) then the replica, as the step does."""
+            merge_fails: bool = False, rows: int = 1,
+            record_times: tuple[float, float] | None = None) -> dg.ExecuteInProcessResult:
+        """A real run materialising the landing (`offsets_after` = landed) then the replica, as the step does;
+        `record_times` (epoch s): the oldest and newest record time of the rows merged (none: an older version)."""
+        times = {} if record_times is None else {OLDEST_RECORD: int(record_times[0] * 1000),
+                                                 NEWEST_RECORD: int(record_times[1] * 1000)}
         keys = self.keys
         selected = [k for k, on in ((keys.landing, landed is not None), (keys.replica, True)) if on]
 
@@ -86,7 +92,7 @@ class Lab:
             if merge_fails:
                 raise ConnectionError("warehouse unavailable")
             yield dg.MaterializeResult(asset_key=keys.replica, metadata={
-                "rows_inserted": rows, "landing_rows_read": rows,
+                "rows_inserted": rows, "landing_rows_read": rows, **times,
                 MERGED_THROUGH: dg.MetadataValue.json({str(p): o for p, o in (merged or {}).items()})})
 
         return dg.materialize([step], selection=selected, instance=self.instance, raise_on_error=False,
@@ -212,22 +218,108 @@ def _job_run(instance: dg.DagsterInstance, name: str) -> None:
     assert _noop_job(name).execute_in_process(instance=instance).success
 
 
-def test_cleanup_runs_only_when_merged_rows_can_have_aged_out(kafka: Service) -> None:
+HOUR = 3600.0
+
+
+def _cleanup_run(lab: Lab, at: float) -> None:
+    """A real run of the cleanup job's name recording, per table, what the cleanup op records after its DELETE."""
+
+    @dg.op
+    def cleanup(context):  # noqa: ANN001, ANN202 - Dagster reads the annotation, a string here
+        for t in lab.config.tables:
+            context.log_event(cleaned_observation(lab.config, t, 0, dt.datetime.fromtimestamp(at, dt.timezone.utc)))
+
+    @dg.job(name=CLEANUP_JOB)
+    def job() -> None:
+        cleanup()
+
+    with freeze_time(at):
+        assert job.execute_in_process(instance=lab.instance).success
+
+
+def test_cleanup_waits_until_a_merged_record_not_cleaned_is_past_retention(kafka: Service) -> None:
     lab = Lab(kafka)
-    lab.config = _config(lab.db, retention_hours=1)
-    assert _reason(cleanup_gate(lab.instance, lab.config)).startswith("no merge wrote rows ever")
-    start = time.time()
-    with freeze_time(start - 3 * 3600 - 60):
-        lab.run(landed={0: 1}, merged={0: 0}, rows=1)
-    assert isinstance(cleanup_gate(lab.instance, lab.config), dg.RunRequest)
-    _job_run(lab.instance, CLEANUP_JOB)
-    # That cleanup deleted every merged row older than its start minus retention (and 1 h of clock skew):
-    # the only merge with rows is older still, so nothing can have aged out since.
-    assert _reason(cleanup_gate(lab.instance, lab.config)).startswith("no merge wrote rows since ")
-    lab.run(landed={0: 1}, merged={0: 0}, rows=0)
-    assert _reason(cleanup_gate(lab.instance, lab.config)).startswith("no merge wrote rows since ")
-    lab.run(landed={0: 2}, merged={0: 1}, rows=1)
-    assert isinstance(cleanup_gate(lab.instance, lab.config), dg.RunRequest)
+    lab.config = _config(lab.db, retention_hours=2)
+    now = time.time()
+    assert _reason(cleanup_gate(lab.instance, lab.config, now)).startswith("every merged record was cleaned or none")
+    with freeze_time(now - 0.5 * HOUR):
+        lab.run(landed={0: 3}, merged={0: 2}, rows=3, record_times=(now - 1.5 * HOUR, now - 0.75 * HOUR))
+    # All merged records are younger than the 2 h cutoff: skip, naming when the oldest becomes deletable.
+    reason = _reason(cleanup_gate(lab.instance, lab.config, now))
+    eligible = dt.datetime.fromtimestamp(now + 0.5 * HOUR, dt.timezone.utc)
+    assert reason.startswith("no merged record is older than the 2 h retention yet: the earliest not cleaned "
+                             f"({lab.db}.t, merged at ")
+    assert reason.endswith(f"becomes deletable at {eligible:%Y-%m-%d %H:%M:%S} UTC; no warehouse statement")
+    # A merge that read no rows changes nothing; one whose oldest record is past the cutoff makes it due.
+    lab.run(landed={0: 3}, merged={0: 2}, rows=0)
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now), dg.SkipReason)
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 0.5 * HOUR + 1), dg.RunRequest)
+    lab.run(landed={0: 4}, merged={0: 3}, rows=1, record_times=(now - 3 * HOUR, now - 3 * HOUR))
+    request = cleanup_gate(lab.instance, lab.config, now)
+    assert isinstance(request, dg.RunRequest)
+    assert request.tags["tidb_pipeline/cleanup_due"].endswith("is older than the 2 h retention")
+
+    # That cleanup deletes every merged record older than its cutoff: the run after it is skipped until the
+    # records it had to keep (younger than its cutoff) age out.
+    _cleanup_run(lab, now + 600)  # after those merges were recorded (they ran in real time since `now`)
+    reason = _reason(cleanup_gate(lab.instance, lab.config, now + 660))
+    assert f"becomes deletable at {eligible:%Y-%m-%d %H:%M:%S} UTC" in reason
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 0.5 * HOUR + 1), dg.RunRequest)
+    # A cleanup whose cutoff falls inside a merge's record times leaves the younger ones waiting.
+    _cleanup_run(lab, now + 0.5 * HOUR + 1)
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 0.5 * HOUR + 60), dg.RunRequest)
+    _cleanup_run(lab, now + 1.25 * HOUR + 1)
+    assert _reason(cleanup_gate(lab.instance, lab.config, now + 100 * HOUR)).startswith(
+        "every merged record was cleaned or none was merged")
+
+
+def test_cleanup_runs_when_record_times_are_unknown(kafka: Service) -> None:
+    lab = Lab(kafka)
+    lab.config = _config(lab.db, retention_hours=2)
+    now = time.time()
+    # A merge recorded by an older version (no record times): its rows may be of any age.
+    lab.run(landed={0: 1}, merged={0: 0}, rows=1)
+    request = cleanup_gate(lab.instance, lab.config, now)
+    assert isinstance(request, dg.RunRequest)
+    assert "recorded no record times" in request.tags["tidb_pipeline/cleanup_due"]
+    # A cleanup after it covers the records older than its cutoff only; it ran 3 h after that merge, so records
+    # of the merge younger than the cutoff may remain until the cutoff passes the merge's time + clock skew.
+    _cleanup_run(lab, now + 3 * HOUR)
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 3 * HOUR + 60), dg.RunRequest)
+    _cleanup_run(lab, now + 3.5 * HOUR)
+    assert _reason(cleanup_gate(lab.instance, lab.config, now + 3.5 * HOUR + 60)).startswith(
+        "every merged record was cleaned or none was merged")
+
+
+def test_cleanup_runs_after_a_merge_run_failed_without_recording_its_merge(kafka: Service) -> None:
+    lab = Lab(kafka)
+    lab.config = _config(lab.db, retention_hours=2)
+    now = time.time()
+    lab.run(landed={0: 1}, merged={0: 0}, rows=1, record_times=(now - 60, now - 60))
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 60), dg.SkipReason)
+    # It may have committed a merge (a crash after COMMIT) whose rows are of any age: unknown.
+    assert not lab.run(landed={0: 2}, merge_fails=True).success
+    request = cleanup_gate(lab.instance, lab.config, now + 60)
+    assert isinstance(request, dg.RunRequest)
+    assert "failed without recording its merge" in request.tags["tidb_pipeline/cleanup_due"]
+    # Covered once a cleanup's cutoff passes the run's end + clock skew.
+    _cleanup_run(lab, now + 3 * HOUR)
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 3 * HOUR + 60), dg.RunRequest)
+    _cleanup_run(lab, now + 3.5 * HOUR)
+    assert _reason(cleanup_gate(lab.instance, lab.config, now + 3.5 * HOUR + 60)).startswith(
+        "every merged record was cleaned or none was merged")
+
+
+def test_cleanup_does_not_count_merges_after_it_started_as_cleaned(kafka: Service) -> None:
+    lab = Lab(kafka)
+    lab.config = _config(lab.db, retention_hours=2)
+    now = time.time()
+    _cleanup_run(lab, now - HOUR)
+    # Committed after the cleanup's start: its old records were not above that cleanup's watermark.
+    lab.run(landed={0: 1}, merged={0: 0}, rows=1, record_times=(now - 5 * HOUR, now - 4 * HOUR))
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now), dg.RunRequest)
+    _cleanup_run(lab, now + 1)
+    assert _reason(cleanup_gate(lab.instance, lab.config, now + 60)).startswith("every merged record was cleaned")
 
 
 def test_reconcile_checks_only_replicas_that_moved_or_whose_check_raised(kafka: Service) -> None:
@@ -338,7 +430,13 @@ def _merge_and_decide(settings: LabSettings, config: PipelineConfig, db: str) ->
     sensor = build_offsets_sensor(config=config, clock=lambda: time.time() + 3600)
     before = time.time()
     assert _reason(gate()).startswith("nothing moved")
-    assert isinstance(cleanup_gate(instance, config), dg.RunRequest)  # rows were merged: a cleanup is due
+    # The merge recorded its rows' record times (Kafka CreateTime, produced during this test): the cleanup is
+    # due once the newest is past retention, not before.
+    record_times = [replica.asset_materialization.metadata[k].value for k in (OLDEST_RECORD, NEWEST_RECORD)]
+    assert merging - 600 < record_times[0] / 1000 <= record_times[1] / 1000 <= time.time()
+    assert isinstance(cleanup_gate(instance, config), dg.SkipReason)
+    later = record_times[1] / 1000 + config.retention_hours * 3600 + 1
+    assert isinstance(cleanup_gate(instance, config, later), dg.RunRequest)
     check_keys = list(defs.resolve_asset_graph().asset_check_keys)
     assert isinstance(reconcile_gate(instance, config, check_keys), dg.RunRequest)
     first = sensor.evaluate_tick(dg.build_sensor_context(resources={"kafka": kafka}, instance=instance,
@@ -357,6 +455,15 @@ def _merge_and_decide(settings: LabSettings, config: PipelineConfig, db: str) ->
     assert _reason(gate()).startswith("nothing moved")
     assert instance.get_latest_materialization_event(keys.replica).asset_materialization.metadata[
         MERGED_THROUGH].value == {"0": end[0], "1": end[1] - 1}
+
+    # The real cleanup records what it cleaned through; the merged records are younger than its cutoff, so the
+    # gate waits for them and names when they become deletable.
+    started = time.time()
+    assert defs.resolve_job_def(CLEANUP_JOB).execute_in_process(instance=instance).success
+    cleaned = last_cleaned(instance, keys.landing)
+    assert cleaned is not None and started <= cleaned.started <= time.time()
+    assert abs(cleaned.cutoff_ms - (cleaned.started - config.retention_hours * 3600) * 1000) <= 1
+    assert "becomes deletable at" in _reason(cleanup_gate(instance, config))
 
 
 def _more_topic_records(settings: LabSettings, topic: str) -> None:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tidb_pipeline.engine.holes import overdue, resolve_holes
-from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql
+from tidb_pipeline.replication.ddl import Statement, TableRef, create_dead_letter_sql
 from tidb_pipeline.replication.holes import (
     ABSENT,
     LOST,
@@ -24,11 +24,13 @@ from tidb_pipeline.replication.holes import (
     Gap,
     Hole,
     KafkaProbe,
+    above_sql,
     carry_seen_at,
     classify,
     create_offset_gaps_sql,
     holes_sql,
     parse_holes,
+    unmerged_tops_sql,
 )
 from tidb_pipeline.replication.merge import Held, MergeRange, parse_pending, pending_ranges_sql, run_merge
 from tidb_pipeline_tests.replication.support import NOW, Replica, decimal_type, fake_snowflake, field, record, with_extension
@@ -157,6 +159,36 @@ def test_dead_letters_and_offsets_kafka_never_had_count_as_present() -> None:
         stmt = holes_sql(r.plan.offsets)
         cur.execute(stmt.sql, stmt.params)
         assert parse_holes(cur.fetchall()) == [Hole(0, 5, 8)]
+
+
+def test_above_the_watermarks_only_unmerged_rows_are_read_and_the_holes_are_the_same() -> None:
+    """What `landing_continuity` reads where no landed-offsets table bounds the landing table (connector mode)."""
+    with fake_snowflake() as conn:
+        r = make(conn)
+        # Odd partitions merge up to their hole at 3; even ones miss offset 0, so they hold with no watermark.
+        landed = [(p, o) for p in range(5) for o in range(6) if o != 3 and not (o == 0 and p % 2 == 0)]
+        r.land([rec(p, o, key=10 * o + p, name="x") for p, o in landed])
+        run_merge(conn, r.plan, NOW)
+        assert r.watermarks() == [(1, 2), (3, 2)]
+        r.land([rec(1, 7, key=71, name="y")])
+        landed.append((1, 7))
+        above = dict(r.watermarks())
+        cur = conn.cursor()
+
+        def rows(stmt: Any) -> list[tuple]:
+            cur.execute(stmt.sql, stmt.params)
+            return [tuple(x) for x in cur.fetchall()]
+
+        expected = [Hole(0, 0, 0), Hole(0, 3, 3), Hole(1, 3, 3), Hole(1, 6, 6), Hole(2, 0, 0), Hole(2, 3, 3),
+                    Hole(3, 3, 3), Hole(4, 0, 0), Hole(4, 3, 3)]
+        assert parse_holes(rows(holes_sql(r.plan.offsets, above=above))) == parse_holes(
+            rows(holes_sql(r.plan.offsets))) == expected
+        where = above_sql(above)
+        read = rows(Statement(f'SELECT "RECORD_METADATA":"partition"::int, "RECORD_METADATA":"offset"::int FROM '
+                                f"{r.plan.landing.sql} WHERE {where.sql} ORDER BY 1, 2", where.params))
+        assert read == sorted((p, o) for p, o in landed if o > above.get(p, -1))  # partitions 0, 2, 4 whole
+        assert rows(unmerged_tops_sql(r.plan.landing, above)) == [(0, 5), (1, 7), (2, 5), (3, 5), (4, 5)]
+        assert rows(unmerged_tops_sql(r.plan.landing, {})) == [(0, 5), (1, 7), (2, 5), (3, 5), (4, 5)]
 
 
 def test_resolving_holes_with_kafka_skips_markers_and_waits_for_real_records() -> None:

@@ -26,6 +26,7 @@ from tidb_pipeline.replication.merge import (
 from tidb_pipeline_tests.replication.support import (
     ALL_TYPES_KEY,
     ALL_TYPES_VALUE,
+    CREATE_TIME_MS,
     KEY,
     NOW,
     Replica,
@@ -240,8 +241,10 @@ def test_batch_stats_equal_the_separate_queries(replica):
     # run_merge reads counts, the one-row-per-key proof and the prune's key range in one statement.
     replica.land([(0, 0, k(5), v(5, "a")), (0, 1, k(7), v(7, "b"))])
     merge(replica)
-    replica.land([(0, 2, k(5), v(5, "a2")), (0, 3, k(5), None), (0, 4, k(7), v(7, "b2")), (1, 0, k(3), v(3, "c")),
-                  (1, 1, k(9), v(9, "d")), (1, 2, k(9), None), (0, 4, k(7), v(7, "b2"))])
+    replica.land([(0, 2, k(5), v(5, "a2")), (0, 3, k(5), None), (0, 4, k(7), v(7, "b2"))],
+                 create_time_ms=CREATE_TIME_MS + 1000)
+    replica.land([(1, 0, k(3), v(3, "c")), (1, 1, k(9), v(9, "d")), (1, 2, k(9), None), (0, 4, k(7), v(7, "b2"))],
+                 create_time_ms=CREATE_TIME_MS + 5000)
     cur = replica.conn.cursor()
     ranges = (MergeRange(0, 1, 4), MergeRange(1, -1, 2))
 
@@ -253,9 +256,10 @@ def test_batch_stats_equal_the_separate_queries(replica):
     separate = (*one(counts_sql(replica.plan, ranges)), *one(max_rows_per_key_sql(replica.plan, ranges)),
                 *one(key_range_sql(replica.plan, ranges)))
     # Inserted 3, updated 7, deleted 5; keys 3, 5, 7, 9 from 7 landing rows (one a duplicate delivery).
-    # Then: no unconverted-value records for the replica (this table has no column that can fail).
+    # Then: no unconverted-value records for the replica (this table has no column that can fail), and the
+    # oldest and newest record time of the landing rows read (what the cleanup gate waits on).
     assert stats[:8] == separate == (1, 1, 1, 4, 7, 1, 3, 9)
-    assert stats[8:] == (0,)
+    assert stats[8:] == (0, CREATE_TIME_MS + 1000, CREATE_TIME_MS + 5000)  # the merged rows at offsets 0, 1 excluded
 
 
 def test_rows_landing_during_a_merge_are_left_for_the_next_one(replica):

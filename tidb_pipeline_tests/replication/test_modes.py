@@ -308,6 +308,10 @@ def test_history_hot_key_keeps_every_version_in_commit_order(conn: Any) -> None:
     landing.deliver(source, 1, 1001)
     counts, _ = merge(r)
     assert (counts.inserted, counts.updated, counts.source_rows) == (0, 1000, 1000)
+    # The record times of the rows read (what the cleanup gate waits on): the second delivery's only.
+    times = [t for i in range(1, 1001) for t in landing.delivered[i]]
+    assert (counts.landing_rows, counts.oldest_record_ms, counts.newest_record_ms) == (1000, min(times), max(times))
+    assert min(times) < max(times)
     rows = select(r, f'SELECT "name", "_COMMIT_TS", "_VALID_FROM", "_VALID_TO", "_IS_CURRENT" FROM '
                      f'{r.plan.replica.sql} ORDER BY "_COMMIT_TS"')
     assert [n for n, *_ in rows] == [f"v{i}" for i in range(1001)]

@@ -143,6 +143,8 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     yield "merge reach, capped", holes.reach_sql(src, 1000)
     yield "holes", holes.holes_sql(src)
     yield "holes, bounded", holes.holes_sql(src, {0: (4, 9), 2: (-1, 3)})
+    yield "holes, above the watermarks", holes.holes_sql(src, above={0: 4, 3: 7})
+    yield "unmerged tops", holes.unmerged_tops_sql(src.landing, {0: 4, 1: 2})
     yield "merge reach, bounded and capped", holes.reach_sql(src, 1000, {0: (4, 9)})
     yield "read gaps", holes.read_gaps_sql(gaps_table, "t")
     for s in holes.replace_gaps_statements(gaps_table, "t", [holes.Gap(0, 5, 7, holes.WAITING, "x", NOW)], {0: 4}):
