@@ -54,8 +54,8 @@ KAFKA_SECRET = "kafka/secret+@:%?"
 # Transactions per workload round: deliveries (4 % of the mix) delete new orders, the 4.x tombstones.
 TRANSACTIONS = 200
 # Records per SNOWPIPE file: each file costs about ten statements on fakesnow, and this still gives the larger
-# tables (item, stock, customer, order_line) several files per partition to shuffle, duplicate and withhold.
-FILE_RECORDS = 150
+# tables (item, stock, order_line) two or more files per partition to shuffle, duplicate and withhold.
+FILE_RECORDS = 300
 CRASH_RECORDS = 5  # records per partition the crashed delivery writes and never commits
 FAKE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n"
 
