@@ -8,6 +8,8 @@ order, some twice, and some left on the stage while later files of their partiti
 holds each partition before its hole and says so; once the late files land, every replica equals its source
 row for row. Then as 4.x after an upgrade (Snowpipe Streaming, NULL tombstones, SnowflakeConnectorPushTime):
 every replica equals its source again. Connector mode sends string decimals, so DECIMAL(65,30) is exact.
+The source is the `defs` package's shared `e2e_source` (its own changefeed and topics); each workload round
+stops on a transaction count.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dagster_snowflake import SnowflakeResource
 
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.connector_assets import confluent_key
-from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
+from tidb_pipeline.defs.tables import table_keys, table_names
 from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.confluent_cloud import ConfluentCloudConnect
 from tidb_pipeline.lab.connector_landing import (
@@ -36,21 +38,25 @@ from tidb_pipeline.lab.connector_landing import (
     ingest_withheld,
     landing_duplicates,
 )
-from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.replication.ddl import quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.kafka_connect import KafkaConnectResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
-from tidb_pipeline.workload import tpcc, types_table
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables
+from tidb_pipeline_tests.defs.lab_pipeline import materialize, pipeline_defs, run_workload
 from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
 
 # A syntactically plausible key body: the stand-in stores it, nothing here authenticates with it.
 KAFKA_SECRET = "kafka/secret+@:%?"
+# Transactions per workload round: deliveries (4 % of the mix) delete new orders, the 4.x tombstones.
+TRANSACTIONS = 200
+# Records per SNOWPIPE file: each file costs about ten statements on fakesnow, and this still gives the larger
+# tables (item, stock, order_line) two or more files per partition to shuffle, duplicate and withhold.
+FILE_RECORDS = 300
+CRASH_RECORDS = 5  # records per partition the crashed delivery writes and never commits
 FAKE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n"
 
 
@@ -65,28 +71,16 @@ _CLOUD: dict[str, ConfluentCloudConnect] = {}
 
 
 @pytest.fixture(scope="module")
-def pipeline(
-    lab_settings: LabSettings, mariadb: Service, kafka: Service, registry: Service, snowflake: Service, ticdc: Service,
-) -> Iterator[dict[str, Any]]:
-    def config(suffix: str, tpcc_db: str) -> dict[str, Any]:
-        return {
-            "source": {"changefeed_id": f"cm-{suffix}"},
-            "snowflake": {"database": f"CM_{suffix.upper()}"},
-            "landing_mode": "connector",
-            # The 3.x line as Confluent Cloud runs it: SNOWPIPE files, in any order.
-            "connectors": {"snowflake_sink_name": f"snowflake-sink-{suffix}", "snowflake_ingestion_method": "SNOWPIPE"},
-            "tables": [*tpcc_tables(tpcc_db), {"db": f"cm_types_{suffix}", "table": types_table.TABLE, "key": ["id"]}],
-        }
-
-    with lab_pipeline(lab_settings, mariadb, prefix="cm", config=config, more_databases=("cm_types_{suffix}",)) as p:
-        cfg = p["config"]
+def pipeline(lab_settings: LabSettings, e2e_source: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The connector-mode pipeline over the shared source (its changefeed, with string decimals, exists already)."""
+    with pipeline_defs(lab_settings, e2e_source["configs"]["connector"]) as (cfg, defs):
         # The connector expects its database and schema to exist (an operator creates them, not the sink).
         with sf_connector.connect(**connection_args(lab_settings)) as sf:
             cur = sf.cursor()
             cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(cfg.snowflake.database)}")
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(cfg.snowflake.database)}."
                         f"{quote_ident(cfg.snowflake.landing_schema)}")
-        yield {**p, "types_db": p["databases"][0]}
+        yield {**e2e_source, "config": cfg, "defs": defs}
 
 
 def _reconcile_sink(defs: dg.Definitions, config: PipelineConfig, cloud: ConfluentCloudConnect) -> dict[str, Any]:
@@ -151,12 +145,15 @@ def _assert_replicas_equal(pipeline: dict[str, Any], settings: LabSettings) -> N
 
 
 def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_settings: LabSettings) -> None:
-    config, defs, conn_kwargs = pipeline["config"], pipeline["defs"], pipeline["conn_kwargs"]
+    config, defs = pipeline["config"], pipeline["defs"]
     assert config.decimal_handling == "string", "connector mode must send string decimals (DECIMAL(65,30) exact)"
     assert {table_keys(config, t).landing for t in config.tables}.isdisjoint(
         {k for a in defs.assets if isinstance(a, dg.AssetsDefinition) for k in a.keys}
     ), "in connector mode the landing tables are external (the sink writes them)"
-    materialize(defs, {changefeed_key(config)})
+    # Its changefeed (materialised by the shared source, before the data) writes string decimals to its own topics.
+    with defs.resources["ticdc"].get_client() as client:
+        sink_uri = client.get(config.source.changefeed_id).sink_uri_masked
+    assert "avro-decimal-handling-mode=string" in sink_uri, sink_uri
 
     cloud = ConfluentCloudConnect(settle_polls=0)
     meta = _reconcile_sink(defs, config, cloud)
@@ -173,13 +170,7 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
     assert {r.topic: r.table for r in spec.routes} == {config.topic(t): table_names(config, t).landing
                                                        for t in config.tables}
 
-    tpcc.prepare(conn_kwargs, database=pipeline["tpcc_db"], warehouses=1, scale=0.02)
-    with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
-        types_table.create_types_table(conn, pipeline["types_db"])
-        types_table.insert_types_rows(conn, database=pipeline["types_db"])
-    summary = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=10, threads=2, seed=11)
-    with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
-        types_table.update_types_rows(conn, database=pipeline["types_db"])
+    run_workload(pipeline, transactions=TRANSACTIONS, seed=11)
     wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
 
     # --- connector 3.x, SNOWPIPE ---------------------------------------------------------------------
@@ -187,11 +178,11 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
     with sf_connector.connect(**connection_args(lab_settings)) as sf:
         # A crash between writing and committing: the first records of each partition land twice.
         with pytest.raises(SimulatedCrash):
-            deliver(spec, kafka=kafka, registry=registry, connection=sf, max_records_per_partition=5,
+            deliver(spec, kafka=kafka, registry=registry, connection=sf, max_records_per_partition=CRASH_RECORDS,
                     crash_before_commit=True)
-        # Then files of 40 records, ingested in a random order, four of them twice, three left on the stage
-        # while later files of their partition land.
-        first = deliver(spec, kafka=kafka, registry=registry, connection=sf, file_records=40,
+        # Then files of FILE_RECORDS records, ingested in a random order, four of them twice, three left on the
+        # stage while later files of their partition land.
+        first = deliver(spec, kafka=kafka, registry=registry, connection=sf, file_records=FILE_RECORDS,
                         shuffle=random.Random(13), duplicate_files=4, withhold_files=3)
         assert deliver(spec, kafka=kafka, registry=registry, connection=sf).records == 0, "offsets were committed"
     assert first.records > 0 and len(first.withheld) == 3
@@ -202,9 +193,12 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
     watermarks = _watermarks(config, lab_settings)
     for f in first.withheld:
         table = next(t for t in config.tables if table_names(config, t).landing == f.table)
+        # The crashed delivery landed each partition's first CRASH_RECORDS already, so a withheld first file's
+        # hole starts after them.
+        first_hole = min(max(w.offsets[0], CRASH_RECORDS) for w in first.withheld
+                         if (w.table, w.partition) == (f.table, f.partition))
         # Nothing merged past the hole, and the run's metadata says what waits (the partition's first hole).
-        assert watermarks[table.table].get(f.partition, -1) < f.offsets[0], (table.table, f)
-        first_hole = min(w.offsets[0] for w in first.withheld if (w.table, w.partition) == (f.table, f.partition))
+        assert watermarks[table.table].get(f.partition, -1) < first_hole, (table.table, f)
         held = merged[table.table]["held_back"]
         assert any(h.startswith(f"partition {f.partition}: offsets {first_hole}..") for h in held), (held, f)
 
@@ -215,10 +209,7 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
     _assert_replicas_equal(pipeline, lab_settings)
 
     # --- upgraded to connector 4.x: Snowpipe Streaming, NULL tombstones, push times -------------------
-    summary2 = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=15, threads=2, seed=12)
-    assert summary.completed + summary2.completed > 0
-    with pymysql.connect(autocommit=True, **conn_kwargs) as conn:
-        types_table.update_types_rows(conn, database=pipeline["types_db"])
+    run_workload(pipeline, transactions=TRANSACTIONS, seed=12)
     wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     streaming = dataclasses.replace(spec, ingestion_method="SNOWPIPE_STREAMING")
     with sf_connector.connect(**connection_args(lab_settings)) as sf:

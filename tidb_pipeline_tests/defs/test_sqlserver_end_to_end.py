@@ -1,7 +1,8 @@
 """The built-in SQL applier on the lab: TPC-C through the TiCDC stand-in and Kafka into PostgreSQL (SQL Server's
 stand-in), through the `sqlserver/...` assets `build_defs` wires from the config's `sqlserver` section.
 
-Acceptance of issue 6: after a TPC-C workload run every eligible TPC-C table's replica equals its source in
+Acceptance of issue 6: after TPC-C workload rounds (the `defs` package's shared `e2e_source`, read from the
+builtin pipeline's topics) every eligible TPC-C table's replica equals its source in
 full (every row, every column), and a rerun with nothing new applies nothing. The SQL Server tables' asset
 checks, run through Dagster, pass on every table; after one target row is changed and another deleted in
 PostgreSQL, the content check fails naming the changed key range and the row count check fails on the deletion.
@@ -21,32 +22,28 @@ import sqlalchemy as sa
 from tidb_pipeline.defs.check_results import CheckSettings
 from tidb_pipeline.defs.sqlserver_assets import sqlserver_key
 from tidb_pipeline.defs.sqlserver_checks import CONTENT_CHECK, ROW_COUNT_CHECK, build_sqlserver_checks
-from tidb_pipeline.defs.tables import changefeed_key
 from tidb_pipeline.lab.compare import compare_sql_table
 from tidb_pipeline.lab.postgres import LAB_DATABASE
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 from tidb_pipeline.replication.sqlserver import TargetTable
 from tidb_pipeline.resources.sqlserver import SqlServerResource
-from tidb_pipeline.workload import tpcc
-from tidb_pipeline_tests.defs.lab_pipeline import lab_pipeline, materialize, tpcc_tables
+from tidb_pipeline_tests.defs.lab_pipeline import materialize, pipeline_defs, run_workload, tpcc_tables
 from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
 
+TRANSACTIONS = 150  # per workload round
+
 
 @pytest.fixture(scope="module")
-def pipeline(
-    lab_settings: LabSettings, mariadb: Service, kafka: Service, registry: Service, ticdc: Service, postgres: Service,
-) -> Iterator[dict[str, Any]]:
+def pipeline(lab_settings: LabSettings, e2e_source: dict[str, Any], postgres: Service) -> Iterator[dict[str, Any]]:
     schema = f"sq_{uuid.uuid4().hex[:6]}"
-
-    def config(suffix: str, tpcc_db: str) -> dict[str, Any]:
-        return {
-            "source": {"changefeed_id": f"sq-{suffix}"},
-            "sqlserver": {"enabled": True, "database": LAB_DATABASE, "schema": schema},
-            "tables": tpcc_tables(tpcc_db),
-        }
+    # The builtin pipeline's changefeed and topics (its `source` section), TPC-C tables only. This config never
+    # materialises the changefeed: its table list would drop the type-coverage table from the shared feed.
+    builtin = e2e_source["configs"]["builtin"]
+    config = {"source": builtin["source"], "sqlserver": {"enabled": True, "database": LAB_DATABASE, "schema": schema},
+              "tables": tpcc_tables(e2e_source["tpcc_db"])}
 
     # The wired resource's password is an EnvVar, resolved only inside runs; the test connects on its own.
     engine = SqlServerResource(drivername="postgresql+pg8000", host=lab_settings.host,
@@ -56,10 +53,10 @@ def pipeline(
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     try:
         # SQLSERVER_SCHEMA unset: the config's schema applies.
-        with lab_pipeline(lab_settings, mariadb, prefix="sq", config=config, unset_env=("SQLSERVER_SCHEMA",)) as p:
-            wired = p["defs"].resources["sqlserver"]
+        with pipeline_defs(lab_settings, config, unset_env=("SQLSERVER_SCHEMA",)) as (cfg, defs):
+            wired = defs.resources["sqlserver"]
             assert (wired.drivername, wired.database, wired.db_schema) == ("postgresql+pg8000", LAB_DATABASE, schema)
-            yield {**p, "engine": engine, "schema": schema}
+            yield {**e2e_source, "config": cfg, "defs": defs, "engine": engine, "schema": schema}
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
@@ -71,15 +68,12 @@ def test_tpcc_sqlserver_replicas_equal_source_after_workload(pipeline: dict[str,
     keys = {sqlserver_key(config=config, table=t, database=LAB_DATABASE) for t in config.tables}
     assert keys == {k for a in defs.assets if isinstance(a, dg.AssetsDefinition) for k in a.keys
                     if k.path[0] == "sqlserver"}
-    materialize(defs, {changefeed_key(config)})
 
-    tpcc.prepare(conn_kwargs, database=pipeline["tpcc_db"], warehouses=1, scale=0.02)
-    first = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=10, threads=2, seed=21)
+    run_workload(pipeline, transactions=TRANSACTIONS, seed=21)
     wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     materialize(defs, keys)  # mid-stream, so the last apply starts from stored offsets
 
-    second = tpcc.run(conn_kwargs, database=pipeline["tpcc_db"], duration_s=15, threads=2, seed=22)
-    assert first.completed + second.completed > 0
+    run_workload(pipeline, transactions=TRANSACTIONS, seed=22)
     wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     materialize(defs, keys)
 
