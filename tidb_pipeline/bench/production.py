@@ -167,6 +167,9 @@ class Daemon:
         (home / "dagster.yaml").write_text(
             (_REPO / "dagster.yaml").read_text().replace("env: DAGSTER_HOME", json.dumps(str(home))))
         self.home = home
+        # The instance's SQLite storages created (and their schema stamped) here, before the daemon starts:
+        # two processes creating them at once can stamp two alembic heads, and every later open then fails.
+        self.instance().get_runs(limit=1)
         env = {**os.environ, **pipeline_env(settings), "DAGSTER_HOME": str(home),
                "TIDB_PIPELINE_CONFIG": str(config_path)}
         if parallel_tables is not None:  # instead of the lab's setting (lab/snowflake.py), for paired runs
