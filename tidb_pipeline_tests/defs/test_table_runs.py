@@ -61,7 +61,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
             made.append(("merge", names.topic, threading.current_thread().name))
         return {"rows_inserted": 1}
 
-    monkeypatch.setenv("SNOWFLAKE_PARALLEL_TABLES", "4")  # the threaded path (1 is a loop)
+    monkeypatch.setenv("SNOWFLAKE_PARALLEL_TABLES", "4")  # the threaded path (1, the lab's setting, is a loop)
     monkeypatch.setattr(tables, "_land", land)
     monkeypatch.setattr(tables, "_merge", merge)
     return made
