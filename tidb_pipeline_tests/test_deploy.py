@@ -185,6 +185,7 @@ def test_one_merge_run_per_table_group_at_a_time(instance_file: str, tmp_path: P
     limits = coordinator.get_run_queue_config().tag_concurrency_limits
     assert [(lim["key"], lim["value"], lim["limit"]) for lim in limits] == [
         (GROUP_TAG, {"applyLimitPerUniqueValue": True}, 1)]
+    assert coordinator.dequeue_interval_seconds == 1  # a queued merge starts within a second of its slot freeing
     # ... and every merge job's runs carry that tag, one value per group (the sensor's requests do too).
     config = parse_config({"merge_schedules": {"a": {"cron": "* * * * *"}, "b": {"cron": "* * * * *"}},
                            "tables": [{"db": "d", "table": "t1", "key": ["id"], "group": "a"},

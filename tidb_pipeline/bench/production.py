@@ -89,6 +89,7 @@ class Window:
     runs: int = 0
     run_seconds_median: float = 0.0
     launch_seconds_median: float = 0.0  # run request -> run process started (queue + launch + imports)
+    drained_rate: float = 0.0  # pipeline alone: changes / (first produced -> last one in the replica)
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     latencies: list[float] = field(default_factory=list, repr=False)
@@ -156,8 +157,9 @@ class Poller:
 class Daemon:
     """`dagster-daemon run` on the project's definitions with `config_path`, in a fresh $DAGSTER_HOME."""
 
-    def __init__(self, settings: LabSettings, config_path: Path, home: Path) -> None:
+    def __init__(self, settings: LabSettings, config_path: Path, home: Path, parallel_tables: int | None = None) -> None:
         from tidb_pipeline.lab.env import pipeline_env
+        from tidb_pipeline.resources.warehouse import PARALLEL_TABLES_VAR
 
         home.mkdir(parents=True, exist_ok=True)
         # The project's instance config with this home written in (it names $DAGSTER_HOME, which in this
@@ -165,8 +167,13 @@ class Daemon:
         (home / "dagster.yaml").write_text(
             (_REPO / "dagster.yaml").read_text().replace("env: DAGSTER_HOME", json.dumps(str(home))))
         self.home = home
+        # The instance's SQLite storages created (and their schema stamped) here, before the daemon starts:
+        # two processes creating them at once can stamp two alembic heads, and every later open then fails.
+        self.instance().get_runs(limit=1)
         env = {**os.environ, **pipeline_env(settings), "DAGSTER_HOME": str(home),
                "TIDB_PIPELINE_CONFIG": str(config_path)}
+        if parallel_tables is not None:  # instead of the lab's setting (lab/snowflake.py), for paired runs
+            env[PARALLEL_TABLES_VAR] = str(parallel_tables)
         self.log = home / "daemon.log"
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "tidb_pipeline.definitions"],
@@ -395,6 +402,8 @@ def _line(w: Window) -> str:
     if w.kind == "end to end":
         text += (f" = feed {w.feed[0]:.1f}/{w.feed[1]:.1f}/{w.feed[2]:.1f}s + pipeline "
                  f"{w.pipeline[0]:.1f}/{w.pipeline[1]:.1f}/{w.pipeline[2]:.1f}s; tpmC {w.tpmc:,.0f}")
+    if w.drained_rate:
+        text += f"; drained at {w.drained_rate:,.0f}/s"
     return text + (f"; {w.runs} runs (median {w.run_seconds_median:.1f}s, launched {w.launch_seconds_median:.1f}s "
                    f"after the request); load {w.load_before[0]:.1f} -> {w.load_after[0]:.1f}")
 
@@ -476,7 +485,7 @@ def _produce(settings: LabSettings, records: list[tuple[str, int, bytes | None, 
 
 
 def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str], rates: list[float],
-                   seconds: float) -> list[Window]:
+                   seconds: float, parallel_tables: int | None = None) -> list[Window]:
     """Part 2: replay the recorded topics at each rate into fresh topics, the daemon landing and merging them."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -505,7 +514,7 @@ def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str]
         admin.create_topics([NewTopic(n.topic, config.source.partitions, 1)])[n.topic].result(timeout=60)
     kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
     poller = Poller(settings, next(iter(names.values())).watermarks.sql).start()
-    daemon = Daemon(settings, work / "replay.yaml", work / "dagster_home_replay")
+    daemon = Daemon(settings, work / "replay.yaml", work / "dagster_home_replay", parallel_tables)
     instance = daemon.instance()
     windows: list[Window] = []
     try:
@@ -522,6 +531,7 @@ def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str]
             end = time.time()
             sub_config = config.model_copy(update={"tables": [t for t in config.tables if t.db == dbs[rate]]})
             _wait_merged(poller, sub_config, kafka, daemon)
+            drained = time.time() - start  # within POLL_S of the last watermark move
             load_after = os.getloadavg()
             total, _, _ = _measure(settings, poller, sub_config, start - 1, end + 1, by_commit=False)
             runs, delays = _runs(instance, start, end)
@@ -529,7 +539,7 @@ def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str]
                        len(total), *_stats(total), runs=len(runs),
                        run_seconds_median=percentile(runs, 50) if runs else 0.0,
                        launch_seconds_median=percentile(delays, 50) if delays else 0.0, load_before=load_before,
-                       load_after=load_after, latencies=total)
+                       load_after=load_after, latencies=total, drained_rate=sent / drained)
             _say(_line(w))
             windows.append(w)
             # The issue's rates (up to 50k/s) always run, so the curve shows where it bends; beyond them only
@@ -544,7 +554,7 @@ def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str]
 
 
 def run(seconds: float, fractions: list[float], threads: int, replay_rates: list[float],
-        replay_seconds: float, recorded: list[str] | None = None) -> list[Window]:
+        replay_seconds: float, recorded: list[str] | None = None, parallel_tables: int | None = None) -> list[Window]:
     """Both parts on this checkout's lab (started if needed); the windows in order."""
     from tidb_pipeline.lab import stack
     from tidb_pipeline.lab.service import up
@@ -555,7 +565,7 @@ def run(seconds: float, fractions: list[float], threads: int, replay_rates: list
     _say(f"work folder {work} (daemon logs, configs)")
     windows, topics = ([], recorded) if recorded else end_to_end(settings, work, fractions, seconds, threads)
     if replay_rates:
-        windows += pipeline_alone(settings, work, topics, replay_rates, replay_seconds)
+        windows += pipeline_alone(settings, work, topics, replay_rates, replay_seconds, parallel_tables)
     return windows
 
 
@@ -587,10 +597,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=_REPO / "benchmarks" / "production.json")
     parser.add_argument("--recorded", nargs="*", metavar="TOPIC",
                         help="replay these TiCDC topics (recorded by an earlier run) and skip the end-to-end part")
+    parser.add_argument("--parallel-tables", type=int, metavar="N",
+                        help="SNOWFLAKE_PARALLEL_TABLES for the replay's daemon instead of the lab's 1 (paired runs)")
     args = parser.parse_args(argv)
     # A SIGTERM (timeout, kill) unwinds like Ctrl-C, so the daemon this started is stopped with it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    windows = run(args.seconds, args.fractions, args.threads, args.replay_rates, args.replay_seconds, args.recorded)
+    windows = run(args.seconds, args.fractions, args.threads, args.replay_rates, args.replay_seconds, args.recorded,
+                  args.parallel_tables)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

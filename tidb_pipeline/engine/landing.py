@@ -360,16 +360,16 @@ def _resolve_unknown(
 
 def ensure_tables(warehouse: Warehouse, tables: LandingTables) -> None:
     """Create the landing table and the loader's control objects if missing (all IF NOT EXISTS)."""
-    ensure_schema(warehouse, tables.landing)
-    ensure_schema(warehouse, tables.locks)
-    for sql in (
-        create_landing_sql(tables.landing),
+    ensure_schema(warehouse, tables.landing, once=True)
+    ensure_schema(warehouse, tables.locks, once=True)
+    warehouse.execute(create_landing_sql(tables.landing))
+    for sql in (  # shared by every topic: created once per process (`Warehouse.ensure_once`)
         create_dead_letter_sql(tables.dead_letter),
         create_load_lock_sql(tables.locks),
         create_landed_offsets_sql(tables.offsets),
         f"CREATE STAGE IF NOT EXISTS {tables.stage}",
     ):
-        warehouse.execute(sql)
+        warehouse.ensure_once(sql)
     warehouse.execute(ensure_lock_row_sql(tables.locks, tables.landing))
     # An empty landing table (just created again after someone dropped it, or emptied by hand) has landed
     # nothing, whatever its offsets rows say: forget them, and the load seeds them again from a scan (which

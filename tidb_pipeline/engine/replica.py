@@ -92,13 +92,16 @@ def latest_schemas(registry: SchemaRegistryClient, topic: str) -> tuple[str, str
     return key.schema.schema_str, value.schema.schema_str, value.version
 
 
-def ensure_schema(warehouse: Warehouse, table: TableRef) -> None:
-    """Create `table`'s database (when it names one) and schema if missing."""
+def ensure_schema(warehouse: Warehouse, table: TableRef, *, once: bool = False) -> None:
+    """Create `table`'s database (when it names one) and schema if missing; with `once`, only the first time in
+    this process (`Warehouse.ensure_once`: for DDL steps run through `Warehouse.ensured`, which re-creates
+    after a missing-object error)."""
+    run = warehouse.ensure_once if once else warehouse.execute
     if table.database:
-        warehouse.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(table.database)}")
-        warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.database)}.{quote_ident(table.schema)}")
+        run(f"CREATE DATABASE IF NOT EXISTS {quote_ident(table.database)}")
+        run(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.database)}.{quote_ident(table.schema)}")
     else:
-        warehouse.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.schema)}")
+        run(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(table.schema)}")
 
 
 def ensure_replica(
@@ -333,16 +336,17 @@ def merge_replica(
     log_table = sc.schema_changes_table(watermarks)
 
     def ensure() -> tuple[ReplicaColumn, ...]:
-        ensure_schema(wh, watermarks)
-        wh.execute(create_watermark_sql(watermarks))
-        wh.execute(create_unconverted_sql(unconverted_table(watermarks)))
+        # The control tables are shared by every replica: created once per process (`Warehouse.ensure_once`).
+        ensure_schema(wh, watermarks, once=True)
+        wh.ensure_once(create_watermark_sql(watermarks))
+        wh.ensure_once(create_unconverted_sql(unconverted_table(watermarks)))
         for ref, create in ((dead_letters, create_dead_letter_sql), (offset_gaps, create_offset_gaps_sql),
                             (landed_offsets, create_landed_offsets_sql)):
             if ref is not None:  # the pending-ranges queries read them
-                ensure_schema(wh, ref)
-                wh.execute(create(ref))
+                ensure_schema(wh, ref, once=True)
+                wh.ensure_once(create(ref))
         if ddl is not None:
-            wh.execute(sc.create_schema_changes_sql(log_table))
+            wh.ensure_once(sc.create_schema_changes_sql(log_table))
             got_changes, before[0] = follow_schema_changes(wh, replica, fields, version, ddl, log_table, when,
                                                            source_columns, policy, source)
             changes.extend(got_changes)

@@ -62,6 +62,12 @@ which overflow after 2262). And the server sends a NULL TIMESTAMP_NTZ as NULL, n
   (the built-in landing stages Parquet).
 - Two loads racing for the landing lock row: Snowflake makes the second wait; DuckDB fails it with a write
   conflict (HTTP 500), which the connector retries until its network timeout.
+- Concurrent statements: fakesnow's server runs each request in a thread pool on one shared DuckDB database,
+  where two statements writing at the same moment can fail with a write conflict (HTTP 500, retried by the
+  connector with back-off). `install` makes the server run one statement at a time (`STATEMENTS`, a lock
+  around each statement, not around a transaction), as the lab's docs always said it does: sessions still
+  interleave their transactions and their client-side work (Kafka reads, Parquet, uploads), and a
+  statement never waits on another session's lock in DuckDB, so the lock cannot deadlock.
 - A PRIMARY KEY is informational on Snowflake and enforced here.
 - Checksums (`replication.checksum`): `HASH`/`HASH_AGG` differ from Snowflake's and `TO_NUMBER(x, 'XXX')` is
   missing, so hex digits are summed by position; an integer product is summed as a double unless cast to
@@ -75,6 +81,7 @@ which overflow after 2262). And the server sends a NULL TIMESTAMP_NTZ as NULL, n
 from __future__ import annotations
 
 import re
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -361,6 +368,10 @@ def _null_timestamps_stay_null() -> None:
     arrow.timestamp_to_sf_struct = with_nulls
 
 
+# One statement at a time in the server process (module docstring). Reentrant: a statement may run others.
+STATEMENTS = threading.RLock()
+
+
 def install() -> None:
     """Route every statement of fakesnow's sessions through `rewrite` (call once per process: the lab server,
     or a test using fakesnow in process)."""
@@ -373,17 +384,19 @@ def install() -> None:
     describe_only = FakeSnowflakeCursor._describe_only  # noqa: SLF001
 
     def adapted_execute(self: Any, command: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if (steps := swap_as_renames(command)) is not None:
-            for step in steps:
-                execute(self, step)
-            return self
-        if params and not kwargs.get("binding_params"):
-            # In process, bind first as the connector does before sending (rewrites may add a literal `%`).
-            command, params = self._rewrite_with_params(command, params)  # noqa: SLF001
-        return execute(self, rewrite(command, session_of(self._conn)), params, *args, **kwargs)  # noqa: SLF001
+        with STATEMENTS:
+            if (steps := swap_as_renames(command)) is not None:
+                for step in steps:
+                    execute(self, step)
+                return self
+            if params and not kwargs.get("binding_params"):
+                # In process, bind first as the connector does before sending (rewrites may add a literal `%`).
+                command, params = self._rewrite_with_params(command, params)  # noqa: SLF001
+            return execute(self, rewrite(command, session_of(self._conn)), params, *args, **kwargs)  # noqa: SLF001
 
     def adapted_describe_only(self: Any, command: str) -> Any:
-        return describe_only(self, rewrite(command, session_of(self._conn)))  # noqa: SLF001
+        with STATEMENTS:
+            return describe_only(self, rewrite(command, session_of(self._conn)))  # noqa: SLF001
 
     FakeSnowflakeCursor.execute = adapted_execute  # type: ignore[method-assign]
     FakeSnowflakeCursor._describe_only = adapted_describe_only  # type: ignore[method-assign]  # noqa: SLF001

@@ -166,6 +166,7 @@ class Warehouse:
         self.rowcount: int | None = None  # rows the last statement changed, as the connector reports them
         self._pinned = False
         self._pin_lock = threading.Lock()
+        self._skipped_ddl = False  # `ensure_once` skipped a statement since `ensured` last began an ensure
 
     @classmethod
     def of(cls, session: Warehouse | Any, config: SnowflakeSessionConfig | None = None) -> Warehouse:
@@ -212,6 +213,18 @@ class Warehouse:
                 self._run(alter_session_sql(self.session.parameters()))
                 self._pinned = True
 
+    def ensure_once(self, sql: str) -> None:
+        """Run `sql`, an idempotent `CREATE ... IF NOT EXISTS`, unless this process already ran it on this server
+        and session database (the DDL memo). The objects several tables share (database, schemas, control
+        tables) were created again for every table of every run; a missing-object error later in `ensured`
+        forgets the memo and runs them again."""
+        key = self.memo_key(("ensure", sql))
+        if self.memo.holds(key):
+            self._skipped_ddl = True
+            return
+        self.execute(sql)
+        self.memo.remember(key)
+
     def commit(self) -> None:
         self.execute("COMMIT")
 
@@ -250,13 +263,16 @@ class Warehouse:
         full = self.memo_key(key)
         skipped = self.memo.holds(full, version)
         if not skipped:
+            self._skipped_ddl = False
             self.memo.remember(full, version, ensure())
+            skipped = self._skipped_ddl  # part of it was remembered from another table's ensure
         try:
             return work()
         except Exception as exc:
             if not is_missing_object(exc):
                 raise
-            self.memo.forget(full)
+            # Something this process created is gone: forget all of it (`ensure_once` entries too).
+            self.memo.forget()
             if not skipped:
                 raise
             log.warning("%s failed with its DDL skipped (%s: %s); creating its objects again and retrying once",

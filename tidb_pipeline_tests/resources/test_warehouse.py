@@ -188,6 +188,30 @@ def test_other_errors_are_raised_without_a_retry_and_the_memo_kept() -> None:
     assert (calls, ddl) == ([1], ["ddl"]) and memo.holds(wh.memo_key("objects"))
 
 
+def test_shared_ddl_runs_once_per_process_and_again_after_a_missing_object() -> None:
+    """Objects several tables share (schemas, control tables) are created by the first table's DDL step only; when
+    a later table's work finds one gone, its step had skipped it, so everything is created again, work retried."""
+    memo, conn, attempts = DdlMemo(), Connection(), []
+    wh = Warehouse(conn, memo=memo)
+    shared = 'CREATE TABLE IF NOT EXISTS "D"."S"."SHARED" (x INT)'
+
+    def ensure(own: str) -> Callable[[], None]:
+        return lambda: (wh.ensure_once(shared), wh.execute(f"CREATE TABLE IF NOT EXISTS {own} (x INT)"))[-1]
+
+    def work() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise MISSING  # someone dropped SHARED behind the memo
+        return "merged"
+
+    wh.ensured("a", ensure("A"), lambda: None)
+    wh.ensured("b", ensure("B"), lambda: None)
+    assert wh.ensured("c", ensure("C"), work, log=logging.getLogger("test_warehouse")) == "merged"
+    assert [s.split(" (")[0].split()[-1] for s in conn.sql if s.startswith("CREATE")] == \
+        ['"D"."S"."SHARED"', "A", "B", "C", '"D"."S"."SHARED"', "C"]
+    assert attempts == [1, 1]
+
+
 def test_a_temporary_table_is_dropped_even_when_its_job_fails() -> None:
     conn = Connection()
     wh = Warehouse(conn)
