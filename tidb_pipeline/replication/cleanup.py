@@ -70,3 +70,9 @@ def cleanup_sql(
         f"AND {_TIMESTAMP} < %s",
         (*highest_params, replica.label, cutoff),
     )
+
+
+def record_times_sql(landing: TableRef, where: str) -> str:
+    """Two scalar subqueries: MIN and MAX record time (the cleanup's notion of age) of the landing rows `where`
+    selects (alias `l`); each takes the where clause's parameters once."""
+    return ", ".join(f"(SELECT {fn}({RECORD_TIME_SQL}) FROM {landing.sql} l {where})" for fn in ("MIN", "MAX"))

@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tidb_pipeline.replication.avro_types import UNSIGNED_WRAP, ReplicaColumn, key_columns, sql_type_of
-from tidb_pipeline.replication.cleanup import RECORD_TIME_SQL
+from tidb_pipeline.replication.cleanup import record_times_sql
 from tidb_pipeline.replication.columns import hash_sql
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import OffsetSources
@@ -159,16 +159,6 @@ class MergeCounts:
     # Oldest / newest record time (`cleanup.RECORD_TIME_SQL`, epoch ms) of the landing rows read; None: none read.
     oldest_record_ms: int | None = None
     newest_record_ms: int | None = None
-
-
-def record_times_sql(landing: TableRef, where: str) -> str:
-    """Two scalar subqueries: MIN and MAX record time (the cleanup's notion of age) of the landing rows `where`
-    selects (alias `l`); each takes the where clause's parameters once."""
-    return ", ".join(f"(SELECT {fn}({RECORD_TIME_SQL}) FROM {landing.sql} l {where})" for fn in ("MIN", "MAX"))
-
-
-def _ms(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def json_to_sql(column: ReplicaColumn, v: str) -> str:
@@ -411,7 +401,8 @@ def batch_stats_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
 def parse_batch_stats(row: Sequence[Any], plan: MergePlan) -> BatchStats:
     unconverted = tuple((c.name, int(n or 0)) for c, n in zip(plan.checked, row[11:]) if n)
     counts = MergeCounts(*(int(x) for x in row[:5]), unconverted=unconverted,  # type: ignore[misc,arg-type]  # starred: 5 ints
-                         oldest_record_ms=_ms(row[9]), newest_record_ms=_ms(row[10]))
+                         oldest_record_ms=None if row[9] is None else int(row[9]),
+                         newest_record_ms=None if row[10] is None else int(row[10]))
     dupes = None if row[5] is None else int(row[5])
     prunable = plan.keys[0].sql_type.startswith(_PRUNABLE)
     return BatchStats(counts, dupes, (row[6], row[7]) if prunable else None, int(row[8] or 0))

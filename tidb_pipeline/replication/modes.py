@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidb_pipeline.replication.avro_types import ReplicaColumn, key_columns
+from tidb_pipeline.replication.cleanup import record_times_sql
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.merge import (
     _MD_OFFSET,
@@ -49,7 +50,6 @@ from tidb_pipeline.replication.merge import (
     _value_path,
     json_to_sql,
     merge_in_transaction,
-    record_times_sql,
 )
 from tidb_pipeline.replication.mode_columns import (
     COMMIT_TS,
@@ -213,7 +213,7 @@ def history_insert_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Stateme
 
 def history_counts_sql(plan: MergePlan, ranges: Sequence[MergeRange]) -> Statement:
     """New versions by kind (inserts, updates, deletes), all new versions, landing rows read, and the oldest and
-    newest record time of those rows (`merge.record_times_sql`)."""
+    newest record time of those rows (`cleanup.record_times_sql`)."""
     v = history_versions_sql(plan, ranges)
     r = _ranges_table(ranges)
     in_ranges = (f'JOIN ({r.sql}) r ON {_MD_PARTITION} = r."P" AND {_MD_OFFSET} > r."LO" '
