@@ -159,6 +159,35 @@ _STRIP_NULL_VALUE = re.compile(r"\bSTRIP_NULL_VALUE\(", re.IGNORECASE)
 _TO_VARCHAR = re.compile(r"\s*::\s*VARCHAR\b", re.IGNORECASE)
 
 
+def _rewrite_calls(sql: str, call: re.Pattern[str], rewrite: Callable[[re.Match[str], str], str | None], *,
+                   then: re.Pattern[str] | None = None) -> str:
+    """Each call outside quotes (`call` matches the function's name and its `(`), and the `then` right after it
+    when given, replaced by `rewrite(the name's match, the text between its parentheses)`.
+
+    A call inside a string or quoted identifier, one without `then`, or one `rewrite` returns None for is kept.
+    """
+    out, pos, quoted = [], 0, _in_quotes(sql)
+    for m in call.finditer(sql):
+        if m.start() < pos or quoted[m.start()]:
+            continue
+        close = _closing_paren(sql, m.end() - 1)
+        if close is None:
+            break
+        end = close + 1
+        if then is not None:
+            follows = then.match(sql, end)
+            if follows is None:
+                continue
+            end = follows.end()
+        replaced = rewrite(m, sql[m.end():close])
+        if replaced is None:
+            continue
+        out.append(sql[pos:m.start()])
+        out.append(replaced)
+        pos = end
+    out.append(sql[pos:])
+    return "".join(out)
+
 def strip_null_value_as_varchar(sql: str, _session: LabSession) -> str:
     """`STRIP_NULL_VALUE(e)::VARCHAR` -> `IFF(IS_NULL_VALUE(e), NULL, e::VARCHAR)`.
 
@@ -166,22 +195,12 @@ def strip_null_value_as_varchar(sql: str, _session: LabSession) -> str:
     where Snowflake gives the string itself; its cast of a path (`e::VARCHAR`) is right. Same meaning: JSON null
     -> NULL, a string -> its text. `e` is a path in every statement the pipeline sends.
     """
-    out, pos, quoted = [], 0, _in_quotes(sql)
-    for m in _STRIP_NULL_VALUE.finditer(sql):
-        if m.start() < pos or quoted[m.start()]:
-            continue
-        close = _closing_paren(sql, m.end() - 1)
-        if close is None:
-            break
-        cast = _TO_VARCHAR.match(sql, close + 1)
-        if cast is None:
-            continue
-        inner = strip_null_value_as_varchar(sql[m.end():close], _session)
-        out.append(sql[pos:m.start()])
-        out.append(f"IFF(IS_NULL_VALUE({inner}), NULL, {inner}::VARCHAR)")
-        pos = cast.end()
-    out.append(sql[pos:])
-    return "".join(out)
+
+    def iff(_name: re.Match[str], argument: str) -> str:
+        inner = strip_null_value_as_varchar(argument, _session)  # a STRIP_NULL_VALUE(...)::VARCHAR nested in it
+        return f"IFF(IS_NULL_VALUE({inner}), NULL, {inner}::VARCHAR)"
+
+    return _rewrite_calls(sql, _STRIP_NULL_VALUE, iff, then=_TO_VARCHAR)
 
 
 _COALESCE = re.compile(r"\bCOALESCE\(", re.IGNORECASE)
@@ -211,22 +230,11 @@ def coalesce_as_varchar(sql: str, _session: LabSession) -> str:
     above; the merge reads a renamed column as `COALESCE(new path, old path)`. Same meaning: COALESCE returns
     its first argument that is not SQL NULL, and that one is cast.
     """
-    out, pos, quoted = [], 0, _in_quotes(sql)
-    for m in _COALESCE.finditer(sql):
-        if m.start() < pos or quoted[m.start()]:
-            continue
-        close = _closing_paren(sql, m.end() - 1)
-        if close is None:
-            break
-        cast = _TO_VARCHAR.match(sql, close + 1)
-        if cast is None:
-            continue
-        args = _top_level_args(sql[m.end():close])
-        out.append(sql[pos:m.start()])
-        out.append("CASE " + " ".join(f"WHEN {a} IS NOT NULL THEN {a}::VARCHAR" for a in args) + " END")
-        pos = cast.end()
-    out.append(sql[pos:])
-    return "".join(out)
+
+    def case(_name: re.Match[str], arguments: str) -> str:
+        return "CASE " + " ".join(f"WHEN {a} IS NOT NULL THEN {a}::VARCHAR" for a in _top_level_args(arguments)) + " END"
+
+    return _rewrite_calls(sql, _COALESCE, case, then=_TO_VARCHAR)
 
 
 _TRY_PARSE_JSON = re.compile(r"\bTRY_PARSE_JSON\(", re.IGNORECASE)
@@ -239,20 +247,10 @@ def try_parse_json_as_try_cast(sql: str, _session: LabSession) -> str:
     DuckDB evaluates that CAST for every row: invalid JSON fails the statement instead of giving NULL. Same
     meaning: invalid text -> NULL, `null` -> a JSON null, anything else -> the parsed value.
     """
-    out, pos, quoted = [], 0, _in_quotes(sql)
-    for m in _TRY_PARSE_JSON.finditer(sql):
-        if m.start() < pos or quoted[m.start()]:
-            continue
-        close = _closing_paren(sql, m.end() - 1)
-        if close is None:
-            break
-        inner = try_parse_json_as_try_cast(sql[m.end():close], _session)
-        out.append(sql[pos:m.start()])
-        out.append(f"TRY_CAST({inner} AS JSON)")
-        pos = close + 1
-    out.append(sql[pos:])
-    return "".join(out)
+    def try_cast(_name: re.Match[str], argument: str) -> str:
+        return f"TRY_CAST({try_parse_json_as_try_cast(argument, _session)} AS JSON)"
 
+    return _rewrite_calls(sql, _TRY_PARSE_JSON, try_cast)
 
 _TRY_TEMPORAL = re.compile(r"\bTRY_TO_(DATE|TIMESTAMP_NTZ)\(", re.IGNORECASE)
 # Snowflake format elements -> DuckDB strptime, longest first. `FF` (1 to 9 digits) -> `%f` (1 to 6): TiDB's
@@ -286,25 +284,15 @@ def try_temporal_as_try_strptime(sql: str, _session: LabSession) -> str:
     which overflow after 2262. Same meaning for the formats TiCDC writes: text in the format -> the value,
     anything else -> NULL.
     """
-    out, pos, quoted = [], 0, _in_quotes(sql)
-    for m in _TRY_TEMPORAL.finditer(sql):
-        if m.start() < pos or quoted[m.start()]:
-            continue
-        close = _closing_paren(sql, m.end() - 1)
-        if close is None:
-            break
-        args = _FORMAT_LITERAL.match(sql[m.end():close])
+    def strptime(name: re.Match[str], arguments: str) -> str | None:
+        args = _FORMAT_LITERAL.match(arguments)
         fmt = _strptime_format(args.group(2)) if args else None
         if args is None or fmt is None:
-            continue
-        inner = try_temporal_as_try_strptime(args.group(1), _session)
-        call = f"TRY_STRPTIME({inner}, '{fmt}')"
-        out.append(sql[pos:m.start()])
-        out.append(f"TRY_CAST({call} AS DATE)" if m.group(1).upper() == "DATE" else call)
-        pos = close + 1
-    out.append(sql[pos:])
-    return "".join(out)
+            return None
+        call = f"TRY_STRPTIME({try_temporal_as_try_strptime(args.group(1), _session)}, '{fmt}')"
+        return f"TRY_CAST({call} AS DATE)" if name.group(1).upper() == "DATE" else call
 
+    return _rewrite_calls(sql, _TRY_TEMPORAL, strptime)
 
 _SWAP = re.compile(r'^\s*ALTER\s+TABLE\s+((?:"[^"]+"\.)*"[^"]+")\s+SWAP\s+WITH\s+((?:"[^"]+"\.)*"[^"]+")\s*;?\s*$',
                    re.IGNORECASE)

@@ -44,7 +44,7 @@ are compared, no trailing cast after TO_TIMESTAMP_NTZ). Duplicate keys in a MERG
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,7 +54,7 @@ from tidb_pipeline.replication.columns import hash_sql
 from tidb_pipeline.replication.ddl import Statement, TableRef, quote_ident
 from tidb_pipeline.replication.holes import OffsetSources
 from tidb_pipeline.replication.mode_columns import DELETED, DELETED_AT, SOFT_DELETE, mode_column_names
-from tidb_pipeline.replication.pending import (  # noqa: F401 - MergeRange, Held, Pending: part of the merge's interface
+from tidb_pipeline.replication.pending import (  # noqa: F401 - MergeRange, Held, Pending, watermark_statements: the merge's interface
     Held,
     MergeRange,
     Pending,
@@ -65,6 +65,7 @@ from tidb_pipeline.replication.pending import (  # noqa: F401 - MergeRange, Held
     parse_ranges,
     pending_bounds_sql,
     pending_ranges_sql,
+    watermark_statements,
 )
 from tidb_pipeline.resources.warehouse import Warehouse
 
@@ -516,26 +517,6 @@ def merge_sql(plan: MergePlan, ranges: Sequence[MergeRange], key_range: tuple[An
     )
 
 
-def watermark_statements(plan: MergePlan, ranges: Sequence[MergeRange], now: dt.datetime) -> list[Statement]:
-    """Set each merged partition's watermark to its range's end (plain DML: no second MERGE, see quirks)."""
-    if not ranges:
-        return []
-    wm = plan.watermarks.sql
-    label = plan.replica.label
-    in_list = ", ".join("%s" for _ in ranges)
-    rows = ", ".join("(%s, %s, %s, %s)" for _ in ranges)
-    return [
-        Statement(
-            f'DELETE FROM {wm} WHERE "REPLICA_TABLE" = %s AND "PARTITION" IN ({in_list})',
-            (label, *(r.partition for r in ranges)),
-        ),
-        Statement(
-            f'INSERT INTO {wm} ("REPLICA_TABLE", "PARTITION", "MERGED_OFFSET", "MERGED_AT") VALUES {rows}',
-            tuple(x for r in ranges for x in (label, r.partition, r.through_offset, now.replace(tzinfo=None))),
-        ),
-    ]
-
-
 @dataclass(frozen=True)
 class MergeTransaction:
     """Statements of one merge, in order. Run `counts` right after BEGIN (it is a SELECT), then the rest."""
@@ -593,13 +574,7 @@ def run_merge(
     prune's key range and the unconverted values together), the MERGE, the unconverted-value records (only
     when there are any), the watermark and COMMIT.
     """
-    wh = Warehouse.of(session)
-    if ranges is None:
-        ranges = read_pending(wh, plan, max_offsets_per_partition).ranges
-    ranges = tuple(ranges)
-    if not ranges:
-        return MergeCounts(0, 0, 0, 0, 0), ()
-    with wh.transaction():
+    def apply(wh: Warehouse, ranges: tuple[MergeRange, ...]) -> MergeCounts:
         stats = parse_batch_stats(wh.execute(batch_stats_sql(plan, ranges))[0], plan)
         if stats.max_rows_per_key is not None and stats.max_rows_per_key > 1:
             raise RuntimeError(
@@ -607,6 +582,26 @@ def run_merge(
                 "rows or the key schema are inconsistent, so the merge was rolled back"
             )
         wh.execute(merge_sql(plan, ranges, stats.key_range if prune else None))
-        for stmt in (*unconverted_statements(plan, ranges, now, stats), *watermark_statements(plan, ranges, now)):
+        for stmt in unconverted_statements(plan, ranges, now, stats):
             wh.execute(stmt)
-    return stats.counts, ranges
+        return stats.counts
+
+    return merge_in_transaction(session, plan, now, ranges, max_offsets_per_partition, apply)
+
+
+def merge_in_transaction(
+    session: Warehouse | Any, plan: MergePlan, now: dt.datetime, ranges: Sequence[MergeRange] | None,
+    max_offsets_per_partition: int | None, apply: Callable[[Warehouse, tuple[MergeRange, ...]], MergeCounts],
+) -> tuple[MergeCounts, tuple[MergeRange, ...]]:
+    """What every mode's merge does around its own statements (`apply`): the pending ranges (unless given),
+    then, when there are any, one transaction of `apply` and the watermark rows. Returns counts and ranges."""
+    wh = Warehouse.of(session)
+    if ranges is None:
+        ranges = read_pending(wh, plan, max_offsets_per_partition).ranges
+    if not (ranges := tuple(ranges)):
+        return MergeCounts(0, 0, 0, 0, 0), ()
+    with wh.transaction():
+        counts = apply(wh, ranges)
+        for stmt in watermark_statements(plan, ranges, now):
+            wh.execute(stmt)
+    return counts, ranges

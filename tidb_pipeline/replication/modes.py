@@ -20,8 +20,8 @@ removing the row). `history` appends versions instead of merging, one transactio
    it ends): `_VALID_TO` = the next version's `_VALID_FROM`, `_IS_CURRENT` = last version and not a delete.
    This closes the previous batch's current version when the next one arrives later, and places a late
    version (older TSO) where it belongs.
-4. The watermark rows (`merge.watermark_statements`), in the same transaction: a crash before COMMIT leaves
-   nothing, a re-run finds the same versions present and adds none.
+4. The watermark rows, in the same transaction (`merge.merge_in_transaction`, as in every mode): a crash before
+   COMMIT leaves nothing, a re-run finds the same versions present and adds none.
 
 Switching modes (`switch_statements`): a new table in the target shape is filled from the old one, then takes
 its name; the merge watermarks are kept, so merging resumes where it stopped. replica/soft_delete -> history:
@@ -48,10 +48,8 @@ from tidb_pipeline.replication.merge import (
     _ranges_table,
     _value_path,
     json_to_sql,
-    parse_ranges,
-    pending_ranges_sql,
+    merge_in_transaction,
     record_times_sql,
-    watermark_statements,
 )
 from tidb_pipeline.replication.mode_columns import (
     COMMIT_TS,
@@ -290,13 +288,8 @@ def run_history_merge(
     """
     if plan.mode != HISTORY:
         raise ValueError(f"replica {plan.replica.label} is in mode {plan.mode}; run_history_merge is for history")
-    wh = Warehouse.of(session)
-    if ranges is None:
-        ranges = parse_ranges(wh.execute(pending_ranges_sql(plan, max_offsets_per_partition)))
-    ranges = tuple(ranges)
-    if not ranges:
-        return MergeCounts(0, 0, 0, 0, 0), ()
-    with wh.transaction():
+
+    def apply(wh: Warehouse, ranges: tuple[MergeRange, ...]) -> MergeCounts:
         row = wh.execute(history_counts_sql(plan, ranges))[0]
         inserted, updated, deleted, versions, landing_rows = (int(x or 0) for x in row[:5])
         oldest, newest = (None if x is None else int(x) for x in row[5:7])
@@ -305,9 +298,9 @@ def run_history_merge(
         if counts.source_rows:
             wh.execute(history_insert_sql(plan, ranges))
             wh.execute(history_relink_sql(plan, ranges))
-        for stmt in watermark_statements(plan, ranges, now):
-            wh.execute(stmt)
-    return counts, ranges
+        return counts
+
+    return merge_in_transaction(session, plan, now, ranges, max_offsets_per_partition, apply)
 
 
 # --- switching modes -------------------------------------------------------------------------------------

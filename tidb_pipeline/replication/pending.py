@@ -1,9 +1,10 @@
 """Which landing offsets the next merge takes: per partition, from the merged watermark up to the first hole
-(`MergeRange`, `Pending`), read from the landed-offsets table when there is one, and the predicates that keep
-a merge's landing reads inside those ranges. Pure SQL builders."""
+(`MergeRange`, `Pending`), read from the landed-offsets table when there is one; the predicates that keep
+a merge's landing reads inside those ranges; the watermark rows that end a merge. Pure SQL builders."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -140,3 +141,23 @@ def parse_pending(rows: Iterable[Sequence[Any]]) -> Pending:
 
 def parse_ranges(rows: Iterable[Sequence[Any]]) -> tuple[MergeRange, ...]:
     return parse_pending(rows).ranges
+
+
+def watermark_statements(plan: MergePlan, ranges: Sequence[MergeRange], now: dt.datetime) -> list[Statement]:
+    """Set each merged partition's watermark to its range's end (plain DML: no second MERGE, see merge.py's quirks)."""
+    if not ranges:
+        return []
+    wm = plan.watermarks.sql
+    label = plan.replica.label
+    in_list = ", ".join("%s" for _ in ranges)
+    rows = ", ".join("(%s, %s, %s, %s)" for _ in ranges)
+    return [
+        Statement(
+            f'DELETE FROM {wm} WHERE "REPLICA_TABLE" = %s AND "PARTITION" IN ({in_list})',
+            (label, *(r.partition for r in ranges)),
+        ),
+        Statement(
+            f'INSERT INTO {wm} ("REPLICA_TABLE", "PARTITION", "MERGED_OFFSET", "MERGED_AT") VALUES {rows}',
+            tuple(x for r in ranges for x in (label, r.partition, r.through_offset, now.replace(tzinfo=None))),
+        ),
+    ]

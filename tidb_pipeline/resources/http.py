@@ -12,9 +12,32 @@ import email.utils
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
+
+
+class HttpClient:
+    """What the clients over one `httpx.Client` (their `http`) do alike: close it, alone or as a `with` block."""
+
+    http: httpx.Client
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def basic_auth_client(url: str, *, api_key: str | None, api_secret: str | None, timeout_s: float, accept: str,
+                      transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """An `httpx.Client` on `url`, with Basic auth when an API key is given (as Confluent's REST APIs take it)."""
+    auth = httpx.BasicAuth(api_key, api_secret or "") if api_key else None
+    return httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=timeout_s, transport=transport,
+                        headers={"Accept": accept})
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from tidb_pipeline.resources.http import RetryPolicy
+from tidb_pipeline.resources.http import HttpClient, RetryPolicy, basic_auth_client
 from tidb_pipeline.resources.http import request as http_request
 
 MASK = "****************"
@@ -144,7 +144,7 @@ def _is_rebalance_conflict(message: str) -> bool:
 
 
 @dataclass
-class KafkaConnectClient:
+class KafkaConnectClient(HttpClient):
     """Plain client: one method per endpoint, bounded retries. Build it with `KafkaConnectResource.get_client()`."""
 
     http: httpx.Client
@@ -210,15 +210,6 @@ class KafkaConnectClient:
                 raise TimeoutError(f"connector {name!r} did not reach {sorted(states)} within {timeout_s:.0f}s "
                                    f"(last seen: {seen})")
             self.sleep(interval_s)
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> KafkaConnectClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     # --- plumbing -----------------------------------------------------------------------------
     def _checked(self, name: str, config: Mapping[str, str]) -> dict[str, str]:
@@ -289,9 +280,8 @@ class KafkaConnectResource(dg.ConfigurableResource):
 
     def get_client(self, *, transport: httpx.BaseTransport | None = None,
                    sleep: Callable[[float], None] = time.sleep) -> KafkaConnectClient:
-        auth = httpx.BasicAuth(self.api_key, self.api_secret or "") if self.api_key else None
-        http = httpx.Client(base_url=self.url.rstrip("/"), auth=auth, timeout=self.timeout_s, transport=transport,
-                            headers={"Accept": "application/json"})
+        http = basic_auth_client(self.url, api_key=self.api_key, api_secret=self.api_secret, timeout_s=self.timeout_s,
+                                 accept="application/json", transport=transport)
         return KafkaConnectClient(http=http, flavor=self.flavor, max_retries=self.max_retries,
                                   max_retry_wait_s=self.max_retry_wait_s, sleep=sleep)
 

@@ -22,7 +22,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from tidb_pipeline.resources.http import RetryPolicy
+from tidb_pipeline.resources.http import HttpClient, RetryPolicy, basic_auth_client
 from tidb_pipeline.resources.http import request as http_request
 
 KSQL_CONTENT_TYPE = "application/vnd.ksql.v1+json"
@@ -165,7 +165,7 @@ def _query_ids(queries: Any) -> list[str]:
 
 
 @dataclass
-class KsqlDbClient:
+class KsqlDbClient(HttpClient):
     """Plain client: one method per endpoint, bounded retries. Build it with `KsqlDbResource.get_client()`."""
 
     http: httpx.Client
@@ -222,15 +222,6 @@ class KsqlDbClient:
         entities = self.ksql(describe_statement(name), command_sequence_number=command_sequence_number)
         return parse_source_description(entities[0])
 
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> KsqlDbClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
     def _request(self, method: str, path: str, *, what: str, json: Any = None,
                  ok_statuses: frozenset[int] | set[int] = frozenset()) -> httpx.Response:
         try:
@@ -270,9 +261,8 @@ class KsqlDbResource(dg.ConfigurableResource):
 
     def get_client(self, *, transport: httpx.BaseTransport | None = None,
                    sleep: Callable[[float], None] = time.sleep) -> KsqlDbClient:
-        auth = httpx.BasicAuth(self.api_key, self.api_secret or "") if self.api_key else None
-        http = httpx.Client(base_url=self.url.rstrip("/"), auth=auth, timeout=self.timeout_s, transport=transport,
-                            headers={"Accept": KSQL_CONTENT_TYPE})
+        http = basic_auth_client(self.url, api_key=self.api_key, api_secret=self.api_secret, timeout_s=self.timeout_s,
+                                 accept=KSQL_CONTENT_TYPE, transport=transport)
         return KsqlDbClient(http=http, max_retries=self.max_retries, sleep=sleep)
 
 

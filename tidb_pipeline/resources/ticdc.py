@@ -28,7 +28,7 @@ import dagster as dg
 import httpx
 from pydantic import Field
 
-from tidb_pipeline.resources.http import RetryPolicy
+from tidb_pipeline.resources.http import HttpClient, RetryPolicy
 from tidb_pipeline.resources.http import request as http_request
 
 _log = logging.getLogger("tidb_pipeline.ticdc")
@@ -204,7 +204,7 @@ def _error(response: httpx.Response, what: str, secrets: Iterable[str]) -> TiCDC
 # --- the client -------------------------------------------------------------------------------------------
 
 
-class TiCDCClient:
+class TiCDCClient(HttpClient):
     """TiCDC OpenAPI v2, one method per endpoint. Use as a context manager (it holds a connection pool)."""
 
     def __init__(
@@ -225,21 +225,12 @@ class TiCDCClient:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self._sleep = sleep
-        self._http = httpx.Client(
+        self.http = httpx.Client(
             base_url=self.base_url,
             auth=auth,
             timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
             transport=transport,
         )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> TiCDCClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- endpoints --------------------------------------------------------------------------------------
 
@@ -336,7 +327,7 @@ class TiCDCClient:
 
         try:
             response = http_request(
-                self._http, method, path, json=json, params=params, sleep=self._sleep,
+                self.http, method, path, json=json, params=params, sleep=self._sleep,
                 policy=RetryPolicy(self.max_retries, self.backoff_s, _MAX_BACKOFF_S),
                 retry_status=lambda r: idempotent and r.status_code >= 500,
                 retry_transport=lambda e: idempotent or isinstance(e, connect_errors),

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
-import pymysql
 
 from tidb_pipeline.config import parse_config
 from tidb_pipeline.defs import build_defs
-from tidb_pipeline.lab.env import applied, pipeline_env
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.workload.schema import CDC_KEYS
+from tidb_pipeline_tests.lab_resources import changefeed_client, lab_environment, source_databases, unique_suffix
 
 
 def tpcc_tables(db: str) -> list[dict[str, Any]]:
@@ -33,22 +31,16 @@ def lab_pipeline(
     Each use gets a unique suffix, so its TPC-C database (`<prefix>_tpcc_<suffix>`, plus `more_databases`
     formatted with `{suffix}`), changefeed and warehouse objects never meet another test's.
     """
-    suffix = uuid.uuid4().hex[:6]
+    suffix = unique_suffix(6)
     tpcc_db = f"{prefix}_tpcc_{suffix}"
     extra = [d.format(suffix=suffix) for d in more_databases]
     cfg = parse_config(dict(config(suffix, tpcc_db)))
     conn_kwargs = mariadb.connect_kwargs()  # type: ignore[attr-defined]
-    with applied(pipeline_env(settings), unset=unset_env):
+    with (lab_environment(settings, unset=unset_env), source_databases(mariadb, tpcc_db, *extra, create=False),
+          changefeed_client(settings, cfg.source.changefeed_id)):
         defs = build_defs(config=cfg)
-        try:
-            yield {"config": cfg, "defs": defs, "conn_kwargs": conn_kwargs, "tpcc_db": tpcc_db, "suffix": suffix,
-                   "databases": extra}
-        finally:
-            with defs.resources["ticdc"].get_client() as client:
-                client.delete(cfg.source.changefeed_id)
-            with pymysql.connect(autocommit=True, **conn_kwargs) as conn, conn.cursor() as cur:
-                for db in (tpcc_db, *extra):
-                    cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+        yield {"config": cfg, "defs": defs, "conn_kwargs": conn_kwargs, "tpcc_db": tpcc_db, "suffix": suffix,
+               "databases": extra}
 
 
 def materialize(defs: dg.Definitions, keys: set[dg.AssetKey], **resources: Any) -> dg.ExecuteInProcessResult:

@@ -11,18 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
 import dagster as dg
 import httpx
-import pymysql
 import pytest
-import snowflake.connector as sf_connector
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema
 
 from tidb_pipeline.config import PipelineConfig, SnowflakeConfig, TableConfig
@@ -50,16 +46,17 @@ from tidb_pipeline.engine.replica import merge_replica
 from tidb_pipeline.defs.tables import changefeed_key, table_keys, table_names
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.lab.snowflake import connection_args, lab_env
+from tidb_pipeline.lab.snowflake import lab_env
 from tidb_pipeline.replication.ddl import TableRef, create_dead_letter_sql, create_landing_sql, quote_ident
 from tidb_pipeline.replication.holes import Gap
 from tidb_pipeline.replication.landing import RecordEncoder, create_landed_offsets_sql, write_landed_offsets_statements
-from tidb_pipeline.resources.kafka import KafkaResource
-from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
 from tidb_pipeline.resources.snowflake import snowflake_resource
 from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCResource
-from tidb_pipeline.resources.tidb import TiDBResource
 from tidb_pipeline_tests.replication.support import decimal_type, field, record, with_extension
+from tidb_pipeline_tests.lab_resources import (
+    kafka_resource, kafka_topics, lab_environment, registry_resource, snowflake_connection, source_databases, tidb_resource,
+    unique_suffix,
+)
 
 WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
 SETTINGS = CheckSettings(rows_per_chunk=10)
@@ -188,8 +185,7 @@ class StubTiCDC(TiCDCResource):
 
 
 class Lab:
-    def __init__(self, mariadb: Service, settings: LabSettings) -> None:
-        suffix = uuid.uuid4().hex[:8]
+    def __init__(self, settings: LabSettings, suffix: str, src: Any, sf: Any) -> None:
         self.db = f"chk_{suffix}"
         self.table = TableConfig(db=self.db, table="t", key=("id",))
         # No grace: a hole is overdue as soon as a merge has seen it (builtin mode has no flush to wait for).
@@ -198,29 +194,22 @@ class Lab:
         )
         self.names = table_names(self.config, self.table)
         self.keys = table_keys(self.config, self.table)
-        kw = mariadb.connect_kwargs()  # type: ignore[attr-defined]
-        self.src = pymysql.connect(**kw, autocommit=True)
-        self.tidb = TiDBResource(host=kw["host"], port=kw["port"], user=kw["user"], password=kw["password"])
-        self.kafka = KafkaResource(bootstrap_servers=settings.kafka_bootstrap)
-        self.registry = SchemaRegistryResource(url=settings.registry_url)
-        self.sf = sf_connector.connect(**connection_args(settings))
+        self.src, self.sf = src, sf
+        self.tidb, self.kafka = tidb_resource(settings), kafka_resource(settings)
+        self.registry = registry_resource(settings)
         self.settings = settings
         self.offset = 0
 
     def setup(self) -> None:
+        """The source table with its rows, the topic's schemas, the landing table, landed and merged."""
         with self.src.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {self.db}")
             cur.execute(f"CREATE TABLE {self.db}.t (id BIGINT PRIMARY KEY, name VARCHAR(40), price DECIMAL(10,2), "
                         "at DATETIME(6))")  # fmt: skip
             cur.executemany(f"INSERT INTO {self.db}.t VALUES (%s, %s, %s, %s)", ROWS)
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
-        for f in admin.create_topics([NewTopic(self.names.topic, num_partitions=1, replication_factor=1)]).values():
-            f.result(30)
         client = self.registry.get_client()
         client.register_schema(f"{self.names.topic}-key", Schema(json.dumps(KEY), "AVRO"))
         client.register_schema(f"{self.names.topic}-value", Schema(json.dumps(VALUE), "AVRO"))
         cur = self.sf.cursor()
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.config.snowflake.database)}")
         for schema in (self.names.landing.schema, self.names.control.schema):
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.config.snowflake.database)}.{quote_ident(schema)}")
         cur.execute(create_landing_sql(self.names.landing))
@@ -292,24 +281,15 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab(mariadb: Service, snowflake: Service, kafka: Service, registry: Service, lab_settings: LabSettings,
-        monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Lab]:  # fmt: skip
-    for name, value in lab_env(lab_settings).items():
-        monkeypatch_module.setenv(name, value)
-    lab = Lab(mariadb, lab_settings)
-    lab.setup()
-    yield lab
-    with lab.src.cursor() as cur:
-        cur.execute(f"DROP DATABASE {lab.db}")
-    AdminClient({"bootstrap.servers": lab_settings.kafka_bootstrap}).delete_topics([lab.names.topic])
-    lab.src.close()
-    lab.sf.close()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+def lab(mariadb: Service, snowflake: Service, kafka: Service, registry: Service,
+        lab_settings: LabSettings) -> Iterator[Lab]:  # fmt: skip
+    suffix = unique_suffix()
+    with (lab_environment(lab_settings), source_databases(mariadb, f"chk_{suffix}") as src,
+          snowflake_connection(lab_settings, f"CHK_{suffix.upper()}") as sf):
+        lab = Lab(lab_settings, suffix, src, sf)
+        with kafka_topics(lab_settings, lab.names.topic):
+            lab.setup()
+            yield lab
 
 
 def _md(evaluation: dg.AssetCheckEvaluation) -> dict[str, Any]:

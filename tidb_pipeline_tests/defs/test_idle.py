@@ -12,7 +12,6 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -32,6 +31,7 @@ from tidb_pipeline.defs.tables import NEWEST_RECORD, OLDEST_RECORD, table_keys
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline_tests.lab_resources import lab_environment, source_databases
 
 SINK_GROUP = "connect-tidb-pipeline-snowflake-sink"
 
@@ -364,28 +364,15 @@ def test_reconcile_checks_only_replicas_that_moved_or_whose_check_raised(kafka: 
 @pytest.fixture
 def lab_env(kafka: Service, registry: Service, snowflake: Service, mariadb: Service,
             lab_settings: LabSettings) -> Iterator[LabSettings]:
-    from tidb_pipeline.lab.env import applied, pipeline_env
-
-    with applied(pipeline_env(lab_settings)):
+    with lab_environment(lab_settings):
         yield lab_settings
 
 
-@contextmanager
-def _tidb_order_line(mariadb_kwargs: dict[str, Any], db: str) -> Iterator[None]:
+def _order_line_ddl(db: str) -> tuple[str, ...]:
     """The TiDB table the records describe: the merge names the replica's columns after it."""
-    import pymysql
-
     from tidb_pipeline.workload.schema import DDL, create_database_sql
 
-    with pymysql.connect(autocommit=True, **mariadb_kwargs) as conn, conn.cursor() as cur:
-        cur.execute(create_database_sql(db))
-        cur.execute(f"USE `{db}`")
-        cur.execute(DDL["order_line"].replace("/*T![clustered_index] CLUSTERED */", ""))
-    try:
-        yield
-    finally:
-        with pymysql.connect(autocommit=True, **mariadb_kwargs) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
+    return create_database_sql(db), f"USE `{db}`", DDL["order_line"].replace("/*T![clustered_index] CLUSTERED */", "")
 
 
 def test_real_merge_records_what_the_gates_need_and_deciding_costs_no_statement(
@@ -400,7 +387,7 @@ def test_real_merge_records_what_the_gates_need_and_deciding_costs_no_statement(
                                        "key": ["ol_w_id", "ol_d_id", "ol_o_id", "ol_number"]}]})
     table = config.tables[0]
     produce_order_lines(settings, config.topic(table), 30, partitions=2)
-    with _tidb_order_line(mariadb.connect_kwargs(), db):  # type: ignore[attr-defined]
+    with source_databases(mariadb, db, statements=_order_line_ddl(db), create=False):
         _merge_and_decide(settings, config, db)
 
 

@@ -6,17 +6,13 @@ The built-in applier's mode, with TiCDC and ERROR verdicts, is in test_sqlserver
 
 from __future__ import annotations
 
-import socket
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-import pymysql
 import pytest
 import sqlalchemy as sa
 from confluent_kafka import Producer, TopicPartition
-from confluent_kafka.admin import NewTopic
 
 from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
@@ -30,13 +26,16 @@ from tidb_pipeline.defs.sqlserver_checks import (
     group_offsets,
     sink_group,
 )
+from tidb_pipeline.lab.ports import free_port
 from tidb_pipeline.lab.postgres import LAB_DATABASE
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LAB_DB_PASSWORD, LAB_DB_USER, LabSettings
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.sqlserver import SqlServerResource
 from tidb_pipeline.resources.ticdc import TiCDCResource
-from tidb_pipeline.resources.tidb import TiDBResource
+from tidb_pipeline_tests.lab_resources import (
+    kafka_resource, kafka_topics, source_databases, tidb_resource, unique_suffix,
+)
 
 TABLES = [{"db": "shop", "table": "orders", "key": ["id"]}, {"db": "crm", "table": "people", "key": ["id"]}]
 EXPECTED = {dg.AssetCheckKey(dg.AssetKey(["sqlserver", "tidb_replica", f"tidb_{db}_{t}"]), name)
@@ -85,17 +84,11 @@ def test_unknown_backlog_is_behind_so_a_difference_is_only_a_warning() -> None:
 
 
 # --- connector mode on the lab, through Dagster ---------------------------------------------------------
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lab(lab_settings: LabSettings, mariadb: Service, postgres: Service, kafka: Service) -> Iterator[dict[str, Any]]:
     """30 rows in MariaDB and the same rows in PostgreSQL's default schema, as the SQL Server Sink writes them
     (JDBC sink types: bigint, text, numeric(38,2), the datetime as TiCDC's text); a topic with 5 records."""
-    suffix = uuid.uuid4().hex[:8]
+    suffix = unique_suffix()
     db = f"sqc_{suffix}"
     config = parse_config({
         "source": {"changefeed_id": f"sqc-{suffix}"},
@@ -105,43 +98,37 @@ def lab(lab_settings: LabSettings, mariadb: Service, postgres: Service, kafka: S
     })
     topic = config.topic(config.tables[0])
     resources = {
-        "tidb": TiDBResource(**{k: v for k, v in mariadb.connect_kwargs().items()  # type: ignore[attr-defined]
-                                if k in ("host", "port", "user", "password")}),
+        "tidb": tidb_resource(lab_settings),
         "sqlserver": SqlServerResource(drivername="postgresql+pg8000", host=lab_settings.host,
                                        port=lab_settings.port("postgres"), username=LAB_DB_USER,
                                        password=LAB_DB_PASSWORD, database=LAB_DATABASE),
-        "kafka": KafkaResource(bootstrap_servers=f"{lab_settings.host}:{lab_settings.port('kafka')}"),
+        "kafka": kafka_resource(lab_settings),
         # No changefeed: the checkpoint is unknown, so differences stay WARN (ERROR is covered end to end).
-        "ticdc": TiCDCResource(url=f"http://127.0.0.1:{_closed_port()}", max_retries=0, connect_timeout_s=1.0),
+        "ticdc": TiCDCResource(url=f"http://127.0.0.1:{free_port()}", max_retries=0, connect_timeout_s=1.0),
     }
     rows = [(i, f"name {i}" if i % 4 else None, f"{i * 3}.25", f"2024-01-{1 + i % 28:02d} 10:00:0{i % 10}.123")
             for i in range(1, 31)]
-    with pymysql.connect(autocommit=True, **mariadb.connect_kwargs()) as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
-        cur.execute(f"CREATE DATABASE `{db}`")
+    tables = tuple(f"CREATE TABLE `{db}`.`{table}` (id BIGINT PRIMARY KEY, name VARCHAR(20), price DECIMAL(10,2), "
+                   "at DATETIME(3))" for table in ("t", "missing"))
+    with source_databases(mariadb, db, statements=tables) as conn, conn.cursor() as cur:
         for table in ("t", "missing"):
-            cur.execute(f"CREATE TABLE `{db}`.`{table}` (id BIGINT PRIMARY KEY, name VARCHAR(20), "
-                        "price DECIMAL(10,2), at DATETIME(3))")
             cur.executemany(f"INSERT INTO `{db}`.`{table}` VALUES (%s, %s, %s, %s)", rows)
-    engine = resources["sqlserver"].get_engine()
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE TABLE "{topic}" (id bigint PRIMARY KEY, name text, price numeric(38,2), at text)'))
-        conn.execute(sa.text(f'INSERT INTO "{topic}" VALUES (:i, :n, CAST(:p AS numeric), :a)'),
-                     [{"i": i, "n": n, "p": p, "a": a} for i, n, p, a in rows])
-    admin = resources["kafka"].admin()
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
-    producer = Producer(resources["kafka"].client_config())
-    for i in range(5):
-        producer.produce(topic, key=b"k", value=str(i).encode())
-    assert producer.flush(30) == 0
-    try:
-        yield {"config": config, "resources": resources, "engine": engine, "topic": topic, "db": db}
-    finally:
-        admin.delete_topics([topic])[topic].result(timeout=30)
-        with pymysql.connect(autocommit=True, **mariadb.connect_kwargs()) as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
-            cur.execute(f"DROP DATABASE `{db}`")
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP TABLE "{topic}"'))
-        engine.dispose()
+        engine = resources["sqlserver"].get_engine()
+        with engine.begin() as pg:
+            pg.execute(sa.text(f'CREATE TABLE "{topic}" (id bigint PRIMARY KEY, name text, price numeric(38,2), at text)'))
+            pg.execute(sa.text(f'INSERT INTO "{topic}" VALUES (:i, :n, CAST(:p AS numeric), :a)'),
+                       [{"i": i, "n": n, "p": p, "a": a} for i, n, p, a in rows])
+        with kafka_topics(lab_settings, topic):
+            producer = Producer(resources["kafka"].client_config())
+            for i in range(5):
+                producer.produce(topic, key=b"k", value=str(i).encode())
+            assert producer.flush(30) == 0
+            try:
+                yield {"config": config, "resources": resources, "engine": engine, "topic": topic, "db": db}
+            finally:
+                with engine.begin() as pg:
+                    pg.execute(sa.text(f'DROP TABLE "{topic}"'))
+                engine.dispose()
 
 
 def _commit(kafka: KafkaResource, group: str, topic: str, offset: int) -> None:

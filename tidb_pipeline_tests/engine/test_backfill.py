@@ -13,7 +13,6 @@ import datetime as dt
 import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
@@ -36,6 +35,9 @@ from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.replication.avro_types import ReplicaColumn
 from tidb_pipeline.replication.ddl import TableRef
 from tidb_pipeline.replication.merge import json_to_sql
+from tidb_pipeline_tests.lab_resources import (
+    changefeed_client, kafka_topics, snowflake_connection, source_databases, unique_suffix,
+)
 
 # --- the TiDB snapshot's SQL, against a fake connection -----------------------------------------------------
 
@@ -363,35 +365,16 @@ class WatchedSource:
 def lab_env(
     mariadb: Service, kafka: Service, registry: Service, ticdc: Service, snowflake: Service, lab_settings: LabSettings
 ) -> Iterator[dict]:
-    import snowflake.connector
-
-    from tidb_pipeline.lab.snowflake import connection_args
-    from tidb_pipeline.resources.kafka import KafkaResource
-    from tidb_pipeline.resources.ticdc import TiCDCResource
-
-    suffix = uuid.uuid4().hex[:10]
+    suffix = unique_suffix(10)
     db, cf_id = f"backfill_{suffix}", f"backfill-{suffix}"
-    conn_kwargs = mariadb.connect_kwargs()
-    src = pymysql.connect(autocommit=True, **conn_kwargs)
-    client = TiCDCResource(url=lab_settings.ticdc_url).get_client()
-    sf = snowflake.connector.connect(**connection_args(lab_settings))
     config = _config(f"{db}.items", cf_id=cf_id, database=f"BACKFILL_{suffix.upper()}")
-    try:
-        yield {"db": db, "cf_id": cf_id, "src": src, "conn_kwargs": conn_kwargs, "client": client, "sf": sf,
-               "config": config, "settings": lab_settings}  # fmt: skip
-    finally:
-        with contextlib.suppress(Exception):
-            client.delete(cf_id)
-        client.close()
-        with contextlib.suppress(Exception):
-            KafkaResource(bootstrap_servers=lab_settings.kafka_bootstrap).admin().delete_topics(
-                [config.topic(config.tables[0])])
-        with src.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
-        src.close()
-        with contextlib.suppress(Exception):
-            sf.cursor().execute(f'DROP DATABASE IF EXISTS "{config.snowflake.database}"')
-        sf.close()
+    # The tests create the source database and the pipeline its topic and warehouse database; all go after.
+    with (source_databases(mariadb, db, create=False) as src,
+          snowflake_connection(lab_settings, config.snowflake.database, create=False) as sf,
+          kafka_topics(lab_settings, config.topic(config.tables[0]), create=False),
+          changefeed_client(lab_settings, cf_id) as client):
+        yield {"db": db, "cf_id": cf_id, "src": src, "conn_kwargs": mariadb.connect_kwargs(),  # type: ignore[attr-defined]
+               "client": client, "sf": sf, "config": config, "settings": lab_settings}  # fmt: skip
 
 
 @pytest.mark.integration

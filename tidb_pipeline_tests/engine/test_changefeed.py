@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from urllib.parse import quote, urlsplit
 
 import dagster as dg
 import httpx
-import pymysql
 import pytest
 
 from tidb_pipeline.config import PipelineConfig, SourceConfig, TableConfig
@@ -28,7 +26,8 @@ from tidb_pipeline.lab.ticdc.store import ChangefeedStore
 from tidb_pipeline.replication.changefeed import REPLICA_SETTINGS, KafkaSink, Registry, build_changefeed
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
-from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError, TiCDCResource
+from tidb_pipeline.resources.ticdc import TiCDCClient, TiCDCError
+from tidb_pipeline_tests.lab_resources import changefeed_client, source_databases, unique_suffix
 
 SECRET = "s/e+c@r:e%t?x&y=z"
 SECRET_FORMS = (SECRET, quote(SECRET, safe=""), quote(SECRET))
@@ -176,7 +175,7 @@ def test_the_registry_secret_ticdc_returns_unmasked_is_never_kept_logged_or_show
     desired = build_changefeed(_config("shop.orders"), LAB_LIKE_KAFKA, only_registry)
     reconcile_changefeed(client, desired)
     # The server answers with the registry URL exactly as stored (as TiCDC does) ...
-    raw = client._http.get("/api/v2/changefeeds/orders-feed").text
+    raw = client.http.get("/api/v2/changefeeds/orders-feed").text
     assert quote(SECRET, safe="") in raw
     # ... what the client returns holds it masked, in every field and in its repr.
     info = client.get("orders-feed")
@@ -214,25 +213,13 @@ def test_a_finished_changefeed_is_left_to_a_human(inproc: tuple[TiCDCClient, Cha
 def lab(
     ticdc: Service, kafka: Service, registry: Service, mariadb: Service, lab_settings: LabSettings
 ) -> Iterator[dict]:
-    db = f"cdcrec_{uuid.uuid4().hex[:8]}"
-    cf_id = f"test-{uuid.uuid4().hex[:12]}"
-    conn = pymysql.connect(autocommit=True, **mariadb.connect_kwargs())
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{db}`")
-        cur.execute(f"CREATE TABLE `{db}`.a (id INT PRIMARY KEY, v VARCHAR(10))")
-        cur.execute(f"CREATE TABLE `{db}`.b (id INT PRIMARY KEY, v VARCHAR(10))")
-    client = TiCDCResource(url=lab_settings.ticdc_url).get_client()
-    # The lab registry ignores credentials, so these exercise encoding and masking end to end.
-    reg = Registry(url=lab_settings.registry_url, api_key="lab", api_secret=SECRET)
-    try:
+    db, cf_id = f"cdcrec_{unique_suffix()}", f"test-{unique_suffix(12)}"
+    tables = [f"CREATE TABLE `{db}`.{t} (id INT PRIMARY KEY, v VARCHAR(10))" for t in ("a", "b")]
+    with source_databases(mariadb, db, statements=tuple(tables)), changefeed_client(lab_settings, cf_id) as client:
+        # The lab registry ignores credentials, so these exercise encoding and masking end to end.
+        reg = Registry(url=lab_settings.registry_url, api_key="lab", api_secret=SECRET)
         kafka_sink = KafkaSink(bootstrap_servers=lab_settings.kafka_bootstrap)
         yield {"client": client, "db": db, "cf_id": cf_id, "kafka": kafka_sink, "registry": reg}
-    finally:
-        client.delete(cf_id)
-        client.close()
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE `{db}`")
-        conn.close()
 
 
 @pytest.mark.integration

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,7 +21,6 @@ import fastavro
 import pytest
 import snowflake.connector as sf_connector
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from tidb_pipeline.engine import landing as landing_mod
@@ -32,21 +30,11 @@ from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.replication.ddl import TableRef, quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.warehouse import Warehouse
-from tidb_pipeline_tests.replication.support import decimal_type, field as avro_field, record, with_extension
+from tidb_pipeline_tests.replication.support import KEY, field as avro_field, small_value
 from tidb_pipeline.lab.ports import free_port
+from tidb_pipeline_tests.lab_resources import kafka_resource, kafka_topics, snowflake_connection, unique_suffix
 
-KEY = record("t", [avro_field("id", "long", "BIGINT")])
-VALUE = with_extension(
-    record(
-        "t",
-        [
-            avro_field("id", "long", "BIGINT"),
-            avro_field("name", "string", "TEXT", nullable=True),
-            avro_field("price", decimal_type(10, 2), "DECIMAL"),
-            avro_field("data", "bytes", "BLOB", nullable=True),
-        ],
-    )
-)
+VALUE = small_value(avro_field("data", "bytes", "BLOB", nullable=True))
 PARTITIONS = 3
 
 
@@ -184,22 +172,14 @@ def row(i: int, price: str = "12.50", name: str | None = "x", data: bytes | None
 
 @pytest.fixture
 def lab(kafka: Any, registry: Any, snowflake: Any, lab_settings: LabSettings) -> Iterator[Lab]:
-    tag = uuid.uuid4().hex[:8]
-    topic = f"tidb_landtest_{tag}_t"
-    admin = AdminClient({"bootstrap.servers": lab_settings.kafka_bootstrap})
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(timeout=60)
+    tag = unique_suffix()
+    topic, database = f"tidb_landtest_{tag}_t", f"LANDTEST_{tag.upper()}"
     reg = SchemaRegistryClient({"url": lab_settings.registry_url})
-    conn = sf_connector.connect(**connection_args(lab_settings))
-    database = f"LANDTEST_{tag.upper()}"
-    conn.cursor().execute(f"CREATE DATABASE {quote_ident(database)}")
-    lab = Lab(lab_settings, topic, database, conn, KafkaResource(bootstrap_servers=lab_settings.kafka_bootstrap), reg)
-    lab.key_id = reg.register_schema(f"{topic}-key", Schema(json.dumps(KEY), "AVRO"))
-    lab.value_id = reg.register_schema(f"{topic}-value", Schema(json.dumps(VALUE), "AVRO"))
-    try:
+    with kafka_topics(lab_settings, topic, partitions=PARTITIONS), snowflake_connection(lab_settings, database) as conn:
+        lab = Lab(lab_settings, topic, database, conn, kafka_resource(lab_settings), reg)
+        lab.key_id = reg.register_schema(f"{topic}-key", Schema(json.dumps(KEY), "AVRO"))
+        lab.value_id = reg.register_schema(f"{topic}-value", Schema(json.dumps(VALUE), "AVRO"))
         yield lab
-    finally:
-        conn.close()
-        admin.delete_topics([topic])
 
 
 def test_loads_each_record_once_then_only_new_ones(lab: Lab):
@@ -298,6 +278,7 @@ def test_a_load_that_races_another_inserts_only_what_the_other_did_not(lab: Lab,
 
 
 def _recording(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every statement the warehouse seam runs from now on, in order."""
     statements: list[str] = []
     real_execute = Warehouse.execute
 
@@ -419,14 +400,7 @@ def test_parallel_readers_land_the_same_rows(lab: Lab, monkeypatch: pytest.Monke
 
 
 def test_repeat_loads_skip_the_ddl_and_a_dropped_table_is_created_again(lab: Lab, monkeypatch: pytest.MonkeyPatch):
-    statements: list[str] = []
-    real_execute = Warehouse.execute
-
-    def recording_execute(warehouse: Warehouse, stmt: Any, params: Any = ()) -> Any:
-        statements.append(stmt if isinstance(stmt, str) else stmt.sql)
-        return real_execute(warehouse, stmt, params)
-
-    monkeypatch.setattr(Warehouse, "execute", recording_execute)
+    statements = _recording(monkeypatch)
     first = lab.produce([(0, {"id": 1}, row(1)), (1, {"id": 2}, row(2))])
     assert lab.load().rows_loaded == 2
     assert any(s.startswith("CREATE TABLE IF NOT EXISTS") for s in statements)

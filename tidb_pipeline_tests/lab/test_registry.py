@@ -29,8 +29,7 @@ from tidb_pipeline.lab.registry import (
     reader_incompatibilities,
 )
 from tidb_pipeline.lab.service import down, up
-from tidb_pipeline.lab.settings import LabSettings
-from tidb_pipeline.lab.ports import free_port
+from tidb_pipeline_tests.lab_resources import private_part
 
 
 def _record(name: str, *fields: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -229,11 +228,8 @@ def test_canonical_text_ignores_whitespace_only() -> None:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryService]:
-    settings = LabSettings(root=tmp_path_factory.mktemp("lab"), ports={"registry": free_port()})
-    svc = RegistryService(settings)
-    up([svc], log=lambda _msg: None)
-    yield svc
-    down([svc], log=lambda _msg: None)
+    with private_part(RegistryService, tmp_path_factory.mktemp("lab")) as svc:
+        yield svc
 
 
 def _new_client(service: RegistryService) -> SchemaRegistryClient:

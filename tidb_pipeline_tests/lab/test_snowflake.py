@@ -45,12 +45,12 @@ import dagster as dg
 import pytest
 import snowflake.connector
 
-from tidb_pipeline.lab.service import down, up
+from tidb_pipeline.lab.service import up
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import SnowflakeService, connection_args, lab_env
 from tidb_pipeline.resources.snowflake import snowflake_resource
 from tidb_pipeline_tests.lab import snowflake_smoke_defs
-from tidb_pipeline.lab.ports import free_port
+from tidb_pipeline_tests.lab_resources import private_part
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,11 +59,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SnowflakeService]:
-    settings = LabSettings(root=tmp_path_factory.mktemp("lab"), ports={"snowflake": free_port()})
-    svc = SnowflakeService(settings)
-    up([svc], log=lambda _msg: None)
-    yield svc
-    down([svc], log=lambda _msg: None)
+    with private_part(SnowflakeService, tmp_path_factory.mktemp("lab")) as svc:
+        yield svc
 
 
 def _connect(svc: SnowflakeService, **kwargs: Any) -> snowflake.connector.SnowflakeConnection:

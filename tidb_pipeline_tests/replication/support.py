@@ -170,6 +170,16 @@ def decimal_type(precision: int, scale: int) -> dict[str, Any]:
     return {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}
 
 
+# The small table `t` most tests replicate: key `id`; its value `id`, `name`, `price` and the test's own fields.
+KEY = record("t", [field("id", "long", "BIGINT")])
+
+
+def small_value(*more: dict[str, Any]) -> dict[str, Any]:
+    """The value schema of table `t`: id, name, price DECIMAL(10,2), then `more`, with TiCDC's extension fields."""
+    return with_extension(record("t", [field("id", "long", "BIGINT"), field("name", "string", "TEXT", nullable=True),
+                                       field("price", decimal_type(10, 2), "DECIMAL"), *more]))
+
+
 # One column per row of spec/ticdc-avro.md's type table (plus the string handling modes), key `id`.
 ALL_TYPES_KEY = record("all_types", [field("id", "long", "BIGINT")])
 ALL_TYPES_VALUE = with_extension(

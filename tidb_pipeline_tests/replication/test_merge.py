@@ -27,6 +27,7 @@ from tidb_pipeline_tests.replication.support import (
     ALL_TYPES_KEY,
     ALL_TYPES_VALUE,
     CREATE_TIME_MS,
+    KEY,
     NOW,
     Replica,
     avro_round_trip,
@@ -34,20 +35,11 @@ from tidb_pipeline_tests.replication.support import (
     fake_snowflake,
     field,
     record,
+    small_value,
     with_extension,
 )
 
-KEY = record("t", [field("id", "long", "BIGINT")])
-VALUE = with_extension(
-    record(
-        "t",
-        [
-            field("id", "long", "BIGINT"),
-            field("name", "string", "TEXT", nullable=True),
-            field("price", decimal_type(10, 2), "DECIMAL"),
-        ],
-    )
-)
+VALUE = small_value()
 RANGES = (MergeRange(0, -1, 9), MergeRange(2, 4, 7))
 
 

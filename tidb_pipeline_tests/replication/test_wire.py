@@ -15,20 +15,9 @@ from tidb_pipeline.replication.wire import (
     schema_id,
     split,
 )
-from tidb_pipeline_tests.replication.support import decimal_type, field, landing_line, record, with_extension
+from tidb_pipeline_tests.replication.support import KEY, decimal_type, field, landing_line, record, small_value, with_extension
 
-KEY = record("t", [field("id", "long", "BIGINT")])
-VALUE = with_extension(
-    record(
-        "t",
-        [
-            field("id", "long", "BIGINT"),
-            field("name", "string", "TEXT", nullable=True),
-            field("price", decimal_type(10, 2), "DECIMAL"),
-            field("data", "bytes", "BLOB", nullable=True),
-        ],
-    )
-)
+VALUE = small_value(field("data", "bytes", "BLOB", nullable=True))
 
 
 def wire(sid: int, schema: dict, obj: dict) -> bytes:

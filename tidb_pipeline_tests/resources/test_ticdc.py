@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import quote, quote_plus
 
 import dagster as dg
 import httpx
-import pymysql
 import pytest
 
 from tidb_pipeline.lab.service import Service
@@ -24,6 +22,7 @@ from tidb_pipeline.resources.ticdc import (
     TiCDCResource,
     ticdc_resource,
 )
+from tidb_pipeline_tests.lab_resources import changefeed_client, source_databases, unique_suffix
 
 SECRET = "p/a+s@s:w%o?rd&x=1"
 SINK = f"kafka://b:9092/t?protocol=avro&sasl-user=key&sasl-password={quote(SECRET, safe='')}"
@@ -184,8 +183,8 @@ def test_resource_builder_reads_env_and_keeps_the_password_an_env_var() -> None:
 
 def test_resource_client_sends_basic_auth() -> None:
     with TiCDCResource(url="http://cdc:8300/", user="ops", password=SECRET).get_client() as client:
-        request = client._http.build_request("GET", "/api/v2/health")
-        authed = next(client._http.auth.sync_auth_flow(request))
+        request = client.http.build_request("GET", "/api/v2/health")
+        authed = next(client.http.auth.sync_auth_flow(request))
         assert client.base_url == "http://cdc:8300"
     assert authed.headers["Authorization"] == httpx.BasicAuth("ops", SECRET)._auth_header
 
@@ -197,21 +196,10 @@ def test_resource_client_sends_basic_auth() -> None:
 def lab_changefeed(
     ticdc: Service, mariadb: Service, lab_settings: LabSettings
 ) -> Iterator[tuple[TiCDCClient, str, str]]:
-    db = f"cdcres_{uuid.uuid4().hex[:8]}"
-    cf_id = f"test-{uuid.uuid4().hex[:12]}"
-    conn = pymysql.connect(autocommit=True, **mariadb.connect_kwargs())
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{db}`")
-        cur.execute(f"CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v VARCHAR(10))")
-    client = TiCDCResource(url=lab_settings.ticdc_url).get_client()
-    try:
+    db, cf_id = f"cdcres_{unique_suffix()}", f"test-{unique_suffix(12)}"
+    table = f"CREATE TABLE `{db}`.t (id INT PRIMARY KEY, v VARCHAR(10))"
+    with source_databases(mariadb, db, statements=(table,)), changefeed_client(lab_settings, cf_id) as client:
         yield client, cf_id, db
-    finally:
-        client.delete(cf_id)
-        client.close()
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE `{db}`")
-        conn.close()
 
 
 @pytest.mark.integration

@@ -250,14 +250,20 @@ def _run_sql(kwargs: dict, statements: list[str]) -> None:
     conn.close()
 
 
-def test_capture_rebuilds_source_and_survives_a_crash(upstream, lab_settings: LabSettings, tmp_path: Path) -> None:
-    kwargs, db = upstream
+def _stored_changefeed(lab_settings: LabSettings, kwargs: dict, db: str, tmp_path: Path) -> tuple[ChangefeedStore, Changefeed]:
+    """A fresh store holding a changefeed of `db` that starts at the binlog's current end."""
     conn = pymysql.connect(**kwargs)
     file, pos = capture.master_position(conn)
     conn.close()
     store = ChangefeedStore(tmp_path / "cf.db")
     cf = _changefeed(lab_settings, db, file, pos)
     store.put(cf)
+    return store, cf
+
+
+def test_capture_rebuilds_source_and_survives_a_crash(upstream, lab_settings: LabSettings, tmp_path: Path) -> None:
+    kwargs, db = upstream
+    store, cf = _stored_changefeed(lab_settings, kwargs, db, tmp_path)
     topic = f"tidb_{db}_items"
     t = f"`{db}`.items"
 
@@ -307,12 +313,7 @@ def test_manager_runs_normal_changefeeds_and_skips_ineligible_tables(upstream, l
     # Like TiCDC: a table without a handle key is skipped with a warning at run time; the feed stays normal.
     kwargs, db = upstream
     _run_sql(kwargs, [f"CREATE TABLE `{db}`.nokey (a INT NULL, b INT NULL)"])
-    conn = pymysql.connect(**kwargs)
-    file, pos = capture.master_position(conn)
-    conn.close()
-    store = ChangefeedStore(tmp_path / "cf.db")
-    cf = _changefeed(lab_settings, db, file, pos)
-    store.put(cf)
+    store, cf = _stored_changefeed(lab_settings, kwargs, db, tmp_path)
     manager = capture.CaptureManager(store, kwargs, poll_interval=0.1)
     manager.start()
     try:
