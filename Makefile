@@ -33,16 +33,27 @@ demo: install
 
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass. `dg check yaml` and
 # `dg check defs` run inside it (tidb_pipeline_tests/test_dg.py), and so do ruff and mypy (test_lint.py).
-# `make test` is everything (as CI) and prints the 30 slowest tests; `make test-unit` is what needs no lab
-# (tests using a lab part are marked `integration` by tidb_pipeline_tests/conftest.py). The full tier runs the
-# property tests' whole Hypothesis budgets, the unit tier a quarter (tidb_pipeline_tests/tiers.py).
+# `make test` is everything (as CI); `make test-unit` is what needs no lab (tests using a lab part are marked
+# `integration` by tidb_pipeline_tests/conftest.py). The full tier runs the property tests' whole Hypothesis
+# budgets, the unit tier a quarter (tidb_pipeline_tests/tiers.py).
+# The unit tier runs on PYTEST_WORKERS processes (pytest-xdist); the integration tier runs serially after it,
+# since its lab parts listen on the lab's fixed ports. `make test` prints each stage's wall time and the 30
+# slowest tests over both (tidb_pipeline_tests/slowest.py), and fails when either stage fails or collects nothing.
+PYTEST_WORKERS ?= 2
+STAGE = t0=$$(date +%s); $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
+	echo "$(2): pytest exit $$rc, $$(( $$(date +%s) - t0 ))s wall"; \
+	if [ $$rc -eq 5 ]; then echo "$(2): pytest collected no tests: failing" >&2; rc=1; fi
+
 test: install
-	TIDB_PIPELINE_TEST_TIER=full $(PY) -m pytest --durations=30 $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+	@mkdir -p artifacts; rm -f artifacts/test-unit.xml artifacts/test-integration.xml
+	export TIDB_PIPELINE_TEST_TIER=full; \
+	$(call STAGE,-m "not integration" -n $(PYTEST_WORKERS) --junitxml=artifacts/test-unit.xml,unit tier); unit=$$rc; \
+	$(call STAGE,-m integration --junitxml=artifacts/test-integration.xml,integration tier); integ=$$rc; \
+	$(PY) -m tidb_pipeline_tests.slowest -n 30 artifacts/test-unit.xml artifacts/test-integration.xml; \
+	if [ $$unit -ne 0 ] || [ $$integ -ne 0 ]; then echo "make test: unit tier exit $$unit, integration tier exit $$integ" >&2; exit 1; fi
 
 test-unit: install
-	$(PY) -m pytest -m "not integration" --durations=15 $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+	$(call STAGE,-m "not integration" -n $(PYTEST_WORKERS) --durations=15,unit tier); exit $$rc
 
 lab-up: install
 	$(VENV)/bin/tidb-pipeline lab up

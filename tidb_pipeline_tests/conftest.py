@@ -28,12 +28,19 @@ LAB_FIXTURES = frozenset({"kafka", "mariadb", "registry", "snowflake", "ticdc", 
 # but minutes each, so they run with the integration tier.
 ENVIRONMENT_MODULES = ("test_packaging.py", "test_dg.py", "ui/")
 
+# Modules holding the unit tier's longest tests (mypy; the mode models on fakesnow) run first, so that on
+# several workers (pytest-xdist, Makefile's PYTEST_WORKERS) they start at once rather than end as one worker's tail.
+LONG_FIRST = ("tidb_pipeline_tests/test_lint.py", "tidb_pipeline_tests/replication/test_modes.py")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = item.path.as_posix()
         if LAB_FIXTURES & set(getattr(item, "fixturenames", ())) or any(m in path for m in ENVIRONMENT_MODULES):
             item.add_marker(pytest.mark.integration)
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, m in enumerate(LONG_FIRST) if item.path.as_posix().endswith(m)), len(LONG_FIRST))
+    items.sort(key=rank)  # stable: each module stays whole and in order
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -39,21 +41,33 @@ def test_each_replica_declares_the_configured_policy() -> None:
     assert graph.get(x.landing).freshness_policy is None  # only replicas promise freshness
 
 
-@pytest.mark.parametrize("minutes", [0, 9.9, 10, 25, 59.9, 60, 61, 600])
-def test_the_check_agrees_with_dagsters_evaluator(minutes: float) -> None:
-    config = parse_config({"freshness": {"warn_after_minutes": 10, "fail_after_minutes": 60},
-                           "tables": [{"db": "a", "table": "x"}]})
-    key = table_keys(config, config.tables[0]).replica
-    node = build_defs(config=config).resolve_asset_graph().get(key)
-    start = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.timezone.utc)
+_START = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.timezone.utc)
+_CONFIG = parse_config({"freshness": {"warn_after_minutes": 10, "fail_after_minutes": 60},
+                        "tables": [{"db": "a", "table": "x"}]})
+
+
+@pytest.fixture(scope="module")
+def materialized_at_start() -> Iterator[tuple[Any, dg.DagsterInstance]]:
+    """The replica's asset node and an instance where it was materialized at `_START` (shared by the ages
+    below: the evaluator and the check only read it)."""
+    key = table_keys(_CONFIG, _CONFIG.tables[0]).replica
+    node = build_defs(config=_CONFIG).resolve_asset_graph().get(key)
     with dg.instance_for_test() as instance:
-        with freeze_time(start):
+        with freeze_time(_START):
             instance.report_runless_asset_event(dg.AssetMaterialization(key))
-        now = start + dt.timedelta(minutes=minutes)
-        with freeze_time(now):
-            state = asyncio.run(TimeWindowFreshnessPolicyEvaluator().evaluate_freshness(
-                context=LoadingContextForTest(instance), node=node))
-        last = instance.get_latest_materialization_event(key)
+        yield node, instance
+
+
+@pytest.mark.parametrize("minutes", [0, 9.9, 10, 25, 59.9, 60, 61, 600])
+def test_the_check_agrees_with_dagsters_evaluator(
+        minutes: float, materialized_at_start: tuple[Any, dg.DagsterInstance]) -> None:
+    node, instance = materialized_at_start
+    config = _CONFIG
+    now = _START + dt.timedelta(minutes=minutes)
+    with freeze_time(now):
+        state = asyncio.run(TimeWindowFreshnessPolicyEvaluator().evaluate_freshness(
+            context=LoadingContextForTest(instance), node=node))
+    last = instance.get_latest_materialization_event(node.key)
     naive = now.replace(tzinfo=None)
     materialized = dt.datetime.fromtimestamp(last.timestamp, dt.timezone.utc).replace(tzinfo=None)
     # Records wait; the merge watermark is older than the materialization (a verified_current record since).
