@@ -99,7 +99,6 @@ from tidb_pipeline.replication.landing import (
     land_rows_statements,
     landed_offsets_sql,
     read_landed_offsets_sql,
-    rows_last_offsets_sql,
     take_load_lock_sql,
     write_landed_offsets_statements,
 )
@@ -433,12 +432,16 @@ def commit_load(
     first_offsets: Mapping[int, int],
     dead: Sequence[DeadLetter],
     load_id: str = "",
+    *,
+    last_read: Mapping[int, int],
 ) -> tuple[int, int]:
     """The load transaction; returns (rows inserted, dead letters inserted). Rolls back on any error.
 
     Lock, re-read the landed offsets (the landed-offsets table; seeded from a scan when it has no row for
     the topic), insert the staged rows (`rows_table`) above them, then the dead letters above them, set the
     landed offsets to the new highest ones, commit: the offsets move in the same transaction as the rows.
+    `last_read` is the highest offset the readers consumed per partition: every consumed record is a staged
+    row or a dead letter, so it is the highest of both, without scanning the rows table in the transaction.
     """
     wh = Warehouse.of(connection)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -450,10 +453,10 @@ def commit_load(
         above = {p: o for p, o in landed.items() if p in first_offsets and o >= first_offsets[p]}
         rows = 0
         last = dict(landed)
+        # Rows at or below `landed` are not inserted, and cannot raise the maximum either.
+        for p, o in last_read.items():
+            last[p] = max(last.get(p, -1), o)
         if rows_table is not None:
-            # Rows at or below `landed` are not inserted, and cannot raise the maximum either.
-            for p, o in wh.execute(rows_last_offsets_sql(rows_table)):
-                last[int(p)] = max(last.get(int(p), -1), int(o))
             for i, stmt in enumerate(land_rows_statements(tables.landing, rows_table, above)):
                 result = wh.execute(stmt)
                 if i == 0:
@@ -564,14 +567,15 @@ def _load(
             for r, reason in poison
         ]
         first = {p: start for p, (start, _) in ranges.items()}
-        rows, quarantined = commit_load(wh, tables, topic, rows_table if staged else None, first, dead, batch)
+        consumed: dict[int, int] = {}
+        for r in results:
+            for p, o in r.next_offsets.items():
+                consumed[p] = max(consumed.get(p, 0), o)
+        rows, quarantined = commit_load(wh, tables, topic, rows_table if staged else None, first, dead, batch,
+                                        last_read={p: o - 1 for p, o in consumed.items()})
         t_done = time.perf_counter()
         if staged:
             remove_staged(wh, stage_path, log)
-    consumed: dict[int, int] = {}
-    for r in results:
-        for p, o in r.next_offsets.items():
-            consumed[p] = max(consumed.get(p, 0), o)
     after = {p: max(before.get(p, 0), consumed.get(p, 0)) for p in before}
     if poison:
         log.warning("topic %s: %d record(s) could not be decoded and went to %s, e.g. partition %d offset %d: %s",

@@ -158,15 +158,22 @@ def install(stage: str, hit: int) -> None:
 
     arrived = _counter(hit)
     if stage == "landing.mid_consume":
-        row = wire.LineBuilder.row
+        # Every landing row is built by a row function of its (key, value) schema pair (`LineBuilder.row`
+        # and the readers' loop both get theirs here): count the rows those functions build.
+        row_function = wire.LineBuilder.row_function
 
-        def patched_row(self: Any, *args: Any, **kwargs: Any) -> tuple[str, str]:
-            out = row(self, *args, **kwargs)
-            if arrived():
-                _die()
-            return out
+        def patched_row_function(self: Any, key: Any, value: Any) -> Any:
+            build = row_function(self, key, value)
 
-        wire.LineBuilder.row = patched_row  # type: ignore[method-assign]
+            def counted(*args: Any) -> tuple[str, str]:
+                out = build(*args)
+                if arrived():
+                    _die()
+                return out
+
+            return counted
+
+        wire.LineBuilder.row_function = patched_row_function  # type: ignore[method-assign]
     elif stage == "landing.after_consume":
         run_readers = landing.run_readers
 

@@ -313,14 +313,6 @@ def forget_landed_offsets_sql(table: TableRef, landing: TableRef) -> Statement:
     return Statement(f'DELETE FROM {table.sql} WHERE "LANDING_TABLE" = %s', (landing.label,))
 
 
-def rows_last_offsets_sql(rows_table: str) -> Statement:
-    """Per partition, the highest offset in one load's rows table (the load's own rows, not the landing's)."""
-    return Statement(
-        'SELECT "RECORD_METADATA":"partition"::int, MAX("RECORD_METADATA":"offset"::int) '
-        f"FROM {rows_table} GROUP BY 1"
-    )
-
-
 # The column of a load's rows table that holds the record's value (what the backfill's INSERT reads).
 LOAD_COLUMN = "RECORD_CONTENT"
 

@@ -170,14 +170,15 @@ class LineBuilder:
         self, partition: int, offset: int, timestamp_type: int, timestamp: int, key: bytes | None, value: bytes | None
     ) -> tuple[str, str]:
         """(RECORD_METADATA, RECORD_CONTENT) JSON texts of one record."""
-        build = self._rows.get((None if key is None else key[:HEADER_SIZE],
-                                None if value is None else value[:HEADER_SIZE]))
+        pair = (None if key is None else key[:HEADER_SIZE], None if value is None else value[:HEADER_SIZE])
+        build = self._rows.get(pair)
         if build is None:
-            build = self._row_for(key, value)
+            build = self._rows[pair] = self.row_function(key, value)
         return build(partition, offset, timestamp_type, timestamp, key, value)
 
-    def _row_for(self, key: bytes | None, value: bytes | None) -> RowFunction:
-        """The row function of this record's (key, value) schema pair, made once per pair.
+    def row_function(self, key: bytes | None, value: bytes | None) -> RowFunction:
+        """The row function of this record's (key, value) schema pair; the caller keeps it per pair (`row`
+        and `read_ranges` do).
 
         Everything that depends only on the pair (parsed schemas, compiled encoders, the key-columns check,
         the metadata's fixed text) is resolved here, so a record costs its decoding, its two JSON texts and
@@ -204,6 +205,8 @@ class LineBuilder:
                 except ValueError as exc:  # e.g. NaN, which has no JSON form
                     raise PoisonRecord(f"value cannot be written as JSON ({exc})") from None
             ts_head = ts_heads.get(timestamp_type)
+            if ts_head is not None and k is not None:  # TiCDC's records: one f-string, no intermediate text
+                return f'{head}{partition},"offset":{offset}{ts_head}{timestamp},"key":{encode_key(k)}}}', content
             metadata = f"{head}{partition},\"offset\":{offset}"
             if ts_head is not None:
                 metadata = f"{metadata}{ts_head}{timestamp}"
@@ -211,7 +214,6 @@ class LineBuilder:
                 return f'{metadata},"key":{encode_key(k)}}}', content
             return metadata + "}", content
 
-        self._rows[(None if key is None else key[:HEADER_SIZE], None if value is None else value[:HEADER_SIZE])] = build
         return build
 
 
@@ -271,7 +273,12 @@ FileSink = Callable[[str, int], None]  # (path of a finished file, its line coun
 class ParquetFiles:
     """Collects rows and writes them as Parquet files of `rows_per_file` rows: two string columns,
     `RECORD_METADATA` and `RECORD_CONTENT` (the JSON texts), Snappy-compressed (cheaper than gzip; BENCHMARKS.md). `on_file(path, rows)` is called for each file once it is complete on disk.
+
+    Rows are turned into Arrow arrays every `CHUNK_ROWS` rows (`take`), while their texts are still in the
+    CPU's cache: converting a whole file's texts at once cost about twice as much.
     """
+
+    CHUNK_ROWS = 5_000
 
     def __init__(self, folder: str, prefix: str, rows_per_file: int, on_file: FileSink | None = None) -> None:
         self.folder, self.prefix, self.rows_per_file, self.on_file = folder, prefix, rows_per_file, on_file
@@ -279,30 +286,52 @@ class ParquetFiles:
         self.content: list[str | None] = []
         self.paths: list[str] = []
         self.rows = 0
+        self._chunks: list[tuple[Any, Any]] = []  # (metadata, content) Arrow arrays of the file being built
+        self._chunked = 0  # rows in `_chunks`
+        self.room = min(self.CHUNK_ROWS, rows_per_file)  # rows to collect before the next `take`
 
     def add_row(self, metadata: str | None, content: str | None) -> None:
         """One row; None is SQL NULL after the COPY (the connector's 4.x tombstone has no RECORD_CONTENT)."""
         self.metadata.append(metadata)
         self.content.append(content)
-        if len(self.metadata) >= self.rows_per_file:
-            self.flush()
+        if len(self.metadata) >= self.room:
+            self.take()
+
+    def take(self) -> None:
+        """Move the collected rows into Arrow arrays; write the file once it has `rows_per_file` rows."""
+        import pyarrow as pa
+
+        if self.metadata:
+            self._chunks.append((pa.array(self.metadata, pa.string()), pa.array(self.content, pa.string())))
+            self._chunked += len(self.metadata)
+            # Emptied in place: `read_ranges` appends to these very lists (pa.array copied the texts).
+            self.metadata.clear()
+            self.content.clear()
+        if self._chunked >= self.rows_per_file:
+            self._write()
+        self.room = min(self.CHUNK_ROWS, self.rows_per_file - self._chunked)
 
     def flush(self) -> None:
-        if not self.metadata:
-            return
+        """Write what is collected as a file (the last one, smaller)."""
+        self.take()
+        if self._chunked:
+            self._write()
+
+    def _write(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.table({
-            PARQUET_COLUMNS[0]: pa.array(self.metadata, pa.string()),
-            PARQUET_COLUMNS[1]: pa.array(self.content, pa.string()),
+            PARQUET_COLUMNS[0]: pa.chunked_array([m for m, _ in self._chunks], pa.string()),
+            PARQUET_COLUMNS[1]: pa.chunked_array([c for _, c in self._chunks], pa.string()),
         })
         path = os.path.join(self.folder, f"{self.prefix}-{len(self.paths):05d}.parquet")
         pq.write_table(table, path, compression="snappy", use_dictionary=False, write_statistics=False)
-        rows = len(self.metadata)
+        rows = self._chunked
         self.paths.append(path)
         self.rows += rows
-        self.metadata, self.content = [], []
+        self._chunks, self._chunked = [], 0
+        self.room = min(self.CHUNK_ROWS, self.rows_per_file)
         if self.on_file is not None:
             self.on_file(path, rows)
 
@@ -320,7 +349,13 @@ def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
     next_offsets: dict[int, int] = {}
     stops = {p: stop for p, start, stop in job.ranges if stop > start}
     starts = {p: start for p, start, stop in job.ranges if stop > start}
-    row, add, decode_only = builder.row, files.add_row, job.decode_only
+    decode_only = job.decode_only
+    # The per-record path appends straight to the file's columns, with the row function of the record's
+    # (key, value) schema pair looked up here: no per-record call of `row` / `add_row` (BENCHMARKS.md).
+    rows_for: dict[tuple[bytes | None, bytes | None], RowFunction] = {}
+    row_function = builder.row_function
+    add_metadata, add_content, metadata = files.metadata.append, files.content.append, files.metadata
+    take = files.take
     decoded = 0
     consumer = Consumer(job.consumer_config)
     try:
@@ -368,7 +403,16 @@ def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
                         builder.decode(key, value)
                         decoded += 1
                     else:
-                        add(*row(p, o, ts_type, ts, key, value))
+                        pair = (None if key is None else key[:HEADER_SIZE],
+                                None if value is None else value[:HEADER_SIZE])
+                        build = rows_for.get(pair)
+                        if build is None:
+                            build = rows_for[pair] = row_function(key, value)
+                        meta_text, content_text = build(p, o, ts_type, ts, key, value)
+                        add_metadata(meta_text)
+                        add_content(content_text)
+                        if len(metadata) >= files.room:
+                            take()
                 except PoisonRecord as exc:
                     poison.append((RawRecord(p, o, ts_type, ts, key, value), exc.reason))
                 except UnknownSchemaId:

@@ -122,7 +122,6 @@ def _statements() -> Iterator[tuple[str, Statement]]:
     for s in landing.write_landed_offsets_statements(landed, LANDING, "t", {0: 5, 2: 9}, "b1", NOW.replace(tzinfo=None)):
         yield "write landed offsets", s
     yield "forget landed offsets", landing.forget_landed_offsets_sql(landed, LANDING)
-    yield "rows last offsets", landing.rows_last_offsets_sql('"ROWS"')
     load = TableRef("PIPELINE", "BACKFILL_ROWS_L", DB)
     yield "load rows table", Statement(landing.create_load_rows_sql('"ROWS"'))
     for s in landing.stage_file_statements('"ROWS"', "@stage/t/f.parquet"):
