@@ -53,14 +53,19 @@ class CheckResult:
 
 
 _METADATA_VALUES = (
-    "... on IntMetadataEntry { intValue } ... on TextMetadataEntry { text } ... on FloatMetadataEntry { floatValue }"
+    "... on IntMetadataEntry { intValue intRepr } ... on TextMetadataEntry { text } "
+    "... on FloatMetadataEntry { floatValue }"
 )
 
 
 def _plain_metadata(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for entry in entries:
-        for field in ("intValue", "text", "floatValue"):
+        if "intRepr" in entry:
+            # GraphQL's Int is 32-bit: a larger int (an epoch in ms) comes only as its decimal text.
+            out[entry["label"]] = int(entry["intRepr"])
+            continue
+        for field in ("text", "floatValue"):
             if field in entry:
                 out[entry["label"]] = entry[field]
     return out
