@@ -29,7 +29,6 @@ _OFFSET = '"RECORD_METADATA":"offset"::int'
 # same expression over the rows it reads, so the cleanup gate (`defs/cleanup_due.py`) knows when they age out.
 RECORD_TIME_SQL = ('COALESCE(l."RECORD_METADATA":"CreateTime"::int, l."RECORD_METADATA":"LogAppendTime"::int, '
                    'l."RECORD_METADATA":"SnowflakeConnectorPushTime"::int, 0)')
-_TIMESTAMP = RECORD_TIME_SQL
 
 
 def cutoff_ms(now: dt.datetime, retention: dt.timedelta) -> int:
@@ -67,7 +66,7 @@ def cleanup_sql(
         f'  WHERE w."REPLICA_TABLE" = %s\n'
         f") k\n"
         f'WHERE l.{_PARTITION} = k."P" AND l.{_OFFSET} <= k."WM" AND l.{_OFFSET} < k."MX" '
-        f"AND {_TIMESTAMP} < %s",
+        f"AND {RECORD_TIME_SQL} < %s",
         (*highest_params, replica.label, cutoff),
     )
 

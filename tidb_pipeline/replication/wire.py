@@ -122,7 +122,8 @@ class LineBuilder:
         self._parsed: dict[bytes, Any] = {}  # keyed by the 5-byte wire header: one slice + one dict lookup
         self._encoders: dict[tuple[bytes | None, bytes | None], RecordEncoder] = {}
         # (key header, value header) -> a row function with everything per pair resolved (see `_row_for`)
-        self._rows: dict[tuple[bytes | None, bytes | None], RowFunction] = {}
+        # Row function per (key, value) schema-header pair, made once (`row_function`); `read_ranges` reads it too.
+        self.rows_by_pair: dict[tuple[bytes | None, bytes | None], RowFunction] = {}
 
     def add_schemas(self, schemas: Mapping[int, str]) -> None:
         self._schemas.update(schemas)
@@ -171,14 +172,14 @@ class LineBuilder:
     ) -> tuple[str, str]:
         """(RECORD_METADATA, RECORD_CONTENT) JSON texts of one record."""
         pair = (None if key is None else key[:HEADER_SIZE], None if value is None else value[:HEADER_SIZE])
-        build = self._rows.get(pair)
+        build = self.rows_by_pair.get(pair)
         if build is None:
-            build = self._rows[pair] = self.row_function(key, value)
+            build = self.rows_by_pair[pair] = self.row_function(key, value)
         return build(partition, offset, timestamp_type, timestamp, key, value)
 
     def row_function(self, key: bytes | None, value: bytes | None) -> RowFunction:
-        """The row function of this record's (key, value) schema pair; the caller keeps it per pair (`row`
-        and `read_ranges` do).
+        """The row function of this record's (key, value) schema pair; `row` and `read_ranges` keep it in
+        `rows_by_pair`.
 
         Everything that depends only on the pair (parsed schemas, compiled encoders, the key-columns check,
         the metadata's fixed text) is resolved here, so a record costs its decoding, its two JSON texts and
@@ -352,7 +353,7 @@ def read_ranges(job: RangeJob, on_file: FileSink | None = None) -> RangeResult:
     decode_only = job.decode_only
     # The per-record path appends straight to the file's columns, with the row function of the record's
     # (key, value) schema pair looked up here: no per-record call of `row` / `add_row` (BENCHMARKS.md).
-    rows_for: dict[tuple[bytes | None, bytes | None], RowFunction] = {}
+    rows_for = builder.rows_by_pair
     row_function = builder.row_function
     add_metadata, add_content, metadata = files.metadata.append, files.content.append, files.metadata
     take = files.take
