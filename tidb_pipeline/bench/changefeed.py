@@ -10,7 +10,14 @@ Measured through the TiCDC server `lab up` starts (its HTTP API, like the pipeli
   the timestamp is the moment Kafka wrote it, i.e. acknowledged it) minus the moment the writer's COMMIT
   returned. p50 / p95 / max over every row.
 
+- **beside go-tpc** (`--gotpc SECONDS`): go-tpc's TPC-C (one warehouse, prepared first) runs at its full rate
+  for SECONDS while a changefeed replicates its database; each record's latency is its broker append time minus
+  its commit time (`_tidb_commit_physical_time`, the commit's second: MariaDB's binlog has no finer one, so it
+  reads up to 1 s high, as the production bench's feed split does). Sampled, every 10th offset. go-tpc and
+  MariaDB share the machine with the feed here; in production TiDB and TiCDC have their own.
+
     python -m tidb_pipeline.bench.changefeed [--rows 50000] [--rate 1000 --rate 5000] [--seconds 20]
+    python -m tidb_pipeline.bench.changefeed --rows 0 --rate 0 --gotpc 60
     tidb-pipeline bench --only changefeed
 
 The machine's load average is part of the result: on a shared two-core machine it moves the figures a lot.
@@ -25,6 +32,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tidb_pipeline.resources.tidb import quote_mysql
 
@@ -85,6 +93,7 @@ class ChangefeedBench:
     paced: tuple[Paced, ...]
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
+    gotpc: BesideGoTPC | None = None
 
     def lines(self) -> list[str]:
         out = []
@@ -97,6 +106,8 @@ class ChangefeedBench:
             out.append(f"paced {p.target_rate:,.0f}/s (written {p.written_rate:,.0f}/s, {p.rows:,} rows"
                        f"{f', {p.missing} never arrived' if p.missing else ''}): commit -> Kafka p50 {p.p50:.2f}s "
                        f"p95 {p.p95:.2f}s max {p.max:.2f}s")
+        if self.gotpc is not None:
+            out.append(self.gotpc.line())
         out.append(f"load average {self.load_before[0]:.1f} before, {self.load_after[0]:.1f} after "
                    f"({os.cpu_count()} CPUs)")
         return out
@@ -277,9 +288,179 @@ def paced(lab: _Lab, rate: float, seconds: float, txn_rows: int = 10) -> tuple[P
                  missing=len(committed) - len(latencies)), cf_id
 
 
+@dataclass(frozen=True)
+class BesideGoTPC:
+    """The feed replicating go-tpc's TPC-C at go-tpc's full rate on the same machine."""
+
+    seconds: float
+    tpmc: float
+    changes: int  # records of the window's commits on Kafka
+    latencies_s: tuple[float, ...] = field(repr=False)  # sampled: every 10th offset
+    drain_seconds: float = 0.0  # go-tpc's end to the feed's checkpoint passing it
+    load: tuple[float, ...] = ()  # 1-minute load average, sampled every 5 s during the window
+    nice: int = 0  # go-tpc's and the lab MariaDB's niceness during the window (`bench.priority`)
+
+    @property
+    def rate(self) -> float:
+        return self.changes / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        ordered = sorted(self.latencies_s) or [float("nan")]
+        pct = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        load = "/".join(f"{x:.1f}" for x in self.load)
+        niced = (f", go-tpc and MariaDB under nice {self.nice} (unthrottled; in production TiDB has its own "
+                 f"machines)" if self.nice else "")
+        return (f"beside go-tpc ({self.tpmc:,.0f} tpmC, {self.seconds:.0f}s{niced}): {self.changes:,} changes "
+                f"({self.rate:,.0f}/s), commit -> Kafka p50 {pct(0.5):.2f}s p95 {pct(0.95):.2f}s "
+                f"max {ordered[-1]:.2f}s ({len(self.latencies_s):,} sampled; commit times are whole seconds); "
+                f"checkpoint passed go-tpc's end {self.drain_seconds:.1f}s after it; load average {load}")
+
+
+class _Sampler:
+    """Consumes new topics from the start on a thread: (commit ms, broker append s) of every 10th offset."""
+
+    def __init__(self, bootstrap: str, registry_url: str, topics: Sequence[str]) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self.samples: list[tuple[int, float]] = []
+        self.records = 0
+        self.bootstrap = bootstrap
+        self._registry = SchemaRegistryClient({"url": registry_url})
+        self._schemas: dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+        self.partitions = [TopicPartition(t, p, 0) for t in topics for p in range(3)]
+        self._consumer.assign(self.partitions)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _commit_ms(self, value: bytes) -> int:
+        import io
+
+        import fastavro
+
+        schema_id = int.from_bytes(value[1:5], "big")
+        parsed = self._schemas.get(schema_id)
+        if parsed is None:
+            import json
+
+            text = self._registry.get_schema(schema_id).schema_str
+            parsed = self._schemas[schema_id] = fastavro.parse_schema(json.loads(text))
+        record = fastavro.schemaless_reader(io.BytesIO(value[5:]), parsed)
+        return int(record["_tidb_commit_physical_time"])  # type: ignore[index, call-overload]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(10_000, 0.2):
+                if msg.error() is not None:
+                    continue
+                self.records += 1
+                if msg.offset() % 10 == 0 and msg.value() is not None:
+                    self.samples.append((self._commit_ms(msg.value()), msg.timestamp()[1] / 1000))
+
+    def end_offsets(self) -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        # A consumer of its own: the reading one is busy in consume() on the sampler's thread.
+        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"})
+        try:
+            return sum(probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), 30)[1]
+                       for tp in self.partitions)
+        finally:
+            probe.close()
+
+    def wait_for(self, records: int, *, stalled_s: float = 120.0) -> None:
+        seen, since = -1, time.monotonic()
+        while self.records < records:
+            if self.records != seen:
+                seen, since = self.records, time.monotonic()
+            elif time.monotonic() - since > stalled_s:
+                raise TimeoutError(f"read {seen:,} of {records:,} records and nothing more for {stalled_s:.0f}s")
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+def beside_gotpc(lab: _Lab, seconds: float, threads: int = 4, database: str | None = None,
+                 nice: int = 0) -> tuple[BesideGoTPC, str]:
+    """go-tpc at full rate for `seconds` on a one-warehouse database, its changefeed running.
+
+    `database` names one to keep for the next run (prepared only if it has no `warehouse` table yet); without
+    it a fresh one is prepared and dropped after. `nice` > 0 runs go-tpc and the lab MariaDB at that lower CPU
+    priority during the window (`tidb_pipeline.bench.priority`).
+    """
+    from tidb_pipeline.bench.priority import mariadb_pid, niced
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from tidb_pipeline.lab.ticdc.codec import tso_from_ms
+    from tidb_pipeline.resources.ticdc import TiCDCClient
+    from tidb_pipeline.workload import gotpc
+    from tidb_pipeline.workload.schema import CDC_KEYS
+
+    conn_kwargs = {k: v for k, v in lab.mysql.items() if k != "charset"}
+    db = database or lab.db
+    with lab.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_mysql(db)}")
+        cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = "
+                    "'warehouse'", (db,))
+        prepared = bool(cur.fetchone()[0])
+    if not prepared:
+        print(f"go-tpc tpcc prepare (1 warehouse) into {db}", flush=True)
+        gotpc.prepare(conn_kwargs, database=db, warehouses=1, threads=threads)
+    topics = [f"tidb_{db}_{lab.run}_{t}" for t in CDC_KEYS]
+    admin = AdminClient({"bootstrap.servers": lab.bootstrap})
+    for topic, fut in admin.create_topics([NewTopic(t, 3, 1, config={"message.timestamp.type": "LogAppendTime"})
+                                           for t in topics]).items():
+        fut.result(60)
+    cf_id = f"bench-{lab.run}-gotpc"
+    sink = f"kafka://{lab.bootstrap}/unused?protocol=avro&partition-num=3&enable-tidb-extension=true"
+    config = {"filter": {"rules": [f"{db}.*"]}, "ignore_ineligible_table": True,  # go-tpc's history has no key
+              "sink": {"schema_registry": lab.registry,
+                       "dispatchers": [{"matcher": [f"{db}.*"], "topic": "tidb_{schema}_" + lab.run + "_{table}",
+                                        "partition": "index-value"}]}}
+    sampler = _Sampler(lab.bootstrap, lab.registry, topics)
+    try:
+        with TiCDCClient(lab.ticdc_url) as client:
+            created = tso_from_ms(int(time.time() * 1000))
+            client.create(cf_id, sink, config)
+            while client.get_status(cf_id).checkpoint_ts < created:  # capture reads the binlog
+                time.sleep(0.2)
+            load: list[float] = []
+            done = threading.Event()
+
+            def sample_load() -> None:
+                while not done.wait(5):
+                    load.append(os.getloadavg()[0])
+
+            threading.Thread(target=sample_load, daemon=True).start()
+            print(f"go-tpc tpcc run at full rate for {seconds:.0f}s ({threads} threads)", flush=True)
+            start = time.time()
+            with niced(mariadb_pid(), nice):
+                result = gotpc.run(conn_kwargs, database=db, warehouses=1, threads=threads, duration_s=seconds,
+                                   nice=nice)
+            end = time.time()
+            done.set()
+            while client.get_status(cf_id).checkpoint_ts < tso_from_ms(int(end * 1000)):
+                time.sleep(0.2)
+            drain = time.time() - end
+        sampler.wait_for(sampler.end_offsets())
+    finally:
+        sampler.close()
+    window = [(c, a) for c, a in sampler.samples if start * 1000 <= c + 999 and c <= end * 1000]
+    return BesideGoTPC(end - start, result.tpmc, sampler.records, tuple(max(0.0, a - c / 1000) for c, a in window),
+                       drain, (os.getloadavg()[0], *load), nice), cf_id
+
+
 def run(rows: int = 50_000, rates: Sequence[float] = (1_000, 5_000, 10_000), seconds: float = 20.0,
-        txn_rows: int = 10) -> ChangefeedBench:
-    """Both measures on the running lab (`tidb-pipeline lab up` first)."""
+        txn_rows: int = 10, gotpc_s: float = 0.0, threads: int = 4, gotpc_db: str | None = None,
+        nice: int = 0) -> ChangefeedBench:
+    """The measures on the running lab (`tidb-pipeline lab up` first)."""
     lab = _Lab()
     load_before = os.getloadavg()
     changefeeds: list[str] = []
@@ -293,9 +474,13 @@ def run(rows: int = 50_000, rates: Sequence[float] = (1_000, 5_000, 10_000), sec
             p, cf = paced(lab, rate, seconds, txn_rows)
             changefeeds.append(cf)
             results.append(p)
+        gotpc_window = None
+        if gotpc_s:
+            gotpc_window, cf = beside_gotpc(lab, gotpc_s, threads, gotpc_db, nice)
+            changefeeds.append(cf)
     finally:
         lab.drop(changefeeds)
-    return ChangefeedBench(sus, tuple(results), load_before, os.getloadavg())
+    return ChangefeedBench(sus, tuple(results), load_before, os.getloadavg(), gotpc_window)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -304,9 +489,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, action="append", help="row changes/s of a paced measure (repeatable)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each paced measure")
     parser.add_argument("--txn-rows", type=int, default=10, help="rows per transaction (go-tpc's New-Order: ~10)")
+    parser.add_argument("--gotpc", type=float, default=0.0, metavar="SECONDS",
+                        help="also run go-tpc at full rate for SECONDS beside the feed (0: skip)")
+    parser.add_argument("--threads", type=int, default=4, help="go-tpc threads")
+    parser.add_argument("--gotpc-database", metavar="DB",
+                        help="go-tpc's database, kept for the next run (prepared if missing); default: a fresh one")
+    parser.add_argument("--nice-workload", type=int, default=0, metavar="N",
+                        help="run go-tpc and the lab MariaDB under nice N during the go-tpc window (lab only: in "
+                             "production TiDB has its own machines); go-tpc stays unthrottled")
     args = parser.parse_args(argv)
-    result = run(args.rows, args.rate if args.rate is not None else (1_000, 5_000, 10_000), args.seconds,
-                 args.txn_rows)
+    rates = [r for r in args.rate if r] if args.rate is not None else (1_000, 5_000, 10_000)
+    result = run(args.rows, rates, args.seconds, args.txn_rows, args.gotpc, args.threads,
+                 args.gotpc_database, args.nice_workload)
     for line in result.lines():
         print(line)
     return 0

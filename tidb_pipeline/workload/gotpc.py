@@ -83,10 +83,12 @@ def _duty_cycle(proc: subprocess.Popen[str], duty: float, period_s: float = 1.0)
             proc.send_signal(signal.SIGCONT)
 
 
-def _run(argv: list[str], on_line: Callable[[str], None] | None, timeout_s: float, duty: float = 1.0) -> list[str]:
+def _run(argv: list[str], on_line: Callable[[str], None] | None, timeout_s: float, duty: float = 1.0,
+         nice: int = 0) -> list[str]:
     """Run go-tpc, feeding `on_line` each output line; raise with the output's tail (never the password)."""
     lines: list[str] = []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
     if duty < 1:
         threading.Thread(target=_duty_cycle, args=(proc, duty), name="go-tpc duty cycle", daemon=True).start()
     deadline = time.monotonic() + timeout_s
@@ -135,18 +137,20 @@ class RunResult:
 
 
 def run(conn_kwargs: Mapping[str, Any], *, database: str = "tpcc", warehouses: int = 1, threads: int = 4,
-        duration_s: float = 30.0, on_line: Callable[[str], None] | None = None, duty: float = 1.0) -> RunResult:
+        duration_s: float = 30.0, on_line: Callable[[str], None] | None = None, duty: float = 1.0,
+        nice: int = 0) -> RunResult:
     """`go-tpc tpcc run` for `duration_s` seconds; tpmC from its summary.
 
     go-tpc has no rate option: `duty` < 1 runs it at about that fraction of its full rate by stopping the
-    process (SIGSTOP / SIGCONT) for 1 - `duty` of every second; tpmC is then over the whole wall time.
+    process (SIGSTOP / SIGCONT) for 1 - `duty` of every second; tpmC is then over the whole wall time. `nice`
+    runs it at that lower CPU priority (a bench sharing the machine with what it measures; no rate limit).
     """
     if not 0 < duty <= 1:
         raise ValueError(f"duty={duty} must be in (0, 1]: the fraction of every second go-tpc runs")
     started = time.monotonic()
     lines = _run([str(binary()), "tpcc", "run", *_common(conn_kwargs, database), "--warehouses", str(warehouses),
                   "-T", str(threads), "--time", f"{max(1, round(duration_s))}s", "--interval", "5s"],
-                 on_line, timeout_s=duration_s + 600, duty=duty)
+                 on_line, timeout_s=duration_s + 600, duty=duty, nice=nice)
     tpmc = tpm_total = None
     for line in lines:
         if (m := _TPMC.search(line)) is not None:
