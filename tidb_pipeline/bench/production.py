@@ -11,7 +11,10 @@ as in production. This process only drives the workload and watches.
 1. **End to end** (commit in MariaDB -> row in the replica): `go-tpc tpcc prepare` (1 warehouse), the
    `backfill` job (snapshot, replicas, changefeed from that point), then for each fraction of go-tpc's full
    rate a `go-tpc tpcc run` of `--seconds`. go-tpc has no rate option, so a fraction below 1 is a duty cycle:
-   the process runs `fraction` of every second and is stopped (SIGSTOP) for the rest.
+   the process runs `fraction` of every second and is stopped (SIGSTOP) for the rest. `--nice-workload N` runs
+   go-tpc and the lab MariaDB under `nice N` during these windows (`tidb_pipeline.bench.priority`): in the lab
+   they share two cores with the change feed and the pipeline, in production TiDB has its own machines; go-tpc
+   is not throttled by it, and its tpmC is printed. `--replay-rates` with no rate runs this part alone.
 2. **The pipeline alone** (Kafka -> row in the replica): the TiCDC topics part 1 recorded are copied, record
    by record (the same key, value and partition), into fresh topics at a fixed rate, one set of topics per
    rate, with the same schemas registered under the new topics' subjects. The rates up to 50k/s always
@@ -93,6 +96,7 @@ class Window:
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     latencies: list[float] = field(default_factory=list, repr=False)
+    nice: int = 0  # end to end: go-tpc's and the lab MariaDB's niceness (`bench.priority`)
 
 
 class Poller:
@@ -308,15 +312,21 @@ def _stats(values: list[float]) -> tuple[float, float, float]:
     return (percentile(values, 50), percentile(values, 95), max(values)) if values else (0.0, 0.0, 0.0)
 
 
-def _paced_gotpc(conn_kwargs: dict[str, Any], db: str, seconds: float, fraction: float, threads: int) -> Any:
-    """`go-tpc tpcc run` for `seconds`; below 1, stopped for (1 - fraction) of every second (a duty cycle)."""
+def _paced_gotpc(conn_kwargs: dict[str, Any], db: str, seconds: float, fraction: float, threads: int,
+                 nice: int = 0) -> Any:
+    """`go-tpc tpcc run` for `seconds`; below 1, stopped for (1 - fraction) of every second (a duty cycle).
+
+    `nice` > 0: go-tpc and the lab MariaDB at that lower CPU priority meanwhile (`bench.priority`)."""
+    from tidb_pipeline.bench.priority import mariadb_pid, niced
     from tidb_pipeline.workload import gotpc
 
-    return gotpc.run(conn_kwargs, database=db, warehouses=1, threads=threads, duration_s=seconds, duty=fraction)
+    with niced(mariadb_pid(), nice):
+        return gotpc.run(conn_kwargs, database=db, warehouses=1, threads=threads, duration_s=seconds, duty=fraction,
+                         nice=nice)
 
 
 def end_to_end(settings: LabSettings, work: Path, fractions: list[float], seconds: float,
-               threads: int) -> tuple[list[Window], list[str]]:
+               threads: int, nice: int = 0) -> tuple[list[Window], list[str]]:
     """Part 1; returns the windows and the recorded topics."""
     import dagster as dg
     import pymysql
@@ -368,7 +378,7 @@ def end_to_end(settings: LabSettings, work: Path, fractions: list[float], second
                 load_before = os.getloadavg()
                 _say(f"go-tpc at {fraction:.0%} of its full rate for {seconds:.0f}s (daemon pid {daemon.proc.pid})")
                 start = time.time()
-                result = _paced_gotpc(conn_kwargs, db, seconds, fraction, threads)
+                result = _paced_gotpc(conn_kwargs, db, seconds, fraction, threads, nice)
                 end = time.time()
                 daemon.check()
                 with defs.resources["ticdc"].get_client() as client:  # type: ignore[index]
@@ -385,7 +395,7 @@ def end_to_end(settings: LabSettings, work: Path, fractions: list[float], second
                            feed=_stats(feed), pipeline=_stats(pipe), tpmc=result.tpmc, runs=len(runs),
                            run_seconds_median=percentile(runs, 50) if runs else 0.0,
                            launch_seconds_median=percentile(delays, 50) if delays else 0.0, load_before=load_before,
-                           load_after=load_after, latencies=total)
+                           load_after=load_after, latencies=total, nice=nice)
                 _say(_line(w))
                 windows.append(w)
         finally:
@@ -402,6 +412,8 @@ def _line(w: Window) -> str:
     if w.kind == "end to end":
         text += (f" = feed {w.feed[0]:.1f}/{w.feed[1]:.1f}/{w.feed[2]:.1f}s + pipeline "
                  f"{w.pipeline[0]:.1f}/{w.pipeline[1]:.1f}/{w.pipeline[2]:.1f}s; tpmC {w.tpmc:,.0f}")
+        if w.nice:
+            text += f" (go-tpc and MariaDB under nice {w.nice}, unthrottled: lab only, TiDB has its own machines)"
     if w.drained_rate:
         text += f"; drained at {w.drained_rate:,.0f}/s"
     return text + (f"; {w.runs} runs (median {w.run_seconds_median:.1f}s, launched {w.launch_seconds_median:.1f}s "
@@ -554,7 +566,8 @@ def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str]
 
 
 def run(seconds: float, fractions: list[float], threads: int, replay_rates: list[float],
-        replay_seconds: float, recorded: list[str] | None = None, parallel_tables: int | None = None) -> list[Window]:
+        replay_seconds: float, recorded: list[str] | None = None, parallel_tables: int | None = None,
+        nice: int = 0) -> list[Window]:
     """Both parts on this checkout's lab (started if needed); the windows in order."""
     from tidb_pipeline.lab import stack
     from tidb_pipeline.lab.service import up
@@ -563,7 +576,7 @@ def run(seconds: float, fractions: list[float], threads: int, replay_rates: list
     up(stack.services(settings, ["mariadb", "kafka", "registry", "snowflake", "ticdc"]), log=_say)
     work = Path(tempfile.mkdtemp(prefix="tidb-pipeline-production-"))
     _say(f"work folder {work} (daemon logs, configs)")
-    windows, topics = ([], recorded) if recorded else end_to_end(settings, work, fractions, seconds, threads)
+    windows, topics = ([], recorded) if recorded else end_to_end(settings, work, fractions, seconds, threads, nice)
     if replay_rates:
         windows += pipeline_alone(settings, work, topics, replay_rates, replay_seconds, parallel_tables)
     return windows
@@ -582,6 +595,8 @@ def measures(windows: list[Window]) -> list[Any]:
         if w.kind == "end to end":
             note += (f"; tpmC {w.tpmc:,.0f}; feed p50/p95/max {w.feed[0]:.1f}/{w.feed[1]:.1f}/{w.feed[2]:.1f}s, "
                      f"pipeline {w.pipeline[0]:.1f}/{w.pipeline[1]:.1f}/{w.pipeline[2]:.1f}s")
+            if w.nice:
+                note += f"; go-tpc and MariaDB under nice {w.nice} (lab only), unthrottled"
         out.append(Measure("freshness at production rates", f"{w.kind}, {w.target}: p95", w.p95, "s",
                            "sensor interval", 5.0, target="<= 10 s", met=w.p95 <= 10, note=note))
     return out
@@ -599,11 +614,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="replay these TiCDC topics (recorded by an earlier run) and skip the end-to-end part")
     parser.add_argument("--parallel-tables", type=int, metavar="N",
                         help="SNOWFLAKE_PARALLEL_TABLES for the replay's daemon instead of the lab's 1 (paired runs)")
+    parser.add_argument("--nice-workload", type=int, default=0, metavar="N",
+                        help="go-tpc and the lab MariaDB under nice N during the go-tpc windows (lab only: in "
+                             "production TiDB has its own machines); go-tpc stays unthrottled")
     args = parser.parse_args(argv)
     # A SIGTERM (timeout, kill) unwinds like Ctrl-C, so the daemon this started is stopped with it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     windows = run(args.seconds, args.fractions, args.threads, args.replay_rates, args.replay_seconds, args.recorded,
-                  args.parallel_tables)
+                  args.parallel_tables, args.nice_workload)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
