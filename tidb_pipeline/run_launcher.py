@@ -20,11 +20,13 @@ the daemon (`dagster dev`, one VM) and their start-up latency matters.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import dagster as dg
-from dagster._core.launcher import LaunchRunContext, RunLauncher
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.origin import JobPythonOrigin
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
@@ -71,11 +73,12 @@ def _origin_of(run: dg.DagsterRun) -> JobPythonOrigin:
 
 @dataclass(frozen=True)
 class _Where:
-    """Where a run worker starts: the code location's Python, its working directory and server."""
+    """Where a run worker starts: the code location's Python and working directory, and what it loaded there
+    (a digest of the location's repository snapshots)."""
 
     executable: str
     cwd: str
-    server_id: str | None
+    definitions: str | None
 
     def env(self) -> dict[str, str]:
         """The code server's environment, as `open_server_process` builds it for the runs it starts."""
@@ -134,6 +137,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             {"preload_modules": list(preload_modules), "handoff_timeout_seconds": handoff_timeout_seconds})
         self._lock = threading.Lock()
         self._spare: _Spare | None = None
+        self._digests: dict[str, str] = {}
         super().__init__()
 
     @property
@@ -180,20 +184,32 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     def _where(self, context: LaunchRunContext, origin: JobPythonOrigin) -> _Where:
         repo = origin.repository_origin
         cwd = getattr(repo.code_pointer, "working_directory", None) or os.getcwd()
-        server_id = None
         remote = context.dagster_run.remote_job_origin
+        definitions = None
         if context.workspace is not None and remote is not None:
-            # A reload of the code location starts a new code server: its id says the code may have changed.
             location = context.workspace.get_code_location(remote.repository_origin.code_location_origin.location_name)
-            server_id = getattr(location, "server_id", None)
-        return _Where(repo.executable_path, cwd, server_id)
+            definitions = self._definitions_digest(location)
+        return _Where(repo.executable_path, cwd, definitions)
+
+    def _definitions_digest(self, location: Any) -> str:
+        """What the code location's server loaded, as a digest of its repository snapshots.
+
+        Not the server's id: the daemon restarts its code servers every minute (RELOAD_WORKSPACE_INTERVAL) with
+        the same code, and a reload that loaded the same definitions leaves the spare as good as a cold start.
+        Computed once per server (10-40 ms).
+        """
+        key = str(getattr(location, "server_id", None) or id(location))
+        if key not in self._digests:
+            snaps = "".join(serialize_value(repo.repository_snap) for _, repo in sorted(location.get_repositories().items()))
+            self._digests = {key: hashlib.sha256(snaps.encode()).hexdigest()}
+        return self._digests[key]
 
     @staticmethod
     def _stale_reason(spare: _Spare, where: _Where) -> str | None:
         if spare.proc.poll() is not None:
             return f"the spare worker (pid {spare.proc.pid}) had exited ({spare.proc.returncode})"
-        if spare.where.server_id != where.server_id:
-            return "the code location was reloaded since the spare worker started"
+        if spare.where.definitions != where.definitions:
+            return "the code location's definitions changed since the spare worker started"
         if spare.where != where:
             return "the run's code location uses another Python or working directory than the spare worker"
         return None
@@ -233,6 +249,19 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         os.kill(pid, signal.SIGINT)
         return True
 
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        """For Dagster's run monitoring: a run whose worker is gone is not running."""
+        pid, why = _worker_pid(run)
+        if pid is not None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        if run.tags.get(HOST_TAG) not in (None, socket.gethostname()):
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, msg=why)
+        return CheckRunHealthResult(WorkerStatus.NOT_FOUND, msg=why)
+
     def dispose(self) -> None:
         with self._lock:
             spare, self._spare = self._spare, None
@@ -260,17 +289,25 @@ def _worker_pid(run: dg.DagsterRun) -> tuple[int | None, str]:
     return int(pid), ""
 
 
-def _file_times() -> dict[str, int]:
-    """The modification time of every loaded module's file."""
+def _file_times(opened: set[str]) -> dict[str, int]:
+    """The modification time of every loaded module's file and of every other file in `opened`."""
+    paths = opened | {path for m in list(sys.modules.values()) if isinstance(path := getattr(m, "__file__", None), str)}
     times: dict[str, int] = {}
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if path:
-            try:
-                times[path] = os.stat(path).st_mtime_ns
-            except OSError:
-                continue
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(status.st_mode):  # not /dev, /proc: their times move without the code changing
+            times[path] = status.st_mtime_ns
     return times
+
+
+def _reading(mode: object, flags: object) -> bool:
+    """Whether an `open` audit event's file was opened only for reading (one written to is not code)."""
+    if isinstance(mode, str):
+        return not set(mode) & set("wax+")
+    return isinstance(flags, int) and not flags & (os.O_WRONLY | os.O_RDWR)
 
 
 def _changed(times: Mapping[str, int]) -> str | None:
@@ -292,6 +329,16 @@ def _serve(reply_fd: int, modules: Sequence[str]) -> int:
 
     setup_interrupt_handlers()  # as the `dagster` command does: SIGTERM ends a run like SIGINT
     replies = os.fdopen(reply_fd, "wb", buffering=0)
+    # Every file read while preloading (a config file the definitions read at import, a .env): a change to
+    # one makes this spare stale, as a change to a module's file does.
+    opened: set[str] = set()
+    preloading = True
+
+    def _note_open(event: str, args: tuple[Any, ...]) -> None:
+        if preloading and event == "open" and isinstance(args[0], str) and _reading(args[1], args[2]):
+            opened.add(os.path.abspath(args[0]))
+
+    sys.addaudithook(_note_open)
     failed = None
     for name in modules:
         try:
@@ -299,8 +346,12 @@ def _serve(reply_fd: int, modules: Sequence[str]) -> int:
         except Exception as exc:  # the cold start reports the import error in the run itself
             failed = f"the spare worker could not import {name}: {type(exc).__name__}: {exc}"
             break
-    times = _file_times()
-    payload = sys.stdin.readline()
+    preloading = False
+    times = _file_times(opened)
+    try:
+        payload = sys.stdin.readline()
+    except KeyboardInterrupt:  # the daemon stopping (SIGINT/SIGTERM to its process group)
+        return 0
     if not payload.strip():
         return 0  # the launcher went away (EOF) or discarded this spare
     changed = failed or (f"{path} changed since the spare worker started" if (path := _changed(times)) else None)

@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.launcher import WorkerStatus
 from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRequestContext
 from dagster._core.workspace.load_target import ModuleTarget
 
@@ -25,10 +26,12 @@ from tidb_pipeline.run_launcher import PID_TAG, START_TAG, WarmRunLauncher
 
 _DEFS = '''
 import time
+from pathlib import Path
 
 import dagster as dg
 
-VERSION = {version}
+# Read at import, as the project's definitions read tidb_pipeline.yaml; version 10 adds a job.
+VERSION = {version} + int(Path(__file__).with_name("version.txt").read_text())
 
 
 @dg.op
@@ -53,17 +56,26 @@ def slow_job() -> None:
     wait_forever()
 
 
-defs = dg.Definitions(jobs=[ok_job, slow_job], executor=dg.in_process_executor)
+@dg.job
+def extra_job() -> None:
+    say_version()
+
+
+defs = dg.Definitions(jobs=[ok_job, slow_job] + ([extra_job] if VERSION >= 10 else []), executor=dg.in_process_executor)
 '''
 _TIMEOUT_S = 600  # a bound for a broken launcher, not a pace: every wait polls the run's status
 
 
-def _write_defs(folder: Path, version: int) -> None:
-    path = folder / "warm_defs.py"
+def _write(path: Path, text: str) -> None:
     old = path.stat().st_mtime_ns if path.exists() else 0
-    path.write_text(_DEFS.format(version=version))
+    path.write_text(text)
     # A rewrite within the file system's timestamp granularity must still look changed.
     os.utime(path, ns=(old + 10**9, old + 10**9))
+
+
+def _write_defs(folder: Path, version: int, extra: int = 0) -> None:
+    _write(folder / "warm_defs.py", _DEFS.format(version=version))
+    _write(folder / "version.txt", str(extra))
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +188,9 @@ def test_terminate_ends_a_running_run_canceled(location: Any) -> None:
         assert time.monotonic() < deadline
         assert not instance.get_run_by_id(run.run_id).is_finished  # type: ignore[union-attr]
         time.sleep(0.1)
+    running = instance.get_run_by_id(run.run_id)
+    assert running is not None
+    assert _launcher(instance).check_run_worker_health(running).status == WorkerStatus.RUNNING
     assert instance.run_coordinator.cancel_run(run.run_id)  # what the UI's Terminate calls
     assert _finished(instance, run.run_id).status == dg.DagsterRunStatus.CANCELED
     pid = int(instance.get_run_by_id(run.run_id).tags[PID_TAG])  # type: ignore[union-attr]
@@ -184,6 +199,7 @@ def test_terminate_ends_a_running_run_canceled(location: Any) -> None:
         assert time.monotonic() < deadline, f"the terminated run's worker (pid {pid}) is still running"
         time.sleep(0.1)
     assert not _launcher(instance).terminate(run.run_id)  # a finished run: nothing to end
+    assert _launcher(instance).check_run_worker_health(running).status == WorkerStatus.NOT_FOUND
 
 
 def test_a_spare_never_runs_changed_code(location: Any) -> None:
@@ -202,18 +218,46 @@ def test_a_spare_never_runs_changed_code(location: Any) -> None:
     assert "code version 2" in logged and "code version 1" not in logged
 
 
-def test_a_reloaded_code_location_discards_the_spare(location: Any) -> None:
-    instance, context, _folder = location
+def test_a_spare_never_runs_with_a_changed_file_it_read(location: Any) -> None:
+    """A file the definitions read at import (a config file) changed: not code, but stale all the same."""
+    instance, context, folder = location
     workspace = context.create_request_context()
     if _launcher(instance)._spare is None:
         _finished(instance, _launch(instance, workspace, "ok_job").run_id)
-    context.reload_code_location("warm_location")
+    _write(folder / "version.txt", "1")
 
-    run = _launch(instance, context.create_request_context(), "ok_job")
+    run = _launch(instance, workspace, "ok_job")
     assert _finished(instance, run.run_id).status == dg.DagsterRunStatus.SUCCESS
     done = instance.get_run_by_id(run.run_id)
     assert done is not None
-    assert done.tags[START_TAG] == "cold: the code location was reloaded since the spare worker started"
+    assert done.tags[START_TAG] == f"cold: {folder / 'version.txt'} changed since the spare worker started"
+    assert f"code version {_version(folder)}" in _logged(instance, run.run_id)
+
+
+def _version(folder: Path) -> int:
+    text = (folder / "warm_defs.py").read_text()
+    return int(text.split("VERSION = ")[1].split(" ")[0]) + int((folder / "version.txt").read_text())
+
+
+def test_a_reloaded_code_location_keeps_the_spare_only_when_its_definitions_are_the_same(location: Any) -> None:
+    instance, context, folder = location
+    if _launcher(instance)._spare is None:
+        _finished(instance, _launch(instance, context.create_request_context(), "ok_job").run_id)
+    # The daemon reloads its code locations every minute: the same code must keep its spare worker.
+    context.reload_code_location("warm_location")
+    run = _launch(instance, context.create_request_context(), "ok_job")
+    assert _finished(instance, run.run_id).status == dg.DagsterRunStatus.SUCCESS
+    done = instance.get_run_by_id(run.run_id)
+    assert done is not None and done.tags[START_TAG] == "warm"
+
+    _write_defs(folder, 10)  # a new job: other definitions
+    context.reload_code_location("warm_location")
+    run = _launch(instance, context.create_request_context(), "extra_job")
+    assert _finished(instance, run.run_id).status == dg.DagsterRunStatus.SUCCESS
+    done = instance.get_run_by_id(run.run_id)
+    assert done is not None
+    assert done.tags[START_TAG] == "cold: the code location's definitions changed since the spare worker started"
+    assert "code version 10" in _logged(instance, run.run_id)
 
 
 @pytest.mark.parametrize(("config", "field"), [
