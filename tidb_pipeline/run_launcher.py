@@ -30,9 +30,8 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 import dagster as dg
@@ -95,10 +94,9 @@ class _Spare:
     proc: subprocess.Popen[bytes]
     replies: IO[bytes]
     where: _Where
-    started: float = field(default_factory=time.monotonic)
 
     def hand_off(self, payload: str, timeout_s: float) -> str | None:
-        """None when the worker took the run; else why not (it is then ended)."""
+        """None when the worker took the run; else why not (the caller then discards it)."""
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.write(payload.encode() + b"\n")
@@ -179,7 +177,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         if why:
             self._instance.report_engine_event(f"Started the run cold in a new process (pid {proc.pid}): {why}.",
                                                run, cls=self.__class__)
-        self._start_spare(where)
+        try:
+            self._start_spare(where)
+        except OSError as exc:  # the run is launched; the next one starts cold
+            self._instance.report_engine_event(f"Could not start the next spare run worker: {exc}", run,
+                                               cls=self.__class__)
 
     def _where(self, context: LaunchRunContext, origin: JobPythonOrigin) -> _Where:
         repo = origin.repository_origin
