@@ -12,7 +12,8 @@ from pathlib import Path
 import tidb_pipeline
 
 PACKAGE = Path(tidb_pipeline.__file__).parent
-PRODUCTION = ("defs", "engine", "replication", "resources", "config", "config_names", "definitions", "components")
+PRODUCTION = ("defs", "engine", "replication", "resources", "config", "config_names", "definitions", "components",
+              "run_launcher")
 TOOLS = frozenset({"lab", "bench", "workload"})
 # What each layer must not import besides the tools (a layer may import those below it).
 FORBIDDEN: dict[str, frozenset[str]] = {
@@ -24,6 +25,9 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "config_names": frozenset({"defs", "engine", "replication", "resources"}),
     "definitions": frozenset(),
     "components": frozenset(),
+    # Loaded by the daemon from dagster.yaml, before and apart from the definitions: Dagster and stdlib only.
+    "run_launcher": frozenset({"defs", "engine", "replication", "resources", "config", "config_names",
+                               "definitions", "components", "discover", "cli", "location"}),
 }
 
 
