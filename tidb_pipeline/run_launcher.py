@@ -30,6 +30,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -46,6 +47,7 @@ HOST_TAG = "tidb_pipeline/run_worker_host"
 START_TAG = "tidb_pipeline/run_worker_start"  # "warm", or "cold: <why>"
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ACCEPTED = b"accepted"
+_READY = b"ready"  # the worker has imported its modules and waits for a run
 
 
 def _validated(config: Mapping[str, Any]) -> tuple[tuple[str, ...], float]:
@@ -92,8 +94,15 @@ class _Spare:
     """A started worker waiting for a run on its stdin; it answers on `replies`."""
 
     proc: subprocess.Popen[bytes]
-    replies: IO[bytes]
+    replies: IO[bytes]  # unbuffered, so `select` sees every line not yet read
     where: _Where
+    imported: bool = False
+
+    def ready(self) -> bool:
+        """Whether the worker has imported its modules (it says so once, before any run is handed to it)."""
+        if not self.imported and select.select([self.replies], [], [], 0)[0]:
+            self.imported = self.replies.readline().strip() == _READY
+        return self.imported
 
     def hand_off(self, payload: str, timeout_s: float) -> str | None:
         """None when the worker took the run; else why not (the caller then discards it)."""
@@ -103,8 +112,12 @@ class _Spare:
             self.proc.stdin.close()
         except OSError as exc:
             return f"the spare worker (pid {self.proc.pid}) is gone ({exc.strerror or exc})"
-        ready, _, _ = select.select([self.replies], [], [], timeout_s)
-        reply = self.replies.readline().strip() if ready else b""
+        deadline = time.monotonic() + timeout_s
+        reply = b""
+        while ready := bool(select.select([self.replies], [], [], max(0.0, deadline - time.monotonic()))[0]):
+            reply = self.replies.readline().strip()
+            if reply != _READY:
+                break
         self.replies.close()
         if reply == _ACCEPTED:
             return None
@@ -218,8 +231,13 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     @staticmethod
     def _start_cold(args: ExecuteRunArgs, where: _Where) -> subprocess.Popen[bytes]:
-        """`dagster api execute_run` in a new process: the command Dagster's Docker launcher runs."""
-        return subprocess.Popen(list(args.get_command_args()), cwd=where.cwd, env=where.env())  # noqa: S603
+        """`dagster api execute_run` in a new process: the command Dagster's Docker launcher runs.
+
+        Through the location's own interpreter (`python -m dagster`), not the origin's entry point: that is a
+        bare `dagster` when the code server was started by the CLI, found only when its venv is on PATH.
+        """
+        command = [where.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)]
+        return subprocess.Popen(command, cwd=where.cwd, env=where.env())  # noqa: S603
 
     def _start_spare(self, where: _Where) -> None:
         read_fd, write_fd = os.pipe()
@@ -232,7 +250,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             raise
         finally:
             os.close(write_fd)
-        spare = _Spare(proc, os.fdopen(read_fd, "rb"), where)
+        spare = _Spare(proc, os.fdopen(read_fd, "rb", buffering=0), where)
         with self._lock:
             old, self._spare = self._spare, spare
         if old is not None:
@@ -350,6 +368,8 @@ def _serve(reply_fd: int, modules: Sequence[str]) -> int:
             break
     preloading = False
     times = _file_times(opened)
+    with contextlib.suppress(OSError):  # the launcher may have discarded this spare already
+        replies.write(_READY + b"\n")
     try:
         payload = sys.stdin.readline()
     except KeyboardInterrupt:  # the daemon stopping (SIGINT/SIGTERM to its process group)

@@ -24,9 +24,9 @@ LAB_FIXTURES = frozenset({"kafka", "mariadb", "registry", "snowflake", "ticdc", 
                           "service", "stand_in", "cloud", "worker", "mariadb_service", "dagster_dev"})
 
 
-# Modules that build whole environments (a wheel and a venv, a `dg` project, the UI in a browser): no lab part,
-# but minutes each, so they run with the integration tier.
-ENVIRONMENT_MODULES = ("test_packaging.py", "test_dg.py", "ui/")
+# Modules that build whole environments (a wheel and a venv, a `dg` project, the UI in a browser, code servers
+# and run processes): no lab part, but minutes each, so they run with the integration tier.
+ENVIRONMENT_MODULES = ("test_packaging.py", "test_dg.py", "ui/", "test_run_launcher.py")
 
 # Modules holding the unit tier's longest tests (mypy; the mode models on fakesnow) run first, so that on
 # several workers (pytest-xdist, Makefile's PYTEST_WORKERS) they start at once rather than end as one worker's tail.

@@ -133,6 +133,19 @@ def _launcher(instance: dg.DagsterInstance) -> WarmRunLauncher:
     return launcher
 
 
+def _ready_spare(instance: dg.DagsterInstance, workspace: WorkspaceRequestContext) -> None:
+    """A spare worker exists and has imported the definitions (a run launched before then would find it mid-import)."""
+    if _launcher(instance)._spare is None:
+        _finished(instance, _launch(instance, workspace, "ok_job").run_id)
+    spare = _launcher(instance)._spare
+    assert spare is not None
+    deadline = time.monotonic() + _TIMEOUT_S
+    while not spare.ready():
+        assert spare.proc.poll() is None, f"the spare worker exited ({spare.proc.returncode}) before it was ready"
+        assert time.monotonic() < deadline, f"the spare worker did not import its modules within {_TIMEOUT_S}s"
+        time.sleep(0.1)
+
+
 def _spare_pid(instance: dg.DagsterInstance) -> int:
     spare = _launcher(instance)._spare
     assert spare is not None, "no spare worker was started after the launch"
@@ -164,8 +177,7 @@ def test_runs_launch_cold_then_on_the_spare(location: Any) -> None:
 def test_a_killed_spare_still_lets_the_run_launch(location: Any) -> None:
     instance, context, _folder = location
     workspace = context.create_request_context()
-    if _launcher(instance)._spare is None:
-        _finished(instance, _launch(instance, workspace, "ok_job").run_id)
+    _ready_spare(instance, workspace)
     spare = _launcher(instance)._spare
     assert spare is not None
     os.kill(spare.proc.pid, signal.SIGKILL)
@@ -205,9 +217,8 @@ def test_terminate_ends_a_running_run_canceled(location: Any) -> None:
 def test_a_spare_never_runs_changed_code(location: Any) -> None:
     instance, context, folder = location
     workspace = context.create_request_context()
-    if _launcher(instance)._spare is None:
-        _finished(instance, _launch(instance, workspace, "ok_job").run_id)
-    _write_defs(folder, 2)  # after the spare imported version 1
+    _ready_spare(instance, workspace)
+    _write(folder / "warm_defs.py", _DEFS.format(version=2))  # after the spare imported version 1; only the code
 
     run = _launch(instance, workspace, "ok_job")
     assert _finished(instance, run.run_id).status == dg.DagsterRunStatus.SUCCESS
@@ -222,8 +233,7 @@ def test_a_spare_never_runs_with_a_changed_file_it_read(location: Any) -> None:
     """A file the definitions read at import (a config file) changed: not code, but stale all the same."""
     instance, context, folder = location
     workspace = context.create_request_context()
-    if _launcher(instance)._spare is None:
-        _finished(instance, _launch(instance, workspace, "ok_job").run_id)
+    _ready_spare(instance, workspace)
     _write(folder / "version.txt", "1")
 
     run = _launch(instance, workspace, "ok_job")
@@ -241,8 +251,7 @@ def _version(folder: Path) -> int:
 
 def test_a_reloaded_code_location_keeps_the_spare_only_when_its_definitions_are_the_same(location: Any) -> None:
     instance, context, folder = location
-    if _launcher(instance)._spare is None:
-        _finished(instance, _launch(instance, context.create_request_context(), "ok_job").run_id)
+    _ready_spare(instance, context.create_request_context())
     # The daemon reloads its code locations every minute: the same code must keep its spare worker.
     context.reload_code_location("warm_location")
     run = _launch(instance, context.create_request_context(), "ok_job")
