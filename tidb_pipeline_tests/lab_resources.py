@@ -137,6 +137,32 @@ def _drop_schemas(conn: Any, database: str) -> None:
         cur.execute(f'DROP SCHEMA IF EXISTS "{database}"."{schema}" CASCADE')
 
 
+def drop_pipeline_output(settings: LabSettings, config: Any) -> None:
+    """What a one-table pipeline over `config` (a `PipelineConfig`) left in the lab: its changefeed, its first
+    table's topic and its Snowflake schemas, each where it exists (a test's cleanup)."""
+    import httpx
+    import snowflake.connector
+    from confluent_kafka.admin import AdminClient
+
+    from tidb_pipeline.lab.snowflake import connection_args
+    from tidb_pipeline.replication.ddl import quote_ident
+
+    httpx.delete(f"{settings.ticdc_url}/api/v2/changefeeds/{config.source.changefeed_id}", timeout=30)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topic = config.topic(config.tables[0])
+    if topic in admin.list_topics(timeout=10).topics:
+        for future in admin.delete_topics([topic]).values():
+            future.result(30)
+    sf = config.snowflake
+    with snowflake.connector.connect(**connection_args(settings)) as conn:
+        cur = conn.cursor()
+        cur.execute("SHOW DATABASES")
+        if sf.database in {row[1] for row in cur.fetchall()}:
+            # fakesnow cannot DROP DATABASE; dropping the schemas frees the data, an empty file remains.
+            for schema in (sf.landing_schema, sf.replica_schema, sf.control_schema):
+                cur.execute(f"DROP SCHEMA IF EXISTS {quote_ident(sf.database)}.{quote_ident(schema)} CASCADE")
+
+
 @contextmanager
 def private_part(part: type[P], root: Path) -> Iterator[P]:
     """A lab part of the test's own (not the session's): its data under `root`, on free ports; stopped after."""

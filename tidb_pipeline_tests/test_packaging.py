@@ -30,6 +30,7 @@ from tidb_pipeline.lab.env import pipeline_env
 from tidb_pipeline.lab.service import Service, wait_until
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.ticdc.codec import tso_from_ms
+from tidb_pipeline_tests.lab_resources import drop_pipeline_output
 from tidb_pipeline_tests.dg_cli import REPO, dg_env, run, this_venv
 from tidb_pipeline_tests.test_components import shape
 
@@ -165,27 +166,9 @@ def shop_table(mariadb: Service, lab_settings: LabSettings, kafka: Service, regi
 
 
 def _drop(lab: LabSettings, mariadb: Service, attributes: dict) -> None:
-    import snowflake.connector
-    from confluent_kafka.admin import AdminClient
-
-    from tidb_pipeline.lab.snowflake import connection_args
-    from tidb_pipeline.replication.ddl import quote_ident
-
     config = parse_config(attributes)
-    httpx.delete(f"{lab.ticdc_url}/api/v2/changefeeds/{config.source.changefeed_id}", timeout=30)
+    drop_pipeline_output(lab, config)
     _sql(mariadb, f"DROP DATABASE IF EXISTS `{config.tables[0].db}`")
-    admin = AdminClient({"bootstrap.servers": lab.kafka_bootstrap})
-    topic = config.topic(config.tables[0])
-    if topic in admin.list_topics(timeout=10).topics:
-        for future in admin.delete_topics([topic]).values():
-            future.result(30)
-    sf = config.snowflake
-    with snowflake.connector.connect(**connection_args(lab)) as conn:
-        cur = conn.cursor()
-        cur.execute("SHOW DATABASES")
-        if sf.database in {row[1] for row in cur.fetchall()}:
-            for schema in (sf.landing_schema, sf.replica_schema, sf.control_schema):
-                cur.execute(f"DROP SCHEMA IF EXISTS {quote_ident(sf.database)}.{quote_ident(schema)} CASCADE")
 
 
 def _wait_checkpoint_past(lab: LabSettings, changefeed_id: str, tso: int) -> None:

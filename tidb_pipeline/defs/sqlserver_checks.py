@@ -23,6 +23,7 @@ the table count); a table whose check cannot run gets an ERROR result naming the
 """
 
 # No `from __future__ import annotations`: Dagster reads the check functions' annotations at runtime.
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -252,57 +253,60 @@ def build_sqlserver_checks(
     tables = _targets(config)
     pipeline = config
 
-    @dg.multi_asset_check(
-        name="sqlserver_row_count_matches_source", can_subset=True,
-        specs=[dg.AssetCheckSpec(ROW_COUNT_CHECK, asset=k, blocking=False,
-                                 description=f"Target row count equals `SELECT COUNT(*)` of TiDB `{t.db}.{t.table}` "
-                                 "(lag-aware).") for k, t in tables.items()],
-    )
-    def _row_counts(context: dg.AssetCheckExecutionContext, tidb: TiDBResource, sqlserver: SqlServerResource,
-                    kafka: KafkaResource, ticdc: TiCDCResource) -> Iterator[dg.AssetCheckResult]:
-        def measure(conn: sa.Connection, target: _Target) -> tuple[bool, dict[str, Any]]:
-            exists = target_exists(conn, target.ref)
-            dialect = sql.check_dialect(conn.dialect.name)
-            rows = int(conn.exec_driver_sql(
-                f"SELECT COUNT(*) FROM {ck.target_table(dialect, target.ref.name, target.ref.schema)}"
-            ).scalar_one()) if exists else 0
-            source_rows = tidb.count_rows(target.table.db, target.table.table)
-            metadata: dict[str, Any] = {"source_rows": source_rows, "target_rows": rows, "difference": rows - source_rows}
-            if not exists:
-                metadata["note"] = f"{target.ref.label} does not exist yet"
-            return source_rows == rows, metadata
+    def check(name: str, check_name: str, describe: Callable[[TableConfig], str], what: str,
+              measure: Callable[[TiDBResource, sa.Connection, _Target], tuple[bool, dict[str, Any]]],
+              ) -> dg.AssetChecksDefinition:
+        """One check kind over every table: `measure` one table with the `tidb` resource, `_run` the rest."""
 
-        yield from _run(context, pipeline, sqlserver, kafka, ticdc, settings, measure, "row counts")
+        @dg.multi_asset_check(
+            name=name, can_subset=True,
+            specs=[dg.AssetCheckSpec(check_name, asset=k, blocking=False, description=describe(t))
+                   for k, t in tables.items()],
+        )
+        def _check(context: dg.AssetCheckExecutionContext, tidb: TiDBResource, sqlserver: SqlServerResource,
+                   kafka: KafkaResource, ticdc: TiCDCResource) -> Iterator[dg.AssetCheckResult]:
+            yield from _run(context, pipeline, sqlserver, kafka, ticdc, settings, functools.partial(measure, tidb), what)
 
-    @dg.multi_asset_check(
-        name="sqlserver_content_matches_source", can_subset=True,
-        specs=[dg.AssetCheckSpec(CONTENT_CHECK, asset=k, blocking=False,
-                                 description=f"Chunked checksums over key ranges equal on TiDB `{t.db}.{t.table}` and "
-                                 "the target table (lag-aware).") for k, t in tables.items()],
-    )
-    def _contents(context: dg.AssetCheckExecutionContext, tidb: TiDBResource, sqlserver: SqlServerResource,
-                  kafka: KafkaResource, ticdc: TiCDCResource) -> Iterator[dg.AssetCheckResult]:
-        def measure(conn: sa.Connection, target: _Target) -> tuple[bool, dict[str, Any]]:
-            t = target.table
-            key = key_of(tidb, t)
-            source_columns = tidb.columns(t.db, t.table)
-            with tidb.get_connection() as source_conn:
-                with source_conn.cursor() as cur:
-                    cur.execute(f"SELECT COUNT(*) FROM {ck.mysql_table(t.db, t.table)}")
-                    source_rows = int(cur.fetchone()[0])
-                comparison = compare_target_content(
-                    tidb_conn=source_conn, target_conn=conn, table=t, ref=target.ref, key=key,
-                    source_columns=source_columns, source_rows=source_rows, settings=settings,
-                )
-            differing = comparison.differing
-            return not differing, {
-                "chunks_checked": len(comparison.results),
-                "chunks_differing": len(differing),
-                "differing_ranges": [r.describe() for r in differing[:50]],
-                "columns_compared": len(comparison.columns),
-                "columns_not_in_target": list(comparison.skipped),
-            }
+        return _check
 
-        yield from _run(context, pipeline, sqlserver, kafka, ticdc, settings, measure, "chunk checksums")
+    def row_counts(tidb: TiDBResource, conn: sa.Connection, target: _Target) -> tuple[bool, dict[str, Any]]:
+        exists = target_exists(conn, target.ref)
+        dialect = sql.check_dialect(conn.dialect.name)
+        rows = int(conn.exec_driver_sql(
+            f"SELECT COUNT(*) FROM {ck.target_table(dialect, target.ref.name, target.ref.schema)}"
+        ).scalar_one()) if exists else 0
+        source_rows = tidb.count_rows(target.table.db, target.table.table)
+        metadata: dict[str, Any] = {"source_rows": source_rows, "target_rows": rows, "difference": rows - source_rows}
+        if not exists:
+            metadata["note"] = f"{target.ref.label} does not exist yet"
+        return source_rows == rows, metadata
 
-    return [_row_counts, _contents]
+    def contents(tidb: TiDBResource, conn: sa.Connection, target: _Target) -> tuple[bool, dict[str, Any]]:
+        t = target.table
+        key = key_of(tidb, t)
+        source_columns = tidb.columns(t.db, t.table)
+        with tidb.get_connection() as source_conn:
+            with source_conn.cursor() as cur:
+                cur.execute(f"SELECT COUNT(*) FROM {ck.mysql_table(t.db, t.table)}")
+                source_rows = int(cur.fetchone()[0])
+            comparison = compare_target_content(
+                tidb_conn=source_conn, target_conn=conn, table=t, ref=target.ref, key=key,
+                source_columns=source_columns, source_rows=source_rows, settings=settings,
+            )
+        differing = comparison.differing
+        return not differing, {
+            "chunks_checked": len(comparison.results),
+            "chunks_differing": len(differing),
+            "differing_ranges": [r.describe() for r in differing[:50]],
+            "columns_compared": len(comparison.columns),
+            "columns_not_in_target": list(comparison.skipped),
+        }
+
+    return [
+        check("sqlserver_row_count_matches_source", ROW_COUNT_CHECK,
+              lambda t: f"Target row count equals `SELECT COUNT(*)` of TiDB `{t.db}.{t.table}` (lag-aware).",
+              "row counts", row_counts),
+        check("sqlserver_content_matches_source", CONTENT_CHECK,
+              lambda t: f"Chunked checksums over key ranges equal on TiDB `{t.db}.{t.table}` and the target table "
+              "(lag-aware).", "chunk checksums", contents),
+    ]

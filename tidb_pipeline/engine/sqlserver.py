@@ -38,13 +38,13 @@ from typing import Any
 
 import fastavro
 import sqlalchemy as sa
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from tidb_pipeline.replication import sqlserver as sql
 from tidb_pipeline.replication.columns import ColumnPolicyError, Policy, by_field, kept, row_transform, treatment
 from tidb_pipeline.replication.sqlserver import Dialect, SqlColumn, TargetTable
 from tidb_pipeline.replication.wire import PoisonRecord, decode, schema_id
-from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.kafka import BelowEnds, KafkaResource
 from tidb_pipeline.resources.schema_registry import registry_url, schema_text
 
 DEFAULT_BATCH = 50_000
@@ -327,24 +327,12 @@ def _collapse(schemas: _Schemas, messages: Sequence[Any], topic: str) -> tuple[l
 
 def _batches(consumer: Any, ends: Mapping[int, int], batch_size: int, deadline: float) -> Iterator[list[Any]]:
     """Records up to `ends` (exclusive) in batches of at most `batch_size`; stops at the deadline."""
-    pending = set(ends)
+    # Past the end seen at the start is left for the next run (keeps a run's work bounded).
+    reader = BelowEnds(ends, key=lambda msg: msg.partition())
     batch: list[Any] = []
-    while pending and time.monotonic() < deadline:
-        for msg in consumer.consume(num_messages=min(10_000, batch_size - len(batch)), timeout=1.0):
-            err, p = msg.error(), msg.partition()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(p)
-                    continue
-                raise KafkaException(err)
-            if p not in pending or msg.offset() >= ends[p]:
-                # Past the end seen at the start: left for the next run (keeps a run's work bounded).
-                pending.discard(p)
-                continue
-            batch.append(msg)
-            if msg.offset() + 1 >= ends[p]:
-                pending.discard(p)
-        if len(batch) >= batch_size or (batch and not pending):
+    while reader.pending and time.monotonic() < deadline:
+        batch.extend(reader.take(consumer, min(10_000, batch_size - len(batch)), 1.0))
+        if len(batch) >= batch_size or (batch and not reader.pending):
             yield batch
             batch = []
     if batch:

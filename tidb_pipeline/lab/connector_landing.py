@@ -57,7 +57,7 @@ from tidb_pipeline.replication.avro_types import load_schema
 from tidb_pipeline.replication.ddl import TableRef, create_landing_sql, quote_ident
 from tidb_pipeline.replication.landing import create_load_rows_sql, land_rows_statements, stage_file_statements
 from tidb_pipeline.replication.wire import LineBuilder, ParquetFiles, PoisonRecord, UnknownSchemaId, schema_id
-from tidb_pipeline.resources.kafka import KafkaResource
+from tidb_pipeline.resources.kafka import BelowEnds, KafkaResource
 
 _COORDINATOR_ERRORS = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                                  KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT})
@@ -324,25 +324,12 @@ def ingest_withheld(spec: SinkSpec, files: Sequence[StagedFile], connection: Any
 
 def _read(consumer: Any, ends: Mapping[tuple[str, int], int], deadline: float) -> list[Any]:
     """Every record below `ends` from the assigned positions; stops at the deadline."""
-    pending = set(ends)
+    reader = BelowEnds(ends, key=lambda msg: (msg.topic(), msg.partition()))
     out: list[Any] = []
-    while pending:
+    while reader.pending:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the sink stand-in did not reach the end offsets of {sorted(pending)} in time")
-        for msg in consumer.consume(num_messages=10_000, timeout=0.5):
-            err = msg.error()
-            tp = (msg.topic(), msg.partition())
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(tp)
-                    continue
-                raise KafkaException(err)
-            if tp not in pending or msg.offset() >= ends[tp]:
-                pending.discard(tp)
-                continue
-            out.append(msg)
-            if msg.offset() + 1 >= ends[tp]:
-                pending.discard(tp)
+            raise TimeoutError(f"the sink stand-in did not reach the end offsets of {sorted(reader.pending)} in time")
+        out.extend(reader.take(consumer, 10_000, 0.5))
     return out
 
 

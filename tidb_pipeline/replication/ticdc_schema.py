@@ -534,6 +534,12 @@ def format_datetime(value: dt.datetime, fsp: int) -> str:
 _DECIMAL_CONTEXT = Context(prec=65 + 30)
 
 
+def decimal_at_scale(value: Any, scale: int | None) -> Decimal:
+    """`value` (a Decimal or anything `str` renders as one) rounded to `scale` digits when the column has one."""
+    d = value if isinstance(value, Decimal) else Decimal(str(value))
+    return d if scale is None else d.quantize(Decimal(1).scaleb(-scale), context=_DECIMAL_CONTEXT)
+
+
 def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     """The Avro datum TiCDC writes for `value`, a column value as PyMySQL returns it from TiDB.
 
@@ -556,9 +562,7 @@ def snapshot_value(col: Column, value: Any, cfg: CodecConfig) -> Any:
     if tt == "DOUBLE":
         return float(value)
     if tt == "DECIMAL":
-        d = value if isinstance(value, Decimal) else Decimal(str(value))
-        if col.scale is not None:
-            d = d.quantize(Decimal(1).scaleb(-col.scale), context=_DECIMAL_CONTEXT)
+        d = decimal_at_scale(value, col.scale)
         return d if cfg.decimal_handling_mode == DECIMAL_PRECISE else format(d, "f")
     if tt == "BIT":
         return bit_bytes(int.from_bytes(value, "big") if isinstance(value, (bytes, bytearray)) else int(value))

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import dagster as dg
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -217,3 +217,38 @@ def kafka_resource(env: Mapping[str, str] | None = None) -> KafkaResource:
         sasl_username=secret("KAFKA_API_KEY", env),
         sasl_password=secret("KAFKA_API_SECRET", env),
     )
+
+
+# --- consuming up to end offsets read earlier (the SQL Server apply and the lab's sink stand-in) ---------
+
+
+_K = TypeVar("_K")
+
+
+class BelowEnds(Generic[_K]):
+    """Records below `ends` (exclusive, keyed by `key(msg)`) from an assigned consumer; `pending` lists the
+    positions not yet at their end. A record at or past its end (left for the next run) or a partition-EOF
+    ends its position; any other consumer error raises."""
+
+    def __init__(self, ends: Mapping[_K, int], key: Callable[[Any], _K]) -> None:
+        self.ends = ends
+        self.key = key
+        self.pending: set[_K] = set(ends)
+
+    def take(self, consumer: Any, num_messages: int, timeout_s: float) -> list[Any]:
+        """One `consume` call's records below their ends."""
+        out: list[Any] = []
+        for msg in consumer.consume(num_messages=num_messages, timeout=timeout_s):
+            err, k = msg.error(), self.key(msg)
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.pending.discard(k)
+                    continue
+                raise KafkaException(err)
+            if k not in self.pending or msg.offset() >= self.ends[k]:
+                self.pending.discard(k)
+                continue
+            out.append(msg)
+            if msg.offset() + 1 >= self.ends[k]:
+                self.pending.discard(k)
+        return out

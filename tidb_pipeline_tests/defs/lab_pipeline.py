@@ -9,12 +9,15 @@ from typing import Any
 
 import dagster as dg
 import pymysql
+import snowflake.connector
 
 from tidb_pipeline.config import PipelineConfig, parse_config
 from tidb_pipeline.defs import build_defs
-from tidb_pipeline.defs.tables import changefeed_key
+from tidb_pipeline.defs.tables import changefeed_key, table_names
+from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
+from tidb_pipeline.lab.snowflake import connection_args
 from tidb_pipeline.workload import tpcc, types_table
 from tidb_pipeline.workload.schema import CDC_KEYS
 from tidb_pipeline_tests.lab_resources import changefeed_client, lab_environment, source_databases, unique_suffix
@@ -135,3 +138,15 @@ def run_workload(source: Mapping[str, Any], *, transactions: int, seed: int) -> 
     with pymysql.connect(autocommit=True, **source["conn_kwargs"]) as conn:
         types_table.update_types_rows(conn, database=source["types_db"])
     return summary
+
+
+def assert_replicas_equal_sources(config: PipelineConfig, conn_kwargs: Mapping[str, Any], settings: LabSettings) -> None:
+    """Every configured table's Snowflake replica equals its (non-empty) TiDB source row for row."""
+    mismatches = []
+    with pymysql.connect(**conn_kwargs) as src, snowflake.connector.connect(**connection_args(settings)) as sf:
+        for t in config.tables:
+            cmp = compare_table(src, t.db, t.table, sf, table_names(config, t).replica, t.key)
+            assert cmp.source_rows > 0, f"{cmp.source} is empty: the test would prove nothing"
+            if not cmp.equal:
+                mismatches.append(f"{cmp.source}: {cmp}")
+    assert not mismatches, "\n".join(mismatches)

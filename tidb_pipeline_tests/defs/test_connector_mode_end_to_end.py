@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-import pymysql
 import pytest
 import snowflake.connector as sf_connector
 from dagster_snowflake import SnowflakeResource
@@ -29,7 +28,6 @@ from dagster_snowflake import SnowflakeResource
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.connector_assets import confluent_key
 from tidb_pipeline.defs.tables import table_keys, table_names
-from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.confluent_cloud import ConfluentCloudConnect
 from tidb_pipeline.lab.connector_landing import (
     SimulatedCrash,
@@ -44,7 +42,12 @@ from tidb_pipeline.replication.ddl import quote_ident
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline.resources.kafka_connect import KafkaConnectResource
 from tidb_pipeline.resources.schema_registry import SchemaRegistryResource
-from tidb_pipeline_tests.defs.lab_pipeline import materialize, pipeline_defs, run_workload
+from tidb_pipeline_tests.defs.lab_pipeline import (
+    assert_replicas_equal_sources,
+    materialize,
+    pipeline_defs,
+    run_workload,
+)
 from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -132,18 +135,6 @@ def _watermarks(config: PipelineConfig, settings: LabSettings) -> dict[str, dict
         return out
 
 
-def _assert_replicas_equal(pipeline: dict[str, Any], settings: LabSettings) -> None:
-    config = pipeline["config"]
-    mismatches = []
-    with pymysql.connect(**pipeline["conn_kwargs"]) as src, sf_connector.connect(**connection_args(settings)) as sf:
-        for t in config.tables:
-            cmp = compare_table(src, t.db, t.table, sf, table_names(config, t).replica, t.key)
-            assert cmp.source_rows > 0, f"{cmp.source} is empty: the test would prove nothing"
-            if not cmp.equal:
-                mismatches.append(f"{cmp.source}: {cmp}")
-    assert not mismatches, "\n".join(mismatches)
-
-
 def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_settings: LabSettings) -> None:
     config, defs = pipeline["config"], pipeline["defs"]
     assert config.decimal_handling == "string", "connector mode must send string decimals (DECIMAL(65,30) exact)"
@@ -206,7 +197,7 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
         assert ingest_withheld(spec, first.withheld, sf) > 0  # the pipe gets to them at last
     merged = _merge(defs, config)
     assert all(m["held_back"] == "(none)" for m in merged.values()), {t: m["held_back"] for t, m in merged.items()}
-    _assert_replicas_equal(pipeline, lab_settings)
+    assert_replicas_equal_sources(pipeline["config"], pipeline["conn_kwargs"], lab_settings)
 
     # --- upgraded to connector 4.x: Snowpipe Streaming, NULL tombstones, push times -------------------
     run_workload(pipeline, transactions=TRANSACTIONS, seed=12)
@@ -222,7 +213,7 @@ def test_connector_mode_replicas_equal_source(pipeline: dict[str, Any], lab_sett
         rows_4x, tombstones_4x = cur.fetchone()
         assert rows_4x > 0 and tombstones_4x > 0, "4.x rows with NULL tombstones (TPC-C deliveries delete new orders)"
     _merge(defs, config)
-    _assert_replicas_equal(pipeline, lab_settings)
+    assert_replicas_equal_sources(pipeline["config"], pipeline["conn_kwargs"], lab_settings)
 
     # Reconciling again with the same config changes nothing.
     puts = len([r for r in cloud.requests if r.method == "PUT"])

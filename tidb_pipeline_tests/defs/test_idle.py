@@ -237,6 +237,16 @@ def _cleanup_run(lab: Lab, at: float) -> None:
         assert job.execute_in_process(instance=lab.instance).success
 
 
+def _assert_covered_only_past_skew(lab: Lab, now: float) -> None:
+    """With 2 h retention, cleanup stays due after a cleanup at `now` + 3 h and is done after one at `now` + 3.5 h
+    (between the two, the cutoff passes `now` + the clock skew)."""
+    _cleanup_run(lab, now + 3 * HOUR)
+    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 3 * HOUR + 60), dg.RunRequest)
+    _cleanup_run(lab, now + 3.5 * HOUR)
+    assert _reason(cleanup_gate(lab.instance, lab.config, now + 3.5 * HOUR + 60)).startswith(
+        "every merged record was cleaned or none was merged")
+
+
 def test_cleanup_waits_until_a_merged_record_not_cleaned_is_past_retention(kafka: Service) -> None:
     lab = Lab(kafka)
     lab.config = _config(lab.db, retention_hours=2)
@@ -284,11 +294,7 @@ def test_cleanup_runs_when_record_times_are_unknown(kafka: Service) -> None:
     assert "recorded no record times" in request.tags["tidb_pipeline/cleanup_due"]
     # A cleanup after it covers the records older than its cutoff only; it ran 3 h after that merge, so records
     # of the merge younger than the cutoff may remain until the cutoff passes the merge's time + clock skew.
-    _cleanup_run(lab, now + 3 * HOUR)
-    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 3 * HOUR + 60), dg.RunRequest)
-    _cleanup_run(lab, now + 3.5 * HOUR)
-    assert _reason(cleanup_gate(lab.instance, lab.config, now + 3.5 * HOUR + 60)).startswith(
-        "every merged record was cleaned or none was merged")
+    _assert_covered_only_past_skew(lab, now)
 
 
 def test_cleanup_runs_after_a_merge_run_failed_without_recording_its_merge(kafka: Service) -> None:
@@ -303,11 +309,7 @@ def test_cleanup_runs_after_a_merge_run_failed_without_recording_its_merge(kafka
     assert isinstance(request, dg.RunRequest)
     assert "failed without recording its merge" in request.tags["tidb_pipeline/cleanup_due"]
     # Covered once a cleanup's cutoff passes the run's end + clock skew.
-    _cleanup_run(lab, now + 3 * HOUR)
-    assert isinstance(cleanup_gate(lab.instance, lab.config, now + 3 * HOUR + 60), dg.RunRequest)
-    _cleanup_run(lab, now + 3.5 * HOUR)
-    assert _reason(cleanup_gate(lab.instance, lab.config, now + 3.5 * HOUR + 60)).startswith(
-        "every merged record was cleaned or none was merged")
+    _assert_covered_only_past_skew(lab, now)
 
 
 def test_cleanup_does_not_count_merges_after_it_started_as_cleaned(kafka: Service) -> None:

@@ -12,16 +12,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-import pymysql
 import pytest
 import snowflake.connector
 
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.tables import table_keys, table_names
-from tidb_pipeline.lab.compare import compare_table
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.snowflake import connection_args
-from tidb_pipeline_tests.defs.lab_pipeline import materialize, pipeline_defs, run_workload
+from tidb_pipeline_tests.defs.lab_pipeline import (
+    assert_replicas_equal_sources,
+    materialize,
+    pipeline_defs,
+    run_workload,
+)
 from tidb_pipeline_tests.changefeed import wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -69,14 +72,7 @@ def test_tpcc_replicas_equal_source_after_workload_rounds(pipeline: dict[str, An
     wait_for_checkpoint(defs.resources["ticdc"], config.source.changefeed_id)
     materialize(defs, _pipeline_keys(config))
 
-    mismatches = []
-    with pymysql.connect(**conn_kwargs) as src, snowflake.connector.connect(**connection_args(lab_settings)) as sf:
-        for t in config.tables:
-            cmp = compare_table(src, t.db, t.table, sf, table_names(config, t).replica, t.key)
-            assert cmp.source_rows > 0, f"{cmp.source} is empty: the test would prove nothing"
-            if not cmp.equal:
-                mismatches.append(f"{cmp.source}: {cmp}")
-    assert not mismatches, "\n".join(mismatches)
+    assert_replicas_equal_sources(config, conn_kwargs, lab_settings)
 
     before = _snapshot(config, lab_settings)
     result = materialize(defs, _pipeline_keys(config))

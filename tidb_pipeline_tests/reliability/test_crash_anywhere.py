@@ -106,6 +106,29 @@ def _landed(sf: Any, target: Target) -> int:
         raise
 
 
+def _faulted_rounds(settings: LabSettings, sf: Any, target: Target, goals: tuple[int, int],
+                    faults: list[tuple[int, Fault]], workdir: Path, mode: str = "replica") -> list[Any]:
+    """Land and merge `target` in rounds (round 0 lands the first `goals[0]` records, round 1 the rest; a load
+    is capped at what its round lacks), running each fault's killed child in its round before the clean
+    landing (landing stages) or before the clean merge (merge stages); returns the killed runs' outcomes."""
+    injected = []
+    for round_, goal in enumerate(goals):
+        for when, fault in faults:
+            if when == round_ and fault.stage in LANDING_STAGES:
+                injected.append(run_killed(CrashRun(
+                    fault.stage, fault.hit, settings, target.topic, target.landing, target.control,
+                    max_records=goal - _landed(sf, target), workdir=str(workdir))))
+        if (lacking := goal - _landed(sf, target)) > 0:
+            land(settings, sf, target, max_records=lacking)
+        for when, fault in faults:
+            if when == round_ and fault.stage not in LANDING_STAGES:
+                injected.append(run_killed(CrashRun(
+                    fault.stage, fault.hit, settings, target.topic, target.landing, target.control,
+                    replica=target.replica, watermarks=target.watermarks, workdir=str(workdir), mode=mode)))
+        merge(settings, sf, target, mode=mode)
+    return injected
+
+
 @pytest.mark.parametrize("seed", range(TRIALS))
 def test_kill_9_at_a_seeded_stage_then_rerun_loses_and_doubles_nothing(
     seed: int, topic_with_history: dict[str, Any], lab_settings: LabSettings, tmp_path: Path,
@@ -114,24 +137,8 @@ def test_kill_9_at_a_seeded_stage_then_rerun_loses_and_doubles_nothing(
     total = sum(h["end"].values())
     first, faults = _trial_plan(seed, total)
     target = Target.fresh(h["topic"], h["database"], f"T{seed}")
-    injected = []
     with warehouse(lab_settings) as sf:
-        # Round 0 lands the first `first` records, round 1 the rest; a load is capped at what its round lacks.
-        for round_, goal in enumerate((first, total)):
-            for when, fault in faults:
-                if when == round_ and fault.stage in LANDING_STAGES:
-                    injected.append(run_killed(CrashRun(
-                        fault.stage, fault.hit, lab_settings, target.topic, target.landing, target.control,
-                        max_records=goal - _landed(sf, target), workdir=str(tmp_path))))
-            if (lacking := goal - _landed(sf, target)) > 0:
-                land(lab_settings, sf, target, max_records=lacking)
-            for when, fault in faults:
-                if when == round_ and fault.stage not in LANDING_STAGES:
-                    injected.append(run_killed(CrashRun(
-                        fault.stage, fault.hit, lab_settings, target.topic, target.landing, target.control,
-                        replica=target.replica, watermarks=target.watermarks, workdir=str(tmp_path))))
-            merge(lab_settings, sf, target)
-
+        injected = _faulted_rounds(lab_settings, sf, target, (first, total), faults, tmp_path)
         assert [o.killed for o in injected] == [True] * len(faults)
         assert_landed_exactly_once(sf, target.landing, h["end"])
         assert_replica_equals_source(lab_settings, sf, h["db"], h["table"], target.replica, KEY)
@@ -169,24 +176,8 @@ def test_kill_9_during_history_merges_leaves_no_duplicate_or_missing_version(
     total = sum(h["end"].values())
     first, faults = total // 2, [(when, fault)]
     target = Target.fresh(h["topic"], h["database"], f"H{HISTORY_FAULTS.index((fault, when))}")
-    injected = []
     with warehouse(lab_settings) as sf:
-        for round_, goal in enumerate((first, total)):
-            for at, f in faults:
-                if at == round_ and f.stage in LANDING_STAGES:
-                    injected.append(run_killed(CrashRun(
-                        f.stage, f.hit, lab_settings, target.topic, target.landing, target.control,
-                        max_records=goal - _landed(sf, target), workdir=str(tmp_path))))
-            if (lacking := goal - _landed(sf, target)) > 0:
-                land(lab_settings, sf, target, max_records=lacking)
-            for at, f in faults:
-                if at == round_ and f.stage not in LANDING_STAGES:
-                    injected.append(run_killed(CrashRun(
-                        f.stage, f.hit, lab_settings, target.topic, target.landing, target.control,
-                        replica=target.replica, watermarks=target.watermarks, workdir=str(tmp_path),
-                        mode=HISTORY)))
-            merge(lab_settings, sf, target, mode=HISTORY)
-
+        injected = _faulted_rounds(lab_settings, sf, target, (first, total), faults, tmp_path, mode=HISTORY)
         assert [o.killed for o in injected] == [True] * len(faults)
         assert_landed_exactly_once(sf, target.landing, h["end"])
         got = history_rows(sf, target.replica)

@@ -34,8 +34,8 @@ from tidb_pipeline.defs.tables import TableKeys, changefeed_key, group_name, tab
 from tidb_pipeline.lab.service import Service
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.lab.ticdc.codec import tso_from_ms
-from tidb_pipeline.replication.ddl import quote_ident as sf_ident
 from tidb_pipeline.workload.schema import quote_ident
+from tidb_pipeline_tests.lab_resources import drop_pipeline_output
 from tidb_pipeline_tests.ui import dagster_dev
 from tidb_pipeline_tests.ui.browser import TIMEOUT_MS, chromium_page
 from tidb_pipeline.lab.ports import free_port
@@ -88,26 +88,8 @@ def _wait_checkpoint_past(lab: LabSettings, cf_id: str, tso: int) -> None:
 
 
 def _drop_everything(lab: LabSettings, mariadb: Service, t: UiTable) -> None:
-    from confluent_kafka.admin import AdminClient
-    import snowflake.connector
-
-    from tidb_pipeline.lab.snowflake import connection_args
-
-    httpx.delete(f"{lab.ticdc_url}/api/v2/changefeeds/{t.config.source.changefeed_id}", timeout=30)
+    drop_pipeline_output(lab, t.config)
     _mariadb(mariadb, f"DROP DATABASE IF EXISTS {quote_ident(t.db)}")
-    topic = t.config.topic(t.config.tables[0])
-    admin = AdminClient({"bootstrap.servers": lab.kafka_bootstrap})
-    if topic in admin.list_topics(timeout=10).topics:
-        for future in admin.delete_topics([topic]).values():
-            future.result(30)
-    sf = t.config.snowflake
-    with snowflake.connector.connect(**connection_args(lab)) as conn:
-        cur = conn.cursor()
-        cur.execute("SHOW DATABASES")
-        if sf.database in {row[1] for row in cur.fetchall()}:
-            # fakesnow cannot DROP DATABASE; dropping the schemas frees the data, an empty file remains.
-            for schema in (sf.landing_schema, sf.replica_schema, sf.control_schema):
-                cur.execute(f"DROP SCHEMA IF EXISTS {sf_ident(sf.database)}.{sf_ident(schema)} CASCADE")
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ import re
 import struct
 import zlib
 from collections.abc import Mapping
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 
 import fastavro
@@ -67,10 +67,10 @@ from tidb_pipeline.replication.ticdc_schema import (  # noqa: F401 - re-exported
 from tidb_pipeline.config_names import topic_name  # noqa: F401 - TiCDC's topic substitution, one implementation
 from tidb_pipeline.resources.schema_registry import subject_names  # noqa: F401 - TiCDC's subjects, one implementation
 from tidb_pipeline.replication.ticdc_schema import bit_bytes as _bit_bytes
+from tidb_pipeline.replication.ticdc_schema import decimal_at_scale as _decimal_at_scale
 from tidb_pipeline.replication.ticdc_schema import float32 as _float32
 from tidb_pipeline.replication.ticdc_schema import fraction as _frac
 
-_DECIMAL_CONTEXT = Context(prec=100)  # TiDB's DECIMAL holds at most 65 digits
 
 # --- topics ----------------------------------------------------------------------------------------------------
 
@@ -155,11 +155,7 @@ def internal_value(col: Column, value: Any, *, none_source: str | None = None, t
     if tt == "DOUBLE":
         return float(value)
     if tt == "DECIMAL":
-        d = value if isinstance(value, Decimal) else Decimal(str(value))
-        if col.scale is not None:
-            # The default context (28 digits) raises InvalidOperation on DECIMAL(65,30) values.
-            d = d.quantize(Decimal(1).scaleb(-col.scale), context=_DECIMAL_CONTEXT)
-        return format(d, "f")
+        return format(_decimal_at_scale(value, col.scale), "f")
     if tt == "BIT":
         return _bit_int(value)
     if tt == "ENUM":
