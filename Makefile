@@ -36,9 +36,11 @@ demo: install
 # `make test` is everything (as CI); `make test-unit` is what needs no lab (tests using a lab part are marked
 # `integration` by tidb_pipeline_tests/conftest.py). The full tier runs the property tests' whole Hypothesis
 # budgets, the unit tier a quarter (tidb_pipeline_tests/tiers.py).
-# The unit tier runs on PYTEST_WORKERS processes (pytest-xdist); the integration tier runs serially after it,
-# since its lab parts listen on the lab's fixed ports. `make test` prints each stage's wall time and the 30
-# slowest tests over both (tidb_pipeline_tests/slowest.py), and fails when either stage fails or collects nothing.
+# Both tiers run on PYTEST_WORKERS processes (pytest-xdist), the integration tier after the unit tier and a whole
+# module to a worker (`--dist loadfile`: a module's fixtures stay in one process) in collection order (longest
+# first: conftest's LONG_FIRST; xdist would otherwise order modules by test count); each worker has a lab of its
+# own (its own folder and ports: tidb_pipeline_tests/conftest.py), the first the default one. `make test` prints
+# each stage's wall time and the 30 slowest tests over both (tidb_pipeline_tests/slowest.py), and fails when either stage fails or collects nothing.
 PYTEST_WORKERS ?= 2
 STAGE = t0=$$(date +%s); $(PY) -m pytest $(1) $(PYTEST_ARGS); rc=$$?; \
 	echo "$(2): pytest exit $$rc, $$(( $$(date +%s) - t0 ))s wall"; \
@@ -48,7 +50,7 @@ test: install
 	@mkdir -p artifacts; rm -f artifacts/test-unit.xml artifacts/test-integration.xml
 	export TIDB_PIPELINE_TEST_TIER=full; \
 	$(call STAGE,-m "not integration" -n $(PYTEST_WORKERS) --junitxml=artifacts/test-unit.xml,unit tier); unit=$$rc; \
-	$(call STAGE,-m integration --junitxml=artifacts/test-integration.xml,integration tier); integ=$$rc; \
+	$(call STAGE,-m integration -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --junitxml=artifacts/test-integration.xml,integration tier); integ=$$rc; \
 	$(PY) -m tidb_pipeline_tests.slowest -n 30 artifacts/test-unit.xml artifacts/test-integration.xml; \
 	if [ $$unit -ne 0 ] || [ $$integ -ne 0 ]; then echo "make test: unit tier exit $$unit, integration tier exit $$integ" >&2; exit 1; fi
 

@@ -77,6 +77,9 @@ class MariaDBService(Service):
             f"--datadir={self.datadir}", f"--socket={self.socket}", f"--pid-file={self.data_dir / 'mariadbd.pid'}",
             f"--bind-address={self.settings.host}", f"--port={self.settings.port('mariadb')}",
             f"--init-file={self.data_dir / 'init.sql'}",
+            # Its own temporary folder: in a shared /tmp another process's clean-up can delete a temporary table's
+            # file mid-statement (seen as "Error on delete of '/tmp/#sql-temptable-...'" on a busy machine).
+            f"--tmpdir={self.data_dir / 'tmp'}",
             "--server-id=1", f"--log-bin={self.data_dir / 'binlog' / 'mariadb-bin'}",
             "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin",
@@ -93,6 +96,7 @@ class MariaDBService(Service):
 
     def spawn(self) -> int:
         (self.data_dir / "binlog").mkdir(exist_ok=True)
+        (self.data_dir / "tmp").mkdir(exist_ok=True)
         return super().spawn()
 
     def is_ready(self) -> bool:

@@ -28,7 +28,7 @@ from tidb_pipeline.defs.idle import MERGED_THROUGH, VERIFIED_CURRENT
 from tidb_pipeline.defs.jobs import CLEANUP_JOB, GROUP_TAG, cleanup_gate, merge_safety_net, reconcile_gate
 from tidb_pipeline.defs.sensors import build_offsets_sensor
 from tidb_pipeline.defs.tables import NEWEST_RECORD, OLDEST_RECORD, table_keys
-from tidb_pipeline.lab.service import Service
+from tidb_pipeline.lab.service import Service, wait_until
 from tidb_pipeline.lab.settings import LabSettings
 from tidb_pipeline.resources.kafka import KafkaResource
 from tidb_pipeline_tests.lab_resources import lab_environment, source_databases
@@ -54,10 +54,9 @@ class Lab:
         self.instance = dg.DagsterInstance.ephemeral()
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         admin.create_topics([NewTopic(self.topic, partitions, 1)])[self.topic].result(timeout=60)
-        deadline = time.monotonic() + 60
-        while len(self.kafka.end_offsets([self.topic])[self.topic]) < partitions:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        # A new topic's partitions answer once each has a leader; until then reading them fails (not leader).
+        wait_until(lambda: len(self.kafka.end_offsets([self.topic])[self.topic]) == partitions, timeout=300,
+                   what=f"topic {self.topic}'s {partitions} partitions", interval=0.2)
 
     def produce(self, per_partition: Mapping[int, int]) -> None:
         producer = Producer({"bootstrap.servers": self.bootstrap, "acks": "all"})
