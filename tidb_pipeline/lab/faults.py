@@ -33,6 +33,7 @@ import os
 import random
 import signal
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,9 +323,35 @@ class CrashOutcome:
         return self.exit_code == -signal.SIGKILL
 
 
+def _cpu_ticks(pid: int) -> int | None:
+    """The process's user + system CPU time in clock ticks (None once it is gone, or without /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def _join_while_progressing(proc: multiprocessing.process.BaseProcess, *, idle_timeout: float) -> None:
+    """Wait for `proc` while it keeps using CPU; give up after `idle_timeout` seconds without any.
+
+    A fixed deadline failed runs that were only slow on a busy machine; a hung child uses no CPU.
+    """
+    assert proc.pid is not None
+    last, since = _cpu_ticks(proc.pid), time.monotonic()
+    while proc.is_alive():
+        proc.join(min(5.0, idle_timeout))
+        ticks = _cpu_ticks(proc.pid)
+        if ticks is not None and ticks != last:
+            last, since = ticks, time.monotonic()
+        elif time.monotonic() - since >= idle_timeout:
+            return
+
+
 def run_killed(run: CrashRun, *, timeout: float = 300.0, require_kill: bool = True) -> CrashOutcome:
     """Run the job in a child that dies at `run.stage`; clean up its detached sessions; report how it ended.
 
+    `timeout` is how long the child may go without using CPU (hung), not how long it may take.
     Raises StageNotReached when the child finished normally and `require_kill` is set, and RuntimeError
     when it failed with an error of its own (a bug, not the injected fault).
     """
@@ -332,11 +359,11 @@ def run_killed(run: CrashRun, *, timeout: float = 300.0, require_kill: bool = Tr
     run = dataclasses.replace(run, workdir=workdir)
     proc = _context().Process(target=_child, args=(run,), name=f"crash-{run.stage}")
     proc.start()
-    proc.join(timeout)
+    _join_while_progressing(proc, idle_timeout=timeout)
     if proc.is_alive():
         proc.kill()
         proc.join()
-        raise TimeoutError(f"faulted run {run.stage} (hit {run.hit}) still ran after {timeout:.0f}s")
+        raise TimeoutError(f"faulted run {run.stage} (hit {run.hit}) used no CPU for {timeout:.0f}s: it hangs")
     tokens_file = Path(workdir) / f"sessions-{proc.pid}.txt"
     tokens = tokens_file.read_text().split() if tokens_file.exists() else []
     tokens_file.unlink(missing_ok=True)
