@@ -24,6 +24,7 @@ from tidb_pipeline.components import (
 )
 from tidb_pipeline.config import PipelineConfig, load_config, parse_config
 from tidb_pipeline.defs import build_defs
+from tidb_pipeline.defs.sensors import daemon_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +107,7 @@ def test_inline_attributes_build_what_build_defs_builds_for_every_config_section
     assert {"sqlserver", "ksqldb", "kafka_connect"} <= set(got["resources"])
     assert {"merge_default", "merge_nightly"} <= set(got["jobs"])
     assert got["schedules"]["merge_nightly_schedule"][0] == "0 3 * * *"
-    assert got["sensors"]["kafka_offsets_sensor"][1] == 30
+    assert got["sensors"]["kafka_offsets_sensor"][1] == daemon_interval(30)  # ticks every 30 s
     assert any(k.startswith("confluent/") for k in got["assets"])
 
 

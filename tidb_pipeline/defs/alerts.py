@@ -35,6 +35,7 @@ from dagster._core.definitions.freshness import FreshnessState
 
 from tidb_pipeline.config import PipelineConfig
 from tidb_pipeline.defs.freshness import freshness_state
+from tidb_pipeline.defs.sensors import daemon_interval
 from tidb_pipeline.defs.tables import changefeed_key, table_keys
 from tidb_pipeline.resources.notify import Notification, Sender, SlackSender, TeamsSender, secret_values
 from tidb_pipeline.resources.ticdc import TiCDCError, TiCDCResource
@@ -378,7 +379,7 @@ def build_alerts_sensor(*, config: PipelineConfig, resource_keys: Iterable[str])
     keys = set(resource_keys) & set(RESOURCE_KEYS.values())
 
     @dg.sensor(
-        name=SENSOR_NAME, minimum_interval_seconds=config.alerts.interval_seconds,
+        name=SENSOR_NAME, minimum_interval_seconds=daemon_interval(config.alerts.interval_seconds),
         default_status=dg.DefaultSensorStatus.RUNNING, required_resource_keys={*keys, "ticdc"},
         description=f"One message per state change of checks, runs, the changefeed and replica freshness to "
                     f"{', '.join(config.alerts.destinations)}.",

@@ -343,6 +343,17 @@ def evaluate(
     ), outcome
 
 
+def daemon_interval(seconds: int) -> int:
+    """The `minimum_interval_seconds` that gets a sensor evaluated every `seconds` by Dagster's sensor daemon.
+
+    The daemon looks at its sensors every 5 s and evaluates one whose last tick *started* at least its minimum
+    interval ago; that tick started a few milliseconds after its own loop began, so with an interval equal to a
+    multiple of the loop about half the looks find it just short and wait a whole loop more (measured: ticks 5
+    and 10 s apart for a 5 s interval, a sensor's run requests 7.5 s apart on average instead of 5).
+    """
+    return max(1, seconds - 1)
+
+
 def build_offsets_sensor(
     *,
     config: PipelineConfig,
@@ -355,7 +366,7 @@ def build_offsets_sensor(
 ) -> dg.SensorDefinition:
     """The `kafka_offsets_sensor` for `config`'s topics, targeting the merge job of each table group.
 
-    `minimum_interval_seconds` defaults to the config's `sensor_interval_seconds`. Pass `jobs`, the merge
+    `minimum_interval_seconds` defaults to the config's `sensor_interval_seconds` (see `daemon_interval`). Pass `jobs`, the merge
     jobs the `Definitions` already hold: Dagster adds a sensor's target jobs to its `Definitions` and
     rejects a second, equal job object of the same name. `clock` dates the `verified_current` records' due time.
     """
@@ -363,7 +374,7 @@ def build_offsets_sensor(
     @dg.sensor(
         name=SENSOR_NAME,
         jobs=list(jobs) if jobs is not None else build_merge_jobs(config=config),
-        minimum_interval_seconds=minimum_interval_seconds or config.sensor_interval_seconds,
+        minimum_interval_seconds=minimum_interval_seconds or daemon_interval(config.sensor_interval_seconds),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Reads the end offsets of {len(config.tables)} topics in one list_offsets call per tick; "

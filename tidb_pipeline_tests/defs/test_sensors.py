@@ -8,6 +8,7 @@ the real merge jobs.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import time
 import uuid
@@ -26,6 +27,7 @@ from tidb_pipeline.defs.sensors import (
     OffsetsCursor,
     TopicState,
     build_offsets_sensor,
+    daemon_interval,
     deserialize_cursor,
     diff_offsets,
     serialize_cursor,
@@ -396,7 +398,7 @@ def test_sensor_is_in_the_definitions() -> None:
     config = _config("tpcc", [("item", "default"), ("stock", "bulk")])
     sensor = build_defs(config=config).get_repository_def().get_sensor_def(SENSOR_NAME)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == 15
+    assert sensor.minimum_interval_seconds == daemon_interval(15) == 14
     assert sorted(t.job_name for t in sensor.targets) == ["merge_bulk", "merge_default"]
     assert sensor.required_resource_keys == {"kafka"}
 
@@ -431,3 +433,27 @@ def test_unreachable_kafka_fails_the_tick_naming_the_address() -> None:
     context = dg.build_sensor_context(cursor=None, resources={"kafka": resource})
     with pytest.raises(KafkaUnavailableError, match=f"from Kafka at 127.0.0.1:{port}: .*check that the brokers"):
         sensor(context)
+
+
+def _tick_gaps(minimum_interval: int, loops: int = 400) -> set[float]:
+    """The gaps between a sensor's ticks under Dagster's sensor daemon: it looks every MIN_INTERVAL_LOOP_TIME
+    seconds and ticks when `is_under_min_interval` says the last tick's start is far enough back; each look and
+    each tick start a few random milliseconds after the loop began (the daemon's own work)."""
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
+    rng = random.Random(7)
+    last: float | None = None
+    ticks: list[float] = []
+    for k in range(loops):
+        now = k * MIN_INTERVAL_LOOP_TIME + rng.uniform(0.0, 0.05)
+        if last is None or now - last >= minimum_interval:
+            last = now
+            ticks.append(k * MIN_INTERVAL_LOOP_TIME)
+    return {b - a for a, b in zip(ticks, ticks[1:])}
+
+
+@pytest.mark.parametrize("seconds", [5, 15, 60])
+def test_the_daemon_ticks_the_sensor_at_its_configured_interval(seconds: int) -> None:
+    assert _tick_gaps(daemon_interval(seconds)) == {float(seconds)}
+    # The interval itself as the minimum: the daemon finds it a few ms short about half the time.
+    assert max(_tick_gaps(seconds)) == seconds + 5
