@@ -60,6 +60,14 @@ class Sustained:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
+def _pct(latencies: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of `latencies` by rank; NaN when there are none."""
+    if not latencies:
+        return float("nan")
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 @dataclass(frozen=True)
 class Paced:
     target_rate: float
@@ -69,10 +77,7 @@ class Paced:
     missing: int = 0
 
     def pct(self, q: float) -> float:
-        if not self.latencies_s:
-            return float("nan")
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return _pct(self.latencies_s, q)
 
     @property
     def p50(self) -> float:
@@ -305,14 +310,13 @@ class BesideGoTPC:
         return self.changes / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
-        ordered = sorted(self.latencies_s) or [float("nan")]
-        pct = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        pct = lambda q: _pct(self.latencies_s, q)  # noqa: E731
         load = "/".join(f"{x:.1f}" for x in self.load)
         niced = (f", go-tpc and MariaDB under nice {self.nice} (unthrottled; in production TiDB has its own "
                  f"machines)" if self.nice else "")
         return (f"beside go-tpc ({self.tpmc:,.0f} tpmC, {self.seconds:.0f}s{niced}): {self.changes:,} changes "
                 f"({self.rate:,.0f}/s), commit -> Kafka p50 {pct(0.5):.2f}s p95 {pct(0.95):.2f}s "
-                f"max {ordered[-1]:.2f}s ({len(self.latencies_s):,} sampled; commit times are whole seconds); "
+                f"max {pct(1.0):.2f}s ({len(self.latencies_s):,} sampled; commit times are whole seconds); "
                 f"checkpoint passed go-tpc's end {self.drain_seconds:.1f}s after it; load average {load}")
 
 
@@ -361,15 +365,10 @@ class _Sampler:
                     self.samples.append((self._commit_ms(msg.value()), msg.timestamp()[1] / 1000))
 
     def end_offsets(self) -> int:
-        from confluent_kafka import Consumer, TopicPartition
+        from tidb_pipeline.resources.kafka import KafkaResource
 
-        # A consumer of its own: the reading one is busy in consume() on the sampler's thread.
-        probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"})
-        try:
-            return sum(probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), 30)[1]
-                       for tp in self.partitions)
-        finally:
-            probe.close()
+        ends = KafkaResource(bootstrap_servers=self.bootstrap).end_offsets({tp.topic for tp in self.partitions})
+        return sum(o for parts in ends.values() for o in parts.values())
 
     def wait_for(self, records: int, *, stalled_s: float = 120.0) -> None:
         seen, since = -1, time.monotonic()
