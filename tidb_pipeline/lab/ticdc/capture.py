@@ -621,7 +621,6 @@ class Capture:
         self._ineligible: set[tuple[str, str]] = set()
         self._versions: dict[tuple[str, str], int] = {}
         self._schema_ids: dict[tuple[str, str], int] = {}
-        self._codecs: dict[int, codec.TableCodec] = {}
         self._targets: dict[int, _Target] = {}
         self._routes: dict[tuple[str, str], Route] = {}
         self._topics: dict[str, int] = {}
@@ -950,13 +949,11 @@ class Capture:
         return target
 
     def _codec(self, info: codec.TableInfo) -> codec.TableCodec:
-        tc = self._codecs.get(id(info))
-        if tc is None or tc.info is not info:
-            try:
-                tc = self._codecs[id(info)] = codec.TableCodec(info, self.sink.codec)
-            except codec.FieldNameCollisionError as exc:  # TiCDC: goavro refuses the schema
-                raise CaptureError("CDC:ErrAvroSchemaAPIError", str(exc)) from None
-        return tc
+        """Built once per table version: `_target`, its only caller, caches what it returns."""
+        try:
+            return codec.TableCodec(info, self.sink.codec)
+        except codec.FieldNameCollisionError as exc:  # TiCDC: goavro refuses the schema
+            raise CaptureError("CDC:ErrAvroSchemaAPIError", str(exc)) from None
 
     def _route(self, info: codec.TableInfo) -> Route:
         route = self._routes[(info.schema, info.table)] = self.sink.route(info.schema, info.table)
